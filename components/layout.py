@@ -1,0 +1,34 @@
+"""The one data layout that Prefect flows and DVC stages share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths of a vidops project rooted at `root` (see docs/ARCHITECTURE.md)."""
+
+    root: Path
+
+    def raw(self, dataset: str) -> Path:
+        return self.root / "data" / "raw" / dataset
+
+    @property
+    def catalog(self) -> Path:
+        return self.root / "data" / "catalog"
+
+    def features(self, task: str) -> Path:
+        return self.root / "data" / "features" / task
+
+    def models(self, task: str) -> Path:
+        return self.root / "models" / task
+
+    def reports(self, task: str) -> Path:
+        return self.root / "reports" / task
+
+    @property
+    def state(self) -> Path:
+        """Where the embedded profile keeps its services' data (MLflow store, Prefect database)."""
+        return self.root / ".vidops"

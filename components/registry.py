@@ -1,0 +1,123 @@
+"""Registration: log the trained model with its params and metrics to MLflow, register it, and crown a champion.
+
+A new version takes the alias `champion` when there is none yet or when it beats the
+current champion's metric by the margin in params.yaml; either way the decision and its
+reason are recorded as tags on the version.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from components.params import Params
+from components.training import MODEL_FILE
+
+CHAMPION = "champion"
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """Where MLflow lives: a tracking URI, and the artifact root for experiments that vidops creates."""
+
+    uri: str
+    artifact_root: str | None = None
+
+
+@dataclass(frozen=True)
+class Registration:
+    model_name: str
+    version: str
+    run_id: str
+    experiment_id: str
+    champion: bool
+    reason: str
+
+
+def register_model(model_dir: Path, metrics_path: Path, params: Params, tracking: Tracking, tags: dict[str, str]) -> Registration:
+    """Log params, per-epoch training metrics, evaluation metrics and the model; register it; decide the champion."""
+    import keras
+    import mlflow
+    import tensorflow as tf
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    mlflow.set_tracking_uri(tracking.uri)
+    experiment_id = _experiment_id(params.registry.experiment, tracking)
+    metrics = json.loads(metrics_path.read_text())
+    history = json.loads((model_dir / "history.json").read_text())
+    model = keras.models.load_model(model_dir / MODEL_FILE)
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype("uint8"), (-1, *model.input_shape[1:]), "frames")]),
+        outputs=Schema([TensorSpec(np.dtype("float32"), (-1, model.output_shape[-1]), "probabilities")]),
+    )
+    name = params.registry.model_name
+    with mlflow.start_run(experiment_id=experiment_id, tags=tags) as run:
+        mlflow.log_params(_flatten({k: params.to_yaml_dict()[k] for k in ("dataset", "extract", "train")}))
+        for metric, values in history.items():
+            for epoch, value in enumerate(values):
+                mlflow.log_metric(f"train_{metric}", value, step=epoch)
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        mlflow.log_artifacts(str(metrics_path.parent), artifact_path="evaluation")
+        mlflow.log_artifact(str(model_dir / "labels.json"))
+        info = mlflow.keras.log_model(
+            model,
+            name="model",
+            signature=signature,
+            registered_model_name=name,
+            # pinned here: MLflow would otherwise load the model in a subprocess to infer them
+            pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
+        )
+    version = str(info.registered_model_version)
+    champion, reason = _crown(name, version, metrics, params)
+    return Registration(name, version, run.info.run_id, experiment_id, champion, reason)
+
+
+def _crown(name: str, version: str, metrics: dict[str, float], params: Params) -> tuple[bool, str]:
+    """Move the champion alias to `version` if it beats the current champion; record why on the version."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    key, margin = params.registry.metric, params.registry.min_improvement
+    score = float(metrics[key])
+    try:
+        current = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        current = None
+    if current is None:
+        champion, reason = True, f"first model: {key} {score:.4f}"
+    else:
+        best = client.get_run(current.run_id).data.metrics.get(key, float("-inf"))
+        champion = score > best + margin
+        verdict = "beats" if champion else "does not beat"
+        reason = f"{key} {score:.4f} {verdict} champion v{current.version} ({best:.4f}) by more than {margin}"
+    if champion:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    client.set_model_version_tag(name, version, "vidops.decision", CHAMPION if champion else "not promoted")
+    client.set_model_version_tag(name, version, "vidops.reason", reason)
+    return champion, reason
+
+
+def _experiment_id(name: str, tracking: Tracking) -> str:
+    import mlflow
+
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = f"{tracking.artifact_root.rstrip('/')}/{name}" if tracking.artifact_root else None
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -1,0 +1,1 @@
+"""vidops orchestration: Prefect tasks and flows that wire the stages in `components`, profiles, and the CLI."""

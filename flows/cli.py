@@ -1,0 +1,178 @@
+"""The `vidops` command. Heavy imports (Prefect, TensorFlow) wait until a command needs them."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from components.errors import VidopsError
+from components.layout import Layout
+from components.params import GenerateParams, Params, load_params
+
+PARAMS_FILE = "params.yaml"
+STAGE_NAMES = ("validate", "extract", "train", "evaluate", "register")  # flows.stages.STAGES, without importing TensorFlow
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except VidopsError as exc:
+        print(f"vidops: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("vidops: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vidops", description="Workflow-orchestrated MLOps for video models.")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="generate a dataset and run the whole pipeline on the embedded profile")
+    demo.add_argument("--workdir", type=Path, default=Path("."), help="project folder to work in (default: here)")
+    _add_overrides(demo)
+    demo.set_defaults(handler=cmd_demo)
+
+    defaults = GenerateParams()
+    generate = commands.add_parser("generate", help="write a demo dataset of real H.264/AAC MP4 clips")
+    generate.add_argument("dir", type=Path)
+    generate.add_argument("--task", choices=["classification", "sync"], default=defaults.task)
+    generate.add_argument("--clips-per-class", type=int, default=defaults.clips_per_class)
+    generate.add_argument("--seed", type=int, default=defaults.seed)
+    generate.set_defaults(handler=cmd_generate)
+
+    validate = commands.add_parser("validate", help="catalog and validate a dataset; exit 0 when it is usable")
+    validate.add_argument("dataset", type=Path, help="folder of <label>/<clip> files")
+    validate.add_argument("--report", type=Path, default=Path("data/catalog"), help="where the manifest and quarantine go")
+    _add_project(validate)
+    validate.set_defaults(handler=cmd_validate)
+
+    stage = commands.add_parser("stage", help="run one pipeline stage without Prefect (what dvc.yaml calls)")
+    stage.add_argument("name", choices=STAGE_NAMES)
+    _add_project(stage)
+    _add_overrides(stage)
+    stage.set_defaults(handler=cmd_stage)
+
+    run = commands.add_parser("run", help="run the training pipeline through Prefect")
+    _add_project(run)
+    _add_overrides(run)
+    run.set_defaults(handler=cmd_run)
+    return parser
+
+
+def _add_project(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", type=Path, default=Path("."), help="project folder (default: here)")
+    parser.add_argument("--params", default=PARAMS_FILE, help="params file, relative to the project folder")
+
+
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a param, e.g. --set train.classifier.epochs=5 (repeatable)")  # fmt: skip
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from components.generate import generate_dataset
+
+    flags = {"task": args.task, "clips_per_class": args.clips_per_class, "seed": args.seed}
+    params = load_params(None, [f"generate.{key}={value}" for key, value in flags.items()])
+    made = generate_dataset(args.dir, params.generate)
+    print(f"wrote {made.clips} clips in {len(made.labels)} classes to {made.root}")
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    from flows.profiles import quiet_libraries
+
+    quiet_libraries()
+    from components.validation import validate_dataset
+
+    params = _load(args.root, args.params, [])
+    summary = validate_dataset(args.dataset, args.report, params.validation, params.dataset.test_fraction)
+    print(f"{summary.clips} clips: {summary.accepted} accepted, {summary.quarantined} quarantined (see {summary.quarantine})")
+
+
+def cmd_stage(args: argparse.Namespace) -> None:
+    from flows.profiles import quiet_libraries
+
+    quiet_libraries()
+    from flows.stages import STAGES
+
+    layout = Layout(args.root.resolve())
+    result = STAGES[args.name](layout, _load(layout.root, args.params, args.overrides))
+    print(f"{args.name}: {result}")
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    layout = Layout(args.root.resolve())
+    _load(layout.root, args.params, args.overrides)  # fail fast, before Prefect starts
+    _run_pipeline(layout, args.params, args.overrides)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from components.generate import MARKER, generate_dataset
+    from components.io import atomic_path
+
+    layout = Layout(args.workdir.resolve())
+    _ensure_writable(layout.root)
+    params = _load(layout.root, PARAMS_FILE, args.overrides)
+    params_path = layout.root / PARAMS_FILE
+    if not params_path.exists():  # spelled out for the user to edit and re-run
+        with atomic_path(params_path) as tmp:
+            tmp.write_text(yaml.safe_dump(Params().to_yaml_dict(), sort_keys=False))
+    dataset = layout.raw(params.dataset.name)
+    if (dataset / MARKER).is_file():
+        print(f"using the demo dataset already in {dataset}")
+    else:
+        print(f"generating the demo dataset in {dataset} ...")
+        generate_dataset(dataset, params.generate)
+    _run_pipeline(layout, PARAMS_FILE, args.overrides)
+
+
+def _run_pipeline(layout: Layout, params_file: str, overrides: list[str]) -> None:
+    from flows.profiles import activate
+
+    activate(layout)
+    from flows.pipeline import training_pipeline
+
+    present = params_file if (layout.root / params_file).exists() else None  # as _load: defaults then
+    result = training_pipeline(root=str(layout.root), params_file=present, overrides=overrides)
+    _print_result(layout, result)
+
+
+def _print_result(layout: Layout, result) -> None:  # noqa: ANN001 (PipelineResult; its import is heavy)
+    m, r = result.evaluation.metrics, result.registration
+    print()
+    print(f"accuracy on the held-out split: {m['accuracy']:.3f} over {m['test_clips']} clips (chance {m['chance']:.3f})")
+    print(f"registered model: {r.model_name} version {r.version}; {'now champion' if r.champion else 'not champion'}: {r.reason}")
+    print(f"metrics:          {result.evaluation.metrics_path}")
+    print(f"MLflow run:       {r.run_id} in {result.tracking_uri}")
+    if result.tracking_uri.startswith("sqlite:"):
+        print(f"MLflow UI:        mlflow ui --backend-store-uri {result.tracking_uri}  (then http://127.0.0.1:5000)")
+        print(f"Prefect UI:       PREFECT_HOME={layout.state / 'prefect'} prefect server start  (then http://127.0.0.1:4200)")
+
+
+def _load(root: Path, params_file: str, overrides: list[str]) -> Params:
+    """The project's params; the defaults when the project has no params.yaml and no other file was named."""
+    path = root / params_file
+    if params_file == PARAMS_FILE and not path.exists():
+        return load_params(None, overrides)
+    return load_params(path, overrides)
+
+
+def _ensure_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".vidops-write-check-{id(folder)}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise VidopsError(f"{folder}: the workdir is not writable: {exc.strerror}") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""The stages wired to the project layout: what `vidops stage NAME` (dvc.yaml) and the Prefect tasks both run.
+
+Each takes the project layout and its params and hands the component its paths, so a
+pipeline run through Prefect and one through `dvc repro` read and write the same files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from components import evaluation, extraction, registry, training, validation
+from components.io import write_json
+from components.layout import Layout
+from components.params import Params
+from flows.profiles import tracking
+
+TASK = "classification"
+
+
+def validate_dataset(layout: Layout, params: Params) -> validation.ValidationSummary:
+    return validation.validate_dataset(layout.raw(params.dataset.name), layout.catalog, params.validation, params.dataset.test_fraction)
+
+
+def extract_features(layout: Layout, params: Params) -> extraction.FeatureSet:
+    accepted = layout.catalog / validation.ACCEPTED
+    return extraction.extract_features(layout.raw(params.dataset.name), accepted, layout.features(TASK), params.extract)
+
+
+def train_classifier(layout: Layout, params: Params) -> training.TrainedModel:
+    return training.train_classifier(layout.features(TASK), layout.models(TASK), params.train.classifier)
+
+
+def evaluate_classifier(layout: Layout, params: Params) -> evaluation.Evaluation:
+    return evaluation.evaluate_classifier(layout.models(TASK), layout.features(TASK), layout.reports(TASK))
+
+
+def register_model(layout: Layout, params: Params, tags: dict[str, str] | None = None) -> registry.Registration:
+    metrics = layout.reports(TASK) / evaluation.METRICS
+    lineage = {"vidops.dataset": str(layout.raw(params.dataset.name)), **(tags or {})}
+    registered = registry.register_model(layout.models(TASK), metrics, params, tracking(layout), lineage)
+    write_json(layout.reports(TASK) / "registration.json", asdict(registered))
+    return registered
+
+
+STAGES = {
+    "validate": validate_dataset,
+    "extract": extract_features,
+    "train": train_classifier,
+    "evaluate": evaluate_classifier,
+    "register": register_model,
+}

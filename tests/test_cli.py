@@ -1,0 +1,71 @@
+"""The `vidops` command as a user runs it: exit codes, one-line errors, nothing half-written."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flows.cli import STAGE_NAMES
+
+
+def vidops(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def _one_line_error(result: subprocess.CompletedProcess, after_tensorflow: bool = False) -> str:
+    """The error line; alone on stderr unless TensorFlow was imported (its C++ start-up lines cannot be silenced)."""
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 or after_tensorflow, result.stderr
+    assert lines[-1].startswith("vidops: error: ")
+    assert sum(line.startswith("vidops: error") for line in lines) == 1
+    return lines[-1]
+
+
+def test_generate_writes_a_dataset_and_refuses_a_non_empty_folder(tmp_path: Path):
+    made = vidops("generate", str(tmp_path / "clips"), "--clips-per-class", "1", "--seed", "3")
+    assert made.returncode == 0, made.stderr
+    assert "wrote 7 clips in 7 classes" in made.stdout
+    again = vidops("generate", str(tmp_path / "clips"), "--clips-per-class", "1")
+    assert "exists and is not an empty folder" in _one_line_error(again)
+    assert len(list((tmp_path / "clips").rglob("*.mp4"))) == 7
+
+
+def test_generate_rejects_a_bad_count(tmp_path: Path):
+    assert "clips_per_class" in _one_line_error(vidops("generate", str(tmp_path / "x"), "--clips-per-class", "0"))
+    assert not (tmp_path / "x").exists()
+
+
+def test_demo_in_an_unwritable_workdir_fails_cleanly(tmp_path: Path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert "the workdir is not writable" in _one_line_error(vidops("demo", "--workdir", str(blocker / "demo")))
+
+
+def test_a_params_typo_stops_run_before_anything_starts(tmp_path: Path):
+    (tmp_path / "params.yaml").write_text("train:\n  clasifier:\n    epochs: 2\n")
+    line = _one_line_error(vidops("run", "--root", str(tmp_path)))
+    assert "train.clasifier: unknown key" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_validate_reports_and_exits_zero_on_a_usable_dataset(tmp_path: Path, tiny_dataset: Path):
+    result = vidops("validate", str(tiny_dataset), "--report", str(tmp_path / "catalog"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "21 clips: 21 accepted, 0 quarantined" in result.stdout
+    assert (tmp_path / "catalog" / "accepted.csv").is_file()
+
+
+def test_stage_runs_one_stage_on_the_project(project):
+    result = vidops("stage", "validate", cwd=project.root)
+    assert result.returncode == 0, result.stderr
+    assert (project.catalog / "accepted.csv").is_file()
+    missing = vidops("stage", "train", cwd=project.root)
+    assert "run the extract stage first" in _one_line_error(missing, after_tensorflow=True)
+
+
+def test_stage_names_match_the_stages():
+    from flows.stages import STAGES
+
+    assert tuple(STAGES) == STAGE_NAMES

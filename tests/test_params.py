@@ -1,0 +1,57 @@
+from pathlib import Path
+
+import pytest
+
+from components.errors import VidopsError
+from components.params import Params, load_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_repository_params_yaml_spells_out_the_defaults():
+    assert load_params(REPO / "params.yaml") == Params()
+
+
+def test_overrides_reach_nested_keys_and_parse_yaml_values():
+    params = load_params(None, ["train.classifier.epochs=3", "train.classifier.filters=[4, 8]", "dataset.name=ucf"])
+    assert params.train.classifier.epochs == 3
+    assert params.train.classifier.filters == (4, 8)
+    assert params.dataset.name == "ucf"
+
+
+def test_unknown_key_is_named(tmp_path: Path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  classifier:\n    epocs: 3\n")
+    with pytest.raises(VidopsError, match=r"params.yaml: train\.classifier\.epocs: unknown key"):
+        load_params(path)
+
+
+def test_wrong_type_is_named_and_not_coerced(tmp_path: Path):
+    path = tmp_path / "params.yaml"
+    path.write_text("extract:\n  frames: '8'\n")
+    with pytest.raises(VidopsError, match=r"extract\.frames: Input should be a valid integer"):
+        load_params(path)
+
+
+def test_out_of_range_value_is_named():
+    with pytest.raises(VidopsError, match=r"dataset\.test_fraction: Input should be less than 1"):
+        load_params(None, ["dataset.test_fraction=1.5"])
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("extract: [1, 2\n", "not valid YAML"), ("- a list\n", "expected a mapping of params groups")],
+)
+def test_malformed_file_names_the_file(tmp_path: Path, text: str, message: str):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(VidopsError, match=message) as caught:
+        load_params(path)
+    assert str(path) in str(caught.value)
+
+
+def test_missing_file_and_bad_override_are_errors(tmp_path: Path):
+    with pytest.raises(VidopsError, match="no such params file"):
+        load_params(tmp_path / "nope.yaml")
+    with pytest.raises(VidopsError, match="expected KEY.PATH=VALUE"):
+        load_params(None, ["train.classifier.epochs"])

@@ -1,0 +1,36 @@
+"""The files a user runs by hand: dvc.yaml's stages, the README's two commands, and CI running the second."""
+
+import re
+from pathlib import Path
+
+import yaml
+
+from components.params import Params
+from flows.cli import STAGE_NAMES
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_every_dvc_stage_runs_a_vidops_stage_and_reads_real_params():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert tuple(stages) == STAGE_NAMES
+    known = Params().to_yaml_dict()
+    for name, stage in stages.items():
+        assert stage["cmd"] == f"vidops stage {name}"
+        for key in stage.get("params", []):
+            node = known
+            for part in key.split("."):
+                assert part in node, f"dvc.yaml stage {name}: params key {key} is not in params.yaml"
+                node = node[part]
+        for dep in stage["deps"]:
+            assert "${" in dep or dep.startswith(("data/", "models/", "reports/")) or (REPO / dep).exists(), dep
+
+
+def test_readme_quickstart_has_two_commands_and_ci_runs_the_test_one():
+    readme = (REPO / "README.md").read_text()
+    quickstart = readme.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    commands = re.findall(r"```(?:bash|sh)\n(.*?)\n```", quickstart, flags=re.S)
+    assert len(commands) == 2 and all("\n" not in c for c in commands), commands
+    demo, tests = commands
+    assert demo.endswith("vidops demo") and "pytest" in tests
+    assert tests in (REPO / ".ci" / "run").read_text()

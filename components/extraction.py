@@ -33,6 +33,7 @@ def extract_features(dataset_dir: Path, accepted_manifest: Path, features_dir: P
     manifest = read_manifest(accepted_manifest)
     labels = tuple(sorted(manifest["label"].unique()))
     label_ids = {label: i for i, label in enumerate(labels)}
+    (features_dir / "index.json").unlink(missing_ok=True)  # until the new shards are all written
     counts = {}
     for split in SPLITS:
         rows = manifest[manifest["split"] == split]

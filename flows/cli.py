@@ -6,12 +6,16 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from components.errors import VidopsError
 from components.layout import Layout
 from components.params import GenerateParams, Params, load_params
+
+if TYPE_CHECKING:  # importing it starts Prefect and TensorFlow
+    from flows.pipeline import PipelineResult
 
 PARAMS_FILE = "params.yaml"
 STAGE_NAMES = ("validate", "extract", "train", "evaluate", "register")  # flows.stages.STAGES, without importing TensorFlow
@@ -144,7 +148,7 @@ def _run_pipeline(layout: Layout, params_file: str, overrides: list[str]) -> Non
     _print_result(layout, result)
 
 
-def _print_result(layout: Layout, result) -> None:  # noqa: ANN001 (PipelineResult; its import is heavy)
+def _print_result(layout: Layout, result: PipelineResult) -> None:
     m, r = result.evaluation.metrics, result.registration
     print()
     print(f"accuracy on the held-out split: {m['accuracy']:.3f} over {m['test_clips']} clips (chance {m['chance']:.3f})")

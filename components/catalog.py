@@ -1,80 +1,285 @@
-"""Catalog: probe every clip of a dataset with PyAV into a manifest table (one row per clip)."""
+"""Catalog: probe every clip of a dataset with PyAV into a manifest table, one row per clip.
+
+A dataset is a folder laid out `<label>/<clip>` (UCF101's layout) or a manifest CSV with
+columns path, label and optionally group and split, its paths relative to the CSV's folder.
+Probing runs in threads (PyAV and hashlib release the GIL) and is incremental: a file whose
+size, mtime and content hash match the previous manifest keeps its row.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import av
+import numpy as np
 import pandas as pd
 
 from components.errors import VidopsError
 
-MANIFEST_COLUMNS = (
-    "path", "label", "size_bytes", "sha256", "readable", "error", "container", "video_codec",
-    "width", "height", "fps", "duration_s", "frames", "audio_codec", "sample_rate", "channels",
+# What each row holds. `frames` is the stream's count where the packets agree with it,
+# else the count of packets; `decode_error` is empty when the first and last frames decode.
+PROBE_COLUMNS = (
+    "size_bytes", "mtime_ns", "sha256", "readable", "error", "container", "video_streams", "video_codec",
+    "pix_fmt", "width", "height", "rotation", "fps_nominal", "fps_average", "vfr", "duration_s", "frames_stream",
+    "frames", "keyframe_interval", "audio_codec", "sample_rate", "channels", "audio_duration_s", "av_diff_s",
+    "decode_error", "phash",
 )  # fmt: skip
+SOURCE_COLUMNS = ("path", "label", "group", "split")
+MANIFEST_COLUMNS = SOURCE_COLUMNS + PROBE_COLUMNS
 # nullable integers: an unreadable clip has no width, and that must not turn 96 into 96.0
-_INT_COLUMNS = {name: "Int64" for name in ("size_bytes", "width", "height", "frames", "sample_rate", "channels")}
+_INT_COLUMNS = {name: "Int64" for name in ("size_bytes", "mtime_ns", "video_streams", "width", "height", "rotation",
+                                            "frames_stream", "frames", "keyframe_interval", "sample_rate", "channels")}  # fmt: skip
+_UCF_GROUP = re.compile(r"_(g\d+)_c\d+", re.IGNORECASE)  # v_ApplyEyeMakeup_g08_c01.avi: person/scene group g08
+PHASH_FRACTIONS = (0.25, 0.5, 0.75)  # where in the clip the perceptual hash looks
+
+
+@dataclass(frozen=True)
+class Catalog:
+    manifest: pd.DataFrame
+    probed: int  # files opened with PyAV this time
+    reused: int  # rows carried over from the previous manifest
+
+
+def build_catalog(dataset: Path, previous: pd.DataFrame | None = None, workers: int = 4) -> Catalog:
+    """Probe every clip of `dataset` (folder or manifest CSV); reuse `previous` rows of unchanged files."""
+    root, sources = list_sources(dataset)
+    known = previous.set_index("path") if previous is not None and len(previous) else None
+
+    def probe(source: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        path = root / source["path"]
+        if source.pop("outside_root"):
+            return {**dict.fromkeys(PROBE_COLUMNS), "readable": False, "error": "path is outside the dataset root", **source}, False
+        if known is not None and source["path"] in known.index:
+            old = known.loc[source["path"]]
+            if _unchanged(path, old):
+                return {**old.to_dict(), **source}, True
+        return {**probe_clip(path), **source}, False
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = list(pool.map(probe, sources))
+    # built as objects first: a None among ints would otherwise go through float64 and round nanosecond mtimes
+    manifest = pd.DataFrame([row for row, _ in results], columns=list(MANIFEST_COLUMNS), dtype=object)
+    manifest = manifest.astype(_INT_COLUMNS).infer_objects()
+    reused = sum(was_reused for _, was_reused in results)
+    return Catalog(manifest, probed=len(results) - reused, reused=reused)
+
+
+def list_sources(dataset: Path) -> tuple[Path, list[dict[str, Any]]]:
+    """The dataset's root and one dict per clip: path (relative to the root), label, group, split, outside_root."""
+    if dataset.is_file() and dataset.suffix.lower() == ".csv":
+        return dataset.parent, _sources_from_csv(dataset)
+    if not dataset.is_dir():
+        raise VidopsError(f"{dataset}: no such dataset (expected a folder of <label>/<clip> files or a manifest CSV)")
+    files = sorted(
+        f for label in dataset.iterdir() if label.is_dir() and not label.name.startswith(".")
+        for f in label.iterdir() if not f.name.startswith(".") and (f.is_file() or f.is_symlink())
+    )  # fmt: skip
+    if not files:
+        raise VidopsError(f"{dataset}: no clips found (expected <label>/<clip> files inside)")
+    return dataset, [_source(f.relative_to(dataset).as_posix(), f.parent.name, None, None, False) for f in files]
+
+
+def _sources_from_csv(csv: Path) -> list[dict[str, Any]]:
+    table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    missing = {"path", "label"} - set(table.columns)
+    if missing:
+        raise VidopsError(f"{csv}: missing column(s) {', '.join(sorted(missing))}; expected path, label[, group, split]")
+    twice = sorted(table.loc[table["path"].duplicated(), "path"])
+    if twice:
+        raise VidopsError(f"{csv}: path(s) listed more than once: {', '.join(twice[:5])}")
+    bad_split = set(table.get("split", pd.Series(dtype=str))) - {"", "train", "test"}
+    if bad_split:
+        raise VidopsError(f"{csv}: column split holds {sorted(bad_split)}; expected train, test or empty")
+    root = csv.parent.resolve()
+    sources = []
+    for row in table.to_dict("records"):
+        target = (root / row["path"]).resolve() if row["path"] else root
+        # resolve() follows links, so a link out of the root is outside too
+        outside = not row["path"] or (root not in target.parents)
+        sources.append(_source(row["path"], row["label"], row.get("group") or None, row.get("split") or None, outside))
+    if not sources:
+        raise VidopsError(f"{csv}: the manifest lists no clips")
+    return sources
+
+
+def _source(path: str, label: str, group: str | None, split: str | None, outside_root: bool) -> dict[str, Any]:
+    if group is None:
+        found = _UCF_GROUP.search(Path(path).stem)
+        group = found.group(1).lower() if found else Path(path).with_suffix("").as_posix()
+    return {"path": path, "label": label, "group": group, "split": split, "outside_root": outside_root}
+
+
+def _unchanged(path: Path, old: pd.Series) -> bool:
+    if pd.isna(old["size_bytes"]) or pd.isna(old["mtime_ns"]) or pd.isna(old["sha256"]):
+        return False  # it could not be read last time: look again
+    try:
+        stat = path.stat()
+        return stat.st_size == old["size_bytes"] and stat.st_mtime_ns == old["mtime_ns"] and _sha256(path) == old["sha256"]
+    except OSError:
+        return False
 
 
 def probe_clip(path: Path) -> dict[str, Any]:
-    """What PyAV can tell about one file; `readable` is False (with `error`) when it cannot be opened or decoded."""
-    row: dict[str, Any] = dict.fromkeys(MANIFEST_COLUMNS)
-    row.update(readable=False, error="", size_bytes=path.stat().st_size, sha256=_sha256(path))
+    """Every fact PyAV can tell about one file; `readable` is False, with `error`, when it cannot be used."""
+    row: dict[str, Any] = {**dict.fromkeys(PROBE_COLUMNS), "readable": False, "error": "", "decode_error": ""}
     try:
-        with av.open(str(path)) as container:
-            row["container"] = container.format.name
-            if not container.streams.video:
-                row["error"] = "no video stream"
-                return row
-            video = container.streams.video[0]
-            rate = video.average_rate or video.guessed_rate
-            duration = video.duration * video.time_base if video.duration else (container.duration or 0) / av.time_base
-            row.update(
-                video_codec=video.codec_context.name,
-                width=video.codec_context.width,
-                height=video.codec_context.height,
-                fps=float(rate) if rate else None,
-                duration_s=float(duration),
-                # some containers do not record the frame count: count packets then (no decoding)
-                frames=video.frames or _count_packets(path),
-            )
-            if container.streams.audio:
-                audio = container.streams.audio[0]
-                row.update(audio_codec=audio.codec_context.name, sample_rate=audio.rate, channels=audio.channels)
-            next(container.decode(video))
-        row["readable"] = True
-    except StopIteration:
-        row["error"] = "video stream holds no decodable frame"
-    except (av.FFmpegError, UnicodeDecodeError, ValueError) as exc:
-        row["error"] = f"{type(exc).__name__}: {exc}"
+        stat = path.stat()
+        row.update(size_bytes=stat.st_size, mtime_ns=stat.st_mtime_ns)
+        if stat.st_size == 0:
+            row["error"] = "empty file"
+            return row
+        row["sha256"] = _sha256(path)
+    except OSError as exc:
+        row["error"] = f"cannot read: {exc.strerror}" + (" (broken symlink)" if path.is_symlink() else "")
+        return row
+    try:
+        row.update(_read_header(path))
+        if not row["video_streams"]:
+            row["error"] = "no video stream" + (f" (audio only: {row['audio_codec']})" if row["audio_codec"] else "")
+            return row
+        row.update(_scan_packets(path, row))
+        row.update(_decode_samples(path, row))
+    except (av.FFmpegError, OSError, UnicodeDecodeError, ValueError) as exc:
+        # FFmpeg's own words ("Invalid data found when processing input"), without errno and path
+        row["error"] = getattr(exc, "strerror", None) or f"{type(exc).__name__}: {exc}"
+        return row
+    row["readable"] = not row["decode_error"]
+    if row["decode_error"]:
+        row["error"] = row["decode_error"]
     return row
 
 
-def build_catalog(dataset_dir: Path) -> pd.DataFrame:
-    """Probe every file under `dataset_dir/<label>/` into a manifest; `path` is relative to `dataset_dir`."""
-    if not dataset_dir.is_dir():
-        raise VidopsError(f"{dataset_dir}: no such dataset folder (expected <label>/<clip> files inside)")
-    files = sorted(
-        f for label in dataset_dir.iterdir() if label.is_dir() and not label.name.startswith(".")
-        for f in label.iterdir() if f.is_file() and not f.name.startswith(".")
-    )  # fmt: skip
-    if not files:
-        raise VidopsError(f"{dataset_dir}: no clips found (expected <label>/<clip> files inside)")
-    rows = [{**probe_clip(f), "path": f.relative_to(dataset_dir).as_posix(), "label": f.parent.name} for f in files]
-    return pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)).astype(_INT_COLUMNS)
+def _read_header(path: Path) -> dict[str, Any]:
+    with av.open(str(path)) as container:
+        facts: dict[str, Any] = {"container": container.format.name, "video_streams": len(container.streams.video)}
+        if container.streams.audio:
+            audio = container.streams.audio[0]
+            audio_s = _seconds(audio.duration, audio.time_base)
+            facts.update(audio_codec=audio.codec_context.name, sample_rate=audio.rate, channels=audio.channels, audio_duration_s=audio_s)
+        if not container.streams.video:
+            return facts
+        video = container.streams.video[0]
+        codec = video.codec_context
+        duration = _seconds(video.duration, video.time_base) or (container.duration or 0) / av.time_base
+        facts.update(
+            video_codec=codec.name, pix_fmt=codec.pix_fmt, width=codec.width, height=codec.height,
+            fps_nominal=_rate(video.base_rate or video.guessed_rate), fps_average=_rate(video.average_rate),
+            duration_s=duration, frames_stream=video.frames or None,
+        )  # fmt: skip
+        if facts.get("audio_duration_s") is not None:
+            facts["av_diff_s"] = abs(facts["audio_duration_s"] - duration)
+        return facts
+
+
+def _scan_packets(path: Path, header: dict[str, Any]) -> dict[str, Any]:
+    """One demux pass, no decoding: frame count, keyframe spacing, and whether frame times are regular."""
+    pts, keyframes, count = [], [], 0
+    with av.open(str(path)) as container:
+        for packet in container.demux(video=0):
+            if packet.size == 0:
+                continue  # a flush packet, not a frame
+            if packet.is_keyframe:
+                keyframes.append(count)
+            if packet.pts is not None:
+                pts.append(packet.pts)
+            count += 1
+    gaps = np.diff(keyframes) if len(keyframes) > 1 else np.array([count])
+    deltas = np.diff(np.sort(pts)) if count > 2 else np.array([1])
+    vfr = bool(deltas.mean() > 0 and deltas.std() / deltas.mean() > 0.05)
+    stream_count = header["frames_stream"]
+    return {"frames": stream_count if stream_count == count else count, "keyframe_interval": int(gaps.max()), "vfr": vfr}
+
+
+def _decode_samples(path: Path, facts: dict[str, Any]) -> dict[str, Any]:
+    """Decode the first frame, a frame at each PHASH_FRACTIONS point and the last frames; report what failed."""
+    out: dict[str, Any] = {"decode_error": ""}
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        video.thread_type = "AUTO"
+        first = next(container.decode(video), None)
+        if first is None:
+            return {"decode_error": "the first frame does not decode"}
+        out["rotation"] = int(first.rotation or 0)
+        start = first.pts or 0
+        span = (facts["duration_s"] or 0) / float(video.time_base) if video.time_base else 0
+        hashes = []
+        for fraction in PHASH_FRACTIONS:
+            frame = _frame_at(container, video, int(start + fraction * span)) if span else first
+            hashes.append(_phash(frame or first))
+        out["phash"] = "".join(hashes)
+        last = _last_frame(container, video, int(start + span))
+        if last is None:
+            out["decode_error"] = "the last frames do not decode (truncated file?)"
+        elif span and (last - start) < 0.9 * span * (1 - 1 / max(facts["frames"] or 1, 1)):
+            out["decode_error"] = f"decoding stops at {float((last - start) * video.time_base):.2f} s of {facts['duration_s']:.2f} s (truncated file?)"
+    return out
+
+
+def _frame_at(container: Any, video: Any, pts: int) -> Any:
+    container.seek(pts, stream=video, backward=True)
+    for frame in container.decode(video):
+        if frame.pts is not None and frame.pts >= pts:
+            return frame
+    return None
+
+
+def _last_frame(container: Any, video: Any, end_pts: int) -> int | None:
+    """The pts of the last frame that decodes after seeking to the keyframe before `end_pts`."""
+    container.seek(max(end_pts, 0), stream=video, backward=True)
+    last = None
+    try:
+        for frame in container.decode(video):
+            last = frame.pts if frame.pts is not None else last
+    except av.FFmpegError:
+        pass  # a cut-short file ends in an error; what decoded before it still counts
+    return last
+
+
+def _phash(frame: Any) -> str:
+    """64-bit DCT perceptual hash of one frame, as 16 hex digits (scaled by FFmpeg: no full-size copy)."""
+    grey = frame.to_ndarray(format="gray", width=32, height=32).astype(np.float64)
+    low = (_DCT @ grey @ _DCT.T)[:8, :8].flatten()[1:]  # low frequencies, DC term dropped
+    bits = np.append(low > np.median(low), False)
+    return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
+
+
+_DCT = np.cos(np.pi * np.outer(np.arange(32), 2 * np.arange(32) + 1) / 64)
+
+
+def hamming(a: str, b: str) -> int:
+    """Bits that differ between two perceptual hashes of the same length."""
+    return sum(bin(int(x, 16) ^ int(y, 16)).count("1") for x, y in zip(_chunks(a), _chunks(b), strict=True))
+
+
+def _chunks(text: str) -> list[str]:
+    return [text[i : i + 16] for i in range(0, len(text), 16)]
 
 
 def assign_splits(manifest: pd.DataFrame, test_fraction: float) -> pd.DataFrame:
-    """Add a `split` column (train/test), stratified by label and decided by content hash, so renames keep splits."""
+    """Fill empty `split` cells: whole groups go to one split, about `test_fraction` of each label to test.
+
+    Groups are taken in the order of their name's hash, so the split is deterministic and
+    does not depend on file order; a split given by the manifest is kept.
+    """
     out = manifest.copy()
-    out["split"] = "train"
-    for _, clips in out.groupby("label"):
-        ordered = clips.sort_values("sha256").index
-        n_test = min(len(ordered) - 1, max(1, round(len(ordered) * test_fraction)))
-        out.loc[ordered[:n_test], "split"] = "test"
+    todo = out["split"].isna() | (out["split"] == "")
+    target = (out.groupby("label").size() * test_fraction).round().clip(lower=1)
+    in_test = out[~todo & (out["split"] == "test")].groupby("label").size().reindex(target.index, fill_value=0)
+    totals = out.groupby("label").size()
+    order = sorted(out.loc[todo, "group"].unique(), key=lambda g: hashlib.sha256(str(g).encode()).hexdigest())
+    for group in order:
+        members = todo & (out["group"] == group)
+        per_label = out[members].groupby("label").size()
+        fits = all(in_test[label] + n <= target[label] and in_test[label] + n < totals[label] for label, n in per_label.items())
+        out.loc[members, "split"] = "test" if fits else "train"
+        if fits:
+            in_test = in_test.add(per_label, fill_value=0)
     return out
 
 
@@ -86,13 +291,18 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _count_packets(path: Path) -> int:
-    with av.open(str(path)) as container:
-        return sum(1 for p in container.demux(video=0) if p.size)
+def _seconds(value: int | None, time_base: Fraction | None) -> float | None:
+    return float(value * time_base) if value and time_base else None
+
+
+def _rate(rate: Fraction | None) -> float | None:
+    return float(rate) if rate else None
 
 
 def read_manifest(path: Path) -> pd.DataFrame:
     """Read a manifest written by this module, with its integer columns restored."""
     if not path.is_file():
         raise VidopsError(f"{path}: no manifest; run the validate stage first")
-    return pd.read_csv(path, keep_default_na=False, na_values=[""]).astype(_INT_COLUMNS)
+    # integers parsed as such: through float64, a nanosecond mtime would lose its last digits
+    text = {"group": str, "split": str, "phash": str, "sha256": str}
+    return pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={**_INT_COLUMNS, **text})

@@ -12,7 +12,7 @@ import pandas as pd
 from components.errors import VidopsError
 from components.extraction import load_split
 from components.io import write_csv, write_json
-from components.training import MODEL_FILE
+from components.layout import MODEL_FILE
 
 METRICS = "metrics.json"
 

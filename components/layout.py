@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+MODEL_FILE = "model.keras"  # the trained model under models/<task>/
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -27,6 +29,11 @@ class Layout:
 
     def reports(self, task: str) -> Path:
         return self.root / "reports" / task
+
+    @property
+    def data_docs(self) -> Path:
+        """Great Expectations' Data Docs site (open index.html)."""
+        return self.root / "reports" / "data_docs"
 
     @property
     def state(self) -> Path:

@@ -29,13 +29,18 @@ def write_clip(path: Path, frames: Iterable[np.ndarray], fps: int, audio: np.nda
             raise ValueError(f"{path}: no frames to write")
         container.mux(video.encode())
         if sound is not None:
-            samples = np.clip(audio, -1.0, 1.0).astype(np.float32)
-            for start in range(0, len(samples), _AAC_FRAME):
-                chunk = av.AudioFrame.from_ndarray(samples[None, start : start + _AAC_FRAME], format="fltp", layout="mono")
-                chunk.sample_rate = AUDIO_RATE
-                chunk.pts = start
-                container.mux(sound.encode(chunk))
-            container.mux(sound.encode())
+            mux_audio(container, sound, audio)
+
+
+def mux_audio(container: av.container.OutputContainer, stream: av.audio.stream.AudioStream, audio: np.ndarray) -> None:
+    """Encode mono float audio in [-1, 1] at 16 kHz into `stream`, then flush it."""
+    samples = np.clip(audio, -1.0, 1.0).astype(np.float32)
+    for start in range(0, len(samples), _AAC_FRAME):
+        chunk = av.AudioFrame.from_ndarray(samples[None, start : start + _AAC_FRAME], format="fltp", layout="mono")
+        chunk.sample_rate = AUDIO_RATE
+        chunk.pts = start
+        container.mux(stream.encode(chunk))
+    container.mux(stream.encode())
 
 
 def read_frames(path: Path, indices: np.ndarray, size: int) -> np.ndarray:

@@ -44,7 +44,14 @@ class ValidationParams(_Group):
     max_fps: float = Field(120.0, gt=0)
     min_width: int = Field(32, ge=1)
     min_height: int = Field(32, ge=1)
+    max_width: int = Field(4096, ge=1)
+    max_height: int = Field(4096, ge=1)
+    frame_count_tolerance: float = Field(0.1, ge=0)
+    require_audio: bool = False
+    max_av_diff_s: float = Field(0.5, ge=0)
+    near_duplicate_bits: int = Field(6, ge=0, le=192)
     min_clips_per_class: int = Field(2, ge=2)
+    probe_workers: int = Field(4, ge=1)
 
 
 class ExtractParams(_Group):

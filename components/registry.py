@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from components.params import Params
-from components.training import MODEL_FILE
+from components.layout import MODEL_FILE
 
 CHAMPION = "champion"
 
@@ -38,8 +38,11 @@ class Registration:
     reason: str
 
 
-def register_model(model_dir: Path, metrics_path: Path, params: Params, tracking: Tracking, tags: dict[str, str]) -> Registration:
-    """Log params, per-epoch training metrics, evaluation metrics and the model; register it; decide the champion."""
+def register_model(
+    model_dir: Path, metrics_path: Path, validation_report: Path, params: Params, tracking: Tracking, tags: dict[str, str]
+) -> Registration:
+    """Log params, the data's validation summary, per-epoch training and evaluation metrics and the model;
+    register it; decide the champion."""
     import keras
     import mlflow
     import tensorflow as tf
@@ -62,6 +65,9 @@ def register_model(model_dir: Path, metrics_path: Path, params: Params, tracking
             for epoch, value in enumerate(values):
                 mlflow.log_metric(f"train_{metric}", value, step=epoch)
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        checked = json.loads(validation_report.read_text())
+        mlflow.log_metrics({f"clips_{status}": checked[status] for status in ("accepted", "warned", "quarantined")})
+        mlflow.log_artifact(str(validation_report), artifact_path="validation")
         mlflow.log_artifacts(str(metrics_path.parent), artifact_path="evaluation")
         mlflow.log_artifact(str(model_dir / "labels.json"))
         info = mlflow.keras.log_model(

@@ -12,9 +12,9 @@ from keras import layers
 
 from components.extraction import load_split
 from components.io import atomic_path, write_json
+from components.layout import MODEL_FILE
 from components.params import ClassifierParams
 
-MODEL_FILE = "model.keras"
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,9 @@
-"""Validation: a Great Expectations suite over the manifest; failing clips are quarantined, never touched.
+"""Validation: a Great Expectations suite over the manifest; clips that fail are quarantined, never touched.
 
-Great Expectations is used here and nowhere else, so its API (1.x) stays behind this module.
+Facts that span several rows (duplicates, groups across splits) are computed here into
+columns of the manifest, so that every check is a GE expectation on a column, shown in
+Data Docs. Each expectation is critical (the clip is quarantined) or a warning (reported,
+kept). Great Expectations (1.x) is used in this module and nowhere else.
 """
 
 from __future__ import annotations
@@ -8,110 +11,207 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 
-from components.catalog import assign_splits, build_catalog
+from components.catalog import assign_splits, build_catalog, read_manifest
 from components.errors import VidopsError
 from components.io import write_csv, write_json
 from components.params import ValidationParams
 
-QUARANTINE_COLUMNS = ["path", "label", "expectation", "reason"]
 ACCEPTED = "accepted.csv"  # the clips that passed, with their split: what extraction reads
+MANIFEST = "manifest.csv"  # every clip, its probe, its status
+REPORT = "validation.json"  # the summary table
+FINDING_COLUMNS = ["path", "label", "severity", "check", "reason"]
+Severity = Literal["critical", "warning"]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One expectation: its short name, a GE expectation class and its arguments, its severity, the reason per clip."""
+
+    name: str
+    expectation: str
+    kwargs: dict[str, Any]
+    severity: Severity
+    reason: str  # formatted with the clip's row: {value} is the checked column's value
 
 
 @dataclass(frozen=True)
 class ValidationSummary:
     clips: int
     accepted: int
+    warned: int
     quarantined: int
     labels: tuple[str, ...]
-    manifest: Path  # every clip, with its probe
-    accepted_manifest: Path  # the clips that passed, with their split; extraction reads this
-    quarantine: Path  # one row per failed expectation per clip, with a reason
+    by_reason: dict[str, int]  # failed check -> clips
+    probed: int  # files opened this time; the others kept their rows from the last manifest
+    reused: int
+    manifest: Path
+    accepted_manifest: Path
+    quarantine: Path
     report: Path
+    data_docs: Path | None  # Data Docs' index.html
+
+    def table(self) -> list[dict[str, Any]]:
+        """The summary as rows (what, clips), for the CLI, MLflow and the Prefect UI."""
+        rows = [{"what": k, "clips": v} for k, v in (("accepted", self.accepted), ("warned", self.warned), ("quarantined", self.quarantined))]
+        return rows + [{"what": f"failed {check}", "clips": n} for check, n in sorted(self.by_reason.items())]
 
 
-def validate_dataset(dataset_dir: Path, catalog_dir: Path, checks: ValidationParams, test_fraction: float) -> ValidationSummary:
-    """Catalog `dataset_dir`, run the suite, write manifest, quarantine, accepted list and report under `catalog_dir`.
+def validate_dataset(dataset: Path, catalog_dir: Path, checks: ValidationParams, test_fraction: float, docs_dir: Path | None = None) -> ValidationSummary:
+    """Catalog `dataset`, run the suite, write manifest, findings, accepted list and report under `catalog_dir`.
 
+    The previous manifest there makes probing incremental. Data Docs go to `docs_dir` when given.
     Raises VidopsError when what is left cannot train a model (a class below its minimum).
     """
-    manifest = build_catalog(dataset_dir)
-    failures, outcomes = _run_suite(manifest, checks)
-    quarantine = pd.DataFrame(failures, columns=QUARANTINE_COLUMNS)
-    accepted = manifest[~manifest["path"].isin(quarantine["path"])]
+    previous = read_manifest(catalog_dir / MANIFEST) if (catalog_dir / MANIFEST).is_file() else None
+    catalog = build_catalog(dataset, previous, checks.probe_workers)
+    manifest = derive_checks(catalog.manifest, checks)
+    findings = run_suite(manifest, suite(checks), docs_dir)
+    critical = set(findings.loc[findings["severity"] == "critical", "path"])
+    warned = set(findings.loc[findings["severity"] == "warning", "path"]) - critical
+    manifest["status"] = np.where(manifest["path"].isin(critical), "quarantined", np.where(manifest["path"].isin(warned), "warned", "accepted"))
+    accepted = assign_splits(manifest[manifest["status"] != "quarantined"], test_fraction)
+    manifest.loc[accepted.index, "split"] = accepted["split"]
+
+    paths = {name: catalog_dir / name for name in (MANIFEST, ACCEPTED, "quarantine.csv", "warnings.csv", REPORT)}
+    write_csv(paths[MANIFEST], manifest)
+    write_csv(paths["quarantine.csv"], findings[findings["severity"] == "critical"])
+    write_csv(paths["warnings.csv"], findings[findings["severity"] == "warning"])
     counts = accepted["label"].value_counts()
     short = {label: int(counts.get(label, 0)) for label in sorted(manifest["label"].unique()) if counts.get(label, 0) < checks.min_clips_per_class}
-
-    paths = {name: catalog_dir / name for name in ("manifest.csv", ACCEPTED, "quarantine.csv", "validation.json")}
-    write_csv(paths["manifest.csv"], manifest)
-    write_csv(paths["quarantine.csv"], quarantine)
-    write_json(paths["validation.json"], {
-        "dataset": str(dataset_dir), "clips": len(manifest), "accepted": len(accepted),
-        "quarantined": int(quarantine["path"].nunique()), "expectations": outcomes, "classes_below_minimum": short,
+    summary = ValidationSummary(
+        clips=len(manifest), accepted=len(accepted), warned=len(warned), quarantined=len(critical),
+        labels=tuple(sorted(counts.index)), by_reason=findings.groupby("check")["path"].nunique().to_dict(),
+        probed=catalog.probed, reused=catalog.reused, manifest=paths[MANIFEST], accepted_manifest=paths[ACCEPTED],
+        quarantine=paths["quarantine.csv"], report=paths[REPORT],
+        data_docs=docs_dir / "index.html" if docs_dir else None,
+    )  # fmt: skip
+    write_json(paths[REPORT], {
+        "dataset": str(dataset), "clips": summary.clips, "accepted": summary.accepted, "warned": summary.warned,
+        "quarantined": summary.quarantined, "by_reason": summary.by_reason, "classes_below_minimum": short,
     })  # fmt: skip
     if short or len(counts) < 2:
         paths[ACCEPTED].unlink(missing_ok=True)  # an old accepted list must not outlive a failed validation
         why = ", ".join(f"{label} has {n}" for label, n in short.items()) or f"only {len(counts)} class left"
         raise VidopsError(
-            f"{dataset_dir}: not enough valid clips to train: {why} (need {checks.min_clips_per_class} per class, "
+            f"{dataset}: not enough valid clips to train: {why} (need {checks.min_clips_per_class} per class, "
             f"at least 2 classes); see {paths['quarantine.csv']}"
         )
-    write_csv(paths[ACCEPTED], assign_splits(accepted, test_fraction))
-    return ValidationSummary(
-        clips=len(manifest), accepted=len(accepted), quarantined=int(quarantine["path"].nunique()),
-        labels=tuple(sorted(counts.index)), manifest=paths["manifest.csv"], accepted_manifest=paths[ACCEPTED],
-        quarantine=paths["quarantine.csv"], report=paths["validation.json"],
-    )  # fmt: skip
+    write_csv(paths[ACCEPTED], accepted)
+    return summary
 
 
-def _expectations(checks: ValidationParams) -> list[tuple[str, dict[str, Any], str]]:
-    """(expectation class, kwargs, reason template) for each check; `{value}` is the clip's offending value."""
-    return [
-        ("ExpectColumnValuesToBeInSet", {"column": "readable", "value_set": [True]}, "unreadable: {error}"),
-        ("ExpectColumnValuesToNotBeNull", {"column": "video_codec"}, "no usable video stream"),
-        ("ExpectColumnValuesToBeBetween", {"column": "duration_s", "min_value": checks.min_duration_s, "max_value": checks.max_duration_s},
-         f"duration {{value:.2f}} s is outside [{checks.min_duration_s}, {checks.max_duration_s}] s"),
-        ("ExpectColumnValuesToBeBetween", {"column": "fps", "min_value": checks.min_fps, "max_value": checks.max_fps},
-         f"frame rate {{value:.2f}} fps is outside [{checks.min_fps}, {checks.max_fps}] fps"),
-        ("ExpectColumnValuesToBeBetween", {"column": "width", "min_value": checks.min_width}, f"width {{value}} px is below {checks.min_width} px"),
-        ("ExpectColumnValuesToBeBetween", {"column": "height", "min_value": checks.min_height}, f"height {{value}} px is below {checks.min_height} px"),
+def suite(checks: ValidationParams) -> list[Check]:
+    """The expectations, with thresholds from params.yaml."""
+    c = checks
+    between = "ExpectColumnValuesToBeBetween"
+    empty = "ExpectColumnValuesToBeNull"
+    found = [
+        Check("readable", "ExpectColumnValuesToBeInSet", {"column": "readable", "value_set": [True]}, "critical", "unreadable: {error}"),
+        Check("one_video_stream", between, {"column": "video_streams", "min_value": 1, "max_value": 1}, "critical", "{value} video streams; exactly one is needed"),
+        Check("duration", between, {"column": "duration_s", "min_value": c.min_duration_s, "max_value": c.max_duration_s}, "critical",
+              f"duration {{value:.2f}} s is outside [{c.min_duration_s}, {c.max_duration_s}] s"),
+        Check("fps", between, {"column": "fps_average", "min_value": c.min_fps, "max_value": c.max_fps}, "critical",
+              f"frame rate {{value:.2f}} fps is outside [{c.min_fps}, {c.max_fps}] fps"),
+        Check("width", between, {"column": "width", "min_value": c.min_width, "max_value": c.max_width}, "critical",
+              f"width {{value}} px is outside [{c.min_width}, {c.max_width}] px"),
+        Check("height", between, {"column": "height", "min_value": c.min_height, "max_value": c.max_height}, "critical",
+              f"height {{value}} px is outside [{c.min_height}, {c.max_height}] px"),
+        Check("frame_count", between, {"column": "frame_count_error", "max_value": c.frame_count_tolerance}, "critical",
+              "{frames} frames where duration x fps says {expected_frames:.0f}: the container's count is wrong"),
+        Check("duplicate", empty, {"column": "duplicate_of"}, "critical", "byte-identical to {value} (same label): a duplicate"),
+        Check("label_conflict", empty, {"column": "label_conflict"}, "critical", "byte-identical to a clip labelled {value}: label conflict"),
+        Check("group_leak", empty, {"column": "group_leak"}, "critical", "group {group} is also in the {value} split: it would leak"),
+        Check("near_duplicate", empty, {"column": "near_duplicate_of"}, "warning", "looks like {value} (perceptual hash)"),
     ]  # fmt: skip
+    if c.require_audio:
+        found += [
+            Check("audio_present", "ExpectColumnValuesToNotBeNull", {"column": "audio_codec"}, "critical", "no audio stream; this task needs audio"),
+            Check("av_sync", between, {"column": "av_diff_s", "max_value": c.max_av_diff_s}, "critical",
+                  f"audio and video durations differ by {{value:.2f}} s (more than {c.max_av_diff_s} s)"),
+        ]  # fmt: skip
+    return found
 
 
-def _run_suite(manifest: pd.DataFrame, checks: ValidationParams) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
-    """Run the suite; return one failure row per (clip, expectation) and one outcome per expectation."""
+def derive_checks(manifest: pd.DataFrame, checks: ValidationParams) -> pd.DataFrame:
+    """Add the columns that compare rows: frame-count error, duplicates, label conflicts, group leaks, near-duplicates."""
+    out = manifest.copy()
+    out["expected_frames"] = out["duration_s"] * out["fps_average"]
+    out["frame_count_error"] = (out["frames"] - out["expected_frames"]).abs() / out["expected_frames"].clip(lower=1)
+    out["duplicate_of"] = out["label_conflict"] = out["group_leak"] = out["near_duplicate_of"] = None
+    hashed = out[out["sha256"].notna()]
+    for _, same in hashed.groupby("sha256"):
+        if len(same) < 2:
+            continue
+        labels = set(same["label"])
+        for index, row in same.iterrows():
+            others = sorted(labels - {row["label"]})
+            if others:
+                out.at[index, "label_conflict"] = ", ".join(others)
+            elif index != same.index[0]:
+                out.at[index, "duplicate_of"] = same.iloc[0]["path"]
+    given = out[out["split"].isin(["train", "test"])]
+    for group, rows in given.groupby("group"):
+        if rows["split"].nunique() > 1:
+            test_rows = rows.index[rows["split"] == "test"]
+            out.loc[test_rows, "group_leak"] = "train"
+    _mark_near_duplicates(out, checks.near_duplicate_bits)
+    return out
+
+
+def _mark_near_duplicates(manifest: pd.DataFrame, max_bits: int) -> None:
+    """Set `near_duplicate_of` on each clip whose perceptual hash is within `max_bits` of an earlier, different clip."""
+    rows = manifest[manifest["phash"].notna() & (manifest["phash"].astype(str).str.len() == 48)]
+    if len(rows) < 2:
+        return
+    words = np.array([[int(h[i : i + 16], 16) for i in (0, 16, 32)] for h in rows["phash"]], dtype=np.uint64)
+    shas = rows["sha256"].to_numpy()
+    for i in range(len(rows) - 1):
+        distance = np.bitwise_count(words[i + 1 :] ^ words[i]).sum(axis=1)
+        for j in np.nonzero(distance <= max_bits)[0] + i + 1:
+            index = rows.index[j]
+            if shas[j] != shas[i] and manifest.at[index, "near_duplicate_of"] is None:
+                manifest.at[index, "near_duplicate_of"] = rows.iloc[i]["path"]
+
+
+def run_suite(manifest: pd.DataFrame, checks: list[Check], docs_dir: Path | None) -> pd.DataFrame:
+    """Run the checks as one GE suite; one finding row per (clip, failed check). Writes Data Docs to `docs_dir`."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
     import great_expectations.expectations as gxe
-
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     batch = context.data_sources.add_pandas("manifest").add_dataframe_asset("clips").add_batch_definition_whole_dataframe("all")
-    suite = context.suites.add(gx.ExpectationSuite(name="clips"))
-    reasons = []
-    for name, kwargs, reason in _expectations(checks):
-        suite.add_expectation(getattr(gxe, name)(**kwargs))
-        reasons.append(reason)
+    suite = context.suites.add(gx.ExpectationSuite(name="vidops_clips"))
+    for check in checks:
+        meta = {"check": check.name, "severity": check.severity, "reason": check.reason}
+        suite.add_expectation(getattr(gxe, check.expectation)(**check.kwargs, meta=meta))
     definition = context.validation_definitions.add(gx.ValidationDefinition(name="clips", data=batch, suite=suite))
-    result = definition.run(
-        batch_parameters={"dataframe": manifest},
+    actions = []
+    if docs_dir is not None:
+        site = {"class_name": "SiteBuilder", "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"}}  # fmt: skip
+        context.add_data_docs_site(site_name="vidops", site_config=site)
+        actions.append(gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["vidops"]))
+    checkpoint = context.checkpoints.add(gx.Checkpoint(
+        name="clips", validation_definitions=[definition], actions=actions,
         result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["path"]},
-    )
+    ))  # fmt: skip
+    result = next(iter(checkpoint.run(batch_parameters={"dataframe": manifest}).run_results.values()))
+
     by_path = manifest.set_index("path")
-    failures, outcomes = [], []
+    findings = []
     # results come back in the suite's order
-    for outcome, reason in zip(result.results, reasons, strict=True):
-        config = outcome.expectation_config
-        column = config.kwargs["column"]
-        bad = [hit["path"] for hit in outcome.result.get("unexpected_index_list") or []]
-        outcomes.append({"expectation": config.type, "column": column, "success": bool(outcome.success), "unexpected": len(bad)})
-        for path in bad:
-            clip = by_path.loc[path]
-            text = reason.format(value=clip[column], error=clip["error"])
-            failures.append({"path": path, "label": clip["label"], "expectation": f"{config.type}({column})", "reason": text})
-    return failures, outcomes
+    for outcome, check in zip(result.results, checks, strict=True):
+        column = check.kwargs["column"]
+        for hit in outcome.result.get("unexpected_index_list") or []:
+            clip = by_path.loc[hit["path"]]
+            reason = check.reason.format(value=clip[column], **clip.to_dict())
+            findings.append({"path": hit["path"], "label": clip["label"], "severity": check.severity, "check": check.name, "reason": reason})
+    return pd.DataFrame(findings, columns=FINDING_COLUMNS)

@@ -52,10 +52,14 @@ def _parser() -> argparse.ArgumentParser:
     generate.set_defaults(handler=cmd_generate)
 
     validate = commands.add_parser("validate", help="catalog and validate a dataset; exit 0 when it is usable")
-    validate.add_argument("dataset", type=Path, help="folder of <label>/<clip> files")
-    validate.add_argument("--report", type=Path, default=Path("data/catalog"), help="where the manifest and quarantine go")
+    validate.add_argument("dataset", type=Path, help="folder of <label>/<clip> files, or a manifest CSV (path, label[, group, split])")
+    validate.add_argument("--report", type=Path, help="where the manifest, quarantine and Data Docs go (default: the project's data/catalog and reports/data_docs)")
     _add_project(validate)
     validate.set_defaults(handler=cmd_validate)
+
+    inspect = commands.add_parser("inspect", help="probe videos and print what PyAV finds, as JSON")
+    inspect.add_argument("videos", type=Path, nargs="+")
+    inspect.set_defaults(handler=cmd_inspect)
 
     stage = commands.add_parser("stage", help="run one pipeline stage without Prefect (what dvc.yaml calls)")
     stage.add_argument("name", choices=STAGE_NAMES)
@@ -95,9 +99,27 @@ def cmd_validate(args: argparse.Namespace) -> None:
     quiet_libraries()
     from components.validation import validate_dataset
 
-    params = _load(args.root, args.params, [])
-    summary = validate_dataset(args.dataset, args.report, params.validation, params.dataset.test_fraction)
-    print(f"{summary.clips} clips: {summary.accepted} accepted, {summary.quarantined} quarantined (see {summary.quarantine})")
+    layout = Layout(args.root.resolve())
+    params = _load(layout.root, args.params, [])
+    catalog, docs = (args.report, args.report / "data_docs") if args.report else (layout.catalog, layout.data_docs)
+    summary = validate_dataset(args.dataset, catalog, params.validation, params.dataset.test_fraction, docs)
+    print(f"{summary.clips} clips ({summary.probed} probed, {summary.reused} unchanged since the last run)")
+    for row in summary.table():
+        print(f"  {row['what']:<24} {row['clips']:>6}")
+    print(f"quarantine: {summary.quarantine}")
+    print(f"Data Docs:  {summary.data_docs}")
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    import json
+
+    from components.catalog import probe_clip
+
+    for video in args.videos:
+        if not video.exists() and not video.is_symlink():
+            raise VidopsError(f"{video}: no such file")
+    probes = [{"path": str(video), **probe_clip(video)} for video in args.videos]
+    print(json.dumps(probes if len(probes) > 1 else probes[0], indent=2, default=str))
 
 
 def cmd_stage(args: argparse.Namespace) -> None:
@@ -149,11 +171,13 @@ def _run_pipeline(layout: Layout, params_file: str, overrides: list[str]) -> Non
 
 
 def _print_result(layout: Layout, result: PipelineResult) -> None:
-    m, r = result.evaluation.metrics, result.registration
+    s, m, r = result.summary, result.evaluation.metrics, result.registration
     print()
-    print(f"accuracy on the held-out split: {m['accuracy']:.3f} over {m['test_clips']} clips (chance {m['chance']:.3f})")
+    print(f"clips:            {s.accepted} accepted, {s.warned} of them with warnings, {s.quarantined} quarantined ({s.quarantine})")
+    print(f"accuracy:         {m['accuracy']:.3f} on the held-out split of {m['test_clips']} clips (chance {m['chance']:.3f})")
     print(f"registered model: {r.model_name} version {r.version}; {'now champion' if r.champion else 'not champion'}: {r.reason}")
     print(f"metrics:          {result.evaluation.metrics_path}")
+    print(f"Data Docs:        {s.data_docs}")
     print(f"MLflow run:       {r.run_id} in {result.tracking_uri}")
     if result.tracking_uri.startswith("sqlite:"):
         print(f"MLflow UI:        mlflow ui --backend-store-uri {result.tracking_uri}  (then http://127.0.0.1:5000)")

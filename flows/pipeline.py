@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import flow, runtime, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from components.evaluation import Evaluation
@@ -47,6 +47,7 @@ def training_pipeline(root: str = ".", params_file: str | None = "params.yaml", 
     params = load_params(layout.root / params_file if params_file else None, overrides or ())
 
     summary = validate_dataset(layout, params)
+    create_table_artifact(summary.table(), key="validation-summary", description=f"clips of {params.dataset.name}: see {summary.quarantine}")
     extract_features(layout, params)
     train_classifier(layout, params)
     scores = evaluate_classifier(layout, params)
@@ -62,7 +63,7 @@ def report(result: PipelineResult) -> str:
     s, m, r = result.summary, result.evaluation.metrics, result.registration
     return "\n".join([
         "# vidops training run",
-        f"- clips: {s.clips} probed, {s.accepted} accepted, {s.quarantined} quarantined (`{s.quarantine}`)",
+        f"- clips: {s.clips}: {s.accepted} accepted ({s.warned} with warnings), {s.quarantined} quarantined (`{s.quarantine}`)",
         f"- test accuracy: {m['accuracy']:.3f} on {m['test_clips']} clips (chance {m['chance']:.3f})",
         f"- model: `{r.model_name}` version {r.version}, MLflow run `{r.run_id}` in `{result.tracking_uri}`",
         f"- champion: {'yes' if r.champion else 'no'}: {r.reason}",

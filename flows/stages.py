@@ -18,7 +18,8 @@ TASK = "classification"
 
 
 def validate_dataset(layout: Layout, params: Params) -> validation.ValidationSummary:
-    return validation.validate_dataset(layout.raw(params.dataset.name), layout.catalog, params.validation, params.dataset.test_fraction)
+    dataset = layout.raw(params.dataset.name)
+    return validation.validate_dataset(dataset, layout.catalog, params.validation, params.dataset.test_fraction, layout.data_docs)
 
 
 def extract_features(layout: Layout, params: Params) -> extraction.FeatureSet:
@@ -37,7 +38,8 @@ def evaluate_classifier(layout: Layout, params: Params) -> evaluation.Evaluation
 def register_model(layout: Layout, params: Params, tags: dict[str, str] | None = None) -> registry.Registration:
     metrics = layout.reports(TASK) / evaluation.METRICS
     lineage = {"vidops.dataset": str(layout.raw(params.dataset.name)), **(tags or {})}
-    registered = registry.register_model(layout.models(TASK), metrics, params, tracking(layout), lineage)
+    report = layout.catalog / validation.REPORT
+    registered = registry.register_model(layout.models(TASK), metrics, report, params, tracking(layout), lineage)
     write_json(layout.reports(TASK) / "registration.json", asdict(registered))
     return registered
 

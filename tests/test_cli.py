@@ -1,5 +1,8 @@
 """The `vidops` command as a user runs it: exit codes, one-line errors, nothing half-written."""
 
+import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -50,11 +53,32 @@ def test_a_params_typo_stops_run_before_anything_starts(tmp_path: Path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
-def test_validate_reports_and_exits_zero_on_a_usable_dataset(tmp_path: Path, tiny_dataset: Path):
-    result = vidops("validate", str(tiny_dataset), "--report", str(tmp_path / "catalog"), cwd=tmp_path)
+def test_validate_prints_the_summary_and_exits_zero_on_a_usable_dataset(tmp_path: Path, tiny_dataset: Path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    (data / "rotate" / "garbage.mp4").write_text("not a video")
+    result = vidops("validate", str(data), "--report", str(tmp_path / "report"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "21 clips: 21 accepted, 0 quarantined" in result.stdout
-    assert (tmp_path / "catalog" / "accepted.csv").is_file()
+    assert re.search(r"accepted\s+21\n\s+warned\s+0\n\s+quarantined\s+1\n\s+failed readable\s+1", result.stdout), result.stdout
+    assert (tmp_path / "report" / "accepted.csv").is_file()
+    assert (tmp_path / "report" / "data_docs" / "index.html").is_file()
+
+
+def test_validate_fails_when_a_class_is_left_without_clips(tmp_path: Path, tiny_dataset: Path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    for clip in (data / "zoom_in").iterdir():
+        clip.write_text("not a video")
+    assert "zoom_in has 0" in _one_line_error(vidops("validate", str(data), "--report", str(tmp_path / "r")))
+
+
+def test_inspect_prints_the_probe_as_json(tiny_dataset: Path):
+    clip = next(tiny_dataset.rglob("*.mp4"))
+    result = vidops("inspect", str(clip))
+    assert result.returncode == 0, result.stderr
+    probe = json.loads(result.stdout)
+    assert (probe["video_codec"], probe["frames"], probe["audio_codec"], probe["readable"]) == ("h264", 25, "aac", True)
+    assert "no such file" in _one_line_error(vidops("inspect", "/nonexistent.mp4"))
 
 
 def test_stage_runs_one_stage_on_the_project(project):

@@ -20,7 +20,14 @@ def _embedded_mlflow(monkeypatch):
 
 
 def test_training_pipeline_registers_a_champion_and_a_second_run_works(prefect_api, project, tiny_params):
+    (project.raw("demo") / "rotate" / "garbage.mp4").write_bytes(b"not a video")
     first = training_pipeline(root=str(project.root))
+
+    # only accepted clips reach extraction
+    assert (first.summary.accepted, first.summary.quarantined) == (21, 1)
+    index = json.loads((project.features(TASK) / "index.json").read_text())
+    assert sum(index["clips"].values()) == 21
+
     second = training_pipeline(root=str(project.root), overrides=["train.classifier.epochs=1"])
 
     client = MlflowClient(tracking(project).uri)
@@ -43,8 +50,11 @@ def test_training_pipeline_registers_a_champion_and_a_second_run_works(prefect_a
         flow_run = prefect.read_flow_run(flow_run_id)
         assert flow_run.state.is_completed()
         tasks = prefect.read_task_runs()
+        artifacts = {a.key: a for a in prefect.read_artifacts() if a.flow_run_id == flow_run.id}
     names = {t.name.rsplit("-", 1)[0] for t in tasks if t.flow_run_id == flow_run.id}
     assert names == {"validate_dataset", "extract_features", "train_classifier", "evaluate_classifier", "register_model"}
+    assert {"validation-summary", "training-report"} <= set(artifacts)
+    assert "quarantined" in str(artifacts["validation-summary"].data)
     registration = json.loads((project.reports(TASK) / "registration.json").read_text())
     assert registration["version"] == "2"
 

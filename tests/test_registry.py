@@ -9,6 +9,7 @@ import pytest
 from mlflow import MlflowClient
 
 from components.registry import CHAMPION, Tracking, register_model
+from components.validation import REPORT
 from flows.stages import TASK
 
 
@@ -27,10 +28,10 @@ def _with_accuracy(trained_project, tmp_path: Path, accuracy: float) -> Path:
 
 
 def test_champion_is_the_first_model_then_only_a_better_one(trained_project, tiny_params, tracking, tmp_path):
-    models = trained_project.models(TASK)
-    first = register_model(models, _with_accuracy(trained_project, tmp_path, 0.5), tiny_params, tracking, {"vidops.dataset": "d"})
-    same = register_model(models, _with_accuracy(trained_project, tmp_path, 0.5), tiny_params, tracking, {})
-    better = register_model(models, _with_accuracy(trained_project, tmp_path, 0.75), tiny_params, tracking, {})
+    models, report = trained_project.models(TASK), trained_project.catalog / REPORT
+    first = register_model(models, _with_accuracy(trained_project, tmp_path, 0.5), report, tiny_params, tracking, {"vidops.dataset": "d"})
+    same = register_model(models, _with_accuracy(trained_project, tmp_path, 0.5), report, tiny_params, tracking, {})
+    better = register_model(models, _with_accuracy(trained_project, tmp_path, 0.75), report, tiny_params, tracking, {})
 
     assert (first.version, first.champion) == ("1", True)
     assert (same.version, same.champion) == ("2", False)
@@ -45,13 +46,14 @@ def test_champion_is_the_first_model_then_only_a_better_one(trained_project, tin
     assert run.data.metrics["accuracy"] == 0.5
     assert run.data.params["train.classifier.epochs"] == str(tiny_params.train.classifier.epochs)
     assert run.data.tags["vidops.dataset"] == "d"
+    assert run.data.metrics["clips_accepted"] == 21 and run.data.metrics["clips_quarantined"] == 0
     epochs = client.get_metric_history(first.run_id, "train_loss")
     assert [m.step for m in epochs] == list(range(tiny_params.train.classifier.epochs))
 
 
 def test_the_champion_loads_from_the_registry_with_its_signature(trained_project, tiny_params, tracking):
     metrics = trained_project.reports(TASK) / "metrics.json"
-    register_model(trained_project.models(TASK), metrics, tiny_params, tracking, {})
+    register_model(trained_project.models(TASK), metrics, trained_project.catalog / REPORT, tiny_params, tracking, {})
     mlflow.set_tracking_uri(tracking.uri)
     uri = f"models:/{tiny_params.registry.model_name}@{CHAMPION}"
     inputs = mlflow.models.get_model_info(uri).signature.inputs.to_dict()[0]

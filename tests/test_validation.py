@@ -1,78 +1,225 @@
+"""Catalog and validation on real files, good and defective, each with its expected verdict."""
+
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from components.catalog import assign_splits, build_catalog, probe_clip
+from components.catalog import assign_splits, build_catalog, list_sources, probe_clip
 from components.errors import VidopsError
-from components.generate import generate_dataset
-from components.params import GenerateParams, ValidationParams
-from components.validation import ACCEPTED, validate_dataset
+from components.params import ValidationParams
+from components.validation import ACCEPTED, MANIFEST, validate_dataset
+from corpus import audio_only, encode, truncated
+
+VFR_MS = [0, 40, 80, 100, 180, 200, 260, 300, 380, 400, 440, 520, 540, 600, 640, 700, 760, 800, 840, 900, 960, 1000, 1040, 1100, 1160]
 
 
 def _fingerprint(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_probe_reads_the_streams(tiny_dataset: Path):
-    row = probe_clip(next(tiny_dataset.rglob("*.mp4")))
-    assert row["readable"] and row["error"] == ""
-    assert (row["video_codec"], row["width"], row["fps"], row["frames"]) == ("h264", 48, 25.0, 25)
-    assert row["duration_s"] == pytest.approx(1.0)
-    assert (row["audio_codec"], row["sample_rate"], row["channels"]) == ("aac", 16000, 1)
-    assert len(row["sha256"]) == 64
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str | None]]:
+    """A dataset mixing every kind of good and defective clip; maps each path to the check it must fail (None: accept)."""
+    root = tmp_path_factory.mktemp("corpus")
+    data = root / "dataset"
+    outside = encode(root / "elsewhere" / "linked.mp4", seed=99)
+    faststart = encode(root / "source" / "faststart.mp4", frames=50, seed=98, container_options={"movflags": "+faststart"})
+    moov_last = encode(root / "source" / "plain.mp4", seed=97)
+    a, b = data / "a", data / "b"
+    expected: dict[str, str | None] = {
+        "a/h264.mp4": encode(a / "h264.mp4", seed=1) and None,
+        "a/xvid.avi": encode(a / "xvid.avi", "mpeg4", "avi", seed=2, options={"vtag": "XVID"}) and None,
+        "a/vp9.webm": encode(a / "vp9.webm", "libvpx-vp9", "webm", seed=3, options={"deadline": "realtime", "cpu-used": "8"}) and None,
+        "a/h264.mkv": encode(a / "h264.mkv", container="matroska", seed=4) and None,
+        "b/h264.mov": encode(b / "h264.mov", container="mov", seed=5) and None,
+        "b/mjpeg.avi": encode(b / "mjpeg.avi", "mjpeg", "avi", pix_fmt="yuvj420p", seed=6) and None,
+        "b/10bit.mp4": encode(b / "10bit.mp4", pix_fmt="yuv420p10le", seed=7) and None,
+        "b/odd 97x61.mp4": encode(b / "odd 97x61.mp4", pix_fmt="yuv444p", size=(97, 61), seed=8) and None,
+        "a/rotated.mp4": encode(a / "rotated.mp4", rotation=90, seed=9) and None,
+        "a/vfr.mp4": encode(a / "vfr.mp4", frame_times_ms=VFR_MS, seed=10) and None,
+        "b/long gop.mp4": encode(b / "long gop.mp4", frames=50, options={"g": "250", "bf": "3"}, seed=11) and None,
+        "b/ünïcödé ✓.mp4": encode(b / "ünïcödé ✓.mp4", seed=12) and None,
+        "a/empty.mp4": "readable",
+        "a/text.mp4": "readable",
+        "b/random.mp4": "readable",
+        "a/moov-missing.mp4": "readable",
+        "b/mdat-cut-short.mp4": "readable",
+        "a/audio-only.m4a": "readable",
+        "b/one-frame.mp4": "duration",
+        "a/16x16.mp4": "width",
+        "b/8k.mp4": "width",
+        "a/z-copy-of-h264.mp4": "duplicate",
+        "b/h264-under-b.mp4": "label_conflict",
+        "a/dangling-link.mp4": "readable",
+    }
+    (a / "empty.mp4").write_bytes(b"")
+    (a / "text.mp4").write_text("this is not a video\n")
+    (b / "random.mp4").write_bytes(os.urandom(4096))
+    truncated(moov_last, a / "moov-missing.mp4", 0.6)
+    truncated(faststart, b / "mdat-cut-short.mp4", 0.6)
+    audio_only(a / "audio-only.m4a")
+    encode(b / "one-frame.mp4", frames=1, seed=13)
+    encode(a / "16x16.mp4", size=(16, 16), seed=14)
+    encode(b / "8k.mp4", size=(7680, 4320), frames=14, options={"preset": "ultrafast"}, seed=15)
+    shutil.copy(a / "h264.mp4", a / "z-copy-of-h264.mp4")  # the first by path is kept
+    shutil.copy(a / "xvid.avi", b / "h264-under-b.mp4")  # the same bytes under two labels
+    expected["a/xvid.avi"] = "label_conflict"
+    (a / "symlinked.mp4").symlink_to(outside)
+    expected["a/symlinked.mp4"] = None
+    (a / "dangling-link.mp4").symlink_to(root / "nowhere.mp4")
+    return data, expected
 
 
-def test_probe_marks_a_corrupt_file_unreadable(tmp_path: Path):
-    bad = tmp_path / "bad.mp4"
-    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42 but then nothing")
-    row = probe_clip(bad)
-    assert not row["readable"]
-    assert row["error"]
+def test_every_good_clip_is_accepted_and_every_defect_quarantined_for_its_reason(corpus, tmp_path: Path):
+    data, expected = corpus
+    before = _fingerprint(data)
+    summary = validate_dataset(data, tmp_path / "catalog", ValidationParams(), 0.25, tmp_path / "docs")
+
+    manifest = pd.read_csv(summary.manifest)
+    quarantine = pd.read_csv(summary.quarantine)
+    verdicts = manifest.set_index("path")["status"]
+    assert set(verdicts.index) == set(expected)
+    for path, check in expected.items():
+        if check is None:
+            assert verdicts[path] != "quarantined", (path, quarantine[quarantine["path"] == path].to_dict("records"))
+        else:
+            failed = set(quarantine.loc[quarantine["path"] == path, "check"])
+            assert check in failed, (path, failed)
+    accepted = pd.read_csv(summary.accepted_manifest)
+    assert set(accepted["path"]) == {p for p, check in expected.items() if check is None}
+    assert _fingerprint(data) == before  # nothing moved, deleted or changed
+    assert summary.data_docs is not None and summary.data_docs.is_file()
+    assert "vidops_clips" in summary.data_docs.read_text()
 
 
-def test_catalog_has_one_row_per_clip_labelled_by_folder(tiny_dataset: Path, tiny_params):
-    manifest = build_catalog(tiny_dataset)
-    assert len(manifest) == 7 * tiny_params.generate.clips_per_class
-    assert set(manifest["label"]) == {p.name for p in tiny_dataset.iterdir() if p.is_dir()}
-    assert all(path.split("/")[0] == label for path, label in zip(manifest["path"], manifest["label"]))
+def test_reasons_are_precise(corpus, tmp_path: Path):
+    data, _ = corpus
+    summary = validate_dataset(data, tmp_path / "catalog", ValidationParams(), 0.25)
+    reasons = pd.read_csv(summary.quarantine).groupby("path")["reason"].apply(" | ".join)
+    assert "empty file" in reasons["a/empty.mp4"]
+    assert "audio only: aac" in reasons["a/audio-only.m4a"]
+    assert "truncated" in reasons["b/mdat-cut-short.mp4"]
+    assert "broken symlink" in reasons["a/dangling-link.mp4"]
+    assert "duration 0.04 s is outside [0.5, 600.0] s" in reasons["b/one-frame.mp4"]
+    assert "width 7680 px is outside [32, 4096] px" in reasons["b/8k.mp4"]
+    assert "byte-identical to a/h264.mp4 (same label)" in reasons["a/z-copy-of-h264.mp4"]
+    assert "labelled b: label conflict" in reasons["a/xvid.avi"]
+    assert "labelled a: label conflict" in reasons["b/h264-under-b.mp4"]
 
 
-def test_catalog_of_a_missing_or_empty_folder_is_an_error(tmp_path: Path):
-    with pytest.raises(VidopsError, match="no such dataset folder"):
-        build_catalog(tmp_path / "nope")
-    with pytest.raises(VidopsError, match="no clips found"):
-        build_catalog(tmp_path)
+def test_probe_reads_every_fact(corpus):
+    data, _ = corpus
+    rotated = probe_clip(data / "a" / "rotated.mp4")
+    assert rotated["rotation"] == 90 and rotated["readable"]
+    vfr = probe_clip(data / "a" / "vfr.mp4")
+    assert vfr["vfr"] and vfr["frames"] == 25 and vfr["duration_s"] == pytest.approx(1.2, abs=0.05)
+    gop = probe_clip(data / "b" / "long gop.mp4")
+    assert gop["keyframe_interval"] == 50 and not gop["vfr"]
+    ten = probe_clip(data / "b" / "10bit.mp4")
+    assert ten["pix_fmt"] == "yuv420p10le" and len(ten["phash"]) == 48
+    assert probe_clip(data / "b" / "8k.mp4")["width"] == 7680
 
 
-def test_splits_are_stratified_and_follow_content_not_names(tiny_dataset: Path):
-    manifest = build_catalog(tiny_dataset)
+def test_a_file_that_cannot_be_opened_is_quarantined_not_raised(tmp_path: Path):
+    row = probe_clip(tmp_path)  # a folder named like a clip: open() fails as it does without permission
+    assert not row["readable"] and row["error"] == "cannot read: Is a directory"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_an_unreadable_file_is_quarantined(tmp_path: Path):
+    clip = encode(tmp_path / "locked.mp4")
+    clip.chmod(0)
+    assert "cannot read: Permission denied" in probe_clip(clip)["error"]
+
+
+def test_audio_is_checked_only_when_the_task_needs_it(tmp_path: Path):
+    data = tmp_path / "sync"
+    for label in ("x", "y"):
+        encode(data / label / "synced.mp4", audio_s=1.0, seed=hash(label) % 100)
+        encode(data / label / "silent.mp4", seed=hash(label) % 100 + 1)
+        encode(data / label / "drifting.mp4", audio_s=0.2, seed=hash(label) % 100 + 2)
+        encode(data / label / "synced2.mp4", audio_s=1.0, seed=hash(label) % 100 + 3)
+    relaxed = validate_dataset(data, tmp_path / "c1", ValidationParams(), 0.25)
+    assert relaxed.quarantined == 0
+    strict = validate_dataset(data, tmp_path / "c2", ValidationParams(require_audio=True), 0.25)
+    quarantine = pd.read_csv(strict.quarantine)
+    assert set(quarantine.loc[quarantine["check"] == "audio_present", "path"]) == {"x/silent.mp4", "y/silent.mp4"}
+    assert set(quarantine.loc[quarantine["check"] == "av_sync", "path"]) == {"x/drifting.mp4", "y/drifting.mp4"}
+
+
+def test_probing_is_incremental(tmp_path: Path, tiny_dataset: Path):
+    data = tmp_path / "raw"
+    shutil.copytree(tiny_dataset, data)
+    (data / "rotate" / "empty.mp4").write_bytes(b"")  # unreadable rows are looked at again each time
+    first = validate_dataset(data, tmp_path / "catalog", ValidationParams(), 0.25)
+    again = validate_dataset(data, tmp_path / "catalog", ValidationParams(), 0.25)
+    assert (first.probed, first.reused) == (22, 0)
+    assert (again.probed, again.reused) == (1, 21)
+    encode(data / "rotate" / "rotate_000.mp4", seed=5)  # new content under an old name
+    encode(data / "rotate" / "new.mp4", seed=6)
+    changed = validate_dataset(data, tmp_path / "catalog", ValidationParams(), 0.25)
+    assert (changed.probed, changed.reused) == (3, 20)
+    row = pd.read_csv(tmp_path / "catalog" / MANIFEST).set_index("path").loc["rotate/rotate_000.mp4"]
+    assert row["frames"] == 25 and row["width"] == 64
+
+
+def test_manifest_csv_with_groups_splits_and_a_path_outside_the_root(tmp_path: Path):
+    data = tmp_path / "ds"
+    rows = []
+    for label in ("run", "walk"):
+        for group in range(4):
+            for clip in range(2):
+                name = f"v_{label}_g{group:02d}_c{clip:02d}.mp4"
+                encode(data / "videos" / name, seed=len(rows))
+                rows.append({"path": f"videos/{name}", "label": label})
+    rows.append({"path": "../../etc/passwd", "label": "run"})
+    (data / "clips.csv").write_text(pd.DataFrame(rows).to_csv(index=False))
+
+    summary = validate_dataset(data / "clips.csv", tmp_path / "catalog", ValidationParams(), 0.25)
+    quarantine = pd.read_csv(summary.quarantine)
+    assert "path is outside the dataset root" in quarantine.set_index("path").loc["../../etc/passwd", "reason"]
+    accepted = pd.read_csv(summary.accepted_manifest)
+    assert accepted["group"].str.fullmatch(r"g0\d").all()  # UCF101-style groups from the file names
+    assert (accepted.groupby("group")["split"].nunique() == 1).all()  # no group in two splits
+    assert set(accepted.loc[accepted["split"] == "test", "label"]) == {"run", "walk"}
+
+
+def test_a_given_split_that_leaks_a_group_quarantines_its_test_side(tmp_path: Path):
+    data = tmp_path / "ds"
+    rows = []
+    for label in ("a", "b"):
+        for i in range(4):
+            encode(data / f"{label}{i}.mp4", seed=len(rows))
+            rows.append({"path": f"{label}{i}.mp4", "label": label, "group": f"{label}{i // 2}", "split": "test" if i in (1, 3) else "train"})
+    (data / "clips.csv").write_text(pd.DataFrame(rows).to_csv(index=False))
+    summary = validate_dataset(data / "clips.csv", tmp_path / "catalog", ValidationParams(), 0.25)
+    quarantine = pd.read_csv(summary.quarantine)
+    assert set(quarantine.loc[quarantine["check"] == "group_leak", "path"]) == {"a1.mp4", "a3.mp4", "b1.mp4", "b3.mp4"}
+
+
+def test_splits_are_stratified_deterministic_and_group_aware(tiny_dataset: Path):
+    manifest = build_catalog(tiny_dataset).manifest
     split = assign_splits(manifest, 0.25)
     assert (split.groupby("label")["split"].apply(lambda s: (s == "test").sum()) == 1).all()
     shuffled = assign_splits(manifest.sample(frac=1, random_state=0), 0.25)
     assert split.set_index("path")["split"].equals(shuffled.set_index("path")["split"].loc[split["path"]])
 
 
-def test_defective_clips_are_quarantined_with_reasons_and_inputs_untouched(tmp_path: Path, tiny_dataset: Path):
-    dataset = tmp_path / "raw"
-    shutil.copytree(tiny_dataset, dataset)
-    (dataset / "rotate" / "corrupt.mp4").write_bytes(b"definitely not a video")
-    short = generate_dataset(tmp_path / "short", GenerateParams(clips_per_class=1, duration_s=0.2, size=48)).root
-    shutil.copy(short / "zoom_in" / "zoom_in_000.mp4", dataset / "zoom_in" / "too_short.mp4")
-    before = _fingerprint(dataset)
-
-    summary = validate_dataset(dataset, tmp_path / "catalog", ValidationParams(), 0.25)
-
-    quarantine = pd.read_csv(summary.quarantine)
-    reasons = quarantine.groupby("path")["reason"].apply(" | ".join)
-    assert "unreadable" in reasons["rotate/corrupt.mp4"]
-    assert "duration 0.20 s is outside [0.5, 600.0] s" in reasons["zoom_in/too_short.mp4"]
-    accepted = pd.read_csv(summary.accepted_manifest)
-    assert not accepted["path"].isin(["rotate/corrupt.mp4", "zoom_in/too_short.mp4"]).any()
-    assert (summary.clips, summary.accepted, summary.quarantined) == (23, 21, 2)
-    assert _fingerprint(dataset) == before  # nothing moved, deleted or changed
+def test_a_bad_dataset_argument_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(VidopsError, match="no such dataset"):
+        list_sources(tmp_path / "nope")
+    with pytest.raises(VidopsError, match="no clips found"):
+        list_sources(tmp_path)
+    (tmp_path / "m.csv").write_text("file,label\na.mp4,x\n")
+    with pytest.raises(VidopsError, match="missing column"):
+        list_sources(tmp_path / "m.csv")
+    (tmp_path / "m.csv").write_text("path,label,split\na.mp4,x,val\n")
+    with pytest.raises(VidopsError, match="column split holds"):
+        list_sources(tmp_path / "m.csv")
 
 
 def test_a_class_below_its_minimum_fails_and_says_which(tmp_path: Path, tiny_dataset: Path):

@@ -1,0 +1,65 @@
+"""Real encoded clips, good and defective, written in the tests with PyAV (no fixtures are downloaded)."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from components.media import AUDIO_RATE, mux_audio
+
+
+def encode(
+    path: Path,
+    codec: str = "libx264",
+    container: str | None = None,
+    pix_fmt: str = "yuv420p",
+    size: tuple[int, int] = (64, 48),
+    frames: int = 25,
+    fps: int = 25,
+    seed: int = 0,
+    options: dict[str, str] | None = None,
+    container_options: dict[str, str] | None = None,
+    rotation: int = 0,
+    frame_times_ms: list[int] | None = None,
+    audio_s: float | None = None,
+) -> Path:
+    """Write `frames` frames of seeded noise (distinct per seed, so no two clips look alike)."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w", format=container, options=container_options or {}) as out:
+        video = out.add_stream(codec, rate=fps)
+        video.width, video.height, video.pix_fmt = width, height, pix_fmt
+        video.options = options or {}
+        if frame_times_ms is not None:
+            video.codec_context.time_base = Fraction(1, 1000)
+        if rotation:
+            video.set_display_rotation(rotation)
+        sound = out.add_stream("aac", rate=AUDIO_RATE, layout="mono") if audio_s else None
+        base = rng.integers(0, 255, (height // 4 + 1, width // 4 + 1, 3), dtype=np.uint8)
+        for i in range(frames):
+            image = np.roll(np.kron(base, np.ones((4, 4, 1), np.uint8))[:height, :width], i, axis=1)
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+            if frame_times_ms is not None:
+                frame.pts, frame.time_base = frame_times_ms[i], Fraction(1, 1000)
+            out.mux(video.encode(frame))
+        out.mux(video.encode())
+        if sound is not None:
+            mux_audio(out, sound, 0.1 * rng.standard_normal(int(AUDIO_RATE * audio_s)))
+    return path
+
+
+def audio_only(path: Path) -> Path:
+    with av.open(str(path), "w", format="mp4") as out:
+        mux_audio(out, out.add_stream("aac", rate=AUDIO_RATE, layout="mono"), np.zeros(AUDIO_RATE))
+    return path
+
+
+def truncated(source: Path, path: Path, keep: float) -> Path:
+    """The first `keep` fraction of `source`'s bytes."""
+    data = source.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path

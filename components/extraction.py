@@ -1,61 +1,199 @@
-"""Extraction: N frames sampled uniformly from each accepted clip, resized, stored as one array file per split."""
+"""Extraction: sampled frames and aligned audio features of each accepted clip, one shard file per clip.
+
+A shard is named by the clip's content hash and a hash of the extraction params, so a
+re-run with the same params extracts nothing, a new clip extracts only itself, and changed
+params extract everything again. A batch of clips is the unit of work: `extract_batch` is a
+plain picklable function, run here over processes and, later, anywhere a task runner sends it.
+The index (index.csv, then index.json) is written last and lists every clip with its status.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import multiprocessing
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 
+from components import audio
 from components.catalog import read_manifest
 from components.errors import VidopsError
-from components.io import atomic_path, write_json
+from components.io import atomic_path, write_csv, write_json
 from components.media import read_frames
 from components.params import ExtractParams
+from components.sampling import ClipTooShort, sample_indices
 
 SPLITS = ("train", "test")
+INDEX = "index.json"  # written last: its presence says the shards it lists are complete
+SHARDS = "clips"  # the folder of per-clip .npz files
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class ClipFeatures:
+    """What the model sees of one clip."""
+
+    frames: np.ndarray  # uint8 [N, S, S, 3]
+    indices: np.ndarray  # presentation-order frame numbers
+    times: np.ndarray  # seconds
+    audio: np.ndarray  # float32 [N, 4, F]; silence where there is none
+    audio_ok: np.ndarray  # bool [N]: the frame had audio for all its steps
+    has_audio: bool
+    padded: bool  # the clip was shorter than the sampler needs; its last frame repeats
+
+
+@dataclass(frozen=True)
+class ClipJob:
+    path: str
+    shard: str  # file name under clips/
+    frames: int  # the clip's frame count, from the catalog
+    seed: int | None  # for the segments sampler; None: centred (evaluation)
+    row: dict[str, Any]  # path, label, split, sha256, for the index
 
 
 @dataclass(frozen=True)
 class FeatureSet:
     root: Path
     labels: tuple[str, ...]
-    clips: dict[str, int]  # per split
+    clips: dict[str, int]  # usable clips per split
+    extracted: int  # written this run
+    reused: int  # already there from an earlier run with the same params
+    failed: int  # recorded in the index with their error
 
 
-def uniform_indices(n_frames: int, n: int) -> np.ndarray:
-    """The centre frame of each of `n` equal segments of a clip of `n_frames` frames."""
-    return ((np.arange(n) + 0.5) * n_frames / n).astype(np.int64)
+def extract_clip(path: Path, n_frames: int, params: ExtractParams, seed: int | None = None) -> ClipFeatures:
+    """Sample, decode and align one clip; raises ClipTooShort or ValueError with what went wrong."""
+    rng = np.random.default_rng(seed) if seed is not None else None
+    indices, padded = sample_indices(n_frames, params, rng)
+    decoded = read_frames(path, indices, params.size, params.resize, dense=params.sampler == "dense")
+    kind = params.audio if params.audio != "none" else "logmel"
+    sound = audio.decode_audio(path) if params.audio != "none" else None
+    steps = audio.features(sound[0], kind) if sound else np.zeros((0, audio.silence(kind).shape[0]), np.float32)
+    aligned, ok = audio.align(steps, sound[1] if sound else 0.0, decoded.times, kind)
+    return ClipFeatures(decoded.frames, decoded.indices, decoded.times, aligned, ok, sound is not None, padded)
 
 
-def extract_features(dataset_dir: Path, accepted_manifest: Path, features_dir: Path, params: ExtractParams) -> FeatureSet:
-    """Write `<split>.npz` (frames uint8 [clips, N, S, S, 3], labels, clip paths) and `index.json` under `features_dir`."""
+def params_hash(params: ExtractParams) -> str:
+    """What the shards depend on: every extraction param but how the work is spread."""
+    relevant = params.model_dump(mode="json", exclude={"workers", "batch_size"})
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def extract_batch(jobs: list[ClipJob], params: ExtractParams, shard_dir: str) -> list[dict[str, Any]]:
+    """Extract each clip of the batch whose shard is missing; one index row per clip (status ok, or error with why)."""
+    rows = []
+    for job in jobs:
+        target = Path(shard_dir) / job.shard
+        row = {**job.row, "shard": job.shard, "status": "ok", "error": "", "padded": False, "has_audio": False, "reused": target.is_file()}
+        try:
+            if row["reused"]:
+                with np.load(target) as old:
+                    row.update(padded=bool(old["padded"]), has_audio=bool(old["has_audio"]))
+            else:
+                clip = extract_clip(Path(job.path), job.frames, params, job.seed)
+                with atomic_path(target) as tmp, tmp.open("wb") as f:
+                    np.savez(f, **{k: getattr(clip, k) for k in ClipFeatures.__dataclass_fields__})
+                row.update(padded=clip.padded, has_audio=clip.has_audio)
+        except ClipTooShort as exc:
+            row.update(status="skipped", error=str(exc))
+        except (ValueError, OSError, EOFError) as exc:  # PyAV's errors are OSError and ValueError subclasses
+            row.update(status="error", error=getattr(exc, "strerror", None) or str(exc))
+        rows.append(row)
+    return rows
+
+
+def extract_features(
+    dataset_dir: Path, accepted_manifest: Path, features_dir: Path, params: ExtractParams, progress: Progress | None = None
+) -> FeatureSet:
+    """Extract every accepted clip into `features_dir/clips/`, then write the index; drop shards of other params."""
     manifest = read_manifest(accepted_manifest)
     labels = tuple(sorted(manifest["label"].unique()))
-    label_ids = {label: i for i, label in enumerate(labels)}
-    (features_dir / "index.json").unlink(missing_ok=True)  # until the new shards are all written
-    counts = {}
-    for split in SPLITS:
-        rows = manifest[manifest["split"] == split]
-        frames = np.empty((len(rows), params.frames, params.size, params.size, 3), dtype=np.uint8)
-        for slot, row in enumerate(rows.itertuples()):
-            try:
-                frames[slot] = read_frames(dataset_dir / row.path, uniform_indices(int(row.frames), params.frames), params.size)
-            except (ValueError, OSError) as exc:
-                raise VidopsError(f"{dataset_dir / row.path}: cannot extract frames: {exc}") from None
-        with atomic_path(features_dir / f"{split}.npz") as tmp:
-            with tmp.open("wb") as f:
-                np.savez(f, frames=frames, labels=rows["label"].map(label_ids).to_numpy(np.int32), clips=rows["path"].to_numpy(str))
-        counts[split] = len(rows)
-    # the index goes last: its presence says the shards beside it are complete
-    write_json(features_dir / "index.json", {"labels": list(labels), "frames": params.frames, "size": params.size, "clips": counts})
-    return FeatureSet(features_dir, labels, counts)
+    (features_dir / INDEX).unlink(missing_ok=True)  # until the index below is whole again
+    shard_dir = features_dir / SHARDS
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    version = params_hash(params)
+    jobs = [
+        ClipJob(
+            path=str(dataset_dir / row.path), shard=f"{row.sha256[:20]}-{version}.npz", frames=int(row.frames),
+            seed=_clip_seed(params.seed, row.sha256) if row.split == "train" else None,
+            row={"path": row.path, "label": row.label, "split": row.split, "sha256": row.sha256},
+        )  # fmt: skip
+        for row in manifest.itertuples()
+    ]
+    batches = [jobs[i : i + params.batch_size] for i in range(0, len(jobs), params.batch_size)]
+    rows = []
+    for batch_rows in _run(batches, params, str(shard_dir)):
+        rows += batch_rows
+        if progress:
+            progress(len(rows), len(jobs))
+    index = pd.DataFrame(rows)
+    write_csv(features_dir / "index.csv", index)
+    for stale in set(p.name for p in shard_dir.glob("*.npz")) - set(index["shard"]):
+        (shard_dir / stale).unlink()  # another params version, or a clip no longer accepted
+    usable = index[index["status"] == "ok"]
+    clips = {split: int((usable["split"] == split).sum()) for split in SPLITS}
+    write_json(features_dir / INDEX, {"labels": list(labels), "params": params.model_dump(mode="json"), "params_hash": version, "clips": clips})
+    return FeatureSet(features_dir, labels, clips, int((~index["reused"] & (index["status"] == "ok")).sum()),
+                      int(index["reused"].sum()), int((index["status"] != "ok").sum()))  # fmt: skip
+
+
+def _run(batches: list[list[ClipJob]], params: ExtractParams, shard_dir: str) -> Iterator[list[dict[str, Any]]]:
+    """Each batch's rows, in order, from `params.workers` processes (in this process when 1)."""
+    if params.workers == 1 or len(batches) <= 1:
+        for batch in batches:
+            yield extract_batch(batch, params, shard_dir)
+        return
+    # spawned, not forked: the caller may hold threads (Prefect's) that a fork would copy mid-flight
+    with ProcessPoolExecutor(max_workers=params.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield from pool.map(extract_batch, batches, repeat(params), repeat(shard_dir))
+
+
+def _clip_seed(seed: int, sha256: str) -> int:
+    return int(hashlib.sha256(f"{seed}:{sha256}".encode()).hexdigest()[:8], 16)
+
+
+def _index(features_dir: Path) -> tuple[dict[str, Any], pd.DataFrame]:
+    if not (features_dir / INDEX).is_file():
+        raise VidopsError(f"{features_dir / INDEX}: no extracted features; run the extract stage first")
+    return json.loads((features_dir / INDEX).read_text()), pd.read_csv(features_dir / "index.csv", keep_default_na=False)
 
 
 def load_split(features_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Frames and integer labels of one split."""
-    path = features_dir / f"{split}.npz"
-    if not (features_dir / "index.json").is_file() or not path.is_file():
-        raise VidopsError(f"{path}: no extracted features; run the extract stage first")
-    with np.load(path) as data:
-        return data["frames"], data["labels"]
+    """Frames [clips, N, S, S, 3] and integer labels of the usable clips of one split, in memory."""
+    meta, index = _index(features_dir)
+    rows = index[(index["status"] == "ok") & (index["split"] == split)]
+    ids = {label: i for i, label in enumerate(meta["labels"])}
+    size, frames = meta["params"]["size"], meta["params"]["frames"] * (meta["params"]["clips"] if meta["params"]["sampler"] == "dense" else 1)
+    out = np.empty((len(rows), frames, size, size, 3), np.uint8)
+    for slot, shard in enumerate(rows["shard"]):
+        with np.load(features_dir / SHARDS / shard) as data:
+            out[slot] = data["frames"]
+    return out, rows["label"].map(ids).to_numpy(np.int32)
+
+
+def tf_dataset(features_dir: Path, split: str) -> Any:
+    """A tf.data pipeline over the split's shards: parallel interleaved reads, one (frames, label) per clip."""
+    import tensorflow as tf
+
+    meta, index = _index(features_dir)
+    rows = index[(index["status"] == "ok") & (index["split"] == split)]
+    ids = {label: i for i, label in enumerate(meta["labels"])}
+    paths = [str(features_dir / SHARDS / shard) for shard in rows["shard"]]
+
+    def read(path: bytes) -> np.ndarray:
+        with np.load(path.decode()) as data:
+            return data["frames"]
+
+    def load(path: Any, label: Any) -> Any:
+        frames = tf.numpy_function(read, [path], tf.uint8)
+        return tf.data.Dataset.from_tensors((tf.ensure_shape(frames, [None, None, None, 3]), label))
+
+    source = tf.data.Dataset.from_tensor_slices((paths, rows["label"].map(ids).to_numpy(np.int32)))
+    return source.interleave(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -55,8 +55,17 @@ class ValidationParams(_Group):
 
 
 class ExtractParams(_Group):
-    frames: int = Field(8, ge=2)
+    sampler: Literal["uniform", "segments", "dense"] = "uniform"
+    frames: int = Field(8, ge=2)  # per clip; for dense, per run of consecutive frames
+    frame_interval: int = Field(1, ge=1)  # dense: step between the frames of a run
+    clips: int = Field(1, ge=1)  # dense: runs per clip
     size: int = Field(48, ge=16)
+    resize: Literal["squash", "crop", "letterbox"] = "squash"
+    short_clips: Literal["pad", "skip"] = "pad"  # pad repeats the last frame, and flags the clip
+    audio: Literal["none", "logmel", "mfcc"] = "logmel"
+    seed: int = 0  # for the segments sampler's random offsets
+    workers: int = Field(2, ge=1)  # processes
+    batch_size: int = Field(8, ge=1)  # clips per unit of work
 
 
 class ClassifierParams(_Group):

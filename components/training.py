@@ -10,7 +10,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from components.extraction import load_split
+from components.extraction import INDEX, load_split
 from components.io import atomic_path, write_json
 from components.layout import MODEL_FILE
 from components.params import ClassifierParams
@@ -51,9 +51,9 @@ def build_classifier(frames: int, size: int, n_classes: int, params: ClassifierP
 def train_classifier(features_dir: Path, model_dir: Path, params: ClassifierParams) -> TrainedModel:
     """Fit the classifier on the train split; write `model.keras`, `labels.json` and `history.json` under `model_dir`."""
     frames, labels = load_split(features_dir, "train")
-    index = json.loads((features_dir / "index.json").read_text())
+    index = json.loads((features_dir / INDEX).read_text())
     keras.utils.set_random_seed(params.seed)
-    model = build_classifier(index["frames"], index["size"], len(index["labels"]), params)
+    model = build_classifier(frames.shape[1], frames.shape[2], len(index["labels"]), params)
     model.compile(
         optimizer=keras.optimizers.Adam(params.learning_rate),
         loss="sparse_categorical_crossentropy",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,6 +57,23 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--report", type=Path, help="where the manifest, quarantine and Data Docs go (default: the project's data/catalog and reports/data_docs)")
     _add_project(validate)
     validate.set_defaults(handler=cmd_validate)
+
+    sample = commands.add_parser("sample", help="save what the model sees of one video: frames, indices, times, aligned audio")
+    sample.add_argument("video", type=Path)
+    sample.add_argument("--frames", type=int, default=8)
+    sample.add_argument("--size", type=int, default=112)
+    sample.add_argument("--out", type=Path, required=True, help="an .npz file")
+    _add_project(sample)
+    _add_overrides(sample)
+    sample.set_defaults(handler=cmd_sample)
+
+    bench = commands.add_parser("bench", help="benchmarks that print ratios against an anchor timed in the same run")
+    bench.add_argument("name", choices=["extract"])
+    bench.add_argument("--workdir", type=Path, default=Path(".vidops/bench"), help="where the generated clips are kept")
+    bench.add_argument("--clips", type=int, default=24)
+    bench.add_argument("--seconds", type=float, default=10.0)
+    bench.add_argument("--workers", type=int, default=2)
+    bench.set_defaults(handler=cmd_bench)
 
     inspect = commands.add_parser("inspect", help="probe videos and print what PyAV finds, as JSON")
     inspect.add_argument("videos", type=Path, nargs="+")
@@ -110,6 +128,37 @@ def cmd_validate(args: argparse.Namespace) -> None:
     print(f"Data Docs:  {summary.data_docs}")
 
 
+def cmd_sample(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from components.catalog import probe_clip
+    from components.extraction import ClipFeatures, extract_clip
+    from components.io import atomic_path
+
+    overrides = [f"extract.frames={args.frames}", f"extract.size={args.size}", *args.overrides]
+    params = _load(args.root.resolve(), args.params, overrides).extract
+    probe = probe_clip(args.video)
+    if not probe["readable"]:
+        raise VidopsError(f"{args.video}: unreadable: {probe['error']}")
+    try:
+        clip = extract_clip(args.video, probe["frames"], params)
+    except ValueError as exc:
+        raise VidopsError(f"{args.video}: {exc}") from None
+    with atomic_path(args.out.with_suffix(".npz")) as tmp, tmp.open("wb") as f:
+        np.savez(f, **{k: getattr(clip, k) for k in ClipFeatures.__dataclass_fields__})
+    print(f"frames {clip.frames.shape} at indices {clip.indices.tolist()}")
+    print(f"times (s) {np.round(clip.times, 3).tolist()}")
+    print(f"audio {clip.audio.shape} ({params.audio}; {'present' if clip.has_audio else 'no audio stream'}){', padded' if clip.padded else ''}")
+    print(f"wrote {args.out.with_suffix('.npz')}")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from benchmarks import extract
+
+    config = extract.BenchConfig(clips=args.clips, seconds=args.seconds, workers=args.workers)
+    print(extract.report(extract.run(args.workdir, config), config))
+
+
 def cmd_inspect(args: argparse.Namespace) -> None:
     import json
 
@@ -129,7 +178,12 @@ def cmd_stage(args: argparse.Namespace) -> None:
     from flows.stages import STAGES
 
     layout = Layout(args.root.resolve())
-    result = STAGES[args.name](layout, _load(layout.root, args.params, args.overrides))
+    params = _load(layout.root, args.params, args.overrides)
+    if args.name == "extract":
+        with _progress_bar("clips") as progress:
+            result = STAGES[args.name](layout, params, progress)
+    else:
+        result = STAGES[args.name](layout, params)
     print(f"{args.name}: {result}")
 
 
@@ -182,6 +236,18 @@ def _print_result(layout: Layout, result: PipelineResult) -> None:
     if result.tracking_uri.startswith("sqlite:"):
         print(f"MLflow UI:        mlflow ui --backend-store-uri {result.tracking_uri}  (then http://127.0.0.1:5000)")
         print(f"Prefect UI:       PREFECT_HOME={layout.state / 'prefect'} prefect server start  (then http://127.0.0.1:4200)")
+
+
+@contextmanager
+def _progress_bar(unit: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress callback (done, total) drawn as a bar on stderr."""
+    from tqdm import tqdm
+
+    bar = tqdm(unit=unit, file=sys.stderr)
+    try:
+        yield lambda done, total: (setattr(bar, "total", total), bar.update(done - bar.n))
+    finally:
+        bar.close()
 
 
 def _load(root: Path, params_file: str, overrides: list[str]) -> Params:

@@ -10,12 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import flow, runtime, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from components.evaluation import Evaluation
+from components.extraction import FeatureSet
 from components.layout import Layout
-from components.params import load_params
+from components.params import Params, load_params
 from components.registry import Registration
 from components.validation import ValidationSummary
 from flows import stages
@@ -23,10 +24,16 @@ from flows.profiles import tracking
 
 # No caching yet: a stage's outputs are files, and reusing them belongs with their content hashes.
 validate_dataset = task(stages.validate_dataset, cache_policy=NO_CACHE)
-extract_features = task(stages.extract_features, cache_policy=NO_CACHE)
 train_classifier = task(stages.train_classifier, cache_policy=NO_CACHE)
 evaluate_classifier = task(stages.evaluate_classifier, cache_policy=NO_CACHE)
 register_model = task(stages.register_model, cache_policy=NO_CACHE)
+
+
+@task(cache_policy=NO_CACHE)
+def extract_features(layout: Layout, params: Params) -> FeatureSet:
+    """The extract stage, with its progress shown in the Prefect UI."""
+    artifact = create_progress_artifact(0.0, key="extraction-progress", description="clips extracted (%)")
+    return stages.extract_features(layout, params, lambda done, total: update_progress_artifact(artifact, 100 * done / total))
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,9 @@ def validate_dataset(layout: Layout, params: Params) -> validation.ValidationSum
     return validation.validate_dataset(dataset, layout.catalog, params.validation, params.dataset.test_fraction, layout.data_docs)
 
 
-def extract_features(layout: Layout, params: Params) -> extraction.FeatureSet:
+def extract_features(layout: Layout, params: Params, progress: extraction.Progress | None = None) -> extraction.FeatureSet:
     accepted = layout.catalog / validation.ACCEPTED
-    return extraction.extract_features(layout.raw(params.dataset.name), accepted, layout.features(TASK), params.extract)
+    return extraction.extract_features(layout.raw(params.dataset.name), accepted, layout.features(TASK), params.extract, progress)
 
 
 def train_classifier(layout: Layout, params: Params) -> training.TrainedModel:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from flows.cli import STAGE_NAMES
@@ -93,3 +94,23 @@ def test_stage_names_match_the_stages():
     from flows.stages import STAGES
 
     assert tuple(STAGES) == STAGE_NAMES
+
+
+def test_sample_saves_what_the_model_sees(tmp_path: Path, tiny_dataset: Path):
+    clip = next(tiny_dataset.rglob("*.mp4"))
+    result = vidops("sample", str(clip), "--frames", "5", "--size", "40", "--out", str(tmp_path / "seen.npz"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    with np.load(tmp_path / "seen.npz") as seen:
+        assert seen["frames"].shape == (5, 40, 40, 3)
+        assert seen["indices"].tolist() == [2, 7, 12, 17, 22]
+        assert np.allclose(seen["times"], seen["indices"] / 25)
+        assert seen["audio"].shape == (5, 4, 40) and bool(seen["has_audio"])
+    (tmp_path / "broken.mp4").write_text("nope")
+    assert "unreadable" in _one_line_error(vidops("sample", str(tmp_path / "broken.mp4"), "--out", str(tmp_path / "x.npz")))
+
+
+def test_bench_extract_prints_its_ratios(tmp_path: Path):
+    result = vidops("bench", "extract", "--workdir", str(tmp_path), "--clips", "2", "--seconds", "1")
+    assert result.returncode == 0, result.stderr
+    for line in ("sparse / ffmpeg (c/a)", "dense / ffmpeg (d/a)", "sparse / naive (c/b)", "1 -> 2 workers speed-up"):
+        assert re.search(re.escape(line) + r"\s+\d+\.\d\d", result.stdout), result.stdout

@@ -1,51 +1,153 @@
+"""Exact frames, aligned audio, incremental shards, per-clip errors, the tf.data reader."""
+
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from components.audio import STEPS_PER_FRAME
 from components.errors import VidopsError
-from components.extraction import extract_features, load_split, uniform_indices
-from components.media import read_frames, write_clip
-from components.params import ExtractParams
+from components.extraction import SHARDS, extract_clip, extract_features, load_split, tf_dataset
+from components.media import read_frames
+from components.params import ExtractParams, load_params
+from components.sampling import ClipTooShort, dense, sample_indices, segments, uniform
+from corpus import encode, encode_flash_and_click, encode_indexed, read_index
 from flows import stages
+
+VFR_MS = [int(t) for t in np.cumsum(np.random.default_rng(0).integers(20, 80, 60)) - 20]
 
 
 @pytest.fixture(scope="module")
-def counting_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """50 flat frames whose grey level is 4 x their index, so a decoded frame tells which one it is."""
-    path = tmp_path_factory.mktemp("clips") / "counting.mp4"
-    write_clip(path, (np.full((64, 64, 3), 4 * i, np.uint8) for i in range(50)), fps=25, audio=None)
-    return path
+def indexed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """60-frame clips whose every frame shows its own index, in the encodings that trip seeking up."""
+    d = tmp_path_factory.mktemp("indexed")
+    return {
+        "cfr": encode_indexed(d / "cfr.mp4", 60),
+        "long gop, b-frames": encode_indexed(d / "gop.mp4", 60, options={"g": "250", "bf": "3"}),
+        "short gop, b-frames": encode_indexed(d / "bfr.mp4", 60, options={"g": "12", "bf": "4", "b_strategy": "0"}),
+        "vfr": encode_indexed(d / "vfr.mp4", 60, frame_times_ms=VFR_MS),
+        "xvid avi": encode_indexed(d / "x.avi", 60, codec="mpeg4", container="avi", options={"bf": "2"}),
+        "vp9 webm": encode_indexed(d / "x.webm", 60, codec="libvpx-vp9", container="webm", options={"deadline": "realtime", "cpu-used": "8"}),
+    }
 
 
-def test_uniform_indices_take_the_centre_of_equal_segments():
-    assert uniform_indices(50, 5).tolist() == [5, 15, 25, 35, 45]
-    assert uniform_indices(4, 4).tolist() == [0, 1, 2, 3]
+def test_samplers_are_deterministic_and_in_range():
+    assert uniform(50, 5).tolist() == [5, 15, 25, 35, 45]
+    assert segments(50, 5, None).tolist() == uniform(50, 5).tolist()  # evaluation: centred
+    a, b = segments(50, 5, np.random.default_rng(1)), segments(50, 5, np.random.default_rng(1))
+    assert a.tolist() == b.tolist() and all(10 * i <= x < 10 * (i + 1) for i, x in enumerate(a))
+    assert dense(50, 4, 2, 3).tolist() == [0, 2, 4, 6, 22, 24, 26, 28, 43, 45, 47, 49]
 
 
-def test_read_frames_returns_exactly_the_asked_frames_resized(counting_clip: Path):
-    wanted = np.array([0, 10, 37, 49])
-    frames = read_frames(counting_clip, wanted, 32)
-    assert frames.shape == (4, 32, 32, 3) and frames.dtype == np.uint8
-    assert np.abs(frames.mean(axis=(1, 2, 3)) - 4 * wanted).max() < 3
+def test_a_clip_too_short_is_padded_with_a_flag_or_skipped():
+    indices, padded = sample_indices(3, ExtractParams(frames=8), None)
+    assert padded and indices.max() == 2 and len(indices) == 8
+    with pytest.raises(ClipTooShort, match="3 frames, the dense sampler needs 8"):
+        sample_indices(3, ExtractParams(sampler="dense", frames=8, short_clips="skip"), None)
 
 
-def test_read_frames_past_the_end_is_an_error(counting_clip: Path):
-    with pytest.raises(ValueError, match="decoded 1 of 2 wanted frames"):
-        read_frames(counting_clip, np.array([3, 80]), 32)
+@pytest.mark.parametrize("dense_decode", [False, True], ids=["sparse", "dense"])
+@pytest.mark.parametrize("kind", ["cfr", "long gop, b-frames", "short gop, b-frames", "vfr", "xvid avi", "vp9 webm"])
+def test_the_frames_returned_are_exactly_the_ones_asked_for(indexed, kind: str, dense_decode: bool):
+    wanted = np.array([0, 3, 17, 18, 30, 31, 44, 58, 59, 59])
+    got = read_frames(indexed[kind], wanted, 32, dense=dense_decode)
+    assert got.frames.shape == (10, 32, 32, 3) and got.frames.dtype == np.uint8
+    assert [read_index(f) for f in got.frames] == wanted.tolist()
+    step_ms = np.array(VFR_MS) if kind == "vfr" else np.arange(60) * 40  # from the stream's first frame on
+    assert np.allclose(got.times - got.times[0], (step_ms[wanted] - step_ms[0]) / 1000, atol=1e-3)
 
 
-def test_extract_writes_frames_labels_and_an_index(project, tiny_params):
+def test_rotation_is_applied_and_resize_policies_keep_or_fill(tmp_path: Path):
+    image = np.zeros((48, 64, 3), np.uint8)
+    image[:8, :8] = 255  # a white mark top-left of the stored picture
+    clip = encode(tmp_path / "rot.mp4", images=[image] * 5, frames=5, rotation=90)
+    upright = read_frames(clip, np.array([0]), 48, "letterbox").frames[0]
+    # turned a quarter counter-clockwise for display: the mark goes bottom-left, the picture stands 64 x 48
+    assert upright[43:47, 7:11].mean() > 150 and upright[:6].mean() < 20
+    assert upright[:, :5].mean() < 20 and upright[:, -5:].mean() < 20  # letterbox bars left and right
+    cropped = read_frames(clip, np.array([0]), 48, "crop").frames[0]
+    assert cropped.shape == (48, 48, 3)
+
+
+@pytest.mark.parametrize("delay", [0, 5])
+def test_audio_lines_up_with_the_frame_it_belongs_to(tmp_path: Path, delay: int):
+    """A flash at frame 20 and a click at the same instant; the audio stream starts `delay` frames late."""
+    clip = encode_flash_and_click(tmp_path / "flash.mp4", flash=20, audio_delay_frames=delay)
+    features = extract_clip(clip, 50, ExtractParams(sampler="dense", frames=50, size=32))
+    assert features.audio.shape == (50, STEPS_PER_FRAME, 40) and features.has_audio
+    assert int(np.argmax(features.frames.mean(axis=(1, 2, 3)))) == 20
+    assert int(np.argmax(features.audio.mean(axis=(1, 2)))) == 20 + delay
+    # frames before the audio starts are flagged, not faked (AAC's priming starts it a little early)
+    assert not features.audio_ok[: max(delay - 1, 0)].any() and features.audio_ok[delay:].all()
+
+
+def test_a_clip_without_audio_is_flagged_not_an_error(tmp_path: Path):
+    clip = encode(tmp_path / "silent.mp4")
+    features = extract_clip(clip, 25, ExtractParams(frames=4, size=32, audio="mfcc"))
+    assert not features.has_audio and not features.audio_ok.any()
+    assert features.audio.shape == (4, STEPS_PER_FRAME, 13)
+
+
+def test_extraction_is_incremental_and_keyed_by_content_and_params(project, tiny_params):
     stages.validate_dataset(project, tiny_params)
-    features = stages.extract_features(project, tiny_params)
-    frames, labels = load_split(features.root, "train")
-    p = tiny_params.extract
-    assert frames.shape == (features.clips["train"], p.frames, p.size, p.size, 3)
-    assert features.clips == {"train": 14, "test": 7}
-    assert sorted(set(labels.tolist())) == list(range(7))
-    index = json.loads((features.root / "index.json").read_text())
-    assert index["labels"] == sorted(index["labels"]) and index["frames"] == p.frames
+    first = stages.extract_features(project, tiny_params)
+    assert (first.extracted, first.reused, first.failed) == (21, 0, 0)
+    assert first.clips == {"train": 14, "test": 7}
+    again = stages.extract_features(project, tiny_params)
+    assert (again.extracted, again.reused) == (0, 21)
+
+    encode(project.raw("demo") / "rotate" / "new.mp4", seed=42)
+    stages.validate_dataset(project, tiny_params)
+    one_more = stages.extract_features(project, tiny_params)
+    assert (one_more.extracted, one_more.reused) == (1, 21)
+
+    changed = load_params(project.root / "params.yaml", ["extract.size=24"])
+    redone = stages.extract_features(project, changed)
+    assert (redone.extracted, redone.reused) == (22, 0)
+    shards = list(project.features("classification").joinpath(SHARDS).glob("*.npz"))
+    assert len(shards) == 22  # the old version's shards are gone
+    frames, labels = load_split(project.features("classification"), "train")
+    assert frames.shape[1:] == (changed.extract.frames, 24, 24, 3) and len(labels) == len(frames)
+
+
+def test_a_failing_clip_is_recorded_and_the_rest_extracted(project, tiny_params):
+    stages.validate_dataset(project, tiny_params)
+    victim = project.raw("demo") / "zoom_in" / "zoom_in_000.mp4"
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 3])  # cut short after validation accepted it
+    result = stages.extract_features(project, tiny_params)
+    index = pd.read_csv(project.features("classification") / "index.csv", keep_default_na=False)
+    failed = index.set_index("path").loc["zoom_in/zoom_in_000.mp4"]
+    assert failed["status"] == "error" and "Invalid data" in failed["error"]
+    assert result.failed == 1 and sum(result.clips.values()) == 20
+    assert not any(p.name.startswith(".") for p in (project.features("classification") / SHARDS).iterdir())
+
+
+def test_a_killed_extraction_resumes_where_it_stopped(project, tiny_params):
+    stages.validate_dataset(project, tiny_params)
+    features = project.features("classification")
+    stages.extract_features(project, tiny_params)
+    shards = sorted((features / SHARDS).glob("*.npz"))
+    for shard in shards[5:]:  # as if killed after five clips: no index, a temporary file left over
+        shard.unlink()
+    (features / "index.json").unlink()
+    (features / SHARDS / ".half.npz.tmp-1.npz").write_bytes(b"partial")
+    resumed = stages.extract_features(project, tiny_params)
+    assert (resumed.extracted, resumed.reused) == (16, 5)
+    assert json.loads((features / "index.json").read_text())["clips"] == {"train": 14, "test": 7}
+
+
+def test_the_tf_data_reader_yields_every_clip_with_its_label(project, tiny_params):
+    stages.validate_dataset(project, tiny_params)
+    stages.extract_features(project, tiny_params)
+    features = project.features("classification")
+    frames, labels = load_split(features, "test")
+    read = list(tf_dataset(features, "test").as_numpy_iterator())
+    assert len(read) == len(labels) == 7
+    assert all(np.array_equal(f, x) and y == l for (x, y), f, l in zip(read, frames, labels))
 
 
 def test_extract_without_a_validated_catalog_is_an_error(tmp_path: Path):

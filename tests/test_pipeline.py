@@ -53,7 +53,8 @@ def test_training_pipeline_registers_a_champion_and_a_second_run_works(prefect_a
         artifacts = {a.key: a for a in prefect.read_artifacts() if a.flow_run_id == flow_run.id}
     names = {t.name.rsplit("-", 1)[0] for t in tasks if t.flow_run_id == flow_run.id}
     assert names == {"validate_dataset", "extract_features", "train_classifier", "evaluate_classifier", "register_model"}
-    assert {"validation-summary", "training-report"} <= set(artifacts)
+    assert {"validation-summary", "extraction-progress", "training-report"} <= set(artifacts)
+    assert artifacts["extraction-progress"].data == 100
     assert "quarantined" in str(artifacts["validation-summary"].data)
     registration = json.loads((project.reports(TASK) / "registration.json").read_text())
     assert registration["version"] == "2"

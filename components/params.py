@@ -73,8 +73,12 @@ class ClassifierParams(_Group):
     filters: tuple[int, ...] = (8, 16, 32)
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(16, ge=1)
-    learning_rate: float = Field(2e-3, gt=0)
+    learning_rate: float = Field(2e-3, gt=0)  # halved whenever the loss stalls for patience / 2 epochs
+    patience: int = Field(8, ge=1)  # epochs without a lower training loss before stopping early
     seed: int = 0
+    deterministic: bool = False  # deterministic TensorFlow ops: repeatable, slower
+    mixed_precision: bool = True  # float16 compute on a GPU; ignored on the CPU
+    xla: bool = False  # compile the model with XLA on a GPU
 
 
 class TrainParams(_Group):

@@ -64,6 +64,7 @@ def register_model(
         for metric, values in history.items():
             for epoch, value in enumerate(values):
                 mlflow.log_metric(f"train_{metric}", value, step=epoch)
+        mlflow.log_figure(_curves(history), "training_curves.png")
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
         checked = json.loads(validation_report.read_text())
         mlflow.log_metrics({f"clips_{status}": checked[status] for status in ("accepted", "warned", "quarantined")})
@@ -107,6 +108,21 @@ def _crown(name: str, version: str, metrics: dict[str, float], params: Params) -
     client.set_model_version_tag(name, version, "vidops.decision", CHAMPION if champion else "not promoted")
     client.set_model_version_tag(name, version, "vidops.reason", reason)
     return champion, reason
+
+
+def _curves(history: dict[str, list[float]]) -> Any:
+    """Loss and accuracy per epoch, as a matplotlib figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display, and no GUI toolkit to import
+    from matplotlib import pyplot as plt
+
+    figure, axes = plt.subplots(1, len(history), figsize=(4 * len(history), 3), squeeze=False)
+    for axis, (name, values) in zip(axes[0], sorted(history.items()), strict=True):
+        axis.plot(range(1, len(values) + 1), values)
+        axis.set(title=f"train {name}", xlabel="epoch")
+    figure.tight_layout()
+    return figure
 
 
 def _experiment_id(name: str, tracking: Tracking) -> str:

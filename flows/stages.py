@@ -6,7 +6,11 @@ pipeline run through Prefect and one through `dvc repro` read and write the same
 
 from __future__ import annotations
 
+import multiprocessing
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
+from typing import Any, TypeVar
 
 from components import evaluation, extraction, registry, training, validation
 from components.io import write_json
@@ -15,6 +19,7 @@ from components.params import Params
 from flows.profiles import tracking
 
 TASK = "classification"
+T = TypeVar("T")
 
 
 def validate_dataset(layout: Layout, params: Params) -> validation.ValidationSummary:
@@ -28,7 +33,8 @@ def extract_features(layout: Layout, params: Params, progress: extraction.Progre
 
 
 def train_classifier(layout: Layout, params: Params) -> training.TrainedModel:
-    return training.train_classifier(layout.features(TASK), layout.models(TASK), params.train.classifier)
+    # TensorFlow keeps a GPU's memory until its process exits: each training gets a process of its own
+    return in_own_process(training.train_classifier, layout.features(TASK), layout.models(TASK), params.train.classifier)
 
 
 def evaluate_classifier(layout: Layout, params: Params) -> evaluation.Evaluation:
@@ -42,6 +48,12 @@ def register_model(layout: Layout, params: Params, tags: dict[str, str] | None =
     registered = registry.register_model(layout.models(TASK), metrics, report, params, tracking(layout), lineage)
     write_json(layout.reports(TASK) / "registration.json", asdict(registered))
     return registered
+
+
+def in_own_process(function: Callable[..., T], *args: Any) -> T:
+    """`function(*args)` in a fresh (spawned) process; its result or its exception comes back."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()
 
 
 STAGES = {

@@ -47,6 +47,8 @@ def test_champion_is_the_first_model_then_only_a_better_one(trained_project, tin
     assert run.data.params["train.classifier.epochs"] == str(tiny_params.train.classifier.epochs)
     assert run.data.tags["vidops.dataset"] == "d"
     assert run.data.metrics["clips_accepted"] == 21 and run.data.metrics["clips_quarantined"] == 0
+    artifacts = {a.path for a in client.list_artifacts(first.run_id)}
+    assert {"training_curves.png", "evaluation", "validation", "labels.json"} <= artifacts
     epochs = client.get_metric_history(first.run_id, "train_loss")
     assert [m.step for m in epochs] == list(range(tiny_params.train.classifier.epochs))
 

@@ -45,3 +45,54 @@ def test_train_then_evaluate_writes_model_metrics_and_confusion(project, tiny_pa
 def test_evaluate_without_a_model_is_an_error(tmp_path):
     with pytest.raises(VidopsError, match="no trained model"):
         evaluate_classifier(tmp_path / "models", tmp_path / "features", tmp_path / "reports")
+
+
+def test_a_killed_training_resumes_from_its_last_checkpoint(project, tiny_params):
+    from components.training import CHECKPOINTS, train_classifier
+
+    for stage in (stages.validate_dataset, stages.extract_features):
+        stage(project, tiny_params)
+    features, models = project.features("classification"), project.models("classification")
+    three = tiny_params.train.classifier.model_copy(update={"epochs": 3, "patience": 10})
+    finished = train_classifier(features, models, three)
+    assert finished.resumed_from == 0 and finished.epochs == 3
+    assert not (models / CHECKPOINTS).exists()  # a finished training leaves no checkpoint behind
+
+    class Killed(Exception):
+        pass
+
+    class KillAfterTwo(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise Killed
+
+    # killed after epoch 2 of 3: what the checkpoint holds is what the model had then
+    original_fit = keras.Model.fit
+    keras.Model.fit = lambda self, *a, **k: original_fit(self, *a, **{**k, "callbacks": [*k["callbacks"], KillAfterTwo()]})
+    try:
+        with pytest.raises(Killed):
+            train_classifier(features, models, three)
+    finally:
+        keras.Model.fit = original_fit
+    state = json.loads((models / CHECKPOINTS / "state.json").read_text())
+    assert state["epoch"] == 2 and len(state["history"]["loss"]) == 2
+    saved = keras.models.load_model(models / CHECKPOINTS / "model.keras")
+
+    resumed = train_classifier(features, models, three)
+    assert resumed.resumed_from == 2 and resumed.epochs == 3
+    assert resumed.history["loss"][:2] == state["history"]["loss"]
+    assert int(saved.optimizer.iterations) == 2 * 4  # 14 clips in batches of 4, per epoch
+
+
+def test_a_class_without_training_clips_fails_before_any_epoch(tmp_path, project, tiny_params):
+    from components.training import train_classifier
+
+    for stage in (stages.validate_dataset, stages.extract_features):
+        stage(project, tiny_params)
+    index_csv = project.features("classification") / "index.csv"
+    index = pd.read_csv(index_csv, keep_default_na=False)
+    index.loc[(index["label"] == "rotate") & (index["split"] == "train"), "status"] = "error"
+    index.to_csv(index_csv, index=False)
+    with pytest.raises(VidopsError, match="no training clips for class\\(es\\) rotate"):
+        train_classifier(project.features("classification"), tmp_path / "model", tiny_params.train.classifier)
+    assert not (tmp_path / "model").exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
+import zipfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -91,12 +92,11 @@ def extract_batch(jobs: list[ClipJob], params: ExtractParams, shard_dir: str) ->
     rows = []
     for job in jobs:
         target = Path(shard_dir) / job.shard
-        row = {**job.row, "shard": job.shard, "status": "ok", "error": "", "padded": False, "has_audio": False, "reused": target.is_file()}
+        row = {**job.row, "shard": job.shard, "status": "ok", "error": "", "padded": False, "has_audio": False, "reused": False}
         try:
-            if row["reused"]:
-                with np.load(target) as old:
-                    row.update(padded=bool(old["padded"]), has_audio=bool(old["has_audio"]))
-            else:
+            if target.is_file():
+                row.update(reused=_read_flags(target, row))
+            if not row["reused"]:
                 clip = extract_clip(Path(job.path), job.frames, params, job.seed)
                 with atomic_path(target) as tmp, tmp.open("wb") as f:
                     np.savez(f, **{k: getattr(clip, k) for k in ClipFeatures.__dataclass_fields__})
@@ -107,6 +107,17 @@ def extract_batch(jobs: list[ClipJob], params: ExtractParams, shard_dir: str) ->
             row.update(status="error", error=getattr(exc, "strerror", None) or str(exc))
         rows.append(row)
     return rows
+
+
+def _read_flags(shard: Path, row: dict[str, Any]) -> bool:
+    """Copy an existing shard's flags into `row`; False (and the shard removed) when it is damaged."""
+    try:
+        with np.load(shard) as old:
+            row.update(padded=bool(old["padded"]), has_audio=bool(old["has_audio"]))
+        return True
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        shard.unlink()
+        return False
 
 
 def extract_features(

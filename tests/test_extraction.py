@@ -99,6 +99,10 @@ def test_extraction_is_incremental_and_keyed_by_content_and_params(project, tiny
     again = stages.extract_features(project, tiny_params)
     assert (again.extracted, again.reused) == (0, 21)
 
+    damaged = sorted(project.features("classification").joinpath(SHARDS).glob("*.npz"))[0]
+    damaged.write_bytes(damaged.read_bytes()[:100])  # a shard cut short is extracted again, not trusted
+    assert stages.extract_features(project, tiny_params).extracted == 1
+
     encode(project.raw("demo") / "rotate" / "new.mp4", seed=42)
     stages.validate_dataset(project, tiny_params)
     one_more = stages.extract_features(project, tiny_params)

@@ -69,7 +69,7 @@ class ExtractParams(_Group):
 
 
 class ClassifierParams(_Group):
-    temporal: Literal["conv", "lstm"] = "conv"
+    temporal: Literal["conv", "lstm", "2plus1d"] = "conv"
     filters: tuple[int, ...] = (8, 16, 32)
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(16, ge=1)

@@ -41,6 +41,8 @@ def build_classifier(frames: int, size: int, n_classes: int, params: ClassifierP
     """Frames uint8 [N, S, S, 3] in, class probabilities out."""
     inputs = keras.Input((frames, size, size, 3), dtype="uint8", name="frames")
     x = layers.Rescaling(1 / 255)(inputs)
+    if params.temporal == "2plus1d":
+        return _r2plus1d(inputs, x, n_classes, params)
     for filters in params.filters:
         x = layers.TimeDistributed(layers.Conv2D(filters, 3, padding="same", use_bias=False))(x)
         x = layers.TimeDistributed(layers.BatchNormalization())(x)
@@ -59,6 +61,20 @@ def build_classifier(frames: int, size: int, n_classes: int, params: ClassifierP
     # float32 out even under mixed precision: softmax in float16 loses the small probabilities
     outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name=f"classifier_{params.temporal}")
+
+
+def _r2plus1d(inputs: Any, x: Any, n_classes: int, params: ClassifierParams) -> keras.Model:
+    """The (2+1)D variant: every block a spatial 1x3x3 convolution, then a temporal 3x1x1 one."""
+    for filters in params.filters:
+        x = layers.Conv3D(filters, (1, 3, 3), padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.Activation("relu")(x)
+        x = layers.Conv3D(filters, (3, 1, 1), padding="same", activation="relu")(x)
+        x = layers.MaxPooling3D((1, 2, 2))(x)
+    x = layers.GlobalMaxPooling3D()(x)
+    x = layers.Dropout(0.3)(x)
+    outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="classifier_2plus1d")
 
 
 def train_classifier(features_dir: Path, model_dir: Path, params: ClassifierParams) -> TrainedModel:

@@ -6,7 +6,9 @@ pipeline run through Prefect and one through `dvc repro` read and write the same
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
+import subprocess
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
@@ -43,11 +45,21 @@ def evaluate_classifier(layout: Layout, params: Params) -> evaluation.Evaluation
 
 def register_model(layout: Layout, params: Params, tags: dict[str, str] | None = None) -> registry.Registration:
     metrics = layout.reports(TASK) / evaluation.METRICS
-    lineage = {"vidops.dataset": str(layout.raw(params.dataset.name)), **(tags or {})}
+    lineage = {**_lineage(layout, params), **(tags or {})}
     report = layout.catalog / validation.REPORT
     registered = registry.register_model(layout.models(TASK), metrics, report, params, tracking(layout), lineage)
     write_json(layout.reports(TASK) / "registration.json", asdict(registered))
     return registered
+
+
+def _lineage(layout: Layout, params: Params) -> dict[str, str]:
+    """Where the model came from: the dataset folder, the hash of the accepted manifest, the git commit."""
+    accepted = layout.catalog / validation.ACCEPTED
+    tags = {"vidops.dataset": str(layout.raw(params.dataset.name)), "vidops.manifest_sha256": hashlib.sha256(accepted.read_bytes()).hexdigest()}
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=layout.root, capture_output=True, text=True)
+    if commit.returncode == 0:  # a project outside git has no commit to record
+        tags["mlflow.source.git.commit"] = commit.stdout.strip()
+    return tags
 
 
 def in_own_process(function: Callable[..., T], *args: Any) -> T:

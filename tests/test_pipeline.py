@@ -1,5 +1,6 @@
 """The wired pipeline through a real Prefect API and a real MLflow store, on the tiny dataset."""
 
+import hashlib
 import json
 
 import pytest
@@ -45,6 +46,8 @@ def test_training_pipeline_registers_a_champion_and_a_second_run_works(prefect_a
     assert run.data.params["train.classifier.epochs"] == "2"
     assert client.get_run(second.registration.run_id).data.params["train.classifier.epochs"] == "1"
 
+    accepted = (project.catalog / "accepted.csv").read_bytes()
+    assert run.data.tags["vidops.manifest_sha256"] == hashlib.sha256(accepted).hexdigest()
     flow_run_id = run.data.tags["vidops.prefect_flow_run_id"]
     with get_client(sync_client=True) as prefect:
         flow_run = prefect.read_flow_run(flow_run_id)

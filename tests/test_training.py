@@ -12,7 +12,7 @@ from components.training import build_classifier
 from flows import stages
 
 
-@pytest.mark.parametrize("temporal", ["conv", "lstm"])
+@pytest.mark.parametrize("temporal", ["conv", "lstm", "2plus1d"])
 def test_the_classifier_sees_the_order_of_frames(temporal: str):
     """Reversed frames (moving left instead of right) must be able to give another answer."""
     keras.utils.set_random_seed(0)

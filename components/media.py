@@ -36,13 +36,13 @@ def write_clip(path: Path, frames: Iterable[np.ndarray], fps: int, audio: np.nda
             mux_audio(container, sound, audio)
 
 
-def mux_audio(container: av.container.OutputContainer, stream: av.audio.stream.AudioStream, audio: np.ndarray) -> None:
-    """Encode mono float audio in [-1, 1] at 16 kHz into `stream`, then flush it."""
+def mux_audio(container: av.container.OutputContainer, stream: av.audio.stream.AudioStream, audio: np.ndarray, first_sample: int = 0) -> None:
+    """Encode mono float audio in [-1, 1] at 16 kHz into `stream`, starting at sample `first_sample`, then flush it."""
     samples = np.clip(audio, -1.0, 1.0).astype(np.float32)
     for start in range(0, len(samples), _AAC_FRAME):
         chunk = av.AudioFrame.from_ndarray(samples[None, start : start + _AAC_FRAME], format="fltp", layout="mono")
         chunk.sample_rate = AUDIO_RATE
-        chunk.pts = start
+        chunk.pts = first_sample + start
         container.mux(stream.encode(chunk))
     container.mux(stream.encode())
 

@@ -103,10 +103,5 @@ def encode_flash_and_click(path: Path, flash: int, audio_delay_frames: int = 0, 
         for i in range(frames):
             out.mux(video.encode(av.VideoFrame.from_ndarray(np.full((height, width, 3), 255 * (i == flash), np.uint8), format="rgb24")))
         out.mux(video.encode())
-        offset = audio_delay_frames * AUDIO_RATE // fps
-        for start in range(0, len(samples), 1024):
-            chunk = av.AudioFrame.from_ndarray(samples[None, start : start + 1024], format="fltp", layout="mono")
-            chunk.sample_rate, chunk.pts = AUDIO_RATE, start + offset
-            out.mux(sound.encode(chunk))
-        out.mux(sound.encode())
+        mux_audio(out, sound, samples, first_sample=audio_delay_frames * AUDIO_RATE // fps)
     return path

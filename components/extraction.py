@@ -179,35 +179,3 @@ def usable_clips(features_dir: Path, split: str) -> tuple[list[Path], np.ndarray
     rows = index[(index["status"] == "ok") & (index["split"] == split)]
     ids = {label: i for i, label in enumerate(labels)}
     return [features_dir / SHARDS / shard for shard in rows["shard"]], rows["label"].map(ids).to_numpy(np.int32)
-
-
-def load_split(features_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Frames [clips, N, S, S, 3] and integer labels of the usable clips of one split, in memory."""
-    shards, labels = usable_clips(features_dir, split)
-    if not shards:
-        return np.empty((0, 0, 0, 0, 3), np.uint8), labels
-    first = _frames(shards[0])
-    out = np.empty((len(shards), *first.shape), np.uint8)  # filled in place: no second copy of the split
-    out[0] = first
-    for slot, shard in enumerate(shards[1:], start=1):
-        out[slot] = _frames(shard)
-    return out, labels
-
-
-def _frames(shard: Path | bytes) -> np.ndarray:
-    with np.load(shard.decode() if isinstance(shard, bytes) else shard) as data:
-        return data["frames"]
-
-
-def tf_dataset(features_dir: Path, split: str) -> Any:
-    """A tf.data pipeline over the split's shards: parallel interleaved reads, one (frames, label) per clip."""
-    import tensorflow as tf
-
-    shards, labels = usable_clips(features_dir, split)
-
-    def load(path: Any, label: Any) -> Any:
-        frames = tf.numpy_function(_frames, [path], tf.uint8)
-        return tf.data.Dataset.from_tensors((tf.ensure_shape(frames, [None, None, None, 3]), label))
-
-    source = tf.data.Dataset.from_tensor_slices(([str(shard) for shard in shards], labels))
-    return source.interleave(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

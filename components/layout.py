@@ -17,9 +17,9 @@ class Layout:
     def raw(self, dataset: str) -> Path:
         return self.root / "data" / "raw" / dataset
 
-    @property
-    def catalog(self) -> Path:
-        return self.root / "data" / "catalog"
+    def catalog(self, task: str) -> Path:
+        """The manifest and validation report of the dataset `task` learns from."""
+        return self.root / "data" / "catalog" / task
 
     def features(self, task: str) -> Path:
         return self.root / "data" / "features" / task
@@ -30,10 +30,9 @@ class Layout:
     def reports(self, task: str) -> Path:
         return self.root / "reports" / task
 
-    @property
-    def data_docs(self) -> Path:
-        """Great Expectations' Data Docs site (open index.html)."""
-        return self.root / "reports" / "data_docs"
+    def data_docs(self, task: str) -> Path:
+        """Great Expectations' Data Docs site of the task's dataset (open index.html)."""
+        return self.reports(task) / "data_docs"
 
     @property
     def state(self) -> Path:

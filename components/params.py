@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from components.errors import VidopsError
 
@@ -23,18 +23,31 @@ class _Group(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-class DatasetParams(_Group):
-    name: str = "demo"
-    test_fraction: float = Field(0.25, gt=0, lt=1)
+class _PerTask(_Group):
+    """A group with one entry per task: `params.extract.of("sync")`."""
+
+    def of(self, task: Task) -> Any:
+        return getattr(self, task)
+
+
+class DatasetParams(_PerTask):
+    """The dataset each task learns from, by name: data/raw/<name>/."""
+
+    classification: str = "demo"
+    sync: str = "demo-sync"
 
 
 class GenerateParams(_Group):
-    task: Task = "classification"
     clips_per_class: int = Field(48, ge=1)
     seed: int = 0
     size: int = Field(96, ge=32, multiple_of=2)
     fps: int = Field(25, ge=1)
     duration_s: float = Field(2.0, gt=0)
+
+
+class GenerateGroup(_PerTask):
+    classification: GenerateParams = GenerateParams()
+    sync: GenerateParams = GenerateParams(clips_per_class=64, duration_s=4.0)
 
 
 class ValidationParams(_Group):
@@ -47,11 +60,12 @@ class ValidationParams(_Group):
     max_width: int = Field(4096, ge=1)
     max_height: int = Field(4096, ge=1)
     frame_count_tolerance: float = Field(0.1, ge=0)
-    require_audio: bool = False
+    require_audio: bool = False  # the sync task always requires it
     max_av_diff_s: float = Field(0.5, ge=0)
     near_duplicate_bits: int = Field(6, ge=0, le=192)
     min_clips_per_class: int = Field(2, ge=2)
     probe_workers: int = Field(4, ge=1)
+    test_fraction: float = Field(0.25, gt=0, lt=1)
 
 
 class ExtractParams(_Group):
@@ -68,53 +82,112 @@ class ExtractParams(_Group):
     batch_size: int = Field(8, ge=1)  # clips per unit of work
 
 
-class ClassifierParams(_Group):
-    temporal: Literal["conv", "lstm", "2plus1d"] = "conv"
-    filters: tuple[int, ...] = (8, 16, 32)
+class ExtractGroup(_PerTask):
+    classification: ExtractParams = ExtractParams()
+    # every frame of a 4 s run, for windows shifted against the audio
+    sync: ExtractParams = ExtractParams(sampler="dense", frames=100, size=32, short_clips="skip")
+
+
+class FitParams(_Group):
+    """How either model is fitted."""
+
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(16, ge=1)
     learning_rate: float = Field(2e-3, gt=0)  # halved whenever the loss stalls for patience / 2 epochs
     patience: int = Field(8, ge=1)  # epochs without a lower training loss before stopping early
+    augment: bool = True  # random changes to the training examples; never to evaluation's
     seed: int = 0
     deterministic: bool = False  # deterministic TensorFlow ops: repeatable, slower
     mixed_precision: bool = True  # float16 compute on a GPU; ignored on the CPU
     xla: bool = False  # compile the model with XLA on a GPU
 
 
-class TrainParams(_Group):
-    classifier: ClassifierParams = ClassifierParams()
+class ClassifierParams(FitParams):
+    epochs: int = Field(60, ge=1)
+    temporal: Literal["conv", "lstm", "2plus1d"] = "conv"
+    filters: tuple[int, ...] = (8, 16, 32)
 
 
-class RegistryParams(_Group):
+class SyncParams(FitParams):
+    window: int = Field(15, ge=2)  # T: video frames the model sees
+    max_offset: int = Field(15, ge=1)  # K: offsets -K..K frames, a (2K+1)-way class
+    filters: tuple[int, ...] = (16, 32)  # per-frame CNN
+    units: int = Field(64, ge=1)  # LSTM
+    bidirectional: bool = True
+    windows_per_clip: int = Field(32, ge=1)  # random (window, offset) examples drawn from each clip per epoch
+    epochs: int = Field(12, ge=1)
+    batch_size: int = Field(32, ge=1)
+
+
+class TrainGroup(_PerTask):
+    classification: ClassifierParams = ClassifierParams()
+    sync: SyncParams = SyncParams()
+
+
+class ModelRegistryParams(_Group):
+    model_name: str
+    metric: str  # from reports/<task>/metrics.json; higher is better
+
+
+class RegistryParams(_PerTask):
     experiment: str = "vidops"
-    model_name: str = "vidops-classifier"
-    metric: str = "accuracy"
-    min_improvement: float = Field(0.0, ge=0)
+    min_improvement: float = Field(0.0, ge=0)  # a new version becomes champion only if it beats the champion by more
+    classification: ModelRegistryParams = ModelRegistryParams(model_name="vidops-classifier", metric="accuracy")
+    sync: ModelRegistryParams = ModelRegistryParams(model_name="vidops-sync", metric="accuracy_within_1")
 
 
 class Params(_Group):
-    dataset: DatasetParams = DatasetParams()
-    generate: GenerateParams = GenerateParams()
+    tasks: tuple[Task, ...] = Field(("classification", "sync"), min_length=1)  # what `vidops run` trains
+    datasets: DatasetParams = DatasetParams()
+    generate: GenerateGroup = GenerateGroup()
     validation: ValidationParams = ValidationParams()
-    extract: ExtractParams = ExtractParams()
-    train: TrainParams = TrainParams()
+    extract: ExtractGroup = ExtractGroup()
+    train: TrainGroup = TrainGroup()
     registry: RegistryParams = RegistryParams()
 
     def to_yaml_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
+    @model_validator(mode="after")
+    def _sync_can_work(self) -> Params:
+        """Combinations that would fail only after extraction: caught on load, naming the keys."""
+        extract, train = self.extract.sync, self.train.sync
+        if extract.sampler != "dense":
+            raise ValueError("extract.sync.sampler: the sync model needs consecutive frames: use dense")
+        if extract.audio == "none":
+            raise ValueError("extract.sync.audio: the sync model needs audio features: use logmel or mfcc")
+        needed = train.window + 2 * train.max_offset
+        if needed > extract.frames:
+            raise ValueError(
+                f"train.sync.window + 2 x train.sync.max_offset = {needed} frames, but extract.sync.frames is"
+                f" {extract.frames}: no window fits; lower the window or the offset, or extract more frames"
+            )
+        return self
+
 
 def load_params(path: Path | None = None, overrides: Iterable[str] = ()) -> Params:
-    """Read params.yaml (or the defaults when `path` is None) and apply `KEY.PATH=VALUE` overrides."""
-    source = str(path) if path else "defaults"
-    data: dict[str, Any] = _read_yaml(path) if path else {}
+    """Read params.yaml (or the defaults when `path` is None) and apply `KEY.PATH=VALUE` overrides.
+
+    What the file leaves out keeps its default, down to single keys: `extract.sync.frames`
+    alone changes the sync frames and keeps the sync sampler's own default.
+    """
+    overrides = list(overrides)
+    source = (str(path) if path else "defaults") + (" (with overrides)" if overrides else "")
+    data = _merge(Params().to_yaml_dict(), _read_yaml(path) if path else {})
     for item in overrides:
         _apply_override(data, item)
-        source = f"{source} (with overrides)"
     try:
         return _validate(data)
     except ValidationError as exc:
         raise VidopsError(f"{source}: {_describe(exc)}") from None
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """`update` laid over `base`, group by group."""
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return merged
 
 
 def _validate(data: dict[str, Any]) -> Params:
@@ -147,7 +220,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def _apply_override(data: dict[str, Any], item: str) -> None:
     key, sep, raw = item.partition("=")
     if not sep or not key:
-        raise VidopsError(f"override {item!r}: expected KEY.PATH=VALUE, e.g. train.classifier.epochs=2")
+        raise VidopsError(f"override {item!r}: expected KEY.PATH=VALUE, e.g. train.classification.epochs=2")
     *parents, leaf = key.split(".")
     node = data
     for part in parents:
@@ -161,6 +234,9 @@ def _describe(exc: ValidationError) -> str:
     """One line per problem, each naming the dotted key."""
     parts = []
     for err in exc.errors():
+        if not err["loc"] and err["type"] == "value_error":  # a cross-key check: its message names the keys
+            parts.append(str(err["ctx"]["error"]))
+            continue
         key = ".".join(str(p) for p in err["loc"]) or "<root>"
         what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         parts.append(f"{key}: {what}")

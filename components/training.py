@@ -1,4 +1,4 @@
-"""Training: a small Keras video classifier, a per-frame CNN followed by a temporal layer that sees frame order.
+"""Training: the classifier and the sync model, fitted by one loop from tf.data pipelines over the shards.
 
 Each epoch ends with a checkpoint of the whole model (weights, optimizer state) and the
 epoch number, so a killed training resumes where it stopped; a finished one removes it.
@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,13 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
-from keras import layers
 
+from components import inputs
 from components.errors import VidopsError
-from components.extraction import INDEX, load_split
 from components.io import atomic_path, write_json
 from components.layout import MODEL_FILE
-from components.params import ClassifierParams
+from components.models import build_classifier, build_sync
+from components.params import ClassifierParams, FitParams, SyncParams
 
 CHECKPOINTS = "checkpoints"  # under the model folder, while a training runs
 
@@ -31,50 +32,10 @@ CHECKPOINTS = "checkpoints"  # under the model folder, while a training runs
 @dataclass(frozen=True)
 class TrainedModel:
     path: Path
-    labels: tuple[str, ...]
+    labels: tuple[str, ...]  # class names; the sync model's are the offsets -K..K
     epochs: int  # trained in all, resumed ones included
     resumed_from: int  # the epoch a checkpoint resumed from; 0 for a fresh start
     history: dict[str, list[float]]
-
-
-def build_classifier(frames: int, size: int, n_classes: int, params: ClassifierParams) -> keras.Model:
-    """Frames uint8 [N, S, S, 3] in, class probabilities out."""
-    inputs = keras.Input((frames, size, size, 3), dtype="uint8", name="frames")
-    x = layers.Rescaling(1 / 255)(inputs)
-    if params.temporal == "2plus1d":
-        return _r2plus1d(inputs, x, n_classes, params)
-    for filters in params.filters:
-        x = layers.TimeDistributed(layers.Conv2D(filters, 3, padding="same", use_bias=False))(x)
-        x = layers.TimeDistributed(layers.BatchNormalization())(x)
-        x = layers.Activation("relu")(x)
-        x = layers.TimeDistributed(layers.MaxPooling2D())(x)
-    # The temporal layer keeps the spatial grid: a shape moving left and one moving right
-    # give the same frames in reverse order, and only a filter over (time, y, x) tells them apart.
-    if params.temporal == "conv":
-        x = layers.Conv3D(64, 3, padding="same", activation="relu")(x)
-        x = layers.Conv3D(64, 3, padding="same", activation="relu")(x)
-        x = layers.GlobalMaxPooling3D()(x)
-    else:
-        x = layers.ConvLSTM2D(48, 3, padding="same")(x)
-        x = layers.GlobalMaxPooling2D()(x)
-    x = layers.Dropout(0.3)(x)
-    # float32 out even under mixed precision: softmax in float16 loses the small probabilities
-    outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name=f"classifier_{params.temporal}")
-
-
-def _r2plus1d(inputs: Any, x: Any, n_classes: int, params: ClassifierParams) -> keras.Model:
-    """The (2+1)D variant: every block a spatial 1x3x3 convolution, then a temporal 3x1x1 one."""
-    for filters in params.filters:
-        x = layers.Conv3D(filters, (1, 3, 3), padding="same", use_bias=False)(x)
-        x = layers.BatchNormalization()(x)
-        x = layers.Activation("relu")(x)
-        x = layers.Conv3D(filters, (3, 1, 1), padding="same", activation="relu")(x)
-        x = layers.MaxPooling3D((1, 2, 2))(x)
-    x = layers.GlobalMaxPooling3D()(x)
-    x = layers.Dropout(0.3)(x)
-    outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name="classifier_2plus1d")
 
 
 def train_classifier(features_dir: Path, model_dir: Path, params: ClassifierParams) -> TrainedModel:
@@ -82,25 +43,63 @@ def train_classifier(features_dir: Path, model_dir: Path, params: ClassifierPara
 
     Resumes from `model_dir/checkpoints/` when it holds a checkpoint of the same params and data.
     """
-    frames, labels = load_split(features_dir, "train")
-    index = json.loads((features_dir / INDEX).read_text())
-    _check_inputs(frames, labels, index["labels"], features_dir)
+    split = inputs.open_split(features_dir, "train", ("frames",))
+    _check_classes(split, features_dir)
+    data = inputs.classifier_dataset(split, params.batch_size, params.augment, params.seed)
+    frames, size = split.shapes["frames"][0], split.shapes["frames"][1]
+
+    def build() -> keras.Model:
+        model = build_classifier(frames, size, len(split.names), params)
+        model.compile(optimizer=_optimizer(params), loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=_xla(params))
+        return model
+
+    return _fit(build, data, split.names, features_dir, model_dir, params)
+
+
+def train_sync(features_dir: Path, model_dir: Path, params: SyncParams) -> TrainedModel:
+    """Fit the sync model on windows of the train split's clips, shifted against their audio; outputs as `train_classifier`."""
+    split = inputs.open_split(features_dir, "train", ("frames", "audio"))
+    if not split.paths:
+        raise VidopsError(f"{features_dir}: the train split has no usable clips")
+    frames, span = split.shapes["frames"][0], params.window + 2 * params.max_offset
+    if frames < span:
+        raise VidopsError(
+            f"{features_dir}: clips of {frames} frames are too short for train.sync.window + 2 x train.sync.max_offset"
+            f" = {span} frames; extract more frames or lower the window or the offset"
+        )
+    data = inputs.sync_dataset(split, params.window, params.max_offset, params.batch_size, params.windows_per_clip, params.augment, params.seed)
+    offsets = tuple(str(k) for k in range(-params.max_offset, params.max_offset + 1))
+
+    def build() -> keras.Model:
+        model = build_sync(split.shapes["frames"][1], split.shapes["audio"][2], params)
+        model.compile(
+            optimizer=_optimizer(params),
+            loss={"offset": "sparse_categorical_crossentropy", "in_sync": "binary_crossentropy"},
+            metrics={"offset": ["accuracy"], "in_sync": ["accuracy"]},
+            jit_compile=_xla(params),
+        )
+        return model
+
+    return _fit(build, data, offsets, features_dir, model_dir, params)
+
+
+def _optimizer(params: FitParams) -> keras.optimizers.Optimizer:
+    return keras.optimizers.Adam(params.learning_rate)
+
+
+def _xla(params: FitParams) -> bool:
+    return params.xla and bool(tf.config.list_physical_devices("GPU"))
+
+
+def _fit(build: Callable[[], keras.Model], data: tuple[Any, int], labels: tuple[str, ...], features_dir: Path, model_dir: Path, params: FitParams) -> TrainedModel:
+    """The loop both models share: device set-up, resume or build, fit with checkpoints, save."""
     strategy = prepare_device(params)
     key = _run_key(features_dir, params)
     checkpoints = model_dir / CHECKPOINTS
     state = _read_state(checkpoints, key)
     keras.utils.set_random_seed(params.seed)
     with strategy.scope():
-        if state:
-            model = keras.models.load_model(checkpoints / MODEL_FILE)
-        else:
-            model = build_classifier(frames.shape[1], frames.shape[2], len(index["labels"]), params)
-            model.compile(
-                optimizer=keras.optimizers.Adam(params.learning_rate),
-                loss="sparse_categorical_crossentropy",
-                metrics=["accuracy"],
-                jit_compile=params.xla and bool(tf.config.list_physical_devices("GPU")),
-            )
+        model = keras.models.load_model(checkpoints / MODEL_FILE) if state else build()
     start = state["epoch"] if state else 0
     history = state["history"] if state else {}
     callbacks = [
@@ -109,17 +108,17 @@ def train_classifier(features_dir: Path, model_dir: Path, params: ClassifierPara
         keras.callbacks.EarlyStopping(monitor="loss", patience=params.patience, restore_best_weights=True),
         _Checkpoint(checkpoints, key, history),
     ]
-    model.fit(frames, labels, batch_size=params.batch_size, epochs=params.epochs, initial_epoch=start,
-              shuffle=True, verbose=0, callbacks=callbacks)  # fmt: skip
+    batches, steps = data
+    model.fit(batches, steps_per_epoch=steps, epochs=params.epochs, initial_epoch=start, shuffle=False, verbose=0, callbacks=callbacks)
     with atomic_path(model_dir / MODEL_FILE) as tmp:
         model.save(tmp)
-    write_json(model_dir / "labels.json", index["labels"])
+    write_json(model_dir / "labels.json", list(labels))
     write_json(model_dir / "history.json", history)
     shutil.rmtree(checkpoints, ignore_errors=True)  # finished: the next training starts afresh
-    return TrainedModel(model_dir / MODEL_FILE, tuple(index["labels"]), len(history.get("loss", [])), start, history)
+    return TrainedModel(model_dir / MODEL_FILE, labels, len(history.get("loss", [])), start, history)
 
 
-def prepare_device(params: ClassifierParams) -> tf.distribute.Strategy:
+def prepare_device(params: FitParams) -> tf.distribute.Strategy:
     """Memory growth, precision, determinism; the distribution strategy for the devices there are.
 
     MultiWorkerMirroredStrategy when TF_CONFIG names workers, MirroredStrategy over several
@@ -139,16 +138,16 @@ def prepare_device(params: ClassifierParams) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-def _check_inputs(frames: np.ndarray, labels: np.ndarray, names: list[str], features_dir: Path) -> None:
+def _check_classes(split: inputs.Split, features_dir: Path) -> None:
     """Fail before the first epoch on what would waste it: no clips, or a class without any."""
-    if len(labels) == 0:
+    if not split.paths:
         raise VidopsError(f"{features_dir}: the train split has no usable clips")
-    missing = [name for i, name in enumerate(names) if not np.any(labels == i)]
+    missing = [name for i, name in enumerate(split.names) if not np.any(split.labels == i)]
     if missing:
         raise VidopsError(f"{features_dir}: no training clips for class(es) {', '.join(missing)}")
 
 
-def _run_key(features_dir: Path, params: ClassifierParams) -> str:
+def _run_key(features_dir: Path, params: FitParams) -> str:
     """What a checkpoint belongs to: these params and exactly these shards."""
     shards = (features_dir / "index.csv").read_bytes()
     return hashlib.sha256(params.model_dump_json().encode() + shards).hexdigest()[:16]

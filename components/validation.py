@@ -61,7 +61,9 @@ class ValidationSummary:
         return rows + [{"what": f"failed {check}", "clips": n} for check, n in sorted(self.by_reason.items())]
 
 
-def validate_dataset(dataset: Path, catalog_dir: Path, checks: ValidationParams, test_fraction: float, docs_dir: Path | None = None) -> ValidationSummary:
+def validate_dataset(
+    dataset: Path, catalog_dir: Path, checks: ValidationParams, docs_dir: Path | None = None, min_classes: int = 2
+) -> ValidationSummary:
     """Catalog `dataset`, run the suite, write manifest, findings, accepted list and report under `catalog_dir`.
 
     The previous manifest there makes probing incremental. Data Docs go to `docs_dir` when given.
@@ -74,7 +76,7 @@ def validate_dataset(dataset: Path, catalog_dir: Path, checks: ValidationParams,
     critical = set(findings.loc[findings["severity"] == "critical", "path"])
     warned = set(findings.loc[findings["severity"] == "warning", "path"]) - critical
     manifest["status"] = np.where(manifest["path"].isin(critical), "quarantined", np.where(manifest["path"].isin(warned), "warned", "accepted"))
-    accepted = assign_splits(manifest[manifest["status"] != "quarantined"], test_fraction)
+    accepted = assign_splits(manifest[manifest["status"] != "quarantined"], checks.test_fraction)
     manifest.loc[accepted.index, "split"] = accepted["split"]
 
     paths = {name: catalog_dir / name for name in (MANIFEST, ACCEPTED, "quarantine.csv", "warnings.csv", REPORT)}
@@ -94,12 +96,12 @@ def validate_dataset(dataset: Path, catalog_dir: Path, checks: ValidationParams,
         "dataset": str(dataset), "clips": summary.clips, "accepted": summary.accepted, "warned": summary.warned,
         "quarantined": summary.quarantined, "by_reason": summary.by_reason, "classes_below_minimum": short,
     })  # fmt: skip
-    if short or len(counts) < 2:
+    if short or len(counts) < min_classes:
         paths[ACCEPTED].unlink(missing_ok=True)  # an old accepted list must not outlive a failed validation
         why = ", ".join(f"{label} has {n}" for label, n in short.items()) or f"only {len(counts)} class left"
         raise VidopsError(
             f"{dataset}: not enough valid clips to train: {why} (need {checks.min_clips_per_class} per class, "
-            f"at least 2 classes); see {paths['quarantine.csv']}"
+            f"at least {min_classes} {'classes' if min_classes > 1 else 'class'}); see {paths['quarantine.csv']}"
         )
     write_csv(paths[ACCEPTED], accepted)
     return summary

@@ -7,19 +7,20 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 import yaml
 
 from components.errors import VidopsError
 from components.layout import Layout
-from components.params import GenerateParams, Params, load_params
+from components.params import Params, Task, load_params
 
 if TYPE_CHECKING:  # importing it starts Prefect and TensorFlow
     from flows.pipeline import PipelineResult
 
 PARAMS_FILE = "params.yaml"
 STAGE_NAMES = ("validate", "extract", "train", "evaluate", "register")  # flows.stages.STAGES, without importing TensorFlow
+TASKS = get_args(Task)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,17 +45,16 @@ def _parser() -> argparse.ArgumentParser:
     _add_overrides(demo)
     demo.set_defaults(handler=cmd_demo)
 
-    defaults = GenerateParams()
     generate = commands.add_parser("generate", help="write a demo dataset of real H.264/AAC MP4 clips")
     generate.add_argument("dir", type=Path)
-    generate.add_argument("--task", choices=["classification", "sync"], default=defaults.task)
-    generate.add_argument("--clips-per-class", type=int, default=defaults.clips_per_class)
-    generate.add_argument("--seed", type=int, default=defaults.seed)
+    generate.add_argument("--task", choices=TASKS, default="classification")
+    generate.add_argument("--clips-per-class", type=int, help="default: generate.<task>.clips_per_class")
+    generate.add_argument("--seed", type=int, help="default: generate.<task>.seed")
     generate.set_defaults(handler=cmd_generate)
 
     validate = commands.add_parser("validate", help="catalog and validate a dataset; exit 0 when it is usable")
     validate.add_argument("dataset", type=Path, help="folder of <label>/<clip> files, or a manifest CSV (path, label[, group, split])")
-    validate.add_argument("--report", type=Path, help="where the manifest, quarantine and Data Docs go (default: the project's data/catalog and reports/data_docs)")
+    validate.add_argument("--report", type=Path, help="where the manifest, quarantine and Data Docs go (default: the project's data/catalog/classification and reports/classification/data_docs)")
     _add_project(validate)
     validate.set_defaults(handler=cmd_validate)
 
@@ -68,11 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     sample.set_defaults(handler=cmd_sample)
 
     bench = commands.add_parser("bench", help="benchmarks that print ratios against an anchor timed in the same run")
-    bench.add_argument("name", choices=["extract"])
+    bench.add_argument("name", choices=["extract", "train"])
     bench.add_argument("--workdir", type=Path, default=Path(".vidops/bench"), help="where the generated clips are kept")
-    bench.add_argument("--clips", type=int, default=24)
-    bench.add_argument("--seconds", type=float, default=10.0)
-    bench.add_argument("--workers", type=int, default=2)
+    bench.add_argument("--clips", type=int, default=24, help="extract: clips; train: clips per class")
+    bench.add_argument("--seconds", type=float, default=10.0, help="extract: seconds a clip")
+    bench.add_argument("--workers", type=int, default=2, help="extract: worker processes")
+    bench.add_argument("--batches", type=int, default=60, help="train: timed batches")
     bench.set_defaults(handler=cmd_bench)
 
     inspect = commands.add_parser("inspect", help="probe videos and print what PyAV finds, as JSON")
@@ -81,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
 
     stage = commands.add_parser("stage", help="run one pipeline stage without Prefect (what dvc.yaml calls)")
     stage.add_argument("name", choices=STAGE_NAMES)
+    stage.add_argument("--task", choices=TASKS, required=True)
     _add_project(stage)
     _add_overrides(stage)
     stage.set_defaults(handler=cmd_stage)
@@ -99,15 +101,15 @@ def _add_project(parser: argparse.ArgumentParser) -> None:
 
 def _add_overrides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a param, e.g. --set train.classifier.epochs=5 (repeatable)")  # fmt: skip
+                        help="override a param, e.g. --set train.classification.epochs=5 (repeatable)")  # fmt: skip
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
     from components.generate import generate_dataset
 
-    flags = {"task": args.task, "clips_per_class": args.clips_per_class, "seed": args.seed}
-    params = load_params(None, [f"generate.{key}={value}" for key, value in flags.items()])
-    made = generate_dataset(args.dir, params.generate)
+    flags = {"clips_per_class": args.clips_per_class, "seed": args.seed}
+    params = load_params(None, [f"generate.{args.task}.{key}={value}" for key, value in flags.items() if value is not None])
+    made = generate_dataset(args.dir, args.task, params.generate.of(args.task))
     print(f"wrote {made.clips} clips in {len(made.labels)} classes to {made.root}")
 
 
@@ -119,8 +121,9 @@ def cmd_validate(args: argparse.Namespace) -> None:
 
     layout = Layout(args.root.resolve())
     params = _load(layout.root, args.params, [])
-    catalog, docs = (args.report, args.report / "data_docs") if args.report else (layout.catalog, layout.data_docs)
-    summary = validate_dataset(args.dataset, catalog, params.validation, params.dataset.test_fraction, docs)
+    task = "classification"  # a dataset validated by hand is checked as the classifier's
+    catalog, docs = (args.report, args.report / "data_docs") if args.report else (layout.catalog(task), layout.data_docs(task))
+    summary = validate_dataset(args.dataset, catalog, params.validation, docs)
     print(f"{summary.clips} clips ({summary.probed} probed, {summary.reused} unchanged since the last run)")
     for row in summary.table():
         print(f"  {row['what']:<24} {row['clips']:>6}")
@@ -135,8 +138,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from components.extraction import ClipFeatures, extract_clip
     from components.io import atomic_path
 
-    overrides = [f"extract.frames={args.frames}", f"extract.size={args.size}", *args.overrides]
-    params = _load(args.root.resolve(), args.params, overrides).extract
+    overrides = [f"extract.classification.frames={args.frames}", f"extract.classification.size={args.size}", *args.overrides]
+    params = _load(args.root.resolve(), args.params, overrides).extract.classification
     probe = probe_clip(args.video)
     if not probe["readable"]:
         raise VidopsError(f"{args.video}: unreadable: {probe['error']}")
@@ -153,10 +156,19 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from benchmarks import extract
+    from flows.profiles import quiet_libraries
 
-    config = extract.BenchConfig(clips=args.clips, seconds=args.seconds, workers=args.workers)
-    print(extract.report(extract.run(args.workdir, config), config))
+    quiet_libraries()
+    if args.name == "extract":
+        from benchmarks import extract
+
+        config = extract.BenchConfig(clips=args.clips, seconds=args.seconds, workers=args.workers)
+        print(extract.report(extract.run(args.workdir / "extract", config), config))
+    else:
+        from benchmarks import train
+
+        trained = train.BenchConfig(clips_per_class=args.clips, batches=args.batches)
+        print(train.report(train.run(args.workdir / "train", trained), trained))
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
@@ -181,10 +193,10 @@ def cmd_stage(args: argparse.Namespace) -> None:
     params = _load(layout.root, args.params, args.overrides)
     if args.name == "extract":
         with _progress_bar("clips") as progress:
-            result = STAGES[args.name](layout, params, progress)
+            result = STAGES[args.name](layout, params, args.task, progress)
     else:
-        result = STAGES[args.name](layout, params)
-    print(f"{args.name}: {result}")
+        result = STAGES[args.name](layout, params, args.task)
+    print(f"{args.name} {args.task}: {result}")
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -204,12 +216,13 @@ def cmd_demo(args: argparse.Namespace) -> None:
     if not params_path.exists():  # spelled out for the user to edit and re-run
         with atomic_path(params_path) as tmp:
             tmp.write_text(yaml.safe_dump(Params().to_yaml_dict(), sort_keys=False))
-    dataset = layout.raw(params.dataset.name)
-    if (dataset / MARKER).is_file():
-        print(f"using the demo dataset already in {dataset}")
-    else:
-        print(f"generating the demo dataset in {dataset} ...")
-        generate_dataset(dataset, params.generate)
+    for task in params.tasks:
+        dataset = layout.raw(params.datasets.of(task))
+        if (dataset / MARKER).is_file():
+            print(f"using the demo {task} dataset already in {dataset}")
+        else:
+            print(f"generating the demo {task} dataset in {dataset} ...")
+            generate_dataset(dataset, task, params.generate.of(task))
     _run_pipeline(layout, PARAMS_FILE, args.overrides)
 
 
@@ -225,14 +238,18 @@ def _run_pipeline(layout: Layout, params_file: str, overrides: list[str]) -> Non
 
 
 def _print_result(layout: Layout, result: PipelineResult) -> None:
-    s, m, r = result.summary, result.evaluation.metrics, result.registration
-    print()
-    print(f"clips:            {s.accepted} accepted, {s.warned} of them with warnings, {s.quarantined} quarantined ({s.quarantine})")
-    print(f"accuracy:         {m['accuracy']:.3f} on the held-out split of {m['test_clips']} clips (chance {m['chance']:.3f})")
-    print(f"registered model: {r.model_name} version {r.version}; {'now champion' if r.champion else 'not champion'}: {r.reason}")
-    print(f"metrics:          {result.evaluation.metrics_path}")
-    print(f"Data Docs:        {s.data_docs}")
-    print(f"MLflow run:       {r.run_id} in {result.tracking_uri}")
+    from flows.pipeline import headline
+
+    for task, outcome in result.tasks.items():
+        s, m, r = outcome.summary, outcome.evaluation.metrics, outcome.registration
+        print(f"\n{task}")
+        print(f"  clips:            {s.accepted} accepted, {s.warned} of them with warnings, {s.quarantined} quarantined ({s.quarantine})")
+        print(f"  evaluation:       {headline(task, m)}")
+        print(f"  registered model: {r.model_name} version {r.version}; {'now champion' if r.champion else 'not champion'}: {r.reason}")
+        print(f"  metrics:          {outcome.evaluation.metrics_path}")
+        print(f"  Data Docs:        {s.data_docs}")
+        print(f"  MLflow run:       {r.run_id}")
+    print(f"\nMLflow:           {result.tracking_uri}")
     if result.tracking_uri.startswith("sqlite:"):
         print(f"MLflow UI:        mlflow ui --backend-store-uri {result.tracking_uri}  (then http://127.0.0.1:5000)")
         print(f"Prefect UI:       PREFECT_HOME={layout.state / 'prefect'} prefect server start  (then http://127.0.0.1:4200)")

@@ -1,4 +1,4 @@
-"""The training pipeline as a Prefect flow: validate -> extract -> train -> evaluate -> register.
+"""The training pipeline as a Prefect flow: for each task, validate -> extract -> train -> evaluate -> register.
 
 Each task is a stage of `flows.stages` (the same functions `vidops stage` runs for DVC);
 the flow body only wires them.
@@ -16,62 +16,88 @@ from prefect.cache_policies import NO_CACHE
 from components.evaluation import Evaluation
 from components.extraction import FeatureSet
 from components.layout import Layout
-from components.params import Params, load_params
+from components.params import Params, Task, load_params
 from components.registry import Registration
 from components.validation import ValidationSummary
 from flows import stages
 from flows.profiles import tracking
 
 # No caching yet: a stage's outputs are files, and reusing them belongs with their content hashes.
-validate_dataset = task(stages.validate_dataset, cache_policy=NO_CACHE)
-train_classifier = task(stages.train_classifier, cache_policy=NO_CACHE)
-evaluate_classifier = task(stages.evaluate_classifier, cache_policy=NO_CACHE)
-register_model = task(stages.register_model, cache_policy=NO_CACHE)
+validate_dataset = task(stages.validate_dataset, cache_policy=NO_CACHE, task_run_name="validate-{task}")
+train_model = task(stages.train_model, cache_policy=NO_CACHE, task_run_name="train-{task}")
+evaluate_model = task(stages.evaluate_model, cache_policy=NO_CACHE, task_run_name="evaluate-{task}")
+register_model = task(stages.register_model, cache_policy=NO_CACHE, task_run_name="register-{task}")
 
 
-@task(cache_policy=NO_CACHE)
-def extract_features(layout: Layout, params: Params) -> FeatureSet:
+@task(cache_policy=NO_CACHE, task_run_name="extract-{task}")
+def extract_features(layout: Layout, params: Params, task: Task) -> FeatureSet:
     """The extract stage, with its progress shown in the Prefect UI."""
-    artifact = create_progress_artifact(0.0, key="extraction-progress", description="clips extracted (%)")
-    return stages.extract_features(layout, params, lambda done, total: update_progress_artifact(artifact, 100 * done / total))
+    artifact = create_progress_artifact(0.0, key=f"extraction-progress-{task}", description=f"{task}: clips extracted (%)")
+    return stages.extract_features(layout, params, task, lambda done, total: update_progress_artifact(artifact, 100 * done / total))
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    summary: ValidationSummary
+    evaluation: Evaluation
+    registration: Registration
 
 
 @dataclass(frozen=True)
 class PipelineResult:
-    summary: ValidationSummary
-    evaluation: Evaluation
-    registration: Registration
+    tasks: dict[str, TaskResult]
     tracking_uri: str
 
 
 @flow(name="training_pipeline")
 def training_pipeline(root: str = ".", params_file: str | None = "params.yaml", overrides: list[str] | None = None) -> PipelineResult:
-    """Train, evaluate and register the video classifier of the project at `root`.
+    """Train, evaluate and register the models (`tasks` in params.yaml) of the project at `root`.
 
     `params_file` is relative to `root` (None: the defaults); `overrides` are `KEY.PATH=VALUE` strings.
     """
     layout = Layout(Path(root).resolve())
     params = load_params(layout.root / params_file if params_file else None, overrides or ())
+    for name in params.tasks:  # before any work: a missing dataset fails the run at once
+        stages.dataset(layout, params, name)
 
-    summary = validate_dataset(layout, params)
-    create_table_artifact(summary.table(), key="validation-summary", description=f"clips of {params.dataset.name}: see {summary.quarantine}")
-    extract_features(layout, params)
-    train_classifier(layout, params)
-    scores = evaluate_classifier(layout, params)
-    registered = register_model(layout, params, {"vidops.prefect_flow_run_id": str(runtime.flow_run.id)})
+    results = {}
+    for name in params.tasks:
+        summary = validate_dataset(layout, params, name)
+        dataset = params.datasets.of(name)
+        create_table_artifact(summary.table(), key=f"validation-summary-{name}", description=f"clips of {dataset}: see {summary.quarantine}")
+        extract_features(layout, params, name)
+        train_model(layout, params, name)
+        scores = evaluate_model(layout, params, name)
+        registered = register_model(layout, params, name, {"vidops.prefect_flow_run_id": str(runtime.flow_run.id)})
+        results[name] = TaskResult(summary, scores, registered)
 
-    result = PipelineResult(summary, scores, registered, tracking(layout).uri)
+    result = PipelineResult(results, tracking(layout).uri)
     create_markdown_artifact(report(result), key="training-report", description="vidops training run")
     return result
 
 
+
+def headline(task: str, metrics: dict[str, float]) -> str:
+    """The one line that says how good a task's model is."""
+    if task == "classification":
+        return f"accuracy {metrics['accuracy']:.3f} on {metrics['test_clips']} held-out clips (chance {metrics['chance']:.3f})"
+    return (
+        f"offset within +-1 frame {metrics['accuracy_within_1']:.3f}, exact {metrics['accuracy']:.3f},"
+        f" mean error {metrics['mae_frames']:.2f} frames on {metrics['examples']} windows of {metrics['test_clips']}"
+        f" held-out clips (chance {metrics['chance_within_1']:.3f})"
+    )
+
+
 def report(result: PipelineResult) -> str:
     """The run's markdown summary, for the Prefect UI."""
-    s, m, r = result.summary, result.evaluation.metrics, result.registration
-    return "\n".join([
-        "# vidops training run",
-        f"- clips: {s.clips}: {s.accepted} accepted ({s.warned} with warnings), {s.quarantined} quarantined (`{s.quarantine}`)",
-        f"- test accuracy: {m['accuracy']:.3f} on {m['test_clips']} clips (chance {m['chance']:.3f})",
-        f"- model: `{r.model_name}` version {r.version}, MLflow run `{r.run_id}` in `{result.tracking_uri}`",
-        f"- champion: {'yes' if r.champion else 'no'}: {r.reason}",
-    ])  # fmt: skip
+    lines = ["# vidops training run"]
+    for name, r in result.tasks.items():
+        s, g = r.summary, r.registration
+        lines += [
+            f"## {name}",
+            f"- clips: {s.clips}: {s.accepted} accepted ({s.warned} with warnings), {s.quarantined} quarantined (`{s.quarantine}`)",
+            f"- {headline(name, r.evaluation.metrics)}",
+            f"- model: `{g.model_name}` version {g.version}, MLflow run `{g.run_id}` in `{result.tracking_uri}`",
+            f"- champion: {'yes' if g.champion else 'no'}: {g.reason}",
+        ]
+    return "\n".join(lines)

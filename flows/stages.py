@@ -1,7 +1,8 @@
-"""The stages wired to the project layout: what `vidops stage NAME` (dvc.yaml) and the Prefect tasks both run.
+"""The stages wired to the project layout: what `vidops stage NAME --task T` (dvc.yaml) and the Prefect tasks both run.
 
-Each takes the project layout and its params and hands the component its paths, so a
-pipeline run through Prefect and one through `dvc repro` read and write the same files.
+Each takes the project layout, its params and the task (classification or sync) and hands
+the component its paths, so a pipeline run through Prefect and one through `dvc repro`
+read and write the same files.
 """
 
 from __future__ import annotations
@@ -12,50 +13,64 @@ import subprocess
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, TypeVar
 
 from components import evaluation, extraction, registry, training, validation
+from components.errors import VidopsError
 from components.io import write_json
 from components.layout import Layout
-from components.params import Params
+from components.params import Params, Task
 from flows.profiles import tracking
 
-TASK = "classification"
 T = TypeVar("T")
 
 
-def validate_dataset(layout: Layout, params: Params) -> validation.ValidationSummary:
-    dataset = layout.raw(params.dataset.name)
-    return validation.validate_dataset(dataset, layout.catalog, params.validation, params.dataset.test_fraction, layout.data_docs)
+def validate_dataset(layout: Layout, params: Params, task: Task) -> validation.ValidationSummary:
+    # the sync model learns from sound, not labels: a clip without sound is of no use, one class is enough
+    checks = params.validation.model_copy(update={"require_audio": True}) if task == "sync" else params.validation
+    classes = 1 if task == "sync" else 2
+    return validation.validate_dataset(dataset(layout, params, task), layout.catalog(task), checks, layout.data_docs(task), classes)
 
 
-def extract_features(layout: Layout, params: Params, progress: extraction.Progress | None = None) -> extraction.FeatureSet:
-    accepted = layout.catalog / validation.ACCEPTED
-    return extraction.extract_features(layout.raw(params.dataset.name), accepted, layout.features(TASK), params.extract, progress)
+def extract_features(layout: Layout, params: Params, task: Task, progress: extraction.Progress | None = None) -> extraction.FeatureSet:
+    accepted = layout.catalog(task) / validation.ACCEPTED
+    return extraction.extract_features(dataset(layout, params, task), accepted, layout.features(task), params.extract.of(task), progress)
 
 
-def train_classifier(layout: Layout, params: Params) -> training.TrainedModel:
+def train_model(layout: Layout, params: Params, task: Task) -> training.TrainedModel:
+    train = training.train_classifier if task == "classification" else training.train_sync
     # TensorFlow keeps a GPU's memory until its process exits: each training gets a process of its own
-    return in_own_process(training.train_classifier, layout.features(TASK), layout.models(TASK), params.train.classifier)
+    return in_own_process(train, layout.features(task), layout.models(task), params.train.of(task))
 
 
-def evaluate_classifier(layout: Layout, params: Params) -> evaluation.Evaluation:
-    return evaluation.evaluate_classifier(layout.models(TASK), layout.features(TASK), layout.reports(TASK))
+def evaluate_model(layout: Layout, params: Params, task: Task) -> evaluation.Evaluation:
+    if task == "classification":
+        return evaluation.evaluate_classifier(layout.models(task), layout.features(task), layout.reports(task))
+    return evaluation.evaluate_sync(layout.models(task), layout.features(task), layout.reports(task), params.train.sync.window)
 
 
-def register_model(layout: Layout, params: Params, tags: dict[str, str] | None = None) -> registry.Registration:
-    metrics = layout.reports(TASK) / evaluation.METRICS
-    lineage = {**_lineage(layout, params), **(tags or {})}
-    report = layout.catalog / validation.REPORT
-    registered = registry.register_model(layout.models(TASK), metrics, report, params, tracking(layout), lineage)
-    write_json(layout.reports(TASK) / "registration.json", asdict(registered))
+def register_model(layout: Layout, params: Params, task: Task, tags: dict[str, str] | None = None) -> registry.Registration:
+    metrics = layout.reports(task) / evaluation.METRICS
+    lineage = {**_lineage(layout, params, task), **(tags or {})}
+    report = layout.catalog(task) / validation.REPORT
+    registered = registry.register_model(layout.models(task), layout.features(task), metrics, report, params, task, tracking(layout), lineage)
+    write_json(layout.reports(task) / "registration.json", asdict(registered))
     return registered
 
 
-def _lineage(layout: Layout, params: Params) -> dict[str, str]:
+def dataset(layout: Layout, params: Params, task: Task) -> Path:
+    """The task's dataset folder; an error naming it and the param when it is not there."""
+    folder = layout.raw(params.datasets.of(task))
+    if not folder.is_dir():
+        raise VidopsError(f"{folder}: no such dataset (datasets.{task} in params.yaml); add it, or leave {task} out of tasks")
+    return folder
+
+
+def _lineage(layout: Layout, params: Params, task: Task) -> dict[str, str]:
     """Where the model came from: the dataset folder, the hash of the accepted manifest, the git commit."""
-    accepted = layout.catalog / validation.ACCEPTED
-    tags = {"vidops.dataset": str(layout.raw(params.dataset.name)), "vidops.manifest_sha256": hashlib.sha256(accepted.read_bytes()).hexdigest()}
+    accepted = layout.catalog(task) / validation.ACCEPTED
+    tags = {"vidops.task": task, "vidops.dataset": str(dataset(layout, params, task)), "vidops.manifest_sha256": hashlib.sha256(accepted.read_bytes()).hexdigest()}
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=layout.root, capture_output=True, text=True)
     if commit.returncode == 0:  # a project outside git has no commit to record
         tags["mlflow.source.git.commit"] = commit.stdout.strip()
@@ -71,7 +86,7 @@ def in_own_process(function: Callable[..., T], *args: Any) -> T:
 STAGES = {
     "validate": validate_dataset,
     "extract": extract_features,
-    "train": train_classifier,
-    "evaluate": evaluate_classifier,
+    "train": train_model,
+    "evaluate": evaluate_model,
     "register": register_model,
 }

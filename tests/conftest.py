@@ -18,14 +18,26 @@ from components.params import Params, load_params  # noqa: E402
 
 # Small enough to train in seconds; the demo-sized run lives in test_demo.py.
 TINY = [
-    "generate.clips_per_class=3",
-    "generate.duration_s=1.0",
-    "generate.size=48",
-    "extract.frames=4",
-    "extract.size=32",
-    "train.classifier.filters=[4, 8]",
-    "train.classifier.epochs=2",
-    "train.classifier.batch_size=4",
+    "generate.classification.clips_per_class=3",
+    "generate.classification.duration_s=1.0",
+    "generate.classification.size=48",
+    "extract.classification.frames=4",
+    "extract.classification.size=32",
+    "train.classification.filters=[4, 8]",
+    "train.classification.epochs=2",
+    "train.classification.batch_size=4",
+    "generate.sync.clips_per_class=4",
+    "generate.sync.duration_s=1.0",
+    "generate.sync.size=48",
+    "extract.sync.frames=20",
+    "extract.sync.size=16",
+    "train.sync.window=4",
+    "train.sync.max_offset=3",
+    "train.sync.filters=[4]",
+    "train.sync.units=8",
+    "train.sync.windows_per_clip=4",
+    "train.sync.batch_size=4",
+    "train.sync.epochs=2",
 ]
 
 
@@ -37,14 +49,21 @@ def tiny_params() -> Params:
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory, tiny_params: Params) -> Path:
     """A generated classification dataset; tests copy it before changing anything."""
-    return generate_dataset(tmp_path_factory.mktemp("generated") / "demo", tiny_params.generate).root
+    return generate_dataset(tmp_path_factory.mktemp("generated") / "demo", "classification", tiny_params.generate.classification).root
+
+
+@pytest.fixture(scope="session")
+def tiny_sync_dataset(tmp_path_factory: pytest.TempPathFactory, tiny_params: Params) -> Path:
+    """A generated sync dataset (talking clips with sound)."""
+    return generate_dataset(tmp_path_factory.mktemp("generated") / "demo-sync", "sync", tiny_params.generate.sync).root
 
 
 @pytest.fixture
-def project(tmp_path: Path, tiny_dataset: Path, tiny_params: Params) -> Layout:
-    """A project folder holding a copy of the tiny dataset and a params.yaml with the tiny params."""
+def project(tmp_path: Path, tiny_dataset: Path, tiny_sync_dataset: Path, tiny_params: Params) -> Layout:
+    """A project folder holding copies of the tiny datasets and a params.yaml with the tiny params."""
     layout = Layout(tmp_path)
-    shutil.copytree(tiny_dataset, layout.raw(tiny_params.dataset.name))
+    shutil.copytree(tiny_dataset, layout.raw(tiny_params.datasets.classification))
+    shutil.copytree(tiny_sync_dataset, layout.raw(tiny_params.datasets.sync))
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params.to_yaml_dict()))
     return layout
 
@@ -59,12 +78,14 @@ def prefect_api():
 
 
 @pytest.fixture(scope="session")
-def trained_project(tmp_path_factory: pytest.TempPathFactory, tiny_dataset: Path, tiny_params: Params) -> Layout:
-    """A tiny project taken through validate, extract, train and evaluate once; tests copy what they change."""
+def trained_project(tmp_path_factory: pytest.TempPathFactory, tiny_dataset: Path, tiny_sync_dataset: Path, tiny_params: Params) -> Layout:
+    """A tiny project with both tasks taken through validate, extract, train and evaluate once; tests copy what they change."""
     from flows import stages
 
     layout = Layout(tmp_path_factory.mktemp("trained"))
-    shutil.copytree(tiny_dataset, layout.raw(tiny_params.dataset.name))
-    for stage in (stages.validate_dataset, stages.extract_features, stages.train_classifier, stages.evaluate_classifier):
-        stage(layout, tiny_params)
+    shutil.copytree(tiny_dataset, layout.raw(tiny_params.datasets.classification))
+    shutil.copytree(tiny_sync_dataset, layout.raw(tiny_params.datasets.sync))
+    for task in tiny_params.tasks:
+        for stage in (stages.validate_dataset, stages.extract_features, stages.train_model, stages.evaluate_model):
+            stage(layout, tiny_params, task)
     return layout

@@ -36,6 +36,14 @@ def test_generate_writes_a_dataset_and_refuses_a_non_empty_folder(tmp_path: Path
     assert len(list((tmp_path / "clips").rglob("*.mp4"))) == 7
 
 
+def test_generate_writes_a_sync_dataset_with_its_own_defaults(tmp_path: Path):
+    made = vidops("generate", str(tmp_path / "talk"), "--task", "sync", "--clips-per-class", "2")
+    assert made.returncode == 0, made.stderr
+    assert "wrote 2 clips in 1 classes" in made.stdout
+    clip = next((tmp_path / "talk" / "talking").glob("*.mp4"))
+    assert json.loads(vidops("inspect", str(clip)).stdout)["duration_s"] == pytest.approx(4.0, abs=0.1)
+
+
 def test_generate_rejects_a_bad_count(tmp_path: Path):
     assert "clips_per_class" in _one_line_error(vidops("generate", str(tmp_path / "x"), "--clips-per-class", "0"))
     assert not (tmp_path / "x").exists()
@@ -82,12 +90,19 @@ def test_inspect_prints_the_probe_as_json(tiny_dataset: Path):
     assert "no such file" in _one_line_error(vidops("inspect", "/nonexistent.mp4"))
 
 
-def test_stage_runs_one_stage_on_the_project(project):
-    result = vidops("stage", "validate", cwd=project.root)
+def test_stage_runs_one_stage_of_one_task_on_the_project(project):
+    result = vidops("stage", "validate", "--task", "sync", cwd=project.root)
     assert result.returncode == 0, result.stderr
-    assert (project.catalog / "accepted.csv").is_file()
-    missing = vidops("stage", "train", cwd=project.root)
+    assert (project.catalog("sync") / "accepted.csv").is_file()
+    assert not project.catalog("classification").exists()
+    missing = vidops("stage", "train", "--task", "sync", cwd=project.root)
     assert "run the extract stage first" in _one_line_error(missing, after_tensorflow=True)
+
+
+def test_a_task_without_its_dataset_is_named(project):
+    shutil.rmtree(project.raw("demo-sync"))
+    message = _one_line_error(vidops("stage", "validate", "--task", "sync", cwd=project.root), after_tensorflow=True)
+    assert "demo-sync: no such dataset (datasets.sync in params.yaml)" in message
 
 
 def test_stage_names_match_the_stages():
@@ -114,3 +129,10 @@ def test_bench_extract_prints_its_ratios(tmp_path: Path):
     assert result.returncode == 0, result.stderr
     for line in ("sparse / ffmpeg (c/a)", "dense / ffmpeg (d/a)", "sparse / naive (c/b)", "1 -> 2 workers speed-up"):
         assert re.search(re.escape(line) + r"\s+\d+\.\d\d", result.stdout), result.stdout
+
+
+def test_bench_train_prints_its_ratios(tmp_path: Path):
+    result = vidops("bench", "train", "--workdir", str(tmp_path), "--clips", "4", "--batches", "2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    for task in ("classification", "sync"):
+        assert re.search(task + r"\s+\d+\.\d\s+\d+\.\d\s+\d+\.\d\d", result.stdout), result.stdout

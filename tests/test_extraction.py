@@ -10,7 +10,8 @@ import pytest
 
 from components.audio import STEPS_PER_FRAME
 from components.errors import VidopsError
-from components.extraction import SHARDS, extract_clip, extract_features, load_split, tf_dataset
+from components import inputs
+from components.extraction import SHARDS, extract_clip, extract_features
 from components.media import read_frames
 from components.params import ExtractParams, load_params
 from components.sampling import ClipTooShort, dense, sample_indices, segments, uniform
@@ -92,37 +93,37 @@ def test_a_clip_without_audio_is_flagged_not_an_error(tmp_path: Path):
 
 
 def test_extraction_is_incremental_and_keyed_by_content_and_params(project, tiny_params):
-    stages.validate_dataset(project, tiny_params)
-    first = stages.extract_features(project, tiny_params)
+    stages.validate_dataset(project, tiny_params, "classification")
+    first = stages.extract_features(project, tiny_params, "classification")
     assert (first.extracted, first.reused, first.failed) == (21, 0, 0)
     assert first.clips == {"train": 14, "test": 7}
-    again = stages.extract_features(project, tiny_params)
+    again = stages.extract_features(project, tiny_params, "classification")
     assert (again.extracted, again.reused) == (0, 21)
 
     damaged = sorted(project.features("classification").joinpath(SHARDS).glob("*.npz"))[0]
     damaged.write_bytes(damaged.read_bytes()[:100])  # a shard cut short is extracted again, not trusted
-    assert stages.extract_features(project, tiny_params).extracted == 1
+    assert stages.extract_features(project, tiny_params, "classification").extracted == 1
 
     encode(project.raw("demo") / "rotate" / "new.mp4", seed=42)
-    stages.validate_dataset(project, tiny_params)
-    one_more = stages.extract_features(project, tiny_params)
+    stages.validate_dataset(project, tiny_params, "classification")
+    one_more = stages.extract_features(project, tiny_params, "classification")
     assert (one_more.extracted, one_more.reused) == (1, 21)
 
-    changed = load_params(project.root / "params.yaml", ["extract.size=24"])
-    redone = stages.extract_features(project, changed)
+    changed = load_params(project.root / "params.yaml", ["extract.classification.size=24"])
+    redone = stages.extract_features(project, changed, "classification")
     assert (redone.extracted, redone.reused) == (22, 0)
     shards = list(project.features("classification").joinpath(SHARDS).glob("*.npz"))
     assert len(shards) == 22  # the old version's shards are gone
-    frames, labels = load_split(project.features("classification"), "train")
-    assert frames.shape[1:] == (changed.extract.frames, 24, 24, 3) and len(labels) == len(frames)
+    split = inputs.open_split(project.features("classification"), "train", ("frames",))
+    assert split.shapes["frames"] == (changed.extract.classification.frames, 24, 24, 3) and len(split.labels) == 15
 
 
 def test_a_failing_clip_is_recorded_and_the_rest_extracted(project, tiny_params):
-    stages.validate_dataset(project, tiny_params)
+    stages.validate_dataset(project, tiny_params, "classification")
     victim = project.raw("demo") / "zoom_in" / "zoom_in_000.mp4"
     data = victim.read_bytes()
     victim.write_bytes(data[: len(data) // 3])  # cut short after validation accepted it
-    result = stages.extract_features(project, tiny_params)
+    result = stages.extract_features(project, tiny_params, "classification")
     index = pd.read_csv(project.features("classification") / "index.csv", keep_default_na=False)
     failed = index.set_index("path").loc["zoom_in/zoom_in_000.mp4"]
     assert failed["status"] == "error" and "Invalid data" in failed["error"]
@@ -131,31 +132,32 @@ def test_a_failing_clip_is_recorded_and_the_rest_extracted(project, tiny_params)
 
 
 def test_a_killed_extraction_resumes_where_it_stopped(project, tiny_params):
-    stages.validate_dataset(project, tiny_params)
+    stages.validate_dataset(project, tiny_params, "classification")
     features = project.features("classification")
-    stages.extract_features(project, tiny_params)
+    stages.extract_features(project, tiny_params, "classification")
     shards = sorted((features / SHARDS).glob("*.npz"))
     for shard in shards[5:]:  # as if killed after five clips: no index, a temporary file left over
         shard.unlink()
     (features / "index.json").unlink()
     (features / SHARDS / ".half.npz.tmp-1.npz").write_bytes(b"partial")
-    resumed = stages.extract_features(project, tiny_params)
+    resumed = stages.extract_features(project, tiny_params, "classification")
     assert (resumed.extracted, resumed.reused) == (16, 5)
     assert json.loads((features / "index.json").read_text())["clips"] == {"train": 14, "test": 7}
 
 
 def test_the_tf_data_reader_yields_every_clip_with_its_label(project, tiny_params):
-    stages.validate_dataset(project, tiny_params)
-    stages.extract_features(project, tiny_params)
+    stages.validate_dataset(project, tiny_params, "classification")
+    stages.extract_features(project, tiny_params, "classification")
     features = project.features("classification")
-    frames, labels = load_split(features, "test")
-    read = list(tf_dataset(features, "test").as_numpy_iterator())
-    assert len(read) == len(labels) == 7
-    assert all(np.array_equal(f, x) and y == l for (x, y), f, l in zip(read, frames, labels))
+    split = inputs.open_split(features, "test", ("frames",))
+    frames = inputs.in_memory(split, "frames")
+    read = list(inputs.read_split(split, ("frames",)).as_numpy_iterator())
+    assert len(read) == len(split.labels) == 7
+    assert all(np.array_equal(f, x) and y == l for (x, y), f, l in zip(read, frames, split.labels))
 
 
 def test_extract_without_a_validated_catalog_is_an_error(tmp_path: Path):
     with pytest.raises(VidopsError, match="run the validate stage first"):
         extract_features(tmp_path, tmp_path / "accepted.csv", tmp_path / "features", ExtractParams())
     with pytest.raises(VidopsError, match="run the extract stage first"):
-        load_split(tmp_path / "features", "train")
+        inputs.open_split(tmp_path / "features", "train", ("frames",))

@@ -16,7 +16,7 @@ def _decode_all(path: Path) -> np.ndarray:
 
 
 def test_clips_are_real_h264_aac_with_the_asked_shape(tiny_dataset: Path, tiny_params):
-    p = tiny_params.generate
+    p = tiny_params.generate.classification
     labels = sorted(d.name for d in tiny_dataset.iterdir() if d.is_dir())
     assert labels == sorted(MOTIONS)
     clips = sorted(tiny_dataset.rglob("*.mp4"))
@@ -34,8 +34,8 @@ def test_clips_are_real_h264_aac_with_the_asked_shape(tiny_dataset: Path, tiny_p
 
 def test_same_seed_same_frames_other_seed_other_frames(tmp_path: Path):
     params = GenerateParams(clips_per_class=1, duration_s=0.4, size=32)
-    first, *again = (generate_dataset(tmp_path / name, params).root for name in "abcd")
-    other = generate_dataset(tmp_path / "other", params.model_copy(update={"seed": 1})).root
+    first, *again = (generate_dataset(tmp_path / name, "classification", params).root for name in "abcd")
+    other = generate_dataset(tmp_path / "other", "classification", params.model_copy(update={"seed": 1})).root
     for clip in sorted(p.relative_to(first) for p in first.rglob("*.mp4")):
         assert all((first / clip).read_bytes() == (copy / clip).read_bytes() for copy in again), clip
         assert not np.array_equal(_decode_all(first / clip), _decode_all(other / clip))
@@ -60,7 +60,7 @@ def test_each_class_is_a_motion_that_only_the_order_of_frames_shows(label: str, 
 
 
 def test_sync_clips_are_louder_when_the_mouth_is_open(tmp_path: Path):
-    root = generate_dataset(tmp_path / "sync", GenerateParams(task="sync", clips_per_class=1, duration_s=2.0, size=64)).root
+    root = generate_dataset(tmp_path / "sync", "sync", GenerateParams(clips_per_class=1, duration_s=2.0, size=64)).root
     clip = next((root / SYNC_LABEL).glob("*.mp4"))
     with av.open(str(clip)) as container:
         audio = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
@@ -76,6 +76,6 @@ def test_refuses_a_non_empty_folder_and_leaves_it_alone(tmp_path: Path):
     target.mkdir()
     (target / "mine.txt").write_text("keep me")
     with pytest.raises(VidopsError, match="exists and is not an empty folder"):
-        generate_dataset(target, GenerateParams(clips_per_class=1))
+        generate_dataset(target, "classification", GenerateParams(clips_per_class=1))
     assert [p.name for p in target.iterdir()] == ["mine.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no partial folder left behind

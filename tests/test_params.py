@@ -13,29 +13,29 @@ def test_repository_params_yaml_spells_out_the_defaults():
 
 
 def test_overrides_reach_nested_keys_and_parse_yaml_values():
-    params = load_params(None, ["train.classifier.epochs=3", "train.classifier.filters=[4, 8]", "dataset.name=ucf"])
-    assert params.train.classifier.epochs == 3
-    assert params.train.classifier.filters == (4, 8)
-    assert params.dataset.name == "ucf"
+    params = load_params(None, ["train.classification.epochs=3", "train.classification.filters=[4, 8]", "datasets.classification=ucf"])
+    assert params.train.classification.epochs == 3
+    assert params.train.classification.filters == (4, 8)
+    assert params.datasets.classification == "ucf"
 
 
 def test_unknown_key_is_named(tmp_path: Path):
     path = tmp_path / "params.yaml"
-    path.write_text("train:\n  classifier:\n    epocs: 3\n")
-    with pytest.raises(VidopsError, match=r"params.yaml: train\.classifier\.epocs: unknown key"):
+    path.write_text("train:\n  classification:\n    epocs: 3\n")
+    with pytest.raises(VidopsError, match=r"params.yaml: train\.classification\.epocs: unknown key"):
         load_params(path)
 
 
 def test_wrong_type_is_named_and_not_coerced(tmp_path: Path):
     path = tmp_path / "params.yaml"
-    path.write_text("extract:\n  frames: '8'\n")
-    with pytest.raises(VidopsError, match=r"extract\.frames: Input should be a valid integer"):
+    path.write_text("extract:\n  classification:\n    frames: '8'\n")
+    with pytest.raises(VidopsError, match=r"extract\.classification\.frames: Input should be a valid integer"):
         load_params(path)
 
 
 def test_out_of_range_value_is_named():
-    with pytest.raises(VidopsError, match=r"dataset\.test_fraction: Input should be less than 1"):
-        load_params(None, ["dataset.test_fraction=1.5"])
+    with pytest.raises(VidopsError, match=r"validation\.test_fraction: Input should be less than 1"):
+        load_params(None, ["validation.test_fraction=1.5"])
 
 
 @pytest.mark.parametrize(
@@ -54,4 +54,18 @@ def test_missing_file_and_bad_override_are_errors(tmp_path: Path):
     with pytest.raises(VidopsError, match="no such params file"):
         load_params(tmp_path / "nope.yaml")
     with pytest.raises(VidopsError, match="expected KEY.PATH=VALUE"):
-        load_params(None, ["train.classifier.epochs"])
+        load_params(None, ["train.classification.epochs"])
+
+
+def test_a_sync_window_that_cannot_fit_is_named_on_load():
+    with pytest.raises(VidopsError, match=r"train\.sync\.window \+ 2 x train\.sync\.max_offset = 75 frames, but extract\.sync\.frames is 50"):
+        load_params(None, ["train.sync.window=15", "train.sync.max_offset=30", "extract.sync.frames=50"])
+    with pytest.raises(VidopsError, match=r"extract\.sync\.sampler: the sync model needs consecutive frames"):
+        load_params(None, ["extract.sync.sampler=uniform"])
+
+
+def test_each_task_has_its_own_group_in_every_stage():
+    params = Params()
+    for task in ("classification", "sync"):
+        assert params.datasets.of(task) and params.extract.of(task) and params.train.of(task) and params.registry.of(task)
+    assert params.registry.of("sync").model_name != params.registry.of("classification").model_name

@@ -1,4 +1,4 @@
-"""The wired pipeline through a real Prefect API and a real MLflow store, on the tiny dataset."""
+"""The wired pipeline through a real Prefect API and a real MLflow store, on the tiny datasets."""
 
 import hashlib
 import json
@@ -10,9 +10,9 @@ from prefect.client.orchestration import get_client
 from components.registry import CHAMPION
 from flows.pipeline import training_pipeline
 from flows.profiles import tracking
-from flows.stages import TASK
 
 pytestmark = pytest.mark.slow
+TASKS = ("classification", "sync")
 
 
 @pytest.fixture(autouse=True)
@@ -20,46 +20,54 @@ def _embedded_mlflow(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
-def test_training_pipeline_registers_a_champion_and_a_second_run_works(prefect_api, project, tiny_params):
+def test_training_pipeline_trains_both_models_registers_champions_and_a_second_run_works(prefect_api, project, tiny_params):
     (project.raw("demo") / "rotate" / "garbage.mp4").write_bytes(b"not a video")
     first = training_pipeline(root=str(project.root))
 
     # only accepted clips reach extraction
-    assert (first.summary.accepted, first.summary.quarantined) == (21, 1)
-    index = json.loads((project.features(TASK) / "index.json").read_text())
+    classification = first.tasks["classification"]
+    assert (classification.summary.accepted, classification.summary.quarantined) == (21, 1)
+    index = json.loads((project.features("classification") / "index.json").read_text())
     assert sum(index["clips"].values()) == 21
+    assert first.tasks["sync"].summary.accepted == 4
 
-    second = training_pipeline(root=str(project.root), overrides=["train.classifier.epochs=1"])
+    second = training_pipeline(root=str(project.root), overrides=["train.classification.epochs=1", "tasks=[classification]"])
+    assert list(second.tasks) == ["classification"]
 
     client = MlflowClient(tracking(project).uri)
-    name = tiny_params.registry.model_name
-    versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
-    assert versions == [1, 2]
-    champion = client.get_model_version_by_alias(name, CHAMPION)
-    assert str(champion.version) == ("2" if second.registration.champion else "1")
-    assert first.registration.champion
+    for task, runs in (("classification", 2), ("sync", 1)):
+        name = tiny_params.registry.of(task).model_name
+        versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+        assert versions == list(range(1, runs + 1))
+        assert first.tasks[task].registration.champion
+    champion = client.get_model_version_by_alias("vidops-classifier", CHAMPION)
+    assert str(champion.version) == ("2" if second.tasks["classification"].registration.champion else "1")
 
-    run = client.get_run(first.registration.run_id)
-    metrics = json.loads((project.reports(TASK) / "metrics.json").read_text())
-    assert run.data.metrics["accuracy"] == first.evaluation.metrics["accuracy"]
-    assert set(metrics) <= set(run.data.metrics)
-    assert run.data.params["train.classifier.epochs"] == "2"
-    assert client.get_run(second.registration.run_id).data.params["train.classifier.epochs"] == "1"
+    for task in TASKS:
+        run = client.get_run(first.tasks[task].registration.run_id)
+        metrics = json.loads((project.reports(task) / "metrics.json").read_text())
+        assert set(metrics) <= set(run.data.metrics)
+        accepted = (project.catalog(task) / "accepted.csv").read_bytes()
+        assert run.data.tags["vidops.manifest_sha256"] == hashlib.sha256(accepted).hexdigest()
+        assert run.data.tags["vidops.task"] == task
+    run = client.get_run(first.tasks["classification"].registration.run_id)
+    assert run.data.params["train.classification.epochs"] == "2"
+    assert client.get_run(second.tasks["classification"].registration.run_id).data.params["train.classification.epochs"] == "1"
 
-    accepted = (project.catalog / "accepted.csv").read_bytes()
-    assert run.data.tags["vidops.manifest_sha256"] == hashlib.sha256(accepted).hexdigest()
     flow_run_id = run.data.tags["vidops.prefect_flow_run_id"]
     with get_client(sync_client=True) as prefect:
         flow_run = prefect.read_flow_run(flow_run_id)
         assert flow_run.state.is_completed()
         tasks = prefect.read_task_runs()
         artifacts = {a.key: a for a in prefect.read_artifacts() if a.flow_run_id == flow_run.id}
-    names = {t.name.rsplit("-", 1)[0] for t in tasks if t.flow_run_id == flow_run.id}
-    assert names == {"validate_dataset", "extract_features", "train_classifier", "evaluate_classifier", "register_model"}
-    assert {"validation-summary", "extraction-progress", "training-report"} <= set(artifacts)
-    assert artifacts["extraction-progress"].data == 100
-    assert "quarantined" in str(artifacts["validation-summary"].data)
-    registration = json.loads((project.reports(TASK) / "registration.json").read_text())
+    names = {t.name for t in tasks if t.flow_run_id == flow_run.id}
+    assert names == {f"{stage}-{task}" for stage in ("validate", "extract", "train", "evaluate", "register") for task in TASKS}
+    for task in TASKS:
+        assert {f"validation-summary-{task}", f"extraction-progress-{task}"} <= set(artifacts)
+        assert artifacts[f"extraction-progress-{task}"].data == 100
+    assert "quarantined" in str(artifacts["validation-summary-classification"].data)
+    assert "offset within +-1 frame" in artifacts["training-report"].data
+    registration = json.loads((project.reports("classification") / "registration.json").read_text())
     assert registration["version"] == "2"
 
 
@@ -68,3 +76,9 @@ def test_a_failing_stage_fails_the_flow_with_the_clear_error(prefect_api, projec
         clip.write_bytes(b"truncated")
     with pytest.raises(Exception, match="rotate has 0"):
         training_pipeline(root=str(project.root))
+
+
+def test_a_missing_dataset_fails_the_flow_before_any_work(prefect_api, project):
+    with pytest.raises(Exception, match="demo-elsewhere: no such dataset"):
+        training_pipeline(root=str(project.root), overrides=["datasets.sync=demo-elsewhere"])
+    assert not (project.root / "data" / "catalog").exists()

@@ -1,4 +1,4 @@
-"""The files a user runs by hand: dvc.yaml's stages, the README's two commands, and CI running the second."""
+"""The files a user runs by hand: dvc.yaml's stages, params.yaml, the README's two commands, and CI running the second."""
 
 import re
 from pathlib import Path
@@ -11,19 +11,22 @@ from flows.cli import STAGE_NAMES
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_every_dvc_stage_runs_a_vidops_stage_and_reads_real_params():
+def test_every_dvc_stage_runs_a_vidops_stage_per_task_and_reads_real_params():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     assert tuple(stages) == STAGE_NAMES
     known = Params().to_yaml_dict()
     for name, stage in stages.items():
-        assert stage["cmd"] == f"vidops stage {name}"
-        for key in stage.get("params", []):
-            node = known
-            for part in key.split("."):
-                assert part in node, f"dvc.yaml stage {name}: params key {key} is not in params.yaml"
-                node = node[part]
-        for dep in stage["deps"]:
-            assert "${" in dep or dep.startswith(("data/", "models/", "reports/")) or (REPO / dep).exists(), dep
+        assert stage["foreach"] == "${datasets}"  # one per task, named after the task: validate@sync
+        for task, dataset in known["datasets"].items():
+            do = yaml.safe_load(yaml.safe_dump(stage["do"]).replace("${key}", task).replace("${item}", dataset))
+            assert do["cmd"] == f"vidops stage {name} --task {task}"
+            for key in do.get("params", []):
+                node = known
+                for part in key.split("."):
+                    assert part in node, f"dvc.yaml stage {name}: params key {key} is not in params.yaml"
+                    node = node[part]
+            for dep in do["deps"]:
+                assert dep.startswith(("data/", "models/", "reports/")) or (REPO / dep).exists(), dep
 
 
 def test_readme_quickstart_has_two_commands_and_ci_runs_the_test_one():

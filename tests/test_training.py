@@ -1,15 +1,19 @@
+"""Both models: they see what they must, they train and resume, and bad inputs stop them before the first epoch."""
+
 import json
+import shutil
 
 import keras
 import numpy as np
 import pandas as pd
 import pytest
 
+from components import inputs
 from components.errors import VidopsError
 from components.evaluation import evaluate_classifier
-from components.params import ClassifierParams
-from components.training import build_classifier
-from flows import stages
+from components.models import OffsetPairs, build_classifier, build_sync
+from components.params import ClassifierParams, SyncParams
+from components.training import CHECKPOINTS, train_classifier, train_sync
 
 
 @pytest.mark.parametrize("temporal", ["conv", "lstm", "2plus1d"])
@@ -25,21 +29,55 @@ def test_the_classifier_sees_the_order_of_frames(temporal: str):
     assert not np.allclose(forward, backward, atol=1e-6)
 
 
-def test_train_then_evaluate_writes_model_metrics_and_confusion(project, tiny_params):
-    for stage in (stages.validate_dataset, stages.extract_features):
-        stage(project, tiny_params)
-    trained = stages.train_classifier(project, tiny_params)
-    assert trained.path.is_file()
-    assert len(trained.history["loss"]) == tiny_params.train.classifier.epochs
-    assert json.loads((trained.path.parent / "labels.json").read_text()) == list(trained.labels)
+@pytest.mark.parametrize("k", [-3, -1, 0, 2, 3])
+def test_the_candidate_of_the_true_offset_pairs_each_frame_with_its_own_sound(k: int):
+    """Frames and sound carry their frame number: the window's pairs at candidate k + K match exactly."""
+    window, max_offset, n, start = 4, 3, 20, 6
+    frames = np.arange(n, dtype=np.float32)
+    audio = np.repeat(frames[:, None, None], 4, axis=1)  # [n, 4 steps, 1 feature]: every step says its frame
+    video, context = inputs.sync_window(frames, audio, start, k, window, max_offset)
+    pairs = OffsetPairs(max_offset)([np.asarray(video)[None, :, None], np.asarray(context)[None, :, 0, :]])
+    pairs = np.asarray(pairs).reshape(2 * max_offset + 1, window, 2)
+    matching = [c for c in range(2 * max_offset + 1) if np.array_equal(pairs[c, :, 0], pairs[c, :, 1])]
+    assert matching == [k + max_offset]
 
-    scores = stages.evaluate_classifier(project, tiny_params)
-    metrics = json.loads(scores.metrics_path.read_text())
-    assert 0 <= metrics["accuracy"] <= 1 and metrics["test_clips"] == 7
-    assert metrics["chance"] == pytest.approx(1 / 7)
-    confusion = pd.read_csv(scores.confusion_path)
-    assert list(confusion.columns) == ["actual", "predicted"] and len(confusion) == 7
-    assert (confusion["actual"] == confusion["predicted"]).mean() == pytest.approx(metrics["accuracy"])
+    examples, offsets = inputs.sync_examples(frames[:, None], audio, window, max_offset)  # evaluation's windows agree
+    for video, context in zip(examples["frames"][offsets == k], examples["audio"][offsets == k]):
+        assert np.array_equal(context[max_offset : max_offset + window, 0, 0] - k, video[:, 0])
+
+
+def test_the_sync_model_takes_any_window_length_and_gives_offsets_and_in_sync():
+    params = SyncParams(window=4, max_offset=3, filters=(4,), units=8)
+    model = build_sync(16, 40, params)
+    for window in (4, 7):
+        out = model.predict({"frames": np.zeros((2, window, 16, 16, 3), np.uint8), "audio": np.zeros((2, window + 6, 4, 40), np.float32)}, verbose=0)
+        assert out["offset"].shape == (2, 7) and np.allclose(out["offset"].sum(axis=1), 1, atol=1e-5)
+        assert out["in_sync"].shape == (2, 1)
+
+
+def test_both_models_train_evaluate_and_write_their_outputs(trained_project, tiny_params):
+    for task in ("classification", "sync"):
+        models, reports = trained_project.models(task), trained_project.reports(task)
+        assert (models / "model.keras").is_file() and not (models / CHECKPOINTS).exists()
+        history = json.loads((models / "history.json").read_text())
+        assert len(history["loss"]) == tiny_params.train.of(task).epochs
+        metrics = json.loads((reports / "metrics.json").read_text())
+        confusion = pd.read_csv(reports / "confusion.csv")
+        assert list(confusion.columns) == ["actual", "predicted"]
+        assert (confusion["actual"] == confusion["predicted"]).mean() == pytest.approx(metrics["accuracy"])
+    classification = json.loads((trained_project.reports("classification") / "metrics.json").read_text())
+    assert classification["test_clips"] == 7 and classification["chance"] == pytest.approx(1 / 7)
+    sync = json.loads((trained_project.reports("sync") / "metrics.json").read_text())
+    assert sync["test_clips"] == 1 and sync["examples"] == 7 * inputs.EVAL_STARTS  # every offset -3..3, 4 windows each
+    assert sync["chance"] == pytest.approx(1 / 7) and 0 <= sync["accuracy"] <= sync["accuracy_within_1"] <= 1
+    assert json.loads((trained_project.models("sync") / "labels.json").read_text()) == [str(k) for k in range(-3, 4)]
+
+
+def test_loss_falls_on_a_small_learnable_set(trained_project, tmp_path):
+    params = ClassifierParams(filters=(4, 8), epochs=12, batch_size=4, learning_rate=0.01, augment=False, patience=12)
+    trained = train_classifier(trained_project.features("classification"), tmp_path / "model", params)
+    loss = trained.history["loss"]
+    assert min(loss[-3:]) < 0.5 * loss[0], loss
 
 
 def test_evaluate_without_a_model_is_an_error(tmp_path):
@@ -47,13 +85,9 @@ def test_evaluate_without_a_model_is_an_error(tmp_path):
         evaluate_classifier(tmp_path / "models", tmp_path / "features", tmp_path / "reports")
 
 
-def test_a_killed_training_resumes_from_its_last_checkpoint(project, tiny_params):
-    from components.training import CHECKPOINTS, train_classifier
-
-    for stage in (stages.validate_dataset, stages.extract_features):
-        stage(project, tiny_params)
-    features, models = project.features("classification"), project.models("classification")
-    three = tiny_params.train.classifier.model_copy(update={"epochs": 3, "patience": 10})
+def test_a_killed_training_resumes_from_its_last_checkpoint(trained_project, tmp_path, monkeypatch):
+    features, models = trained_project.features("classification"), tmp_path / "model"
+    three = ClassifierParams(filters=(4, 8), epochs=3, batch_size=4, patience=10)
     finished = train_classifier(features, models, three)
     assert finished.resumed_from == 0 and finished.epochs == 3
     assert not (models / CHECKPOINTS).exists()  # a finished training leaves no checkpoint behind
@@ -66,33 +100,86 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(project, tiny_params
             if epoch == 1:
                 raise Killed
 
-    # killed after epoch 2 of 3: what the checkpoint holds is what the model had then
+    starting_weights = []
+
+    class RecordStart(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            starting_weights.append([w.copy() for w in self.model.get_weights()])
+
     original_fit = keras.Model.fit
-    keras.Model.fit = lambda self, *a, **k: original_fit(self, *a, **{**k, "callbacks": [*k["callbacks"], KillAfterTwo()]})
-    try:
+    with monkeypatch.context() as patch:  # killed after epoch 2 of 3
+        patch.setattr(keras.Model, "fit", lambda self, *a, **k: original_fit(self, *a, **{**k, "callbacks": [*k["callbacks"], KillAfterTwo()]}))
         with pytest.raises(Killed):
             train_classifier(features, models, three)
-    finally:
-        keras.Model.fit = original_fit
     state = json.loads((models / CHECKPOINTS / "state.json").read_text())
     assert state["epoch"] == 2 and len(state["history"]["loss"]) == 2
     saved = keras.models.load_model(models / CHECKPOINTS / "model.keras")
+    assert int(saved.optimizer.iterations) == 2 * 3  # 14 clips make 3 whole batches of 4 an epoch
 
-    resumed = train_classifier(features, models, three)
+    with monkeypatch.context() as patch:
+        patch.setattr(keras.Model, "fit", lambda self, *a, **k: original_fit(self, *a, **{**k, "callbacks": [*k["callbacks"], RecordStart()]}))
+        resumed = train_classifier(features, models, three)
     assert resumed.resumed_from == 2 and resumed.epochs == 3
     assert resumed.history["loss"][:2] == state["history"]["loss"]
-    assert int(saved.optimizer.iterations) == 2 * 4  # 14 clips in batches of 4, per epoch
+    assert all(np.array_equal(a, b) for a, b in zip(starting_weights[0], saved.get_weights(), strict=True))
 
 
-def test_a_class_without_training_clips_fails_before_any_epoch(tmp_path, project, tiny_params):
-    from components.training import train_classifier
-
-    for stage in (stages.validate_dataset, stages.extract_features):
-        stage(project, tiny_params)
-    index_csv = project.features("classification") / "index.csv"
-    index = pd.read_csv(index_csv, keep_default_na=False)
+def test_a_class_without_training_clips_fails_before_any_epoch(trained_project, tmp_path):
+    features = tmp_path / "features"
+    shutil.copytree(trained_project.features("classification"), features)
+    index = pd.read_csv(features / "index.csv", keep_default_na=False)
     index.loc[(index["label"] == "rotate") & (index["split"] == "train"), "status"] = "error"
-    index.to_csv(index_csv, index=False)
+    index.to_csv(features / "index.csv", index=False)
     with pytest.raises(VidopsError, match="no training clips for class\\(es\\) rotate"):
-        train_classifier(project.features("classification"), tmp_path / "model", tiny_params.train.classifier)
+        train_classifier(features, tmp_path / "model", ClassifierParams())
     assert not (tmp_path / "model").exists()
+
+
+def _first_train_shard(features):
+    index = pd.read_csv(features / "index.csv", keep_default_na=False)
+    return features / "clips" / index[index["split"] == "train"]["shard"].iloc[0]
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda shard: shard.unlink(), "shard listed in the index is missing"),
+        (lambda shard: shard.write_bytes(shard.read_bytes()[:300]), "shard is damaged"),
+        (lambda shard: np.savez(shard, **{**np.load(shard), "audio": np.full_like(np.load(shard)["audio"], np.nan)}), "audio features hold NaN"),
+    ],
+)
+def test_a_bad_shard_fails_before_any_epoch_and_names_the_shard(trained_project, tmp_path, damage, message):
+    features = tmp_path / "features"
+    shutil.copytree(trained_project.features("sync"), features)
+    shard = _first_train_shard(features)
+    damage(shard)
+    with pytest.raises(VidopsError, match=f"{shard.name}: {message}"):
+        train_sync(features, tmp_path / "model", SyncParams(window=4, max_offset=3, filters=(4,), units=8, epochs=1))
+    assert not (tmp_path / "model").exists()
+
+
+def test_a_window_and_offset_longer_than_the_clips_fail_before_any_epoch(trained_project, tmp_path):
+    too_long = SyncParams(window=10, max_offset=6, filters=(4,), units=8)  # 22 frames; the shards hold 20
+    with pytest.raises(VidopsError, match="clips of 20 frames are too short for train.sync.window \\+ 2 x train.sync.max_offset = 22"):
+        train_sync(trained_project.features("sync"), tmp_path / "model", too_long)
+
+
+
+def test_mirroring_swaps_left_and_right_classes_only():
+    names = ("move_down", "move_left", "move_right", "rotate", "turn-left", "turn-right")
+    assert inputs.flip_labels(names) == [0, 2, 1, 3, 5, 4]
+
+
+def test_augmentation_keeps_shape_and_type_and_mirrors_the_label_with_the_frames():
+    import tensorflow as tf
+
+    frames = np.zeros((64, 2, 16, 16, 3), np.uint8)
+    frames[..., :8, :] = 255  # bright on the left half
+    flipped = tf.constant([1, 0], tf.int32)  # class 0 mirrored is class 1
+    tf.random.set_seed(0)
+    out, labels = inputs.augment_clips(tf.constant(frames), tf.zeros(64, tf.int32), flipped)
+    out, labels = out.numpy(), labels.numpy()
+    assert out.shape == frames.shape and out.dtype == np.uint8
+    left_brighter = out[..., :8, :].mean(axis=(1, 2, 3, 4)) > out[..., 8:, :].mean(axis=(1, 2, 3, 4))
+    assert np.array_equal(left_brighter, labels == 0)  # mirrored exactly when the label says so
+    assert 0 < labels.sum() < 64

@@ -77,7 +77,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, st
 def test_every_good_clip_is_accepted_and_every_defect_quarantined_for_its_reason(corpus, tmp_path: Path):
     data, expected = corpus
     before = _fingerprint(data)
-    summary = validate_dataset(data, tmp_path / "catalog", ValidationParams(), 0.25, tmp_path / "docs")
+    summary = validate_dataset(data, tmp_path / "catalog", ValidationParams(), tmp_path / "docs")
 
     manifest = pd.read_csv(summary.manifest)
     quarantine = pd.read_csv(summary.quarantine)
@@ -98,7 +98,7 @@ def test_every_good_clip_is_accepted_and_every_defect_quarantined_for_its_reason
 
 def test_reasons_are_precise(corpus, tmp_path: Path):
     data, _ = corpus
-    summary = validate_dataset(data, tmp_path / "catalog", ValidationParams(), 0.25)
+    summary = validate_dataset(data, tmp_path / "catalog", ValidationParams())
     reasons = pd.read_csv(summary.quarantine).groupby("path")["reason"].apply(" | ".join)
     assert "empty file" in reasons["a/empty.mp4"]
     assert "audio only: aac" in reasons["a/audio-only.m4a"]
@@ -143,9 +143,9 @@ def test_audio_is_checked_only_when_the_task_needs_it(tmp_path: Path):
         encode(data / label / "silent.mp4", seed=hash(label) % 100 + 1)
         encode(data / label / "drifting.mp4", audio_s=0.2, seed=hash(label) % 100 + 2)
         encode(data / label / "synced2.mp4", audio_s=1.0, seed=hash(label) % 100 + 3)
-    relaxed = validate_dataset(data, tmp_path / "c1", ValidationParams(), 0.25)
+    relaxed = validate_dataset(data, tmp_path / "c1", ValidationParams())
     assert relaxed.quarantined == 0
-    strict = validate_dataset(data, tmp_path / "c2", ValidationParams(require_audio=True), 0.25)
+    strict = validate_dataset(data, tmp_path / "c2", ValidationParams(require_audio=True))
     quarantine = pd.read_csv(strict.quarantine)
     assert set(quarantine.loc[quarantine["check"] == "audio_present", "path"]) == {"x/silent.mp4", "y/silent.mp4"}
     assert set(quarantine.loc[quarantine["check"] == "av_sync", "path"]) == {"x/drifting.mp4", "y/drifting.mp4"}
@@ -155,13 +155,13 @@ def test_probing_is_incremental(tmp_path: Path, tiny_dataset: Path):
     data = tmp_path / "raw"
     shutil.copytree(tiny_dataset, data)
     (data / "rotate" / "empty.mp4").write_bytes(b"")  # unreadable rows are looked at again each time
-    first = validate_dataset(data, tmp_path / "catalog", ValidationParams(), 0.25)
-    again = validate_dataset(data, tmp_path / "catalog", ValidationParams(), 0.25)
+    first = validate_dataset(data, tmp_path / "catalog", ValidationParams())
+    again = validate_dataset(data, tmp_path / "catalog", ValidationParams())
     assert (first.probed, first.reused) == (22, 0)
     assert (again.probed, again.reused) == (1, 21)
     encode(data / "rotate" / "rotate_000.mp4", seed=5)  # new content under an old name
     encode(data / "rotate" / "new.mp4", seed=6)
-    changed = validate_dataset(data, tmp_path / "catalog", ValidationParams(), 0.25)
+    changed = validate_dataset(data, tmp_path / "catalog", ValidationParams())
     assert (changed.probed, changed.reused) == (3, 20)
     row = pd.read_csv(tmp_path / "catalog" / MANIFEST).set_index("path").loc["rotate/rotate_000.mp4"]
     assert row["frames"] == 25 and row["width"] == 64
@@ -179,7 +179,7 @@ def test_manifest_csv_with_groups_splits_and_a_path_outside_the_root(tmp_path: P
     rows.append({"path": "../../etc/passwd", "label": "run"})
     (data / "clips.csv").write_text(pd.DataFrame(rows).to_csv(index=False))
 
-    summary = validate_dataset(data / "clips.csv", tmp_path / "catalog", ValidationParams(), 0.25)
+    summary = validate_dataset(data / "clips.csv", tmp_path / "catalog", ValidationParams())
     quarantine = pd.read_csv(summary.quarantine)
     assert "path is outside the dataset root" in quarantine.set_index("path").loc["../../etc/passwd", "reason"]
     accepted = pd.read_csv(summary.accepted_manifest)
@@ -196,7 +196,7 @@ def test_a_given_split_that_leaks_a_group_quarantines_its_test_side(tmp_path: Pa
             encode(data / f"{label}{i}.mp4", seed=len(rows))
             rows.append({"path": f"{label}{i}.mp4", "label": label, "group": f"{label}{i // 2}", "split": "test" if i in (1, 3) else "train"})
     (data / "clips.csv").write_text(pd.DataFrame(rows).to_csv(index=False))
-    summary = validate_dataset(data / "clips.csv", tmp_path / "catalog", ValidationParams(), 0.25)
+    summary = validate_dataset(data / "clips.csv", tmp_path / "catalog", ValidationParams())
     quarantine = pd.read_csv(summary.quarantine)
     assert set(quarantine.loc[quarantine["check"] == "group_leak", "path"]) == {"a1.mp4", "a3.mp4", "b1.mp4", "b3.mp4"}
 
@@ -229,6 +229,6 @@ def test_a_class_below_its_minimum_fails_and_says_which(tmp_path: Path, tiny_dat
         clip.write_bytes(b"broken")
     catalog = tmp_path / "catalog"
     with pytest.raises(VidopsError, match="zoom_out has 1"):
-        validate_dataset(dataset, catalog, ValidationParams(), 0.25)
+        validate_dataset(dataset, catalog, ValidationParams())
     assert (catalog / "quarantine.csv").is_file()  # the why is written down
     assert not (catalog / ACCEPTED).exists()  # and nothing looks ready to extract

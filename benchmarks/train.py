@@ -1,0 +1,131 @@
+"""`vidops bench train`: training throughput through the real input pipeline against the same examples in memory.
+
+For each task, on demo data it generates and extracts once (kept in the workdir), it times
+`model.fit` over the same number of batches after a warm-up epoch (graph tracing, cache
+fill); a and b take turns, three runs each, and the best of each counts:
+  (a) the anchor: the examples already made and held in memory as tensors, fed by the
+      cheapest pipeline there is (from_tensor_slices, shuffle, batch, prefetch);
+  (b) the tf.data pipeline training uses: shards read in parallel, cached, shuffled,
+      augmented (sync: windows drawn and shifted on the fly), batched, prefetched.
+The ratio b/a in examples per second is what the input pipeline costs the training; 1 means nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from components import inputs
+from components.layout import Layout
+from components.models import build_classifier, build_sync
+from components.params import Params, Task, load_params
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    clips_per_class: int = 16  # classification: 7 classes; sync: this many clips
+    batches: int = 60  # a timed run, after a warm-up epoch; the best of 3 runs, a and b taking turns, counts
+
+
+@dataclass(frozen=True)
+class Throughput:
+    task: Task
+    memory: float  # examples per second
+    pipeline: float
+
+    @property
+    def ratio(self) -> float:
+        return self.pipeline / self.memory
+
+
+def prepare(workdir: Path, config: BenchConfig) -> tuple[Layout, Params]:
+    """A project under `workdir` with both demo datasets generated, validated and extracted (reused when present)."""
+    from components.generate import MARKER, generate_dataset
+    from flows import stages
+
+    layout = Layout(workdir.resolve())
+    sizes = [f"generate.{task}.clips_per_class={config.clips_per_class}" for task in ("classification", "sync")]
+    params = load_params(None, sizes)
+    for task in params.tasks:
+        dataset = layout.raw(params.datasets.of(task))
+        if not (dataset / MARKER).is_file():
+            generate_dataset(dataset, task, params.generate.of(task))
+        stages.validate_dataset(layout, params, task)
+        stages.extract_features(layout, params, task)
+    return layout, params
+
+
+def run(workdir: Path, config: BenchConfig) -> list[Throughput]:
+    layout, params = prepare(workdir, config)
+    return [_classification(layout, params, config), _sync(layout, params, config)]
+
+
+def _classification(layout: Layout, params: Params, config: BenchConfig) -> Throughput:
+    p = params.train.classification
+    split = inputs.open_split(layout.features("classification"), "train", ("frames",))
+    pipeline, steps = inputs.classifier_dataset(split, p.batch_size, p.augment, p.seed)
+    memory = _in_memory((inputs.in_memory(split, "frames"), split.labels), p.batch_size)
+    shape = split.shapes["frames"]
+
+    def model() -> keras.Model:
+        built = build_classifier(shape[0], shape[1], len(split.names), p)
+        built.compile(optimizer=keras.optimizers.Adam(p.learning_rate), loss="sparse_categorical_crossentropy")
+        return built
+
+    return Throughput("classification", *_rates(model, memory, pipeline, steps, config, p.batch_size))
+
+
+def _sync(layout: Layout, params: Params, config: BenchConfig) -> Throughput:
+    p = params.train.sync
+    split = inputs.open_split(layout.features("sync"), "train", ("frames", "audio"))
+    pipeline, steps = inputs.sync_dataset(split, p.window, p.max_offset, p.batch_size, p.windows_per_clip, p.augment, p.seed)
+    memory = _in_memory(_materialise(pipeline, steps), p.batch_size)  # the same kind of examples, drawn once
+
+    def model() -> keras.Model:
+        built = build_sync(split.shapes["frames"][1], split.shapes["audio"][2], p)
+        built.compile(optimizer=keras.optimizers.Adam(p.learning_rate), loss={"offset": "sparse_categorical_crossentropy", "in_sync": "binary_crossentropy"})
+        return built
+
+    return Throughput("sync", *_rates(model, memory, pipeline, steps, config, p.batch_size))
+
+
+def _materialise(pipeline: Any, steps: int) -> tuple[dict[str, np.ndarray], ...]:
+    """`steps` batches of the pipeline as arrays: (inputs, targets, weights), each a dict by name."""
+    batches = list(pipeline.take(steps).as_numpy_iterator())
+    return tuple({key: np.concatenate([batch[part][key] for batch in batches]) for key in batches[0][part]} for part in range(3))
+
+
+def _in_memory(examples: Any, batch_size: int) -> Any:
+    """Examples held as tensors, shuffled, batched and prefetched: the anchor's feed."""
+    import tensorflow as tf
+
+    memory = tf.data.Dataset.from_tensor_slices(examples)
+    return memory.shuffle(1024, seed=0).repeat().batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def _rates(model: Callable[[], keras.Model], memory: Any, pipeline: Any, steps: int, config: BenchConfig, batch_size: int) -> tuple[float, float]:
+    """Examples a second through `model.fit` from `memory` and from `pipeline`, each with a model of its own."""
+    runs = [(model(), memory), (model(), pipeline)]
+    for fitted, data in runs:
+        fitted.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)  # warm-up: tracing, the cache filled
+    best = [float("inf"), float("inf")]
+    for _ in range(3):  # turn about, so that a slow spell of the machine does not fall on one side only
+        for i, (fitted, data) in enumerate(runs):
+            start = time.perf_counter()
+            fitted.fit(data, steps_per_epoch=config.batches, epochs=1, verbose=0)
+            best[i] = min(best[i], time.perf_counter() - start)
+    return config.batches * batch_size / best[0], config.batches * batch_size / best[1]
+
+
+def report(results: list[Throughput], config: BenchConfig) -> str:
+    lines = [f"vidops bench train: runs of {config.batches} batches after a warm-up epoch, best of 3; examples per second", ""]
+    lines.append(f"  {'task':<16}{'in memory (a)':>16}{'tf.data (b)':>14}{'b/a':>8}")
+    for r in results:
+        lines.append(f"  {r.task:<16}{r.memory:>16.1f}{r.pipeline:>14.1f}{r.ratio:>8.2f}")
+    return "\n".join(lines)

@@ -1,0 +1,225 @@
+"""Input pipelines: tf.data over the extracted shards, augmented for training, plain for evaluation.
+
+Shards are read in parallel (interleave), cached in memory when the split fits, shuffled,
+augmented, batched and prefetched. Every shard is read and checked once before training,
+so a missing or damaged shard, or NaNs in the audio, fail before the first epoch.
+
+Sync examples are made on the fly from each clip: a window of T frames, and the audio of
+T + 2K frames around it shifted by k in [-K, K]; the model finds where in that audio the
+window's sound is, so every clip with audio is training data for every k.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from components.audio import STEPS_PER_FRAME
+from components.errors import VidopsError
+from components.extraction import INDEX, usable_clips
+
+MEMORY_CACHE_BYTES = 4 * 1024**3  # a split larger than this is read from the shards every epoch
+AUDIO_JITTER_STEPS = 2  # sync training: the audio moves by up to this many steps (10 ms each) either way
+EVAL_STARTS = 4  # sync evaluation: windows per clip and offset, evenly spaced over the clip
+
+
+@dataclass(frozen=True)
+class Split:
+    """The checked shards of one split: paths, integer labels, class names and per-clip array shapes."""
+
+    paths: tuple[Path, ...]
+    labels: np.ndarray  # int32, one per shard
+    names: tuple[str, ...]  # class names, in label order
+    shapes: dict[str, tuple[int, ...]]  # field -> shape of one clip's array, the same in every shard
+
+    @property
+    def clip_bytes(self) -> int:
+        return sum(int(np.prod(shape)) * (1 if field == "frames" else 4) for field, shape in self.shapes.items())
+
+
+def open_split(features_dir: Path, split: str, fields: tuple[str, ...]) -> Split:
+    """Read every usable shard of `split` once and check it holds `fields` with one shape, and finite audio.
+
+    Raises VidopsError naming the shard and what is wrong with it.
+    """
+    paths, labels = usable_clips(features_dir, split)
+    names = tuple(json.loads((features_dir / INDEX).read_text())["labels"])
+    with ThreadPoolExecutor(8) as pool:
+        shapes = list(pool.map(lambda path: _check_shard(path, fields), paths))
+    for path, shape in zip(paths, shapes, strict=True):
+        if shape != shapes[0]:
+            raise VidopsError(f"{path}: arrays of shape {shape}, but {paths[0].name} has {shapes[0]}; re-run the extract stage")
+    return Split(tuple(paths), labels, names, shapes[0] if shapes else {})
+
+
+def _check_shard(path: Path, fields: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    if not path.is_file():
+        raise VidopsError(f"{path}: shard listed in the index is missing; re-run the extract stage")
+    try:
+        with np.load(path) as data:
+            arrays = {field: data[field] for field in fields}
+    except KeyError as exc:
+        raise VidopsError(f"{path}: shard has no {exc} array; re-run the extract stage") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise VidopsError(f"{path}: shard is damaged ({exc}); re-run the extract stage") from None
+    if "audio" in arrays and not np.all(np.isfinite(arrays["audio"])):
+        raise VidopsError(f"{path}: audio features hold NaN or infinite values; re-run the extract stage")
+    return {field: array.shape for field, array in arrays.items()}
+
+
+def in_memory(split: Split, field: str) -> np.ndarray:
+    """One field of every clip of the split as one array [clips, ...], filled in place: no second copy."""
+    dtype = np.uint8 if field == "frames" else np.float32
+    out = np.empty((len(split.paths), *split.shapes.get(field, ())), dtype)
+    for slot, path in enumerate(split.paths):
+        with np.load(path) as data:
+            out[slot] = data[field]
+    return out
+
+
+def read_split(split: Split, fields: tuple[str, ...]) -> Any:
+    """A tf.data pipeline of (fields..., label) per clip: parallel interleaved reads, cached in memory when it fits."""
+    import tensorflow as tf
+
+    def read(path: bytes) -> list[np.ndarray]:
+        with np.load(path.decode()) as data:
+            return [data[field] for field in fields]
+
+    def load(path: Any, label: Any) -> Any:
+        dtypes = [tf.uint8 if field == "frames" else tf.float32 for field in fields]
+        arrays = tf.numpy_function(read, [path], dtypes, stateful=False)
+        shaped = tuple(tf.ensure_shape(array, split.shapes[field]) for array, field in zip(arrays, fields, strict=True))
+        return tf.data.Dataset.from_tensors((*shaped, label))
+
+    source = tf.data.Dataset.from_tensor_slices(([str(path) for path in split.paths], split.labels))
+    clips = source.interleave(load, cycle_length=8, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return clips.cache() if split.clip_bytes * len(split.paths) <= MEMORY_CACHE_BYTES else clips
+
+
+# --- classification ---------------------------------------------------------------------------
+
+
+def classifier_dataset(split: Split, batch_size: int, augment: bool, seed: int) -> tuple[Any, int]:
+    """Training batches of (frames uint8 [B, N, S, S, 3], label), shuffled and, when `augment`, augmented; and batches per epoch."""
+    import tensorflow as tf
+
+    clips = read_split(split, ("frames",)).shuffle(len(split.paths), seed=seed, reshuffle_each_iteration=True).repeat()
+    batches = clips.batch(batch_size, drop_remainder=True)
+    if augment:  # a batch at a time: per-clip ops on small tensors cost more in overhead than in arithmetic
+        flipped = tf.constant(flip_labels(split.names), tf.int32)
+        batches = batches.map(lambda frames, labels: augment_clips(frames, labels, flipped), num_parallel_calls=tf.data.AUTOTUNE)
+    return batches.prefetch(tf.data.AUTOTUNE), max(1, len(split.paths) // batch_size)
+
+
+def flip_labels(names: tuple[str, ...]) -> list[int]:
+    """The label of each class once the clip is mirrored left to right: `move_left` <-> `move_right`, others unchanged."""
+    swap = {"left": "right", "right": "left"}
+
+    def mirrored(name: str) -> str:
+        parts = name.replace("-", "_").split("_")
+        return "_".join(swap.get(part, part) for part in parts)
+
+    index = {name.replace("-", "_"): i for i, name in enumerate(names)}
+    return [index.get(mirrored(name), i) for i, name in enumerate(names)]
+
+
+def augment_clips(frames: Any, labels: Any, flipped: Any) -> tuple[Any, Any]:
+    """Per clip of the batch, one random crop (80-100% of the side), flip, brightness and contrast for all its frames alike.
+
+    The flip is the crop box read right to left, so cropping, flipping and the cast to float
+    are one pass of `crop_and_resize` over the frames.
+    """
+    import tensorflow as tf
+
+    shape = tf.shape(frames)
+    batch, n, size = shape[0], shape[1], shape[2]
+    side = tf.random.uniform([batch], 0.8, 1.0)
+    top, left = tf.random.uniform([batch]) * (1 - side), tf.random.uniform([batch]) * (1 - side)
+    flip = tf.random.uniform([batch]) < 0.5
+    x1, x2 = tf.where(flip, left + side, left), tf.where(flip, left, left + side)
+    boxes = tf.repeat(tf.stack([top, x1, top + side, x2], axis=1), n, axis=0)  # the clip's box for each of its frames
+    flat = tf.reshape(frames, tf.concat([[batch * n], shape[2:]], 0))
+    x = tf.image.crop_and_resize(flat, boxes, tf.range(batch * n), tf.stack([size, size]))
+    return jitter_colours(tf.reshape(x, shape)), tf.where(flip, tf.gather(flipped, labels), labels)
+
+
+def jitter_colours(x: Any) -> Any:
+    """Brightness +-10% and contrast 0.8-1.2x about mid-grey, drawn per clip (axis 0) and the same over its frames; uint8 out."""
+    import tensorflow as tf
+
+    per_clip = tf.concat([tf.shape(x)[:1], tf.ones([tf.rank(x) - 1], tf.int32)], 0)
+    contrast = tf.random.uniform(per_clip, 0.8, 1.2)
+    shift = 128 * (1 - contrast) + tf.random.uniform(per_clip, -25.5, 25.5)
+    return tf.dtypes.saturate_cast(tf.cast(x, tf.float32) * contrast + shift, tf.uint8)
+
+
+# --- sync ---------------------------------------------------------------------------------------
+
+
+def sync_dataset(split: Split, window: int, max_offset: int, batch_size: int, windows_per_clip: int, augment: bool, seed: int) -> tuple[Any, int]:
+    """Training batches of ({frames, audio}, {offset, in_sync}, weights); and batches per epoch, `windows_per_clip` random examples a clip.
+
+    The in-sync head sees k = 0 once in 2K + 1 examples; its weights balance the two answers.
+    """
+    import tensorflow as tf
+
+    clips = read_split(split, ("frames", "audio")).shuffle(len(split.paths), seed=seed, reshuffle_each_iteration=True).repeat()
+    balance = (2 * max_offset + 1) / 2  # weight of an in-sync example; an out-of-sync one gets a 2K-th of it
+
+    def windows(frames: Any, audio: Any, _: Any) -> Any:
+        def draw(_: Any) -> Any:
+            k = tf.random.uniform([], -max_offset, max_offset + 1, tf.int32)
+            n = tf.shape(frames)[0]
+            start = tf.random.uniform([], tf.maximum(0, max_offset - k), n - window - max_offset - k + 1, tf.int32)
+            jitter = tf.random.uniform([], -AUDIO_JITTER_STEPS, AUDIO_JITTER_STEPS + 1, tf.int32) if augment else 0
+            video, context = sync_window(frames, audio, start, k, window, max_offset, jitter)
+            in_sync = tf.cast(k == 0, tf.float32)
+            weight = tf.where(k == 0, balance, balance / (2 * max_offset))
+            return {"frames": video, "audio": context}, {"offset": k + max_offset, "in_sync": in_sync}, {"offset": 1.0, "in_sync": weight}
+
+        return tf.data.Dataset.range(windows_per_clip).map(draw)
+
+    examples = clips.interleave(windows, cycle_length=8, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    batches = examples.shuffle(8 * windows_per_clip, seed=seed).batch(batch_size, drop_remainder=True)
+    if augment:
+        batches = batches.map(lambda x, y, w: ({**x, "frames": jitter_colours(x["frames"])}, y, w), num_parallel_calls=tf.data.AUTOTUNE)
+    return batches.prefetch(tf.data.AUTOTUNE), max(1, len(split.paths) * windows_per_clip // batch_size)
+
+
+def sync_window(frames: Any, audio: Any, start: Any, k: Any, window: int, max_offset: int, jitter: Any = 0) -> tuple[Any, Any]:
+    """Frames [start, start + T) and the audio of frames [start - K + k, start + T + K + k), [T + 2K, 4, F].
+
+    The audio steps are taken `jitter` steps later (clamped to the clip): a sub-frame error
+    the model should shrug off.
+    """
+    import tensorflow as tf
+
+    n, features = tf.shape(audio)[0], tf.shape(audio)[2]
+    steps = tf.reshape(audio, [n * STEPS_PER_FRAME, features])
+    length = (window + 2 * max_offset) * STEPS_PER_FRAME
+    first = tf.clip_by_value((start - max_offset + k) * STEPS_PER_FRAME + jitter, 0, n * STEPS_PER_FRAME - length)
+    context = tf.reshape(steps[first : first + length], [window + 2 * max_offset, STEPS_PER_FRAME, features])
+    return frames[start : start + window], context
+
+
+def sync_examples(frames: np.ndarray, audio: np.ndarray, window: int, max_offset: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Evaluation examples of one clip: every offset k at EVAL_STARTS evenly spaced windows; ({frames, audio}, k)."""
+    n = len(frames)
+    steps = audio.reshape(n * STEPS_PER_FRAME, -1)
+    span = window + 2 * max_offset
+    starts, offsets = [], []
+    for k in range(-max_offset, max_offset + 1):
+        lo, hi = max(0, max_offset - k), n - window - max_offset - k
+        for start in np.unique(np.linspace(lo, hi, EVAL_STARTS).round().astype(int)):
+            starts.append(start)
+            offsets.append(k)
+    video = np.stack([frames[s : s + window] for s in starts])
+    first = [(s - max_offset + k) * STEPS_PER_FRAME for s, k in zip(starts, offsets, strict=True)]
+    context = np.stack([steps[f : f + span * STEPS_PER_FRAME].reshape(span, STEPS_PER_FRAME, -1) for f in first])
+    return {"frames": video, "audio": context}, np.array(offsets)

@@ -1,0 +1,147 @@
+"""The two Keras models, trained from scratch: a video classifier and an audio-video sync model.
+
+Both take uint8 frames and rescale inside, so a served model takes what extraction writes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import keras
+from keras import layers, ops
+
+from components.params import ClassifierParams, SyncParams
+
+
+def build_classifier(frames: int, size: int, n_classes: int, params: ClassifierParams) -> keras.Model:
+    """Frames uint8 [N, S, S, 3] in, class probabilities out."""
+    inputs = keras.Input((frames, size, size, 3), dtype="uint8", name="frames")
+    x = layers.Rescaling(1 / 255)(inputs)
+    if params.temporal == "2plus1d":
+        return _r2plus1d(inputs, x, n_classes, params)
+    x = _frame_cnn(x, params.filters)
+    # The temporal layer keeps the spatial grid: a shape moving left and one moving right
+    # give the same frames in reverse order, and only a filter over (time, y, x) tells them apart.
+    if params.temporal == "conv":
+        x = layers.Conv3D(64, 3, padding="same", activation="relu")(x)
+        x = layers.Conv3D(64, 3, padding="same", activation="relu")(x)
+        x = layers.GlobalMaxPooling3D()(x)
+    else:
+        x = layers.ConvLSTM2D(48, 3, padding="same")(x)
+        x = layers.GlobalMaxPooling2D()(x)
+    x = layers.Dropout(0.3)(x)
+    # float32 out even under mixed precision: softmax in float16 loses the small probabilities
+    outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name=f"classifier_{params.temporal}")
+
+
+def _frame_cnn(x: Any, filters: tuple[int, ...]) -> Any:
+    """Per-frame conv blocks (3x3 conv, batch norm, ReLU, 2x2 pooling) over [B, N, S, S, C].
+
+    A 1x3x3 Conv3D is a 2-D convolution applied to every frame; Keras 3's TimeDistributed
+    would call the layer once per frame in a Python loop (and batch-normalise each frame
+    alone), several times slower for the same arithmetic.
+    """
+    for width in filters:
+        x = layers.Conv3D(width, (1, 3, 3), padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.Activation("relu")(x)
+        x = layers.MaxPooling3D((1, 2, 2))(x)
+    return x
+
+
+def _r2plus1d(inputs: Any, x: Any, n_classes: int, params: ClassifierParams) -> keras.Model:
+    """The (2+1)D variant: every block a spatial 1x3x3 convolution, then a temporal 3x1x1 one."""
+    for filters in params.filters:
+        x = layers.Conv3D(filters, (1, 3, 3), padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.Activation("relu")(x)
+        x = layers.Conv3D(filters, (3, 1, 1), padding="same", activation="relu")(x)
+        x = layers.MaxPooling3D((1, 2, 2))(x)
+    x = layers.GlobalMaxPooling3D()(x)
+    x = layers.Dropout(0.3)(x)
+    outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="classifier_2plus1d")
+
+
+def build_sync(size: int, audio_features: int, params: SyncParams) -> keras.Model:
+    """Frames uint8 [T, S, S, 3] and audio [T + 2K, 4, F] in; the offset k as (2K+1)-way probabilities, and in-sync.
+
+    For every candidate k, an LSTM reads the window frame by frame as [visual features |
+    the 4 audio steps k frames later] and scores how well they go together; the offset head
+    is a softmax over the 2K+1 scores, the in-sync head the score of k = 0. T may vary.
+    """
+    frames = keras.Input((None, size, size, 3), dtype="uint8", name="frames")
+    audio = keras.Input((None, 4, audio_features), dtype="float32", name="audio")
+    visual = _frame_cnn(layers.Rescaling(1 / 255)(frames), params.filters)
+    grid = size // 2 ** len(params.filters)
+    visual = layers.AveragePooling3D((1, grid, grid))(visual)  # each frame's map to one vector
+    visual = layers.Reshape((-1, params.filters[-1]))(visual)
+    visual = layers.Dense(params.units, activation="relu")(visual)
+    sound = layers.Reshape((-1, 4 * audio_features))(audio)
+    sound = layers.LayerNormalization()(sound)  # log-mel levels differ by recording; their shape over time is the cue
+    sound = layers.Dense(params.units, activation="relu")(sound)
+    pairs = OffsetPairs(params.max_offset)([visual, sound])  # [B x (2K+1), T, 2 units]: one sequence per candidate
+    lstm = layers.LSTM(params.units)
+    scores = (layers.Bidirectional(lstm) if params.bidirectional else lstm)(pairs)
+    scores = OffsetScores(params.max_offset)(layers.Dense(1, dtype="float32")(scores))  # [B, 2K+1]
+    offset = layers.Softmax(name="offset", dtype="float32")(scores)
+    centre = layers.Reshape((2 * params.max_offset + 1, 1))(scores)
+    centre = layers.Cropping1D((params.max_offset, params.max_offset))(centre)
+    in_sync = layers.Activation("sigmoid", name="in_sync", dtype="float32")(layers.Flatten()(centre))
+    return keras.Model({"frames": frames, "audio": audio}, {"offset": offset, "in_sync": in_sync}, name="sync")
+
+
+@keras.saving.register_keras_serializable(package="vidops")
+class OffsetPairs(layers.Layer):
+    """[visual [B, T, D], audio [B, T + 2K, D]] -> [B x (2K+1), T, 2D], one sequence of pairs per candidate offset.
+
+    The audio covers the window and K frames either side, shifted by the unknown true k:
+    its step i is the sound of window frame i - K + k. Candidate c = k + K therefore pairs
+    window frame t with audio step t + 2K - c, which lines sound and frames up again when c
+    is the true class.
+    """
+
+    def __init__(self, max_offset: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.max_offset = max_offset
+
+    def call(self, inputs: list[Any]) -> Any:
+        visual, sound = inputs
+        window = ops.shape(visual)[1]
+        shifted = [sound[:, 2 * self.max_offset - c : 2 * self.max_offset - c + window] for c in range(2 * self.max_offset + 1)]
+        audio = ops.stack(shifted, axis=1)
+        video = ops.broadcast_to(ops.expand_dims(visual, 1), ops.shape(audio)[:3] + (ops.shape(visual)[2],))
+        pairs = ops.concatenate([video, audio], axis=-1)
+        return ops.reshape(pairs, (-1, window, ops.shape(pairs)[3]))  # candidates become batch rows for the LSTM
+
+    def compute_output_shape(self, input_shapes: list[tuple[Any, ...]]) -> tuple[Any, ...]:
+        visual, sound = input_shapes
+        return (None, visual[1], visual[2] + sound[2])
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "max_offset": self.max_offset}
+
+
+@keras.saving.register_keras_serializable(package="vidops")
+class OffsetScores(layers.Layer):
+    """[B x (2K+1), 1] -> [B, 2K+1]: the candidates' scores back as one row per example."""
+
+    def __init__(self, max_offset: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.max_offset = max_offset
+
+    def call(self, scores: Any) -> Any:
+        return ops.reshape(scores, (-1, 2 * self.max_offset + 1))
+
+    def compute_output_shape(self, input_shape: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (None, 2 * self.max_offset + 1)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "max_offset": self.max_offset}
+
+
+def load_model(path: Path) -> keras.Model:
+    """A saved vidops model; importing this module registers the custom layers it may hold."""
+    return keras.models.load_model(path)

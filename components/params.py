@@ -127,13 +127,14 @@ class TrainGroup(_PerTask):
 class ModelRegistryParams(_Group):
     model_name: str
     metric: str  # from reports/<task>/metrics.json; higher is better
+    floor: float = Field(ge=0)  # a version scoring below this never becomes champion by itself
 
 
 class RegistryParams(_PerTask):
     experiment: str = "vidops"
     min_improvement: float = Field(0.0, ge=0)  # a new version becomes champion only if it beats the champion by more
-    classification: ModelRegistryParams = ModelRegistryParams(model_name="vidops-classifier", metric="accuracy")
-    sync: ModelRegistryParams = ModelRegistryParams(model_name="vidops-sync", metric="accuracy_within_1")
+    classification: ModelRegistryParams = ModelRegistryParams(model_name="vidops-classifier", metric="accuracy", floor=0.5)
+    sync: ModelRegistryParams = ModelRegistryParams(model_name="vidops-sync", metric="accuracy_within_1", floor=0.5)
 
 
 class Params(_Group):

@@ -1,8 +1,10 @@
 """Registration: log the trained model with its params and metrics to MLflow, register it, and crown a champion.
 
-A new version takes the alias `champion` when there is none yet or when it beats the
-current champion's metric by the margin in params.yaml; either way the decision and its
-reason are recorded as tags on the version.
+Every new version takes the alias `challenger`. It also takes `champion` when it passes the
+task's floor and there is no champion yet, or it beats the current champion's metric by
+the margin in params.yaml; the champion it replaces keeps `previous-champion`. Either way
+the decision and its reason are recorded as tags on the version. `promote` and `rollback`
+are a person's decisions, recorded the same way. Aliases, not the deprecated stages.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ from typing import Any
 
 import numpy as np
 
+from components.errors import VidopsError
 from components.layout import MODEL_FILE
 from components.params import Params, Task
 
 CHAMPION = "champion"
+CHALLENGER = "challenger"  # the newest registered version
+PREVIOUS = "previous-champion"  # where `vidops rollback` moves the champion back to
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,7 @@ class Registration:
 def register_model(
     model_dir: Path,
     features_dir: Path,
+    dataset_dir: Path,
     metrics_path: Path,
     validation_report: Path,
     params: Params,
@@ -49,8 +55,9 @@ def register_model(
     tracking: Tracking,
     tags: dict[str, str],
 ) -> Registration:
-    """Log params, the data's validation summary, per-epoch training and evaluation metrics and the model
-    (with its signature and a test example as input example); register it; decide the champion."""
+    """Log params, the data's validation summary, per-epoch training and evaluation metrics, the Keras model
+    (`keras_model`, with its signature and a test example as input example) and the served model that takes
+    videos (`model`, with a test video as input example); register the served one; decide the champion."""
     import keras
     import mlflow
     import tensorflow as tf
@@ -77,22 +84,52 @@ def register_model(
         mlflow.log_artifact(str(validation_report), artifact_path="validation")
         mlflow.log_artifacts(str(metrics_path.parent), artifact_path="evaluation")
         mlflow.log_artifact(str(model_dir / "labels.json"))
-        example = _input_example(features_dir, task, params)
         with tempfile.TemporaryDirectory() as tmp:
-            saved = Path(tmp) / "model"
+            saved = Path(tmp) / "keras_model"
             saved.mkdir()  # mlflow.keras writes the input example before it creates the folder (mlflow#16183)
             mlflow.keras.save_model(
                 model,
                 str(saved),
                 signature=_signature(model),
-                input_example=example,
+                input_example=_input_example(features_dir, task, params),
                 # pinned here: MLflow would otherwise load the model in a subprocess to infer them
                 pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
             )
-            mlflow.log_artifacts(str(saved), artifact_path="model")
-    version = mlflow.register_model(f"runs:/{run.info.run_id}/model", name).version
-    champion, reason = _crown(name, str(version), metrics, params, task)
-    return Registration(name, str(version), run.info.run_id, experiment_id, champion, reason)
+            mlflow.log_artifacts(str(saved), artifact_path="keras_model")
+            info = _log_served_model(model_dir, features_dir, dataset_dir, params, task, Path(tmp), name)
+    version = str(info.registered_model_version)
+    champion, reason = _crown(name, version, metrics, params, task)
+    return Registration(name, version, run.info.run_id, experiment_id, champion, reason)
+
+
+def _log_served_model(model_dir: Path, features_dir: Path, dataset_dir: Path, params: Params, task: Task, tmp: Path, name: str) -> Any:
+    """The pyfunc that takes videos, with the extraction params the model was trained with; registered as `name`."""
+    import keras
+    import mlflow
+    import pandas as pd
+    import tensorflow as tf
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    import components
+    from components.serving import VIDEO, VideoModel, encode
+
+    sync = params.train.sync
+    config = {"task": task, "labels": json.loads((model_dir / "labels.json").read_text()), "extract": params.extract.of(task).model_dump(mode="json"),
+              "window": sync.window, "max_offset": sync.max_offset}  # fmt: skip
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    index = pd.read_csv(features_dir / "index.csv", keep_default_na=False)
+    example = dataset_dir / index[(index["status"] == "ok") & (index["split"] == "test")]["path"].iloc[0]
+    return mlflow.pyfunc.log_model(
+        name="model",
+        python_model=VideoModel(),
+        artifacts={"model": str(model_dir / MODEL_FILE), "config": str(tmp / "config.json")},
+        code_paths=[str(Path(components.__file__).parent)],
+        signature=ModelSignature(inputs=Schema([ColSpec("string", VIDEO)])),
+        input_example=pd.DataFrame({VIDEO: [encode(example)]}),
+        registered_model_name=name,
+        pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}", f"mlflow=={mlflow.__version__}", "av", "pandas", "pydantic"],
+    )
 
 
 def _signature(model: Any) -> Any:
@@ -123,29 +160,106 @@ def _input_example(features_dir: Path, task: Task, params: Params) -> Any:
 
 
 def _crown(name: str, version: str, metrics: dict[str, float], params: Params, task: Task) -> tuple[bool, str]:
-    """Move the champion alias to `version` if it beats the current champion; record why on the version."""
+    """Make `version` the challenger; move the champion alias to it if it passes the floor and beats the
+    current champion; record the decision and why on the version."""
     from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
     client = MlflowClient()
-    key, margin = params.registry.of(task).metric, params.registry.min_improvement
-    score = float(metrics[key])
-    try:
-        current = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        current = None
-    if current is None:
-        champion, reason = True, f"first model: {key} {score:.4f}"
+    entry, margin = params.registry.of(task), params.registry.min_improvement
+    key, score = entry.metric, float(metrics[entry.metric])
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    client.set_model_version_tag(name, version, "vidops.metric", f"{key}={score}")
+    current = _alias(client, name, CHAMPION)
+    if score < entry.floor:
+        champion, reason = False, f"{key} {score:.4f} is below the floor {entry.floor}"
+    elif current is None:
+        champion, reason = True, f"first model to pass the floor: {key} {score:.4f}"
     else:
         best = client.get_run(current.run_id).data.metrics.get(key, float("-inf"))
         champion = score > best + margin
         verdict = "beats" if champion else "does not beat"
         reason = f"{key} {score:.4f} {verdict} champion v{current.version} ({best:.4f}) by more than {margin}"
     if champion:
-        client.set_registered_model_alias(name, CHAMPION, version)
-    client.set_model_version_tag(name, version, "vidops.decision", CHAMPION if champion else "not promoted")
-    client.set_model_version_tag(name, version, "vidops.reason", reason)
+        _move_champion(client, name, version)
+    _decide(client, name, version, CHAMPION if champion else "not promoted", reason)
     return champion, reason
+
+
+def promote(tracking: Tracking, name: str, version: str | None, reason: str) -> str:
+    """A person's decision: make `version` (default: the challenger) champion; the old one becomes previous-champion.
+
+    Refuses a model or version that does not exist, and a version that was never evaluated.
+    """
+    client = _client(tracking, name)
+    if version is None:
+        challenger = _alias(client, name, CHALLENGER)
+        if challenger is None:
+            raise VidopsError(f"model {name} has no challenger; name the version to promote with --version")
+        version = str(challenger.version)
+    model_version = _version(client, name, version)
+    if "vidops.metric" not in model_version.tags:
+        raise VidopsError(f"model {name} version {version} was never evaluated; only evaluated versions are promoted")
+    _move_champion(client, name, version)
+    _decide(client, name, version, "champion by hand", reason)
+    return version
+
+
+def rollback(tracking: Tracking, name: str, reason: str) -> str:
+    """Move `champion` back to `previous-champion` (and the current champion to `previous-champion`); the version now champion."""
+    client = _client(tracking, name)
+    previous, current = _alias(client, name, PREVIOUS), _alias(client, name, CHAMPION)
+    if previous is None:
+        raise VidopsError(f"model {name} has no {PREVIOUS} to roll back to")
+    client.set_registered_model_alias(name, CHAMPION, previous.version)
+    if current is not None:
+        client.set_registered_model_alias(name, PREVIOUS, current.version)
+        _decide(client, name, str(current.version), "rolled back", reason)
+    _decide(client, name, str(previous.version), "champion by rollback", reason)
+    return str(previous.version)
+
+
+def _move_champion(client: Any, name: str, version: str) -> None:
+    current = _alias(client, name, CHAMPION)
+    if current is not None and str(current.version) != version:
+        client.set_registered_model_alias(name, PREVIOUS, current.version)
+    client.set_registered_model_alias(name, CHAMPION, version)
+
+
+def _decide(client: Any, name: str, version: str, decision: str, reason: str) -> None:
+    client.set_model_version_tag(name, version, "vidops.decision", decision)
+    client.set_model_version_tag(name, version, "vidops.reason", reason)
+
+
+def _client(tracking: Tracking, name: str) -> Any:
+    """A client of the tracking server that holds the registered model `name`, or a VidopsError naming both."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking.uri)
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        raise VidopsError(f"no registered model {name} in {tracking.uri}") from None
+    return client
+
+
+def _version(client: Any, name: str, version: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version(name, version)
+    except MlflowException:
+        raise VidopsError(f"model {name} has no version {version}") from None
+
+
+def _alias(client: Any, name: str, alias: str) -> Any:
+    """The version holding `alias`, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
 
 
 def _curves(history: dict[str, list[float]]) -> Any:

@@ -16,6 +16,7 @@ from components.layout import Layout
 from components.params import Params, Task, load_params
 
 if TYPE_CHECKING:  # importing it starts Prefect and TensorFlow
+    from components.registry import Tracking
     from flows.pipeline import PipelineResult
 
 PARAMS_FILE = "params.yaml"
@@ -86,6 +87,25 @@ def _parser() -> argparse.ArgumentParser:
     _add_project(stage)
     _add_overrides(stage)
     stage.set_defaults(handler=cmd_stage)
+
+    promote = commands.add_parser("promote", help="make a registered version champion, by a person's decision")
+    promote.add_argument("model", help="registered model name, e.g. vidops-classifier")
+    promote.add_argument("--version", help="default: the challenger")
+    promote.add_argument("--reason", required=True, help="why; recorded on the version")
+    promote.add_argument("--root", type=Path, default=Path("."), help="project folder, for the embedded MLflow store (default: here)")
+    promote.set_defaults(handler=cmd_promote)
+
+    rollback = commands.add_parser("rollback", help="move champion back to previous-champion")
+    rollback.add_argument("model", help="registered model name, e.g. vidops-classifier")
+    rollback.add_argument("--reason", default="rolled back by hand", help="why; recorded on both versions")
+    rollback.add_argument("--root", type=Path, default=Path("."), help="project folder, for the embedded MLflow store (default: here)")
+    rollback.set_defaults(handler=cmd_rollback)
+
+    predict = commands.add_parser("predict", help="what a registered model says of videos, e.g. models:/vidops-classifier@champion")
+    predict.add_argument("model_uri")
+    predict.add_argument("videos", type=Path, nargs="+")
+    predict.add_argument("--root", type=Path, default=Path("."), help="project folder, for the embedded MLflow store (default: here)")
+    predict.set_defaults(handler=cmd_predict)
 
     run = commands.add_parser("run", help="run the training pipeline through Prefect")
     _add_project(run)
@@ -197,6 +217,58 @@ def cmd_stage(args: argparse.Namespace) -> None:
     else:
         result = STAGES[args.name](layout, params, args.task)
     print(f"{args.name} {args.task}: {result}")
+
+
+def cmd_promote(args: argparse.Namespace) -> None:
+    from components.registry import promote
+
+    version = promote(_registry(args.root), args.model, args.version, args.reason)
+    print(f"{args.model} version {version} is now champion")
+
+
+def cmd_rollback(args: argparse.Namespace) -> None:
+    from components.registry import rollback
+
+    version = rollback(_registry(args.root), args.model, args.reason)
+    print(f"{args.model} version {version} is champion again")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from flows.profiles import quiet_libraries
+
+    quiet_libraries()
+    import mlflow
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+    from tqdm import tqdm
+
+    for video in args.videos:
+        if not video.is_file():
+            raise VidopsError(f"{video}: no such file")
+    if args.model_uri.startswith(("models:/", "runs:/")):  # a folder of a saved model needs no store
+        mlflow.set_tracking_uri(_registry(args.root).uri)
+    try:
+        model = mlflow.pyfunc.load_model(args.model_uri)
+    except MlflowException as exc:
+        raise VidopsError(f"{args.model_uri}: cannot load the model: {exc.message.splitlines()[0]}") from None
+    for video in tqdm(args.videos, unit="video", file=sys.stderr, disable=len(args.videos) < 2):
+        try:
+            answer = model.predict(pd.DataFrame({"video": [str(video.resolve())]})).iloc[0]
+        except MlflowException as exc:
+            raise VidopsError(f"{video}: {exc.message}") from None
+        main = {k: v for k, v in answer.items() if not k.startswith("p_")}
+        print(f"{video}\t" + "\t".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in main.items()))
+
+
+def _registry(root: Path) -> Tracking:
+    """The project's MLflow; the embedded store only when a run has made it (no empty store made by asking)."""
+    from flows.profiles import tracking
+
+    found = tracking(Layout(root.resolve()))
+    store = Path(found.uri.removeprefix("sqlite:///"))
+    if found.uri.startswith("sqlite:///") and not store.is_file():
+        raise VidopsError(f"{store}: no MLflow store; `vidops demo` or `vidops run` makes it")
+    return found
 
 
 def cmd_run(args: argparse.Namespace) -> None:

@@ -54,7 +54,9 @@ def register_model(layout: Layout, params: Params, task: Task, tags: dict[str, s
     metrics = layout.reports(task) / evaluation.METRICS
     lineage = {**_lineage(layout, params, task), **(tags or {})}
     report = layout.catalog(task) / validation.REPORT
-    registered = registry.register_model(layout.models(task), layout.features(task), metrics, report, params, task, tracking(layout), lineage)
+    registered = registry.register_model(
+        layout.models(task), layout.features(task), dataset(layout, params, task), metrics, report, params, task, tracking(layout), lineage
+    )
     write_json(layout.reports(task) / "registration.json", asdict(registered))
     return registered
 

@@ -1,3 +1,4 @@
+import base64
 import json
 import shutil
 import tempfile
@@ -5,10 +6,13 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from components.registry import CHAMPION, Tracking, register_model
+from components.errors import VidopsError
+from components.generate import MOTIONS
+from components.registry import CHALLENGER, CHAMPION, PREVIOUS, Tracking, promote, register_model, rollback
 from components.validation import REPORT
 
 
@@ -18,7 +22,7 @@ def tracking(tmp_path: Path) -> Tracking:
 
 
 def _register(project, params, tracking, task="classification", metrics=None, tags=None):
-    return register_model(project.models(task), project.features(task), metrics or project.reports(task) / "metrics.json",
+    return register_model(project.models(task), project.features(task), project.raw(params.datasets.of(task)), metrics or project.reports(task) / "metrics.json",
                           project.catalog(task) / REPORT, params, task, tracking, tags or {})  # fmt: skip
 
 
@@ -57,31 +61,85 @@ def test_champion_is_the_first_model_then_only_a_better_one(trained_project, tin
     assert [m.step for m in epochs] == list(range(tiny_params.train.classification.epochs))
 
 
-def test_the_champion_loads_from_the_registry_with_its_signature_and_input_example(trained_project, tiny_params, tracking):
+def test_the_keras_model_is_logged_with_its_signature_and_input_example(trained_project, tiny_params, tracking):
+    registered = _register(trained_project, tiny_params, tracking)
+    mlflow.set_tracking_uri(tracking.uri)
+    uri = f"runs:/{registered.run_id}/keras_model"
+    p = tiny_params.extract.classification
+    assert mlflow.models.get_model_info(uri).signature.inputs.to_dict()[0]["tensor-spec"] == {"dtype": "uint8", "shape": (-1, p.frames, p.size, p.size, 3)}
+    example = np.asarray(mlflow.pyfunc.load_model(uri).input_example["frames"])  # named by the signature's input
+    assert example.shape == (1, p.frames, p.size, p.size, 3)
+    assert mlflow.keras.load_model(uri).predict(example.astype(np.uint8), verbose=0).shape == (1, 7)
+
+
+def test_the_registered_champion_takes_a_video_path_or_its_bytes(trained_project, tiny_params, tracking):
+    from mlflow.exceptions import MlflowException
+
+    from components.serving import encode
+
     _register(trained_project, tiny_params, tracking)
     mlflow.set_tracking_uri(tracking.uri)
-    uri = f"models:/{tiny_params.registry.classification.model_name}@{CHAMPION}"
-    info = mlflow.models.get_model_info(uri)
-    p = tiny_params.extract.classification
-    assert info.signature.inputs.to_dict()[0]["tensor-spec"] == {"dtype": "uint8", "shape": (-1, p.frames, p.size, p.size, 3)}
-    model = mlflow.pyfunc.load_model(uri)
-    example = model.input_example["frames"]  # named by the signature's input
-    assert np.asarray(example).shape == (1, p.frames, p.size, p.size, 3)
-    assert np.asarray(model.predict(np.zeros((2, p.frames, p.size, p.size, 3), np.uint8))).shape == (2, 7)
+    model = mlflow.pyfunc.load_model(f"models:/vidops-classifier@{CHAMPION}")
+    clip = sorted(trained_project.raw("demo").glob("rotate/*.mp4"))[0]
+    answers = model.predict(pd.DataFrame({"video": [str(clip), encode(clip)]}))
+    assert list(answers["label"]) == [answers["label"][0]] * 2 and answers["label"][0] in MOTIONS
+    assert answers.filter(like="p_").sum(axis=1).round(4).tolist() == [1.0, 1.0]
+    assert answers["probability"][0] == answers[f"p_{answers['label'][0]}"][0]
+    with pytest.raises(MlflowException, match="neither an existing file nor base64"):
+        model.predict(pd.DataFrame({"video": ["/no/such/file.mp4"]}))
+    with pytest.raises(MlflowException, match="not a readable video"):
+        model.predict(pd.DataFrame({"video": [base64.b64encode(b"junk" * 100).decode()]}))
 
 
-def test_the_sync_model_registers_under_its_own_name_with_two_inputs(trained_project, tiny_params, tracking):
+def test_the_sync_model_registers_under_its_own_name_and_answers_with_an_offset(trained_project, tiny_params, tracking):
     registered = _register(trained_project, tiny_params, tracking, task="sync")
     assert registered.model_name == "vidops-sync" and registered.champion
     assert "accuracy_within_1" in registered.reason
     mlflow.set_tracking_uri(tracking.uri)
-    uri = f"models:/vidops-sync@{CHAMPION}"
-    specs = {spec["name"]: spec["tensor-spec"] for spec in mlflow.models.get_model_info(uri).signature.inputs.to_dict()}
+    keras_uri = f"runs:/{registered.run_id}/keras_model"
+    specs = {spec["name"]: spec["tensor-spec"] for spec in mlflow.models.get_model_info(keras_uri).signature.inputs.to_dict()}
     assert specs["frames"] == {"dtype": "uint8", "shape": (-1, -1, 16, 16, 3)}  # any window length
     assert specs["audio"] == {"dtype": "float32", "shape": (-1, -1, 4, 40)}
-    example = mlflow.pyfunc.load_model(uri).input_example
+    example = mlflow.pyfunc.load_model(keras_uri).input_example
     assert example["frames"].shape == (1, 4, 16, 16, 3) and example["audio"].shape == (1, 4 + 2 * 3, 4, 40)
-    out = mlflow.keras.load_model(uri).predict({k: np.asarray(v) for k, v in example.items()}, verbose=0)
-    assert out["offset"].shape == (1, 7) and out["in_sync"].shape == (1, 1)
     run = MlflowClient(tracking.uri).get_run(registered.run_id)
     assert run.data.params["train.sync.max_offset"] == "3" and run.data.params["datasets.sync"] == "demo-sync"
+
+    clip = sorted(trained_project.raw("demo-sync").rglob("*.mp4"))[0]
+    answer = mlflow.pyfunc.load_model(f"models:/vidops-sync@{CHAMPION}").predict(pd.DataFrame({"video": [str(clip)]}))
+    assert -3 <= int(answer["offset"][0]) <= 3 and 0 < answer["confidence"][0] <= 1 and 0 <= answer["in_sync"][0] <= 1
+
+
+def test_every_version_is_challenger_the_floor_holds_and_promote_and_rollback_move_the_aliases(trained_project, tiny_params, tracking, tmp_path):
+    floored = tiny_params.model_copy(update={"registry": tiny_params.registry.model_copy(update={
+        "classification": tiny_params.registry.classification.model_copy(update={"floor": 0.6})})})  # fmt: skip
+    low = _register(trained_project, floored, tracking, metrics=_with_accuracy(trained_project, tmp_path, 0.5))
+    assert not low.champion and "below the floor 0.6" in low.reason
+    first = _register(trained_project, floored, tracking, metrics=_with_accuracy(trained_project, tmp_path, 0.7))
+    better = _register(trained_project, floored, tracking, metrics=_with_accuracy(trained_project, tmp_path, 0.9))
+    assert first.champion and better.champion
+    client = MlflowClient(tracking.uri)
+    name = "vidops-classifier"
+
+    def aliases() -> dict[str, str]:
+        return {alias: str(client.get_model_version_by_alias(name, alias).version) for alias in (CHAMPION, PREVIOUS, CHALLENGER)}
+
+    assert aliases() == {CHAMPION: "3", PREVIOUS: "2", CHALLENGER: "3"}
+
+    assert rollback(tracking, name, "v3 misbehaves in production") == "2"
+    assert aliases() == {CHAMPION: "2", PREVIOUS: "3", CHALLENGER: "3"}
+    assert client.get_model_version(name, "3").tags["vidops.reason"] == "v3 misbehaves in production"
+
+    assert promote(tracking, name, "1", "a person knows better") == "1"
+    assert aliases() == {CHAMPION: "1", PREVIOUS: "2", CHALLENGER: "3"}
+    assert client.get_model_version(name, "1").tags["vidops.decision"] == "champion by hand"
+    assert promote(tracking, name, None, "the challenger, after all") == "3"
+
+    with pytest.raises(VidopsError, match="model vidops-classifier has no version 9"):
+        promote(tracking, name, "9", "typo")
+    with pytest.raises(VidopsError, match="no registered model vidops-nothing in sqlite:"):
+        rollback(tracking, "vidops-nothing", "why not")
+    source = client.get_model_version(name, "1").source
+    unevaluated = client.create_model_version(name, source, run_id=first.run_id)
+    with pytest.raises(VidopsError, match=f"version {unevaluated.version} was never evaluated"):
+        promote(tracking, name, str(unevaluated.version), "untested")

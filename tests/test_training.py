@@ -65,12 +65,23 @@ def test_both_models_train_evaluate_and_write_their_outputs(trained_project, tin
         confusion = pd.read_csv(reports / "confusion.csv")
         assert list(confusion.columns) == ["actual", "predicted"]
         assert (confusion["actual"] == confusion["predicted"]).mean() == pytest.approx(metrics["accuracy"])
+        assert (reports / "confusion.png").read_bytes()[:4] == b"\x89PNG"
     classification = json.loads((trained_project.reports("classification") / "metrics.json").read_text())
     assert classification["test_clips"] == 7 and classification["chance"] == pytest.approx(1 / 7)
+    assert 0 <= classification["macro_f1"] <= 1 and {"precision_rotate", "recall_rotate", "f1_rotate"} <= set(classification)
     sync = json.loads((trained_project.reports("sync") / "metrics.json").read_text())
     assert sync["test_clips"] == 1 and sync["examples"] == 7 * inputs.EVAL_STARTS  # every offset -3..3, 4 windows each
     assert sync["chance"] == pytest.approx(1 / 7) and 0 <= sync["accuracy"] <= sync["accuracy_within_1"] <= 1
     assert json.loads((trained_project.models("sync") / "labels.json").read_text()) == [str(k) for k in range(-3, 4)]
+    context = pd.read_csv(trained_project.reports("sync") / "context.csv")
+    assert context.to_dict("list") == {"frames": [4], "accuracy_within_1": [sync["accuracy_within_1_at_4"]]}
+
+
+def test_per_class_scores_are_precision_recall_and_f1():
+    from components.evaluation import per_class_scores
+
+    scores = per_class_scores(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), ["a", "b"])
+    assert scores == pytest.approx({"precision_a": 1, "recall_a": 0.5, "f1_a": 2 / 3, "precision_b": 2 / 3, "recall_b": 1, "f1_b": 0.8})
 
 
 def test_loss_falls_on_a_small_learnable_set(trained_project, tmp_path):

@@ -1,0 +1,116 @@
+"""The served model: an MLflow pyfunc that takes videos, not tensors.
+
+It wraps a trained Keras model with the extraction params it was trained with, so
+`mlflow models serve -m models:/<name>@champion` (and `vidops predict`) take a video path or
+the file's bytes in base64 and answer with the class and its probabilities, or the audio
+offset in frames with its confidence.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+VIDEO = "video"  # the input column: a path, or the file's bytes in base64
+
+
+class VideoModel(mlflow.pyfunc.PythonModel):
+    """Video in, prediction out; a bad video is a 400 that names what is wrong with it."""
+
+    def load_context(self, context: Any) -> None:
+        from components.models import load_model
+        from components.params import ExtractParams
+
+        self.model = load_model(Path(context.artifacts["model"]))
+        self.config = json.loads(Path(context.artifacts["config"]).read_text())
+        self.extract = ExtractParams.model_validate(self.config["extract"])
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        if VIDEO not in model_input or model_input.empty:
+            raise _bad_request(f"no video: send a column {VIDEO!r} holding paths or base64 file bytes")
+        return pd.DataFrame([self._one(str(value)) for value in model_input[VIDEO]])
+
+    def _one(self, value: str) -> dict[str, Any]:
+        with _as_file(value) as path:
+            features = self._features(path)
+        if self.config["task"] == "classification":
+            return self._classify(features.frames)
+        return self._offset(features.frames, features.audio)
+
+    def _features(self, path: Path) -> Any:
+        from components.catalog import probe_clip
+        from components.extraction import extract_clip
+        from components.sampling import ClipTooShort
+
+        probe = probe_clip(path)
+        if not probe["readable"]:
+            raise _bad_request(f"not a readable video: {probe['error']}")
+        try:
+            return extract_clip(path, int(probe["frames"]), self.extract)
+        except (ClipTooShort, ValueError, OSError) as exc:
+            raise _bad_request(f"cannot extract frames: {exc}") from None
+
+    def _classify(self, frames: np.ndarray) -> dict[str, Any]:
+        labels = self.config["labels"]
+        probabilities = self.model.predict(frames[None], verbose=0)[0]
+        best = int(np.argmax(probabilities))
+        return {"label": labels[best], "probability": float(probabilities[best]), **{f"p_{label}": float(p) for label, p in zip(labels, probabilities, strict=True)}}
+
+    def _offset(self, frames: np.ndarray, audio: np.ndarray) -> dict[str, Any]:
+        """The offset of the audio against the video, in frames (positive: the sound comes late), over every window of the clip."""
+        window, max_offset = self.config["window"], self.config["max_offset"]
+        span = window + 2 * max_offset
+        starts = range(0, len(frames) - span + 1, window)
+        if not starts:
+            raise _bad_request(f"{len(frames)} frames: the sync model needs at least {span}")
+        video = np.stack([frames[s + max_offset : s + max_offset + window] for s in starts])
+        context = np.stack([audio[s : s + span] for s in starts])
+        out = self.model.predict({"frames": video, "audio": context}, verbose=0)
+        mean = out["offset"].mean(axis=0)
+        best = int(np.argmax(mean))
+        return {"offset": best - max_offset, "confidence": float(mean[best]), "in_sync": float(out["in_sync"].mean())}
+
+
+def _bad_request(message: str) -> Exception:
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+@contextmanager
+def _as_file(value: str) -> Iterator[Path]:
+    """A path for `value`: the file it names, or a temporary file holding its base64-decoded bytes."""
+    if _is_file(value):
+        yield Path(value)
+        return
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise _bad_request(f"{value[:80]!r}: neither an existing file nor base64 bytes") from None
+    with tempfile.NamedTemporaryFile(suffix=".video") as tmp:
+        tmp.write(data)
+        tmp.flush()
+        yield Path(tmp.name)
+
+
+def _is_file(value: str) -> bool:
+    try:
+        return Path(value).is_file()
+    except (OSError, ValueError):  # base64 text is often too long, or holds a NUL, for a path
+        return False
+
+
+def encode(path: Path) -> str:
+    """A video file as the base64 text a served model takes."""
+    return base64.b64encode(path.read_bytes()).decode()

@@ -1,0 +1,98 @@
+"""The champion served by a real `mlflow models serve` process takes a video, and `vidops predict` does the same."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from components.registry import Tracking, register_model
+from components.serving import encode
+from components.validation import REPORT
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def registered(trained_project, tiny_params, tmp_path_factory) -> Path:
+    """The tiny classifier registered in an embedded store of its own project; the project's root."""
+    root = trained_project.root
+    state = root / ".vidops"
+    tracking = Tracking(f"sqlite:///{state / 'mlflow.db'}", artifact_root=(state / "mlartifacts").as_uri())
+    task = "classification"
+    register_model(trained_project.models(task), trained_project.features(task), trained_project.raw("demo"),
+                   trained_project.reports(task) / "metrics.json", trained_project.catalog(task) / REPORT,
+                   tiny_params, task, tracking, {})  # fmt: skip
+    return root
+
+
+def _post(url: str, payload: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def test_mlflow_models_serve_answers_a_posted_video_and_keeps_serving_after_a_bad_one(registered):
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{registered / '.vidops' / 'mlflow.db'}",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # mlflow runs `uvicorn` from PATH  # fmt: skip
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/vidops-classifier@champion",
+         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, server.stderr.read().decode()[-2000:]
+            try:
+                with urllib.request.urlopen(f"{base}/ping", timeout=5):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the server did not answer /ping in 180 s"
+                time.sleep(1)
+        clip = sorted((registered / "data" / "raw" / "demo" / "zoom_in").glob("*.mp4"))[0]
+        status, body = _post(f"{base}/invocations", {"dataframe_split": {"columns": ["video"], "data": [[encode(clip)]]}})
+        assert status == 200, body
+        answer = body["predictions"][0]
+        assert answer["label"] in {k.removeprefix("p_") for k in answer if k.startswith("p_")}
+        assert 0 < answer["probability"] <= 1
+
+        status, body = _post(f"{base}/invocations", {"dataframe_split": {"columns": ["video"], "data": [["bm90IGEgdmlkZW8gYXQgYWxs"]]}})
+        assert status == 400 and "not a readable video" in body["message"]
+        status, body = _post(f"{base}/invocations", {"dataframe_split": {"columns": ["video"], "data": []}})
+        assert 400 <= status < 500
+        with urllib.request.urlopen(f"{base}/ping", timeout=5) as still:
+            assert still.status == 200
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_vidops_predict_answers_for_each_video_and_names_a_missing_model(registered):
+    clips = sorted((registered / "data" / "raw" / "demo" / "rotate").glob("*.mp4"))[:2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    run = lambda *args: subprocess.run([sys.executable, "-m", "flows.cli", "predict", *args, "--root", str(registered)],  # noqa: E731
+                                       capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
+    result = run("models:/vidops-classifier@champion", *map(str, clips))
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith(str(clip)) and "label=" in line for line, clip in zip(lines, clips))
+    missing = run("models:/vidops-nothing@champion", str(clips[0]))
+    assert missing.returncode == 1 and "models:/vidops-nothing@champion: cannot load the model" in missing.stderr

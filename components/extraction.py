@@ -170,12 +170,17 @@ def _clip_seed(seed: int, sha256: str) -> int:
     return int(hashlib.sha256(f"{seed}:{sha256}".encode()).hexdigest()[:8], 16)
 
 
-def usable_clips(features_dir: Path, split: str) -> tuple[list[Path], np.ndarray]:
-    """The shard paths and integer labels of one split's clips whose extraction succeeded."""
+def usable_rows(features_dir: Path, split: str) -> pd.DataFrame:
+    """The index rows (path, label, shard, ...) of one split's clips whose extraction succeeded."""
     if not (features_dir / INDEX).is_file():
         raise VidopsError(f"{features_dir / INDEX}: no extracted features; run the extract stage first")
-    labels = json.loads((features_dir / INDEX).read_text())["labels"]
     index = pd.read_csv(features_dir / "index.csv", keep_default_na=False)
-    rows = index[(index["status"] == "ok") & (index["split"] == split)]
+    return index[(index["status"] == "ok") & (index["split"] == split)]
+
+
+def usable_clips(features_dir: Path, split: str) -> tuple[list[Path], np.ndarray]:
+    """The shard paths and integer labels of one split's clips whose extraction succeeded."""
+    rows = usable_rows(features_dir, split)
+    labels = json.loads((features_dir / INDEX).read_text())["labels"]
     ids = {label: i for i, label in enumerate(labels)}
     return [features_dir / SHARDS / shard for shard in rows["shard"]], rows["label"].map(ids).to_numpy(np.int32)

@@ -27,6 +27,7 @@ from components.extraction import INDEX, usable_clips
 MEMORY_CACHE_BYTES = 4 * 1024**3  # a split larger than this is read from the shards every epoch
 AUDIO_JITTER_STEPS = 2  # sync training: the audio moves by up to this many steps (10 ms each) either way
 EVAL_STARTS = 4  # sync evaluation: windows per clip and offset, evenly spaced over the clip
+DTYPES = {"frames": np.uint8, "audio": np.float32}  # of the shard arrays the models read
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class Split:
 
     @property
     def clip_bytes(self) -> int:
-        return sum(int(np.prod(shape)) * (1 if field == "frames" else 4) for field, shape in self.shapes.items())
+        return sum(int(np.prod(shape)) * np.dtype(DTYPES[field]).itemsize for field, shape in self.shapes.items())
 
 
 def open_split(features_dir: Path, split: str, fields: tuple[str, ...]) -> Split:
@@ -75,8 +76,7 @@ def _check_shard(path: Path, fields: tuple[str, ...]) -> dict[str, tuple[int, ..
 
 def in_memory(split: Split, field: str) -> np.ndarray:
     """One field of every clip of the split as one array [clips, ...], filled in place: no second copy."""
-    dtype = np.uint8 if field == "frames" else np.float32
-    out = np.empty((len(split.paths), *split.shapes.get(field, ())), dtype)
+    out = np.empty((len(split.paths), *split.shapes.get(field, ())), DTYPES[field])
     for slot, path in enumerate(split.paths):
         with np.load(path) as data:
             out[slot] = data[field]
@@ -92,8 +92,7 @@ def read_split(split: Split, fields: tuple[str, ...]) -> Any:
             return [data[field] for field in fields]
 
     def load(path: Any, label: Any) -> Any:
-        dtypes = [tf.uint8 if field == "frames" else tf.float32 for field in fields]
-        arrays = tf.numpy_function(read, [path], dtypes, stateful=False)
+        arrays = tf.numpy_function(read, [path], [tf.as_dtype(DTYPES[field]) for field in fields], stateful=False)
         shaped = tuple(tf.ensure_shape(array, split.shapes[field]) for array, field in zip(arrays, fields, strict=True))
         return tf.data.Dataset.from_tensors((*shaped, label))
 
@@ -211,15 +210,19 @@ def sync_window(frames: Any, audio: Any, start: Any, k: Any, window: int, max_of
 def sync_examples(frames: np.ndarray, audio: np.ndarray, window: int, max_offset: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Evaluation examples of one clip: every offset k at EVAL_STARTS evenly spaced windows; ({frames, audio}, k)."""
     n = len(frames)
-    steps = audio.reshape(n * STEPS_PER_FRAME, -1)
+    pairs = [
+        (start, k)
+        for k in range(-max_offset, max_offset + 1)
+        for start in np.unique(np.linspace(max(0, max_offset - k), n - window - max_offset - k, EVAL_STARTS).round().astype(int))
+    ]
+    starts, offsets = zip(*pairs, strict=True)
+    return sync_windows(frames, audio, starts, offsets, window, max_offset), np.array(offsets)
+
+
+def sync_windows(frames: np.ndarray, audio: np.ndarray, starts: Any, offsets: Any, window: int, max_offset: int) -> dict[str, np.ndarray]:
+    """Numpy `sync_window` without jitter, for several (start, k): the model's {frames, audio} input."""
     span = window + 2 * max_offset
-    starts, offsets = [], []
-    for k in range(-max_offset, max_offset + 1):
-        lo, hi = max(0, max_offset - k), n - window - max_offset - k
-        for start in np.unique(np.linspace(lo, hi, EVAL_STARTS).round().astype(int)):
-            starts.append(start)
-            offsets.append(k)
-    video = np.stack([frames[s : s + window] for s in starts])
-    first = [(s - max_offset + k) * STEPS_PER_FRAME for s, k in zip(starts, offsets, strict=True)]
-    context = np.stack([steps[f : f + span * STEPS_PER_FRAME].reshape(span, STEPS_PER_FRAME, -1) for f in first])
-    return {"frames": video, "audio": context}, np.array(offsets)
+    return {
+        "frames": np.stack([frames[s : s + window] for s in starts]),
+        "audio": np.stack([audio[s - max_offset + k : s - max_offset + k + span] for s, k in zip(starts, offsets, strict=True)]),
+    }

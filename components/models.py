@@ -18,17 +18,21 @@ def build_classifier(frames: int, size: int, n_classes: int, params: ClassifierP
     """Frames uint8 [N, S, S, 3] in, class probabilities out."""
     inputs = keras.Input((frames, size, size, 3), dtype="uint8", name="frames")
     x = layers.Rescaling(1 / 255)(inputs)
-    if params.temporal == "2plus1d":
-        return _r2plus1d(inputs, x, n_classes, params)
-    x = _frame_cnn(x, params.filters)
     # The temporal layer keeps the spatial grid: a shape moving left and one moving right
     # give the same frames in reverse order, and only a filter over (time, y, x) tells them apart.
-    if params.temporal == "conv":
+    if params.temporal == "2plus1d":  # every block a spatial 1x3x3 convolution, then a temporal 3x1x1 one
+        for width in params.filters:
+            x = _spatial(x, width)
+            x = layers.Conv3D(width, (3, 1, 1), padding="same", activation="relu")(x)
+            x = layers.MaxPooling3D((1, 2, 2))(x)
+        x = layers.GlobalMaxPooling3D()(x)
+    elif params.temporal == "conv":
+        x = _frame_cnn(x, params.filters)
         x = layers.Conv3D(64, 3, padding="same", activation="relu")(x)
         x = layers.Conv3D(64, 3, padding="same", activation="relu")(x)
         x = layers.GlobalMaxPooling3D()(x)
     else:
-        x = layers.ConvLSTM2D(48, 3, padding="same")(x)
+        x = layers.ConvLSTM2D(48, 3, padding="same")(_frame_cnn(x, params.filters))
         x = layers.GlobalMaxPooling2D()(x)
     x = layers.Dropout(0.3)(x)
     # float32 out even under mixed precision: softmax in float16 loses the small probabilities
@@ -37,32 +41,21 @@ def build_classifier(frames: int, size: int, n_classes: int, params: ClassifierP
 
 
 def _frame_cnn(x: Any, filters: tuple[int, ...]) -> Any:
-    """Per-frame conv blocks (3x3 conv, batch norm, ReLU, 2x2 pooling) over [B, N, S, S, C].
+    """Per-frame conv blocks (3x3 conv, batch norm, ReLU, 2x2 pooling) over [B, N, S, S, C]."""
+    for width in filters:
+        x = layers.MaxPooling3D((1, 2, 2))(_spatial(x, width))
+    return x
+
+
+def _spatial(x: Any, width: int) -> Any:
+    """A 3x3 convolution of every frame, batch norm, ReLU.
 
     A 1x3x3 Conv3D is a 2-D convolution applied to every frame; Keras 3's TimeDistributed
     would call the layer once per frame in a Python loop (and batch-normalise each frame
     alone), several times slower for the same arithmetic.
     """
-    for width in filters:
-        x = layers.Conv3D(width, (1, 3, 3), padding="same", use_bias=False)(x)
-        x = layers.BatchNormalization()(x)
-        x = layers.Activation("relu")(x)
-        x = layers.MaxPooling3D((1, 2, 2))(x)
-    return x
-
-
-def _r2plus1d(inputs: Any, x: Any, n_classes: int, params: ClassifierParams) -> keras.Model:
-    """The (2+1)D variant: every block a spatial 1x3x3 convolution, then a temporal 3x1x1 one."""
-    for filters in params.filters:
-        x = layers.Conv3D(filters, (1, 3, 3), padding="same", use_bias=False)(x)
-        x = layers.BatchNormalization()(x)
-        x = layers.Activation("relu")(x)
-        x = layers.Conv3D(filters, (3, 1, 1), padding="same", activation="relu")(x)
-        x = layers.MaxPooling3D((1, 2, 2))(x)
-    x = layers.GlobalMaxPooling3D()(x)
-    x = layers.Dropout(0.3)(x)
-    outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name="classifier_2plus1d")
+    x = layers.Conv3D(width, (1, 3, 3), padding="same", use_bias=False)(x)
+    return layers.Activation("relu")(layers.BatchNormalization()(x))
 
 
 def build_sync(size: int, audio_features: int, params: SyncParams) -> keras.Model:

@@ -58,9 +58,7 @@ def register_model(
     """Log params, the data's validation summary, per-epoch training and evaluation metrics, the Keras model
     (`keras_model`, with its signature and a test example as input example) and the served model that takes
     videos (`model`, with a test video as input example); register the served one; decide the champion."""
-    import keras
     import mlflow
-    import tensorflow as tf
 
     from components.models import load_model
 
@@ -92,8 +90,7 @@ def register_model(
                 str(saved),
                 signature=_signature(model),
                 input_example=_input_example(features_dir, task, params),
-                # pinned here: MLflow would otherwise load the model in a subprocess to infer them
-                pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
+                pip_requirements=_pinned(),
             )
             mlflow.log_artifacts(str(saved), artifact_path="keras_model")
             info = _log_served_model(model_dir, features_dir, dataset_dir, params, task, Path(tmp), name)
@@ -104,22 +101,20 @@ def register_model(
 
 def _log_served_model(model_dir: Path, features_dir: Path, dataset_dir: Path, params: Params, task: Task, tmp: Path, name: str) -> Any:
     """The pyfunc that takes videos, with the extraction params the model was trained with; registered as `name`."""
-    import keras
     import mlflow
     import pandas as pd
-    import tensorflow as tf
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
     import components
+    from components.extraction import usable_rows
     from components.serving import VIDEO, VideoModel, encode
 
     sync = params.train.sync
     config = {"task": task, "labels": json.loads((model_dir / "labels.json").read_text()), "extract": params.extract.of(task).model_dump(mode="json"),
               "window": sync.window, "max_offset": sync.max_offset}  # fmt: skip
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
-    index = pd.read_csv(features_dir / "index.csv", keep_default_na=False)
-    example = dataset_dir / index[(index["status"] == "ok") & (index["split"] == "test")]["path"].iloc[0]
+    example = dataset_dir / usable_rows(features_dir, "test")["path"].iloc[0]
     return mlflow.pyfunc.log_model(
         name="model",
         python_model=VideoModel(),
@@ -128,7 +123,7 @@ def _log_served_model(model_dir: Path, features_dir: Path, dataset_dir: Path, pa
         signature=ModelSignature(inputs=Schema([ColSpec("string", VIDEO)])),
         input_example=pd.DataFrame({VIDEO: [encode(example)]}),
         registered_model_name=name,
-        pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}", f"mlflow=={mlflow.__version__}", "av", "pandas", "pydantic"],
+        pip_requirements=[*_pinned(), f"mlflow=={mlflow.__version__}", "av", "pandas", "pydantic"],
     )
 
 
@@ -147,16 +142,22 @@ def _signature(model: Any) -> Any:
 
 def _input_example(features_dir: Path, task: Task, params: Params) -> Any:
     """The first test clip as the model takes it: its frames, or one in-sync window of frames with audio."""
-    from components import inputs
+    from components.extraction import usable_clips
+    from components.inputs import sync_windows
 
-    split = inputs.open_split(features_dir, "test", ("frames",) if task == "classification" else ("frames", "audio"))
-    first = inputs.Split(split.paths[:1], split.labels[:1], split.names, split.shapes)
+    with np.load(usable_clips(features_dir, "test")[0][0]) as first:
+        frames, audio = first["frames"], first["audio"]
     if task == "classification":
-        return inputs.in_memory(first, "frames")
-    train = params.train.sync
-    examples, offsets = inputs.sync_examples(inputs.in_memory(first, "frames")[0], inputs.in_memory(first, "audio")[0], train.window, train.max_offset)
-    in_sync = int(np.argmax(offsets == 0))
-    return {field: array[in_sync : in_sync + 1] for field, array in examples.items()}
+        return frames[None]
+    return sync_windows(frames, audio, [params.train.sync.max_offset], [0], params.train.sync.window, params.train.sync.max_offset)
+
+
+def _pinned() -> list[str]:
+    """The served model's own requirements, pinned here: MLflow would otherwise load the model in a subprocess to infer them."""
+    import keras
+    import tensorflow as tf
+
+    return [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"]
 
 
 def _crown(name: str, version: str, metrics: dict[str, float], params: Params, task: Task) -> tuple[bool, str]:

@@ -21,6 +21,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from components.inputs import sync_windows
+
 VIDEO = "video"  # the input column: a path, or the file's bytes in base64
 
 
@@ -73,9 +75,8 @@ class VideoModel(mlflow.pyfunc.PythonModel):
         starts = range(0, len(frames) - span + 1, window)
         if not starts:
             raise _bad_request(f"{len(frames)} frames: the sync model needs at least {span}")
-        video = np.stack([frames[s + max_offset : s + max_offset + window] for s in starts])
-        context = np.stack([audio[s : s + span] for s in starts])
-        out = self.model.predict({"frames": video, "audio": context}, verbose=0)
+        windows = sync_windows(frames, audio, [s + max_offset for s in starts], [0] * len(starts), window, max_offset)
+        out = self.model.predict(windows, verbose=0)
         mean = out["offset"].mean(axis=0)
         best = int(np.argmax(mean))
         return {"offset": best - max_offset, "confidence": float(mean[best]), "in_sync": float(out["in_sync"].mean())}

@@ -43,24 +43,25 @@ def train_classifier(features_dir: Path, model_dir: Path, params: ClassifierPara
 
     Resumes from `model_dir/checkpoints/` when it holds a checkpoint of the same params and data.
     """
-    split = inputs.open_split(features_dir, "train", ("frames",))
-    _check_classes(split, features_dir)
+    strategy = prepare_device(params)  # first: GPU settings cannot change once TensorFlow has made a tensor
+    split = _train_split(features_dir, ("frames",))
+    missing = [name for i, name in enumerate(split.names) if not np.any(split.labels == i)]
+    if missing:
+        raise VidopsError(f"{features_dir}: no training clips for class(es) {', '.join(missing)}")
     data = inputs.classifier_dataset(split, params.batch_size, params.augment, params.seed)
     frames, size = split.shapes["frames"][0], split.shapes["frames"][1]
-
-    def build() -> keras.Model:
-        model = build_classifier(frames, size, len(split.names), params)
-        model.compile(optimizer=_optimizer(params), loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=_xla(params))
-        return model
-
-    return _fit(build, data, split.names, features_dir, model_dir, params)
+    model = _Model(
+        build=lambda: build_classifier(frames, size, len(split.names), params),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return _fit(strategy, model, data, split.names, features_dir, model_dir, params)
 
 
 def train_sync(features_dir: Path, model_dir: Path, params: SyncParams) -> TrainedModel:
     """Fit the sync model on windows of the train split's clips, shifted against their audio; outputs as `train_classifier`."""
-    split = inputs.open_split(features_dir, "train", ("frames", "audio"))
-    if not split.paths:
-        raise VidopsError(f"{features_dir}: the train split has no usable clips")
+    strategy = prepare_device(params)
+    split = _train_split(features_dir, ("frames", "audio"))
     frames, span = split.shapes["frames"][0], params.window + 2 * params.max_offset
     if frames < span:
         raise VidopsError(
@@ -69,37 +70,46 @@ def train_sync(features_dir: Path, model_dir: Path, params: SyncParams) -> Train
         )
     data = inputs.sync_dataset(split, params.window, params.max_offset, params.batch_size, params.windows_per_clip, params.augment, params.seed)
     offsets = tuple(str(k) for k in range(-params.max_offset, params.max_offset + 1))
-
-    def build() -> keras.Model:
-        model = build_sync(split.shapes["frames"][1], split.shapes["audio"][2], params)
-        model.compile(
-            optimizer=_optimizer(params),
-            loss={"offset": "sparse_categorical_crossentropy", "in_sync": "binary_crossentropy"},
-            metrics={"offset": ["accuracy"], "in_sync": ["accuracy"]},
-            jit_compile=_xla(params),
-        )
-        return model
-
-    return _fit(build, data, offsets, features_dir, model_dir, params)
+    model = _Model(
+        build=lambda: build_sync(split.shapes["frames"][1], split.shapes["audio"][2], params),
+        loss={"offset": "sparse_categorical_crossentropy", "in_sync": "binary_crossentropy"},
+        metrics={"offset": ["accuracy"], "in_sync": ["accuracy"]},
+    )
+    return _fit(strategy, model, data, offsets, features_dir, model_dir, params)
 
 
-def _optimizer(params: FitParams) -> keras.optimizers.Optimizer:
-    return keras.optimizers.Adam(params.learning_rate)
+def _train_split(features_dir: Path, fields: tuple[str, ...]) -> inputs.Split:
+    """The checked train split; an error before the first epoch when it holds no clip."""
+    split = inputs.open_split(features_dir, "train", fields)
+    if not split.paths:
+        raise VidopsError(f"{features_dir}: the train split has no usable clips")
+    return split
 
 
-def _xla(params: FitParams) -> bool:
-    return params.xla and bool(tf.config.list_physical_devices("GPU"))
+@dataclass(frozen=True)
+class _Model:
+    """How to build a model afresh, and what to compile it with."""
+
+    build: Callable[[], keras.Model]
+    loss: Any
+    metrics: Any
 
 
-def _fit(build: Callable[[], keras.Model], data: tuple[Any, int], labels: tuple[str, ...], features_dir: Path, model_dir: Path, params: FitParams) -> TrainedModel:
-    """The loop both models share: device set-up, resume or build, fit with checkpoints, save."""
-    strategy = prepare_device(params)
+def _fit(
+    strategy: tf.distribute.Strategy, model: _Model, data: tuple[Any, int], labels: tuple[str, ...], features_dir: Path, model_dir: Path, params: FitParams
+) -> TrainedModel:
+    """The loop both models share: resume or build, fit with checkpoints, save."""
     key = _run_key(features_dir, params)
     checkpoints = model_dir / CHECKPOINTS
     state = _read_state(checkpoints, key)
     keras.utils.set_random_seed(params.seed)
     with strategy.scope():
-        model = keras.models.load_model(checkpoints / MODEL_FILE) if state else build()
+        if state:
+            fitted = keras.models.load_model(checkpoints / MODEL_FILE)  # compiled, with its optimizer's state
+        else:
+            fitted = model.build()
+            xla = params.xla and bool(tf.config.list_physical_devices("GPU"))
+            fitted.compile(optimizer=keras.optimizers.Adam(params.learning_rate), loss=model.loss, metrics=model.metrics, jit_compile=xla)
     start = state["epoch"] if state else 0
     history = state["history"] if state else {}
     callbacks = [
@@ -109,9 +119,9 @@ def _fit(build: Callable[[], keras.Model], data: tuple[Any, int], labels: tuple[
         _Checkpoint(checkpoints, key, history),
     ]
     batches, steps = data
-    model.fit(batches, steps_per_epoch=steps, epochs=params.epochs, initial_epoch=start, shuffle=False, verbose=0, callbacks=callbacks)
+    fitted.fit(batches, steps_per_epoch=steps, epochs=params.epochs, initial_epoch=start, shuffle=False, verbose=0, callbacks=callbacks)
     with atomic_path(model_dir / MODEL_FILE) as tmp:
-        model.save(tmp)
+        fitted.save(tmp)
     write_json(model_dir / "labels.json", list(labels))
     write_json(model_dir / "history.json", history)
     shutil.rmtree(checkpoints, ignore_errors=True)  # finished: the next training starts afresh
@@ -136,15 +146,6 @@ def prepare_device(params: FitParams) -> tf.distribute.Strategy:
     if len(gpus) > 1:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
-
-
-def _check_classes(split: inputs.Split, features_dir: Path) -> None:
-    """Fail before the first epoch on what would waste it: no clips, or a class without any."""
-    if not split.paths:
-        raise VidopsError(f"{features_dir}: the train split has no usable clips")
-    missing = [name for i, name in enumerate(split.names) if not np.any(split.labels == i)]
-    if missing:
-        raise VidopsError(f"{features_dir}: no training clips for class(es) {', '.join(missing)}")
 
 
 def _run_key(features_dir: Path, params: FitParams) -> str:

@@ -1,7 +1,6 @@
 """Exact frames, aligned audio, incremental shards, per-clip errors, the tf.data reader."""
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np

@@ -6,7 +6,7 @@ import pytest
 
 from components.errors import VidopsError
 from components.generate import MARKER, MOTIONS, SYNC_LABEL, _motion_path, generate_dataset
-from components.media import AUDIO_RATE, read_frames
+from components.media import AUDIO_RATE
 from components.params import GenerateParams
 
 

@@ -1,10 +1,7 @@
-"""Registration: log the trained model with its params and metrics to MLflow, register it, and crown a champion.
+"""Registration: log the trained model with its params, data summary and metrics to MLflow, and register it.
 
-Every new version takes the alias `challenger`. It also takes `champion` when it passes the
-task's floor and there is no champion yet, or it beats the current champion's metric by
-the margin in params.yaml; the champion it replaces keeps `previous-champion`. Either way
-the decision and its reason are recorded as tags on the version. `promote` and `rollback`
-are a person's decisions, recorded the same way. Aliases, not the deprecated stages.
+Every new version takes the alias `challenger` and a tag with its evaluation; whether it
+becomes `champion` is the gate's decision (`components.promotion`).
 """
 
 from __future__ import annotations
@@ -17,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from components.errors import VidopsError
 from components.layout import MODEL_FILE
 from components.params import Params, Task
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"  # the newest registered version
 PREVIOUS = "previous-champion"  # where `vidops rollback` moves the champion back to
+EVALUATED = "vidops.metric"  # a version's tag: its champion metric from its own evaluation; only such versions are promoted
 
 
 @dataclass(frozen=True)
@@ -40,8 +37,6 @@ class Registration:
     version: str
     run_id: str
     experiment_id: str
-    champion: bool
-    reason: str
 
 
 def register_model(
@@ -95,8 +90,11 @@ def register_model(
             mlflow.log_artifacts(str(saved), artifact_path="keras_model")
             info = _log_served_model(model_dir, features_dir, dataset_dir, params, task, Path(tmp), name)
     version = str(info.registered_model_version)
-    champion, reason = _crown(name, version, metrics, params, task)
-    return Registration(name, version, run.info.run_id, experiment_id, champion, reason)
+    client = mlflow.MlflowClient()
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    metric = params.registry.of(task).metric
+    client.set_model_version_tag(name, version, EVALUATED, f"{metric}={float(metrics[metric])}")
+    return Registration(name, version, run.info.run_id, experiment_id)
 
 
 def _log_served_model(model_dir: Path, features_dir: Path, dataset_dir: Path, params: Params, task: Task, tmp: Path, name: str) -> Any:
@@ -160,101 +158,8 @@ def _pinned() -> list[str]:
     return [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"]
 
 
-def _crown(name: str, version: str, metrics: dict[str, float], params: Params, task: Task) -> tuple[bool, str]:
-    """Make `version` the challenger; move the champion alias to it if it passes the floor and beats the
-    current champion; record the decision and why on the version."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
-    entry, margin = params.registry.of(task), params.registry.min_improvement
-    key, score = entry.metric, float(metrics[entry.metric])
-    client.set_registered_model_alias(name, CHALLENGER, version)
-    client.set_model_version_tag(name, version, "vidops.metric", f"{key}={score}")
-    current = _alias(client, name, CHAMPION)
-    if score < entry.floor:
-        champion, reason = False, f"{key} {score:.4f} is below the floor {entry.floor}"
-    elif current is None:
-        champion, reason = True, f"first model to pass the floor: {key} {score:.4f}"
-    else:
-        best = client.get_run(current.run_id).data.metrics.get(key, float("-inf"))
-        champion = score > best + margin
-        verdict = "beats" if champion else "does not beat"
-        reason = f"{key} {score:.4f} {verdict} champion v{current.version} ({best:.4f}) by more than {margin}"
-    if champion:
-        _move_champion(client, name, version)
-    _decide(client, name, version, CHAMPION if champion else "not promoted", reason)
-    return champion, reason
-
-
-def promote(tracking: Tracking, name: str, version: str | None, reason: str) -> str:
-    """A person's decision: make `version` (default: the challenger) champion; the old one becomes previous-champion.
-
-    Refuses a model or version that does not exist, and a version that was never evaluated.
-    """
-    client = _client(tracking, name)
-    if version is None:
-        challenger = _alias(client, name, CHALLENGER)
-        if challenger is None:
-            raise VidopsError(f"model {name} has no challenger; name the version to promote with --version")
-        version = str(challenger.version)
-    model_version = _version(client, name, version)
-    if "vidops.metric" not in model_version.tags:
-        raise VidopsError(f"model {name} version {version} was never evaluated; only evaluated versions are promoted")
-    _move_champion(client, name, version)
-    _decide(client, name, version, "champion by hand", reason)
-    return version
-
-
-def rollback(tracking: Tracking, name: str, reason: str) -> str:
-    """Move `champion` back to `previous-champion` (and the current champion to `previous-champion`); the version now champion."""
-    client = _client(tracking, name)
-    previous, current = _alias(client, name, PREVIOUS), _alias(client, name, CHAMPION)
-    if previous is None:
-        raise VidopsError(f"model {name} has no {PREVIOUS} to roll back to")
-    client.set_registered_model_alias(name, CHAMPION, previous.version)
-    if current is not None:
-        client.set_registered_model_alias(name, PREVIOUS, current.version)
-        _decide(client, name, str(current.version), "rolled back", reason)
-    _decide(client, name, str(previous.version), "champion by rollback", reason)
-    return str(previous.version)
-
-
-def _move_champion(client: Any, name: str, version: str) -> None:
-    current = _alias(client, name, CHAMPION)
-    if current is not None and str(current.version) != version:
-        client.set_registered_model_alias(name, PREVIOUS, current.version)
-    client.set_registered_model_alias(name, CHAMPION, version)
-
-
-def _decide(client: Any, name: str, version: str, decision: str, reason: str) -> None:
-    client.set_model_version_tag(name, version, "vidops.decision", decision)
-    client.set_model_version_tag(name, version, "vidops.reason", reason)
-
-
-def _client(tracking: Tracking, name: str) -> Any:
-    """A client of the tracking server that holds the registered model `name`, or a VidopsError naming both."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    client = MlflowClient(tracking.uri)
-    try:
-        client.get_registered_model(name)
-    except MlflowException:
-        raise VidopsError(f"no registered model {name} in {tracking.uri}") from None
-    return client
-
-
-def _version(client: Any, name: str, version: str) -> Any:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version(name, version)
-    except MlflowException:
-        raise VidopsError(f"model {name} has no version {version}") from None
-
-
-def _alias(client: Any, name: str, alias: str) -> Any:
-    """The version holding `alias`, or None."""
+def alias(client: Any, name: str, alias: str) -> Any:
+    """The version of `name` holding `alias`, or None."""
     from mlflow.exceptions import MlflowException
 
     try:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # importing it starts Prefect and TensorFlow
     from flows.pipeline import PipelineResult
 
 PARAMS_FILE = "params.yaml"
-STAGE_NAMES = ("validate", "extract", "train", "evaluate", "register")  # flows.stages.STAGES, without importing TensorFlow
+STAGE_NAMES = ("validate", "extract", "train", "evaluate", "register", "promote")  # flows.stages.STAGES, without importing TensorFlow
 TASKS = get_args(Task)
 
 
@@ -107,7 +107,10 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--root", type=Path, default=Path("."), help="project folder, for the embedded MLflow store (default: here)")
     predict.set_defaults(handler=cmd_predict)
 
-    run = commands.add_parser("run", help="run the training pipeline through Prefect")
+    run = commands.add_parser("run", help="run a Prefect flow: the training pipeline (default) or the promotion gate alone")
+    run.add_argument("flow", nargs="?", choices=["training_pipeline", "promotion"], default="training_pipeline")
+    run.add_argument("--task", choices=TASKS, help="promotion: gate this task's model only (default: every task in params.yaml)")
+    run.add_argument("--version", help="promotion: the version to gate (default: the challenger); needs --task")
     _add_project(run)
     _add_overrides(run)
     run.set_defaults(handler=cmd_run)
@@ -220,16 +223,22 @@ def cmd_stage(args: argparse.Namespace) -> None:
 
 
 def cmd_promote(args: argparse.Namespace) -> None:
-    from components.registry import promote
+    from components.promotion import promote
+    from flows.profiles import registry_lock
 
-    version = promote(_registry(args.root), args.model, args.version, args.reason)
+    found = _registry(args.root)
+    with registry_lock(Layout(args.root.resolve()), args.model):
+        version = promote(found, args.model, args.version, args.reason)
     print(f"{args.model} version {version} is now champion")
 
 
 def cmd_rollback(args: argparse.Namespace) -> None:
-    from components.registry import rollback
+    from components.promotion import rollback
+    from flows.profiles import registry_lock
 
-    version = rollback(_registry(args.root), args.model, args.reason)
+    found = _registry(args.root)
+    with registry_lock(Layout(args.root.resolve()), args.model):
+        version = rollback(found, args.model, args.reason)
     print(f"{args.model} version {version} is champion again")
 
 
@@ -273,8 +282,22 @@ def _registry(root: Path) -> Tracking:
 
 def cmd_run(args: argparse.Namespace) -> None:
     layout = Layout(args.root.resolve())
-    _load(layout.root, args.params, args.overrides)  # fail fast, before Prefect starts
-    _run_pipeline(layout, args.params, args.overrides)
+    params = _load(layout.root, args.params, args.overrides)  # fail fast, before Prefect starts
+    if args.flow == "training_pipeline":
+        _run_pipeline(layout, args.params, args.overrides)
+        return
+    if args.version and not args.task:
+        raise VidopsError("--version names a version of one model: add --task")
+    _registry(layout.root)
+    from flows.profiles import activate
+
+    activate(layout)
+    from flows.pipeline import promotion
+
+    present = args.params if (layout.root / args.params).exists() else None
+    tasks = [args.task] if args.task else params.tasks
+    for task, decision in promotion(str(layout.root), present, args.overrides, {task: args.version for task in tasks}).items():
+        print(f"{task}: {decision.model_name} version {decision.version}: {decision.decision}: {decision.reason}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -313,11 +336,11 @@ def _print_result(layout: Layout, result: PipelineResult) -> None:
     from flows.pipeline import headline
 
     for task, outcome in result.tasks.items():
-        s, m, r = outcome.summary, outcome.evaluation.metrics, outcome.registration
+        s, m, r, d = outcome.summary, outcome.evaluation.metrics, outcome.registration, outcome.decision
         print(f"\n{task}")
         print(f"  clips:            {s.accepted} accepted, {s.warned} of them with warnings, {s.quarantined} quarantined ({s.quarantine})")
         print(f"  evaluation:       {headline(task, m)}")
-        print(f"  registered model: {r.model_name} version {r.version}; {'now champion' if r.champion else 'not champion'}: {r.reason}")
+        print(f"  registered model: {r.model_name} version {r.version}; {'now champion' if d.champion else 'not champion'}: {d.reason}")
         print(f"  metrics:          {outcome.evaluation.metrics_path}")
         print(f"  Data Docs:        {s.data_docs}")
         print(f"  MLflow run:       {r.run_id}")

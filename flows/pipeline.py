@@ -1,7 +1,8 @@
-"""The training pipeline as a Prefect flow: for each task, validate -> extract -> train -> evaluate -> register.
+"""The Prefect flows: `training_pipeline` (for each task, validate -> extract -> train -> evaluate -> register,
+then `promotion`) and `promotion` (the gate, which a person can also run alone).
 
 Each task is a stage of `flows.stages` (the same functions `vidops stage` runs for DVC);
-the flow body only wires them.
+the flow bodies only wire them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from components.evaluation import Evaluation
 from components.extraction import FeatureSet
 from components.layout import Layout
 from components.params import Params, Task, load_params
+from components.promotion import Decision
 from components.registry import Registration
 from components.validation import ValidationSummary
 from flows import stages
@@ -27,6 +29,7 @@ validate_dataset = task(stages.validate_dataset, cache_policy=NO_CACHE, task_run
 train_model = task(stages.train_model, cache_policy=NO_CACHE, task_run_name="train-{task}")
 evaluate_model = task(stages.evaluate_model, cache_policy=NO_CACHE, task_run_name="evaluate-{task}")
 register_model = task(stages.register_model, cache_policy=NO_CACHE, task_run_name="register-{task}")
+promote_model = task(stages.promote_model, cache_policy=NO_CACHE, task_run_name="promote-{task}")
 
 
 @task(cache_policy=NO_CACHE, task_run_name="extract-{task}")
@@ -41,6 +44,7 @@ class TaskResult:
     summary: ValidationSummary
     evaluation: Evaluation
     registration: Registration
+    decision: Decision
 
 
 @dataclass(frozen=True)
@@ -55,12 +59,11 @@ def training_pipeline(root: str = ".", params_file: str | None = "params.yaml", 
 
     `params_file` is relative to `root` (None: the defaults); `overrides` are `KEY.PATH=VALUE` strings.
     """
-    layout = Layout(Path(root).resolve())
-    params = load_params(layout.root / params_file if params_file else None, overrides or ())
+    layout, params = _project(root, params_file, overrides)
     for name in params.tasks:  # before any work: a missing dataset fails the run at once
         stages.dataset(layout, params, name)
 
-    results = {}
+    done = {}
     for name in params.tasks:
         summary = validate_dataset(layout, params, name)
         dataset = params.datasets.of(name)
@@ -69,11 +72,29 @@ def training_pipeline(root: str = ".", params_file: str | None = "params.yaml", 
         train_model(layout, params, name)
         scores = evaluate_model(layout, params, name)
         registered = register_model(layout, params, name, {"vidops.prefect_flow_run_id": str(runtime.flow_run.id)})
-        results[name] = TaskResult(summary, scores, registered)
+        done[name] = (summary, scores, registered)
 
-    result = PipelineResult(results, tracking(layout).uri)
+    decisions = promotion(root, params_file, overrides, {name: r.version for name, (_, _, r) in done.items()})
+    result = PipelineResult({name: TaskResult(*done[name], decisions[name]) for name in done}, tracking(layout).uri)
     create_markdown_artifact(report(result), key="training-report", description="vidops training run")
     return result
+
+
+@flow(name="promotion")
+def promotion(root: str = ".", params_file: str | None = "params.yaml", overrides: list[str] | None = None, versions: dict[str, str | None] | None = None) -> dict[str, Decision]:
+    """Gate each task's challenger (or the version `versions` names for the task) against its champion, on the
+    project's test clips; the decision and both scores go to the flow's artifacts and the version's tags."""
+    layout, params = _project(root, params_file, overrides)
+    decisions = {}
+    for name, version in (versions or dict.fromkeys(params.tasks)).items():
+        decisions[name] = promote_model(layout, params, name, version)
+        create_markdown_artifact(promotion_report(decisions[name]), key=f"promotion-{name}", description=f"{name}: the gate's decision")
+    return decisions
+
+
+def _project(root: str, params_file: str | None, overrides: list[str] | None) -> tuple[Layout, Params]:
+    layout = Layout(Path(root).resolve())
+    return layout, load_params(layout.root / params_file if params_file else None, overrides or ())
 
 
 
@@ -98,6 +119,16 @@ def report(result: PipelineResult) -> str:
             f"- clips: {s.clips}: {s.accepted} accepted ({s.warned} with warnings), {s.quarantined} quarantined (`{s.quarantine}`)",
             f"- {headline(name, r.evaluation.metrics)}",
             f"- model: `{g.model_name}` version {g.version}, MLflow run `{g.run_id}` in `{result.tracking_uri}`",
-            f"- champion: {'yes' if g.champion else 'no'}: {g.reason}",
+            f"- champion: {'yes' if r.decision.champion else 'no'}: {r.decision.reason}",
         ]
+    return "\n".join(lines)
+
+
+def promotion_report(d: Decision) -> str:
+    """The gate's decision as markdown, for the Prefect UI."""
+    score = lambda value: "" if value is None else f"{value:.4f}"  # noqa: E731
+    lines = [f"# {d.model_name} v{d.version}: {d.decision}", "", d.reason, "", f"| | version | {d.metric} on the same test clips |", "|---|---|---|",
+             f"| challenger | v{d.version} | {score(d.score)} |"]  # fmt: skip
+    if d.champion_version:
+        lines.append(f"| champion before | v{d.champion_version} | {score(d.champion_score)} |")
     return "\n".join(lines)

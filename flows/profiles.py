@@ -8,6 +8,9 @@ set, vidops uses those services instead.
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from components.errors import VidopsError
 from components.layout import Layout
@@ -40,3 +43,43 @@ def tracking(layout: Layout) -> Tracking:
     if "MLFLOW_TRACKING_URI" in os.environ:
         return Tracking(os.environ["MLFLOW_TRACKING_URI"])
     return Tracking(f"sqlite:///{state / 'mlflow.db'}", artifact_root=(state / "mlartifacts").as_uri())
+
+
+@contextmanager
+def registry_lock(layout: Layout, model_name: str, timeout_s: float = 1800) -> Iterator[None]:
+    """Hold `model_name`'s lock while its aliases are read, decided on and moved, so two decisions never interleave.
+
+    The lock lives where the store does: a file beside the embedded MLflow store, which only
+    this machine can reach; a Prefect global concurrency limit of one slot when MLflow is a
+    server, which processes on any machine of the stack or cluster share.
+    """
+    if tracking(layout).uri.startswith("sqlite:"):
+        from filelock import FileLock, Timeout
+
+        (layout.state / "locks").mkdir(parents=True, exist_ok=True)
+        path = layout.state / "locks" / f"{model_name}.lock"
+        try:
+            with FileLock(path, timeout=timeout_s):
+                yield
+        except Timeout:
+            raise VidopsError(f"{path}: another promotion of {model_name} held the lock for {timeout_s:.0f} s") from None
+        return
+    from prefect.client.orchestration import get_client
+    from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectAlreadyExists
+
+    name = "vidops-registry-" + re.sub(r"[^A-Za-z0-9_-]", "-", model_name)
+    with get_client(sync_client=True) as client:
+        try:
+            client.upsert_global_concurrency_limit_by_name(name, 1)
+        except ObjectAlreadyExists:  # made by a promotion that started at the same moment
+            pass
+    try:
+        slot = concurrency(name, occupy=1, timeout_seconds=timeout_s, strict=True)
+        slot.__enter__()
+    except TimeoutError:
+        raise VidopsError(f"Prefect concurrency limit {name}: another promotion of {model_name} held it for {timeout_s:.0f} s") from None
+    try:
+        yield
+    finally:
+        slot.__exit__(None, None, None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
+import shutil
 import subprocess
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -16,12 +17,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
-from components import evaluation, extraction, registry, training, validation
+from components import evaluation, extraction, promotion, registry, training, validation
 from components.errors import VidopsError
 from components.io import write_json
 from components.layout import Layout
 from components.params import Params, Task
-from flows.profiles import tracking
+from flows.profiles import registry_lock, tracking
 
 T = TypeVar("T")
 
@@ -61,6 +62,17 @@ def register_model(layout: Layout, params: Params, task: Task, tags: dict[str, s
     return registered
 
 
+def promote_model(layout: Layout, params: Params, task: Task, version: str | None = None) -> promotion.Decision:
+    """The gate: score `version` (default: the challenger) and the champion on this project's test clips and
+    crown the better one; the scores and decision go to reports/<task>/promotion/."""
+    rule, name = params.registry.of(task), params.registry.of(task).model_name
+    test = promotion.TestSet(dataset(layout, params, task), layout.catalog(task) / validation.ACCEPTED, layout.features(task), params.extract.of(task))
+    reports = layout.reports(task) / "promotion"
+    with registry_lock(layout, name):
+        shutil.rmtree(reports, ignore_errors=True)  # this decision's scores only
+        return promotion.gate(tracking(layout), name, version, rule, params.registry.min_improvement, test, reports)
+
+
 def dataset(layout: Layout, params: Params, task: Task) -> Path:
     """The task's dataset folder; an error naming it and the param when it is not there."""
     folder = layout.raw(params.datasets.of(task))
@@ -91,4 +103,5 @@ STAGES = {
     "train": train_model,
     "evaluate": evaluate_model,
     "register": register_model,
+    "promote": promote_model,
 }

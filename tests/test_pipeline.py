@@ -39,9 +39,10 @@ def test_training_pipeline_trains_both_models_registers_champions_and_a_second_r
         name = tiny_params.registry.of(task).model_name
         versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
         assert versions == list(range(1, runs + 1))
-        assert first.tasks[task].registration.champion
+        assert first.tasks[task].decision.champion
     champion = client.get_model_version_by_alias("vidops-classifier", CHAMPION)
-    assert str(champion.version) == ("2" if second.tasks["classification"].registration.champion else "1")
+    gated = second.tasks["classification"].decision
+    assert gated.champion_version == "1" and str(champion.version) == ("2" if gated.champion else "1")
 
     for task in TASKS:
         run = client.get_run(first.tasks[task].registration.run_id)
@@ -60,7 +61,11 @@ def test_training_pipeline_trains_both_models_registers_champions_and_a_second_r
         assert flow_run.state.is_completed()
         tasks = prefect.read_task_runs()
         artifacts = {a.key: a for a in prefect.read_artifacts() if a.flow_run_id == flow_run.id}
-    names = {t.name for t in tasks if t.flow_run_id == flow_run.id}
+        promotion = next(r for r in prefect.read_flow_runs() if r.parent_task_run_id in {t.id for t in tasks if t.flow_run_id == flow_run.id})
+        gate_artifacts = {a.key: a for a in prefect.read_artifacts() if a.flow_run_id == promotion.id}
+    assert {t.name for t in tasks if t.flow_run_id == promotion.id} == {f"promote-{task}" for task in TASKS}
+    assert "first model to pass the floor" in gate_artifacts["promotion-sync"].data
+    names = {t.name for t in tasks if t.flow_run_id == flow_run.id and t.id != promotion.parent_task_run_id}
     assert names == {f"{stage}-{task}" for stage in ("validate", "extract", "train", "evaluate", "register") for task in TASKS}
     for task in TASKS:
         assert {f"validation-summary-{task}", f"extraction-progress-{task}"} <= set(artifacts)

@@ -11,7 +11,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
+from components.promotion import promote
 from components.registry import Tracking, register_model
 from components.serving import encode
 from components.validation import REPORT
@@ -27,7 +29,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def registered(trained_project, tiny_params, tmp_path_factory) -> Path:
-    """The tiny classifier registered in an embedded store of its own project; the project's root."""
+    """The tiny classifier registered and made champion in an embedded store of its own project; the project's root."""
     root = trained_project.root
     state = root / ".vidops"
     tracking = Tracking(f"sqlite:///{state / 'mlflow.db'}", artifact_root=(state / "mlartifacts").as_uri())
@@ -35,6 +37,7 @@ def registered(trained_project, tiny_params, tmp_path_factory) -> Path:
     register_model(trained_project.models(task), trained_project.features(task), trained_project.raw("demo"),
                    trained_project.reports(task) / "metrics.json", trained_project.catalog(task) / REPORT,
                    tiny_params, task, tracking, {})  # fmt: skip
+    promote(tracking, "vidops-classifier", None, "the model under test")
     return root
 
 
@@ -96,3 +99,16 @@ def test_vidops_predict_answers_for_each_video_and_names_a_missing_model(registe
     assert len(lines) == 2 and all(line.startswith(str(clip)) and "label=" in line for line, clip in zip(lines, clips))
     missing = run("models:/vidops-nothing@champion", str(clips[0]))
     assert missing.returncode == 1 and "models:/vidops-nothing@champion: cannot load the model" in missing.stderr
+
+
+def test_the_promotion_flow_and_a_person_s_promotion_run_from_the_cli(registered, tiny_params):
+    (registered / "params.yaml").write_text(yaml.safe_dump(tiny_params.to_yaml_dict()))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_"))}
+    vidops = lambda *args: subprocess.run([sys.executable, "-m", "flows.cli", *args, "--root", str(registered)],  # noqa: E731
+                                          capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
+    gated = vidops("run", "promotion", "--task", "classification")
+    assert gated.returncode == 0, gated.stderr[-2000:]
+    assert "classification: vidops-classifier version 1: already champion" in gated.stdout
+    assert "vidops-classifier version 1 is now champion" in vidops("promote", "vidops-classifier", "--version", "1", "--reason", "sure").stdout
+    assert "has no previous-champion" in vidops("rollback", "vidops-classifier").stderr
+    assert "--version names a version of one model: add --task" in vidops("run", "promotion", "--version", "1").stderr

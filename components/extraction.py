@@ -35,6 +35,8 @@ SPLITS = ("train", "test")
 INDEX = "index.json"  # written last: its presence says the shards it lists are complete
 SHARDS = "clips"  # the folder of per-clip .npz files
 Progress = Callable[[int, int], None]
+# Runs extract_batch over batches of jobs, yielding each batch's rows in order: here a process pool; a Prefect task runner in a flow.
+MapBatches = Callable[[list[list["ClipJob"]], ExtractParams, str], Iterator[list[dict[str, Any]]]]
 
 
 @dataclass(frozen=True)
@@ -121,9 +123,13 @@ def _read_flags(shard: Path, row: dict[str, Any]) -> bool:
 
 
 def extract_features(
-    dataset_dir: Path, accepted_manifest: Path, features_dir: Path, params: ExtractParams, progress: Progress | None = None
+    dataset_dir: Path, accepted_manifest: Path, features_dir: Path, params: ExtractParams, progress: Progress | None = None,
+    map_batches: MapBatches | None = None,
 ) -> FeatureSet:
-    """Extract every accepted clip into `features_dir/clips/`, then write the index; drop shards of other params."""
+    """Extract every accepted clip into `features_dir/clips/`, then write the index; drop shards of other params.
+
+    Batches of `params.batch_size` clips go through `map_batches` (default: `params.workers` processes).
+    """
     manifest = read_manifest(accepted_manifest)
     labels = tuple(sorted(manifest["label"].unique()))
     (features_dir / INDEX).unlink(missing_ok=True)  # until the index below is whole again
@@ -140,7 +146,7 @@ def extract_features(
     ]
     batches = [jobs[i : i + params.batch_size] for i in range(0, len(jobs), params.batch_size)]
     rows = []
-    for batch_rows in _run(batches, params, str(shard_dir)):
+    for batch_rows in (map_batches or _run)(batches, params, str(shard_dir)):
         rows += batch_rows
         if progress:
             progress(len(rows), len(jobs))

@@ -137,6 +137,13 @@ class RegistryParams(_PerTask):
     sync: ModelRegistryParams = ModelRegistryParams(model_name="vidops-sync", metric="accuracy_within_1", floor=0.5)
 
 
+class RunnerParams(_Group):
+    """How the Prefect flow spreads extraction's batches of clips (with extract.<task>.workers workers)."""
+
+    kind: Literal["processes", "threads", "dask"] = "processes"
+    address: str | None = None  # dask: an existing scheduler, e.g. tcp://10.0.0.5:8786; none: a local cluster
+
+
 class Params(_Group):
     tasks: tuple[Task, ...] = Field(("classification", "sync"), min_length=1)  # what `vidops run` trains
     datasets: DatasetParams = DatasetParams()
@@ -145,6 +152,7 @@ class Params(_Group):
     extract: ExtractGroup = ExtractGroup()
     train: TrainGroup = TrainGroup()
     registry: RegistryParams = RegistryParams()
+    runner: RunnerParams = RunnerParams()
 
     def to_yaml_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -27,6 +28,10 @@ TASKS = get_args(Task)
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.handler is not cmd_demo and getattr(args, "root", None):  # the demo is the embedded profile by definition
+            from flows.stack import load_env
+
+            load_env(Layout(args.root.resolve()))
         args.handler(args)
     except VidopsError as exc:
         print(f"vidops: error: {exc}", file=sys.stderr)
@@ -43,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="generate a dataset and run the whole pipeline on the embedded profile")
     demo.add_argument("--workdir", type=Path, default=Path("."), help="project folder to work in (default: here)")
+    demo.add_argument("--refresh", action="store_true", help="run every stage again, ignoring cached results")
     _add_overrides(demo)
     demo.set_defaults(handler=cmd_demo)
 
@@ -69,9 +75,10 @@ def _parser() -> argparse.ArgumentParser:
     sample.set_defaults(handler=cmd_sample)
 
     bench = commands.add_parser("bench", help="benchmarks that print ratios against an anchor timed in the same run")
-    bench.add_argument("name", choices=["extract", "train"])
+    bench.add_argument("name", choices=["extract", "train", "pipeline"])
     bench.add_argument("--workdir", type=Path, default=Path(".vidops/bench"), help="where the generated clips are kept")
-    bench.add_argument("--clips", type=int, default=24, help="extract: clips; train: clips per class")
+    bench.add_argument("--clips", type=int, help="extract: clips (24); train: clips per class (24); pipeline: clips per class (the demo's)")
+    bench.add_argument("--epochs", type=int, help="pipeline: training epochs of both models (default: the demo's)")
     bench.add_argument("--seconds", type=float, default=10.0, help="extract: seconds a clip")
     bench.add_argument("--workers", type=int, default=2, help="extract: worker processes")
     bench.add_argument("--batches", type=int, default=60, help="train: timed batches")
@@ -107,10 +114,26 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--root", type=Path, default=Path("."), help="project folder, for the embedded MLflow store (default: here)")
     predict.set_defaults(handler=cmd_predict)
 
+    stack = commands.add_parser("stack", help="the stack profile on this machine: S3 (SeaweedFS), MLflow and Prefect servers with their UIs, a worker")
+    stack.add_argument("action", choices=["up", "down", "status"])
+    stack.add_argument("--root", type=Path, default=Path("."), help="project folder; the stack's data goes to .vidops/stack/ (default: here)")
+    for name, port in (("prefect", 4200), ("mlflow", 5000), ("s3", 8333)):
+        stack.add_argument(f"--{name}-port", type=int, default=port, help=f"up: the {name} port on 127.0.0.1 (default: {port})")
+    stack.set_defaults(handler=cmd_stack)
+
+    deploy = commands.add_parser("deploy", help="apply prefect.yaml's deployments (nightly training, on-demand promotion) to the Prefect server")
+    deploy.add_argument("--root", type=Path, default=Path("."), help="project folder the flow runs work in (default: here)")
+    deploy.set_defaults(handler=cmd_deploy)
+
+    serve = commands.add_parser("serve", help="run prefect.yaml's deployments with their schedules in this process, without a worker")
+    serve.add_argument("--root", type=Path, default=Path("."), help="project folder the flow runs work in (default: here)")
+    serve.set_defaults(handler=cmd_serve)
+
     run = commands.add_parser("run", help="run a Prefect flow: the training pipeline (default) or the promotion gate alone")
     run.add_argument("flow", nargs="?", choices=["training_pipeline", "promotion"], default="training_pipeline")
     run.add_argument("--task", choices=TASKS, help="promotion: gate this task's model only (default: every task in params.yaml)")
     run.add_argument("--version", help="promotion: the version to gate (default: the challenger); needs --task")
+    run.add_argument("--refresh", action="store_true", help="training_pipeline: run every stage again, ignoring cached results")
     _add_project(run)
     _add_overrides(run)
     run.set_defaults(handler=cmd_run)
@@ -185,13 +208,18 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if args.name == "extract":
         from benchmarks import extract
 
-        config = extract.BenchConfig(clips=args.clips, seconds=args.seconds, workers=args.workers)
+        config = extract.BenchConfig(clips=args.clips or 24, seconds=args.seconds, workers=args.workers)
         print(extract.report(extract.run(args.workdir / "extract", config), config))
-    else:
+    elif args.name == "train":
         from benchmarks import train
 
-        trained = train.BenchConfig(clips_per_class=args.clips, batches=args.batches)
+        trained = train.BenchConfig(clips_per_class=args.clips or 24, batches=args.batches)
         print(train.report(train.run(args.workdir / "train", trained), trained))
+    else:
+        from benchmarks import pipeline
+
+        piped = pipeline.BenchConfig(clips_per_class=args.clips, epochs=args.epochs)
+        print(pipeline.report(pipeline.run(args.workdir / "pipeline", piped), piped))
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
@@ -280,11 +308,52 @@ def _registry(root: Path) -> Tracking:
     return found
 
 
+def cmd_stack(args: argparse.Namespace) -> None:
+    from flows import stack
+
+    layout = Layout(args.root.resolve())
+    if args.action == "up":
+        _ensure_writable(layout.state)
+        for name, url in stack.up(layout, stack.Ports(args.prefect_port, args.mlflow_port, args.s3_port)).items():
+            print(f"{name:8} {url}")
+        print(f"vidops commands with --root {layout.root} now use the stack; for other tools: set -a; . {stack.folder(layout) / stack.ENV_FILE}")
+    elif args.action == "down":
+        stopped = stack.down(layout)
+        print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+    else:
+        services = stack.status(layout)
+        if not services:
+            print("the stack is down")
+        for name, (url, alive) in services.items():
+            print(f"{name:8} {'up' if alive else 'DOWN':5} {url}")
+
+
+def cmd_deploy(args: argparse.Namespace) -> None:
+    from flows.deploy import deploy, deployments, spec_path
+
+    layout = Layout(args.root.resolve())
+    names = deploy(layout)
+    for name, spec in zip(names, deployments(spec_path(layout)), strict=True):
+        crons = ", ".join(f"{s['cron']} {s.get('timezone', 'UTC')}" for s in spec.get("schedules") or []) or "on demand"
+        print(f"{name:32} {crons}")
+    print(f"Prefect UI: {os.environ['PREFECT_API_URL'].removesuffix('/api')}/deployments")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    layout = Layout(args.root.resolve())
+    from flows.profiles import activate
+
+    activate(layout)
+    from flows.deploy import serve
+
+    serve(layout)
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     layout = Layout(args.root.resolve())
     params = _load(layout.root, args.params, args.overrides)  # fail fast, before Prefect starts
     if args.flow == "training_pipeline":
-        _run_pipeline(layout, args.params, args.overrides)
+        _run_pipeline(layout, args.params, args.overrides, args.refresh)
         return
     if args.version and not args.task:
         raise VidopsError("--version names a version of one model: add --task")
@@ -318,17 +387,17 @@ def cmd_demo(args: argparse.Namespace) -> None:
         else:
             print(f"generating the demo {task} dataset in {dataset} ...")
             generate_dataset(dataset, task, params.generate.of(task))
-    _run_pipeline(layout, PARAMS_FILE, args.overrides)
+    _run_pipeline(layout, PARAMS_FILE, args.overrides, args.refresh)
 
 
-def _run_pipeline(layout: Layout, params_file: str, overrides: list[str]) -> None:
+def _run_pipeline(layout: Layout, params_file: str, overrides: list[str], refresh: bool) -> None:
     from flows.profiles import activate
 
     activate(layout)
     from flows.pipeline import training_pipeline
 
     present = params_file if (layout.root / params_file).exists() else None  # as _load: defaults then
-    result = training_pipeline(root=str(layout.root), params_file=present, overrides=overrides)
+    result = training_pipeline(root=str(layout.root), params_file=present, overrides=overrides, refresh=refresh)
     _print_result(layout, result)
 
 

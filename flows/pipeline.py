@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, runtime, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.states import State
+from prefect.tasks import exponential_backoff
 
 from components.evaluation import Evaluation
 from components.extraction import FeatureSet
@@ -22,21 +25,62 @@ from components.promotion import Decision
 from components.registry import Registration
 from components.validation import ValidationSummary
 from flows import stages
-from flows.profiles import tracking
-
-# No caching yet: a stage's outputs are files, and reusing them belongs with their content hashes.
-validate_dataset = task(stages.validate_dataset, cache_policy=NO_CACHE, task_run_name="validate-{task}")
-train_model = task(stages.train_model, cache_policy=NO_CACHE, task_run_name="train-{task}")
-evaluate_model = task(stages.evaluate_model, cache_policy=NO_CACHE, task_run_name="evaluate-{task}")
-register_model = task(stages.register_model, cache_policy=NO_CACHE, task_run_name="register-{task}")
-promote_model = task(stages.promote_model, cache_policy=NO_CACHE, task_run_name="promote-{task}")
+from flows.profiles import results_storage, tracking
+from flows.runners import fan_out
 
 
-@task(cache_policy=NO_CACHE, task_run_name="extract-{task}")
-def extract_features(layout: Layout, params: Params, task: Task) -> FeatureSet:
-    """The extract stage, with its progress shown in the Prefect UI."""
+
+def transient(task: Any, task_run: Any, state: State) -> bool:
+    """Retry what the network did (a server down or overloaded, a timeout), never what the code or the data did."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        state.result()
+    except OSError:  # connection refused or reset, timeouts: requests' errors are OSErrors too
+        return True
+    except MlflowException as exc:  # MLflow's client already retried the request itself
+        return exc.error_code in ("TEMPORARILY_UNAVAILABLE", "RESOURCE_EXHAUSTED") or "Max retries exceeded" in exc.message
+    except Exception:
+        return False
+    return False
+
+
+# Tasks that talk to MLflow (and its S3) retry a transient failure with exponential backoff and jitter;
+# pure compute does not retry: the same input fails the same way.
+NETWORK = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=10), "retry_jitter_factor": 0.5, "retry_condition_fn": transient}
+
+
+
+def _inputs_and_code(stage: str) -> Any:
+    """A cache key of the stage's code, params and input files (stages.fingerprint), never of the run."""
+    return lambda context, inputs: stages.fingerprint(stage, inputs["layout"], inputs["params"], inputs["task"])
+
+
+def _stage(function: Any, stage: str, **options: Any) -> Any:
+    return task(function, cache_key_fn=_inputs_and_code(stage), persist_result=True, task_run_name=f"{stage}-{{task}}", **options)
+
+
+def extract_with_progress(layout: Layout, params: Params, task: Task) -> FeatureSet:
+    """The extract stage, its batches spread by params.yaml's runner, with its progress shown in the Prefect UI."""
     artifact = create_progress_artifact(0.0, key=f"extraction-progress-{task}", description=f"{task}: clips extracted (%)")
-    return stages.extract_features(layout, params, task, lambda done, total: update_progress_artifact(artifact, 100 * done / total))
+    progress = lambda done, total: update_progress_artifact(artifact, 100 * done / total)  # noqa: E731
+    return stages.extract_features(layout, params, task, progress, fan_out(params.runner))
+
+
+validate_dataset = _stage(stages.validate_dataset, "validate")
+extract_features = _stage(extract_with_progress, "extract")
+train_model = _stage(stages.train_model, "train")
+evaluate_model = _stage(stages.evaluate_model, "evaluate")
+register_model = _stage(stages.register_model, "register", **NETWORK)
+# the gate reads the registry as it is now (a person may have promoted by hand): never from the cache
+promote_model = task(stages.promote_model, cache_policy=NO_CACHE, task_run_name="promote-{task}", **NETWORK)
+
+
+def _cached(stage_task: Any, stage: str, layout: Layout, task: Task, refresh: bool, storage: Any) -> Any:
+    """`stage_task` with its results kept in the profile's result storage; run afresh (and its result stored
+    again) when asked to, or when the files it leaves are missing."""
+    fresh = refresh or not stages.outputs_present(stage, layout, task)
+    return stage_task.with_options(refresh_cache=fresh, result_storage=storage)
 
 
 @dataclass(frozen=True)
@@ -54,24 +98,26 @@ class PipelineResult:
 
 
 @flow(name="training_pipeline")
-def training_pipeline(root: str = ".", params_file: str | None = "params.yaml", overrides: list[str] | None = None) -> PipelineResult:
-    """Train, evaluate and register the models (`tasks` in params.yaml) of the project at `root`.
+def training_pipeline(root: str = ".", params_file: str | None = "params.yaml", overrides: list[str] | None = None, refresh: bool = False) -> PipelineResult:
+    """Train, evaluate and register the models (`tasks` in params.yaml) of the project at `root`, then gate them.
 
     `params_file` is relative to `root` (None: the defaults); `overrides` are `KEY.PATH=VALUE` strings.
+    A stage whose code, params and input files are unchanged reuses its cached result, unless `refresh`.
     """
     layout, params = _project(root, params_file, overrides)
     for name in params.tasks:  # before any work: a missing dataset fails the run at once
         stages.dataset(layout, params, name)
 
-    done = {}
+    done, storage = {}, results_storage(layout)
     for name in params.tasks:
-        summary = validate_dataset(layout, params, name)
+        summary = _cached(validate_dataset, "validate", layout, name, refresh, storage)(layout, params, name)
         dataset = params.datasets.of(name)
         create_table_artifact(summary.table(), key=f"validation-summary-{name}", description=f"clips of {dataset}: see {summary.quarantine}")
-        extract_features(layout, params, name)
-        train_model(layout, params, name)
-        scores = evaluate_model(layout, params, name)
-        registered = register_model(layout, params, name, {"vidops.prefect_flow_run_id": str(runtime.flow_run.id)})
+        _cached(extract_features, "extract", layout, name, refresh, storage)(layout, params, name)
+        _cached(train_model, "train", layout, name, refresh, storage)(layout, params, name)
+        scores = _cached(evaluate_model, "evaluate", layout, name, refresh, storage)(layout, params, name)
+        run_tag = {"vidops.prefect_flow_run_id": str(runtime.flow_run.id)}
+        registered = _cached(register_model, "register", layout, name, refresh, storage)(layout, params, name, run_tag)
         done[name] = (summary, scores, registered)
 
     decisions = promotion(root, params_file, overrides, {name: r.version for name, (_, _, r) in done.items()})

@@ -11,6 +11,8 @@ import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 from components.errors import VidopsError
 from components.layout import Layout
@@ -43,6 +45,19 @@ def tracking(layout: Layout) -> Tracking:
     if "MLFLOW_TRACKING_URI" in os.environ:
         return Tracking(os.environ["MLFLOW_TRACKING_URI"])
     return Tracking(f"sqlite:///{state / 'mlflow.db'}", artifact_root=(state / "mlartifacts").as_uri())
+
+
+def results_storage(layout: Layout) -> Any:
+    """Where Prefect keeps task results for the cache: VIDOPS_RESULTS (an s3:// URL in the stack profile, saved as
+    the block `vidops-results`; the S3 endpoint and keys come from the environment), else `.vidops/results/`."""
+    location = os.environ.get("VIDOPS_RESULTS")
+    if not location or "://" not in location:
+        return Path(location or layout.state / "results")
+    from prefect.filesystems import RemoteFileSystem
+
+    storage = RemoteFileSystem(basepath=location)
+    storage.save("vidops-results", overwrite=True)  # Prefect keeps a task's result storage server-side
+    return storage
 
 
 @contextmanager

@@ -8,14 +8,17 @@ read and write the same files.
 from __future__ import annotations
 
 import hashlib
+import json
 import multiprocessing
 import shutil
 import subprocess
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+import pandas as pd
 
 from components import evaluation, extraction, promotion, registry, training, validation
 from components.errors import VidopsError
@@ -34,9 +37,11 @@ def validate_dataset(layout: Layout, params: Params, task: Task) -> validation.V
     return validation.validate_dataset(dataset(layout, params, task), layout.catalog(task), checks, layout.data_docs(task), classes)
 
 
-def extract_features(layout: Layout, params: Params, task: Task, progress: extraction.Progress | None = None) -> extraction.FeatureSet:
+def extract_features(
+    layout: Layout, params: Params, task: Task, progress: extraction.Progress | None = None, map_batches: extraction.MapBatches | None = None
+) -> extraction.FeatureSet:
     accepted = layout.catalog(task) / validation.ACCEPTED
-    return extraction.extract_features(dataset(layout, params, task), accepted, layout.features(task), params.extract.of(task), progress)
+    return extraction.extract_features(dataset(layout, params, task), accepted, layout.features(task), params.extract.of(task), progress, map_batches)
 
 
 def train_model(layout: Layout, params: Params, task: Task) -> training.TrainedModel:
@@ -105,3 +110,61 @@ STAGES = {
     "register": register_model,
     "promote": promote_model,
 }
+
+
+@dataclass(frozen=True)
+class Depends:
+    """What a stage's result depends on, for caching it: component modules, params, input files; and the files it leaves."""
+
+    code: tuple[str, ...]
+    params: Callable[[Params, Task], list[Any]]
+    inputs: Callable[[Layout, Params, Task], list[Path]]
+    outputs: Callable[[Layout, Task], list[Path]]
+
+
+def _features(layout: Layout, task: Task) -> list[Path]:
+    return [layout.features(task) / "index.csv"]  # each clip's split, label and shard; a shard is named by its content and params
+
+
+DEPENDS = {
+    "validate": Depends(("catalog", "validation", "media"), lambda p, t: [p.datasets.of(t), p.validation],
+                        lambda L, p, t: [dataset(L, p, t)], lambda L, t: [L.catalog(t) / validation.ACCEPTED, L.catalog(t) / validation.REPORT]),
+    "extract": Depends(("extraction", "media", "audio", "sampling"), lambda p, t: [p.extract.of(t)],
+                       lambda L, p, t: [L.catalog(t) / validation.ACCEPTED], _features),
+    "train": Depends(("inputs", "models", "training"), lambda p, t: [p.train.of(t)], lambda L, p, t: _features(L, t),
+                     lambda L, t: [L.models(t) / "model.keras"]),
+    "evaluate": Depends(("inputs", "evaluation"), lambda p, t: [p.train.of(t)], lambda L, p, t: [L.models(t) / "model.keras", *_features(L, t)],
+                        lambda L, t: [L.reports(t) / evaluation.METRICS]),
+    "register": Depends(("registry", "serving"), lambda p, t: [p.registry, p.datasets.of(t), p.extract.of(t), p.train.of(t)],
+                        lambda L, p, t: [L.models(t), L.reports(t) / evaluation.METRICS, L.catalog(t) / validation.ACCEPTED],
+                        lambda L, t: [L.reports(t) / "registration.json"]),
+}  # fmt: skip
+
+
+def fingerprint(stage: str, layout: Layout, params: Params, task: Task) -> str:
+    """A hash of everything the stage's result depends on: its code, its params, the content of its input files
+    (for a folder: each file's path, size and modification time, as DVC does for large data), and the MLflow store."""
+    depends = DEPENDS[stage]
+    digest = hashlib.sha256(f"{stage}:{task}:{tracking(layout).uri}".encode())
+    for name in depends.code:
+        digest.update((Path(extraction.__file__).parent / f"{name}.py").read_bytes())
+    for value in depends.params(params, task):
+        digest.update(json.dumps(value.model_dump(mode="json") if hasattr(value, "model_dump") else value, sort_keys=True).encode())
+    for path in depends.inputs(layout, params, task):
+        if path.is_dir():
+            for file in sorted(p for p in path.rglob("*") if p.is_file()):
+                stat = file.stat()
+                digest.update(f"{file.relative_to(path)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        elif path.name == "index.csv":  # what the clips are, not how this run got them (reused or extracted afresh)
+            index = pd.read_csv(path, keep_default_na=False)
+            digest.update(index[["path", "label", "split", "shard", "status"]].to_csv(index=False).encode())
+        elif path.is_file():
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+        else:
+            digest.update(f"missing:{path}".encode())
+    return digest.hexdigest()
+
+
+def outputs_present(stage: str, layout: Layout, task: Task) -> bool:
+    """Whether the files the stage leaves are all there (a cached result without them is worth nothing)."""
+    return all(path.exists() for path in DEPENDS[stage].outputs(layout, task))

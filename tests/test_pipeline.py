@@ -11,7 +11,6 @@ from components.registry import CHAMPION
 from flows.pipeline import training_pipeline
 from flows.profiles import tracking
 
-pytestmark = pytest.mark.slow
 TASKS = ("classification", "sync")
 
 
@@ -20,6 +19,7 @@ def _embedded_mlflow(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
+@pytest.mark.slow
 def test_training_pipeline_trains_both_models_registers_champions_and_a_second_run_works(prefect_api, project, tiny_params):
     (project.raw("demo") / "rotate" / "garbage.mp4").write_bytes(b"not a video")
     first = training_pipeline(root=str(project.root))
@@ -75,7 +75,24 @@ def test_training_pipeline_trains_both_models_registers_champions_and_a_second_r
     registration = json.loads((project.reports("classification") / "registration.json").read_text())
     assert registration["version"] == "2"
 
+    def states(result) -> dict[str, str]:
+        """Each stage's task run state in the run that made `result`'s classification registration."""
+        run_id = client.get_run(result.tasks["classification"].registration.run_id).data.tags["vidops.prefect_flow_run_id"]
+        with get_client(sync_client=True) as prefect:
+            runs = [t for t in prefect.read_task_runs() if str(t.flow_run_id) == run_id and t.name.endswith("-classification")]
+        return {t.name.removesuffix("-classification"): t.state.name for t in runs}
 
+    # the second run: only training changed, so validation and extraction came from the cache
+    assert states(second) == {"validate": "Cached", "extract": "Cached", "train": "Completed", "evaluate": "Completed", "register": "Completed"}
+    assert (project.state / "results").is_dir()
+    unchanged = training_pipeline(root=str(project.root), overrides=["train.classification.epochs=1", "tasks=[classification]"])
+    assert unchanged.tasks["classification"].registration == second.tasks["classification"].registration  # no new version
+    assert unchanged.tasks["classification"].decision.version == "2"
+    refreshed = training_pipeline(root=str(project.root), overrides=["train.classification.epochs=1", "tasks=[classification]"], refresh=True)
+    assert set(states(refreshed).values()) == {"Completed"} and refreshed.tasks["classification"].registration.version == "3"
+
+
+@pytest.mark.slow
 def test_a_failing_stage_fails_the_flow_with_the_clear_error(prefect_api, project):
     for clip in project.raw("demo").glob("rotate/*.mp4"):
         clip.write_bytes(b"truncated")
@@ -83,7 +100,24 @@ def test_a_failing_stage_fails_the_flow_with_the_clear_error(prefect_api, projec
         training_pipeline(root=str(project.root))
 
 
+@pytest.mark.slow
 def test_a_missing_dataset_fails_the_flow_before_any_work(prefect_api, project):
     with pytest.raises(Exception, match="demo-elsewhere: no such dataset"):
         training_pipeline(root=str(project.root), overrides=["datasets.sync=demo-elsewhere"])
     assert not (project.root / "data" / "catalog").exists()
+
+
+def test_only_what_the_network_did_is_retried():
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
+    from prefect.states import Completed, Failed
+
+    from flows.pipeline import NETWORK, register_model, transient
+
+    assert register_model.retries == NETWORK["retries"] == 3 and register_model.retry_jitter_factor == 0.5
+    assert transient(None, None, Failed(data=ConnectionRefusedError(111, "Connection refused")))
+    assert transient(None, None, Failed(data=MlflowException("API request to http://127.0.0.1:5000 failed: Max retries exceeded with url")))
+    assert transient(None, None, Failed(data=MlflowException("busy", error_code=TEMPORARILY_UNAVAILABLE)))
+    assert not transient(None, None, Failed(data=MlflowException("no such version", error_code=INVALID_PARAMETER_VALUE)))
+    assert not transient(None, None, Failed(data=ValueError("a shard is cut short")))
+    assert not transient(None, None, Completed())

@@ -1,0 +1,110 @@
+"""`vidops deploy` and `vidops serve`: the deployments of prefect.yaml, applied to a Prefect server or served in-process.
+
+prefect.yaml is the one description of the deployments (names, entrypoints, cron schedules,
+work pools). `deploy` checks it and the server first, so a typo or a server that is down is
+one clear line, then hands it to `prefect deploy --all`, which users of Prefect know.
+`serve` runs the same deployments with their schedules in this process, without a worker.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components.errors import VidopsError
+from components.layout import Layout
+
+SPEC = "prefect.yaml"
+REPO_SPEC = Path(__file__).resolve().parent.parent / SPEC  # the checkout's, for projects without their own
+
+
+def spec_path(layout: Layout) -> Path:
+    """The project's prefect.yaml, else vidops's own."""
+    own = layout.root / SPEC
+    return own if own.is_file() else REPO_SPEC
+
+
+def deployments(path: Path) -> list[dict[str, Any]]:
+    """The deployments of a prefect.yaml, each schedule checked: an error names the deployment and the string."""
+    from prefect.client.schemas.schedules import CronSchedule
+    from pydantic import ValidationError
+
+    try:
+        found = yaml.safe_load(path.read_text())["deployments"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
+        raise VidopsError(f"{path}: not a prefect.yaml with deployments: {exc}") from None
+    for deployment in found:
+        for schedule in deployment.get("schedules") or []:
+            try:
+                CronSchedule(cron=schedule.get("cron", ""), timezone=schedule.get("timezone"))
+            except ValidationError:
+                raise VidopsError(f"{path}: deployment {deployment['name']}: schedule {schedule.get('cron')!r} is not a cron string such as '0 2 * * *'") from None
+    return found
+
+
+def deploy(layout: Layout) -> list[str]:
+    """Apply prefect.yaml's deployments for the project at `layout.root`; their names (flow/deployment)."""
+    path = spec_path(layout)
+    found = deployments(path)
+    api = _server()
+    _ensure_pools(found)
+    env = {**os.environ, "VIDOPS_ROOT": str(layout.root)}  # the pull step: flow runs work in the project folder
+    done = subprocess.run([_prefect(), "--no-prompt", "deploy", "--all", "--prefect-file", str(path)],
+                          cwd=layout.root, env=env, capture_output=True, text=True)  # fmt: skip
+    if done.returncode != 0:
+        raise VidopsError(f"prefect deploy against {api} failed:\n{(done.stdout + done.stderr).strip()[-2000:]}")
+    return [f"{d['entrypoint'].rsplit('.', 1)[-1]}/{d['name']}" for d in found]
+
+
+def serve(layout: Layout) -> None:
+    """Run prefect.yaml's deployments with their schedules in this process, until interrupted."""
+    from prefect import serve as serve_all
+    from prefect.flows import load_flow_from_entrypoint
+
+    os.chdir(layout.root)  # what the pull step does for a worker's runs
+    runners = []
+    for d in deployments(spec_path(layout)):
+        flow = load_flow_from_entrypoint(d["entrypoint"])
+        crons = [s["cron"] for s in d.get("schedules") or []]
+        runners.append(flow.to_deployment(name=d["name"], cron=crons or None, parameters=d.get("parameters") or {}, description=d.get("description")))
+    serve_all(*runners)
+
+
+def _server() -> str:
+    """The Prefect API URL, once it answers."""
+    api = os.environ.get("PREFECT_API_URL")
+    if not api:
+        raise VidopsError("no Prefect server to deploy to: `vidops stack up` first, or set PREFECT_API_URL")
+    try:
+        with urllib.request.urlopen(f"{api.rstrip('/')}/health", timeout=10):
+            return api
+    except OSError as exc:
+        raise VidopsError(f"the Prefect server at {api} does not answer ({getattr(exc, 'reason', exc)}); `vidops stack status` shows the stack's") from None
+
+
+def _ensure_pools(found: list[dict[str, Any]]) -> None:
+    """Make each named work pool that is missing, as a process pool (a Kubernetes pool comes with the cluster's infra)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        for name in {d["work_pool"]["name"] for d in found if d.get("work_pool")}:
+            try:
+                client.read_work_pool(name)
+            except ObjectNotFound:
+                try:
+                    client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+                except ObjectAlreadyExists:
+                    pass
+
+
+def _prefect() -> str:
+    from flows.stack import program
+
+    return program("prefect")

@@ -1,0 +1,265 @@
+"""`vidops stack up|down|status`: the stack profile on one machine.
+
+SeaweedFS serving S3 with access keys, an MLflow tracking server (UI included) whose
+artifacts go to that S3, a Prefect server with its UI, and a Prefect process worker, all
+on 127.0.0.1. Their data lives under `<project>/.vidops/stack/` and survives a restart;
+`stack.json` records what `up` started, so `down` stops exactly that, and `env` holds the
+variables that point vidops (and you, after `set -a; . .vidops/stack/env`) at them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from components.errors import VidopsError
+from components.io import write_json
+from components.layout import Layout
+
+POOL = "vidops-process"  # the process work pool the stack's worker serves
+BUCKET = "vidops"  # MLflow's artifacts (and DVC's remote) in the stack's S3
+ENV_FILE = "env"
+RECORD = "stack.json"
+
+
+@dataclass(frozen=True)
+class Ports:
+    prefect: int = 4200
+    mlflow: int = 5000
+    s3: int = 8333
+
+
+def folder(layout: Layout) -> Path:
+    return layout.state / "stack"
+
+
+def up(layout: Layout, ports: Ports) -> dict[str, str]:
+    """Start the four services (refusing a taken port before starting any); their URLs by name."""
+    home = folder(layout)
+    if _record(home):
+        raise VidopsError(f"{home / RECORD}: the stack is already up (`vidops stack status`); `vidops stack down` first")
+    for name, port in asdict(ports).items():
+        if not _free(port):
+            raise VidopsError(f"port {port} on 127.0.0.1 ({name}) is taken by another program; stop it or pick another with --{name}-port")
+    home.mkdir(parents=True, exist_ok=True)
+    env = _env(home, ports)
+    started: dict[str, dict] = {}  # in start order: down stops them newest first
+    try:
+        started["s3"] = _start(home, "s3", _seaweedfs(home, ports.s3), env, f"http://127.0.0.1:{ports.s3}", _bucket(env))
+        mlflow = [program("mlflow"), "server", "--host", "127.0.0.1", "--port", str(ports.mlflow), "--workers", "1",
+                  "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}", "--artifacts-destination", f"s3://{BUCKET}/mlflow"]  # fmt: skip
+        started["mlflow"] = _start(home, "mlflow", mlflow, env, env["MLFLOW_TRACKING_URI"], _http("/health"))
+        prefect = [program("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(ports.prefect)]
+        server_env = {**env, "PREFECT_HOME": str(home / "prefect")}
+        del server_env["PREFECT_API_URL"]  # the server is not a client of itself
+        started["prefect"] = _start(home, "prefect", prefect, server_env, f"http://127.0.0.1:{ports.prefect}", _http("/api/health"))
+        worker = [program("prefect"), "worker", "start", "--pool", POOL, "--type", "process"]
+        worker_env = {**env, "PREFECT_HOME": str(home / "worker"), "VIDOPS_ROOT": str(layout.root)}
+        started["worker"] = _start(home, "worker", worker, worker_env, f"pool {POOL}", _pool_ready(env["PREFECT_API_URL"]))
+    except BaseException:
+        _stop(list(started.values()))
+        raise
+    write_json(home / RECORD, {"services": list(started.values())})
+    _write_env(home / ENV_FILE, env)
+    return {name: service["url"] for name, service in started.items()}
+
+
+def down(layout: Layout) -> list[str]:
+    """Stop what `up` started (and nothing else); the names of the services stopped."""
+    home = folder(layout)
+    started = _record(home)
+    stopped = _stop(started)
+    for name in (RECORD, ENV_FILE):
+        (home / name).unlink(missing_ok=True)
+    return stopped
+
+
+def status(layout: Layout) -> dict[str, tuple[str, bool]]:
+    """Each service's URL and whether its process is alive."""
+    return {service["name"]: (service["url"], _alive(service)) for service in _record(folder(layout))}
+
+
+def load_env(layout: Layout) -> None:
+    """Point this process at the project's stack while it is up; variables already set win."""
+    path = folder(layout) / ENV_FILE
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            key, _, value = line.partition("=")
+            os.environ.setdefault(key, value)
+
+
+def _env(home: Path, ports: Ports) -> dict[str, str]:
+    """The variables every service and client of the stack gets; the S3 keys are made once and kept."""
+    keys = home / "s3-keys.json"
+    if not keys.is_file():
+        write_json(keys, {"AWS_ACCESS_KEY_ID": "vidops" + secrets.token_hex(6), "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(30)})
+        keys.chmod(0o600)
+    s3 = f"http://127.0.0.1:{ports.s3}"
+    return {
+        **os.environ,
+        **json.loads(keys.read_text()),
+        "AWS_ENDPOINT_URL": s3,
+        "MLFLOW_S3_ENDPOINT_URL": s3,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{ports.mlflow}",
+        "PREFECT_API_URL": f"http://127.0.0.1:{ports.prefect}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "VIDOPS_RESULTS": f"s3://{BUCKET}/prefect-results",  # the pipeline's cached task results
+        "GX_ANALYTICS_ENABLED": "false",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+
+
+def _write_env(path: Path, env: dict[str, str]) -> None:
+    names = ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "VIDOPS_RESULTS", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    path.write_text("".join(f"{name}={env[name]}\n" for name in names))
+    path.chmod(0o600)  # it holds the S3 keys
+
+
+def _seaweedfs(home: Path, s3_port: int) -> list[str]:
+    """`weed server` with S3 and its identities; every other port it opens is a free one, on loopback only."""
+    env = json.loads((home / "s3-keys.json").read_text())
+    identity = {"name": "vidops", "credentials": [{"accessKey": env["AWS_ACCESS_KEY_ID"], "secretKey": env["AWS_SECRET_ACCESS_KEY"]}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"]}  # fmt: skip
+    write_json(home / "s3.json", {"identities": [identity]})
+    (home / "s3.json").chmod(0o600)
+    (home / "seaweedfs").mkdir(exist_ok=True)
+    inner = {f"-{flag}": str(_free_port()) for flag in ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
+                                                         "filer.port.grpc", "s3.port.grpc", "iam.port")}  # fmt: skip
+    return [program("weed"), "server", f"-dir={home / 'seaweedfs'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
+            "-s3", f"-s3.port={s3_port}", f"-s3.config={home / 's3.json'}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            *(f"{flag}={port}" for flag, port in inner.items())]  # fmt: skip
+
+
+def _start(home: Path, name: str, argv: list[str], env: dict[str, str], url: str, ready: Callable[[str], bool], timeout_s: float = 120) -> dict:
+    """Start `argv` in its own session, logging to logs/<name>.log; wait until `ready(url)`."""
+    (home / "logs").mkdir(exist_ok=True)
+    log = home / "logs" / f"{name}.log"
+    with log.open("ab") as out:
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=home, start_new_session=True)
+    service = {"name": name, "pid": process.pid, "argv": argv, "url": url, "log": str(log)}
+    deadline = time.monotonic() + timeout_s
+    while not ready(url):
+        if process.poll() is not None or time.monotonic() > deadline:
+            _stop([service])
+            tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+            raise VidopsError(f"{name} did not start ({log}):\n  " + "\n  ".join(tail))
+        time.sleep(0.5)
+    return service
+
+
+def _http(path: str) -> Callable[[str], bool]:
+    def ready(url: str) -> bool:
+        try:
+            with urllib.request.urlopen(url + path, timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    return ready
+
+
+def _bucket(env: dict[str, str]) -> Callable[[str], bool]:
+    """Ready when the bucket exists (SeaweedFS takes a few seconds before it accepts one)."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name=env["AWS_DEFAULT_REGION"])  # fmt: skip
+
+    def ready(url: str) -> bool:
+        try:
+            if BUCKET not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
+                client.create_bucket(Bucket=BUCKET)
+            return True
+        except (BotoCoreError, ClientError):
+            return False
+
+    return ready
+
+
+def _pool_ready(api: str) -> Callable[[str], bool]:
+    """Ready when the worker has made its pool and says it is polling it."""
+
+    def ready(url: str) -> bool:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(f"{api}/work_pools/{POOL}/workers/filter", b"{}", {"Content-Type": "application/json"}), timeout=2) as r:
+                return bool(json.loads(r.read()))
+        except OSError:
+            return False
+
+    return ready
+
+
+def _stop(services: list[dict], timeout_s: float = 30) -> list[str]:
+    """SIGTERM each live service's process group (newest first), SIGKILL what is left after `timeout_s`."""
+    stopped = []
+    for service in reversed(services):
+        if not _alive(service):
+            continue
+        os.killpg(service["pid"], signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while _alive(service) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _alive(service):
+            os.killpg(service["pid"], signal.SIGKILL)
+        stopped.append(service["name"])
+    return stopped
+
+
+def _alive(service: dict) -> bool:
+    """The recorded process still runs, and is still the program `up` started (a pid can be reused)."""
+    try:
+        os.waitpid(service["pid"], os.WNOHANG)  # reap it, when this process started it
+    except ChildProcessError:
+        pass
+    try:
+        cmdline = Path(f"/proc/{service['pid']}/cmdline").read_bytes().split(b"\0")[:-1]
+        state = Path(f"/proc/{service['pid']}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    arguments = [a.encode() for a in service["argv"][1:]]  # a script's cmdline starts with its interpreter
+    return state != "Z" and cmdline[-len(arguments):] == arguments
+
+
+def _record(home: Path) -> list[dict]:
+    """What `up` started, in start order."""
+    path = home / RECORD
+    return json.loads(path.read_text())["services"] if path.is_file() else []
+
+
+def program(program: str) -> str:
+    """A program of this environment (the venv's bin), else from PATH."""
+    here = Path(sys.executable).parent / program
+    found = str(here) if here.is_file() else shutil.which(program)
+    if found is None:
+        raise VidopsError(f"{program}: not found next to {sys.executable} nor on PATH; install vidops into this environment")
+    return found
+
+
+def _free(port: int) -> bool:
+    """Nothing listens on the port (as the servers do, ignore connections of a past run still in TIME_WAIT)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,110 @@
+"""Extraction's fan-out through Prefect task runners: a local Dask cluster of 2 workers reporting to a Prefect server
+on PostgreSQL (the cluster profile's backend: several processes writing at once lock sqlite), and a scheduler that
+does not answer."""
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from components.errors import VidopsError
+from components.params import RunnerParams
+from flows import stages
+from flows.runners import fan_out, task_runner
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _postgres(sql: str) -> None:
+    import asyncpg
+
+    async def run() -> None:
+        connection = await asyncpg.connect(host="127.0.0.1", port=5432, user="postgres", database="postgres")
+        try:
+            await connection.execute(sql)
+        finally:
+            await connection.close()
+
+    asyncio.run(run())
+
+
+@pytest.fixture(scope="module")
+def prefect_on_postgres(tmp_path_factory):
+    """A `prefect server` on a free port with a fresh PostgreSQL database; its API URL."""
+    database = f"vidops_test_{uuid.uuid4().hex[:12]}"
+    _postgres(f"CREATE DATABASE {database}")
+    port, home = _free_port(), tmp_path_factory.mktemp("prefect-server")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}, "PREFECT_HOME": str(home),
+           "PREFECT_API_DATABASE_CONNECTION_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database}",
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}  # fmt: skip
+    prefect = Path(sys.executable).parent / "prefect"
+    log = (home / "server.log").open("wb")
+    server = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, (home / "server.log").read_text()[-2000:]
+                time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        _postgres(f"DROP DATABASE {database} WITH (FORCE)")
+
+
+@pytest.mark.slow
+def test_a_local_dask_cluster_of_two_workers_extracts_every_batch(prefect_on_postgres, project, tiny_params):
+    params = tiny_params.model_copy(update={"runner": RunnerParams(kind="dask")})
+    extract = params.extract.classification.model_copy(update={"workers": 2, "batch_size": 5})
+    params = params.model_copy(update={"extract": params.extract.model_copy(update={"classification": extract})})
+    stages.validate_dataset(project, params, "classification")
+
+    @flow
+    def extraction() -> tuple:
+        from prefect import runtime
+
+        return stages.extract_features(project, params, "classification", None, fan_out(params.runner)), runtime.flow_run.id
+
+    with temporary_settings({PREFECT_API_URL: prefect_on_postgres}):
+        features, run_id = extraction()
+        batches = _batch_runs(run_id)
+    assert (features.extracted, features.failed) == (21, 0) and sum(features.clips.values()) == 21
+    assert len(batches) == 5 and all(t.state.is_completed() for t in batches), batches  # 21 clips, 5 a batch
+
+
+def _batch_runs(run_id) -> list:
+    """The flow run's extract-batch task runs (they reach the API as events, a moment after they ran)."""
+    deadline = time.monotonic() + 60
+    while True:
+        with get_client(sync_client=True) as client:
+            batches = [t for t in client.read_task_runs() if t.name == "extract-batch" and str(t.flow_run_id) == str(run_id)]
+        if len(batches) >= 5 and all(t.state.is_final() for t in batches) or time.monotonic() > deadline:
+            return batches
+        time.sleep(1)
+
+
+def test_a_dask_scheduler_that_does_not_answer_is_named():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(VidopsError, match=f"runner.address: the Dask scheduler at tcp://127.0.0.1:{port} does not answer"):
+        task_runner(RunnerParams(kind="dask", address=f"tcp://127.0.0.1:{port}"), 2)

@@ -1,0 +1,106 @@
+"""The stack profile for real: `vidops stack up` (SeaweedFS, MLflow and Prefect servers, a process worker) on free
+ports, `vidops deploy`, a run of the training deployment through the worker, and `vidops stack down`."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import boto3
+import pytest
+from mlflow import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _api(url: str, body: dict | None = None) -> dict:
+    data = None if body is None else json.dumps(body).encode()
+    with urllib.request.urlopen(urllib.request.Request(url, data, {"Content-Type": "application/json"}), timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_stack_up_deploy_a_scheduled_training_run_through_the_worker_and_down(project):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "AWS_"))}
+    vidops = lambda *args: subprocess.run([sys.executable, "-m", "flows.cli", *args, "--root", str(project.root)],  # noqa: E731
+                                          capture_output=True, text=True, env=clean, timeout=600)  # fmt: skip
+    assert "no Prefect server to deploy to: `vidops stack up` first" in vidops("deploy").stderr
+
+    ports = {name: _free_port() for name in ("prefect", "mlflow", "s3")}
+    flags = [f"--{name}-port={port}" for name, port in ports.items()]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = vidops("stack", "up", *flags, f"--mlflow-port={port}")
+    assert busy.returncode == 1 and f"port {port} on 127.0.0.1 (mlflow) is taken" in busy.stderr
+    assert not (project.state / "stack" / "stack.json").exists()
+
+    started = vidops("stack", "up", *flags)
+    try:
+        assert started.returncode == 0, started.stderr[-3000:]
+        status = vidops("stack", "status").stdout
+        assert all(f"{name}" in status for name in ("s3", "mlflow", "prefect", "worker")) and "DOWN" not in status
+        env = dict(line.split("=", 1) for line in (project.state / "stack" / "env").read_text().splitlines())
+        assert env["PREFECT_API_URL"] == f"http://127.0.0.1:{ports['prefect']}/api"
+
+        (project.root / "prefect.yaml").write_text((Path(__file__).parent.parent / "prefect.yaml").read_text().replace("0 2 * * *", "every night"))
+        assert "deployment nightly: schedule 'every night' is not a cron string" in vidops("deploy").stderr
+        (project.root / "prefect.yaml").unlink()
+        deployed = vidops("deploy")
+        assert deployed.returncode == 0, deployed.stderr[-3000:]
+        assert "training_pipeline/nightly" in deployed.stdout and "0 2 * * * UTC" in deployed.stdout
+
+        api = env["PREFECT_API_URL"]
+        nightly = _api(f"{api}/deployments/name/training_pipeline/nightly")
+        assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 2 * * *"] and nightly["work_pool_name"] == "vidops-process"
+        run = _api(f"{api}/deployments/{nightly['id']}/create_flow_run", {})
+        deadline = time.monotonic() + 900
+        while (state := _api(f"{api}/flow_runs/{run['id']}")["state"])["type"] not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            assert time.monotonic() < deadline, state
+            time.sleep(3)
+        assert state["type"] == "COMPLETED", (project.state / "stack" / "logs" / "worker.log").read_text()[-3000:]
+
+        mlflow = MlflowClient(env["MLFLOW_TRACKING_URI"])
+        for name in ("vidops-classifier", "vidops-sync"):
+            champion = mlflow.get_model_version_by_alias(name, "champion")
+            assert mlflow.get_run(champion.run_id).data.tags["vidops.prefect_flow_run_id"] == run["id"]
+        s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")  # fmt: skip
+        assert s3.list_objects_v2(Bucket="vidops", Prefix="mlflow/")["KeyCount"] > 0  # the artifacts went to S3
+        assert s3.list_objects_v2(Bucket="vidops", Prefix="prefect-results/")["KeyCount"] >= 10  # and the cached stage results
+        assert (project.reports("classification") / "promotion" / "promotion.json").is_file()  # the run worked in the project
+    finally:
+        stopped = vidops("stack", "down")
+    assert stopped.returncode == 0 and "stopped: worker, prefect, mlflow, s3" in stopped.stdout, stopped.stderr
+    assert "the stack is down" in vidops("stack", "status").stdout
+    for port in ports.values():
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))  # nothing listens any more
+    assert (project.state / "stack" / "mlflow.db").is_file()  # the data stays for the next `up`
+
+
+def test_vidops_serve_serves_the_deployments_in_one_process(project):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "AWS_"))}
+    served = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--root", str(project.root)], env=clean,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    seen = []
+    try:
+        deadline = time.monotonic() + 180
+        while not any("promotion/on-demand" in line for line in seen):
+            assert served.poll() is None and time.monotonic() < deadline, "".join(seen)[-3000:]
+            seen.append(served.stdout.readline())
+        assert any("training_pipeline/nightly" in line for line in seen)
+    finally:
+        served.terminate()
+        served.wait(timeout=60)

@@ -70,7 +70,6 @@ def register_model(
         for metric, values in history.items():
             for epoch, value in enumerate(values):
                 mlflow.log_metric(f"train_{metric}", value, step=epoch)
-        mlflow.log_figure(_curves(history), "training_curves.png")
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
         checked = json.loads(validation_report.read_text())
         mlflow.log_metrics({f"clips_{status}": checked[status] for status in ("accepted", "warned", "quarantined")})
@@ -78,6 +77,7 @@ def register_model(
         mlflow.log_artifacts(str(metrics_path.parent), artifact_path="evaluation")
         mlflow.log_artifact(str(model_dir / "labels.json"))
         with tempfile.TemporaryDirectory() as tmp:
+            mlflow.log_artifact(str(_curves(history, Path(tmp) / "training_curves.png")))
             saved = Path(tmp) / "keras_model"
             saved.mkdir()  # mlflow.keras writes the input example before it creates the folder (mlflow#16183)
             mlflow.keras.save_model(
@@ -168,8 +168,8 @@ def alias(client: Any, name: str, alias: str) -> Any:
         return None
 
 
-def _curves(history: dict[str, list[float]]) -> Any:
-    """Loss and accuracy per epoch, as a matplotlib figure."""
+def _curves(history: dict[str, list[float]], path: Path) -> Path:
+    """Loss and accuracy per epoch, as a PNG at `path`."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display, and no GUI toolkit to import
@@ -180,7 +180,9 @@ def _curves(history: dict[str, list[float]]) -> Any:
         axis.plot(range(1, len(values) + 1), values)
         axis.set(title=f"train {name}", xlabel="epoch")
     figure.tight_layout()
-    return figure
+    figure.savefig(path, format="png")
+    plt.close(figure)  # pyplot keeps every figure until it is closed
+    return path
 
 
 def _experiment_id(name: str, tracking: Tracking) -> str:

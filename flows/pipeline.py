@@ -29,7 +29,6 @@ from flows.profiles import results_storage, tracking
 from flows.runners import fan_out
 
 
-
 def transient(task: Any, task_run: Any, state: State) -> bool:
     """Retry what the network did (a server down or overloaded, a timeout), never what the code or the data did."""
     from mlflow.exceptions import MlflowException
@@ -50,13 +49,13 @@ def transient(task: Any, task_run: Any, state: State) -> bool:
 NETWORK = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=10), "retry_jitter_factor": 0.5, "retry_condition_fn": transient}
 
 
-
 def _inputs_and_code(stage: str) -> Any:
     """A cache key of the stage's code, params and input files (stages.fingerprint), never of the run."""
     return lambda context, inputs: stages.fingerprint(stage, inputs["layout"], inputs["params"], inputs["task"])
 
 
 def _stage(function: Any, stage: str, **options: Any) -> Any:
+    """A stage as a Prefect task run `<stage>-<task>`, its result persisted and cached by `stages.fingerprint`."""
     return task(function, cache_key_fn=_inputs_and_code(stage), persist_result=True, task_run_name=f"{stage}-{{task}}", **options)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from components.errors import VidopsError
+from components.parallel import Mapper, in_threads
 
 # What each row holds. `frames` is the stream's count where the packets agree with it,
 # else the count of packets; `decode_error` is empty when the first and last frames decode.
@@ -32,6 +32,7 @@ PROBE_COLUMNS = (
 )  # fmt: skip
 SOURCE_COLUMNS = ("path", "label", "group", "split")
 MANIFEST_COLUMNS = SOURCE_COLUMNS + PROBE_COLUMNS
+PROBE_BATCH = 16  # clips a unit of probing work
 # nullable integers: an unreadable clip has no width, and that must not turn 96 into 96.0
 _INT_COLUMNS = {name: "Int64" for name in ("size_bytes", "mtime_ns", "video_streams", "width", "height", "rotation",
                                             "frames_stream", "frames", "keyframe_interval", "sample_rate", "channels")}  # fmt: skip
@@ -46,28 +47,32 @@ class Catalog:
     reused: int  # rows carried over from the previous manifest
 
 
-def build_catalog(dataset: Path, previous: pd.DataFrame | None = None, workers: int = 4) -> Catalog:
-    """Probe every clip of `dataset` (folder or manifest CSV); reuse `previous` rows of unchanged files."""
+def build_catalog(dataset: Path, previous: pd.DataFrame | None = None, workers: int = 4, mapper: Mapper = in_threads) -> Catalog:
+    """Probe every clip of `dataset` (folder or manifest CSV), in batches through `mapper`; reuse `previous` rows of unchanged files."""
     root, sources = list_sources(dataset)
     known = previous.set_index("path") if previous is not None and len(previous) else None
-
-    def probe(source: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        path = root / source["path"]
-        if source.pop("outside_root"):
-            return {**dict.fromkeys(PROBE_COLUMNS), "readable": False, "error": "path is outside the dataset root", **source}, False
-        if known is not None and source["path"] in known.index:
-            old = known.loc[source["path"]]
-            if _unchanged(path, old):
-                return {**old.to_dict(), **source}, True
-        return {**probe_clip(path), **source}, False
-
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = list(pool.map(probe, sources))
+    jobs = [(source, known.loc[source["path"]].to_dict() if known is not None and source["path"] in known.index else None) for source in sources]
+    batches = [jobs[i : i + PROBE_BATCH] for i in range(0, len(jobs), PROBE_BATCH)]
+    results = [result for batch in mapper(probe_batch, [(str(root), batch) for batch in batches], workers) for result in batch]
     # built as objects first: a None among ints would otherwise go through float64 and round nanosecond mtimes
     manifest = pd.DataFrame([row for row, _ in results], columns=list(MANIFEST_COLUMNS), dtype=object)
     manifest = manifest.astype(_INT_COLUMNS).infer_objects()
     reused = sum(was_reused for _, was_reused in results)
     return Catalog(manifest, probed=len(results) - reused, reused=reused)
+
+
+def probe_batch(root: str, jobs: list[tuple[dict[str, Any], dict[str, Any] | None]]) -> list[tuple[dict[str, Any], bool]]:
+    """Each (source, its previous row or None) as a manifest row, and whether the previous row was reused (the file is unchanged)."""
+    rows = []
+    for source, old in jobs:
+        source, path = dict(source), Path(root) / source["path"]
+        if source.pop("outside_root"):
+            rows.append(({**dict.fromkeys(PROBE_COLUMNS), "readable": False, "error": "path is outside the dataset root", **source}, False))
+        elif old is not None and _unchanged(path, pd.Series(old)):
+            rows.append(({**old, **source}, True))
+        else:
+            rows.append(({**probe_clip(path), **source}, False))
+    return rows
 
 
 def list_sources(dataset: Path) -> tuple[Path, list[dict[str, Any]]]:

@@ -3,7 +3,7 @@
 A shard is named by the clip's content hash and a hash of the extraction params, so a
 re-run with the same params extracts nothing, a new clip extracts only itself, and changed
 params extract everything again. A batch of clips is the unit of work: `extract_batch` is a
-plain picklable function, run here over processes and, later, anywhere a task runner sends it.
+plain picklable function, run over processes here and wherever the flow's task runner sends it.
 The index (index.csv, then index.json) is written last and lists every clip with its status.
 """
 
@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import zipfile
-from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +25,7 @@ from components.catalog import read_manifest
 from components.errors import VidopsError
 from components.io import atomic_path, write_csv, write_json
 from components.media import read_frames
+from components.parallel import Mapper, in_processes
 from components.params import ExtractParams
 from components.sampling import ClipTooShort, sample_indices
 
@@ -35,8 +33,6 @@ SPLITS = ("train", "test")
 INDEX = "index.json"  # written last: its presence says the shards it lists are complete
 SHARDS = "clips"  # the folder of per-clip .npz files
 Progress = Callable[[int, int], None]
-# Runs extract_batch over batches of jobs, yielding each batch's rows in order: here a process pool; a Prefect task runner in a flow.
-MapBatches = Callable[[list[list["ClipJob"]], ExtractParams, str], Iterator[list[dict[str, Any]]]]
 
 
 @dataclass(frozen=True)
@@ -124,11 +120,11 @@ def _read_flags(shard: Path, row: dict[str, Any]) -> bool:
 
 def extract_features(
     dataset_dir: Path, accepted_manifest: Path, features_dir: Path, params: ExtractParams, progress: Progress | None = None,
-    map_batches: MapBatches | None = None,
+    mapper: Mapper = in_processes,
 ) -> FeatureSet:
     """Extract every accepted clip into `features_dir/clips/`, then write the index; drop shards of other params.
 
-    Batches of `params.batch_size` clips go through `map_batches` (default: `params.workers` processes).
+    Batches of `params.batch_size` clips go through `mapper` (default: `params.workers` processes).
     """
     manifest = read_manifest(accepted_manifest)
     labels = tuple(sorted(manifest["label"].unique()))
@@ -146,7 +142,7 @@ def extract_features(
     ]
     batches = [jobs[i : i + params.batch_size] for i in range(0, len(jobs), params.batch_size)]
     rows = []
-    for batch_rows in (map_batches or _run)(batches, params, str(shard_dir)):
+    for batch_rows in mapper(extract_batch, [(batch, params, str(shard_dir)) for batch in batches], params.workers):
         rows += batch_rows
         if progress:
             progress(len(rows), len(jobs))
@@ -159,17 +155,6 @@ def extract_features(
     write_json(features_dir / INDEX, {"labels": list(labels), "params": params.model_dump(mode="json"), "params_hash": version, "clips": clips})
     return FeatureSet(features_dir, labels, clips, int((~index["reused"] & (index["status"] == "ok")).sum()),
                       int(index["reused"].sum()), int((index["status"] != "ok").sum()))  # fmt: skip
-
-
-def _run(batches: list[list[ClipJob]], params: ExtractParams, shard_dir: str) -> Iterator[list[dict[str, Any]]]:
-    """Each batch's rows, in order, from `params.workers` processes (in this process when 1)."""
-    if params.workers == 1 or len(batches) <= 1:
-        for batch in batches:
-            yield extract_batch(batch, params, shard_dir)
-        return
-    # spawned, not forked: the caller may hold threads (Prefect's) that a fork would copy mid-flight
-    with ProcessPoolExecutor(max_workers=params.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        yield from pool.map(extract_batch, batches, repeat(params), repeat(shard_dir))
 
 
 def _clip_seed(seed: int, sha256: str) -> int:

@@ -138,7 +138,7 @@ class RegistryParams(_PerTask):
 
 
 class RunnerParams(_Group):
-    """How the Prefect flow spreads extraction's batches of clips (with extract.<task>.workers workers)."""
+    """How the Prefect flow spreads probing's and extraction's batches of clips (with probe_workers / extract.<task>.workers workers)."""
 
     kind: Literal["processes", "threads", "dask"] = "processes"
     address: str | None = None  # dask: an existing scheduler, e.g. tcp://10.0.0.5:8786; none: a local cluster

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from components.catalog import assign_splits, build_catalog, read_manifest
+from components.parallel import Mapper, in_threads
 from components.errors import VidopsError
 from components.io import write_csv, write_json
 from components.params import ValidationParams
@@ -62,15 +63,15 @@ class ValidationSummary:
 
 
 def validate_dataset(
-    dataset: Path, catalog_dir: Path, checks: ValidationParams, docs_dir: Path | None = None, min_classes: int = 2
+    dataset: Path, catalog_dir: Path, checks: ValidationParams, docs_dir: Path | None = None, min_classes: int = 2, mapper: Mapper = in_threads
 ) -> ValidationSummary:
     """Catalog `dataset`, run the suite, write manifest, findings, accepted list and report under `catalog_dir`.
 
-    The previous manifest there makes probing incremental. Data Docs go to `docs_dir` when given.
+    The previous manifest there makes probing incremental; its batches go through `mapper`. Data Docs go to `docs_dir` when given.
     Raises VidopsError when what is left cannot train a model (a class below its minimum).
     """
     previous = read_manifest(catalog_dir / MANIFEST) if (catalog_dir / MANIFEST).is_file() else None
-    catalog = build_catalog(dataset, previous, checks.probe_workers)
+    catalog = build_catalog(dataset, previous, checks.probe_workers, mapper)
     manifest = derive_checks(catalog.manifest, checks)
     findings = run_suite(manifest, suite(checks), docs_dir)
     critical = set(findings.loc[findings["severity"] == "critical", "path"])

@@ -20,13 +20,14 @@ from prefect.tasks import exponential_backoff
 from components.evaluation import Evaluation
 from components.extraction import FeatureSet
 from components.layout import Layout
+from components.parallel import Mapper
 from components.params import Params, Task, load_params
 from components.promotion import Decision
 from components.registry import Registration
 from components.validation import ValidationSummary
 from flows import stages
 from flows.profiles import results_storage, tracking
-from flows.runners import fan_out
+from flows.runners import mapper
 
 
 def transient(task: Any, task_run: Any, state: State) -> bool:
@@ -63,10 +64,21 @@ def extract_with_progress(layout: Layout, params: Params, task: Task) -> Feature
     """The extract stage, its batches spread by params.yaml's runner, with its progress shown in the Prefect UI."""
     artifact = create_progress_artifact(0.0, key=f"extraction-progress-{task}", description=f"{task}: clips extracted (%)")
     progress = lambda done, total: update_progress_artifact(artifact, 100 * done / total)  # noqa: E731
-    return stages.extract_features(layout, params, task, progress, fan_out(params.runner))
+    return stages.extract_features(layout, params, task, progress, *_spread(params))
 
 
-validate_dataset = _stage(stages.validate_dataset, "validate")
+def validate_on_runner(layout: Layout, params: Params, task: Task) -> ValidationSummary:
+    """The validate stage, its probing batches spread by params.yaml's runner."""
+    return stages.validate_dataset(layout, params, task, *_spread(params))
+
+
+def _spread(params: Params) -> tuple[Mapper, ...]:
+    """The runner's Mapper as an optional argument: none for processes, so the stage keeps its own pool."""
+    found = mapper(params.runner)
+    return (found,) if found else ()
+
+
+validate_dataset = _stage(validate_on_runner, "validate")
 extract_features = _stage(extract_with_progress, "extract")
 train_model = _stage(stages.train_model, "train")
 evaluate_model = _stage(stages.evaluate_model, "evaluate")

@@ -1,25 +1,27 @@
-"""How the flow spreads extraction's batches of clips, as params.yaml's `runner` says.
+"""How the flow spreads probing's and extraction's batches of clips, as params.yaml's `runner` says.
 
-processes: extraction's own pool of spawned processes (what `dvc repro` uses too). A Prefect
-process pool would start a temporary API server in every process under the embedded
-profile, about 5 s each, all writing one sqlite database.
-threads and dask: a Prefect task runner, each batch a task run `extract-batch` that the UI
-shows; dask on a local Dask cluster it starts, or on the existing scheduler at
-`runner.address` (whose workers need vidops installed, and a Prefect server to report to).
+processes: the components' own pools (spawned processes for extraction, threads for
+probing), what `dvc repro` uses too. A Prefect process pool would start a temporary API
+server in every process under the embedded profile, about 5 s each, all writing one sqlite
+database.
+threads and dask: a Prefect task runner, each batch a task run (`probe-batch`,
+`extract-batch`) that the UI shows; dask on a local Dask cluster it starts, or on the
+existing scheduler at `runner.address` (whose workers need vidops installed, and a Prefect
+server to report to).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import inspect
+from collections.abc import Callable, Iterator
+from functools import cache
 from typing import Any
 
 from prefect import task
 
-from components import extraction
 from components.errors import VidopsError
-from components.params import ExtractParams, RunnerParams
-
-extract_batch = task(extraction.extract_batch, name="extract-batch", task_run_name="extract-batch", cache_policy=None, persist_result=False)
+from components.parallel import Mapper
+from components.params import RunnerParams
 
 
 def task_runner(runner: RunnerParams, workers: int) -> Any:
@@ -36,18 +38,26 @@ def task_runner(runner: RunnerParams, workers: int) -> Any:
     return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None})
 
 
-def fan_out(runner: RunnerParams) -> extraction.MapBatches | None:
-    """extraction's MapBatches through a Prefect task runner, one `extract-batch` task run per batch; None for processes."""
+def mapper(runner: RunnerParams) -> Mapper | None:
+    """A components Mapper that runs each call as a Prefect task run (`extract-batch`, `probe-batch`) on the runner
+    `runner` names; None for processes (the component's own pool)."""
     if runner.kind == "processes":
         return None
 
-    def run(batches: list[list[extraction.ClipJob]], params: ExtractParams, shard_dir: str) -> Iterator[list[dict[str, Any]]]:
-        with task_runner(runner, params.workers) as pool:
-            futures = [pool.submit(extract_batch, {"jobs": batch, "params": params, "shard_dir": shard_dir}) for batch in batches]
+    def run(function: Callable[..., Any], calls: list[tuple[Any, ...]], workers: int) -> Iterator[Any]:
+        names = list(inspect.signature(function).parameters)
+        with task_runner(runner, workers) as pool:
+            futures = [pool.submit(_as_task(function), dict(zip(names, args, strict=True))) for args in calls]
             for future in futures:
                 yield future.result()
 
     return run
+
+
+@cache
+def _as_task(function: Callable[..., Any]) -> Any:
+    name = function.__name__.replace("_", "-")  # extract_batch -> extract-batch
+    return task(function, name=name, task_run_name=name, cache_policy=None, persist_result=False)
 
 
 def _answers(address: str) -> None:

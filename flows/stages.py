@@ -24,24 +24,25 @@ from components import evaluation, extraction, promotion, registry, training, va
 from components.errors import VidopsError
 from components.io import write_json
 from components.layout import Layout
+from components.parallel import Mapper, in_processes, in_threads
 from components.params import Params, Task
 from flows.profiles import registry_lock, tracking
 
 T = TypeVar("T")
 
 
-def validate_dataset(layout: Layout, params: Params, task: Task) -> validation.ValidationSummary:
+def validate_dataset(layout: Layout, params: Params, task: Task, mapper: Mapper = in_threads) -> validation.ValidationSummary:
     # the sync model learns from sound, not labels: a clip without sound is of no use, one class is enough
     checks = params.validation.model_copy(update={"require_audio": True}) if task == "sync" else params.validation
     classes = 1 if task == "sync" else 2
-    return validation.validate_dataset(dataset(layout, params, task), layout.catalog(task), checks, layout.data_docs(task), classes)
+    return validation.validate_dataset(dataset(layout, params, task), layout.catalog(task), checks, layout.data_docs(task), classes, mapper)
 
 
 def extract_features(
-    layout: Layout, params: Params, task: Task, progress: extraction.Progress | None = None, map_batches: extraction.MapBatches | None = None
+    layout: Layout, params: Params, task: Task, progress: extraction.Progress | None = None, mapper: Mapper = in_processes
 ) -> extraction.FeatureSet:
     accepted = layout.catalog(task) / validation.ACCEPTED
-    return extraction.extract_features(dataset(layout, params, task), accepted, layout.features(task), params.extract.of(task), progress, map_batches)
+    return extraction.extract_features(dataset(layout, params, task), accepted, layout.features(task), params.extract.of(task), progress, mapper)
 
 
 def train_model(layout: Layout, params: Params, task: Task) -> training.TrainedModel:

@@ -1,4 +1,4 @@
-"""Extraction's fan-out through Prefect task runners: a local Dask cluster of 2 workers reporting to a Prefect server
+"""Probing's and extraction's fan-out through Prefect task runners: a local Dask cluster of 2 workers reporting to a Prefect server
 on PostgreSQL (the cluster profile's backend: several processes writing at once lock sqlite), and a scheduler that
 does not answer."""
 
@@ -20,7 +20,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from components.errors import VidopsError
 from components.params import RunnerParams
 from flows import stages
-from flows.runners import fan_out, task_runner
+from flows.runners import mapper, task_runner
 
 
 def _free_port() -> int:
@@ -72,33 +72,34 @@ def prefect_on_postgres(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_a_local_dask_cluster_of_two_workers_extracts_every_batch(prefect_on_postgres, project, tiny_params):
+def test_a_local_dask_cluster_of_two_workers_probes_and_extracts_every_batch(prefect_on_postgres, project, tiny_params):
     params = tiny_params.model_copy(update={"runner": RunnerParams(kind="dask")})
     extract = params.extract.classification.model_copy(update={"workers": 2, "batch_size": 5})
     params = params.model_copy(update={"extract": params.extract.model_copy(update={"classification": extract})})
-    stages.validate_dataset(project, params, "classification")
 
     @flow
     def extraction() -> tuple:
         from prefect import runtime
 
-        return stages.extract_features(project, params, "classification", None, fan_out(params.runner)), runtime.flow_run.id
+        stages.validate_dataset(project, params, "classification", mapper(params.runner))
+        return stages.extract_features(project, params, "classification", None, mapper(params.runner)), runtime.flow_run.id
 
     with temporary_settings({PREFECT_API_URL: prefect_on_postgres}):
         features, run_id = extraction()
-        batches = _batch_runs(run_id)
+        extracted, probed = _batch_runs(run_id, "extract-batch", 5), _batch_runs(run_id, "probe-batch", 2)
     assert (features.extracted, features.failed) == (21, 0) and sum(features.clips.values()) == 21
-    assert len(batches) == 5 and all(t.state.is_completed() for t in batches), batches  # 21 clips, 5 a batch
+    assert len(extracted) == 5 and all(t.state.is_completed() for t in extracted), extracted  # 21 clips, 5 a batch
+    assert len(probed) == 2 and all(t.state.is_completed() for t in probed), probed  # 16 a batch
 
 
-def _batch_runs(run_id) -> list:
-    """The flow run's extract-batch task runs (they reach the API as events, a moment after they ran)."""
+def _batch_runs(run_id, name: str, expected: int) -> list:
+    """The flow run's task runs called `name` (they reach the API as events, a moment after they ran)."""
     deadline = time.monotonic() + 60
     while True:
         with get_client(sync_client=True) as client:
-            batches = [t for t in client.read_task_runs() if t.name == "extract-batch" and str(t.flow_run_id) == str(run_id)]
-        if len(batches) >= 5 and all(t.state.is_final() for t in batches) or time.monotonic() > deadline:
-            return batches
+            runs = [t for t in client.read_task_runs() if t.name == name and str(t.flow_run_id) == str(run_id)]
+        if len(runs) >= expected and all(t.state.is_final() for t in runs) or time.monotonic() > deadline:
+            return runs
         time.sleep(1)
 
 

@@ -115,7 +115,10 @@ STAGES = {
 
 @dataclass(frozen=True)
 class Depends:
-    """What a stage's result depends on, for caching it: component modules, params, input files; and the files it leaves."""
+    """What a stage's result depends on, for caching it: component modules, params, input files; and the files it leaves.
+
+    dvc.yaml lists the same component modules as each stage's code deps (tests/test_project_files.py holds them together).
+    """
 
     code: tuple[str, ...]
     params: Callable[[Params, Task], list[Any]]
@@ -128,13 +131,13 @@ def _features(layout: Layout, task: Task) -> list[Path]:
 
 
 DEPENDS = {
-    "validate": Depends(("catalog", "validation", "media"), lambda p, t: [p.datasets.of(t), p.validation],
+    "validate": Depends(("catalog", "validation"), lambda p, t: [p.datasets.of(t), p.validation],
                         lambda L, p, t: [dataset(L, p, t)], lambda L, t: [L.catalog(t) / validation.ACCEPTED, L.catalog(t) / validation.REPORT]),
     "extract": Depends(("extraction", "media", "audio", "sampling"), lambda p, t: [p.extract.of(t)],
                        lambda L, p, t: [L.catalog(t) / validation.ACCEPTED], _features),
     "train": Depends(("inputs", "models", "training"), lambda p, t: [p.train.of(t)], lambda L, p, t: _features(L, t),
                      lambda L, t: [L.models(t) / "model.keras"]),
-    "evaluate": Depends(("inputs", "evaluation"), lambda p, t: [p.train.of(t)], lambda L, p, t: [L.models(t) / "model.keras", *_features(L, t)],
+    "evaluate": Depends(("inputs", "models", "evaluation"), lambda p, t: [p.train.of(t)], lambda L, p, t: [L.models(t) / "model.keras", *_features(L, t)],
                         lambda L, t: [L.reports(t) / evaluation.METRICS]),
     "register": Depends(("registry", "serving"), lambda p, t: [p.registry, p.datasets.of(t), p.extract.of(t), p.train.of(t)],
                         lambda L, p, t: [L.models(t), L.reports(t) / evaluation.METRICS, L.catalog(t) / validation.ACCEPTED],

@@ -3,6 +3,7 @@ ports, `vidops deploy`, a run of the training deployment through the worker, and
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -93,7 +94,7 @@ def test_stack_up_deploy_a_scheduled_training_run_through_the_worker_and_down(pr
 def test_vidops_serve_serves_the_deployments_in_one_process(project):
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "AWS_"))}
     served = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--root", str(project.root)], env=clean,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
     seen = []
     try:
         deadline = time.monotonic() + 180
@@ -101,6 +102,6 @@ def test_vidops_serve_serves_the_deployments_in_one_process(project):
             assert served.poll() is None and time.monotonic() < deadline, "".join(seen)[-3000:]
             seen.append(served.stdout.readline())
         assert any("training_pipeline/nightly" in line for line in seen)
-    finally:
-        served.terminate()
-        served.wait(timeout=60)
+    finally:  # the whole group: `serve` and the temporary Prefect server it started
+        os.killpg(served.pid, signal.SIGTERM)
+        served.communicate(timeout=60)

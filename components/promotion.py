@@ -56,7 +56,7 @@ class Decision:
 
 
 class Incomparable(VidopsError):
-    """A version that cannot be scored on this test set (other classes, other offsets)."""
+    """A version that cannot be scored on this test set: a classifier of other classes."""
 
 
 def gate(tracking: Tracking, name: str, version: str | None, rule: ModelRegistryParams, margin: float, test: TestSet, reports_dir: Path) -> Decision:

@@ -252,22 +252,28 @@ def cmd_stage(args: argparse.Namespace) -> None:
 
 def cmd_promote(args: argparse.Namespace) -> None:
     from components.promotion import promote
-    from flows.profiles import registry_lock
 
-    found = _registry(args.root)
-    with registry_lock(Layout(args.root.resolve()), args.model):
+    with _locked_registry(args.root, args.model) as found:
         version = promote(found, args.model, args.version, args.reason)
     print(f"{args.model} version {version} is now champion")
 
 
 def cmd_rollback(args: argparse.Namespace) -> None:
     from components.promotion import rollback
-    from flows.profiles import registry_lock
 
-    found = _registry(args.root)
-    with registry_lock(Layout(args.root.resolve()), args.model):
+    with _locked_registry(args.root, args.model) as found:
         version = rollback(found, args.model, args.reason)
     print(f"{args.model} version {version} is champion again")
+
+
+@contextmanager
+def _locked_registry(root: Path, model: str) -> Iterator[Tracking]:
+    """The project's MLflow, with `model`'s lock held (the gate takes the same one)."""
+    from flows.profiles import registry_lock
+
+    found = _registry(root)
+    with registry_lock(Layout(root.resolve()), model):
+        yield found
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -358,12 +364,9 @@ def cmd_run(args: argparse.Namespace) -> None:
     if args.version and not args.task:
         raise VidopsError("--version names a version of one model: add --task")
     _registry(layout.root)
-    from flows.profiles import activate
-
-    activate(layout)
+    present = _start_prefect(layout, args.params)
     from flows.pipeline import promotion
 
-    present = args.params if (layout.root / args.params).exists() else None
     tasks = [args.task] if args.task else params.tasks
     for task, decision in promotion(str(layout.root), present, args.overrides, {task: args.version for task in tasks}).items():
         print(f"{task}: {decision.model_name} version {decision.version}: {decision.decision}: {decision.reason}")
@@ -391,14 +394,19 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _run_pipeline(layout: Layout, params_file: str, overrides: list[str], refresh: bool) -> None:
+    present = _start_prefect(layout, params_file)
+    from flows.pipeline import training_pipeline
+
+    result = training_pipeline(root=str(layout.root), params_file=present, overrides=overrides, refresh=refresh)
+    _print_result(layout, result)
+
+
+def _start_prefect(layout: Layout, params_file: str) -> str | None:
+    """Point Prefect at the project's services (before it is imported); the params file a flow takes (None: the defaults, as _load)."""
     from flows.profiles import activate
 
     activate(layout)
-    from flows.pipeline import training_pipeline
-
-    present = params_file if (layout.root / params_file).exists() else None  # as _load: defaults then
-    result = training_pipeline(root=str(layout.root), params_file=present, overrides=overrides, refresh=refresh)
-    _print_result(layout, result)
+    return params_file if (layout.root / params_file).exists() else None
 
 
 def _print_result(layout: Layout, result: PipelineResult) -> None:

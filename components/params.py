@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -144,6 +144,19 @@ class RunnerParams(_Group):
     address: str | None = None  # dask: an existing scheduler, e.g. tcp://10.0.0.5:8786; none: a local cluster
 
 
+S3Url = Annotated[str, Field(pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$")]
+
+
+class IngestParams(_Group):
+    """`vidops run ingest`: clips landing under an S3 prefix join a dataset as a new DVC version."""
+
+    task: Task = "classification"  # the clips join datasets.<task>
+    landing: S3Url = "s3://vidops/landing"  # <landing>/<label>/<clip>
+    processed: S3Url = "s3://vidops/processed"  # where landing objects go once the version holding them is pushed
+    quarantine: S3Url = "s3://vidops/quarantine"  # where clips that failed validation go
+    commit: bool = False  # in a git repository, commit the dataset's .dvc file with each new version
+
+
 class Params(_Group):
     tasks: tuple[Task, ...] = Field(("classification", "sync"), min_length=1)  # what `vidops run` trains
     datasets: DatasetParams = DatasetParams()
@@ -153,6 +166,7 @@ class Params(_Group):
     train: TrainGroup = TrainGroup()
     registry: RegistryParams = RegistryParams()
     runner: RunnerParams = RunnerParams()
+    ingest: IngestParams = IngestParams()
 
     def to_yaml_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

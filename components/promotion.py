@@ -102,6 +102,7 @@ def score_version(tracking: Tracking, name: str, version: str, test: TestSet, re
     are extracted again when they differ from the project's). Writes the evaluation's files to `reports_dir`."""
     import mlflow
 
+    mlflow.set_tracking_uri(tracking.uri)  # models:/ resolves through the process's registry, not the tracking_uri argument
     with tempfile.TemporaryDirectory() as tmp:
         served = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp, tracking_uri=tracking.uri))
         config = json.loads((served / "artifacts" / "config.json").read_text())

@@ -7,6 +7,7 @@ becomes `champion` is the gate's decision (`components.promotion`).
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from components.errors import VidopsError
 from components.layout import MODEL_FILE
 from components.params import Params, Task
 
@@ -92,6 +94,8 @@ def register_model(
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient()
     client.set_registered_model_alias(name, CHALLENGER, version)
+    for key, value in tags.items():  # the version carries its lineage too: `vidops lineage` reads it from there
+        client.set_model_version_tag(name, version, key, value)
     metric = params.registry.of(task).metric
     client.set_model_version_tag(name, version, EVALUATED, f"{metric}={float(metrics[metric])}")
     return Registration(name, version, run.info.run_id, experiment_id)
@@ -203,3 +207,40 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Where a registered version came from, as its tags recorded it."""
+
+    model_name: str
+    version: str
+    aliases: tuple[str, ...]
+    run_id: str
+    tags: dict[str, str]  # vidops.dataset, vidops.dataset_version, vidops.params_sha256, mlflow.source.git.commit, ...
+
+    @property
+    def dataset(self) -> str | None:
+        return self.tags.get("vidops.dataset")
+
+    @property
+    def dataset_version(self) -> str | None:
+        return self.tags.get("vidops.dataset_version")
+
+
+def lineage(tracking: Tracking, model_uri: str) -> Lineage:
+    """The lineage of `models:/NAME/VERSION` or `models:/NAME@ALIAS`: the version's tags, over its run's."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    found = re.fullmatch(r"models:/([^/@]+)(?:/(\d+)|@([\w-]+))", model_uri)
+    if not found:
+        raise VidopsError(f"{model_uri}: not a registered model URI such as models:/vidops-classifier@champion or models:/vidops-classifier/3")
+    name, number, alias_name = found.groups()
+    client = MlflowClient(tracking.uri)
+    try:
+        version = client.get_model_version(name, number) if number else client.get_model_version_by_alias(name, alias_name)
+        run_tags = client.get_run(version.run_id).data.tags if version.run_id else {}
+    except MlflowException as exc:
+        raise VidopsError(f"{model_uri}: not in the registry at {tracking.uri}: {exc.message.splitlines()[0]}") from None
+    return Lineage(name, str(version.version), tuple(version.aliases), version.run_id, {**run_tags, **version.tags})

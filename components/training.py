@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from components import inputs
 from components.errors import VidopsError
-from components.io import atomic_path, write_json
+from components.io import atomic_path, write_csv, write_json
 from components.layout import MODEL_FILE
 from components.models import build_classifier, build_sync
 from components.params import ClassifierParams, FitParams, SyncParams
@@ -177,3 +177,14 @@ class _Checkpoint(keras.callbacks.Callback):
             self.model.save(tmp)
         # written second: a state file always describes a whole checkpoint
         write_json(self.folder / "state.json", {"key": self.key, "epoch": epoch + 1, "history": self.history})
+
+
+def write_curves(history: dict[str, list[float]], path: Path) -> Path:
+    """The training curves as a table (epoch, then one column per metric): what `dvc plots` draws."""
+    import pandas as pd
+
+    curves = pd.DataFrame(history)
+    curves.insert(0, "epoch", range(len(curves)))
+    write_csv(path, curves)
+    return path
+

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from components.catalog import assign_splits, build_catalog, read_manifest
+from components.catalog import Catalog, assign_splits, build_catalog, read_manifest
 from components.parallel import Mapper, in_threads
 from components.errors import VidopsError
 from components.io import write_csv, write_json
@@ -71,12 +71,8 @@ def validate_dataset(
     Raises VidopsError when what is left cannot train a model (a class below its minimum).
     """
     previous = read_manifest(catalog_dir / MANIFEST) if (catalog_dir / MANIFEST).is_file() else None
-    catalog = build_catalog(dataset, previous, checks.probe_workers, mapper)
-    manifest = derive_checks(catalog.manifest, checks)
-    findings = run_suite(manifest, suite(checks), docs_dir)
-    critical = set(findings.loc[findings["severity"] == "critical", "path"])
-    warned = set(findings.loc[findings["severity"] == "warning", "path"]) - critical
-    manifest["status"] = np.where(manifest["path"].isin(critical), "quarantined", np.where(manifest["path"].isin(warned), "warned", "accepted"))
+    catalog, manifest, findings = check_clips(dataset, checks, previous, docs_dir, mapper)
+    critical, warned = set(manifest.loc[manifest["status"] == "quarantined", "path"]), set(manifest.loc[manifest["status"] == "warned", "path"])
     accepted = assign_splits(manifest[manifest["status"] != "quarantined"], checks.test_fraction)
     manifest.loc[accepted.index, "split"] = accepted["split"]
 
@@ -106,6 +102,20 @@ def validate_dataset(
         )
     write_csv(paths[ACCEPTED], accepted)
     return summary
+
+
+def check_clips(
+    dataset: Path, checks: ValidationParams, previous: pd.DataFrame | None = None, docs_dir: Path | None = None, mapper: Mapper = in_threads
+) -> tuple[Catalog, pd.DataFrame, pd.DataFrame]:
+    """Probe and check every clip of `dataset`: its catalog, the manifest with each clip's `status` (accepted, warned,
+    quarantined), and the findings (one row per clip and failed check)."""
+    catalog = build_catalog(dataset, previous, checks.probe_workers, mapper)
+    manifest = derive_checks(catalog.manifest, checks)
+    findings = run_suite(manifest, suite(checks), docs_dir)
+    critical = set(findings.loc[findings["severity"] == "critical", "path"])
+    warned = set(findings.loc[findings["severity"] == "warning", "path"]) - critical
+    manifest["status"] = np.where(manifest["path"].isin(critical), "quarantined", np.where(manifest["path"].isin(warned), "warned", "accepted"))
+    return catalog, manifest, findings
 
 
 def suite(checks: ValidationParams) -> list[Check]:

@@ -114,6 +114,19 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--root", type=Path, default=Path("."), help="project folder, for the embedded MLflow store (default: here)")
     predict.set_defaults(handler=cmd_predict)
 
+    data = commands.add_parser("data", help="the datasets in DVC: version and push them to the S3 remote, pull them, set the remote")
+    data.add_argument("action", choices=["push", "pull", "remote"])
+    data.add_argument("url", nargs="?", help="remote: the S3 URL, e.g. s3://my-bucket/datasets")
+    data.add_argument("--endpoint-url", help="remote: an S3 server other than AWS's, e.g. http://minio.internal:9000")
+    _add_project(data)
+    data.set_defaults(handler=cmd_data)
+
+    lineage = commands.add_parser("lineage", help="where a registered model came from: run, flow run, commit, params, dataset version")
+    lineage.add_argument("model_uri", help="models:/NAME/VERSION or models:/NAME@ALIAS")
+    lineage.add_argument("--checkout", action="store_true", help="also check out that dataset version with DVC (changes data/raw/<dataset>)")
+    lineage.add_argument("--root", type=Path, default=Path("."), help="project folder (default: here)")
+    lineage.set_defaults(handler=cmd_lineage)
+
     stack = commands.add_parser("stack", help="the stack profile on this machine: S3 (SeaweedFS), MLflow and Prefect servers with their UIs, a worker")
     stack.add_argument("action", choices=["up", "down", "status"])
     stack.add_argument("--root", type=Path, default=Path("."), help="project folder; the stack's data goes to .vidops/stack/ (default: here)")
@@ -129,8 +142,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--root", type=Path, default=Path("."), help="project folder the flow runs work in (default: here)")
     serve.set_defaults(handler=cmd_serve)
 
-    run = commands.add_parser("run", help="run a Prefect flow: the training pipeline (default) or the promotion gate alone")
-    run.add_argument("flow", nargs="?", choices=["training_pipeline", "promotion"], default="training_pipeline")
+    run = commands.add_parser("run", help="run a Prefect flow: the training pipeline (default), the promotion gate alone, or ingest")
+    run.add_argument("flow", nargs="?", choices=["training_pipeline", "promotion", "ingest"], default="training_pipeline")
     run.add_argument("--task", choices=TASKS, help="promotion: gate this task's model only (default: every task in params.yaml)")
     run.add_argument("--version", help="promotion: the version to gate (default: the challenger); needs --task")
     run.add_argument("--refresh", action="store_true", help="training_pipeline: run every stage again, ignoring cached results")
@@ -361,6 +374,9 @@ def cmd_run(args: argparse.Namespace) -> None:
     if args.flow == "training_pipeline":
         _run_pipeline(layout, args.params, args.overrides, args.refresh)
         return
+    if args.flow == "ingest":
+        _run_ingest(layout, args.params, args.overrides)
+        return
     if args.version and not args.task:
         raise VidopsError("--version names a version of one model: add --task")
     _registry(layout.root)
@@ -370,6 +386,79 @@ def cmd_run(args: argparse.Namespace) -> None:
     tasks = [args.task] if args.task else params.tasks
     for task, decision in promotion(str(layout.root), present, args.overrides, {task: args.version for task in tasks}).items():
         print(f"{task}: {decision.model_name} version {decision.version}: {decision.decision}: {decision.reason}")
+
+
+def _run_ingest(layout: Layout, params_file: str, overrides: list[str]) -> None:
+    present = _start_prefect(layout, params_file)
+    from components import versioning
+    from flows.ingest import ingest
+    from flows.stack import project_store
+
+    versioning.init(layout.root)
+    with project_store(layout):
+        result = ingest(str(layout.root), present, overrides)
+    print(f"{result.landed} clips landed: {len(result.added)} added to {result.dataset}, {len(result.quarantined)} quarantined, {len(result.skipped)} skipped")
+    for clip, why in {**result.quarantined, **result.skipped}.items():
+        print(f"  {clip}: {why}")
+    if result.version:
+        print(f"dataset version {result.version}" + (f", commit {result.commit}" if result.commit else "") + f"; report {result.report}")
+
+
+def cmd_data(args: argparse.Namespace) -> None:
+    from components import versioning
+    from flows.stack import project_store
+
+    layout = Layout(args.root.resolve())
+    if args.action != "remote" and (args.url or args.endpoint_url):
+        raise VidopsError(f"data {args.action} takes no URL; `vidops data remote URL` sets the remote")
+    if args.action == "remote":
+        if not args.url:
+            raise VidopsError("data remote needs the S3 URL, e.g. vidops data remote s3://my-bucket/datasets")
+        versioning.init(layout.root)
+        versioning.set_remote(layout.root, args.url, args.endpoint_url)
+        print(f"DVC remote {versioning.REMOTE}: {args.url}" + (f" at {args.endpoint_url}" if args.endpoint_url else ""))
+    elif args.action == "push":
+        for version in version_datasets(layout, _load(layout.root, args.params, [])):
+            print(f"{version.path.relative_to(layout.root)}: version {version.md5} ({version.files} files) pushed to {versioning.remote_url(layout.root)}")
+    else:
+        with project_store(layout):
+            versioning.pull(layout.root)
+        print(f"pulled from {versioning.remote_url(layout.root)}")
+
+
+def version_datasets(layout: Layout, params: Params) -> list:
+    """`dvc add` each task's dataset and push the versions to the remote (the project's own S3 unless set elsewhere)."""
+    from components import versioning
+    from flows.stack import project_store
+
+    versioning.init(layout.root)
+    with project_store(layout):
+        versions = [versioning.add(layout.root, layout.raw(params.datasets.of(task))) for task in params.tasks]
+        versioning.push(layout.root, [v.dvc_file for v in versions])
+    return versions
+
+
+def cmd_lineage(args: argparse.Namespace) -> None:
+    from components import versioning
+    from components.registry import lineage
+    from flows.stack import project_store
+
+    layout = Layout(args.root.resolve())
+    found = lineage(_registry(layout.root), args.model_uri)
+    t = found.tags
+    print(f"model     {found.model_name} version {found.version}" + (f" ({', '.join(found.aliases)})" if found.aliases else ""))
+    print(f"run       MLflow run {found.run_id}")
+    print(f"flow run  {t.get('vidops.prefect_flow_run_id', '(not run through Prefect)')}")
+    print(f"code      git commit {t.get('mlflow.source.git.commit', '(the project was not in git)')}")
+    print(f"params    sha256 {t.get('vidops.params_sha256', '(not recorded)')}")
+    print(f"data      {found.dataset}, DVC version {found.dataset_version or '(not recorded)'}")
+    if not args.checkout:
+        return
+    if not (found.dataset and found.dataset_version):
+        raise VidopsError(f"{args.model_uri}: its run recorded no dataset version to check out")
+    with project_store(layout):
+        versioning.checkout(layout.root, layout.root / found.dataset, found.dataset_version)
+    print(f"checked out {found.dataset} at {found.dataset_version}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -390,6 +479,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
         else:
             print(f"generating the demo {task} dataset in {dataset} ...")
             generate_dataset(dataset, task, params.generate.of(task))
+    for version in version_datasets(layout, params):  # DVC, pushed to the project's own S3 (.vidops/s3/)
+        print(f"versioned {version.path.relative_to(layout.root)} as {version.md5} ({version.files} files), pushed to the DVC remote")
     _run_pipeline(layout, PARAMS_FILE, args.overrides, args.refresh)
 
 

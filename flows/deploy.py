@@ -18,6 +18,7 @@ import yaml
 
 from components.errors import VidopsError
 from components.layout import Layout
+from components.programs import program
 
 SPEC = "prefect.yaml"
 REPO_SPEC = Path(__file__).resolve().parent.parent / SPEC  # the checkout's, for projects without their own
@@ -54,7 +55,7 @@ def deploy(layout: Layout) -> list[str]:
     api = _server()
     _ensure_pools(found)
     env = {**os.environ, "VIDOPS_ROOT": str(layout.root)}  # the pull step: flow runs work in the project folder
-    done = subprocess.run([_prefect(), "--no-prompt", "deploy", "--all", "--prefect-file", str(path)],
+    done = subprocess.run([program("prefect"), "--no-prompt", "deploy", "--all", "--prefect-file", str(path)],
                           cwd=layout.root, env=env, capture_output=True, text=True)  # fmt: skip
     if done.returncode != 0:
         raise VidopsError(f"prefect deploy against {api} failed:\n{(done.stdout + done.stderr).strip()[-2000:]}")
@@ -102,9 +103,3 @@ def _ensure_pools(found: list[dict[str, Any]]) -> None:
                     client.create_work_pool(WorkPoolCreate(name=name, type="process"))
                 except ObjectAlreadyExists:
                     pass
-
-
-def _prefect() -> str:
-    from flows.stack import program
-
-    return program("prefect")

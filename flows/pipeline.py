@@ -115,7 +115,7 @@ def training_pipeline(root: str = ".", params_file: str | None = "params.yaml", 
     `params_file` is relative to `root` (None: the defaults); `overrides` are `KEY.PATH=VALUE` strings.
     A stage whose code, params and input files are unchanged reuses its cached result, unless `refresh`.
     """
-    layout, params = _project(root, params_file, overrides)
+    layout, params = load_project(root, params_file, overrides)
     for name in params.tasks:  # before any work: a missing dataset fails the run at once
         stages.dataset(layout, params, name)
 
@@ -141,7 +141,7 @@ def training_pipeline(root: str = ".", params_file: str | None = "params.yaml", 
 def promotion(root: str = ".", params_file: str | None = "params.yaml", overrides: list[str] | None = None, versions: dict[str, str | None] | None = None) -> dict[str, Decision]:
     """Gate each task's challenger (or the version `versions` names for the task) against its champion, on the
     project's test clips; the decision and both scores go to the flow's artifacts and the version's tags."""
-    layout, params = _project(root, params_file, overrides)
+    layout, params = load_project(root, params_file, overrides)
     decisions = {}
     for name, version in (versions or dict.fromkeys(params.tasks)).items():
         decisions[name] = promote_model(layout, params, name, version)
@@ -149,7 +149,8 @@ def promotion(root: str = ".", params_file: str | None = "params.yaml", override
     return decisions
 
 
-def _project(root: str, params_file: str | None, overrides: list[str] | None) -> tuple[Layout, Params]:
+def load_project(root: str, params_file: str | None, overrides: list[str] | None) -> tuple[Layout, Params]:
+    """A flow's project folder and its params (`params_file` relative to it; None: the defaults)."""
     layout = Layout(Path(root).resolve())
     return layout, load_params(layout.root / params_file if params_file else None, overrides or ())
 

@@ -5,6 +5,10 @@ artifacts go to that S3, a Prefect server with its UI, and a Prefect process wor
 on 127.0.0.1. Their data lives under `<project>/.vidops/stack/` and survives a restart;
 `stack.json` records what `up` started, so `down` stops exactly that, and `env` holds the
 variables that point vidops (and you, after `set -a; . .vidops/stack/env`) at them.
+
+The project's S3 (data, keys) lives in `<project>/.vidops/s3/` for both profiles: the stack
+serves it while it is up, and the embedded profile starts it for as long as a command needs
+it (`project_s3`), so what `vidops demo` pushed is there when the stack comes up.
 """
 
 from __future__ import annotations
@@ -12,20 +16,21 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from components import versioning
 from components.errors import VidopsError
 from components.io import write_json
 from components.layout import Layout
+from components.programs import program
 
 POOL = "vidops-process"  # the process work pool the stack's worker serves
 BUCKET = "vidops"  # MLflow's artifacts (and DVC's remote) in the stack's S3
@@ -44,6 +49,11 @@ def folder(layout: Layout) -> Path:
     return layout.state / "stack"
 
 
+def s3_folder(layout: Layout) -> Path:
+    """The project's S3 server: its data, keys and log, the same for the stack and the embedded profile."""
+    return layout.state / "s3"
+
+
 def up(layout: Layout, ports: Ports) -> dict[str, str]:
     """Start the four services (refusing a taken port before starting any); their URLs by name."""
     home = folder(layout)
@@ -53,10 +63,10 @@ def up(layout: Layout, ports: Ports) -> dict[str, str]:
         if not _free(port):
             raise VidopsError(f"port {port} on 127.0.0.1 ({name}) is taken by another program; stop it or pick another with --{name}-port")
     home.mkdir(parents=True, exist_ok=True)
-    env = _env(home, ports)
+    env = _env(layout, ports)
     started: dict[str, dict] = {}  # in start order: down stops them newest first
     try:
-        started["s3"] = _start(home, "s3", _seaweedfs(home, ports.s3), env, f"http://127.0.0.1:{ports.s3}", _bucket(env))
+        started["s3"] = _start_s3(layout, ports.s3, env)
         mlflow = [program("mlflow"), "server", "--host", "127.0.0.1", "--port", str(ports.mlflow), "--workers", "1",
                   "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}", "--artifacts-destination", f"s3://{BUCKET}/mlflow"]  # fmt: skip
         started["mlflow"] = _start(home, "mlflow", mlflow, env, env["MLFLOW_TRACKING_URI"], _http("/health"))
@@ -72,6 +82,8 @@ def up(layout: Layout, ports: Ports) -> dict[str, str]:
         raise
     write_json(home / RECORD, {"services": list(started.values())})
     _write_env(home / ENV_FILE, env)
+    versioning.init(layout.root)  # the datasets are versioned in the stack's S3 (ingest, `dvc push`)
+    _point_dvc(layout, env)
     return {name: service["url"] for name, service in started.items()}
 
 
@@ -99,19 +111,77 @@ def load_env(layout: Layout) -> None:
             os.environ.setdefault(key, value)
 
 
-def _env(home: Path, ports: Ports) -> dict[str, str]:
-    """The variables every service and client of the stack gets; the S3 keys are made once and kept."""
-    keys = home / "s3-keys.json"
+@contextmanager
+def project_s3(layout: Layout) -> Iterator[dict[str, str]]:
+    """The project's S3 while the block runs: the stack's when it is up, else SeaweedFS started on a free port
+    and stopped afterwards. Yields the client variables (endpoint, keys, region); points DVC's remote at it."""
+    running = {service["name"]: service for service in _record(folder(layout))}
+    if "s3" in running and _alive(running["s3"]):
+        env = _s3_env(layout, running["s3"]["url"])
+        _point_dvc(layout, env)
+        yield env
+        return
+    port = _free_port()
+    env = {**os.environ, **_s3_env(layout, f"http://127.0.0.1:{port}")}
+    service = _start_s3(layout, port, env)
+    try:
+        _point_dvc(layout, env)
+        yield _s3_env(layout, service["url"])
+    finally:
+        _stop([service])
+
+
+@contextmanager
+def project_store(layout: Layout) -> Iterator[None]:
+    """While the block runs, this process's S3 clients (boto3, DVC) reach the project's data store: its own S3 when DVC's
+    remote is the project's bucket or not set yet; a remote elsewhere (AWS S3, cluster profile) needs nothing started."""
+    url = versioning.remote_url(layout.root) if versioning.is_repo(layout.root) else None
+    if url not in (None, versioning.local_url(BUCKET)):
+        yield
+        return
+    with project_s3(layout) as env:
+        before = {name: os.environ.get(name) for name in env}
+        os.environ.update(env)
+        try:
+            yield
+        finally:
+            for name, value in before.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
+def _s3_env(layout: Layout, endpoint: str) -> dict[str, str]:
+    """What an S3 client of the project's server needs; the keys are made once and kept (mode 600)."""
+    keys = s3_folder(layout) / "keys.json"
     if not keys.is_file():
         write_json(keys, {"AWS_ACCESS_KEY_ID": "vidops" + secrets.token_hex(6), "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(30)})
         keys.chmod(0o600)
-    s3 = f"http://127.0.0.1:{ports.s3}"
+    return {**json.loads(keys.read_text()), "AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def _point_dvc(layout: Layout, env: dict[str, str]) -> None:
+    """A DVC project's default remote, when it is the project's own bucket, gets this server's endpoint and keys
+    (in .dvc/config.local, which git ignores); a remote elsewhere (AWS S3) is left alone."""
+    if versioning.is_repo(layout.root) and versioning.remote_url(layout.root) in (None, versioning.local_url(BUCKET)):
+        versioning.set_remote(layout.root, versioning.local_url(BUCKET), env["AWS_ENDPOINT_URL"], (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]))
+
+
+def _start_s3(layout: Layout, port: int, env: dict[str, str]) -> dict:
+    """SeaweedFS serving the project's S3 on `port`, once its bucket exists."""
+    home = s3_folder(layout)
+    home.mkdir(parents=True, exist_ok=True)
+    return _start(home, "s3", _seaweedfs(home, port, env), env, f"http://127.0.0.1:{port}", _bucket(env))
+
+
+def _env(layout: Layout, ports: Ports) -> dict[str, str]:
+    """The variables every service and client of the stack gets."""
+    s3 = _s3_env(layout, f"http://127.0.0.1:{ports.s3}")
     return {
         **os.environ,
-        **json.loads(keys.read_text()),
-        "AWS_ENDPOINT_URL": s3,
-        "MLFLOW_S3_ENDPOINT_URL": s3,
-        "AWS_DEFAULT_REGION": "us-east-1",
+        **s3,
+        "MLFLOW_S3_ENDPOINT_URL": s3["AWS_ENDPOINT_URL"],
         "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{ports.mlflow}",
         "PREFECT_API_URL": f"http://127.0.0.1:{ports.prefect}/api",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -127,17 +197,16 @@ def _write_env(path: Path, env: dict[str, str]) -> None:
     path.chmod(0o600)  # it holds the S3 keys
 
 
-def _seaweedfs(home: Path, s3_port: int) -> list[str]:
+def _seaweedfs(home: Path, s3_port: int, env: dict[str, str]) -> list[str]:
     """`weed server` with S3 and its identities; every other port it opens is a free one, on loopback only."""
-    env = json.loads((home / "s3-keys.json").read_text())
     identity = {"name": "vidops", "credentials": [{"accessKey": env["AWS_ACCESS_KEY_ID"], "secretKey": env["AWS_SECRET_ACCESS_KEY"]}],
                 "actions": ["Admin", "Read", "Write", "List", "Tagging"]}  # fmt: skip
     write_json(home / "s3.json", {"identities": [identity]})
     (home / "s3.json").chmod(0o600)
-    (home / "seaweedfs").mkdir(exist_ok=True)
+    (home / "data").mkdir(exist_ok=True)
     inner = {f"-{flag}": str(_free_port()) for flag in ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
                                                          "filer.port.grpc", "s3.port.grpc", "iam.port")}  # fmt: skip
-    return [program("weed"), "server", f"-dir={home / 'seaweedfs'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
+    return [program("weed"), "server", f"-dir={home / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
             "-s3", f"-s3.port={s3_port}", f"-s3.config={home / 's3.json'}", "-s3.port.iceberg=0", "-s3.port.lance=0",
             *(f"{flag}={port}" for flag, port in inner.items())]  # fmt: skip
 
@@ -202,14 +271,18 @@ def _pool_ready(api: str) -> Callable[[str], bool]:
     return ready
 
 
+# SeaweedFS's volume server has flushed and closed within a second of SIGTERM; its master then lingers for 25 s
+GRACE_S = {"s3": 5.0}
+
+
 def _stop(services: list[dict], timeout_s: float = 30) -> list[str]:
-    """SIGTERM each live service's process group (newest first), SIGKILL what is left after `timeout_s`."""
+    """SIGTERM each live service's process group (newest first), SIGKILL what is left after its grace period."""
     stopped = []
     for service in reversed(services):
         if not _alive(service):
             continue
         os.killpg(service["pid"], signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
+        deadline = time.monotonic() + GRACE_S.get(service["name"], timeout_s)
         while _alive(service) and time.monotonic() < deadline:
             time.sleep(0.2)
         if _alive(service):
@@ -237,15 +310,6 @@ def _record(home: Path) -> list[dict]:
     """What `up` started, in start order."""
     path = home / RECORD
     return json.loads(path.read_text())["services"] if path.is_file() else []
-
-
-def program(program: str) -> str:
-    """A program of this environment (the venv's bin), else from PATH."""
-    here = Path(sys.executable).parent / program
-    found = str(here) if here.is_file() else shutil.which(program)
-    if found is None:
-        raise VidopsError(f"{program}: not found next to {sys.executable} nor on PATH; install vidops into this environment")
-    return found
 
 
 def _free(port: int) -> bool:

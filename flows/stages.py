@@ -20,22 +20,26 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
-from components import evaluation, extraction, promotion, registry, training, validation
+from components import evaluation, extraction, promotion, registry, training, validation, versioning
 from components.errors import VidopsError
 from components.io import write_json
 from components.layout import Layout
 from components.parallel import Mapper, in_processes, in_threads
-from components.params import Params, Task
+from components.params import Params, Task, ValidationParams
 from flows.profiles import registry_lock, tracking
 
 T = TypeVar("T")
+CURVES = "training.csv"  # reports/<task>/: loss and accuracy per epoch, for `dvc plots`
 
 
 def validate_dataset(layout: Layout, params: Params, task: Task, mapper: Mapper = in_threads) -> validation.ValidationSummary:
-    # the sync model learns from sound, not labels: a clip without sound is of no use, one class is enough
-    checks = params.validation.model_copy(update={"require_audio": True}) if task == "sync" else params.validation
-    classes = 1 if task == "sync" else 2
-    return validation.validate_dataset(dataset(layout, params, task), layout.catalog(task), checks, layout.data_docs(task), classes, mapper)
+    classes = 1 if task == "sync" else 2  # the sync model learns from sound, not labels: one class is enough
+    return validation.validate_dataset(dataset(layout, params, task), layout.catalog(task), validation_checks(params, task), layout.data_docs(task), classes, mapper)
+
+
+def validation_checks(params: Params, task: Task) -> ValidationParams:
+    """The task's checks: the sync model learns from sound, so a clip without it is of no use there."""
+    return params.validation.model_copy(update={"require_audio": True}) if task == "sync" else params.validation
 
 
 def extract_features(
@@ -48,7 +52,9 @@ def extract_features(
 def train_model(layout: Layout, params: Params, task: Task) -> training.TrainedModel:
     train = training.train_classifier if task == "classification" else training.train_sync
     # TensorFlow keeps a GPU's memory until its process exits: each training gets a process of its own
-    return in_own_process(train, layout.features(task), layout.models(task), params.train.of(task))
+    trained = in_own_process(train, layout.features(task), layout.models(task), params.train.of(task))
+    training.write_curves(trained.history, layout.reports(task) / CURVES)
+    return trained
 
 
 def evaluate_model(layout: Layout, params: Params, task: Task) -> evaluation.Evaluation:
@@ -88,9 +94,17 @@ def dataset(layout: Layout, params: Params, task: Task) -> Path:
 
 
 def _lineage(layout: Layout, params: Params, task: Task) -> dict[str, str]:
-    """Where the model came from: the dataset folder, the hash of the accepted manifest, the git commit."""
-    accepted = layout.catalog(task) / validation.ACCEPTED
-    tags = {"vidops.task": task, "vidops.dataset": str(dataset(layout, params, task)), "vidops.manifest_sha256": hashlib.sha256(accepted.read_bytes()).hexdigest()}
+    """Where the model came from: the dataset folder and its DVC version (the hash `dvc add` pins), the hash of
+    the accepted manifest, the hash of every param the task's stages read, the git commit."""
+    folder, accepted = dataset(layout, params, task), layout.catalog(task) / validation.ACCEPTED
+    read = param_values(params, tuple(sorted({key for d in DEPENDS.values() for key in d.params})), task)
+    tags = {
+        "vidops.task": task,
+        "vidops.dataset": str(folder.relative_to(layout.root)) if folder.is_relative_to(layout.root) else str(folder),
+        "vidops.dataset_version": versioning.current_version(layout.root, folder),
+        "vidops.manifest_sha256": hashlib.sha256(accepted.read_bytes()).hexdigest(),
+        "vidops.params_sha256": hashlib.sha256(json.dumps(read, sort_keys=True).encode()).hexdigest(),
+    }
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=layout.root, capture_output=True, text=True)
     if commit.returncode == 0:  # a project outside git has no commit to record
         tags["mlflow.source.git.commit"] = commit.stdout.strip()
@@ -115,13 +129,13 @@ STAGES = {
 
 @dataclass(frozen=True)
 class Depends:
-    """What a stage's result depends on, for caching it: component modules, params, input files; and the files it leaves.
+    """What a stage's result depends on, for caching it: component modules, params keys, input files; and the files it leaves.
 
-    dvc.yaml lists the same component modules as each stage's code deps (tests/test_project_files.py holds them together).
+    dvc.yaml lists the same component modules and params keys for each stage (tests/test_project_files.py holds them together).
     """
 
     code: tuple[str, ...]
-    params: Callable[[Params, Task], list[Any]]
+    params: tuple[str, ...]  # dotted keys of params.yaml; {task} stands for the task
     inputs: Callable[[Layout, Params, Task], list[Path]]
     outputs: Callable[[Layout, Task], list[Path]]
 
@@ -131,18 +145,29 @@ def _features(layout: Layout, task: Task) -> list[Path]:
 
 
 DEPENDS = {
-    "validate": Depends(("catalog", "validation"), lambda p, t: [p.datasets.of(t), p.validation],
+    "validate": Depends(("catalog", "validation"), ("datasets.{task}", "validation"),
                         lambda L, p, t: [dataset(L, p, t)], lambda L, t: [L.catalog(t) / validation.ACCEPTED, L.catalog(t) / validation.REPORT]),
-    "extract": Depends(("extraction", "media", "audio", "sampling"), lambda p, t: [p.extract.of(t)],
+    "extract": Depends(("extraction", "media", "audio", "sampling"), ("datasets.{task}", "extract.{task}"),
                        lambda L, p, t: [L.catalog(t) / validation.ACCEPTED], _features),
-    "train": Depends(("inputs", "models", "training"), lambda p, t: [p.train.of(t)], lambda L, p, t: _features(L, t),
-                     lambda L, t: [L.models(t) / "model.keras"]),
-    "evaluate": Depends(("inputs", "models", "evaluation"), lambda p, t: [p.train.of(t)], lambda L, p, t: [L.models(t) / "model.keras", *_features(L, t)],
+    "train": Depends(("inputs", "models", "training"), ("train.{task}",), lambda L, p, t: _features(L, t),
+                     lambda L, t: [L.models(t) / "model.keras", L.reports(t) / CURVES]),
+    "evaluate": Depends(("inputs", "models", "evaluation"), ("train.{task}",), lambda L, p, t: [L.models(t) / "model.keras", *_features(L, t)],
                         lambda L, t: [L.reports(t) / evaluation.METRICS]),
-    "register": Depends(("registry", "serving"), lambda p, t: [p.registry, p.datasets.of(t), p.extract.of(t), p.train.of(t)],
+    "register": Depends(("registry", "serving"), ("registry", "datasets.{task}", "extract.{task}", "train.{task}"),
                         lambda L, p, t: [L.models(t), L.reports(t) / evaluation.METRICS, L.catalog(t) / validation.ACCEPTED],
                         lambda L, t: [L.reports(t) / "registration.json"]),
 }  # fmt: skip
+
+
+def param_values(params: Params, keys: tuple[str, ...], task: Task) -> dict[str, Any]:
+    """The values of dotted params keys (`train.{task}`), by key."""
+    tree, found = params.to_yaml_dict(), {}
+    for key in keys:
+        node = tree
+        for part in key.format(task=task).split("."):
+            node = node[part]
+        found[key.format(task=task)] = node
+    return found
 
 
 def fingerprint(stage: str, layout: Layout, params: Params, task: Task) -> str:
@@ -152,8 +177,7 @@ def fingerprint(stage: str, layout: Layout, params: Params, task: Task) -> str:
     digest = hashlib.sha256(f"{stage}:{task}:{tracking(layout).uri}".encode())
     for name in depends.code:
         digest.update((Path(extraction.__file__).parent / f"{name}.py").read_bytes())
-    for value in depends.params(params, task):
-        digest.update(json.dumps(value.model_dump(mode="json") if hasattr(value, "model_dump") else value, sort_keys=True).encode())
+    digest.update(json.dumps(param_values(params, depends.params, task), sort_keys=True).encode())
     for path in depends.inputs(layout, params, task):
         if path.is_dir():
             for file in sorted(p for p in path.rglob("*") if p.is_file()):

@@ -29,13 +29,14 @@ def test_every_dvc_stage_runs_a_vidops_stage_per_task_and_reads_real_params():
                 assert dep.startswith(("data/", "models/", "reports/")) or (REPO / dep).exists(), dep
 
 
-def test_dvc_and_the_prefect_cache_see_the_same_code_of_each_stage():
+def test_dvc_and_the_prefect_cache_see_the_same_code_and_params_of_each_stage():
     from flows.stages import DEPENDS
 
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     for name, depends in DEPENDS.items():
         code = {dep for dep in stages[name]["do"]["deps"] if dep.startswith("components/")}
         assert code == {f"components/{module}.py" for module in depends.code}, name
+        assert set(stages[name]["do"]["params"]) == {key.replace("{task}", "${key}") for key in depends.params}, name
 
 
 def test_readme_quickstart_has_two_commands_and_ci_runs_the_test_one():

@@ -48,8 +48,13 @@ def _memorise(model, features: Path) -> None:
     for layer in model.layers:
         layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
-    model.fit(frames, split.labels, epochs=150, batch_size=len(frames), verbose=0)
-    assert np.mean(np.argmax(model.predict(frames, verbose=0), axis=1) == split.labels) == 1.0
+    keras.utils.set_random_seed(0)
+    right = lambda: np.mean(np.argmax(model.predict(frames, verbose=0), axis=1) == split.labels)  # noqa: E731
+    for _ in range(4):  # a few clips can take longer to fit from some starting weights
+        model.fit(frames, split.labels, epochs=60, batch_size=len(frames), verbose=0)
+        if right() == 1.0:
+            break
+    assert right() == 1.0
 
 
 def _register(project: Layout, params, tmp_path: Path, change, logged_accuracy: float | None = None) -> str:

@@ -1,0 +1,137 @@
+"""Ingest: clips that land under an S3 prefix join a dataset folder (data/raw/<dataset>/<label>/<clip>).
+
+Each landing object is downloaded and checked against what the listing said of it (its size,
+and the MD5 its ETag carries), so a file that changed in between is refused, not half-taken.
+Clips that pass the dataset's checks are copied in, never over a different file; versioning
+(`dvc add`, `dvc push`) is `components.versioning`'s. Landing objects move only after that
+version is pushed (`move`), so an ingest that fails leaves them where they were.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from components.errors import VidopsError
+from components.io import atomic_path
+
+CHUNK = 8 * 2**20
+ALREADY_IN = "already in the dataset"  # a landed clip byte-identical to one the dataset has: done with, like an added one
+
+
+@dataclass(frozen=True)
+class LandingObject:
+    """One object under the landing prefix, as the listing saw it."""
+
+    key: str
+    clip: str  # its path under the prefix: <label>/<clip>
+    size: int
+    etag: str
+
+
+class Changed(VidopsError):
+    """A landing object is not what the listing said: it changed between listing and download."""
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """s3://bucket/prefix -> (bucket, "prefix/")."""
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    return bucket, prefix.strip("/") + "/" if prefix.strip("/") else ""
+
+
+def s3_client() -> Any:
+    """boto3's S3 client; endpoint (AWS_ENDPOINT_URL), keys and region come from the environment, as for any AWS tool."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", config=Config(retries={"max_attempts": 3, "mode": "standard"}))
+
+
+def list_landing(client: Any, url: str) -> list[LandingObject]:
+    """Every object under the landing prefix, oldest first."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, prefix = split_url(url)
+    found = []
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            found += page.get("Contents", [])
+    except ClientError as exc:
+        raise VidopsError(f"{url}: cannot list the landing prefix: {exc.response['Error'].get('Code')}: {exc.response['Error'].get('Message')}") from None
+    except BotoCoreError as exc:
+        raise OSError(f"{url}: cannot list the landing prefix: {exc}") from None  # the network's: a task may retry it
+    found.sort(key=lambda o: (o["LastModified"], o["Key"]))
+    return [LandingObject(o["Key"], o["Key"][len(prefix) :], int(o["Size"]), o["ETag"].strip('"')) for o in found if not o["Key"].endswith("/")]
+
+
+def download(client: Any, bucket: str, landed: LandingObject, folder: Path) -> Path:
+    """The object, downloaded to folder/<label>/<clip>; Changed when its size or checksum is not the listing's."""
+    from botocore.exceptions import ClientError
+
+    path = folder / landed.clip
+    with atomic_path(path) as tmp:
+        try:
+            client.download_file(bucket, landed.key, str(tmp))
+        except ClientError as exc:
+            if exc.response["Error"].get("Code") in ("404", "NoSuchKey"):
+                raise Changed(f"s3://{bucket}/{landed.key}: gone since it was listed") from None
+            raise
+        size = tmp.stat().st_size
+        if size != landed.size:
+            raise Changed(f"s3://{bucket}/{landed.key}: {size} bytes downloaded, {landed.size} listed: it changed since it was listed")
+        if _etag(client, bucket, landed, tmp) != landed.etag:
+            raise Changed(f"s3://{bucket}/{landed.key}: its checksum is not the listed ETag {landed.etag}: it changed since it was listed")
+    return path
+
+
+def _etag(client: Any, bucket: str, landed: LandingObject, path: Path) -> str:
+    """The ETag S3 gives this content: its MD5, or for a multipart upload the MD5 of its parts' MD5s, '-N'."""
+    multipart = re.fullmatch(r"[0-9a-f]{32}-(\d+)", landed.etag)
+    part_size = client.head_object(Bucket=bucket, Key=landed.key, PartNumber=1)["ContentLength"] if multipart else os.path.getsize(path) or 1
+    digests = []
+    with path.open("rb") as f:
+        while part := f.read(part_size):
+            digest = hashlib.md5(usedforsecurity=False)
+            digest.update(part)
+            digests.append(digest.digest())
+    if not multipart:
+        return (digests[0] if digests else hashlib.md5(b"", usedforsecurity=False).digest()).hex()
+    return f"{hashlib.md5(b''.join(digests), usedforsecurity=False).hexdigest()}-{len(digests)}"
+
+
+def add_clips(staged: Path, clips: list[str], dataset: Path) -> tuple[list[str], dict[str, str]]:
+    """Copy the staged clips (<label>/<clip>) into the dataset folder; the clips added, and why others were not
+    (one already there with other content is never overwritten; one with the same content is already in)."""
+    added, skipped = [], {}
+    for clip in clips:
+        source, target = staged / clip, dataset / clip
+        if target.exists():
+            same = _sha256(target) == _sha256(source)
+            skipped[clip] = ALREADY_IN if same else f"{target} exists with other content; rename the clip and land it again"
+            continue
+        with atomic_path(target) as tmp:
+            shutil.copyfile(source, tmp)
+        added.append(clip)
+    return added, skipped
+
+
+def move(client: Any, bucket: str, key: str, source_prefix: str, target_url: str) -> str:
+    """Move an object from under `source_prefix` to the same place under `target_url` (copy, then delete); its new key."""
+    target_bucket, target_prefix = split_url(target_url)
+    new_key = target_prefix + key[len(source_prefix) :]
+    client.copy({"Bucket": bucket, "Key": key}, target_bucket, new_key)
+    client.delete_object(Bucket=bucket, Key=key)
+    return new_key
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()

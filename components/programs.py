@@ -1,0 +1,18 @@
+"""The command-line programs vidops runs (weed, mlflow, prefect, dvc): those of its own environment first."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from components.errors import VidopsError
+
+
+def program(name: str) -> str:
+    """A program of this environment (the venv's bin), else from PATH."""
+    here = Path(sys.executable).parent / name
+    found = str(here) if here.is_file() else shutil.which(name)
+    if found is None:
+        raise VidopsError(f"{name}: not found next to {sys.executable} nor on PATH; install vidops into this environment")
+    return found

@@ -1,0 +1,205 @@
+"""Dataset versions with DVC: a dataset folder is `dvc add`ed and pushed to an S3 remote; its version is the
+hash DVC gives the folder (`<md5>.dir`), which MLflow runs record and `vidops lineage` checks out again.
+
+DVC runs as its command line (`dvc` of vidops's environment), as a user would run it; the
+credentials of a remote go to `.dvc/config.local` (which git ignores) or come from the
+environment, never into the committed `.dvc/config`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from components.errors import VidopsError
+from components.io import atomic_path
+from components.programs import program
+
+REMOTE = "vidops"  # the remote vidops configures, made the default
+
+
+@dataclass(frozen=True)
+class DatasetVersion:
+    """One version of a dataset folder: DVC's hash of it, its files and bytes, and the .dvc file that pins it."""
+
+    path: Path
+    md5: str  # "<md5>.dir"
+    files: int
+    size: int
+    dvc_file: Path
+
+
+def dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run `dvc ARGS` in `root`; an error quotes DVC's own message."""
+    done = subprocess.run([program("dvc"), *args], cwd=root, capture_output=True, text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    if check and done.returncode != 0:
+        raise VidopsError(f"dvc {' '.join(args)} in {root} failed: {_message(done)}")
+    return done
+
+
+def is_repo(root: Path) -> bool:
+    return (root / ".dvc").is_dir()
+
+
+def init(root: Path) -> None:
+    """Make `root` a DVC project, once: with git when `root` is a git repository's top, inside it (--subdir)
+    when it is a folder of one, without (--no-scm) otherwise."""
+    if is_repo(root):
+        return
+    top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True)
+    if top.returncode != 0:
+        dvc(root, "init", "--no-scm", "--quiet")
+    elif Path(top.stdout.strip()).resolve() == root.resolve():
+        dvc(root, "init", "--quiet")
+    else:
+        dvc(root, "init", "--subdir", "--quiet")
+
+
+def local_url(bucket: str) -> str:
+    """The remote's URL in the project's own S3 (SeaweedFS: embedded and stack profiles)."""
+    return f"s3://{bucket}/dvc"
+
+
+def remote_url(root: Path) -> str | None:
+    """The default remote's URL, None when the project has none."""
+    name = dvc(root, "remote", "default", check=False).stdout.strip()
+    if not name:
+        return None
+    return dvc(root, "config", f"remote.{name}.url", check=False).stdout.strip() or None
+
+
+def set_remote(root: Path, url: str, endpoint_url: str | None = None, keys: tuple[str, str] | None = None) -> None:
+    """Make `url` (s3://bucket/prefix) the default remote `vidops`. The URL goes to `.dvc/config`; an endpoint
+    of a server on this machine and any keys go to `.dvc/config.local`, which is never committed."""
+    if not re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?", url):
+        raise VidopsError(f"{url}: not an S3 URL such as s3://my-bucket/datasets")
+    dvc(root, "remote", "add", "--default", "--force", REMOTE, url)
+    local = ["--local"] if endpoint_url and _on_this_machine(endpoint_url) else []
+    if endpoint_url:
+        dvc(root, "remote", "modify", *local, REMOTE, "endpointurl", endpoint_url)
+    if keys:
+        dvc(root, "remote", "modify", "--local", REMOTE, "access_key_id", keys[0])
+        dvc(root, "remote", "modify", "--local", REMOTE, "secret_access_key", keys[1])
+
+
+def _on_this_machine(url: str) -> bool:
+    return re.match(r"https?://(127\.|localhost|\[::1\])", url) is not None
+
+
+def add(root: Path, folder: Path) -> DatasetVersion:
+    """`dvc add` the folder (unchanged files are not hashed again); the version it now is."""
+    dvc(root, "add", "--quiet", str(folder.relative_to(root)))
+    return read_version(folder)
+
+
+def read_version(folder: Path) -> DatasetVersion:
+    """The version a folder's .dvc file pins."""
+    dvc_file = folder.with_name(folder.name + ".dvc")
+    try:
+        out = yaml.safe_load(dvc_file.read_text())["outs"][0]
+    except (OSError, KeyError, IndexError, TypeError, yaml.YAMLError) as exc:
+        raise VidopsError(f"{dvc_file}: not a .dvc file of a dataset folder ({exc})") from None
+    return DatasetVersion(folder, out["md5"], int(out.get("nfiles", 0)), int(out.get("size", 0)), dvc_file)
+
+
+def push(root: Path, targets: list[Path], tries: int = 3, wait_s: float = 2.0) -> None:
+    """`dvc push` the targets' data to the default remote, trying again (with backoff) when the network failed.
+
+    DVC uploads a folder's files first and its listing (`<md5>.dir`) last, so a push that fails
+    part-way leaves no version on the remote that names missing files; the next push sends what is left.
+    """
+    _require_remote(root)
+    names = [str(t.relative_to(root)) for t in targets]
+    for attempt in range(1, tries + 1):
+        done = dvc(root, "push", *names, check=False)
+        if done.returncode == 0:
+            return
+        message = _message(done)
+        if _denied(message):
+            raise VidopsError(f"dvc push to {remote_url(root)}: the S3 server refused the credentials ({message}); "
+                              "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or .dvc/config.local")  # fmt: skip
+        if attempt == tries:
+            raise VidopsError(f"dvc push to {remote_url(root)} failed {tries} times ({message}); the remote holds no "
+                              "listing of this version (DVC writes it after every file), so a later push completes it")  # fmt: skip
+        time.sleep(wait_s * 2 ** (attempt - 1))
+
+
+def pull(root: Path, targets: list[Path] | None = None) -> None:
+    """`dvc pull` the targets (default: everything the project pins) from the default remote."""
+    _require_remote(root)
+    done = dvc(root, "pull", *(str(t.relative_to(root)) for t in targets or []), check=False)
+    if done.returncode != 0:
+        message = _message(done)
+        hint = "; check the keys" if _denied(message) else ""
+        raise VidopsError(f"dvc pull from {remote_url(root)} failed: {message}{hint}")
+
+
+def _require_remote(root: Path) -> None:
+    if not is_repo(root):
+        raise VidopsError(f"{root}: not a DVC project; `vidops data push` makes it one")
+    if remote_url(root) is None:
+        raise VidopsError(f"{root}: no DVC remote is configured; `vidops data remote s3://BUCKET/PREFIX` sets one")
+
+
+def _denied(message: str) -> bool:
+    return re.search(r"InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied|Forbidden|403", message) is not None
+
+
+def _message(done: subprocess.CompletedProcess[str]) -> str:
+    """DVC's error lines, without its advertising."""
+    lines = [line.strip() for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("ERROR")] or lines[-3:]
+    return " ".join(errors)[-1500:] or f"exit code {done.returncode}"
+
+
+def current_version(root: Path, folder: Path) -> str:
+    """DVC's hash of the folder as it is now (`<md5>.dir`), the value `dvc add` would pin, without adding it:
+    respects .dvcignore in a DVC project, and reuses DVC's record of the hashes of unchanged files."""
+    from dvc_data.hashfile.build import build
+    from dvc_data.hashfile.db import HashFileDB
+    from dvc_objects.fs import LocalFileSystem, MemoryFileSystem
+
+    if not folder.is_dir():
+        raise VidopsError(f"{folder}: no such dataset folder")
+    if is_repo(root):
+        from dvc.repo import Repo
+
+        with Repo(str(root)) as repo:
+            _, _, obj = build(repo.cache.local, repo.fs.abspath(str(folder)), repo.fs, "md5", ignore=repo.dvcignore, dry_run=True)
+    else:
+        _, _, obj = build(HashFileDB(MemoryFileSystem(), "/odb"), str(folder), LocalFileSystem(), "md5", dry_run=True)
+    return obj.hash_info.value
+
+
+def checkout(root: Path, folder: Path, md5: str) -> DatasetVersion:
+    """Make `folder` the dataset version `md5` again: pin it in the folder's .dvc file and `dvc pull` it
+    (from the local cache when it is there, else from the remote)."""
+    if not re.fullmatch(r"[0-9a-f]{32}\.dir", md5):
+        raise VidopsError(f"{md5!r}: not a DVC dataset version such as 0123456789abcdef0123456789abcdef.dir")
+    dvc_file = folder.with_name(folder.name + ".dvc")
+    with atomic_path(dvc_file) as tmp:
+        tmp.write_text(yaml.safe_dump({"outs": [{"md5": md5, "path": folder.name, "hash": "md5"}]}, sort_keys=False))
+    done = dvc(root, "checkout", "--force", str(dvc_file.relative_to(root)), check=False)
+    if done.returncode != 0:  # not in the local cache: fetch it
+        pull(root, [dvc_file])
+    return DatasetVersion(folder, md5, 0, 0, dvc_file)
+
+
+def commit(root: Path, version: DatasetVersion, message: str) -> str | None:
+    """Commit the version's .dvc file (and the .gitignore DVC keeps beside it) when `root` is in a git repository;
+    the commit's hash, None outside git."""
+    git = lambda *args: subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)  # noqa: E731
+    if git("rev-parse", "--is-inside-work-tree").returncode != 0:
+        return None
+    paths = [str(p.relative_to(root)) for p in (version.dvc_file, version.dvc_file.with_name(".gitignore")) if p.exists()]
+    added = git("add", "--", *paths)
+    done = git("commit", "--quiet", "-m", message, "--", *paths) if added.returncode == 0 else added
+    if done.returncode != 0:
+        raise VidopsError(f"git commit of {', '.join(paths)} in {root} failed: {(done.stderr or done.stdout).strip()}")
+    return git("rev-parse", "HEAD").stdout.strip()

@@ -1,0 +1,181 @@
+"""DVC on a real S3 server (SeaweedFS, started here on a free port): datasets pushed and pulled, a fresh clone that
+pulls and reproduces every stage, experiments, and lineage from a registered model back to the dataset version."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from components import versioning
+from components.errors import VidopsError
+from components.layout import Layout
+from flows.stack import project_s3
+from corpus import encode
+
+REPO = Path(__file__).resolve().parents[1]
+MULTIPART = 100 * 2**20  # s3fs (under dvc-s3) uploads a file of this size or more in parts
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A SeaweedFS S3 server with keys, on a free port: the client variables (endpoint, keys, region)."""
+    with project_s3(Layout(tmp_path_factory.mktemp("s3"))) as env:
+        yield env
+
+
+def s3_client(env: dict[str, str]):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name=env["AWS_DEFAULT_REGION"])  # fmt: skip
+
+
+def use_remote(root: Path, env: dict[str, str], prefix: str) -> str:
+    url = f"s3://vidops/{prefix}"
+    versioning.set_remote(root, url, env["AWS_ENDPOINT_URL"], (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]))
+    return url
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def remote_key(prefix: str, md5: str) -> str:
+    return f"{prefix}/files/md5/{md5[:2]}/{md5[2:]}"  # DVC 3's layout of a remote
+
+
+@pytest.mark.slow
+def test_a_dataset_with_a_file_above_the_multipart_threshold_is_pushed_and_pulled_whole(s3, tiny_dataset, tmp_path):
+    layout = Layout(tmp_path)
+    dataset = layout.raw("demo")
+    shutil.copytree(tiny_dataset, dataset)
+    big = encode(dataset / "rotate" / "long_take.mp4", size=(1280, 720), frames=560, options={"preset": "ultrafast", "qp": "0"})
+    assert big.stat().st_size >= MULTIPART
+    expected = digests(dataset)
+
+    versioning.init(layout.root)
+    use_remote(layout.root, s3, "dvc-push")
+    assert "secret_access_key" not in (layout.root / ".dvc" / "config").read_text()  # keys only in config.local
+    version = versioning.add(layout.root, dataset)
+    assert version.md5 == versioning.current_version(layout.root, dataset) and version.files == len(expected)
+    versioning.push(layout.root, [version.dvc_file])
+
+    client = s3_client(s3)
+    assert client.head_object(Bucket="vidops", Key=remote_key("dvc-push", version.md5))["ContentLength"] > 0  # the listing, last
+    big_md5 = hashlib.md5(big.read_bytes()).hexdigest()
+    assert "-" in client.head_object(Bucket="vidops", Key=remote_key("dvc-push", big_md5))["ETag"]  # uploaded in parts
+
+    shutil.rmtree(dataset)
+    shutil.rmtree(layout.root / ".dvc" / "cache")
+    versioning.pull(layout.root)
+    assert digests(dataset) == expected
+
+
+def test_push_names_what_is_wrong_and_leaves_no_half_version_on_the_remote(s3, tiny_dataset, tmp_path):
+    layout = Layout(tmp_path)
+    shutil.copytree(tiny_dataset, layout.raw("demo"))
+    versioning.init(layout.root)
+    version = versioning.add(layout.root, layout.raw("demo"))
+    with pytest.raises(VidopsError, match="no DVC remote is configured; `vidops data remote"):
+        versioning.push(layout.root, [version.dvc_file])
+
+    versioning.set_remote(layout.root, "s3://vidops/dvc-bad", s3["AWS_ENDPOINT_URL"], (s3["AWS_ACCESS_KEY_ID"], "not-the-secret"))
+    with pytest.raises(VidopsError, match="refused the credentials"):
+        versioning.push(layout.root, [version.dvc_file], tries=1)
+
+    with __import__("socket").socket() as s:
+        s.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{s.getsockname()[1]}"  # nothing listens there
+    use_remote(layout.root, {**s3, "AWS_ENDPOINT_URL": down}, "dvc-down")
+    with pytest.raises(VidopsError, match="failed 2 times .* the remote holds no listing of this version"):
+        versioning.push(layout.root, [version.dvc_file], tries=2, wait_s=0.1)
+    assert s3_client(s3).list_objects_v2(Bucket="vidops", Prefix="dvc-down/")["KeyCount"] == 0
+
+    with pytest.raises(VidopsError, match="not an S3 URL"):
+        versioning.set_remote(layout.root, "/tmp/elsewhere")
+    with pytest.raises(VidopsError, match="not a DVC dataset version"):
+        versioning.checkout(layout.root, layout.raw("demo"), "latest")
+
+
+def _git(root: Path, *args: str) -> str:
+    done = subprocess.run(["git", "-c", "user.name=vidops", "-c", "user.email=ci@vidops.invalid", *args], cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _dvc(root: Path, *args: str) -> str:
+    done = versioning.dvc(root, *args, check=False)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    return done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_a_fresh_clone_pulls_the_data_reproduces_every_stage_and_reruns_only_what_a_param_change_touches(s3, tiny_dataset, tiny_params, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")  # `vidops stage`, as in an activated venv
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    # the project as a user has it: vidops's dvc.yaml and components, params, a dataset; one task keeps it short
+    origin = Layout(tmp_path / "origin")
+    shutil.copytree(REPO / "components", origin.root / "components", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".gitignore"):
+        shutil.copy(REPO / name, origin.root / name)
+    params = tiny_params.to_yaml_dict() | {"tasks": ["classification"], "datasets": {"classification": "demo"}}
+    (origin.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.copytree(tiny_dataset, origin.raw("demo"))
+    _git(origin.root, "init", "--quiet")
+    versioning.init(origin.root)
+    url = use_remote(origin.root, s3, "dvc-clone")
+    version = versioning.add(origin.root, origin.raw("demo"))
+    versioning.push(origin.root, [version.dvc_file])
+    first = _dvc(origin.root, "repro")
+    for stage in ("validate", "extract", "train", "evaluate", "register", "promote"):
+        assert f"Running stage '{stage}@classification'" in first
+    assert "Data and pipelines are up to date" in _dvc(origin.root, "repro")
+    _dvc(origin.root, "push")  # the stages' outputs too, so a clone need not run them again
+    _git(origin.root, "add", "-A")
+    _git(origin.root, "commit", "--quiet", "-m", "dataset v1 and a pipeline run")
+    tracked = _git(origin.root, "ls-files")
+    assert {"data/raw/demo.dvc", "dvc.lock", "reports/classification/metrics.json"} <= set(tracked.split()) and "config.local" not in tracked
+
+    clone = Layout(tmp_path / "clone")
+    _git(tmp_path, "clone", "--quiet", str(origin.root), str(clone.root))
+    assert versioning.remote_url(clone.root) == url
+    use_remote(clone.root, s3, "dvc-clone")  # this machine's endpoint and keys: .dvc/config.local
+    _dvc(clone.root, "pull")
+    assert digests(clone.raw("demo")) == digests(tiny_dataset)
+    assert "Data and pipelines are up to date" in _dvc(clone.root, "repro")
+    metrics = (clone.reports("classification") / "metrics.json").read_text()
+    assert metrics == (origin.reports("classification") / "metrics.json").read_text()
+
+    experiment = _dvc(clone.root, "exp", "run", "-S", "train.classification.epochs=1")
+    for stage in ("validate", "extract"):
+        assert f"Stage '{stage}@classification' didn't change, skipping" in experiment
+    for stage in ("train", "evaluate", "register", "promote"):
+        assert f"Running stage '{stage}@classification'" in experiment
+    assert "train.classification.epochs" in _dvc(clone.root, "params", "diff")
+    assert "reports/classification/metrics.json" in _dvc(clone.root, "metrics", "diff", "--all")
+    plots = json.loads(versioning.dvc(clone.root, "plots", "diff", "--json").stdout)
+    errors = [e for e in plots.get("errors") or [] if not e["source"].startswith("reports/sync/")]  # this project has no sync task
+    assert not errors and {"training curves", "reports/classification/confusion.csv"} <= set(plots["data"]), errors
+
+    # lineage: the version the experiment registered names the dataset version the origin pushed, and the commit
+    lineage = subprocess.run([sys.executable, "-m", "flows.cli", "lineage", "models:/vidops-classifier/1", "--root", str(clone.root)],
+                             capture_output=True, text=True)  # fmt: skip
+    assert f"data/raw/demo, DVC version {version.md5}" in lineage.stdout, lineage.stderr
+    assert f"git commit {_git(clone.root, 'rev-parse', 'HEAD').strip()}" in lineage.stdout
+
+    # a clip lost from the dataset comes back when the model's dataset version is checked out
+    lost = sorted(clone.raw("demo").rglob("*.mp4"))[0]
+    lost.unlink()
+    checkout = subprocess.run([sys.executable, "-m", "flows.cli", "lineage", "models:/vidops-classifier/1", "--checkout", "--root", str(clone.root)],
+                              capture_output=True, text=True)  # fmt: skip
+    assert checkout.returncode == 0 and f"checked out data/raw/demo at {version.md5}" in checkout.stdout, checkout.stderr
+    assert digests(clone.raw("demo")) == digests(tiny_dataset)

@@ -22,7 +22,7 @@ from components.io import write_json
 from components.layout import Layout
 from components.params import IngestParams, Params
 from flows import stages
-from flows.pipeline import NETWORK, _project
+from flows.pipeline import NETWORK, load_project
 
 
 @dataclass

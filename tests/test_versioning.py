@@ -179,3 +179,67 @@ def test_a_fresh_clone_pulls_the_data_reproduces_every_stage_and_reruns_only_wha
                               capture_output=True, text=True)  # fmt: skip
     assert checkout.returncode == 0 and f"checked out data/raw/demo at {version.md5}" in checkout.stdout, checkout.stderr
     assert digests(clone.raw("demo")) == digests(tiny_dataset)
+
+
+def test_a_landing_object_that_changed_after_it_was_listed_is_refused(s3, tmp_path):
+    from components import ingest
+
+    client = s3_client(s3)
+    client.put_object(Bucket="vidops", Key="changing/landing/rotate/a.mp4", Body=encode(tmp_path / "a.mp4").read_bytes())
+    (listed,) = ingest.list_landing(client, "s3://vidops/changing/landing")
+    assert listed.clip == "rotate/a.mp4"
+    client.put_object(Bucket="vidops", Key=listed.key, Body=encode(tmp_path / "b.mp4", seed=1).read_bytes())  # replaced meanwhile
+    with pytest.raises(ingest.Changed, match="rotate/a.mp4: .*it changed since it was listed"):
+        ingest.download(client, "vidops", listed, tmp_path / "staged")
+    assert not list((tmp_path / "staged").rglob("*.mp4"))  # nothing half-taken
+
+
+@pytest.mark.slow
+def test_the_ingest_flow_takes_landed_clips_into_a_new_pushed_dataset_version(prefect_api, s3, tiny_dataset, tiny_params, tmp_path, monkeypatch):
+    from flows.ingest import ingest
+
+    for name, value in s3.items():
+        monkeypatch.setenv(name, value)
+    project = Layout(tmp_path / "project")
+    shutil.copytree(tiny_dataset, project.raw("demo"))
+    rule = {"task": "classification", "landing": "s3://vidops/in/landing", "processed": "s3://vidops/in/processed",
+            "quarantine": "s3://vidops/in/quarantine", "commit": True}  # fmt: skip
+    (project.root / "params.yaml").write_text(yaml.safe_dump(tiny_params.to_yaml_dict() | {"ingest": rule}))
+    _git(project.root, "init", "--quiet")
+    versioning.init(project.root)
+    use_remote(project.root, s3, "dvc-ingest")
+    before = versioning.add(project.root, project.raw("demo"))
+    versioning.push(project.root, [before.dvc_file])
+
+    client = s3_client(s3)
+    new = {"rotate/new_rotate.mp4": encode(tmp_path / "new1.mp4", seed=11, size=(64, 64), frames=25),
+           "left/new_left.mp4": encode(tmp_path / "new2.mp4", seed=12, size=(640, 480), frames=120, options={"preset": "ultrafast", "qp": "0"})}  # fmt: skip
+    assert new["left/new_left.mp4"].stat().st_size > 8 * 2**20  # boto3 uploads it in parts: its ETag is not a plain MD5
+    for clip, path in new.items():
+        client.upload_file(str(path), "vidops", f"in/landing/{clip}")
+    client.put_object(Bucket="vidops", Key="in/landing/rotate/notes.mp4", Body=b"meeting notes, not a video")
+    client.put_object(Bucket="vidops", Key="in/landing/stray.mp4", Body=new["rotate/new_rotate.mp4"].read_bytes())
+
+    with monkeypatch.context() as m:
+        m.setenv("GIT_AUTHOR_NAME", "vidops"), m.setenv("GIT_AUTHOR_EMAIL", "ci@vidops.invalid")
+        m.setenv("GIT_COMMITTER_NAME", "vidops"), m.setenv("GIT_COMMITTER_EMAIL", "ci@vidops.invalid")
+        result = ingest(root=str(project.root))
+
+    assert sorted(result.added) == sorted(new) and result.landed == 4
+    assert "unreadable" in result.quarantined["rotate/notes.mp4"] and "not <label>/<clip>" in result.quarantined["stray.mp4"]
+    assert not (project.raw("demo") / "rotate" / "notes.mp4").exists()
+    for clip, path in new.items():
+        assert (project.raw("demo") / clip).read_bytes() == path.read_bytes()
+    after = versioning.read_version(project.raw("demo"))
+    assert result.version == after.md5 != before.md5 and after.files == before.files + 2
+    assert result.commit == _git(project.root, "rev-parse", "HEAD").strip()
+    assert "data/raw/demo.dvc" in _git(project.root, "show", "--name-only", "HEAD")
+    assert client.head_object(Bucket="vidops", Key=remote_key("dvc-ingest", after.md5))  # pushed before anything moved
+    keys = lambda prefix: sorted(o["Key"] for o in client.list_objects_v2(Bucket="vidops", Prefix=prefix).get("Contents", []))  # noqa: E731
+    assert keys("in/landing/") == []
+    assert keys("in/processed/") == sorted(f"in/processed/{clip}" for clip in new)
+    assert keys("in/quarantine/") == ["in/quarantine/rotate/notes.mp4", "in/quarantine/stray.mp4"]
+    assert Path(result.report).is_file()
+
+    again = ingest(root=str(project.root))  # nothing landed since
+    assert again.landed == 0 and again.version is None

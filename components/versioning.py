@@ -75,17 +75,21 @@ def remote_url(root: Path) -> str | None:
 
 
 def set_remote(root: Path, url: str, endpoint_url: str | None = None, keys: tuple[str, str] | None = None) -> None:
-    """Make `url` (s3://bucket/prefix) the default remote `vidops`. The URL goes to `.dvc/config`; an endpoint
+    """Make `url` (s3://bucket/prefix) the default remote `vidops` (of a DVC project made when missing). The URL goes to `.dvc/config`; an endpoint
     of a server on this machine and any keys go to `.dvc/config.local`, which is never committed."""
     if not re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?", url):
         raise VidopsError(f"{url}: not an S3 URL such as s3://my-bucket/datasets")
+    init(root)
     dvc(root, "remote", "add", "--default", "--force", REMOTE, url)
-    local = ["--local"] if endpoint_url and _on_this_machine(endpoint_url) else []
-    if endpoint_url:
-        dvc(root, "remote", "modify", *local, REMOTE, "endpointurl", endpoint_url)
-    if keys:
-        dvc(root, "remote", "modify", "--local", REMOTE, "access_key_id", keys[0])
-        dvc(root, "remote", "modify", "--local", REMOTE, "secret_access_key", keys[1])
+    local = {"endpointurl": endpoint_url} if endpoint_url and _on_this_machine(endpoint_url) else {}
+    if endpoint_url and not local:
+        dvc(root, "remote", "modify", REMOTE, "endpointurl", endpoint_url)
+    local |= {"access_key_id": keys[0], "secret_access_key": keys[1]} if keys else {}
+    for option in ("endpointurl", "access_key_id", "secret_access_key"):  # none left over from another remote
+        if option in local:
+            dvc(root, "remote", "modify", "--local", REMOTE, option, local[option])
+        elif (root / ".dvc" / "config.local").is_file():
+            dvc(root, "remote", "modify", "--local", "--unset", REMOTE, option, check=False)
 
 
 def _on_this_machine(url: str) -> bool:
@@ -114,7 +118,7 @@ def push(root: Path, targets: list[Path], tries: int = 3, wait_s: float = 2.0) -
     DVC uploads a folder's files first and its listing (`<md5>.dir`) last, so a push that fails
     part-way leaves no version on the remote that names missing files; the next push sends what is left.
     """
-    _require_remote(root)
+    require_remote(root)
     names = [str(t.relative_to(root)) for t in targets]
     for attempt in range(1, tries + 1):
         done = dvc(root, "push", *names, check=False)
@@ -132,7 +136,7 @@ def push(root: Path, targets: list[Path], tries: int = 3, wait_s: float = 2.0) -
 
 def pull(root: Path, targets: list[Path] | None = None) -> None:
     """`dvc pull` the targets (default: everything the project pins) from the default remote."""
-    _require_remote(root)
+    require_remote(root)
     done = dvc(root, "pull", *(str(t.relative_to(root)) for t in targets or []), check=False)
     if done.returncode != 0:
         message = _message(done)
@@ -140,7 +144,8 @@ def pull(root: Path, targets: list[Path] | None = None) -> None:
         raise VidopsError(f"dvc pull from {remote_url(root)} failed: {message}{hint}")
 
 
-def _require_remote(root: Path) -> None:
+def require_remote(root: Path) -> None:
+    """An error naming what to do when `root` is not a DVC project or has no remote."""
     if not is_repo(root):
         raise VidopsError(f"{root}: not a DVC project; `vidops data push` makes it one")
     if remote_url(root) is None:

@@ -18,6 +18,7 @@ from components.params import Params, Task, load_params
 
 if TYPE_CHECKING:  # importing it starts Prefect and TensorFlow
     from components.registry import Tracking
+    from components.versioning import DatasetVersion
     from flows.pipeline import PipelineResult
 
 PARAMS_FILE = "params.yaml"
@@ -134,8 +135,9 @@ def _parser() -> argparse.ArgumentParser:
         stack.add_argument(f"--{name}-port", type=int, default=port, help=f"up: the {name} port on 127.0.0.1 (default: {port})")
     stack.set_defaults(handler=cmd_stack)
 
-    deploy = commands.add_parser("deploy", help="apply prefect.yaml's deployments (nightly training, on-demand promotion) to the Prefect server")
+    deploy = commands.add_parser("deploy", help="apply prefect.yaml's deployments (nightly training, ingest, on-demand promotion) to the Prefect server")
     deploy.add_argument("--root", type=Path, default=Path("."), help="project folder the flow runs work in (default: here)")
+    deploy.add_argument("--spec", type=Path, help="another prefect.yaml, e.g. infra/kubernetes/prefect.yaml (the cluster's GPU pool)")
     deploy.set_defaults(handler=cmd_deploy)
 
     serve = commands.add_parser("serve", help="run prefect.yaml's deployments with their schedules in this process, without a worker")
@@ -351,8 +353,8 @@ def cmd_deploy(args: argparse.Namespace) -> None:
     from flows.deploy import deploy, deployments, spec_path
 
     layout = Layout(args.root.resolve())
-    names = deploy(layout)
-    for name, spec in zip(names, deployments(spec_path(layout)), strict=True):
+    names = deploy(layout, args.spec)
+    for name, spec in zip(names, deployments(spec_path(layout, args.spec)), strict=True):
         crons = ", ".join(f"{s['cron']} {s.get('timezone', 'UTC')}" for s in spec.get("schedules") or []) or "on demand"
         print(f"{name:32} {crons}")
     print(f"Prefect UI: {os.environ['PREFECT_API_URL'].removesuffix('/api')}/deployments")
@@ -414,19 +416,19 @@ def cmd_data(args: argparse.Namespace) -> None:
     if args.action == "remote":
         if not args.url:
             raise VidopsError("data remote needs the S3 URL, e.g. vidops data remote s3://my-bucket/datasets")
-        versioning.init(layout.root)
         versioning.set_remote(layout.root, args.url, args.endpoint_url)
         print(f"DVC remote {versioning.REMOTE}: {args.url}" + (f" at {args.endpoint_url}" if args.endpoint_url else ""))
     elif args.action == "push":
         for version in version_datasets(layout, _load(layout.root, args.params, [])):
             print(f"{version.path.relative_to(layout.root)}: version {version.md5} ({version.files} files) pushed to {versioning.remote_url(layout.root)}")
     else:
+        versioning.require_remote(layout.root)  # before any server starts
         with project_store(layout):
             versioning.pull(layout.root)
         print(f"pulled from {versioning.remote_url(layout.root)}")
 
 
-def version_datasets(layout: Layout, params: Params) -> list:
+def version_datasets(layout: Layout, params: Params) -> list[DatasetVersion]:
     """`dvc add` each task's dataset and push the versions to the remote (the project's own S3 unless set elsewhere)."""
     from components import versioning
     from flows.stack import project_store

@@ -24,8 +24,14 @@ SPEC = "prefect.yaml"
 REPO_SPEC = Path(__file__).resolve().parent.parent / SPEC  # the checkout's, for projects without their own
 
 
-def spec_path(layout: Layout) -> Path:
-    """The project's prefect.yaml, else vidops's own."""
+
+
+def spec_path(layout: Layout, spec: Path | None = None) -> Path:
+    """`spec` when given, else the project's prefect.yaml, else vidops's own."""
+    if spec is not None:
+        if not spec.is_file():
+            raise VidopsError(f"{spec}: no such prefect.yaml")
+        return spec
     own = layout.root / SPEC
     return own if own.is_file() else REPO_SPEC
 
@@ -48,9 +54,9 @@ def deployments(path: Path) -> list[dict[str, Any]]:
     return found
 
 
-def deploy(layout: Layout) -> list[str]:
-    """Apply prefect.yaml's deployments for the project at `layout.root`; their names (flow/deployment)."""
-    path = spec_path(layout)
+def deploy(layout: Layout, spec: Path | None = None) -> list[str]:
+    """Apply prefect.yaml's deployments (or `spec`'s) for the project at `layout.root`; their names (flow/deployment)."""
+    path = spec_path(layout, spec)
     found = deployments(path)
     api = _server()
     _ensure_pools(found)
@@ -88,8 +94,13 @@ def _server() -> str:
         raise VidopsError(f"the Prefect server at {api} does not answer ({getattr(exc, 'reason', exc)}); `vidops stack status` shows the stack's") from None
 
 
+POOLS = {"vidops-process": "process", "vidops-kubernetes-gpu": "kubernetes"}  # a pool named elsewhere is made a process pool
+GPU_RESOURCE = "nvidia.com/gpu"  # what NVIDIA's device plugin makes schedulable
+
+
 def _ensure_pools(found: list[dict[str, Any]]) -> None:
-    """Make each named work pool that is missing, as a process pool (a Kubernetes pool comes with the cluster's infra)."""
+    """Make each named work pool that is missing: `vidops-kubernetes-gpu` as a Kubernetes pool whose Jobs ask for GPUs
+    (`gpu_job_template`), any other as a process pool."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
@@ -99,7 +110,24 @@ def _ensure_pools(found: list[dict[str, Any]]) -> None:
             try:
                 client.read_work_pool(name)
             except ObjectNotFound:
+                kind = POOLS.get(name, "process")
+                template = gpu_job_template() if kind == "kubernetes" else {}
                 try:
-                    client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+                    client.create_work_pool(WorkPoolCreate(name=name, type=kind, base_job_template=template))
                 except ObjectAlreadyExists:
                     pass
+
+
+def gpu_job_template() -> dict[str, Any]:
+    """prefect-kubernetes's Job template, its container limited to `gpus` GPUs (a job variable, 1 by default) and its
+    pod tolerating the taint GPU nodes usually carry, so each flow run is a Job on a GPU node."""
+    from prefect_kubernetes.worker import KubernetesWorker
+
+    template = KubernetesWorker.get_default_base_job_template()
+    pod = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
+    pod["containers"][0]["resources"]["limits"][GPU_RESOURCE] = "{{ gpus }}"
+    pod["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
+    template["variables"]["properties"]["gpus"] = {
+        "title": "GPUs", "type": "integer", "default": 1, "minimum": 0, "description": f"{GPU_RESOURCE} the flow run's container is limited to",
+    }  # fmt: skip
+    return template

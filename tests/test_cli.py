@@ -136,3 +136,14 @@ def test_bench_train_prints_its_ratios(tmp_path: Path):
     assert result.returncode == 0, result.stderr[-2000:]
     for task in ("classification", "sync"):
         assert re.search(task + r"\s+\d+\.\d\s+\d+\.\d\s+\d+\.\d\d", result.stdout), result.stdout
+
+
+def test_data_and_lineage_name_what_is_missing(tmp_path: Path):
+    pull = vidops("data", "pull", "--root", str(tmp_path))
+    assert pull.returncode == 1 and "not a DVC project; `vidops data push` makes it one" in pull.stderr
+    remote = vidops("data", "remote", "--root", str(tmp_path))
+    assert remote.returncode == 1 and "data remote needs the S3 URL" in remote.stderr
+    bad = vidops("data", "remote", "https://example.com/bucket", "--root", str(tmp_path))
+    assert bad.returncode == 1 and "not an S3 URL such as s3://my-bucket/datasets" in bad.stderr
+    lineage = vidops("lineage", "models:/vidops-classifier@champion", "--root", str(tmp_path))
+    assert lineage.returncode == 1 and "no MLflow store" in lineage.stderr

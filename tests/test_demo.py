@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow import MlflowClient
 
 pytestmark = pytest.mark.slow
@@ -26,9 +27,14 @@ def test_demo_leaves_two_champions_well_above_chance_and_runs_again(tmp_path: Pa
     assert sync["accuracy_within_1"] >= 3 * sync["chance_within_1"], sync  # 31 offsets: chance within +-1 is 0.10
 
     client = MlflowClient(f"sqlite:///{tmp_path / '.vidops' / 'mlflow.db'}")
-    for name, metric, value in (("vidops-classifier", "accuracy", classification["accuracy"]), ("vidops-sync", "accuracy_within_1", sync["accuracy_within_1"])):
+    for name, metric, value, dataset in (("vidops-classifier", "accuracy", classification["accuracy"], "demo"),
+                                         ("vidops-sync", "accuracy_within_1", sync["accuracy_within_1"], "demo-sync")):  # fmt: skip
         champion = client.get_model_version_by_alias(name, "champion")
         assert client.get_run(champion.run_id).data.metrics[metric] == value
+        # the dataset was versioned with DVC and pushed before training, and the champion names that version
+        version = yaml.safe_load((tmp_path / "data" / "raw" / f"{dataset}.dvc").read_text())["outs"][0]["md5"]
+        assert f"versioned data/raw/{dataset} as {version}" in first.stdout
+        assert champion.tags["vidops.dataset_version"] == version
 
     again = [*demo, "--set", "train.classification.epochs=1", "--set", "tasks=[classification]"]
     second = subprocess.run(again, capture_output=True, text=True, env=env_free, timeout=1200)

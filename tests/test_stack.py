@@ -62,6 +62,14 @@ def test_stack_up_deploy_a_scheduled_training_run_through_the_worker_and_down(pr
         assert "training_pipeline/nightly" in deployed.stdout and "0 2 * * * UTC" in deployed.stdout
 
         api = env["PREFECT_API_URL"]
+        assert "ingest/every-15-minutes" in deployed.stdout and "*/15 * * * * UTC" in deployed.stdout
+        cluster = subprocess.run([sys.executable, "-m", "flows.cli", "deploy", "--spec", str(Path(__file__).parents[1] / "infra" / "kubernetes" / "prefect.yaml"),
+                                  "--root", str(project.root)], capture_output=True, text=True, timeout=600,
+                                 env={**clean, "VIDOPS_REPO": "https://git.example.com/team/videos.git", "VIDOPS_IMAGE": "vidops:test"})  # fmt: skip
+        assert cluster.returncode == 0, cluster.stderr[-3000:]
+        gpu = _api(f"{api}/deployments/name/training_pipeline/nightly-gpu")
+        assert gpu["work_pool_name"] == "vidops-kubernetes-gpu" and gpu["job_variables"] == {"image": "vidops:test", "gpus": 1}
+        assert gpu["pull_steps"][0]["prefect.deployments.steps.git_clone"]["repository"] == "https://git.example.com/team/videos.git"
         nightly = _api(f"{api}/deployments/name/training_pipeline/nightly")
         assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 2 * * *"] and nightly["work_pool_name"] == "vidops-process"
         run = _api(f"{api}/deployments/{nightly['id']}/create_flow_run", {})

@@ -1,0 +1,39 @@
+"""The deployments' specs and work pools, against a real Prefect API: the cluster's GPU pool renders Jobs that ask for GPUs."""
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from prefect.client.orchestration import get_client
+
+from components.errors import VidopsError
+from flows.deploy import REPO_SPEC, _ensure_pools, deployments
+
+CLUSTER = REPO_SPEC.parent / "infra" / "kubernetes" / "prefect.yaml"
+
+
+def test_the_cluster_deployments_run_on_a_kubernetes_pool_whose_jobs_ask_for_gpus(prefect_api):
+    from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
+
+    found = deployments(CLUSTER)
+    assert [d["name"] for d in found] == ["nightly-gpu", "on-demand-gpu"]
+    assert {d["work_pool"]["name"] for d in found} == {"vidops-kubernetes-gpu"}
+    _ensure_pools(found + deployments(REPO_SPEC))
+    with get_client(sync_client=True) as client:
+        gpu, local = client.read_work_pool("vidops-kubernetes-gpu"), client.read_work_pool("vidops-process")
+    assert (gpu.type, local.type) == ("kubernetes", "process")
+
+    # the Job a flow run of nightly-gpu becomes: the pool's template rendered with the deployment's job variables
+    variables = {**found[0]["work_pool"]["job_variables"], "image": "registry.example.com/vidops:0.1.0"}
+    job = asyncio.run(KubernetesWorkerJobConfiguration.from_template_and_values(gpu.base_job_template, variables)).job_manifest
+    pod = job["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert pod["containers"][0]["image"] == "registry.example.com/vidops:0.1.0"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+
+
+def test_a_schedule_that_is_not_cron_is_named(tmp_path: Path):
+    spec = tmp_path / "prefect.yaml"
+    spec.write_text(CLUSTER.read_text().replace('"0 2 * * *"', '"nightly"'))
+    with pytest.raises(VidopsError, match="deployment nightly-gpu: schedule 'nightly' is not a cron string"):
+        deployments(spec)

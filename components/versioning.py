@@ -9,6 +9,7 @@ environment, never into the committed `.dvc/config`.
 from __future__ import annotations
 
 import os
+import random
 import re
 import subprocess
 import time
@@ -75,8 +76,9 @@ def remote_url(root: Path) -> str | None:
 
 
 def set_remote(root: Path, url: str, endpoint_url: str | None = None, keys: tuple[str, str] | None = None) -> None:
-    """Make `url` (s3://bucket/prefix) the default remote `vidops` (of a DVC project made when missing). The URL goes to `.dvc/config`; an endpoint
-    of a server on this machine and any keys go to `.dvc/config.local`, which is never committed."""
+    """Make `url` (s3://bucket/prefix) the default remote `vidops` of the project (made a DVC project when it is not).
+    The URL goes to `.dvc/config`; an endpoint of a server on this machine and any keys go to `.dvc/config.local`,
+    which is never committed."""
     if not re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?", url):
         raise VidopsError(f"{url}: not an S3 URL such as s3://my-bucket/datasets")
     init(root)
@@ -113,7 +115,7 @@ def read_version(folder: Path) -> DatasetVersion:
 
 
 def push(root: Path, targets: list[Path], tries: int = 3, wait_s: float = 2.0) -> None:
-    """`dvc push` the targets' data to the default remote, trying again (with backoff) when the network failed.
+    """`dvc push` the targets' data to the default remote, trying again (exponential backoff, jitter) when the network failed.
 
     DVC uploads a folder's files first and its listing (`<md5>.dir`) last, so a push that fails
     part-way leaves no version on the remote that names missing files; the next push sends what is left.
@@ -130,8 +132,8 @@ def push(root: Path, targets: list[Path], tries: int = 3, wait_s: float = 2.0) -
                               "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or .dvc/config.local")  # fmt: skip
         if attempt == tries:
             raise VidopsError(f"dvc push to {remote_url(root)} failed {tries} times ({message}); the remote holds no "
-                              "listing of this version (DVC writes it after every file), so a later push completes it")  # fmt: skip
-        time.sleep(wait_s * 2 ** (attempt - 1))
+                              "listing of a version whose files did not all arrive (DVC writes it last), so a later push completes it")  # fmt: skip
+        time.sleep(wait_s * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
 
 
 def pull(root: Path, targets: list[Path] | None = None) -> None:

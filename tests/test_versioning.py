@@ -96,7 +96,7 @@ def test_push_names_what_is_wrong_and_leaves_no_half_version_on_the_remote(s3, t
         s.bind(("127.0.0.1", 0))
         down = f"http://127.0.0.1:{s.getsockname()[1]}"  # nothing listens there
     use_remote(layout.root, {**s3, "AWS_ENDPOINT_URL": down}, "dvc-down")
-    with pytest.raises(VidopsError, match="failed 2 times .* the remote holds no listing of this version"):
+    with pytest.raises(VidopsError, match="failed 2 times .* the remote holds no listing of a version whose files did not all arrive"):
         versioning.push(layout.root, [version.dvc_file], tries=2, wait_s=0.1)
     assert s3_client(s3).list_objects_v2(Bucket="vidops", Prefix="dvc-down/")["KeyCount"] == 0
 

@@ -125,7 +125,7 @@ def _unchanged(path: Path, old: pd.Series) -> bool:
         return False  # it could not be read last time: look again
     try:
         stat = path.stat()
-        return stat.st_size == old["size_bytes"] and stat.st_mtime_ns == old["mtime_ns"] and _sha256(path) == old["sha256"]
+        return stat.st_size == old["size_bytes"] and stat.st_mtime_ns == old["mtime_ns"] and file_sha256(path) == old["sha256"]
     except OSError:
         return False
 
@@ -139,7 +139,7 @@ def probe_clip(path: Path) -> dict[str, Any]:
         if stat.st_size == 0:
             row["error"] = "empty file"
             return row
-        row["sha256"] = _sha256(path)
+        row["sha256"] = file_sha256(path)
     except OSError as exc:
         row["error"] = f"cannot read: {exc.strerror}" + (" (broken symlink)" if path.is_symlink() else "")
         return row
@@ -288,7 +288,8 @@ def assign_splits(manifest: pd.DataFrame, test_fraction: float) -> pd.DataFrame:
     return out
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The file's SHA-256, read in blocks."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

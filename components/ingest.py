@@ -1,8 +1,10 @@
 """Ingest: clips that land under an S3 prefix join a dataset folder (data/raw/<dataset>/<label>/<clip>).
 
-Each landing object is downloaded and checked against what the listing said of it (its size,
-and the MD5 its ETag carries), so a file that changed in between is refused, not half-taken.
-Clips that pass the dataset's checks are copied in, never over a different file; versioning
+A key that is not `<label>/<clip>` (or has a hidden or `..` part) is never downloaded. Each
+other landing object is downloaded and checked against what the listing said of it (its
+size, and the MD5 its ETag carries), so a file that changed in between is refused, not
+half-taken. Clips that the catalog reads and the dataset's checks pass are copied in, never
+over a different file; versioning
 (`dvc add`, `dvc push`) is `components.versioning`'s. Landing objects move only after that
 version is pushed (`move`), so an ingest that fails leaves them where they were.
 """
@@ -10,17 +12,17 @@ version is pushed (`move`), so an ingest that fails leaves them where they were.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from components.catalog import file_sha256
 from components.errors import VidopsError
 from components.io import atomic_path
 
-CHUNK = 8 * 2**20
+BLOCK = 8 * 2**20  # bytes read at a time
 ALREADY_IN = "already in the dataset"  # a landed clip byte-identical to one the dataset has: done with, like an added one
 
 
@@ -36,6 +38,14 @@ class LandingObject:
 
 class Changed(VidopsError):
     """A landing object is not what the listing said: it changed between listing and download."""
+
+
+def layout_problem(clip: str) -> str | None:
+    """Why a landing object's path under the prefix cannot be a clip of the dataset, None when it can."""
+    parts = clip.split("/")
+    if len(parts) != 2 or any(not part or part.startswith(".") for part in parts):
+        return "not <label>/<clip> (hidden and '..' names are refused): put each clip in a folder named after its label"
+    return None
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -71,8 +81,10 @@ def list_landing(client: Any, url: str) -> list[LandingObject]:
 
 def download(client: Any, bucket: str, landed: LandingObject, folder: Path) -> Path:
     """The object, downloaded to folder/<label>/<clip>; Changed when its size or checksum is not the listing's."""
-    from botocore.exceptions import ClientError
+    from botocore.exceptions import BotoCoreError, ClientError
 
+    if layout_problem(landed.clip):
+        raise VidopsError(f"s3://{bucket}/{landed.key}: {layout_problem(landed.clip)}")
     path = folder / landed.clip
     with atomic_path(path) as tmp:
         try:
@@ -81,6 +93,8 @@ def download(client: Any, bucket: str, landed: LandingObject, folder: Path) -> P
             if exc.response["Error"].get("Code") in ("404", "NoSuchKey"):
                 raise Changed(f"s3://{bucket}/{landed.key}: gone since it was listed") from None
             raise
+        except BotoCoreError as exc:
+            raise OSError(f"s3://{bucket}/{landed.key}: download failed: {exc}") from exc  # the network's: a task may retry it
         size = tmp.stat().st_size
         if size != landed.size:
             raise Changed(f"s3://{bucket}/{landed.key}: {size} bytes downloaded, {landed.size} listed: it changed since it was listed")
@@ -90,18 +104,28 @@ def download(client: Any, bucket: str, landed: LandingObject, folder: Path) -> P
 
 
 def _etag(client: Any, bucket: str, landed: LandingObject, path: Path) -> str:
-    """The ETag S3 gives this content: its MD5, or for a multipart upload the MD5 of its parts' MD5s, '-N'."""
+    """The ETag S3 gives this content: its MD5, or for a multipart upload the MD5 of its parts' MD5s, '-N'
+    (each part's size read from S3: uploaders need not make them equal)."""
     multipart = re.fullmatch(r"[0-9a-f]{32}-(\d+)", landed.etag)
-    part_size = client.head_object(Bucket=bucket, Key=landed.key, PartNumber=1)["ContentLength"] if multipart else os.path.getsize(path) or 1
-    digests = []
-    with path.open("rb") as f:
-        while part := f.read(part_size):
-            digest = hashlib.md5(usedforsecurity=False)
-            digest.update(part)
-            digests.append(digest.digest())
     if not multipart:
-        return (digests[0] if digests else hashlib.md5(b"", usedforsecurity=False).digest()).hex()
-    return f"{hashlib.md5(b''.join(digests), usedforsecurity=False).hexdigest()}-{len(digests)}"
+        return _part_md5s(path, [path.stat().st_size])[0].hex()
+    sizes = [client.head_object(Bucket=bucket, Key=landed.key, PartNumber=n)["ContentLength"] for n in range(1, int(multipart.group(1)) + 1)]
+    parts = _part_md5s(path, sizes)
+    return f"{hashlib.md5(b''.join(parts), usedforsecurity=False).hexdigest()}-{len(parts)}"
+
+
+def _part_md5s(path: Path, sizes: list[int]) -> list[bytes]:
+    """The MD5 of each successive part of the file, of the given sizes, read in blocks (a last part takes what is left)."""
+    parts = []
+    with path.open("rb") as f:
+        for n, size in enumerate(sizes):
+            digest, left = hashlib.md5(usedforsecurity=False), size if n < len(sizes) - 1 else None
+            while block := f.read(BLOCK if left is None else min(BLOCK, left)):
+                digest.update(block)
+                if left is not None:
+                    left -= len(block)
+            parts.append(digest.digest())
+    return parts
 
 
 def add_clips(staged: Path, clips: list[str], dataset: Path) -> tuple[list[str], dict[str, str]]:
@@ -111,7 +135,7 @@ def add_clips(staged: Path, clips: list[str], dataset: Path) -> tuple[list[str],
     for clip in clips:
         source, target = staged / clip, dataset / clip
         if target.exists():
-            same = _sha256(target) == _sha256(source)
+            same = file_sha256(target) == file_sha256(source)
             skipped[clip] = ALREADY_IN if same else f"{target} exists with other content; rename the clip and land it again"
             continue
         with atomic_path(target) as tmp:
@@ -122,16 +146,27 @@ def add_clips(staged: Path, clips: list[str], dataset: Path) -> tuple[list[str],
 
 def move(client: Any, bucket: str, key: str, source_prefix: str, target_url: str) -> str:
     """Move an object from under `source_prefix` to the same place under `target_url` (copy, then delete); its new key."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
     target_bucket, target_prefix = split_url(target_url)
     new_key = target_prefix + key[len(source_prefix) :]
-    client.copy({"Bucket": bucket, "Key": key}, target_bucket, new_key)
-    client.delete_object(Bucket=bucket, Key=key)
+    try:
+        client.copy({"Bucket": bucket, "Key": key}, target_bucket, new_key)
+    except ClientError as exc:  # moved by an earlier try of this same move: done
+        if exc.response["Error"].get("Code") not in ("404", "NoSuchKey") or not _exists(client, target_bucket, new_key):
+            raise
+    except BotoCoreError as exc:
+        raise OSError(f"s3://{bucket}/{key}: move failed: {exc}") from exc  # the network's: a task may retry it
+    client.delete_object(Bucket=bucket, Key=key)  # deleting what is gone succeeds
     return new_key
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+def _exists(client: Any, bucket: str, key: str) -> bool:
+    from botocore.exceptions import ClientError
+
+    try:
+        client.head_object(Bucket=bucket, Key=key)
+        return True
+    except ClientError:
+        return False
+

@@ -115,7 +115,8 @@ def read_version(folder: Path) -> DatasetVersion:
 
 
 def push(root: Path, targets: list[Path], tries: int = 3, wait_s: float = 2.0) -> None:
-    """`dvc push` the targets' data to the default remote, trying again (exponential backoff, jitter) when the network failed.
+    """`dvc push` the targets' data to the default remote, trying again (exponential backoff, jitter) on any failure
+    but refused credentials.
 
     DVC uploads a folder's files first and its listing (`<md5>.dir`) last, so a push that fails
     part-way leaves no version on the remote that names missing files; the next push sends what is left.
@@ -155,7 +156,7 @@ def require_remote(root: Path) -> None:
 
 
 def _denied(message: str) -> bool:
-    return re.search(r"InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied|Forbidden|403", message) is not None
+    return re.search(r"InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied|Forbidden|\b403\b", message) is not None
 
 
 def _message(done: subprocess.CompletedProcess[str]) -> str:
@@ -166,8 +167,8 @@ def _message(done: subprocess.CompletedProcess[str]) -> str:
 
 
 def current_version(root: Path, folder: Path) -> str:
-    """DVC's hash of the folder as it is now (`<md5>.dir`), the value `dvc add` would pin, without adding it:
-    respects .dvcignore in a DVC project, and reuses DVC's record of the hashes of unchanged files."""
+    """DVC's hash of the folder as it is now (`<md5>.dir`), the value `dvc add` would pin, without adding it. In a DVC
+    project it respects .dvcignore and reuses DVC's record of the hashes of unchanged files; elsewhere it hashes every file."""
     from dvc_data.hashfile.build import build
     from dvc_data.hashfile.db import HashFileDB
     from dvc_objects.fs import LocalFileSystem, MemoryFileSystem
@@ -185,17 +186,27 @@ def current_version(root: Path, folder: Path) -> str:
 
 
 def checkout(root: Path, folder: Path, md5: str) -> DatasetVersion:
-    """Make `folder` the dataset version `md5` again: pin it in the folder's .dvc file and `dvc pull` it
-    (from the local cache when it is there, else from the remote)."""
+    """Make `folder` the dataset version `md5` again: pin it in the folder's .dvc file, fetch it when the local cache
+    lacks it, and check it out. When it cannot be had, the .dvc file keeps its old pin and the error says so."""
     if not re.fullmatch(r"[0-9a-f]{32}\.dir", md5):
         raise VidopsError(f"{md5!r}: not a DVC dataset version such as 0123456789abcdef0123456789abcdef.dir")
     dvc_file = folder.with_name(folder.name + ".dvc")
+    before = dvc_file.read_text() if dvc_file.is_file() else None
     with atomic_path(dvc_file) as tmp:
         tmp.write_text(yaml.safe_dump({"outs": [{"md5": md5, "path": folder.name, "hash": "md5"}]}, sort_keys=False))
-    done = dvc(root, "checkout", "--force", str(dvc_file.relative_to(root)), check=False)
-    if done.returncode != 0:  # not in the local cache: fetch it
-        pull(root, [dvc_file])
-    return DatasetVersion(folder, md5, 0, 0, dvc_file)
+    target = str(dvc_file.relative_to(root))
+    try:
+        if dvc(root, "checkout", "--force", target, check=False).returncode != 0:  # not in the local cache: fetch it
+            pull(root, [dvc_file])
+    except VidopsError as exc:
+        if before is None:
+            dvc_file.unlink()
+        else:
+            with atomic_path(dvc_file) as tmp:
+                tmp.write_text(before)
+        raise VidopsError(f"{folder}: version {md5} could not be checked out, {dvc_file} keeps its old pin "
+                          f"(`dvc checkout {target}` restores that one): {exc}") from None  # fmt: skip
+    return read_version(folder)
 
 
 def commit(root: Path, version: DatasetVersion, message: str) -> str | None:

@@ -31,7 +31,7 @@ def spec_path(layout: Layout, spec: Path | None = None) -> Path:
     if spec is not None:
         if not spec.is_file():
             raise VidopsError(f"{spec}: no such prefect.yaml")
-        return spec
+        return spec.resolve()  # `prefect deploy` runs in the project folder
     own = layout.root / SPEC
     return own if own.is_file() else REPO_SPEC
 

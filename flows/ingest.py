@@ -38,29 +38,30 @@ class IngestResult:
 
 
 @task(cache_policy=NO_CACHE, **NETWORK)
-def fetch_landed(rule: IngestParams, staging: Path) -> tuple[list[landing.LandingObject], dict[str, str]]:
-    """Download every landing object that has a <label>/<clip> key into `staging`; those that changed since they were
-    listed stay in landing for the next run (their reasons come back)."""
+def fetch_landed(rule: IngestParams, staging: Path) -> tuple[list[landing.LandingObject], dict[str, str], dict[str, str]]:
+    """List the landing objects and download each whose key is <label>/<clip> into `staging`. What came back: every
+    object listed; those never downloaded, with why they are quarantined; those that changed since they were listed
+    (they stay in landing for the next run), with why. The others are in `staging`."""
     client, (bucket, _) = landing.s3_client(), landing.split_url(rule.landing)
-    fetched, changed = [], {}
-    for landed in landing.list_landing(client, rule.landing):
+    listed, misplaced, changed = landing.list_landing(client, rule.landing), {}, {}
+    for landed in listed:
+        if problem := landing.layout_problem(landed.clip):
+            misplaced[landed.clip] = problem
+            continue
         try:
             landing.download(client, bucket, landed, staging)
-            fetched.append(landed)
         except landing.Changed as exc:
             changed[landed.clip] = str(exc)
-    return fetched, changed
+    return listed, misplaced, changed
 
 
 @task(cache_policy=NO_CACHE)
 def check_landed(staging: Path, fetched: list[landing.LandingObject], params: Params, task_name: str) -> dict[str, str]:
     """Validate the fetched clips with the dataset's checks; the quarantined ones, with their reasons."""
-    quarantined = {o.clip: "not <label>/<clip>: put each clip in a folder named after its label" for o in fetched if o.clip.count("/") != 1}
-    if len(quarantined) == len(fetched):
-        return quarantined
     _, manifest, findings = validation.check_clips(staging, stages.validation_checks(params, task_name))
-    failed = findings[findings["severity"] == "critical"].groupby("path")["reason"].agg("; ".join)
-    return {**quarantined, **failed.to_dict()}
+    failed = findings[findings["severity"] == "critical"].groupby("path")["reason"].agg("; ".join).to_dict()
+    passed = set(manifest.loc[manifest["status"] != "quarantined", "path"])
+    return {o.clip: failed.get(o.clip, "not read as a clip by the catalog") for o in fetched if o.clip not in passed}
 
 
 @task(cache_policy=NO_CACHE)
@@ -90,17 +91,22 @@ def ingest(root: str = ".", params_file: str | None = "params.yaml", overrides: 
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     staging = layout.state / "ingest" / stamp
     try:
-        fetched, result.skipped = fetch_landed(rule, staging)
-        result.landed = len(fetched) + len(result.skipped)
-        if not fetched:
+        listed, result.quarantined, result.skipped = fetch_landed(rule, staging)
+        result.landed = len(listed)
+        if not listed:
             return result
-        result.quarantined = check_landed(staging, fetched, params, rule.task)
+        fetched = [o for o in listed if o.clip not in result.quarantined and o.clip not in result.skipped]
+        if fetched:
+            result.quarantined |= check_landed(staging, fetched, params, rule.task)
         accepted = [o.clip for o in fetched if o.clip not in result.quarantined]
         result.added, skipped = landing.add_clips(staging, accepted, folder)
         result.skipped |= skipped
-        version, result.commit = version_dataset(layout, folder, rule.commit, f"vidops ingest {stamp}: {len(result.added)} clips into {result.dataset}")
-        result.version = version.md5
-        move_landed(rule, [o for o in fetched if skipped.get(o.clip, landing.ALREADY_IN) == landing.ALREADY_IN], result.quarantined)
+        if result.added:  # a new version, pushed before any landing object moves
+            message = f"vidops ingest {stamp}: {len(result.added)} clips into {result.dataset}"
+            version, result.commit = version_dataset(layout, folder, rule.commit, message)
+            result.version = version.md5
+        done = [o for o in listed if o.clip in result.quarantined or o.clip in result.added or skipped.get(o.clip) == landing.ALREADY_IN]
+        move_landed(rule, done, result.quarantined)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     report = layout.reports(rule.task) / "ingest" / f"{stamp}.json"

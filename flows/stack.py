@@ -122,11 +122,11 @@ def project_s3(layout: Layout) -> Iterator[dict[str, str]]:
         yield env
         return
     port = _free_port()
-    env = {**os.environ, **_s3_env(layout, f"http://127.0.0.1:{port}")}
-    service = _start_s3(layout, port, env)
+    env = _s3_env(layout, f"http://127.0.0.1:{port}")
+    service = _start_s3(layout, port, {**os.environ, **env})
     try:
         _point_dvc(layout, env)
-        yield _s3_env(layout, service["url"])
+        yield env
     finally:
         _stop([service])
 
@@ -154,11 +154,22 @@ def project_store(layout: Layout) -> Iterator[None]:
 
 def _s3_env(layout: Layout, endpoint: str) -> dict[str, str]:
     """What an S3 client of the project's server needs; the keys are made once and kept (mode 600)."""
+    _adopt_stack_s3(layout)
     keys = s3_folder(layout) / "keys.json"
     if not keys.is_file():
         write_json(keys, {"AWS_ACCESS_KEY_ID": "vidops" + secrets.token_hex(6), "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(30)})
         keys.chmod(0o600)
     return {**json.loads(keys.read_text()), "AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def _adopt_stack_s3(layout: Layout) -> None:
+    """Move a stack's S3 data and keys from where they were kept before the project had one S3 (.vidops/stack/)."""
+    old, new = folder(layout), s3_folder(layout)
+    if (old / "seaweedfs").is_dir() and not (new / "data").exists():
+        new.mkdir(parents=True, exist_ok=True)
+        (old / "seaweedfs").rename(new / "data")
+        if (old / "s3-keys.json").is_file() and not (new / "keys.json").exists():
+            (old / "s3-keys.json").rename(new / "keys.json")
 
 
 def _point_dvc(layout: Layout, env: dict[str, str]) -> None:

@@ -94,8 +94,8 @@ def dataset(layout: Layout, params: Params, task: Task) -> Path:
 
 
 def _lineage(layout: Layout, params: Params, task: Task) -> dict[str, str]:
-    """Where the model came from: the dataset folder and its DVC version (the hash `dvc add` pins), the hash of
-    the accepted manifest, the hash of every param the task's stages read, the git commit."""
+    """Where the model came from: the dataset folder and its DVC version (the hash `dvc add` would pin for it as it is
+    now), the hash of the accepted manifest, the hash of every param the task's stages read, the git commit."""
     folder, accepted = dataset(layout, params, task), layout.catalog(task) / validation.ACCEPTED
     read = param_values(params, tuple(sorted({key for d in DEPENDS.values() for key in d.params})), task)
     tags = {

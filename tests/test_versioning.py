@@ -166,6 +166,9 @@ def test_a_fresh_clone_pulls_the_data_reproduces_every_stage_and_reruns_only_wha
     errors = [e for e in plots.get("errors") or [] if not e["source"].startswith("reports/sync/")]  # this project has no sync task
     assert not errors and {"training curves", "reports/classification/confusion.csv"} <= set(plots["data"]), errors
 
+    clone_registry = MlflowClient(f"sqlite:///{clone.state / 'mlflow.db'}")
+    assert len(clone_registry.search_model_versions("name='vidops-classifier'")) == 1  # the experiment's; the no-op repro registered none
+
     # lineage: the version the experiment registered names the dataset version the origin pushed, and the commit
     lineage = subprocess.run([sys.executable, "-m", "flows.cli", "lineage", "models:/vidops-classifier/1", "--root", str(clone.root)],
                              capture_output=True, text=True)  # fmt: skip
@@ -219,14 +222,16 @@ def test_the_ingest_flow_takes_landed_clips_into_a_new_pushed_dataset_version(pr
         client.upload_file(str(path), "vidops", f"in/landing/{clip}")
     client.put_object(Bucket="vidops", Key="in/landing/rotate/notes.mp4", Body=b"meeting notes, not a video")
     client.put_object(Bucket="vidops", Key="in/landing/stray.mp4", Body=new["rotate/new_rotate.mp4"].read_bytes())
+    client.put_object(Bucket="vidops", Key="in/landing/rotate/.hidden.mp4", Body=b"not seen by the catalog")
 
     with monkeypatch.context() as m:
         m.setenv("GIT_AUTHOR_NAME", "vidops"), m.setenv("GIT_AUTHOR_EMAIL", "ci@vidops.invalid")
         m.setenv("GIT_COMMITTER_NAME", "vidops"), m.setenv("GIT_COMMITTER_EMAIL", "ci@vidops.invalid")
         result = ingest(root=str(project.root))
 
-    assert sorted(result.added) == sorted(new) and result.landed == 4
+    assert sorted(result.added) == sorted(new) and result.landed == 5
     assert "unreadable" in result.quarantined["rotate/notes.mp4"] and "not <label>/<clip>" in result.quarantined["stray.mp4"]
+    assert "hidden" in result.quarantined["rotate/.hidden.mp4"] and not (project.raw("demo") / "rotate" / ".hidden.mp4").exists()
     assert not (project.raw("demo") / "rotate" / "notes.mp4").exists()
     for clip, path in new.items():
         assert (project.raw("demo") / clip).read_bytes() == path.read_bytes()
@@ -238,8 +243,11 @@ def test_the_ingest_flow_takes_landed_clips_into_a_new_pushed_dataset_version(pr
     keys = lambda prefix: sorted(o["Key"] for o in client.list_objects_v2(Bucket="vidops", Prefix=prefix).get("Contents", []))  # noqa: E731
     assert keys("in/landing/") == []
     assert keys("in/processed/") == sorted(f"in/processed/{clip}" for clip in new)
-    assert keys("in/quarantine/") == ["in/quarantine/rotate/notes.mp4", "in/quarantine/stray.mp4"]
+    assert keys("in/quarantine/") == ["in/quarantine/rotate/.hidden.mp4", "in/quarantine/rotate/notes.mp4", "in/quarantine/stray.mp4"]
     assert Path(result.report).is_file()
 
-    again = ingest(root=str(project.root))  # nothing landed since
-    assert again.landed == 0 and again.version is None
+    client.put_object(Bucket="vidops", Key="in/landing/left/junk.mp4", Body=b"junk")
+    only_junk = ingest(root=str(project.root))  # nothing to add: no new version, nothing to commit, the junk quarantined
+    assert only_junk.added == [] and only_junk.version is None and "left/junk.mp4" in only_junk.quarantined
+    assert versioning.read_version(project.raw("demo")).md5 == after.md5 and keys("in/landing/") == []
+    assert ingest(root=str(project.root)).landed == 0  # nothing landed since

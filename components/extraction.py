@@ -23,7 +23,7 @@ import pandas as pd
 from components import audio
 from components.catalog import read_manifest
 from components.errors import VidopsError
-from components.io import atomic_path, write_csv, write_json
+from components.io import atomic_path, read_arrays, write_csv, write_json
 from components.media import read_frames
 from components.parallel import Mapper, in_processes
 from components.params import ExtractParams
@@ -110,8 +110,8 @@ def extract_batch(jobs: list[ClipJob], params: ExtractParams, shard_dir: str) ->
 def _read_flags(shard: Path, row: dict[str, Any]) -> bool:
     """Copy an existing shard's flags into `row`; False (and the shard removed) when it is damaged."""
     try:
-        with np.load(shard) as old:
-            row.update(padded=bool(old["padded"]), has_audio=bool(old["has_audio"]))
+        old = read_arrays(shard, ["padded", "has_audio"])
+        row.update(padded=bool(old["padded"]), has_audio=bool(old["has_audio"]))
         return True
     except (OSError, ValueError, KeyError, zipfile.BadZipFile):
         shard.unlink()

@@ -23,6 +23,7 @@ import numpy as np
 from components.audio import STEPS_PER_FRAME
 from components.errors import VidopsError
 from components.extraction import INDEX, usable_clips
+from components.io import read_arrays
 
 MEMORY_CACHE_BYTES = 4 * 1024**3  # a split larger than this is read from the shards every epoch
 AUDIO_JITTER_STEPS = 2  # sync training: the audio moves by up to this many steps (10 ms each) either way
@@ -63,8 +64,7 @@ def _check_shard(path: Path, fields: tuple[str, ...]) -> dict[str, tuple[int, ..
     if not path.is_file():
         raise VidopsError(f"{path}: shard listed in the index is missing; re-run the extract stage")
     try:
-        with np.load(path) as data:
-            arrays = {field: data[field] for field in fields}
+        arrays = read_arrays(path, fields)
     except KeyError as exc:
         raise VidopsError(f"{path}: shard has no {exc} array; re-run the extract stage") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
@@ -78,8 +78,7 @@ def in_memory(split: Split, field: str) -> np.ndarray:
     """One field of every clip of the split as one array [clips, ...], filled in place: no second copy."""
     out = np.empty((len(split.paths), *split.shapes.get(field, ())), DTYPES[field])
     for slot, path in enumerate(split.paths):
-        with np.load(path) as data:
-            out[slot] = data[field]
+        out[slot] = read_arrays(path, [field])[field]
     return out
 
 
@@ -88,8 +87,7 @@ def read_split(split: Split, fields: tuple[str, ...]) -> Any:
     import tensorflow as tf
 
     def read(path: bytes) -> list[np.ndarray]:
-        with np.load(path.decode()) as data:
-            return [data[field] for field in fields]
+        return list(read_arrays(path.decode(), fields).values())
 
     def load(path: Any, label: Any) -> Any:
         arrays = tf.numpy_function(read, [path], [tf.as_dtype(DTYPES[field]) for field in fields], stateful=False)

@@ -1,10 +1,11 @@
-"""Atomic writes: an output appears whole under its final name, or not at all."""
+"""Atomic writes (an output appears whole under its final name, or not at all), and shard reads."""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,3 +32,17 @@ def write_csv(path: Path, frame: Any) -> None:
     """Write a pandas DataFrame as CSV, atomically."""
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
+
+
+# numpy parses each .npy header with ast.literal_eval, and CPython 3.11's compiler is not safe across threads
+# (seen here: "SystemError: AST constructor recursion depth mismatch" while shards were checked in a thread pool):
+# shards are opened one thread at a time.
+_NPZ_LOCK = threading.Lock()
+
+
+def read_arrays(path: Path | str, fields: Iterable[str]) -> dict[str, Any]:
+    """The named arrays of an .npz file (KeyError for a missing one)."""
+    import numpy as np
+
+    with _NPZ_LOCK, np.load(path) as data:
+        return {field: data[field] for field in fields}

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from components.errors import VidopsError
+from components.io import read_arrays
 from components.layout import MODEL_FILE
 from components.params import Params, Task
 
@@ -147,8 +148,8 @@ def _input_example(features_dir: Path, task: Task, params: Params) -> Any:
     from components.extraction import usable_clips
     from components.inputs import sync_windows
 
-    with np.load(usable_clips(features_dir, "test")[0][0]) as first:
-        frames, audio = first["frames"], first["audio"]
+    first = read_arrays(usable_clips(features_dir, "test")[0][0], ["frames", "audio"])
+    frames, audio = first["frames"], first["audio"]
     if task == "classification":
         return frames[None]
     return sync_windows(frames, audio, [params.train.sync.max_offset], [0], params.train.sync.window, params.train.sync.max_offset)

@@ -144,7 +144,8 @@ class RunnerParams(_Group):
     address: str | None = None  # dask: an existing scheduler, e.g. tcp://10.0.0.5:8786; none: a local cluster
 
 
-S3Url = Annotated[str, Field(pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$")]
+S3_URL = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$"  # a bucket name, then an optional prefix
+S3Url = Annotated[str, Field(pattern=S3_URL)]
 
 
 class IngestParams(_Group):

@@ -20,6 +20,7 @@ import yaml
 
 from components.errors import VidopsError
 from components.io import atomic_path
+from components.params import S3_URL
 from components.programs import program
 
 REMOTE = "vidops"  # the remote vidops configures, made the default
@@ -79,7 +80,7 @@ def set_remote(root: Path, url: str, endpoint_url: str | None = None, keys: tupl
     """Make `url` (s3://bucket/prefix) the default remote `vidops` of the project (made a DVC project when it is not).
     The URL goes to `.dvc/config`; an endpoint of a server on this machine and any keys go to `.dvc/config.local`,
     which is never committed."""
-    if not re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?", url):
+    if not re.fullmatch(S3_URL, url):
         raise VidopsError(f"{url}: not an S3 URL such as s3://my-bucket/datasets")
     init(root)
     dvc(root, "remote", "add", "--default", "--force", REMOTE, url)

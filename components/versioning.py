@@ -24,6 +24,7 @@ from components.params import S3_URL
 from components.programs import program
 
 REMOTE = "vidops"  # the remote vidops configures, made the default
+SECRETS = {"access_key_id", "secret_access_key", "--"}  # remote options whose values are never printed
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,8 @@ def dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
     """Run `dvc ARGS` in `root`; an error quotes DVC's own message."""
     done = subprocess.run([program("dvc"), *args], cwd=root, capture_output=True, text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
     if check and done.returncode != 0:
-        raise VidopsError(f"dvc {' '.join(args)} in {root} failed: {_message(done)}")
+        shown = ["***" if i and args[i - 1] in SECRETS else arg for i, arg in enumerate(args)]
+        raise VidopsError(f"dvc {' '.join(shown)} in {root} failed: {_message(done)}")
     return done
 
 
@@ -89,8 +91,8 @@ def set_remote(root: Path, url: str, endpoint_url: str | None = None, keys: tupl
         dvc(root, "remote", "modify", REMOTE, "endpointurl", endpoint_url)
     local |= {"access_key_id": keys[0], "secret_access_key": keys[1]} if keys else {}
     for option in ("endpointurl", "access_key_id", "secret_access_key"):  # none left over from another remote
-        if option in local:
-            dvc(root, "remote", "modify", "--local", REMOTE, option, local[option])
+        if option in local:  # after `--`: a generated secret may begin with '-'
+            dvc(root, "remote", "modify", "--local", REMOTE, option, "--", local[option])
         elif (root / ".dvc" / "config.local").is_file():
             dvc(root, "remote", "modify", "--local", "--unset", REMOTE, option, check=False)
 

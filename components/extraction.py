@@ -136,7 +136,7 @@ def extract_features(
         ClipJob(
             path=str(dataset_dir / row.path), shard=f"{row.sha256[:20]}-{version}.npz", frames=int(row.frames),
             seed=_clip_seed(params.seed, row.sha256) if row.split == "train" else None,
-            row={"path": row.path, "label": row.label, "split": row.split, "sha256": row.sha256},
+            row={"path": row.path, "label": row.label, "group": row.group, "split": row.split, "sha256": row.sha256},
         )  # fmt: skip
         for row in manifest.itertuples()
     ]
@@ -167,11 +167,3 @@ def usable_rows(features_dir: Path, split: str) -> pd.DataFrame:
         raise VidopsError(f"{features_dir / INDEX}: no extracted features; run the extract stage first")
     index = pd.read_csv(features_dir / "index.csv", keep_default_na=False)
     return index[(index["status"] == "ok") & (index["split"] == split)]
-
-
-def usable_clips(features_dir: Path, split: str) -> tuple[list[Path], np.ndarray]:
-    """The shard paths and integer labels of one split's clips whose extraction succeeded."""
-    rows = usable_rows(features_dir, split)
-    labels = json.loads((features_dir / INDEX).read_text())["labels"]
-    ids = {label: i for i, label in enumerate(labels)}
-    return [features_dir / SHARDS / shard for shard in rows["shard"]], rows["label"].map(ids).to_numpy(np.int32)

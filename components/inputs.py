@@ -11,6 +11,7 @@ window's sound is, so every clip with audio is training data for every k.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,7 @@ import numpy as np
 
 from components.audio import STEPS_PER_FRAME
 from components.errors import VidopsError
-from components.extraction import INDEX, usable_clips
+from components.extraction import INDEX, SHARDS, usable_rows
 from components.io import read_arrays
 
 MEMORY_CACHE_BYTES = 4 * 1024**3  # a split larger than this is read from the shards every epoch
@@ -39,6 +40,7 @@ class Split:
     labels: np.ndarray  # int32, one per shard
     names: tuple[str, ...]  # class names, in label order
     shapes: dict[str, tuple[int, ...]]  # field -> shape of one clip's array, the same in every shard
+    groups: tuple[str, ...] = ()  # each clip's group (a person, a scene, a source video): clips of a group stay together
 
     @property
     def clip_bytes(self) -> int:
@@ -50,14 +52,36 @@ def open_split(features_dir: Path, split: str, fields: tuple[str, ...]) -> Split
 
     Raises VidopsError naming the shard and what is wrong with it.
     """
-    paths, labels = usable_clips(features_dir, split)
+    rows = usable_rows(features_dir, split)
     names = tuple(json.loads((features_dir / INDEX).read_text())["labels"])
+    paths = [features_dir / SHARDS / shard for shard in rows["shard"]]
+    labels = rows["label"].map({name: i for i, name in enumerate(names)}).to_numpy(np.int32)
+    groups = tuple(rows["group"] if "group" in rows else rows["path"])  # an index from before groups were kept: each clip its own
     with ThreadPoolExecutor(8) as pool:
         shapes = list(pool.map(lambda path: _check_shard(path, fields), paths))
     for path, shape in zip(paths, shapes, strict=True):
         if shape != shapes[0]:
             raise VidopsError(f"{path}: arrays of shape {shape}, but {paths[0].name} has {shapes[0]}; re-run the extract stage")
-    return Split(tuple(paths), labels, names, shapes[0] if shapes else {})
+    return Split(tuple(paths), labels, names, shapes[0] if shapes else {}, groups)
+
+
+def carve_validation(split: Split, fraction: float) -> tuple[Split, Split | None]:
+    """(train, validation): about `fraction` of each class's groups, chosen by a hash of the group's name, held out
+    for validation; never a class's last group. None when no group can be spared (a tiny split)."""
+    held: set[str] = set()
+    for label in np.unique(split.labels):
+        groups = sorted({g for g, l in zip(split.groups, split.labels, strict=True) if l == label},
+                        key=lambda g: hashlib.sha256(f"validation:{g}".encode()).hexdigest())  # fmt: skip
+        held.update(groups[: min(round(len(groups) * fraction), len(groups) - 1)])
+    if not held:
+        return split, None
+    mask = np.array([g in held for g in split.groups])
+    return _subset(split, ~mask), _subset(split, mask)
+
+
+def _subset(split: Split, mask: np.ndarray) -> Split:
+    keep = np.flatnonzero(mask)
+    return Split(tuple(split.paths[i] for i in keep), split.labels[keep], split.names, split.shapes, tuple(split.groups[i] for i in keep))
 
 
 def _check_shard(path: Path, fields: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
@@ -112,6 +136,13 @@ def classifier_dataset(split: Split, batch_size: int, augment: bool, seed: int) 
         flipped = tf.constant(flip_labels(split.names), tf.int32)
         batches = batches.map(lambda frames, labels: augment_clips(frames, labels, flipped), num_parallel_calls=tf.data.AUTOTUNE)
     return batches.prefetch(tf.data.AUTOTUNE), max(1, len(split.paths) // batch_size)
+
+
+def classifier_validation(split: Split, batch_size: int) -> Any:
+    """Validation batches of (frames, label): every clip once, as it is (no augmentation)."""
+    import tensorflow as tf
+
+    return read_split(split, ("frames",)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def flip_labels(names: tuple[str, ...]) -> list[int]:
@@ -189,6 +220,25 @@ def sync_dataset(split: Split, window: int, max_offset: int, batch_size: int, wi
     return batches.prefetch(tf.data.AUTOTUNE), max(1, len(split.paths) * windows_per_clip // batch_size)
 
 
+def sync_validation(split: Split, window: int, max_offset: int, batch_size: int) -> Any:
+    """Validation batches shaped as `sync_dataset`'s, drawn without chance: every offset k once per clip, at one window."""
+    import tensorflow as tf
+
+    inputs, targets, weights = {"frames": [], "audio": []}, {"offset": [], "in_sync": []}, {"offset": [], "in_sync": []}
+    balance = (2 * max_offset + 1) / 2
+    for path in split.paths:
+        arrays = read_arrays(path, ["frames", "audio"])
+        examples, offsets = sync_examples(arrays["frames"], arrays["audio"], window, max_offset, starts=1)
+        for field in inputs:
+            inputs[field].append(examples[field])
+        targets["offset"].append(offsets + max_offset)
+        targets["in_sync"].append((offsets == 0).astype(np.float32))
+        weights["offset"].append(np.ones(len(offsets), np.float32))
+        weights["in_sync"].append(np.where(offsets == 0, balance, balance / (2 * max_offset)).astype(np.float32))
+    joined = [{k: np.concatenate(v) for k, v in part.items()} for part in (inputs, targets, weights)]
+    return tf.data.Dataset.from_tensor_slices(tuple(joined)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
 def sync_window(frames: Any, audio: Any, start: Any, k: Any, window: int, max_offset: int, jitter: Any = 0) -> tuple[Any, Any]:
     """Frames [start, start + T) and the audio of frames [start - K + k, start + T + K + k), [T + 2K, 4, F].
 
@@ -205,13 +255,15 @@ def sync_window(frames: Any, audio: Any, start: Any, k: Any, window: int, max_of
     return frames[start : start + window], context
 
 
-def sync_examples(frames: np.ndarray, audio: np.ndarray, window: int, max_offset: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Evaluation examples of one clip: every offset k at EVAL_STARTS evenly spaced windows; ({frames, audio}, k)."""
+def sync_examples(
+    frames: np.ndarray, audio: np.ndarray, window: int, max_offset: int, starts: int = EVAL_STARTS
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Evaluation examples of one clip: every offset k at `starts` evenly spaced windows; ({frames, audio}, k)."""
     n = len(frames)
     pairs = [
         (start, k)
         for k in range(-max_offset, max_offset + 1)
-        for start in np.unique(np.linspace(max(0, max_offset - k), n - window - max_offset - k, EVAL_STARTS).round().astype(int))
+        for start in np.unique(np.linspace(max(0, max_offset - k), n - window - max_offset - k, starts).round().astype(int))
     ]
     starts, offsets = zip(*pairs, strict=True)
     return sync_windows(frames, audio, starts, offsets, window, max_offset), np.array(offsets)

@@ -94,7 +94,8 @@ class FitParams(_Group):
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(16, ge=1)
     learning_rate: float = Field(2e-3, gt=0)  # halved whenever the loss stalls for patience / 2 epochs
-    patience: int = Field(8, ge=1)  # epochs without a lower training loss before stopping early
+    patience: int = Field(8, ge=1)  # epochs without a lower validation loss before stopping early
+    validation_fraction: float = Field(0.15, ge=0, lt=1)  # of each class's training groups, held out to watch the fit
     augment: bool = True  # random changes to the training examples; never to evaluation's
     seed: int = 0
     deterministic: bool = False  # deterministic TensorFlow ops: repeatable, slower
@@ -133,6 +134,7 @@ class ModelRegistryParams(_Group):
 class RegistryParams(_PerTask):
     experiment: str = "vidops"
     min_improvement: float = Field(0.0, ge=0)  # a new version becomes champion only if it beats the champion by more
+    register_experiments: bool = False  # `dvc exp run`: register (and gate) each experiment's model, or only report its metrics
     classification: ModelRegistryParams = ModelRegistryParams(model_name="vidops-classifier", metric="accuracy", floor=0.5)
     sync: ModelRegistryParams = ModelRegistryParams(model_name="vidops-sync", metric="accuracy_within_1", floor=0.5)
 

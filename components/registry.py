@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,9 @@ from components.params import Params, Task
 CHAMPION = "champion"
 CHALLENGER = "challenger"  # the newest registered version
 PREVIOUS = "previous-champion"  # where `vidops rollback` moves the champion back to
+REGISTERED = "vidops.registered"  # a run's tag once a model of it is registered: the next registration opens a run of its own
 EVALUATED = "vidops.metric"  # a version's tag: its champion metric from its own evaluation; only such versions are promoted
+RUN_FILE = "run.json"  # under models/<task>/: the MLflow run the training reported to, live
 
 
 @dataclass(frozen=True)
@@ -37,9 +41,74 @@ class Tracking:
 @dataclass(frozen=True)
 class Registration:
     model_name: str
-    version: str
+    version: str | None  # None: logged to its run, not registered (a DVC experiment, by registry.register_experiments)
     run_id: str
     experiment_id: str
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """The MLflow run a training reports to as it goes; registration later logs the model into it."""
+
+    tracking_uri: str
+    run_id: str
+
+    def log_epoch(self, epoch: int, epochs: int, metrics: dict[str, float]) -> None:
+        """One epoch's metrics, at step `epoch`: `train_<name>`, `val_<name>` and the learning rate (an EpochHook)."""
+        from mlflow import MlflowClient
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        named = {name if name.startswith("val_") or name == "learning_rate" else f"train_{name}": value for name, value in metrics.items()}
+        MlflowClient(self.tracking_uri).log_batch(self.run_id, metrics=[Metric(k, v, now, epoch) for k, v in named.items()], synchronous=True)
+
+    def end(self, failed: bool = False) -> None:
+        from mlflow import MlflowClient
+
+        MlflowClient(self.tracking_uri).set_terminated(self.run_id, "FAILED" if failed else "FINISHED")
+
+
+def open_training_run(
+    tracking: Tracking, params: Params, task: Task, run_name: str, tags: dict[str, str], dataset_dir: Path, accepted: Path
+) -> TrainingRun:
+    """Start the task's MLflow run before training: named `run_name`, with the task's params, its lineage tags and the
+    dataset as the run's input (name, DVC version as digest, the accepted clips)."""
+    import mlflow
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(tracking.uri)
+    client = MlflowClient(tracking.uri)
+    run = client.create_run(_experiment_id(params.registry.experiment, tracking), run_name=run_name, tags={"vidops.task": task, **tags})
+    tree = params.to_yaml_dict()
+    logged = {group: {task: tree[group][task]} for group in ("datasets", "extract", "train")}  # this task's, not the other's
+    with mlflow.start_run(run_id=run.info.run_id):
+        mlflow.log_params(_flatten(logged))
+        version = tags.get("vidops.dataset_version", "").removesuffix(".dir")
+        clips = pd.read_csv(accepted, dtype=str, keep_default_na=False)[["path", "label", "group", "split"]]
+        with warnings.catch_warnings():  # MLflow 3.17 registers its local source class twice, then warns that a path fits both
+            warnings.simplefilter("ignore", UserWarning)
+            data = mlflow.data.from_pandas(clips, source=str(dataset_dir), name=dataset_dir.name, digest=version or None)
+        mlflow.log_input(data, context="training")
+    return TrainingRun(tracking.uri, run.info.run_id)
+
+
+def _training_run(model_dir: Path, tracking: Tracking) -> TrainingRun | None:
+    """The run the model's training reported to, when it is in this store and holds no registered model yet."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    path = model_dir / RUN_FILE
+    if not path.is_file():
+        return None
+    found = TrainingRun(**json.loads(path.read_text()))
+    if found.tracking_uri != tracking.uri:
+        return None
+    try:
+        run = MlflowClient(tracking.uri).get_run(found.run_id)
+    except MlflowException:  # the store was reset since
+        return None
+    return None if REGISTERED in run.data.tags else found
 
 
 def register_model(
@@ -52,27 +121,30 @@ def register_model(
     task: Task,
     tracking: Tracking,
     tags: dict[str, str],
+    register: bool = True,
 ) -> Registration:
     """Log params, the data's validation summary, per-epoch training and evaluation metrics, the Keras model
     (`keras_model`, with its signature and a test example as input example) and the served model that takes
-    videos (`model`, with a test video as input example); register the served one; decide the champion."""
+    videos (`model`, with a test video as input example) to the training's run; register the served one
+    as the challenger unless `register` is False."""
     import mlflow
 
     from components.models import load_model
+    from components.validation import ACCEPTED
 
     mlflow.set_tracking_uri(tracking.uri)
-    experiment_id = _experiment_id(params.registry.experiment, tracking)
     metrics = json.loads(metrics_path.read_text())
     history = json.loads((model_dir / "history.json").read_text())
     model = load_model(model_dir / MODEL_FILE)
     name = params.registry.of(task).model_name
-    tree = params.to_yaml_dict()
-    logged = {group: {task: tree[group][task]} for group in ("datasets", "extract", "train")}  # this task's, not the other's
-    with mlflow.start_run(experiment_id=experiment_id, tags={"vidops.task": task, **tags}) as run:
-        mlflow.log_params(_flatten(logged))
-        for metric, values in history.items():
-            for epoch, value in enumerate(values):
-                mlflow.log_metric(f"train_{metric}", value, step=epoch)
+    live = _training_run(model_dir, tracking)
+    # the training's own run, which has its curves already; else (trained elsewhere, or registered once) a new one
+    accepted = validation_report.with_name(ACCEPTED)
+    training = live or open_training_run(tracking, params, task, f"{task}-registration", tags, dataset_dir, accepted)
+    with mlflow.start_run(run_id=training.run_id, tags=tags) as run:
+        if not live:
+            for epoch, values in enumerate(zip(*history.values(), strict=True)):
+                training.log_epoch(epoch, len(values), dict(zip(history, values, strict=True)))
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
         checked = json.loads(validation_report.read_text())
         mlflow.log_metrics({f"clips_{status}": checked[status] for status in ("accepted", "warned", "quarantined")})
@@ -91,7 +163,9 @@ def register_model(
                 pip_requirements=_pinned(),
             )
             mlflow.log_artifacts(str(saved), artifact_path="keras_model")
-            info = _log_served_model(model_dir, features_dir, dataset_dir, params, task, Path(tmp), name)
+            info = _log_served_model(model_dir, features_dir, dataset_dir, params, task, Path(tmp), name if register else None)
+    if not register:
+        return Registration(name, None, run.info.run_id, run.info.experiment_id)
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient()
     client.set_registered_model_alias(name, CHALLENGER, version)
@@ -99,11 +173,12 @@ def register_model(
         client.set_model_version_tag(name, version, key, value)
     metric = params.registry.of(task).metric
     client.set_model_version_tag(name, version, EVALUATED, f"{metric}={float(metrics[metric])}")
-    return Registration(name, version, run.info.run_id, experiment_id)
+    client.set_tag(run.info.run_id, REGISTERED, version)
+    return Registration(name, version, run.info.run_id, run.info.experiment_id)
 
 
-def _log_served_model(model_dir: Path, features_dir: Path, dataset_dir: Path, params: Params, task: Task, tmp: Path, name: str) -> Any:
-    """The pyfunc that takes videos, with the extraction params the model was trained with; registered as `name`."""
+def _log_served_model(model_dir: Path, features_dir: Path, dataset_dir: Path, params: Params, task: Task, tmp: Path, name: str | None) -> Any:
+    """The pyfunc that takes videos, with the extraction params the model was trained with; registered as `name` (None: not registered)."""
     import mlflow
     import pandas as pd
     from mlflow.models import ModelSignature
@@ -145,10 +220,10 @@ def _signature(model: Any) -> Any:
 
 def _input_example(features_dir: Path, task: Task, params: Params) -> Any:
     """The first test clip as the model takes it: its frames, or one in-sync window of frames with audio."""
-    from components.extraction import usable_clips
+    from components.extraction import SHARDS, usable_rows
     from components.inputs import sync_windows
 
-    first = read_arrays(usable_clips(features_dir, "test")[0][0], ["frames", "audio"])
+    first = read_arrays(features_dir / SHARDS / usable_rows(features_dir, "test")["shard"].iloc[0], ["frames", "audio"])
     frames, audio = first["frames"], first["audio"]
     if task == "classification":
         return frames[None]

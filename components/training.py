@@ -1,7 +1,10 @@
 """Training: the classifier and the sync model, fitted by one loop from tf.data pipelines over the shards.
 
-Each epoch ends with a checkpoint of the whole model (weights, optimizer state) and the
-epoch number, so a killed training resumes where it stopped; a finished one removes it.
+A validation split carved from the training groups (never from the test split) drives early
+stopping and the learning-rate schedule. Each epoch ends with a checkpoint of the whole model
+(weights, optimizer state) and the epoch number, so a killed training resumes where it
+stopped; a finished one removes it; and with a call of `on_epoch`, which reports the epoch's
+metrics (to MLflow and the Prefect run's logs, in vidops's flows).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from components.models import build_classifier, build_sync
 from components.params import ClassifierParams, FitParams, SyncParams
 
 CHECKPOINTS = "checkpoints"  # under the model folder, while a training runs
+EpochHook = Callable[[int, int, dict[str, float]], None]  # (epoch, of epochs, metrics): after every epoch
 
 
 @dataclass(frozen=True)
@@ -38,30 +42,31 @@ class TrainedModel:
     history: dict[str, list[float]]
 
 
-def train_classifier(features_dir: Path, model_dir: Path, params: ClassifierParams) -> TrainedModel:
+def train_classifier(features_dir: Path, model_dir: Path, params: ClassifierParams, on_epoch: EpochHook | None = None) -> TrainedModel:
     """Fit the classifier on the train split; write `model.keras`, `labels.json` and `history.json` under `model_dir`.
 
     Resumes from `model_dir/checkpoints/` when it holds a checkpoint of the same params and data.
     """
     strategy = prepare_device(params)  # first: GPU settings cannot change once TensorFlow has made a tensor
-    split = _train_split(features_dir, ("frames",))
+    split, held = _train_split(features_dir, ("frames",), params.validation_fraction)
     missing = [name for i, name in enumerate(split.names) if not np.any(split.labels == i)]
     if missing:
         raise VidopsError(f"{features_dir}: no training clips for class(es) {', '.join(missing)}")
     data = inputs.classifier_dataset(split, params.batch_size, params.augment, params.seed)
+    validation = inputs.classifier_validation(held, params.batch_size) if held else None
     frames, size = split.shapes["frames"][0], split.shapes["frames"][1]
     model = _Model(
         build=lambda: build_classifier(frames, size, len(split.names), params),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-    return _fit(strategy, model, data, split.names, features_dir, model_dir, params)
+    return _fit(strategy, model, data, validation, split.names, features_dir, model_dir, params, on_epoch)
 
 
-def train_sync(features_dir: Path, model_dir: Path, params: SyncParams) -> TrainedModel:
+def train_sync(features_dir: Path, model_dir: Path, params: SyncParams, on_epoch: EpochHook | None = None) -> TrainedModel:
     """Fit the sync model on windows of the train split's clips, shifted against their audio; outputs as `train_classifier`."""
     strategy = prepare_device(params)
-    split = _train_split(features_dir, ("frames", "audio"))
+    split, held = _train_split(features_dir, ("frames", "audio"), params.validation_fraction)
     frames, span = split.shapes["frames"][0], params.window + 2 * params.max_offset
     if frames < span:
         raise VidopsError(
@@ -69,21 +74,22 @@ def train_sync(features_dir: Path, model_dir: Path, params: SyncParams) -> Train
             f" = {span} frames; extract more frames or lower the window or the offset"
         )
     data = inputs.sync_dataset(split, params.window, params.max_offset, params.batch_size, params.windows_per_clip, params.augment, params.seed)
+    validation = inputs.sync_validation(held, params.window, params.max_offset, params.batch_size) if held else None
     offsets = tuple(str(k) for k in range(-params.max_offset, params.max_offset + 1))
     model = _Model(
         build=lambda: build_sync(split.shapes["frames"][1], split.shapes["audio"][2], params),
         loss={"offset": "sparse_categorical_crossentropy", "in_sync": "binary_crossentropy"},
         metrics={"offset": ["accuracy"], "in_sync": ["accuracy"]},
     )
-    return _fit(strategy, model, data, offsets, features_dir, model_dir, params)
+    return _fit(strategy, model, data, validation, offsets, features_dir, model_dir, params, on_epoch)
 
 
-def _train_split(features_dir: Path, fields: tuple[str, ...]) -> inputs.Split:
-    """The checked train split; an error before the first epoch when it holds no clip."""
+def _train_split(features_dir: Path, fields: tuple[str, ...], validation_fraction: float) -> tuple[inputs.Split, inputs.Split | None]:
+    """The checked train split, less the validation groups carved from it; an error before the first epoch when it holds no clip."""
     split = inputs.open_split(features_dir, "train", fields)
     if not split.paths:
         raise VidopsError(f"{features_dir}: the train split has no usable clips")
-    return split
+    return inputs.carve_validation(split, validation_fraction)
 
 
 @dataclass(frozen=True)
@@ -96,9 +102,13 @@ class _Model:
 
 
 def _fit(
-    strategy: tf.distribute.Strategy, model: _Model, data: tuple[Any, int], labels: tuple[str, ...], features_dir: Path, model_dir: Path, params: FitParams
+    strategy: tf.distribute.Strategy, model: _Model, data: tuple[Any, int], validation: Any, labels: tuple[str, ...], features_dir: Path,
+    model_dir: Path, params: FitParams, on_epoch: EpochHook | None,
 ) -> TrainedModel:
-    """The loop both models share: resume or build, fit with checkpoints, save."""
+    """The loop both models share: resume or build, fit with checkpoints, save.
+
+    The schedule and early stopping watch the validation loss; the training loss only when no group could be held out.
+    """
     key = _run_key(features_dir, params)
     checkpoints = model_dir / CHECKPOINTS
     state = _read_state(checkpoints, key)
@@ -112,14 +122,16 @@ def _fit(
             fitted.compile(optimizer=keras.optimizers.Adam(params.learning_rate), loss=model.loss, metrics=model.metrics, jit_compile=xla)
     start = state["epoch"] if state else 0
     history = state["history"] if state else {}
+    watched = "val_loss" if validation is not None else "loss"
     callbacks = [
         # halve the rate when the loss stalls; a fixed decay (cosine was tried) starved slow starters on the demo data
-        keras.callbacks.ReduceLROnPlateau(monitor="loss", factor=0.5, patience=max(2, params.patience // 2)),
-        keras.callbacks.EarlyStopping(monitor="loss", patience=params.patience, restore_best_weights=True),
-        _Checkpoint(checkpoints, key, history),
+        keras.callbacks.ReduceLROnPlateau(monitor=watched, factor=0.5, patience=max(2, params.patience // 2)),
+        keras.callbacks.EarlyStopping(monitor=watched, patience=params.patience, restore_best_weights=True),
+        _Checkpoint(checkpoints, key, history, params.epochs, on_epoch),
     ]
     batches, steps = data
-    fitted.fit(batches, steps_per_epoch=steps, epochs=params.epochs, initial_epoch=start, shuffle=False, verbose=0, callbacks=callbacks)
+    fitted.fit(batches, steps_per_epoch=steps, validation_data=validation, epochs=params.epochs, initial_epoch=start, shuffle=False, verbose=0,
+               callbacks=callbacks)  # fmt: skip
     with atomic_path(model_dir / MODEL_FILE) as tmp:
         fitted.save(tmp)
     write_json(model_dir / "labels.json", list(labels))
@@ -163,20 +175,23 @@ def _read_state(checkpoints: Path, key: str) -> dict[str, Any] | None:
 
 
 class _Checkpoint(keras.callbacks.Callback):
-    """After each epoch: the model with its optimizer, then the epoch and history that go with it."""
+    """After each epoch: the model with its optimizer, then the epoch and history that go with it; then the report."""
 
-    def __init__(self, folder: Path, key: str, history: dict[str, list[float]]) -> None:
+    def __init__(self, folder: Path, key: str, history: dict[str, list[float]], epochs: int, on_epoch: EpochHook | None) -> None:
         super().__init__()
-        self.folder, self.key, self.history = folder, key, history
+        self.folder, self.key, self.history, self.epochs, self.on_epoch = folder, key, history, epochs, on_epoch
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        for name, value in (logs or {}).items():
+        metrics = {name: float(value) for name, value in (logs or {}).items()}
+        for name, value in metrics.items():
             if name != "learning_rate":
-                self.history.setdefault(name, []).append(float(value))
+                self.history.setdefault(name, []).append(value)
         with atomic_path(self.folder / MODEL_FILE) as tmp:
             self.model.save(tmp)
         # written second: a state file always describes a whole checkpoint
         write_json(self.folder / "state.json", {"key": self.key, "epoch": epoch + 1, "history": self.history})
+        if self.on_epoch:
+            self.on_epoch(epoch, self.epochs, metrics)
 
 
 def write_curves(history: dict[str, list[float]], path: Path) -> Path:

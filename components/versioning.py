@@ -224,3 +224,22 @@ def commit(root: Path, version: DatasetVersion, message: str) -> str | None:
     if done.returncode != 0:
         raise VidopsError(f"git commit of {', '.join(paths)} in {root} failed: {(done.stderr or done.stdout).strip()}")
     return git("rev-parse", "HEAD").stdout.strip()
+
+
+def record_pipeline(root: Path, stages: list[str]) -> list[str]:
+    """Record in dvc.lock what a run outside DVC (the Prefect flow) left for `stages` (`dvc commit`), so that `dvc status`
+    and `dvc repro` know it is up to date, and stage the lock, the .dvc files and the metrics in git; the paths staged."""
+    dvc(root, "commit", "--force", "--quiet", *stages)
+    return stage_in_git(root)
+
+
+def stage_in_git(root: Path) -> list[str]:
+    """`git add` what a baseline commit needs (dvc.lock, the datasets' .dvc files, the metrics, plots and reports
+    that DVC keeps out of its cache) when `root` is the top of a git repository; the paths staged."""
+    top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True)
+    if top.returncode != 0 or Path(top.stdout.strip()).resolve() != root.resolve():
+        return []
+    paths = [name for name in ("dvc.lock", "data", "reports") if (root / name).exists()]  # .gitignore keeps data's clips and shards out
+    subprocess.run(["git", "add", "--all", "--", *paths], cwd=root, capture_output=True, check=True)
+    staged = subprocess.run(["git", "diff", "--cached", "--name-only", "--", *paths], cwd=root, capture_output=True, text=True, check=True)
+    return staged.stdout.split()

@@ -7,6 +7,9 @@ the flow bodies only wire them.
 
 from __future__ import annotations
 
+import functools
+import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,9 +28,25 @@ from components.params import Params, Task, load_params
 from components.promotion import Decision
 from components.registry import Registration
 from components.validation import ValidationSummary
+from components import versioning
+from components.errors import VidopsError
 from flows import stages
 from flows.profiles import results_storage, tracking
 from flows.runners import mapper
+
+
+def _send_vidops_logs_to_prefect() -> None:
+    """vidops's own messages (stages, epochs, the gate) go to the Prefect run's logs, as PREFECT_LOGGING_EXTRA_LOGGERS
+    would send them, whichever process imported Prefect first (the CLI, a worker's flow run, a test)."""
+    vidops = stages.log
+    vidops.setLevel(logging.INFO)
+    vidops.propagate = False  # the terminal shows progress bars and the summary; the run's logs hold the rest
+    for handler in logging.getLogger("prefect.extra").handlers:
+        if handler not in vidops.handlers:
+            vidops.addHandler(handler)
+
+
+_send_vidops_logs_to_prefect()
 
 
 def transient(task: Any, task_run: Any, state: State) -> bool:
@@ -57,14 +76,48 @@ def _inputs_and_code(stage: str) -> Any:
 
 def _stage(function: Any, stage: str, **options: Any) -> Any:
     """A stage as a Prefect task run `<stage>-<task>`, its result persisted and cached by `stages.fingerprint`."""
-    return task(function, cache_key_fn=_inputs_and_code(stage), persist_result=True, task_run_name=f"{stage}-{{task}}", **options)
+    return task(_logged(function, stage), cache_key_fn=_inputs_and_code(stage), persist_result=True, task_run_name=f"{stage}-{{task}}", **options)
+
+
+def _logged(function: Any, stage: str) -> Any:
+    """`function` with its start and its result's summary in the `vidops` log (the run's logs in the Prefect UI)."""
+
+    @functools.wraps(function)
+    def run(layout: Layout, params: Params, task: Task, *args: Any) -> Any:
+        stages.log.info("%s %s: started", stage, task)
+        result = function(layout, params, task, *args)
+        stages.log.info("%s %s: %s", stage, task, result.summary() if hasattr(result, "summary") else result)
+        return result
+
+    return run
 
 
 def extract_with_progress(layout: Layout, params: Params, task: Task) -> FeatureSet:
     """The extract stage, its batches spread by params.yaml's runner, with its progress shown in the Prefect UI."""
-    artifact = create_progress_artifact(0.0, key=f"extraction-progress-{task}", description=f"{task}: clips extracted (%)")
-    progress = lambda done, total: update_progress_artifact(artifact, 100 * done / total)  # noqa: E731
-    return stages.extract_features(layout, params, task, progress, *_spread(params))
+    return stages.extract_features(layout, params, task, _progress(f"extraction-progress-{task}", f"{task}: clips extracted"), *_spread(params))
+
+
+def train_with_progress(layout: Layout, params: Params, task: Task) -> Any:
+    """The train stage, its MLflow run named after the task and the flow run, its epochs shown in the Prefect UI."""
+    progress = _progress(f"training-progress-{task}", f"{task}: epochs trained")
+    return stages.train_model(layout, params, task, progress, run_name=f"{task}-{runtime.flow_run.name}")
+
+
+def _progress(key: str, what: str) -> stages.Progress:
+    """A progress callback (done, of) drawn as a Prefect progress artifact, and as a bar on a terminal's stderr."""
+    from tqdm import tqdm
+
+    artifact = create_progress_artifact(0.0, key=key, description=f"{what} (%)")
+    bar = tqdm(desc=what, file=sys.stderr, disable=None, leave=False)  # disable=None: no bar when stderr is not a terminal
+
+    def update(done: int, total: int) -> None:
+        update_progress_artifact(artifact, 100 * done / total)
+        bar.total = total
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    return update
 
 
 def validate_on_runner(layout: Layout, params: Params, task: Task) -> ValidationSummary:
@@ -80,11 +133,11 @@ def _spread(params: Params) -> tuple[Mapper, ...]:
 
 validate_dataset = _stage(validate_on_runner, "validate")
 extract_features = _stage(extract_with_progress, "extract")
-train_model = _stage(stages.train_model, "train")
+train_model = _stage(train_with_progress, "train")
 evaluate_model = _stage(stages.evaluate_model, "evaluate")
 register_model = _stage(stages.register_model, "register", **NETWORK)
 # the gate reads the registry as it is now (a person may have promoted by hand): never from the cache
-promote_model = task(stages.promote_model, cache_policy=NO_CACHE, task_run_name="promote-{task}", **NETWORK)
+promote_model = task(_logged(stages.promote_model, "promote"), cache_policy=NO_CACHE, task_run_name="promote-{task}", **NETWORK)
 
 
 def _cached(stage_task: Any, stage: str, layout: Layout, task: Task, refresh: bool, storage: Any) -> Any:
@@ -134,7 +187,31 @@ def training_pipeline(root: str = ".", params_file: str | None = "params.yaml", 
     decisions = promotion(root, params_file, overrides, {name: r.version for name, (_, _, r) in done.items()})
     result = PipelineResult({name: TaskResult(*done[name], decisions[name]) for name in done}, tracking(layout).uri)
     create_markdown_artifact(report(result), key="training-report", description="vidops training run")
+    record_dvc_lock(layout, params, params_file, overrides)
     return result
+
+
+@task(cache_policy=NO_CACHE, task_run_name="record-dvc-lock")
+def record_dvc_lock(layout: Layout, params: Params, params_file: str | None, overrides: list[str] | None) -> list[str]:
+    """Tell DVC what this run produced (dvc.lock), so `dvc status` is clean and `dvc repro` has nothing to do; only when
+    the run read exactly what `dvc repro` reads: the project's dvc.yaml and params.yaml, without overrides."""
+    why_not = (
+        "the project has no dvc.yaml" if not (layout.root / "dvc.yaml").is_file() or not versioning.is_repo(layout.root)
+        else f"this run's overrides ({', '.join(overrides)}) are not in params.yaml" if overrides
+        else f"this run read {params_file}, dvc.yaml reads params.yaml" if params_file != "params.yaml"
+        else None
+    )  # fmt: skip
+    if why_not:
+        stages.log.info("dvc.lock not updated: %s", why_not)
+        return []
+    targets = [f"{stage}@{name}" for name in params.tasks for stage in stages.STAGES]
+    try:
+        staged = versioning.record_pipeline(layout.root, targets)
+    except VidopsError as exc:  # the models are trained and gated; DVC is told later, by `dvc commit` or `dvc repro`
+        stages.log.warning("dvc.lock not updated: %s", exc)
+        return []
+    stages.log.info("dvc.lock records %s; staged in git: %s", ", ".join(targets), ", ".join(staged) or "nothing")
+    return staged
 
 
 @flow(name="promotion")

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import multiprocessing
+import os
+import queue
 import shutil
 import subprocess
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,6 +33,9 @@ from flows.profiles import registry_lock, tracking
 
 T = TypeVar("T")
 CURVES = "training.csv"  # reports/<task>/: loss and accuracy per epoch, for `dvc plots`
+EXPERIMENT = "DVC_EXP_NAME"  # set by `dvc exp run` for the stages it runs
+log = logging.getLogger("vidops")  # the flows send it to the Prefect run's logs
+Progress = Callable[[int, int], None]  # (done, of)
 
 
 def validate_dataset(layout: Layout, params: Params, task: Task, mapper: Mapper = in_threads) -> validation.ValidationSummary:
@@ -49,12 +55,64 @@ def extract_features(
     return extraction.extract_features(dataset(layout, params, task), accepted, layout.features(task), params.extract.of(task), progress, mapper)
 
 
-def train_model(layout: Layout, params: Params, task: Task) -> training.TrainedModel:
+def train_model(layout: Layout, params: Params, task: Task, progress: Progress | None = None, run_name: str | None = None) -> training.TrainedModel:
+    """Train the task's model in a process of its own, reporting each epoch live to an MLflow run opened first
+    (named `run_name`, default `<task>-<DVC experiment or "stage">`), to the `vidops` log and to `progress`."""
     train = training.train_classifier if task == "classification" else training.train_sync
-    # TensorFlow keeps a GPU's memory until its process exits: each training gets a process of its own
-    trained = in_own_process(train, layout.features(task), layout.models(task), params.train.of(task))
+    name = run_name or f"{task}-{os.environ.get(EXPERIMENT) or 'stage'}"
+    accepted = layout.catalog(task) / validation.ACCEPTED
+    run = registry.open_training_run(tracking(layout), params, task, name, _lineage(layout, params, task), dataset(layout, params, task), accepted)
+    write_json(layout.models(task) / registry.RUN_FILE, asdict(run))
+    log.info("train %s: MLflow run %s (%s)", task, name, run.run_id)
+    try:
+        trained = _train_reporting(train, layout.features(task), layout.models(task), params.train.of(task), run, task, progress)
+    except BaseException:
+        run.end(failed=True)
+        raise
+    run.end()
     training.write_curves(trained.history, layout.reports(task) / CURVES)
     return trained
+
+
+@dataclass(frozen=True)
+class _EpochReport:
+    """The training process's EpochHook: the epoch's metrics to the MLflow run, and to the parent through `queue`."""
+
+    run: registry.TrainingRun
+    queue: Any
+
+    def __call__(self, epoch: int, epochs: int, metrics: dict[str, float]) -> None:
+        try:
+            self.run.log_epoch(epoch, epochs, metrics)
+        except Exception as exc:  # a tracking server's hiccup must not cost the training; registration logs the curves again
+            metrics = {**metrics, "not_logged": f"MLflow: {exc}"}
+        self.queue.put((epoch, epochs, metrics))
+
+
+def _train_reporting(train: Callable[..., T], features: Path, models: Path, params: Any, run: registry.TrainingRun, task: Task, progress: Progress | None) -> T:
+    """`train` in a fresh (spawned) process (TensorFlow keeps a GPU's memory until its process exits), its epochs
+    logged here as they end."""
+    spawn = multiprocessing.get_context("spawn")
+    with spawn.Manager() as manager, ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+        epochs = manager.Queue()
+        future = pool.submit(train, features, models, params, _EpochReport(run, epochs))
+        while not _drain(epochs, future, task, progress):
+            pass
+        return future.result()
+
+
+def _drain(epochs: Any, future: Future, task: Task, progress: Progress | None) -> bool:
+    """Log the epochs reported so far; True once the training is over and every report is read."""
+    done = future.done()  # read first: a report put before the end is then still read below
+    while True:
+        try:
+            epoch, total, metrics = epochs.get(timeout=0 if done else 0.5)
+        except queue.Empty:
+            return done
+        shown = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+        log.info("train %s: epoch %d/%d %s", task, epoch + 1, total, shown)
+        if progress:
+            progress(epoch + 1, total)
 
 
 def evaluate_model(layout: Layout, params: Params, task: Task) -> evaluation.Evaluation:
@@ -64,12 +122,15 @@ def evaluate_model(layout: Layout, params: Params, task: Task) -> evaluation.Eva
 
 
 def register_model(layout: Layout, params: Params, task: Task, tags: dict[str, str] | None = None) -> registry.Registration:
+    """Log the model to its training's MLflow run and register it as the challenger (a DVC experiment only logs it,
+    unless registry.register_experiments)."""
     metrics = layout.reports(task) / evaluation.METRICS
     lineage = {**_lineage(layout, params, task), **(tags or {})}
     report = layout.catalog(task) / validation.REPORT
     registered = registry.register_model(
-        layout.models(task), layout.features(task), dataset(layout, params, task), metrics, report, params, task, tracking(layout), lineage
-    )
+        layout.models(task), layout.features(task), dataset(layout, params, task), metrics, report, params, task, tracking(layout), lineage,
+        register=not unregistered_experiment(params),
+    )  # fmt: skip
     write_json(layout.reports(task) / "registration.json", asdict(registered))
     return registered
 
@@ -82,7 +143,17 @@ def promote_model(layout: Layout, params: Params, task: Task, version: str | Non
     reports = layout.reports(task) / "promotion"
     with registry_lock(layout, name):
         shutil.rmtree(reports, ignore_errors=True)  # this decision's scores only
+        if unregistered_experiment(params):
+            why = f"DVC experiment {os.environ[EXPERIMENT]}: not registered (registry.register_experiments is false), so not gated"
+            skipped = promotion.Decision(name, "", False, "not gated", why, rule.metric, None)
+            write_json(reports / promotion.DECISION, asdict(skipped))
+            return skipped
         return promotion.gate(tracking(layout), name, version, rule, params.registry.min_improvement, test, reports)
+
+
+def unregistered_experiment(params: Params) -> bool:
+    """Whether this is a `dvc exp run` whose models stay out of the registry (registry.register_experiments)."""
+    return bool(os.environ.get(EXPERIMENT)) and not params.registry.register_experiments
 
 
 def dataset(layout: Layout, params: Params, task: Task) -> Path:
@@ -109,12 +180,6 @@ def _lineage(layout: Layout, params: Params, task: Task) -> dict[str, str]:
     if commit.returncode == 0:  # a project outside git has no commit to record
         tags["mlflow.source.git.commit"] = commit.stdout.strip()
     return tags
-
-
-def in_own_process(function: Callable[..., T], *args: Any) -> T:
-    """`function(*args)` in a fresh (spawned) process; its result or its exception comes back."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(function, *args).result()
 
 
 STAGES = {

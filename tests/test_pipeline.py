@@ -6,6 +6,7 @@ import json
 import pytest
 from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import LogFilter
 
 from components.registry import CHAMPION
 from flows.pipeline import training_pipeline
@@ -51,6 +52,9 @@ def test_training_pipeline_trains_both_models_registers_champions_and_a_second_r
         accepted = (project.catalog(task) / "accepted.csv").read_bytes()
         assert run.data.tags["vidops.manifest_sha256"] == hashlib.sha256(accepted).hexdigest()
         assert run.data.tags["vidops.task"] == task
+        # the training's own run, logged live: a point a epoch, and the dataset as its input
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [0, 1] and run.info.status == "FINISHED"
+        assert run.inputs.dataset_inputs[0].dataset.name == tiny_params.datasets.of(task)
     run = client.get_run(first.tasks["classification"].registration.run_id)
     assert run.data.params["train.classification.epochs"] == "2"
     assert client.get_run(second.tasks["classification"].registration.run_id).data.params["train.classification.epochs"] == "1"
@@ -66,10 +70,18 @@ def test_training_pipeline_trains_both_models_registers_champions_and_a_second_r
     assert {t.name for t in tasks if t.flow_run_id == promotion.id} == {f"promote-{task}" for task in TASKS}
     assert "first model to pass the floor" in gate_artifacts["promotion-sync"].data
     names = {t.name for t in tasks if t.flow_run_id == flow_run.id and t.id != promotion.parent_task_run_id}
-    assert names == {f"{stage}-{task}" for stage in ("validate", "extract", "train", "evaluate", "register") for task in TASKS}
+    assert names == {f"{stage}-{task}" for stage in ("validate", "extract", "train", "evaluate", "register") for task in TASKS} | {"record-dvc-lock"}
     for task in TASKS:
-        assert {f"validation-summary-{task}", f"extraction-progress-{task}"} <= set(artifacts)
-        assert artifacts[f"extraction-progress-{task}"].data == 100
+        assert {f"validation-summary-{task}", f"extraction-progress-{task}", f"training-progress-{task}"} <= set(artifacts)
+        assert artifacts[f"extraction-progress-{task}"].data == artifacts[f"training-progress-{task}"].data == 100
+    # vidops's own messages are in the flow run's logs: each stage's start and result, each epoch, the gate's decision
+    with get_client(sync_client=True) as prefect:
+        messages = [entry.message for entry in prefect.read_logs(log_filter=LogFilter(flow_run_id={"any_": [flow_run.id, promotion.id]}))]
+    for task in TASKS:
+        assert f"validate {task}: started" in messages and any(m.startswith(f"train {task}: epoch 2/2 ") and " loss=" in m for m in messages), messages
+        assert any(m.startswith(f"promote {task}: ") and "first model to pass the floor" in m for m in messages), messages
+    assert "dvc.lock not updated: the project has no dvc.yaml" in messages
+    assert client.get_run(first.tasks["sync"].registration.run_id).info.run_name == f"sync-{flow_run.name}"
     assert "quarantined" in str(artifacts["validation-summary-classification"].data)
     assert "offset within +-1 frame" in artifacts["training-report"].data
     registration = json.loads((project.reports("classification") / "registration.json").read_text())

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -194,3 +195,27 @@ def test_augmentation_keeps_shape_and_type_and_mirrors_the_label_with_the_frames
     left_brighter = out[..., :8, :].mean(axis=(1, 2, 3, 4)) > out[..., 8:, :].mean(axis=(1, 2, 3, 4))
     assert np.array_equal(left_brighter, labels == 0)  # mirrored exactly when the label says so
     assert 0 < labels.sum() < 64
+
+
+def test_validation_is_carved_from_whole_training_groups_and_never_takes_a_class_last_group():
+    paths = tuple(Path(f"{i}.npz") for i in range(10))
+    labels = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 1], np.int32)
+    groups = ("a", "a", "b", "b", "c", "d", "e", "e", "f", "g")
+    split = inputs.Split(paths, labels, ("x", "y"), {}, groups)
+    train, held = inputs.carve_validation(split, 0.5)
+    assert held is not None and set(train.groups).isdisjoint(held.groups)  # a group is never on both sides
+    assert sorted(train.paths + held.paths) == sorted(paths)
+    assert set(train.labels) == set(held.labels) == {0, 1}  # every class is in both
+    assert len(set(held.groups)) == 4  # half of each class's groups: 2 of x's 4, 2 of y's 3 rounded
+    assert inputs.carve_validation(split, 0.0) == (split, None)
+    lone = inputs.Split(paths[:2], labels[:2], ("x",), {}, ("a", "a"))
+    assert inputs.carve_validation(lone, 0.9) == (lone, None)  # a class's last group stays in training
+
+
+def test_training_watches_validation_and_reports_every_epoch(trained_project, tmp_path):
+    reported = []
+    params = ClassifierParams(filters=(4,), epochs=3, batch_size=4, validation_fraction=0.5, patience=5)
+    trained = train_classifier(trained_project.features("classification"), tmp_path, params, lambda *epoch: reported.append(epoch))
+    assert [(epoch, of) for epoch, of, _ in reported] == [(0, 3), (1, 3), (2, 3)]
+    assert all({"loss", "accuracy", "val_loss", "val_accuracy"} <= set(metrics) for _, _, metrics in reported)
+    assert len(trained.history["val_loss"]) == 3

@@ -178,7 +178,8 @@ def register_model(
 
 
 def _log_served_model(model_dir: Path, features_dir: Path, dataset_dir: Path, params: Params, task: Task, tmp: Path, name: str | None) -> Any:
-    """The pyfunc that takes videos, with the extraction params the model was trained with; registered as `name` (None: not registered)."""
+    """The pyfunc that takes videos, with the extraction params the model was trained with; registered as `name` (None: not
+    registered). Logged from code (`MODEL_CODE`), not as a pickle, which MLflow warns about at every registration."""
     import mlflow
     import pandas as pd
     from mlflow.models import ModelSignature
@@ -186,7 +187,7 @@ def _log_served_model(model_dir: Path, features_dir: Path, dataset_dir: Path, pa
 
     import components
     from components.extraction import usable_rows
-    from components.serving import VIDEO, VideoModel, encode
+    from components.serving import MODEL_CODE, VIDEO, encode
 
     sync = params.train.sync
     config = {"task": task, "labels": json.loads((model_dir / "labels.json").read_text()), "extract": params.extract.of(task).model_dump(mode="json"),
@@ -195,7 +196,7 @@ def _log_served_model(model_dir: Path, features_dir: Path, dataset_dir: Path, pa
     example = dataset_dir / usable_rows(features_dir, "test")["path"].iloc[0]
     return mlflow.pyfunc.log_model(
         name="model",
-        python_model=VideoModel(),
+        python_model=str(MODEL_CODE),
         artifacts={"model": str(model_dir / MODEL_FILE), "config": str(tmp / "config.json")},
         code_paths=[str(Path(components.__file__).parent)],
         signature=ModelSignature(inputs=Schema([ColSpec("string", VIDEO)])),

@@ -3,7 +3,7 @@
 It wraps a trained Keras model with the extraction params it was trained with, so
 `mlflow models serve -m models:/<name>@champion` (and `vidops predict`) take a video path or
 the file's bytes in base64 and answer with the class and its probabilities, or the audio
-offset in frames with its confidence.
+offset in frames with its confidence. MLflow logs it from code (`MODEL_CODE`), never as a pickle.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import pandas as pd
 from components.inputs import sync_windows
 
 VIDEO = "video"  # the input column: a path, or the file's bytes in base64
+MODEL_CODE = Path(__file__).with_name("served_model.py")  # what MLflow logs as the model: code, so nothing is pickled
 
 
 class VideoModel(mlflow.pyfunc.PythonModel):

@@ -218,7 +218,7 @@ DEPENDS = {
                      lambda L, t: [L.models(t) / "model.keras", L.reports(t) / CURVES]),
     "evaluate": Depends(("inputs", "models", "evaluation"), ("train.{task}",), lambda L, p, t: [L.models(t) / "model.keras", *_features(L, t)],
                         lambda L, t: [L.reports(t) / evaluation.METRICS]),
-    "register": Depends(("registry", "serving"), ("registry", "datasets.{task}", "extract.{task}", "train.{task}"),
+    "register": Depends(("registry", "serving", "served_model"), ("registry", "datasets.{task}", "extract.{task}", "train.{task}"),
                         lambda L, p, t: [L.models(t), L.reports(t) / evaluation.METRICS, L.catalog(t) / validation.ACCEPTED],
                         lambda L, t: [L.reports(t) / "registration.json"]),
 }  # fmt: skip

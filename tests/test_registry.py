@@ -1,11 +1,14 @@
 import base64
 import json
+import logging
+import warnings
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
@@ -74,6 +77,49 @@ def test_the_registered_model_takes_a_video_path_or_its_bytes(trained_project, t
         model.predict(pd.DataFrame({"video": ["/no/such/file.mp4"]}))
     with pytest.raises(MlflowException, match="not a readable video"):
         model.predict(pd.DataFrame({"video": [base64.b64encode(b"junk" * 100).decode()]}))
+
+
+class _Said(logging.Handler):
+    """Keeps the message of every record a logger hands it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_the_served_model_is_logged_from_code_without_a_pickle_or_a_cloudpickle_warning(trained_project, tiny_params, tracking, tmp_path, monkeypatch):
+    said = _Said()
+    mlflow_logger = logging.getLogger("mlflow")  # MLflow's loggers do not propagate to the root logger, which caplog watches
+    mlflow_logger.addHandler(said)
+    try:
+        with warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always")
+            registered = _register(trained_project, tiny_params, tracking)
+    finally:
+        mlflow_logger.removeHandler(said)
+    heard = said.messages + [str(w.message) for w in warned]
+    assert not [message for message in heard if "cloudpickle" in message.lower()]
+
+    folder = Path(mlflow.artifacts.download_artifacts(f"models:/vidops-classifier/{registered.version}", dst_path=str(tmp_path / "served"), tracking_uri=tracking.uri))
+    files = [path for path in folder.rglob("*") if path.is_file()]
+    assert not (folder / "python_model.pkl").exists()
+    assert not [path for path in files if path.suffix in {".pkl", ".pickle"} or path.read_bytes()[:1] == b"\x80"]  # 0x80 opens every pickle since protocol 2
+    assert (folder / "served_model.py").is_file() and (folder / "code" / "components" / "serving.py").is_file()
+    assert (folder / "serving_input_example.json").is_file()
+    pyfunc = yaml.safe_load((folder / "MLmodel").read_text())["flavors"]["python_function"]
+    assert pyfunc["loader_module"] == "mlflow.pyfunc.loaders.code_model" and "python_model" not in pyfunc
+    assert set(pyfunc["artifacts"]) == {"model", "config"}
+    requirements = (folder / "requirements.txt").read_text().split()
+    assert f"mlflow=={mlflow.__version__}" in requirements and any(r.startswith("tensorflow==") for r in requirements)
+
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")  # a pickled model would now refuse to load
+    model = mlflow.pyfunc.load_model(str(folder))
+    assert model.metadata.get_input_schema().input_names() == ["video"]
+    clip = sorted(trained_project.raw("demo").glob("zoom_in/*.mp4"))[0]
+    assert model.predict(pd.DataFrame({"video": [str(clip)]}))["label"][0] in MOTIONS
 
 
 def test_the_sync_model_registers_under_its_own_name_and_answers_with_an_offset(trained_project, tiny_params, tracking):

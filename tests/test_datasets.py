@@ -24,6 +24,7 @@ from components.params import Params, ValidationParams, load_params
 from components.validation import ACCEPTED, validate_dataset
 from conftest import TINY
 from corpus import encode
+from test_versioning import s3, s3_client, use_remote  # noqa: F401 (s3: the SeaweedFS fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -219,3 +220,33 @@ def test_ingest_copies_landed_clips_into_a_manifest_dataset_and_appends_their_ro
 
     again = ingest.add_clips(staged, ["left/new.mp4"], dataset)
     assert again == ([], {"left/new.mp4": ingest.ALREADY_IN}) and (dataset / DATASET_MANIFEST).read_bytes().count(b"left/new.mp4") == 1
+
+
+@pytest.mark.slow
+def test_the_ingest_flow_adds_landed_clips_to_a_manifest_dataset_as_files_and_rows(prefect_api, s3, tiny_dataset: Path, tmp_path: Path, monkeypatch):
+    from flows.ingest import ingest as run_ingest
+
+    for name, value in s3.items():
+        monkeypatch.setenv(name, value)
+    layout, params, manifest = _listed_project(tmp_path / "project", tiny_dataset)
+    rule = {"task": "classification", "landing": "s3://vidops/listed/landing", "processed": "s3://vidops/listed/processed",
+            "quarantine": "s3://vidops/listed/quarantine", "commit": False}  # fmt: skip
+    (layout.root / "params.yaml").write_text(yaml.safe_dump(params.to_yaml_dict() | {"ingest": rule}))
+    versioning.init(layout.root)
+    use_remote(layout.root, s3, "dvc-listed")
+    before = versioning.add(layout.root, layout.raw("listed"))
+    listing = (layout.raw("listed") / DATASET_MANIFEST).read_bytes()
+    client = s3_client(s3)
+    client.upload_file(str(encode(tmp_path / "new.mp4", seed=21, size=(64, 64))), "vidops", "listed/landing/rotate/new_rotate.mp4")
+    client.put_object(Bucket="vidops", Key="listed/landing/rotate/notes.mp4", Body=b"meeting notes, not a video")
+
+    result = run_ingest(root=str(layout.root))
+
+    assert result.added == ["rotate/new_rotate.mp4"] and "unreadable" in result.quarantined["rotate/notes.mp4"]
+    text = (layout.raw("listed") / DATASET_MANIFEST).read_bytes()
+    assert text == listing + b"rotate/new_rotate.mp4,rotate,\n"  # path, label, and an empty split for vidops to fill
+    assert (layout.raw("listed") / "rotate" / "new_rotate.mp4").read_bytes() == (tmp_path / "new.mp4").read_bytes()
+    assert not (layout.raw("listed") / "rotate" / "notes.mp4").exists()
+    after = versioning.read_version(layout.raw("listed"))
+    assert result.version == after.md5 != before.md5 and after.files == before.files + 1
+    assert {s["path"]: s["label"] for s in list_sources(layout.raw("listed"))[1]}["rotate/new_rotate.mp4"] == "rotate"

@@ -108,8 +108,8 @@ def list_sources(dataset: Path) -> tuple[Path, list[dict[str, Any]]]:
 
 
 def _sources_from_csv(csv: Path) -> list[dict[str, Any]]:
-    """The clips a manifest CSV lists. A CSV that cannot be read as one is an error naming its line; a listed file
-    that is missing or outside the CSV's folder is a source with its problem, quarantined by validation."""
+    """The clips a manifest CSV lists. A CSV that cannot be used is an error naming it and the lines at fault; a listed
+    file that is missing or outside the CSV's folder is a source with its problem, which validation quarantines."""
     try:
         table = pd.read_csv(csv, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
@@ -148,7 +148,7 @@ def _listed_file_problem(root: Path, path: str, listing: str) -> str | None:
     if PurePosixPath(path).is_absolute() or path == ".." or path.startswith("../"):
         return f"path is outside the dataset root {root}"
     file = root / path
-    # resolve() follows links: a link that leads out of the root is outside too, and DVC would not version what it points at
+    # resolve() follows links: a clip reached through a link out of the root is not the dataset folder's to version
     target = file.resolve()
     if target != root and root not in target.parents:
         return f"path is outside the dataset root {root} (a symbolic link leads to {target})"

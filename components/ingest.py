@@ -143,16 +143,17 @@ def add_clips(staged: Path, clips: list[str], dataset: Path) -> tuple[list[str],
     for clip in clips:
         source, target = staged / clip, dataset / clip
         same = target.is_file() and file_sha256(target) == file_sha256(source)
-        if clip in listed or (target.exists() and not listing):
-            skipped[clip] = ALREADY_IN if same else f"{target} is already in the dataset with other content; rename the clip and land it again"
-            continue
         if target.exists() and not same:
             skipped[clip] = f"{target} exists with other content; rename the clip and land it again"
-            continue
-        if not target.exists():
-            with atomic_path(target) as tmp:
-                shutil.copyfile(source, tmp)
-        added.append(clip)  # an unlisted copy of the same bytes (an ingest stopped before listing it) is listed now
+        elif clip in listed and not same:
+            skipped[clip] = f"{listing} already lists {clip} (its file is missing); rename the clip and land it again"
+        elif same and (clip in listed or not listing):
+            skipped[clip] = ALREADY_IN
+        else:
+            if not target.exists():
+                with atomic_path(target) as tmp:
+                    shutil.copyfile(source, tmp)
+            added.append(clip)  # an unlisted copy of the same bytes (an ingest stopped before listing it) is listed now
     if listing and added:
         append_rows(listing, [{"path": clip, "label": clip.split("/")[0]} for clip in added])
     return added, skipped

@@ -197,25 +197,27 @@ def test_ingest_copies_landed_clips_into_a_manifest_dataset_and_appends_their_ro
     dataset, staged = tmp_path / "ds", tmp_path / "staged"
     encode(dataset / "videos" / "one.mp4", seed=1)
     encode(dataset / "left" / "taken.mp4", seed=2)  # a different clip already at a landing clip's path
-    encode(dataset / "right" / "stopped.mp4", seed=3)  # copied by an ingest that stopped before listing it
-    original = b"path,label,split\r\nvideos/one.mp4,left,test\r\nright/listed.mp4,right,\r\n"
+    original = b"path,label,split\r\nvideos/one.mp4,left,test\r\nright/listed.mp4,right,\r\ndown/gone.mp4,down,train\r\n"
     (dataset / DATASET_MANIFEST).write_bytes(original)
     encode(dataset / "right" / "listed.mp4", seed=4)
-    landed = {"left/new.mp4": 5, "left/taken.mp4": 6, "right/stopped.mp4": 3, "right/listed.mp4": 7}
+    landed = {"left/new.mp4": 5, "left/taken.mp4": 6, "right/stopped.mp4": 3, "right/listed.mp4": 7, "down/gone.mp4": 8}
     for clip, seed in landed.items():
         encode(staged / clip, seed=seed)
+    shutil.copy(staged / "right" / "stopped.mp4", dataset / "right" / "stopped.mp4")  # copied by an ingest that stopped before listing it
 
     added, skipped = ingest.add_clips(staged, list(landed), dataset)
 
     assert added == ["left/new.mp4", "right/stopped.mp4"]
-    assert "exists with other content" in skipped["left/taken.mp4"] and "already in the dataset with other content" in skipped["right/listed.mp4"]
+    assert "exists with other content" in skipped["left/taken.mp4"] and "exists with other content" in skipped["right/listed.mp4"]
+    assert "manifest.csv already lists down/gone.mp4 (its file is missing)" in skipped["down/gone.mp4"]
+    assert not (dataset / "down" / "gone.mp4").exists()  # a row is never given another file
     text = (dataset / DATASET_MANIFEST).read_bytes()
     assert text.startswith(original)  # the rows there keep their bytes
     assert text[len(original) :] == b"left/new.mp4,left,\r\nright/stopped.mp4,right,\r\n"
     assert (dataset / "left" / "new.mp4").read_bytes() == (staged / "left" / "new.mp4").read_bytes()
     assert (dataset / "left" / "taken.mp4").read_bytes() != (staged / "left" / "taken.mp4").read_bytes()  # never overwritten
     sources = {s["path"]: s["label"] for s in list_sources(dataset)[1]}
-    assert sources == {"videos/one.mp4": "left", "right/listed.mp4": "right", "left/new.mp4": "left", "right/stopped.mp4": "right"}
+    assert sources == {"videos/one.mp4": "left", "right/listed.mp4": "right", "down/gone.mp4": "down", "left/new.mp4": "left", "right/stopped.mp4": "right"}
     assert not list(dataset.rglob(".*tmp*"))  # no temporary file left
 
     again = ingest.add_clips(staged, ["left/new.mp4"], dataset)

@@ -1,7 +1,9 @@
 """Catalog: probe every clip of a dataset with PyAV into a manifest table, one row per clip.
 
-A dataset is a folder laid out `<label>/<clip>` (UCF101's layout) or a manifest CSV with
-columns path, label and optionally group and split, its paths relative to the CSV's folder.
+A dataset is a folder, in one of two forms (`dataset_manifest` tells which): its clips laid out
+`<label>/<clip>` (UCF101's layout), or listed by a `manifest.csv` at its top with columns path,
+label and optionally group and split, the paths relative to the folder and never outside it.
+`vidops validate` also takes such a CSV by any name; its folder is then the root.
 Probing runs in threads (PyAV and hashlib release the GIL) and is incremental: a file whose
 size, mtime and content hash match the previous manifest keeps its row.
 """
@@ -9,10 +11,11 @@ size, mtime and content hash match the previous manifest keeps its row.
 from __future__ import annotations
 
 import hashlib
+import posixpath
 import re
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import av
@@ -31,6 +34,7 @@ PROBE_COLUMNS = (
     "decode_error", "phash",
 )  # fmt: skip
 SOURCE_COLUMNS = ("path", "label", "group", "split")
+DATASET_MANIFEST = "manifest.csv"  # at a dataset folder's top: the clips it holds (SOURCE_COLUMNS), instead of <label>/<clip>
 MANIFEST_COLUMNS = SOURCE_COLUMNS + PROBE_COLUMNS
 PROBE_BATCH = 16  # clips a unit of probing work
 # nullable integers: an unreadable clip has no width, and that must not turn 96 into 96.0
@@ -66,8 +70,9 @@ def probe_batch(root: str, jobs: list[tuple[dict[str, Any], dict[str, Any] | Non
     rows = []
     for source, old in jobs:
         source, path = dict(source), Path(root) / source["path"]
-        if source.pop("outside_root"):
-            rows.append(({**dict.fromkeys(PROBE_COLUMNS), "readable": False, "error": "path is outside the dataset root", **source}, False))
+        problem = source.pop("problem")
+        if problem:  # never opened: it is not a file of the dataset
+            rows.append(({**dict.fromkeys(PROBE_COLUMNS), "readable": False, "error": problem, **source}, False))
         elif old is not None and _unchanged(path, pd.Series(old)):
             rows.append(({**old, **source}, True))
         else:
@@ -75,49 +80,90 @@ def probe_batch(root: str, jobs: list[tuple[dict[str, Any], dict[str, Any] | Non
     return rows
 
 
-def list_sources(dataset: Path) -> tuple[Path, list[dict[str, Any]]]:
-    """The dataset's root and one dict per clip: path (relative to the root), label, group, split, outside_root."""
+def dataset_manifest(dataset: Path) -> Path | None:
+    """The CSV that lists the dataset's clips: `dataset` itself when it is a CSV file, the folder's top-level
+    manifest.csv when it has one; None for a folder laid out <label>/<clip>. This alone decides a dataset's form."""
     if dataset.is_file() and dataset.suffix.lower() == ".csv":
-        return dataset.parent, _sources_from_csv(dataset)
+        return dataset
+    if dataset.is_dir() and (dataset / DATASET_MANIFEST).is_file():
+        return dataset / DATASET_MANIFEST
+    return None
+
+
+def list_sources(dataset: Path) -> tuple[Path, list[dict[str, Any]]]:
+    """The dataset's root and one dict per clip: path (relative to the root), label, group, split, and the
+    problem that keeps it from being probed (None for most)."""
+    listing = dataset_manifest(dataset)
+    if listing is not None:
+        return listing.parent, _sources_from_csv(listing)
     if not dataset.is_dir():
-        raise VidopsError(f"{dataset}: no such dataset (expected a folder of <label>/<clip> files or a manifest CSV)")
+        raise VidopsError(f"{dataset}: no such dataset (expected a folder of <label>/<clip> files, a folder with a {DATASET_MANIFEST}, or a manifest CSV)")
     files = sorted(
         f for label in dataset.iterdir() if label.is_dir() and not label.name.startswith(".")
         for f in label.iterdir() if not f.name.startswith(".") and (f.is_file() or f.is_symlink())
     )  # fmt: skip
     if not files:
-        raise VidopsError(f"{dataset}: no clips found (expected <label>/<clip> files inside)")
-    return dataset, [_source(f.relative_to(dataset).as_posix(), f.parent.name, None, None, False) for f in files]
+        raise VidopsError(f"{dataset}: no clips found (expected <label>/<clip> files inside, or a {DATASET_MANIFEST} listing them)")
+    return dataset, [_source(f.relative_to(dataset).as_posix(), f.parent.name, None, None, None) for f in files]
 
 
 def _sources_from_csv(csv: Path) -> list[dict[str, Any]]:
-    table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    """The clips a manifest CSV lists. A CSV that cannot be used is an error naming it and the lines at fault; a listed
+    file that is missing or outside the CSV's folder is a source with its problem, which validation quarantines."""
+    try:
+        table = pd.read_csv(csv, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise VidopsError(f"{csv}: not a readable CSV: {exc}") from None
+    table.columns = [str(c).strip() for c in table.columns]
     missing = {"path", "label"} - set(table.columns)
     if missing:
         raise VidopsError(f"{csv}: missing column(s) {', '.join(sorted(missing))}; expected path, label[, group, split]")
-    twice = sorted(table.loc[table["path"].duplicated(), "path"])
-    if twice:
-        raise VidopsError(f"{csv}: path(s) listed more than once: {', '.join(twice[:5])}")
+    if table.empty:
+        raise VidopsError(f"{csv}: the manifest lists no clips")
+    line = pd.Series(range(2, len(table) + 2), index=table.index)  # the file's line of each row, after the header
+    for column in ("path", "label"):
+        empty = line[table[column].str.strip() == ""]
+        if len(empty):
+            raise VidopsError(f"{csv}: empty {column} on line(s) {', '.join(map(str, empty[:10]))}")
     bad_split = set(table.get("split", pd.Series(dtype=str))) - {"", "train", "test"}
     if bad_split:
         raise VidopsError(f"{csv}: column split holds {sorted(bad_split)}; expected train, test or empty")
+    # "a.mp4", "./a.mp4" and "x/../a.mp4" are one file: compared, and kept, in their normal form
+    table["path"] = [posixpath.normpath(p) for p in table["path"]]
+    twice = table["path"][table["path"].duplicated(keep=False)]
+    if len(twice):
+        lines = twice.groupby(twice).groups
+        shown = "; ".join(f"{path} (lines {', '.join(str(line[i]) for i in rows)})" for path, rows in list(lines.items())[:5])
+        raise VidopsError(f"{csv}: path(s) listed more than once: {shown}")
     root = csv.parent.resolve()
-    sources = []
-    for row in table.to_dict("records"):
-        target = (root / row["path"]).resolve() if row["path"] else root
-        # resolve() follows links, so a link out of the root is outside too
-        outside = not row["path"] or (root not in target.parents)
-        sources.append(_source(row["path"], row["label"], row.get("group") or None, row.get("split") or None, outside))
-    if not sources:
-        raise VidopsError(f"{csv}: the manifest lists no clips")
-    return sources
+    group, split = table.get("group", pd.Series("", index=table.index)), table.get("split", pd.Series("", index=table.index))
+    return [
+        _source(path, label, group[i] or None, split[i] or None, _listed_file_problem(root, path, csv.name))
+        for i, path, label in zip(table.index, table["path"], table["label"], strict=True)
+    ]
 
 
-def _source(path: str, label: str, group: str | None, split: str | None, outside_root: bool) -> dict[str, Any]:
+def _listed_file_problem(root: Path, path: str, listing: str) -> str | None:
+    """Why a path a manifest lists is not a clip of the dataset rooted at `root`; None when it is one."""
+    if PurePosixPath(path).is_absolute() or path == ".." or path.startswith("../"):
+        return f"path is outside the dataset root {root}"
+    file = root / path
+    # resolve() follows links: a clip reached through a link out of the root is not the dataset folder's to version
+    target = file.resolve()
+    if target != root and root not in target.parents:
+        return f"path is outside the dataset root {root} (a symbolic link leads to {target})"
+    if not file.exists():
+        return f"listed in {listing} but there is no such file"
+    if file.is_dir():
+        return f"listed in {listing} but it is a folder, not a clip"
+    return None
+
+
+def _source(path: str, label: str, group: str | None, split: str | None, problem: str | None) -> dict[str, Any]:
     if group is None:
         found = _UCF_GROUP.search(Path(path).stem)
         group = found.group(1).lower() if found else Path(path).with_suffix("").as_posix()
-    return {"path": path, "label": label, "group": group, "split": split, "outside_root": outside_root}
+    return {"path": path, "label": label, "group": group, "split": split, "problem": problem}
 
 
 def _unchanged(path: Path, old: pd.Series) -> bool:

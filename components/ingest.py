@@ -1,4 +1,5 @@
-"""Ingest: clips that land under an S3 prefix join a dataset folder (data/raw/<dataset>/<label>/<clip>).
+"""Ingest: clips that land under an S3 prefix join a dataset folder (data/raw/<dataset>/<label>/<clip>; a folder
+whose manifest.csv lists its clips gets a row for each as well).
 
 A key that is not `<label>/<clip>` (or has a hidden or `..` part) is never downloaded. Each
 other landing object is downloaded and checked against what the listing said of it (its
@@ -11,14 +12,18 @@ version is pushed (`move`), so an ingest that fails leaves them where they were.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components.catalog import file_sha256
+import pandas as pd
+
+from components.catalog import dataset_manifest, file_sha256, list_sources
 from components.errors import VidopsError
 from components.io import atomic_path
 
@@ -129,19 +134,40 @@ def _part_md5s(path: Path, sizes: list[int]) -> list[bytes]:
 
 
 def add_clips(staged: Path, clips: list[str], dataset: Path) -> tuple[list[str], dict[str, str]]:
-    """Copy the staged clips (<label>/<clip>) into the dataset folder; the clips added, and why others were not
-    (one already there with other content is never overwritten; one with the same content is already in)."""
+    """Copy the staged clips (<label>/<clip>) into the dataset folder at the same paths; when the folder's manifest.csv
+    lists its clips, also append a row (path, label) for each. The clips added, and why others were not: a file or a
+    row already there is never overwritten (the same content already there is already in)."""
+    listing = dataset_manifest(dataset)
+    listed = {source["path"] for source in list_sources(dataset)[1]} if listing else set()
     added, skipped = [], {}
     for clip in clips:
         source, target = staged / clip, dataset / clip
-        if target.exists():
-            same = file_sha256(target) == file_sha256(source)
-            skipped[clip] = ALREADY_IN if same else f"{target} exists with other content; rename the clip and land it again"
-            continue
-        with atomic_path(target) as tmp:
-            shutil.copyfile(source, tmp)
-        added.append(clip)
+        same = target.is_file() and file_sha256(target) == file_sha256(source)
+        if target.exists() and not same:
+            skipped[clip] = f"{target} exists with other content; rename the clip and land it again"
+        elif clip in listed and not same:
+            skipped[clip] = f"{listing} already lists {clip} (its file is missing); rename the clip and land it again"
+        elif same and (clip in listed or not listing):
+            skipped[clip] = ALREADY_IN
+        else:
+            if not target.exists():
+                with atomic_path(target) as tmp:
+                    shutil.copyfile(source, tmp)
+            added.append(clip)  # an unlisted copy of the same bytes (an ingest stopped before listing it) is listed now
+    if listing and added:
+        append_rows(listing, [{"path": clip, "label": clip.split("/")[0]} for clip in added])
     return added, skipped
+
+
+def append_rows(listing: Path, rows: list[dict[str, str]]) -> None:
+    """Append rows to a manifest CSV, atomically; the rows already there keep their bytes, other columns stay empty."""
+    columns = [c.strip() for c in pd.read_csv(listing, dtype=str, nrows=0, encoding="utf-8-sig").columns]
+    old = listing.read_bytes()
+    newline = "\r\n" if b"\r\n" in old else "\n"
+    text = io.StringIO()
+    csv.writer(text, lineterminator=newline).writerows([row.get(column, "") for column in columns] for row in rows)
+    with atomic_path(listing) as tmp:
+        tmp.write_bytes(old + (b"" if old.endswith(b"\n") else newline.encode()) + text.getvalue().encode())
 
 
 def move(client: Any, bucket: str, key: str, source_prefix: str, target_url: str) -> str:

@@ -1,8 +1,8 @@
 """The `ingest` flow: clips that land under an S3 prefix become a new version of a dataset.
 
-list and download (verified) -> validate -> copy into data/raw/<dataset>/ -> `dvc add` + `dvc push`
--> record the version (and commit its .dvc file, when `ingest.commit`) -> move the landing objects
-to the processed (or quarantine) prefix. Nothing moves in S3 before the push succeeded.
+list and download (verified) -> validate -> copy into data/raw/<dataset>/ (and list them in its manifest.csv when
+it has one) -> `dvc add` + `dvc push` -> record the version (and commit its .dvc file, when `ingest.commit`) -> move
+the landing objects to the processed (or quarantine) prefix. Nothing moves in S3 before the push succeeded.
 """
 
 from __future__ import annotations

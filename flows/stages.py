@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
-from components import evaluation, extraction, promotion, registry, training, validation, versioning
+from components import catalog, evaluation, extraction, promotion, registry, training, validation, versioning
 from components.errors import VidopsError
 from components.io import write_json
 from components.layout import Layout
@@ -157,8 +157,15 @@ def unregistered_experiment(params: Params) -> bool:
 
 
 def dataset(layout: Layout, params: Params, task: Task) -> Path:
-    """The task's dataset folder; an error naming it and the param when it is not there."""
+    """The task's dataset folder (its clips as <label>/<clip>, or listed by its manifest.csv: catalog.dataset_manifest);
+    an error naming it and the param when it is not there."""
     folder = layout.raw(params.datasets.of(task))
+    if folder.is_file() and folder.suffix.lower() == ".csv":
+        # DVC versions data/raw/<name> as one unit, and a lone CSV would leave its clips out of every version
+        raise VidopsError(
+            f"{folder}: datasets.{task} in params.yaml names a CSV; a dataset is a folder: put the CSV and its clips in "
+            f"data/raw/<name>/, the CSV as <name>/{catalog.DATASET_MANIFEST} with paths relative to it, and set datasets.{task}: <name>"
+        )
     if not folder.is_dir():
         raise VidopsError(f"{folder}: no such dataset (datasets.{task} in params.yaml); add it, or leave {task} out of tasks")
     return folder

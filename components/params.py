@@ -191,6 +191,18 @@ class Params(_Group):
         return self
 
 
+class _DvcStyle(yaml.SafeDumper):
+    """YAML as DVC's `exp run -S` writes it back (ruamel.yaml): block lists, nothing after a key whose value is null."""
+
+
+_DvcStyle.add_representer(type(None), lambda dumper, _: dumper.represent_scalar("tag:yaml.org,2002:null", ""))
+
+
+def dump_params(params: Params) -> str:
+    """`params` as a params.yaml that `dvc exp run -S KEY=VALUE` changes by that value alone."""
+    return yaml.dump(params.to_yaml_dict(), Dumper=_DvcStyle, sort_keys=False, default_flow_style=False)
+
+
 def load_params(path: Path | None = None, overrides: Iterable[str] = ()) -> Params:
     """Read params.yaml (or the defaults when `path` is None) and apply `KEY.PATH=VALUE` overrides.
 

@@ -10,11 +10,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, get_args
 
-import yaml
 
 from components.errors import VidopsError
 from components.layout import Layout
-from components.params import Params, Task, load_params
+from components.params import Params, Task, dump_params, load_params
 
 if TYPE_CHECKING:  # importing it starts Prefect and TensorFlow
     from components.registry import Tracking
@@ -473,7 +472,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     params_path = layout.root / PARAMS_FILE
     if not params_path.exists():  # spelled out for the user to edit and re-run
         with atomic_path(params_path) as tmp:
-            tmp.write_text(yaml.safe_dump(Params().to_yaml_dict(), sort_keys=False))
+            tmp.write_text(dump_params(Params()))
     for task in params.tasks:
         dataset = layout.raw(params.datasets.of(task))
         if (dataset / MARKER).is_file():
@@ -483,15 +482,25 @@ def cmd_demo(args: argparse.Namespace) -> None:
             generate_dataset(dataset, task, params.generate.of(task))
     for version in version_datasets(layout, params):  # DVC, pushed to the project's own S3 (.vidops/s3/)
         print(f"versioned {version.path.relative_to(layout.root)} as {version.md5} ({version.files} files), pushed to the DVC remote")
-    _run_pipeline(layout, PARAMS_FILE, args.overrides, args.refresh)
+    result = _run_pipeline(layout, PARAMS_FILE, args.overrides, args.refresh)
+    if result.staged is not None:  # dvc.lock records the run: its outputs go to the remote too, so a clone can `dvc pull` them
+        from components import versioning
+        from flows.stack import project_store
+
+        with project_store(layout):
+            versioning.push(layout.root, [])
+        print(f"\nDVC:              dvc.lock records this run (`dvc status` is clean); its outputs are pushed to {versioning.remote_url(layout.root)}")
+        if result.staged:
+            print(f"baseline:         git commit -m 'vidops demo: datasets, dvc.lock, metrics'  ({len(result.staged)} files staged)")
 
 
-def _run_pipeline(layout: Layout, params_file: str, overrides: list[str], refresh: bool) -> None:
+def _run_pipeline(layout: Layout, params_file: str, overrides: list[str], refresh: bool) -> PipelineResult:
     present = _start_prefect(layout, params_file)
     from flows.pipeline import training_pipeline
 
     result = training_pipeline(root=str(layout.root), params_file=present, overrides=overrides, refresh=refresh)
     _print_result(layout, result)
+    return result
 
 
 def _start_prefect(layout: Layout, params_file: str) -> str | None:
@@ -511,9 +520,9 @@ def _print_result(layout: Layout, result: PipelineResult) -> None:
         print(f"  clips:            {s.accepted} accepted, {s.warned} of them with warnings, {s.quarantined} quarantined ({s.quarantine})")
         print(f"  evaluation:       {headline(task, m)}")
         print(f"  registered model: {r.model_name} version {r.version}; {'now champion' if d.champion else 'not champion'}: {d.reason}")
+        print(f"  MLflow run:       {r.run_id} (live during training: loss and accuracy, training and validation, each epoch)")
         print(f"  metrics:          {outcome.evaluation.metrics_path}")
         print(f"  Data Docs:        {s.data_docs}")
-        print(f"  MLflow run:       {r.run_id}")
     print(f"\nMLflow:           {result.tracking_uri}")
     if result.tracking_uri.startswith("sqlite:"):
         print(f"MLflow UI:        mlflow ui --backend-store-uri {result.tracking_uri}  (then http://127.0.0.1:5000)")

@@ -159,6 +159,7 @@ class TaskResult:
 class PipelineResult:
     tasks: dict[str, TaskResult]
     tracking_uri: str
+    staged: list[str] | None = None  # what went to dvc.lock and git's index for a baseline commit; None: dvc.lock not updated
 
 
 @flow(name="training_pipeline")
@@ -185,14 +186,14 @@ def training_pipeline(root: str = ".", params_file: str | None = "params.yaml", 
         done[name] = (summary, scores, registered)
 
     decisions = promotion(root, params_file, overrides, {name: r.version for name, (_, _, r) in done.items()})
-    result = PipelineResult({name: TaskResult(*done[name], decisions[name]) for name in done}, tracking(layout).uri)
+    staged = record_dvc_lock(layout, params, params_file, overrides)
+    result = PipelineResult({name: TaskResult(*done[name], decisions[name]) for name in done}, tracking(layout).uri, staged)
     create_markdown_artifact(report(result), key="training-report", description="vidops training run")
-    record_dvc_lock(layout, params, params_file, overrides)
     return result
 
 
 @task(cache_policy=NO_CACHE, task_run_name="record-dvc-lock")
-def record_dvc_lock(layout: Layout, params: Params, params_file: str | None, overrides: list[str] | None) -> list[str]:
+def record_dvc_lock(layout: Layout, params: Params, params_file: str | None, overrides: list[str] | None) -> list[str] | None:
     """Tell DVC what this run produced (dvc.lock), so `dvc status` is clean and `dvc repro` has nothing to do; only when
     the run read exactly what `dvc repro` reads: the project's dvc.yaml and params.yaml, without overrides."""
     why_not = (
@@ -203,13 +204,13 @@ def record_dvc_lock(layout: Layout, params: Params, params_file: str | None, ove
     )  # fmt: skip
     if why_not:
         stages.log.info("dvc.lock not updated: %s", why_not)
-        return []
+        return None
     targets = [f"{stage}@{name}" for name in params.tasks for stage in stages.STAGES]
     try:
         staged = versioning.record_pipeline(layout.root, targets)
     except VidopsError as exc:  # the models are trained and gated; DVC is told later, by `dvc commit` or `dvc repro`
         stages.log.warning("dvc.lock not updated: %s", exc)
-        return []
+        return None
     stages.log.info("dvc.lock records %s; staged in git: %s", ", ".join(targets), ", ".join(staged) or "nothing")
     return staged
 

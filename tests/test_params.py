@@ -69,3 +69,19 @@ def test_each_task_has_its_own_group_in_every_stage():
     for task in ("classification", "sync"):
         assert params.datasets.of(task) and params.extract.of(task) and params.train.of(task) and params.registry.of(task)
     assert params.registry.of("sync").model_name != params.registry.of("classification").model_name
+
+
+@pytest.mark.parametrize("source", ["repository", "demo"])
+def test_dvc_exp_run_set_changes_only_the_value_it_sets_in_params_yaml(source, tmp_path):
+    """`dvc exp run -S` rewrites params.yaml through DVC's own YAML writer: the file keeps its form and comments."""
+    from dvc.utils.hydra import apply_overrides
+
+    from components.params import Params, dump_params
+
+    path = tmp_path / "params.yaml"
+    path.write_text((Path(__file__).parents[1] / "params.yaml").read_text() if source == "repository" else dump_params(Params()))
+    before = path.read_text().splitlines()
+    apply_overrides(str(path), ["train.classification.epochs=5", "train.sync.filters=[8,16]"])
+    after = path.read_text().splitlines()
+    changed = [(old, new) for old, new in zip(before, after, strict=True) if old != new]
+    assert len(before) == len(after) and [new.split("#")[0].strip() for _, new in changed] == ["epochs: 5", "- 8", "- 16"], changed

@@ -128,6 +128,7 @@ def test_a_fresh_clone_pulls_the_data_reproduces_every_stage_and_reruns_only_wha
     for name in ("dvc.yaml", ".gitignore"):
         shutil.copy(REPO / name, origin.root / name)
     params = tiny_params.to_yaml_dict() | {"tasks": ["classification"], "datasets": {"classification": "demo"}}
+    params["registry"]["register_experiments"] = True  # the experiment below registers the version whose lineage is read
     (origin.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copytree(tiny_dataset, origin.raw("demo"))
     _git(origin.root, "init", "--quiet")

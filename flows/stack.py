@@ -71,7 +71,8 @@ def up(layout: Layout, ports: Ports) -> dict[str, str]:
                   "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}", "--artifacts-destination", f"s3://{BUCKET}/mlflow"]  # fmt: skip
         started["mlflow"] = _start(home, "mlflow", mlflow, env, env["MLFLOW_TRACKING_URI"], _http("/health"))
         prefect = [program("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(ports.prefect)]
-        server_env = {**env, "PREFECT_HOME": str(home / "prefect")}
+        # the UI asks its settings for the API it talks to, which is PREFECT_SERVER_API_PORT's (4200) unless told
+        server_env = {**env, "PREFECT_HOME": str(home / "prefect"), "PREFECT_SERVER_UI_API_URL": env["PREFECT_API_URL"]}
         del server_env["PREFECT_API_URL"]  # the server is not a client of itself
         started["prefect"] = _start(home, "prefect", prefect, server_env, f"http://127.0.0.1:{ports.prefect}", _http("/api/health"))
         worker = [program("prefect"), "worker", "start", "--pool", POOL, "--type", "process"]

@@ -52,7 +52,9 @@ def test_stack_up_deploy_a_scheduled_training_run_through_the_worker_and_down(pr
         status = vidops("stack", "status").stdout
         assert all(f"{name}" in status for name in ("s3", "mlflow", "prefect", "worker")) and "DOWN" not in status
         env = dict(line.split("=", 1) for line in (project.state / "stack" / "env").read_text().splitlines())
-        assert env["PREFECT_API_URL"] == f"http://127.0.0.1:{ports['prefect']}/api"
+        api = env["PREFECT_API_URL"]
+        assert api == f"http://127.0.0.1:{ports['prefect']}/api"
+        assert _api(f"http://127.0.0.1:{ports['prefect']}/ui-settings")["api_url"] == api  # the UI talks to its own server
 
         (project.root / "prefect.yaml").write_text((Path(__file__).parent.parent / "prefect.yaml").read_text().replace("0 2 * * *", "every night"))
         assert "deployment nightly: schedule 'every night' is not a cron string" in vidops("deploy").stderr
@@ -61,7 +63,6 @@ def test_stack_up_deploy_a_scheduled_training_run_through_the_worker_and_down(pr
         assert deployed.returncode == 0, deployed.stderr[-3000:]
         assert "training_pipeline/nightly" in deployed.stdout and "0 2 * * * UTC" in deployed.stdout
 
-        api = env["PREFECT_API_URL"]
         assert "ingest/every-15-minutes" in deployed.stdout and "*/15 * * * * UTC" in deployed.stdout
         cluster = subprocess.run([sys.executable, "-m", "flows.cli", "deploy", "--spec", str(Path(__file__).parents[1] / "infra" / "kubernetes" / "prefect.yaml"),
                                   "--root", str(project.root)], capture_output=True, text=True, timeout=600,
@@ -72,6 +73,8 @@ def test_stack_up_deploy_a_scheduled_training_run_through_the_worker_and_down(pr
         assert gpu["pull_steps"][0]["prefect.deployments.steps.git_clone"]["repository"] == "https://git.example.com/team/videos.git"
         nightly = _api(f"{api}/deployments/name/training_pipeline/nightly")
         assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 2 * * *"] and nightly["work_pool_name"] == "vidops-process"
+        listed = {d["name"] for d in _api(f"{api}/deployments/filter", {})}  # what the UI's Deployments page shows
+        assert {"nightly", "on-demand", "every-15-minutes", "nightly-gpu"} <= listed
         run = _api(f"{api}/deployments/{nightly['id']}/create_flow_run", {})
         deadline = time.monotonic() + 900
         while (state := _api(f"{api}/flow_runs/{run['id']}")["state"])["type"] not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):

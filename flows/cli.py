@@ -337,7 +337,7 @@ def cmd_stack(args: argparse.Namespace) -> None:
         _ensure_writable(layout.state)
         for name, url in stack.up(layout, stack.Ports(args.prefect_port, args.mlflow_port, args.s3_port)).items():
             print(f"{name:8} {url}")
-        print(f"vidops commands with --root {layout.root} now use the stack; for other tools: set -a; . {stack.folder(layout) / stack.ENV_FILE}")
+        print(f"vidops commands with --root {layout.root} now use the stack; for other tools: set -a; . {stack.folder(layout) / stack.ENV_FILE}; set +a")
     elif args.action == "down":
         stopped = stack.down(layout)
         print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")

@@ -4,7 +4,8 @@ SeaweedFS serving S3 with access keys, an MLflow tracking server (UI included) w
 artifacts go to that S3, a Prefect server with its UI, and a Prefect process worker, all
 on 127.0.0.1. Their data lives under `<project>/.vidops/stack/` and survives a restart;
 `stack.json` records what `up` started, so `down` stops exactly that, and `env` holds the
-variables that point vidops (and you, after `set -a; . .vidops/stack/env`) at them.
+variables that point vidops (and you, after `set -a; . .vidops/stack/env; set +a`) at
+them.
 
 The project's S3 (data, keys) lives in `<project>/.vidops/s3/` for both profiles: the stack
 serves it while it is up, and the embedded profile starts it for as long as a command needs

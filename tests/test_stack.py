@@ -75,7 +75,10 @@ def test_stack_up_deploy_a_scheduled_training_run_through_the_worker_and_down(pr
         assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 2 * * *"] and nightly["work_pool_name"] == "vidops-process"
         listed = {d["name"] for d in _api(f"{api}/deployments/filter", {})}  # what the UI's Deployments page shows
         assert {"nightly", "on-demand", "every-15-minutes", "nightly-gpu"} <= listed
-        run = _api(f"{api}/deployments/{nightly['id']}/create_flow_run", {})
+
+        # the README's lines, as a user types them in the project folder: load the env, then ask prefect for a run
+        run = _readme_run(project.root, ["train.classification.epochs=3"])
+        assert run["parameters"]["overrides"] == ["train.classification.epochs=3"] and run["deployment_id"] == nightly["id"]
         deadline = time.monotonic() + 900
         while (state := _api(f"{api}/flow_runs/{run['id']}")["state"])["type"] not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
             assert time.monotonic() < deadline, state
@@ -86,6 +89,8 @@ def test_stack_up_deploy_a_scheduled_training_run_through_the_worker_and_down(pr
         for name in ("vidops-classifier", "vidops-sync"):
             champion = mlflow.get_model_version_by_alias(name, "champion")
             assert mlflow.get_run(champion.run_id).data.tags["vidops.prefect_flow_run_id"] == run["id"]
+        classifier = mlflow.get_model_version_by_alias("vidops-classifier", "champion")
+        assert mlflow.get_run(classifier.run_id).data.params["train.classification.epochs"] == "3"  # the run's override
         s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
                           aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")  # fmt: skip
         assert s3.list_objects_v2(Bucket="vidops", Prefix="mlflow/")["KeyCount"] > 0  # the artifacts went to S3
@@ -100,6 +105,40 @@ def test_stack_up_deploy_a_scheduled_training_run_through_the_worker_and_down(pr
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(("127.0.0.1", port))  # nothing listens any more
     assert (project.state / "stack" / "mlflow.db").is_file()  # the data stays for the next `up`
+
+
+def _readme_run(root: Path, overrides: list[str]) -> dict:
+    """Run the README's env line and its `prefect deployment run ... --params` line through a shell in `root`, with
+    these overrides; the flow run it created, as the Prefect API has it."""
+    lines = (Path(__file__).parents[1] / "README.md").read_text().splitlines()
+    load = next(line for line in lines if line.startswith("set -a; . .vidops/stack/env; set +a"))
+    command = next(line for line in lines if line.startswith(".venv/bin/prefect deployment run training_pipeline/nightly --params"))
+    params = json.loads(command.split("--params", 1)[1].strip().strip("'"))
+    assert set(params) == {"overrides", "refresh"}  # what the README shows
+    command = command.replace(".venv/bin/", f"{Path(sys.executable).parent}/").replace(json.dumps(params["overrides"]), json.dumps(overrides))
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "AWS_"))}
+    done = subprocess.run(["bash", "-c", f"{load}\n{command}"], cwd=root, env=clean, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    flow_run_id = done.stdout.split("UUID:", 1)[1].split()[0]
+    env = dict(line.split("=", 1) for line in (root / ".vidops" / "stack" / "env").read_text().splitlines())
+    return _api(f"{env['PREFECT_API_URL']}/flow_runs/{flow_run_id}")
+
+
+def test_vidops_serve_serves_the_deployments_in_one_process(project):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "AWS_"))}
+    served = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--root", str(project.root)], env=clean,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+    seen = []
+    try:
+        deadline = time.monotonic() + 180
+        while not any("promotion/on-demand" in line for line in seen):
+            assert served.poll() is None and time.monotonic() < deadline, "".join(seen)[-3000:]
+            seen.append(served.stdout.readline())
+        assert any("training_pipeline/nightly" in line for line in seen)
+    finally:  # the whole group: `serve` and the temporary Prefect server it started
+        os.killpg(served.pid, signal.SIGTERM)
+        served.communicate(timeout=60)
+
 
 
 def test_vidops_serve_serves_the_deployments_in_one_process(project):

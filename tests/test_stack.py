@@ -104,7 +104,7 @@ def test_stack_up_deploy_a_scheduled_training_run_through_the_worker_and_down(pr
         with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(("127.0.0.1", port))  # nothing listens any more
-    assert (project.state / "stack" / "mlflow.db").is_file()  # the data stays for the next `up`
+    assert (project.state / "mlflow.db").is_file()  # the registry stays, for the embedded profile and the next `up`
 
 
 def _readme_run(root: Path, overrides: list[str]) -> dict:
@@ -140,18 +140,80 @@ def test_vidops_serve_serves_the_deployments_in_one_process(project):
         served.communicate(timeout=60)
 
 
+def test_one_registry_for_the_project_whichever_profile_is_up(project, monkeypatch):
+    """A champion registered on the embedded profile is the stack's, loadable through its server; versions registered
+    through the stack (into the embedded profile's experiment, and into one the stack made, whose artifacts are in the
+    project's S3) are the embedded profile's after `down`, and load with the S3 vidops starts for them."""
+    from components.registry import Tracking
+    from flows.profiles import embedded_tracking
+    from flows.stack import _serving, registry_store
 
-def test_vidops_serve_serves_the_deployments_in_one_process(project):
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "AWS_"))}
-    served = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--root", str(project.root)], env=clean,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
-    seen = []
+    for name in [k for k in os.environ if k.startswith(("MLFLOW_", "PREFECT_", "AWS_"))]:
+        monkeypatch.delenv(name)
+    clean = dict(os.environ)
+    vidops = lambda *args: subprocess.run([sys.executable, "-m", "flows.cli", *args, "--root", str(project.root)],  # noqa: E731
+                                          capture_output=True, text=True, env=clean, timeout=600)  # fmt: skip
+    embedded = embedded_tracking(project)
+    first = _register(embedded, "vidops", slope=2.0)
+    MlflowClient(embedded.uri).set_registered_model_alias(MODEL, "champion", first)
+    assert _artifact_location(embedded, "vidops").startswith((project.state / "mlartifacts").as_uri())
+
+    ports = {name: _free_port() for name in ("prefect", "mlflow", "s3")}
+    started = vidops("stack", "up", *[f"--{name}-port={port}" for name, port in ports.items()])
     try:
-        deadline = time.monotonic() + 180
-        while not any("promotion/on-demand" in line for line in seen):
-            assert served.poll() is None and time.monotonic() < deadline, "".join(seen)[-3000:]
-            seen.append(served.stdout.readline())
-        assert any("training_pipeline/nightly" in line for line in seen)
-    finally:  # the whole group: `serve` and the temporary Prefect server it started
-        os.killpg(served.pid, signal.SIGTERM)
-        served.communicate(timeout=60)
+        assert started.returncode == 0, started.stderr[-3000:]
+        assert f"MLflow serves the project's one registry, {project.state / 'mlflow.db'}" in started.stdout
+        shown = vidops("lineage", f"models:/{MODEL}@champion")
+        assert shown.returncode == 0 and f"model     {MODEL} version {first} (champion)" in shown.stdout, shown.stderr
+        env = dict(line.split("=", 1) for line in (project.state / "stack" / "env").read_text().splitlines())
+        server = Tracking(env["MLFLOW_TRACKING_URI"])
+        with monkeypatch.context() as inside:  # a client of the stack, as its env file makes one
+            for name, value in env.items():
+                inside.setenv(name, value)
+            assert _predict(server, f"models:/{MODEL}@champion") == 2.0  # the embedded champion, through the server
+            second = _register(server, "vidops", slope=3.0)  # the embedded profile's experiment: local artifacts
+            third = _register(server, "made-on-stack", slope=4.0)
+            assert _artifact_location(server, "made-on-stack").startswith("s3://vidops/mlflow/")
+            MlflowClient(server.uri).set_registered_model_alias(MODEL, "champion", third)
+    finally:
+        stopped = vidops("stack", "down")
+    assert stopped.returncode == 0, stopped.stderr
+
+    shown = vidops("lineage", f"models:/{MODEL}@champion")  # the embedded profile again
+    assert shown.returncode == 0 and f"model     {MODEL} version {third} (champion)" in shown.stdout, shown.stderr
+    with registry_store(project):
+        assert _serving and os.environ["MLFLOW_S3_ENDPOINT_URL"].startswith("http://127.0.0.1:")  # the project's S3, started for this
+        assert _predict(embedded, f"models:/{MODEL}@champion") == 4.0
+        assert _predict(embedded, f"models:/{MODEL}/{second}") == 3.0
+    assert "MLFLOW_S3_ENDPOINT_URL" not in os.environ and not _serving  # and stopped after
+
+
+MODEL = "vidops-test-model"
+
+
+def _register(tracking, experiment: str, slope: float) -> str:
+    """Log y = slope * x as a scikit-learn model in `experiment` (made as vidops makes its own) and register it; its version."""
+    import mlflow
+    import numpy as np
+    from sklearn.linear_model import LinearRegression
+
+    from components.registry import _experiment_id
+
+    mlflow.set_tracking_uri(tracking.uri)
+    with mlflow.start_run(experiment_id=_experiment_id(experiment, tracking)):
+        model = LinearRegression().fit(np.array([[0.0], [1.0]]), np.array([0.0, slope]))
+        return str(mlflow.sklearn.log_model(model, name="model", registered_model_name=MODEL).registered_model_version)
+
+
+def _predict(tracking, model_uri: str) -> float:
+    """What the model at `model_uri` says for x = 1."""
+    import mlflow
+    import numpy as np
+
+    mlflow.set_tracking_uri(tracking.uri)
+    return round(float(mlflow.pyfunc.load_model(model_uri).predict(np.array([[1.0]]))[0]), 6)
+
+
+def _artifact_location(tracking, name: str) -> str:
+    """The artifact location of the experiment `name`."""
+    return MlflowClient(tracking.uri).get_experiment_by_name(name).artifact_location

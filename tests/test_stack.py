@@ -146,7 +146,7 @@ def test_one_registry_for_the_project_whichever_profile_is_up(project, monkeypat
     project's S3) are the embedded profile's after `down`, and load with the S3 vidops starts for them."""
     from components.registry import Tracking
     from flows.profiles import embedded_tracking
-    from flows.stack import _serving, registry_store
+    from flows.stack import _serving, project_store, registry_store
 
     for name in [k for k in os.environ if k.startswith(("MLFLOW_", "PREFECT_", "AWS_"))]:
         monkeypatch.delenv(name)
@@ -185,6 +185,9 @@ def test_one_registry_for_the_project_whichever_profile_is_up(project, monkeypat
         assert _serving and os.environ["MLFLOW_S3_ENDPOINT_URL"].startswith("http://127.0.0.1:")  # the project's S3, started for this
         assert _predict(embedded, f"models:/{MODEL}@champion") == 4.0
         assert _predict(embedded, f"models:/{MODEL}/{second}") == 3.0
+        endpoint = os.environ["AWS_ENDPOINT_URL"]
+        with project_store(project):  # as `vidops demo` pushes its datasets inside: the same SeaweedFS, not a second one
+            assert os.environ["AWS_ENDPOINT_URL"] == endpoint and len(_serving) == 1
     assert "MLFLOW_S3_ENDPOINT_URL" not in os.environ and not _serving  # and stopped after
 
 

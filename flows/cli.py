@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, get_args
 
@@ -28,11 +28,8 @@ TASKS = get_args(Task)
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.handler is not cmd_demo and getattr(args, "root", None):  # the demo is the embedded profile by definition
-            from flows.stack import load_env
-
-            load_env(Layout(args.root.resolve()))
-        args.handler(args)
+        with _profile(args):
+            args.handler(args)
     except VidopsError as exc:
         print(f"vidops: error: {exc}", file=sys.stderr)
         return 1
@@ -40,6 +37,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("vidops: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _profile(args: argparse.Namespace) -> AbstractContextManager[object]:
+    """Point this process at the project's services: the stack's variables while it is up (not for the demo, the
+    embedded profile by definition), and for the commands that read or write models, the S3 that the registry's
+    artifacts may live in (`flows.stack.registry_store`)."""
+    project = args.workdir if args.handler is cmd_demo else getattr(args, "root", None)
+    if project is None:
+        return nullcontext()
+    from flows.stack import load_env, registry_store
+
+    layout = Layout(project.resolve())
+    if args.handler is not cmd_demo:
+        load_env(layout)
+    return registry_store(layout) if args.handler in (cmd_demo, cmd_run, cmd_stage, cmd_predict, cmd_serve) else nullcontext()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -336,7 +348,10 @@ def cmd_stack(args: argparse.Namespace) -> None:
         _ensure_writable(layout.state)
         for name, url in stack.up(layout, stack.Ports(args.prefect_port, args.mlflow_port, args.s3_port)).items():
             print(f"{name:8} {url}")
-        print(f"vidops commands with --root {layout.root} now use the stack; for other tools: set -a; . {stack.folder(layout) / stack.ENV_FILE}")
+        print(f"vidops commands with --root {layout.root} now use the stack; for other tools: set -a; . {stack.folder(layout) / stack.ENV_FILE}; set +a")
+        print(f"MLflow serves the project's one registry, {stack.embedded_tracking(layout).uri.removeprefix('sqlite:///')}")
+        if (former := stack.folder(layout) / "mlflow.db").is_file():
+            print(f"a registry kept by an older vidops stays in {former}: mlflow ui --backend-store-uri sqlite:///{former}")
     elif args.action == "down":
         stopped = stack.down(layout)
         print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")

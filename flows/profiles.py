@@ -41,9 +41,14 @@ def quiet_libraries() -> None:
 
 def tracking(layout: Layout) -> Tracking:
     """Where MLflow lives: the user's MLFLOW_TRACKING_URI when set, else the embedded store."""
-    state = layout.state
     if "MLFLOW_TRACKING_URI" in os.environ:
         return Tracking(os.environ["MLFLOW_TRACKING_URI"])
+    return embedded_tracking(layout)
+
+
+def embedded_tracking(layout: Layout) -> Tracking:
+    """The project's own MLflow store, which the stack's server serves too: one registry whichever profile is up."""
+    state = layout.state
     return Tracking(f"sqlite:///{state / 'mlflow.db'}", artifact_root=(state / "mlartifacts").as_uri())
 
 

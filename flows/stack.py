@@ -1,14 +1,21 @@
 """`vidops stack up|down|status`: the stack profile on one machine.
 
-SeaweedFS serving S3 with access keys, an MLflow tracking server (UI included) whose
-artifacts go to that S3, a Prefect server with its UI, and a Prefect process worker, all
-on 127.0.0.1. Their data lives under `<project>/.vidops/stack/` and survives a restart;
-`stack.json` records what `up` started, so `down` stops exactly that, and `env` holds the
-variables that point vidops (and you, after `set -a; . .vidops/stack/env`) at them.
+SeaweedFS serving S3 with access keys, an MLflow tracking server (UI included), a Prefect
+server with its UI, and a Prefect process worker, all on 127.0.0.1. Their data lives under
+`<project>/.vidops/` and survives a restart; `stack.json` records what `up` started, so
+`down` stops exactly that, and `env` holds the variables that point vidops (and you, after
+`set -a; . .vidops/stack/env; set +a`) at them.
 
 The project's S3 (data, keys) lives in `<project>/.vidops/s3/` for both profiles: the stack
 serves it while it is up, and the embedded profile starts it for as long as a command needs
 it (`project_s3`), so what `vidops demo` pushed is there when the stack comes up.
+
+The project has one MLflow registry too: the stack's server serves the embedded store
+(`.vidops/mlflow.db`), so the demo's champions are the stack's and the reverse. An
+experiment keeps the artifact location it was made with: local files under
+`.vidops/mlartifacts` when the embedded profile made it, `s3://vidops/mlflow/<id>` when the
+stack did (written by the clients themselves, not proxied, so that the embedded profile can
+read them with the project's S3 started: `registry_store`).
 """
 
 from __future__ import annotations
@@ -18,11 +25,12 @@ import os
 import secrets
 import signal
 import socket
+import sqlite3
 import subprocess
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,9 +39,11 @@ from components.errors import VidopsError
 from components.io import write_json
 from components.layout import Layout
 from components.programs import program
+from flows.profiles import embedded_tracking, tracking
 
 POOL = "vidops-process"  # the process work pool the stack's worker serves
 BUCKET = "vidops"  # MLflow's artifacts (and DVC's remote) in the stack's S3
+ARTIFACTS = f"s3://{BUCKET}/mlflow"  # where experiments made on the stack keep their artifacts
 ENV_FILE = "env"
 RECORD = "stack.json"
 
@@ -68,10 +78,11 @@ def up(layout: Layout, ports: Ports) -> dict[str, str]:
     try:
         started["s3"] = _start_s3(layout, ports.s3, env)
         mlflow = [program("mlflow"), "server", "--host", "127.0.0.1", "--port", str(ports.mlflow), "--workers", "1",
-                  "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}", "--artifacts-destination", f"s3://{BUCKET}/mlflow"]  # fmt: skip
+                  "--backend-store-uri", embedded_tracking(layout).uri, "--default-artifact-root", ARTIFACTS, "--no-serve-artifacts"]  # fmt: skip
         started["mlflow"] = _start(home, "mlflow", mlflow, env, env["MLFLOW_TRACKING_URI"], _http("/health"))
         prefect = [program("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(ports.prefect)]
-        server_env = {**env, "PREFECT_HOME": str(home / "prefect")}
+        # the UI asks its settings for the API it talks to, which is PREFECT_SERVER_API_PORT's (4200) unless told
+        server_env = {**env, "PREFECT_HOME": str(home / "prefect"), "PREFECT_SERVER_UI_API_URL": env["PREFECT_API_URL"]}
         del server_env["PREFECT_API_URL"]  # the server is not a client of itself
         started["prefect"] = _start(home, "prefect", prefect, server_env, f"http://127.0.0.1:{ports.prefect}", _http("/api/health"))
         worker = [program("prefect"), "worker", "start", "--pool", POOL, "--type", "process"]
@@ -111,23 +122,33 @@ def load_env(layout: Layout) -> None:
             os.environ.setdefault(key, value)
 
 
+_serving: dict[Path, dict[str, str]] = {}  # the project S3s this process started, by folder: one SeaweedFS per folder
+
+
 @contextmanager
 def project_s3(layout: Layout) -> Iterator[dict[str, str]]:
     """The project's S3 while the block runs: the stack's when it is up, else SeaweedFS started on a free port
-    and stopped afterwards. Yields the client variables (endpoint, keys, region); points DVC's remote at it."""
+    and stopped afterwards (or the one this process started already). Yields the client variables (endpoint, keys,
+    region); points DVC's remote at it."""
     running = {service["name"]: service for service in _record(folder(layout))}
     if "s3" in running and _alive(running["s3"]):
         env = _s3_env(layout, running["s3"]["url"])
         _point_dvc(layout, env)
         yield env
         return
+    home = s3_folder(layout)
+    if home in _serving:
+        yield _serving[home]
+        return
     port = _free_port()
     env = _s3_env(layout, f"http://127.0.0.1:{port}")
     service = _start_s3(layout, port, {**os.environ, **env})
+    _serving[home] = env
     try:
         _point_dvc(layout, env)
         yield env
     finally:
+        del _serving[home]
         _stop([service])
 
 
@@ -139,17 +160,47 @@ def project_store(layout: Layout) -> Iterator[None]:
     if url not in (None, versioning.local_url(BUCKET)):
         yield
         return
-    with project_s3(layout) as env:
-        before = {name: os.environ.get(name) for name in env}
-        os.environ.update(env)
-        try:
-            yield
-        finally:
-            for name, value in before.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
+    with project_s3(layout) as env, _environ(env):
+        yield
+
+
+@contextmanager
+def registry_store(layout: Layout) -> Iterator[None]:
+    """While the block runs, MLflow clients of the embedded store can read and write the artifacts of experiments made
+    on the stack (in the project's S3): that S3 is started, or the stack's used, when the store has such an experiment.
+    A process pointed at an MLflow server (the stack's env) has its S3 variables already."""
+    if tracking(layout).uri != embedded_tracking(layout).uri or not _artifacts_in_s3(layout):
+        yield
+        return
+    with project_s3(layout) as env, _environ({**env, "MLFLOW_S3_ENDPOINT_URL": env["AWS_ENDPOINT_URL"]}):
+        yield
+
+
+def _artifacts_in_s3(layout: Layout) -> bool:
+    """The embedded MLflow store has an experiment whose artifacts are in the project's S3 (one the stack made)."""
+    store = Path(embedded_tracking(layout).uri.removeprefix("sqlite:///"))
+    if not store.is_file():
+        return False
+    try:
+        with closing(sqlite3.connect(f"{store.as_uri()}?mode=ro", uri=True)) as db:
+            return db.execute("SELECT 1 FROM experiments WHERE artifact_location LIKE ? LIMIT 1", (f"{ARTIFACTS}/%",)).fetchone() is not None
+    except sqlite3.Error:  # a store MLflow has not made its tables in yet
+        return False
+
+
+@contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """These environment variables set while the block runs, the previous values back afterwards."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _s3_env(layout: Layout, endpoint: str) -> dict[str, str]:

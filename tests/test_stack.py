@@ -52,7 +52,9 @@ def test_stack_up_deploy_a_scheduled_training_run_through_the_worker_and_down(pr
         status = vidops("stack", "status").stdout
         assert all(f"{name}" in status for name in ("s3", "mlflow", "prefect", "worker")) and "DOWN" not in status
         env = dict(line.split("=", 1) for line in (project.state / "stack" / "env").read_text().splitlines())
-        assert env["PREFECT_API_URL"] == f"http://127.0.0.1:{ports['prefect']}/api"
+        api = env["PREFECT_API_URL"]
+        assert api == f"http://127.0.0.1:{ports['prefect']}/api"
+        assert _api(f"http://127.0.0.1:{ports['prefect']}/ui-settings")["api_url"] == api  # the UI talks to its own server
 
         (project.root / "prefect.yaml").write_text((Path(__file__).parent.parent / "prefect.yaml").read_text().replace("0 2 * * *", "every night"))
         assert "deployment nightly: schedule 'every night' is not a cron string" in vidops("deploy").stderr
@@ -61,7 +63,6 @@ def test_stack_up_deploy_a_scheduled_training_run_through_the_worker_and_down(pr
         assert deployed.returncode == 0, deployed.stderr[-3000:]
         assert "training_pipeline/nightly" in deployed.stdout and "0 2 * * * UTC" in deployed.stdout
 
-        api = env["PREFECT_API_URL"]
         assert "ingest/every-15-minutes" in deployed.stdout and "*/15 * * * * UTC" in deployed.stdout
         cluster = subprocess.run([sys.executable, "-m", "flows.cli", "deploy", "--spec", str(Path(__file__).parents[1] / "infra" / "kubernetes" / "prefect.yaml"),
                                   "--root", str(project.root)], capture_output=True, text=True, timeout=600,
@@ -72,7 +73,12 @@ def test_stack_up_deploy_a_scheduled_training_run_through_the_worker_and_down(pr
         assert gpu["pull_steps"][0]["prefect.deployments.steps.git_clone"]["repository"] == "https://git.example.com/team/videos.git"
         nightly = _api(f"{api}/deployments/name/training_pipeline/nightly")
         assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 2 * * *"] and nightly["work_pool_name"] == "vidops-process"
-        run = _api(f"{api}/deployments/{nightly['id']}/create_flow_run", {})
+        listed = {d["name"] for d in _api(f"{api}/deployments/filter", {})}  # what the UI's Deployments page shows
+        assert {"nightly", "on-demand", "every-15-minutes", "nightly-gpu"} <= listed
+
+        # the README's lines, as a user types them in the project folder: load the env, then ask prefect for a run
+        run = _readme_run(project.root, ["train.classification.epochs=3"])
+        assert run["parameters"]["overrides"] == ["train.classification.epochs=3"] and run["deployment_id"] == nightly["id"]
         deadline = time.monotonic() + 900
         while (state := _api(f"{api}/flow_runs/{run['id']}")["state"])["type"] not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
             assert time.monotonic() < deadline, state
@@ -83,6 +89,8 @@ def test_stack_up_deploy_a_scheduled_training_run_through_the_worker_and_down(pr
         for name in ("vidops-classifier", "vidops-sync"):
             champion = mlflow.get_model_version_by_alias(name, "champion")
             assert mlflow.get_run(champion.run_id).data.tags["vidops.prefect_flow_run_id"] == run["id"]
+        classifier = mlflow.get_model_version_by_alias("vidops-classifier", "champion")
+        assert mlflow.get_run(classifier.run_id).data.params["train.classification.epochs"] == "3"  # the run's override
         s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
                           aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")  # fmt: skip
         assert s3.list_objects_v2(Bucket="vidops", Prefix="mlflow/")["KeyCount"] > 0  # the artifacts went to S3
@@ -96,7 +104,24 @@ def test_stack_up_deploy_a_scheduled_training_run_through_the_worker_and_down(pr
         with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(("127.0.0.1", port))  # nothing listens any more
-    assert (project.state / "stack" / "mlflow.db").is_file()  # the data stays for the next `up`
+    assert (project.state / "mlflow.db").is_file()  # the registry stays, for the embedded profile and the next `up`
+
+
+def _readme_run(root: Path, overrides: list[str]) -> dict:
+    """Run the README's env line and its `prefect deployment run ... --params` line through a shell in `root`, with
+    these overrides; the flow run it created, as the Prefect API has it."""
+    lines = (Path(__file__).parents[1] / "README.md").read_text().splitlines()
+    load = next(line for line in lines if line.startswith("set -a; . .vidops/stack/env; set +a"))
+    command = next(line for line in lines if line.startswith(".venv/bin/prefect deployment run training_pipeline/nightly --params"))
+    params = json.loads(command.split("--params", 1)[1].strip().strip("'"))
+    assert set(params) == {"overrides", "refresh"}  # what the README shows
+    command = command.replace(".venv/bin/", f"{Path(sys.executable).parent}/").replace(json.dumps(params["overrides"]), json.dumps(overrides))
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "AWS_"))}
+    done = subprocess.run(["bash", "-c", f"{load}\n{command}"], cwd=root, env=clean, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    flow_run_id = done.stdout.split("UUID:", 1)[1].split()[0]
+    env = dict(line.split("=", 1) for line in (root / ".vidops" / "stack" / "env").read_text().splitlines())
+    return _api(f"{env['PREFECT_API_URL']}/flow_runs/{flow_run_id}")
 
 
 def test_vidops_serve_serves_the_deployments_in_one_process(project):
@@ -113,3 +138,85 @@ def test_vidops_serve_serves_the_deployments_in_one_process(project):
     finally:  # the whole group: `serve` and the temporary Prefect server it started
         os.killpg(served.pid, signal.SIGTERM)
         served.communicate(timeout=60)
+
+
+def test_one_registry_for_the_project_whichever_profile_is_up(project, monkeypatch):
+    """A champion registered on the embedded profile is the stack's, loadable through its server; versions registered
+    through the stack (into the embedded profile's experiment, and into one the stack made, whose artifacts are in the
+    project's S3) are the embedded profile's after `down`, and load with the S3 vidops starts for them."""
+    from components.registry import Tracking
+    from flows.profiles import embedded_tracking
+    from flows.stack import _serving, project_store, registry_store
+
+    for name in [k for k in os.environ if k.startswith(("MLFLOW_", "PREFECT_", "AWS_"))]:
+        monkeypatch.delenv(name)
+    clean = dict(os.environ)
+    vidops = lambda *args: subprocess.run([sys.executable, "-m", "flows.cli", *args, "--root", str(project.root)],  # noqa: E731
+                                          capture_output=True, text=True, env=clean, timeout=600)  # fmt: skip
+    embedded = embedded_tracking(project)
+    first = _register(embedded, "vidops", slope=2.0)
+    MlflowClient(embedded.uri).set_registered_model_alias(MODEL, "champion", first)
+    assert _artifact_location(embedded, "vidops").startswith((project.state / "mlartifacts").as_uri())
+
+    ports = {name: _free_port() for name in ("prefect", "mlflow", "s3")}
+    started = vidops("stack", "up", *[f"--{name}-port={port}" for name, port in ports.items()])
+    try:
+        assert started.returncode == 0, started.stderr[-3000:]
+        assert f"MLflow serves the project's one registry, {project.state / 'mlflow.db'}" in started.stdout
+        shown = vidops("lineage", f"models:/{MODEL}@champion")
+        assert shown.returncode == 0 and f"model     {MODEL} version {first} (champion)" in shown.stdout, shown.stderr
+        env = dict(line.split("=", 1) for line in (project.state / "stack" / "env").read_text().splitlines())
+        server = Tracking(env["MLFLOW_TRACKING_URI"])
+        with monkeypatch.context() as inside:  # a client of the stack, as its env file makes one
+            for name, value in env.items():
+                inside.setenv(name, value)
+            assert _predict(server, f"models:/{MODEL}@champion") == 2.0  # the embedded champion, through the server
+            second = _register(server, "vidops", slope=3.0)  # the embedded profile's experiment: local artifacts
+            third = _register(server, "made-on-stack", slope=4.0)
+            assert _artifact_location(server, "made-on-stack").startswith("s3://vidops/mlflow/")
+            MlflowClient(server.uri).set_registered_model_alias(MODEL, "champion", third)
+    finally:
+        stopped = vidops("stack", "down")
+    assert stopped.returncode == 0, stopped.stderr
+
+    shown = vidops("lineage", f"models:/{MODEL}@champion")  # the embedded profile again
+    assert shown.returncode == 0 and f"model     {MODEL} version {third} (champion)" in shown.stdout, shown.stderr
+    with registry_store(project):
+        assert _serving and os.environ["MLFLOW_S3_ENDPOINT_URL"].startswith("http://127.0.0.1:")  # the project's S3, started for this
+        assert _predict(embedded, f"models:/{MODEL}@champion") == 4.0
+        assert _predict(embedded, f"models:/{MODEL}/{second}") == 3.0
+        endpoint = os.environ["AWS_ENDPOINT_URL"]
+        with project_store(project):  # as `vidops demo` pushes its datasets inside: the same SeaweedFS, not a second one
+            assert os.environ["AWS_ENDPOINT_URL"] == endpoint and len(_serving) == 1
+    assert "MLFLOW_S3_ENDPOINT_URL" not in os.environ and not _serving  # and stopped after
+
+
+MODEL = "vidops-test-model"
+
+
+def _register(tracking, experiment: str, slope: float) -> str:
+    """Log y = slope * x as a scikit-learn model in `experiment` (made as vidops makes its own) and register it; its version."""
+    import mlflow
+    import numpy as np
+    from sklearn.linear_model import LinearRegression
+
+    from components.registry import _experiment_id
+
+    mlflow.set_tracking_uri(tracking.uri)
+    with mlflow.start_run(experiment_id=_experiment_id(experiment, tracking)):
+        model = LinearRegression().fit(np.array([[0.0], [1.0]]), np.array([0.0, slope]))
+        return str(mlflow.sklearn.log_model(model, name="model", registered_model_name=MODEL).registered_model_version)
+
+
+def _predict(tracking, model_uri: str) -> float:
+    """What the model at `model_uri` says for x = 1."""
+    import mlflow
+    import numpy as np
+
+    mlflow.set_tracking_uri(tracking.uri)
+    return round(float(mlflow.pyfunc.load_model(model_uri).predict(np.array([[1.0]]))[0]), 6)
+
+
+def _artifact_location(tracking, name: str) -> str:
+    """The artifact location of the experiment `name`."""
+    return MlflowClient(tracking.uri).get_experiment_by_name(name).artifact_location

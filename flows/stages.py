@@ -25,7 +25,8 @@ from components.errors import VidopsError
 from components.io import write_json
 from components.layout import Layout
 from components.parallel import Mapper, in_processes, in_threads
-from components.params import Params, Task, ValidationParams
+from components.params import Params, Task
+from components.validation import validation_checks
 from flows.profiles import registry_lock, tracking
 
 T = TypeVar("T")
@@ -35,11 +36,6 @@ CURVES = "training.csv"  # reports/<task>/: loss and accuracy per epoch, for `dv
 def validate_dataset(layout: Layout, params: Params, task: Task, mapper: Mapper = in_threads) -> validation.ValidationSummary:
     classes = 1 if task == "sync" else 2  # the sync model learns from sound, not labels: one class is enough
     return validation.validate_dataset(dataset(layout, params, task), layout.catalog(task), validation_checks(params, task), layout.data_docs(task), classes, mapper)
-
-
-def validation_checks(params: Params, task: Task) -> ValidationParams:
-    """The task's checks: the sync model learns from sound, so a clip without it is of no use there."""
-    return params.validation.model_copy(update={"require_audio": True}) if task == "sync" else params.validation
 
 
 def extract_features(

@@ -69,3 +69,16 @@ def test_each_task_has_its_own_group_in_every_stage():
     for task in ("classification", "sync"):
         assert params.datasets.of(task) and params.extract.of(task) and params.train.of(task) and params.registry.of(task)
     assert params.registry.of("sync").model_name != params.registry.of("classification").model_name
+
+
+def test_each_task_gets_its_own_audio_checks():
+    from components.validation import validation_checks
+
+    params = load_params(None, ["validation.max_av_diff_fraction=0.3"])
+    sync, classification = validation_checks(params, "sync"), validation_checks(params, "classification")
+    assert (sync.require_audio, classification.require_audio, classification.warn_av_diff) == (True, False, True)
+    assert classification.max_av_diff_fraction == 0.3
+    assert not validation_checks(load_params(None, ["extract.classification.audio=none"]), "classification").warn_av_diff
+    assert not validation_checks(load_params(None, ["validation.warn_av_diff=false"]), "classification").warn_av_diff
+    with pytest.raises(VidopsError, match=r"validation\.max_av_diff_fraction: Input should be less than or equal to 1"):
+        load_params(None, ["validation.max_av_diff_fraction=1.5"])

@@ -27,7 +27,7 @@ from components.layout import Layout
 from components.parallel import Mapper, in_processes, in_threads
 from components.params import Params, Task
 from components.validation import validation_checks
-from flows.profiles import registry_lock, tracking
+from flows.profiles import quiet_libraries, registry_lock, tracking
 
 T = TypeVar("T")
 CURVES = "training.csv"  # reports/<task>/: loss and accuracy per epoch, for `dvc plots`
@@ -109,7 +109,8 @@ def _lineage(layout: Layout, params: Params, task: Task) -> dict[str, str]:
 
 def in_own_process(function: Callable[..., T], *args: Any) -> T:
     """`function(*args)` in a fresh (spawned) process; its result or its exception comes back."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    # the initializer runs before `function` is unpickled, so TensorFlow loads as quietly there as here
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=quiet_libraries) as pool:
         return pool.submit(function, *args).result()
 
 

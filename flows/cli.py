@@ -297,8 +297,7 @@ def stage_summary(result: object, root: Path, metric: str) -> str:
             resumed = f" (resumed at epoch {t.resumed_from})" if t.resumed_from else ""
             return f"{t.epochs} epochs{resumed}, final " + ", ".join(f"{k} {t.history[k][-1]:.3f}" for k in shown) + f"; {at(t.path)}"
         case Evaluation() as e:
-            m = e.metrics
-            return f"{metric} {m[metric]:.3f} (chance {m['chance']:.3f}) on {m['test_clips']} test clips; {at(e.metrics_path)}"
+            return f"{metric} {e.metrics[metric]:.3f} on {e.metrics['test_clips']} test clips; {at(e.metrics_path)}"
         case Registration() as r:
             return f"{r.model_name} version {r.version}, MLflow run {r.run_id}"
         case Decision() as d:

@@ -229,9 +229,11 @@ def run_suite(manifest: pd.DataFrame, checks: list[Check]) -> tuple[pd.DataFrame
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
     import great_expectations.expectations as gxe
-    from great_expectations.data_context.types.base import ProgressBarsConfig
+    from great_expectations.data_context.types.base import DataContextConfig, InMemoryStoreBackendDefaults, ProgressBarsConfig
 
-    context = gx.get_context(mode="ephemeral")
+    # no docs site of GE's own (the default makes one in a temporary folder, and logs it): Data Docs are write_data_docs'
+    stores = InMemoryStoreBackendDefaults(init_temp_docs_sites=False)
+    context = gx.get_context(mode="ephemeral", project_config=DataContextConfig(store_backend_defaults=stores))
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     batch = context.data_sources.add_pandas("manifest").add_dataframe_asset("clips").add_batch_definition_whole_dataframe("all")
     suite = context.suites.add(gx.ExpectationSuite(name=SUITE))

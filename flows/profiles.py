@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import logging
 import os
 import re
 import sys
@@ -41,9 +42,9 @@ def activate(layout: Layout) -> None:
 
 
 def quiet_libraries() -> None:
-    """No telemetry; and unless VIDOPS_VERBOSE is set, no library chatter: TensorFlow's C++ lines, MLflow's log lines
-    below ERROR and its artifact progress bars when stderr is not a terminal, warnings that libraries print.
-    Processes started after this inherit it."""
+    """No telemetry; and unless VIDOPS_VERBOSE is set, no library chatter: TensorFlow's C++ lines and Python log lines
+    below ERROR, MLflow's likewise and its artifact progress bars when stderr is not a terminal, warnings that libraries
+    print. Processes started after this inherit it (the environment; a spawned process calls this itself)."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     if os.environ.get(VERBOSE):
         return
@@ -54,6 +55,7 @@ def quiet_libraries() -> None:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")  # for child processes; this one's filters are set here
     warnings.simplefilter("ignore")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # Prefect's console shows its warnings (tf.function retracing)
     if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietTensorFlow) for f in sys.meta_path):
         sys.meta_path.insert(0, _QuietTensorFlow())
 

@@ -61,7 +61,9 @@ class ValidationParams(_Group):
     max_height: int = Field(4096, ge=1)
     frame_count_tolerance: float = Field(0.1, ge=0)
     require_audio: bool = False  # the sync task always requires it
-    max_av_diff_s: float = Field(0.5, ge=0)
+    warn_av_diff: bool = True  # warn of A/V durations apart where the task's extraction uses audio
+    max_av_diff_s: float = Field(0.5, ge=0)  # A/V durations are apart when they differ by more than this many seconds
+    max_av_diff_fraction: float = Field(0.2, ge=0, le=1)  # or by more than this fraction of the video's duration
     near_duplicate_bits: int = Field(6, ge=0, le=192)
     min_clips_per_class: int = Field(2, ge=2)
     probe_workers: int = Field(4, ge=1)

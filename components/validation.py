@@ -3,13 +3,18 @@
 Facts that span several rows (duplicates, groups across splits) are computed here into
 columns of the manifest, so that every check is a GE expectation on a column, shown in
 Data Docs. Each expectation is critical (the clip is quarantined) or a warning (reported,
-kept). Great Expectations (1.x) is used in this module and nowhere else.
+kept). Great Expectations (1.x) is used in this module and nowhere else. Data Docs are
+vidops's own static pages of the suite's results (GE's load their CSS and scripts from a
+CDN, and render bare offline).
 """
 
 from __future__ import annotations
 
+import html
+import json
 import os
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,13 +24,15 @@ import pandas as pd
 from components.catalog import Catalog, assign_splits, build_catalog, read_manifest
 from components.parallel import Mapper, in_threads
 from components.errors import VidopsError
-from components.io import write_csv, write_json
-from components.params import ValidationParams
+from components.io import atomic_path, write_csv, write_json
+from components.params import Params, Task, ValidationParams
 
 ACCEPTED = "accepted.csv"  # the clips that passed, with their split: what extraction reads
 MANIFEST = "manifest.csv"  # every clip, its probe, its status
 REPORT = "validation.json"  # the summary table
 FINDING_COLUMNS = ["path", "label", "severity", "check", "reason"]
+SUITE = "vidops_clips"
+KEPT_RUNS = 30  # Data Docs keep a page for each of the last runs
 Severity = Literal["critical", "warning"]
 
 
@@ -38,6 +45,15 @@ class Check:
     kwargs: dict[str, Any]
     severity: Severity
     reason: str  # formatted with the clip's row: {value} is the checked column's value
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One expectation's result over the manifest: how many clips it looked at, how many failed it."""
+
+    check: Check
+    clips: int
+    failed: int
 
 
 @dataclass(frozen=True)
@@ -104,17 +120,27 @@ def validate_dataset(
     return summary
 
 
+def validation_checks(params: Params, task: Task) -> ValidationParams:
+    """The task's checks: the sync model learns from sound, so a clip without it is of no use there; a task whose
+    extraction reads audio hears it stop early when the A/V durations are apart, which is worth a warning."""
+    checks = params.validation
+    uses_audio = params.extract.of(task).audio != "none"
+    return checks.model_copy(update={"require_audio": checks.require_audio or task == "sync", "warn_av_diff": checks.warn_av_diff and uses_audio})
+
+
 def check_clips(
     dataset: Path, checks: ValidationParams, previous: pd.DataFrame | None = None, docs_dir: Path | None = None, mapper: Mapper = in_threads
 ) -> tuple[Catalog, pd.DataFrame, pd.DataFrame]:
     """Probe and check every clip of `dataset`: its catalog, the manifest with each clip's `status` (accepted, warned,
-    quarantined), and the findings (one row per clip and failed check)."""
+    quarantined), and the findings (one row per clip and failed check). Data Docs go to `docs_dir` when given."""
     catalog = build_catalog(dataset, previous, checks.probe_workers, mapper)
     manifest = derive_checks(catalog.manifest, checks)
-    findings = run_suite(manifest, suite(checks), docs_dir)
+    findings, outcomes = run_suite(manifest, suite(checks))
     critical = set(findings.loc[findings["severity"] == "critical", "path"])
     warned = set(findings.loc[findings["severity"] == "warning", "path"]) - critical
     manifest["status"] = np.where(manifest["path"].isin(critical), "quarantined", np.where(manifest["path"].isin(warned), "warned", "accepted"))
+    if docs_dir is not None:
+        write_data_docs(docs_dir, dataset, manifest, findings, outcomes)
     return catalog, manifest, findings
 
 
@@ -141,20 +167,27 @@ def suite(checks: ValidationParams) -> list[Check]:
         Check("group_leak", empty, {"column": "group_leak"}, "critical", "group {group} is also in the {value} split: it would leak"),
         Check("near_duplicate", empty, {"column": "near_duplicate_of"}, "warning", "looks like {value} (perceptual hash)"),
     ]  # fmt: skip
+    apart = (f"audio {{audio_duration_s:.2f}} s and video {{duration_s:.2f}} s differ by {{value:.2f}} s"
+             f" (allowed: the lesser of {c.max_av_diff_s} s and {c.max_av_diff_fraction:.0%} of the video)")  # fmt: skip
     if c.require_audio:
         found += [
             Check("audio_present", "ExpectColumnValuesToNotBeNull", {"column": "audio_codec"}, "critical", "no audio stream; this task needs audio"),
-            Check("av_sync", between, {"column": "av_diff_s", "max_value": c.max_av_diff_s}, "critical",
-                  f"audio and video durations differ by {{value:.2f}} s (more than {c.max_av_diff_s} s)"),
+            Check("av_sync", empty, {"column": "av_apart_s"}, "critical", apart),
         ]  # fmt: skip
+    elif c.warn_av_diff:
+        found.append(Check("av_sync", empty, {"column": "av_apart_s"}, "warning", apart))
     return found
 
 
 def derive_checks(manifest: pd.DataFrame, checks: ValidationParams) -> pd.DataFrame:
-    """Add the columns that compare rows: frame-count error, duplicates, label conflicts, group leaks, near-duplicates."""
+    """Add the derived columns: frame-count error, A/V durations apart, and those that compare rows: duplicates,
+    label conflicts, group leaks, near-duplicates."""
     out = manifest.copy()
     out["expected_frames"] = out["duration_s"] * out["fps_average"]
     out["frame_count_error"] = (out["frames"] - out["expected_frames"]).abs() / out["expected_frames"].clip(lower=1)
+    # relative too: on a 1 s clip, audio 0.5 s short is half of it missing
+    allowed = np.minimum(checks.max_av_diff_s, checks.max_av_diff_fraction * out["duration_s"])
+    out["av_apart_s"] = out["av_diff_s"].where(out["av_diff_s"] > allowed)
     out["duplicate_of"] = out["label_conflict"] = out["group_leak"] = out["near_duplicate_of"] = None
     hashed = out[out["sha256"].notna()]
     for _, same in hashed.groupby("sha256"):
@@ -191,40 +224,111 @@ def _mark_near_duplicates(manifest: pd.DataFrame, max_bits: int) -> None:
                 manifest.at[index, "near_duplicate_of"] = rows.iloc[i]["path"]
 
 
-def run_suite(manifest: pd.DataFrame, checks: list[Check], docs_dir: Path | None) -> pd.DataFrame:
-    """Run the checks as one GE suite; one finding row per (clip, failed check). Writes Data Docs to `docs_dir`."""
+def run_suite(manifest: pd.DataFrame, checks: list[Check]) -> tuple[pd.DataFrame, list[Outcome]]:
+    """Run the checks as one GE suite: one finding row per (clip, failed check), and each check's outcome."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
     import great_expectations.expectations as gxe
-    from great_expectations.data_context.types.base import ProgressBarsConfig
+    from great_expectations.data_context.types.base import DataContextConfig, InMemoryStoreBackendDefaults, ProgressBarsConfig
 
-    context = gx.get_context(mode="ephemeral")
+    # no docs site of GE's own (the default makes one in a temporary folder, and logs it): Data Docs are write_data_docs'
+    stores = InMemoryStoreBackendDefaults(init_temp_docs_sites=False)
+    context = gx.get_context(mode="ephemeral", project_config=DataContextConfig(store_backend_defaults=stores))
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     batch = context.data_sources.add_pandas("manifest").add_dataframe_asset("clips").add_batch_definition_whole_dataframe("all")
-    suite = context.suites.add(gx.ExpectationSuite(name="vidops_clips"))
+    suite = context.suites.add(gx.ExpectationSuite(name=SUITE))
     for check in checks:
         meta = {"check": check.name, "severity": check.severity, "reason": check.reason}
         suite.add_expectation(getattr(gxe, check.expectation)(**check.kwargs, meta=meta))
     definition = context.validation_definitions.add(gx.ValidationDefinition(name="clips", data=batch, suite=suite))
-    actions = []
-    if docs_dir is not None:
-        site = {"class_name": "SiteBuilder", "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
-                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"}}  # fmt: skip
-        context.add_data_docs_site(site_name="vidops", site_config=site)
-        actions.append(gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["vidops"]))
     checkpoint = context.checkpoints.add(gx.Checkpoint(
-        name="clips", validation_definitions=[definition], actions=actions,
+        name="clips", validation_definitions=[definition],
         result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["path"]},
     ))  # fmt: skip
     result = next(iter(checkpoint.run(batch_parameters={"dataframe": manifest}).run_results.values()))
 
     by_path = manifest.set_index("path")
-    findings = []
+    findings, outcomes = [], []
     # results come back in the suite's order
     for outcome, check in zip(result.results, checks, strict=True):
         column = check.kwargs["column"]
-        for hit in outcome.result.get("unexpected_index_list") or []:
+        hits = outcome.result.get("unexpected_index_list") or []
+        for hit in hits:
             clip = by_path.loc[hit["path"]]
             reason = check.reason.format(value=clip[column], **clip.to_dict())
             findings.append({"path": hit["path"], "label": clip["label"], "severity": check.severity, "check": check.name, "reason": reason})
-    return pd.DataFrame(findings, columns=FINDING_COLUMNS)
+        outcomes.append(Outcome(check, int(outcome.result.get("element_count", len(manifest))), len(hits)))
+    return pd.DataFrame(findings, columns=FINDING_COLUMNS), outcomes
+
+
+def write_data_docs(docs_dir: Path, dataset: Path, manifest: pd.DataFrame, findings: pd.DataFrame, outcomes: list[Outcome]) -> Path:
+    """This run's page under `docs_dir`/runs/, and `docs_dir`/index.html: the runs kept, newest first, then this run.
+
+    The pages are whole in themselves (inline CSS, no scripts, nothing fetched), so they read the same offline.
+    """
+    now = datetime.now(timezone.utc)
+    run = {
+        "id": now.strftime("%Y%m%dT%H%M%S%fZ"), "time": now.strftime("%Y-%m-%d %H:%M:%S UTC"), "dataset": str(dataset),
+        "status": run_status(findings), "clips": len(manifest), "accepted": int((manifest["status"] != "quarantined").sum()),
+        "warned": int((manifest["status"] == "warned").sum()), "quarantined": int((manifest["status"] == "quarantined").sum()),
+    }  # fmt: skip
+    detail = _run_html(run, findings, outcomes)
+    runs_file = docs_dir / "runs.json"
+    earlier = json.loads(runs_file.read_text()) if runs_file.is_file() else []
+    runs = [run, *earlier][:KEPT_RUNS]
+    for old in earlier[KEPT_RUNS - 1 :]:
+        (docs_dir / "runs" / f"{old['id']}.html").unlink(missing_ok=True)
+    with atomic_path(docs_dir / "runs" / f"{run['id']}.html") as tmp:
+        tmp.write_text(_page(f"Validation {run['time']}", '<p><a href="../index.html">All runs</a></p>' + detail))
+    write_json(runs_file, runs)
+    rows = "".join(
+        f'<tr><td><a href="runs/{r["id"]}.html">{r["time"]}</a></td><td>{_status(r["status"])}</td><td>{html.escape(r["dataset"])}</td>'
+        f'<td class="n">{r["clips"]}</td><td class="n">{r["accepted"]}</td><td class="n">{r["warned"]}</td><td class="n">{r["quarantined"]}</td></tr>'
+        for r in runs
+    )
+    index = (f"<h2>Runs</h2><table><tr><th>run</th><th>status</th><th>dataset</th><th>clips</th><th>accepted</th>"
+             f"<th>with warnings</th><th>quarantined</th></tr>{rows}</table><h2>Last run</h2>{detail}")  # fmt: skip
+    with atomic_path(docs_dir / "index.html") as tmp:
+        tmp.write_text(_page("Validation", index))
+    return docs_dir / "index.html"
+
+
+def run_status(findings: pd.DataFrame) -> str:
+    """A run fails only for a critical finding: a warning keeps its clip, and the run passes with warnings."""
+    if (findings["severity"] == "critical").any():
+        return "failed"
+    return "passed with warnings" if len(findings) else "passed"
+
+
+def _run_html(run: dict[str, Any], findings: pd.DataFrame, outcomes: list[Outcome]) -> str:
+    """One run: its counts, each expectation's outcome, each finding."""
+    checks = "".join(
+        f"<tr><td>{o.check.name}</td><td>{o.check.severity}</td><td><code>{o.check.expectation}"
+        f"({html.escape(', '.join(f'{k}={v!r}' for k, v in o.check.kwargs.items()))})</code></td><td class=\"n\">{o.clips}</td>"
+        f"<td class=\"n\">{o.failed}</td><td>{_status('passed' if not o.failed else 'failed' if o.check.severity == 'critical' else 'warning')}</td></tr>"
+        for o in outcomes
+    )
+    found = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(f[c]))}</td>" for c in ("path", "label", "severity", "check", "reason")) + "</tr>"
+        for f in findings.to_dict("records")
+    )
+    return (
+        f"<p>{_status(run['status'])} &nbsp; suite <code>{SUITE}</code> over <code>{html.escape(run['dataset'])}</code>, {run['time']}</p>"
+        f"<p>{run['clips']} clips: {run['accepted']} accepted ({run['warned']} with warnings), {run['quarantined']} quarantined</p>"
+        f"<h3>Expectations</h3><table><tr><th>check</th><th>severity</th><th>expectation</th><th>clips</th><th>failed</th><th>result</th></tr>{checks}</table>"
+        f"<h3>Findings</h3>" + (f"<table><tr><th>clip</th><th>label</th><th>severity</th><th>check</th><th>reason</th></tr>{found}</table>" if found else "<p>none</p>")
+    )  # fmt: skip
+
+
+def _status(word: str) -> str:
+    return f'<span class="s {word.split()[-1]}">{word}</span>'
+
+
+STYLE = """body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:75em;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em;width:100%}th,td{border-bottom:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top}
+th{background:#f3f3f3}td.n{text-align:right}code{font-size:13px}.s{border-radius:3px;padding:.1em .5em;font-weight:600;white-space:nowrap}
+.passed{background:#d8f0d8;color:#185c18}.warnings,.warning{background:#fbeec0;color:#6b4c00}.failed{background:#f8d4d4;color:#8a1414}"""
+
+
+def _page(title: str, body: str) -> str:
+    return f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title} · Data Docs · vidops</title><style>{STYLE}</style></head><body><h1>{title}</h1>{body}</body></html>\n'

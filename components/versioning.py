@@ -239,7 +239,8 @@ def stage_in_git(root: Path) -> list[str]:
     top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True)
     if top.returncode != 0 or Path(top.stdout.strip()).resolve() != root.resolve():
         return []
-    paths = [name for name in ("dvc.lock", "data", "reports") if (root / name).exists()]  # .gitignore keeps data's clips and shards out
+    # .gitignore keeps data's clips and shards out; DVC's own .gitignore keeps .dvc/config.local's keys out
+    paths = [name for name in ("dvc.lock", "data", "reports", ".dvc/config", ".dvcignore") if (root / name).exists()]
     subprocess.run(["git", "add", "--all", "--", *paths], cwd=root, capture_output=True, check=True)
     staged = subprocess.run(["git", "diff", "--cached", "--name-only", "--", *paths], cwd=root, capture_output=True, text=True, check=True)
     return staged.stdout.split()

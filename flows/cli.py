@@ -26,7 +26,12 @@ TASKS = get_args(Task)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from flows.profiles import VERBOSE, quiet_libraries
+
     args = _parser().parse_args(argv)
+    if args.verbose:
+        os.environ[VERBOSE] = "1"
+    quiet_libraries()  # before any library is imported; the processes vidops starts inherit it
     try:
         with _profile(args):
             args.handler(args)
@@ -56,6 +61,9 @@ def _profile(args: argparse.Namespace) -> AbstractContextManager[object]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vidops", description="Workflow-orchestrated MLOps for video models.")
+    parser.add_argument("--verbose", action="store_true",
+                        help="let libraries talk: TensorFlow's C++ lines, progress bars, warnings (or set VIDOPS_VERBOSE=1)")  # fmt: skip
+    parser.add_argument("--version", action="version", version=f"vidops {_version()}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     demo = commands.add_parser("demo", help="generate a dataset and run the whole pipeline on the embedded profile")
@@ -166,6 +174,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    """The installed distribution's version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vidops")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def _add_project(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", type=Path, default=Path("."), help="project folder (default: here)")
     parser.add_argument("--params", default=PARAMS_FILE, help="params file, relative to the project folder")
@@ -186,16 +204,13 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
-    from flows.profiles import quiet_libraries
-
-    quiet_libraries()
-    from components.validation import validate_dataset
+    from components.validation import validate_dataset, validation_checks
 
     layout = Layout(args.root.resolve())
     params = _load(layout.root, args.params, [])
     task = "classification"  # a dataset validated by hand is checked as the classifier's
     catalog, docs = (args.report, args.report / "data_docs") if args.report else (layout.catalog(task), layout.data_docs(task))
-    summary = validate_dataset(args.dataset, catalog, params.validation, docs)
+    summary = validate_dataset(args.dataset, catalog, validation_checks(params, task), docs)
     print(f"{summary.clips} clips ({summary.probed} probed, {summary.reused} unchanged since the last run)")
     for row in summary.table():
         print(f"  {row['what']:<24} {row['clips']:>6}")
@@ -228,9 +243,6 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from flows.profiles import quiet_libraries
-
-    quiet_libraries()
     if args.name == "extract":
         from benchmarks import extract
 
@@ -261,9 +273,6 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 
 def cmd_stage(args: argparse.Namespace) -> None:
-    from flows.profiles import quiet_libraries
-
-    quiet_libraries()
     from flows.stages import STAGES
 
     layout = Layout(args.root.resolve())
@@ -273,7 +282,38 @@ def cmd_stage(args: argparse.Namespace) -> None:
             result = STAGES[args.name](layout, params, args.task, progress)
     else:
         result = STAGES[args.name](layout, params, args.task)
-    print(f"{args.name} {args.task}: {result}")
+    print(f"{args.name} {args.task}: {stage_summary(result, layout.root, params.registry.of(args.task).metric)}")
+
+
+def stage_summary(result: object, root: Path, metric: str) -> str:
+    """One line of what a stage did and where its main output is; an evaluation is told by `metric` (the gate's)."""
+    from components.evaluation import Evaluation
+    from components.extraction import FeatureSet
+    from components.promotion import Decision
+    from components.registry import Registration
+    from components.training import TrainedModel
+    from components.validation import ValidationSummary
+
+    def at(path: Path) -> str:
+        return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+    match result:
+        case ValidationSummary() as s:
+            return f"{s.clips} clips, {s.accepted} accepted ({s.warned} with warnings), {s.quarantined} quarantined; {at(s.quarantine)}"
+        case FeatureSet() as f:
+            splits = ", ".join(f"{n} {split}" for split, n in sorted(f.clips.items(), reverse=True))
+            return f"{sum(f.clips.values())} clips of {len(f.labels)} classes ({splits}): {f.extracted} extracted, {f.reused} reused, {f.failed} failed; {at(f.root)}"
+        case TrainedModel() as t:
+            shown = sorted((k for k, v in t.history.items() if v and (k == "loss" or k.endswith("accuracy"))), key=lambda k: (k != "loss", k))
+            resumed = f" (resumed at epoch {t.resumed_from})" if t.resumed_from else ""
+            return f"{t.epochs} epochs{resumed}, final " + ", ".join(f"{k} {t.history[k][-1]:.3f}" for k in shown) + f"; {at(t.path)}"
+        case Evaluation() as e:
+            return f"{metric} {e.metrics[metric]:.3f} on {e.metrics['test_clips']} test clips; {at(e.metrics_path)}"
+        case Registration() as r:
+            return f"{r.model_name} version {r.version}, MLflow run {r.run_id}"
+        case Decision() as d:
+            return f"{d.model_name} version {d.version}: {d.decision}: {d.reason}"
+    return str(result)
 
 
 def cmd_promote(args: argparse.Namespace) -> None:

@@ -28,8 +28,9 @@ from components.errors import VidopsError
 from components.io import write_json
 from components.layout import Layout
 from components.parallel import Mapper, in_processes, in_threads
-from components.params import Params, Task, ValidationParams
-from flows.profiles import registry_lock, tracking
+from components.params import Params, Task
+from components.validation import validation_checks
+from flows.profiles import quiet_libraries, registry_lock, tracking
 
 T = TypeVar("T")
 CURVES = "training.csv"  # reports/<task>/: loss and accuracy per epoch, for `dvc plots`
@@ -41,11 +42,6 @@ Progress = Callable[[int, int], None]  # (done, of)
 def validate_dataset(layout: Layout, params: Params, task: Task, mapper: Mapper = in_threads) -> validation.ValidationSummary:
     classes = 1 if task == "sync" else 2  # the sync model learns from sound, not labels: one class is enough
     return validation.validate_dataset(dataset(layout, params, task), layout.catalog(task), validation_checks(params, task), layout.data_docs(task), classes, mapper)
-
-
-def validation_checks(params: Params, task: Task) -> ValidationParams:
-    """The task's checks: the sync model learns from sound, so a clip without it is of no use there."""
-    return params.validation.model_copy(update={"require_audio": True}) if task == "sync" else params.validation
 
 
 def extract_features(
@@ -93,7 +89,8 @@ def _train_reporting(train: Callable[..., T], features: Path, models: Path, para
     """`train` in a fresh (spawned) process (TensorFlow keeps a GPU's memory until its process exits), its epochs
     logged here as they end."""
     spawn = multiprocessing.get_context("spawn")
-    with spawn.Manager() as manager, ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+    # the initializer runs before `train` is unpickled, so TensorFlow loads as quietly there as here
+    with spawn.Manager() as manager, ProcessPoolExecutor(max_workers=1, mp_context=spawn, initializer=quiet_libraries) as pool:
         epochs = manager.Queue()
         future = pool.submit(train, features, models, params, _EpochReport(run, epochs))
         while not _drain(epochs, future, task, progress):

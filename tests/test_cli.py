@@ -1,6 +1,7 @@
 """The `vidops` command as a user runs it: exit codes, one-line errors, nothing half-written."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -13,15 +14,21 @@ import pytest
 from flows.cli import STAGE_NAMES
 
 
+# what TensorFlow's C++ side writes: absl's lines (I1129 20:41:07.123 ... or I0000 00:00:1795984118.2 ...) and its notice
+TENSORFLOW_LINE = re.compile(r"^([IWEF]\d{4} \d\d:\d\d:\d\d|WARNING: All log messages before absl)", re.MULTILINE)
+
+
 def vidops(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    """The command as a user runs it: without the test session's TF_CPP_MIN_LOG_LEVEL (conftest.py sets it)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "VIDOPS_VERBOSE")}
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
 
 
-def _one_line_error(result: subprocess.CompletedProcess, after_tensorflow: bool = False) -> str:
-    """The error line; alone on stderr unless TensorFlow was imported (its C++ start-up lines cannot be silenced)."""
+def _one_line_error(result: subprocess.CompletedProcess) -> str:
+    """The error line, alone on stderr (TensorFlow's start-up lines too are off by default)."""
     assert result.returncode == 1, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 or after_tensorflow, result.stderr
+    assert len(lines) == 1, result.stderr
     assert lines[-1].startswith("vidops: error: ")
     assert sum(line.startswith("vidops: error") for line in lines) == 1
     return lines[-1]
@@ -96,13 +103,54 @@ def test_stage_runs_one_stage_of_one_task_on_the_project(project):
     assert (project.catalog("sync") / "accepted.csv").is_file()
     assert not project.catalog("classification").exists()
     missing = vidops("stage", "train", "--task", "sync", cwd=project.root)
-    assert "run the extract stage first" in _one_line_error(missing, after_tensorflow=True)
+    assert "run the extract stage first" in _one_line_error(missing)
 
 
 def test_a_task_without_its_dataset_is_named(project):
     shutil.rmtree(project.raw("demo-sync"))
-    message = _one_line_error(vidops("stage", "validate", "--task", "sync", cwd=project.root), after_tensorflow=True)
+    message = _one_line_error(vidops("stage", "validate", "--task", "sync", cwd=project.root))
     assert "demo-sync: no such dataset (datasets.sync in params.yaml)" in message
+
+
+def test_each_stage_prints_one_line_and_tensorflow_stays_quiet(project):
+    lines = {
+        "validate": r"21 clips, 21 accepted \(0 with warnings\), 0 quarantined; data/catalog/classification/quarantine\.csv",
+        "extract": r"21 clips of 7 classes \(14 train, 7 test\): 21 extracted, 0 reused, 0 failed; data/features/classification",
+        "train": r"2 epochs, final loss \d+\.\d{3}, accuracy \d\.\d{3}; models/classification/model\.keras",
+        "evaluate": r"accuracy \d\.\d{3} on 7 test clips; reports/classification/metrics\.json",
+    }
+    for stage, line in lines.items():
+        result = vidops("stage", stage, "--task", "classification", cwd=project.root)
+        assert result.returncode == 0, result.stderr
+        assert re.fullmatch(f"{stage} classification: {line}\n", result.stdout), result.stdout
+        assert not TENSORFLOW_LINE.search(result.stderr), result.stderr
+        if stage != "extract":  # extraction draws its own progress bar
+            assert result.stderr == ""
+
+
+def test_verbose_lets_the_libraries_talk(project):
+    result = vidops("--verbose", "stage", "validate", "--task", "sync", cwd=project.root)
+    assert result.returncode == 0, result.stderr
+    assert TENSORFLOW_LINE.search(result.stderr), result.stderr
+    assert result.stdout.startswith("validate sync: 4 clips, 4 accepted (0 with warnings), 0 quarantined; data/catalog/sync/quarantine.csv")
+
+
+def test_version_is_the_installed_distributions():
+    from importlib.metadata import version
+
+    result = vidops("--version")
+    assert (result.returncode, result.stdout) == (0, f"vidops {version('vidops')}\n")
+
+
+def test_registration_and_decision_lines():
+    from components.promotion import Decision
+    from components.registry import Registration
+    from flows.cli import stage_summary
+
+    registered = Registration("vidops-sync", "3", "abc123", "1")
+    assert stage_summary(registered, Path("/p"), "accuracy_within_1") == "vidops-sync version 3, MLflow run abc123"
+    decided = Decision("vidops-sync", "3", False, "not promoted", "0.41 does not beat the champion's 0.52", "accuracy_within_1", 0.41, "2", 0.52)
+    assert stage_summary(decided, Path("/p"), "accuracy_within_1") == "vidops-sync version 3: not promoted: 0.41 does not beat the champion's 0.52"
 
 
 def test_stage_names_match_the_stages():

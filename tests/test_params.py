@@ -85,3 +85,16 @@ def test_dvc_exp_run_set_changes_only_the_value_it_sets_in_params_yaml(source, t
     after = path.read_text().splitlines()
     changed = [(old, new) for old, new in zip(before, after, strict=True) if old != new]
     assert len(before) == len(after) and [new.split("#")[0].strip() for _, new in changed] == ["epochs: 5", "- 8", "- 16"], changed
+
+
+def test_each_task_gets_its_own_audio_checks():
+    from components.validation import validation_checks
+
+    params = load_params(None, ["validation.max_av_diff_fraction=0.3"])
+    sync, classification = validation_checks(params, "sync"), validation_checks(params, "classification")
+    assert (sync.require_audio, classification.require_audio, classification.warn_av_diff) == (True, False, True)
+    assert classification.max_av_diff_fraction == 0.3
+    assert not validation_checks(load_params(None, ["extract.classification.audio=none"]), "classification").warn_av_diff
+    assert not validation_checks(load_params(None, ["validation.warn_av_diff=false"]), "classification").warn_av_diff
+    with pytest.raises(VidopsError, match=r"validation\.max_av_diff_fraction: Input should be less than or equal to 1"):
+        load_params(None, ["validation.max_av_diff_fraction=1.5"])

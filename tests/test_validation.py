@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -10,8 +11,8 @@ import pytest
 
 from components.catalog import assign_splits, build_catalog, list_sources, probe_clip
 from components.errors import VidopsError
-from components.params import ValidationParams
-from components.validation import ACCEPTED, MANIFEST, validate_dataset
+from components.params import ValidationParams, load_params
+from components.validation import ACCEPTED, MANIFEST, validate_dataset, validation_checks
 from corpus import audio_only, encode, truncated
 
 VFR_MS = [0, 40, 80, 100, 180, 200, 260, 300, 380, 400, 440, 520, 540, 600, 640, 700, 760, 800, 840, 900, 960, 1000, 1040, 1100, 1160]
@@ -149,6 +150,57 @@ def test_audio_is_checked_only_when_the_task_needs_it(tmp_path: Path):
     quarantine = pd.read_csv(strict.quarantine)
     assert set(quarantine.loc[quarantine["check"] == "audio_present", "path"]) == {"x/silent.mp4", "y/silent.mp4"}
     assert set(quarantine.loc[quarantine["check"] == "av_sync", "path"]) == {"x/drifting.mp4", "y/drifting.mp4"}
+
+
+@pytest.fixture(scope="module")
+def half_audio(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two classes of clips with sound, one clip in each with audio half as long as its 1 s of video."""
+    data = tmp_path_factory.mktemp("half") / "data"
+    for first, label in ((0, "x"), (10, "y")):
+        for i in range(3):
+            encode(data / label / f"full{i}.mp4", audio_s=1.0, seed=first + i)
+        encode(data / label / "half.mp4", audio_s=0.5, seed=first + 5)
+    return data
+
+
+def test_audio_half_as_long_as_the_video_warns_where_extraction_uses_audio(half_audio: Path, tmp_path: Path):
+    params = load_params()  # extract.classification.audio is logmel
+    summary = validate_dataset(half_audio, tmp_path / "c", validation_checks(params, "classification"), tmp_path / "docs")
+    assert (summary.accepted, summary.warned, summary.quarantined) == (8, 2, 0)
+    warnings = pd.read_csv(tmp_path / "c" / "warnings.csv").set_index("path")
+    assert set(warnings.index) == {"x/half.mp4", "y/half.mp4"}
+    assert set(warnings["check"]) == {"av_sync"}
+    assert warnings.loc["x/half.mp4", "reason"].startswith("audio 0.50 s and video 1.00 s differ by 0.50 s")
+    silent = load_params(None, ["extract.classification.audio=none"])
+    assert validate_dataset(half_audio, tmp_path / "c2", validation_checks(silent, "classification")).warned == 0
+
+
+def test_the_sync_task_quarantines_what_classification_warns_of(half_audio: Path, tmp_path: Path):
+    summary = validate_dataset(half_audio, tmp_path / "c", validation_checks(load_params(), "sync"))
+    quarantine = pd.read_csv(summary.quarantine)
+    assert set(quarantine.loc[quarantine["check"] == "av_sync", "path"]) == {"x/half.mp4", "y/half.mp4"}
+    assert summary.warned == 0 and summary.quarantined == 2
+
+
+def test_data_docs_work_offline_list_each_run_and_fail_only_for_critical_findings(half_audio: Path, tmp_path: Path):
+    checks, docs = validation_checks(load_params(), "classification"), tmp_path / "docs"
+    validate_dataset(half_audio, tmp_path / "c", checks, docs)  # warnings only
+    (half_audio / "x" / "broken.mp4").write_bytes(b"not a video")
+    try:
+        last = validate_dataset(half_audio, tmp_path / "c", checks, docs)
+    finally:
+        (half_audio / "x" / "broken.mp4").unlink()
+    assert last.data_docs == docs / "index.html"
+    index = last.data_docs.read_text()
+    assert not re.search(r"https?://", index)  # no stylesheet, script or font from a CDN
+    assert "<script" not in index and "<link" not in index
+    runs = re.findall(r'<tr><td><a href="(runs/[^"]+\.html)">[^<]+</a></td><td><span class="s \w+">([^<]+)</span>', index)
+    assert [status for _, status in runs] == ["failed", "passed with warnings"]  # newest first
+    for page, _ in runs:
+        assert (docs / page).is_file()
+    assert "x/broken.mp4" in index and "unreadable" in index
+    first = (docs / runs[1][0]).read_text()
+    assert '<span class="s warnings">passed with warnings</span>' in first and 'class="s failed"' not in first
 
 
 def test_probing_is_incremental(tmp_path: Path, tiny_dataset: Path):

@@ -273,47 +273,16 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 
 def cmd_stage(args: argparse.Namespace) -> None:
-    from flows.stages import STAGES
+    from flows.stages import STAGES, summary
 
     layout = Layout(args.root.resolve())
     params = _load(layout.root, args.params, args.overrides)
-    if args.name == "extract":
-        with _progress_bar("clips") as progress:
+    if args.name in ("extract", "train"):
+        with _progress_bar("clips" if args.name == "extract" else "epochs") as progress:
             result = STAGES[args.name](layout, params, args.task, progress)
     else:
         result = STAGES[args.name](layout, params, args.task)
-    print(f"{args.name} {args.task}: {stage_summary(result, layout.root, params.registry.of(args.task).metric)}")
-
-
-def stage_summary(result: object, root: Path, metric: str) -> str:
-    """One line of what a stage did and where its main output is; an evaluation is told by `metric` (the gate's)."""
-    from components.evaluation import Evaluation
-    from components.extraction import FeatureSet
-    from components.promotion import Decision
-    from components.registry import Registration
-    from components.training import TrainedModel
-    from components.validation import ValidationSummary
-
-    def at(path: Path) -> str:
-        return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
-
-    match result:
-        case ValidationSummary() as s:
-            return f"{s.clips} clips, {s.accepted} accepted ({s.warned} with warnings), {s.quarantined} quarantined; {at(s.quarantine)}"
-        case FeatureSet() as f:
-            splits = ", ".join(f"{n} {split}" for split, n in sorted(f.clips.items(), reverse=True))
-            return f"{sum(f.clips.values())} clips of {len(f.labels)} classes ({splits}): {f.extracted} extracted, {f.reused} reused, {f.failed} failed; {at(f.root)}"
-        case TrainedModel() as t:
-            shown = sorted((k for k, v in t.history.items() if v and (k == "loss" or k.endswith("accuracy"))), key=lambda k: (k != "loss", k))
-            resumed = f" (resumed at epoch {t.resumed_from})" if t.resumed_from else ""
-            return f"{t.epochs} epochs{resumed}, final " + ", ".join(f"{k} {t.history[k][-1]:.3f}" for k in shown) + f"; {at(t.path)}"
-        case Evaluation() as e:
-            return f"{metric} {e.metrics[metric]:.3f} on {e.metrics['test_clips']} test clips; {at(e.metrics_path)}"
-        case Registration() as r:
-            return f"{r.model_name} version {r.version}, MLflow run {r.run_id}"
-        case Decision() as d:
-            return f"{d.model_name} version {d.version}: {d.decision}: {d.reason}"
-    return str(result)
+    print(f"{args.name} {args.task}: {summary(result, layout.root, params.registry.of(args.task).metric)}")
 
 
 def cmd_promote(args: argparse.Namespace) -> None:
@@ -589,7 +558,7 @@ def _progress_bar(unit: str) -> Iterator[Callable[[int, int], None]]:
     """A progress callback (done, total) drawn as a bar on stderr."""
     from tqdm import tqdm
 
-    bar = tqdm(unit=unit, file=sys.stderr)
+    bar = tqdm(unit=unit, file=sys.stderr, disable=None)  # None: no bar when stderr is not a terminal (a log, CI)
     try:
         yield lambda done, total: (setattr(bar, "total", total), bar.update(done - bar.n))
     finally:

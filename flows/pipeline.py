@@ -86,7 +86,7 @@ def _logged(function: Any, stage: str) -> Any:
     def run(layout: Layout, params: Params, task: Task, *args: Any) -> Any:
         stages.log.info("%s %s: started", stage, task)
         result = function(layout, params, task, *args)
-        stages.log.info("%s %s: %s", stage, task, result.summary() if hasattr(result, "summary") else result)
+        stages.log.info("%s %s: %s", stage, task, stages.summary(result, layout.root, params.registry.of(task).metric))
         return result
 
     return run

@@ -55,6 +55,7 @@ def train_model(layout: Layout, params: Params, task: Task, progress: Progress |
     """Train the task's model in a process of its own, reporting each epoch live to an MLflow run opened first
     (named `run_name`, default `<task>-<DVC experiment or "stage">`), to the `vidops` log and to `progress`."""
     train = training.train_classifier if task == "classification" else training.train_sync
+    extraction.usable_rows(layout.features(task), "train")  # no features: an error now, before a run is opened for nothing
     name = run_name or f"{task}-{os.environ.get(EXPERIMENT) or 'stage'}"
     accepted = layout.catalog(task) / validation.ACCEPTED
     run = registry.open_training_run(tracking(layout), params, task, name, _lineage(layout, params, task), dataset(layout, params, task), accepted)
@@ -184,6 +185,33 @@ def _lineage(layout: Layout, params: Params, task: Task) -> dict[str, str]:
     if commit.returncode == 0:  # a project outside git has no commit to record
         tags["mlflow.source.git.commit"] = commit.stdout.strip()
     return tags
+
+
+def summary(result: object, root: Path, metric: str) -> str:
+    """One line of what a stage did and where its main output is; an evaluation is told by `metric` (the gate's)."""
+
+    def at(path: Path) -> str:
+        return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+    match result:
+        case validation.ValidationSummary() as s:
+            return f"{s.clips} clips, {s.accepted} accepted ({s.warned} with warnings), {s.quarantined} quarantined; {at(s.quarantine)}"
+        case extraction.FeatureSet() as f:
+            splits = ", ".join(f"{n} {split}" for split, n in sorted(f.clips.items(), reverse=True))
+            return f"{sum(f.clips.values())} clips of {len(f.labels)} classes ({splits}): {f.extracted} extracted, {f.reused} reused, {f.failed} failed; {at(f.root)}"
+        case training.TrainedModel() as t:
+            shown = sorted((k for k, v in t.history.items() if v and (k == "loss" or k.endswith("accuracy"))), key=lambda k: (k != "loss", k))
+            resumed = f" (resumed at epoch {t.resumed_from})" if t.resumed_from else ""
+            return f"{t.epochs} epochs{resumed}, final " + ", ".join(f"{k} {t.history[k][-1]:.3f}" for k in shown) + f"; {at(t.path)}"
+        case evaluation.Evaluation() as e:
+            return f"{metric} {e.metrics[metric]:.3f} on {e.metrics['test_clips']} test clips; {at(e.metrics_path)}"
+        case registry.Registration(version=None) as r:
+            return f"{r.model_name} logged to MLflow run {r.run_id}, not registered (a DVC experiment; registry.register_experiments)"
+        case registry.Registration() as r:
+            return f"{r.model_name} version {r.version}, MLflow run {r.run_id}"
+        case promotion.Decision() as d:
+            return f"{d.model_name} version {d.version}: {d.decision}: {d.reason}"
+    return str(result)
 
 
 STAGES = {

@@ -145,12 +145,12 @@ def test_version_is_the_installed_distributions():
 def test_registration_and_decision_lines():
     from components.promotion import Decision
     from components.registry import Registration
-    from flows.cli import stage_summary
+    from flows.stages import summary
 
     registered = Registration("vidops-sync", "3", "abc123", "1")
-    assert stage_summary(registered, Path("/p"), "accuracy_within_1") == "vidops-sync version 3, MLflow run abc123"
+    assert summary(registered, Path("/p"), "accuracy_within_1") == "vidops-sync version 3, MLflow run abc123"
     decided = Decision("vidops-sync", "3", False, "not promoted", "0.41 does not beat the champion's 0.52", "accuracy_within_1", 0.41, "2", 0.52)
-    assert stage_summary(decided, Path("/p"), "accuracy_within_1") == "vidops-sync version 3: not promoted: 0.41 does not beat the champion's 0.52"
+    assert summary(decided, Path("/p"), "accuracy_within_1") == "vidops-sync version 3: not promoted: 0.41 does not beat the champion's 0.52"
 
 
 def test_stage_names_match_the_stages():

@@ -50,7 +50,8 @@ def test_the_demo_leaves_champions_and_a_dvc_project_in_step_with_the_flow(tmp_p
     # a clone as the README's user has it: vidops's code, dvc.yaml and .gitignore, here with a reduced params.yaml
     root = tmp_path / "clone"
     shutil.copytree(REPO / "components", root / "components", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".gitignore"):
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore", ".dvc/config", ".dvc/.gitignore"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / name, root / name)
     (root / "params.yaml").write_text(dump_params(load_params(None, REDUCED)))
     _git(root, "init", "--quiet")

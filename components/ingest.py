@@ -60,11 +60,14 @@ def split_url(url: str) -> tuple[str, str]:
 
 
 def s3_client() -> Any:
-    """boto3's S3 client; endpoint (AWS_ENDPOINT_URL), keys and region come from the environment, as for any AWS tool."""
+    """boto3's S3 client; endpoint (AWS_ENDPOINT_URL), keys and region come from the environment, as for any AWS tool.
+
+    A session of its own: `boto3.client` shares one default session, which keeps the first keys it read for the life of
+    the process, so a long-lived `vidops serve` would miss rotated keys (and a test process the next server's)."""
     import boto3
     from botocore.config import Config
 
-    return boto3.client("s3", config=Config(retries={"max_attempts": 3, "mode": "standard"}))
+    return boto3.session.Session().client("s3", config=Config(retries={"max_attempts": 3, "mode": "standard"}))
 
 
 def list_landing(client: Any, url: str) -> list[LandingObject]:

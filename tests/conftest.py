@@ -43,6 +43,18 @@ TINY = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _fresh_s3_credentials():
+    """Each test's S3 server has keys of its own, but boto3's default session, and MLflow's S3 clients made from it, keep
+    the first keys a process reads: drop both after each test (a vidops process talks to one project's S3)."""
+    yield
+    import boto3
+    from mlflow.store.artifact.s3_artifact_repo import _cached_get_s3_client
+
+    boto3.DEFAULT_SESSION = None
+    _cached_get_s3_client.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def tiny_params() -> Params:
     return load_params(None, TINY)

@@ -38,6 +38,8 @@ def activate(layout: Layout) -> None:
         # the ephemeral API keeps its database here, so `prefect server start` can show past runs
         os.environ["PREFECT_HOME"] = str(state / "prefect")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if not os.environ.get(VERBOSE):  # the runs' INFO lines go to the Prefect UI (the API handler); the terminal shows warnings
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     quiet_libraries()
 
 

@@ -65,6 +65,7 @@ def test_the_demo_leaves_champions_and_a_dvc_project_in_step_with_the_flow(tmp_p
 
     first = _run(demo, root, env)
     assert first.stdout.count("now champion") == 2, first.stdout
+    assert "Finished in state" not in first.stderr and "cuInit" not in first.stderr, first.stderr  # those are in the Prefect UI, or --verbose
     client = MlflowClient(f"sqlite:///{root / '.vidops' / 'mlflow.db'}")
     for name, dataset in (("vidops-classifier", "demo"), ("vidops-sync", "demo-sync")):
         champion = client.get_model_version_by_alias(name, "champion")

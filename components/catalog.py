@@ -98,13 +98,27 @@ def list_sources(dataset: Path) -> tuple[Path, list[dict[str, Any]]]:
         return listing.parent, _sources_from_csv(listing)
     if not dataset.is_dir():
         raise VidopsError(f"{dataset}: no such dataset (expected a folder of <label>/<clip> files, a folder with a {DATASET_MANIFEST}, or a manifest CSV)")
+    root = dataset.resolve()
+    labels = sorted(label for label in dataset.iterdir() if label.is_dir() and not label.name.startswith("."))
+    # a label folder that a link leads out of the root is never walked: one row says so, and nothing in it is opened
+    away = {label: _outside(root, label) for label in labels}
     files = sorted(
-        f for label in dataset.iterdir() if label.is_dir() and not label.name.startswith(".")
+        f for label in labels if not away[label]
         for f in label.iterdir() if not f.name.startswith(".") and (f.is_file() or f.is_symlink())
     )  # fmt: skip
-    if not files:
+    if not files and not any(away.values()):
         raise VidopsError(f"{dataset}: no clips found (expected <label>/<clip> files inside, or a {DATASET_MANIFEST} listing them)")
-    return dataset, [_source(f.relative_to(dataset).as_posix(), f.parent.name, None, None, None) for f in files]
+    sources = [_source(f.relative_to(dataset).as_posix(), f.parent.name, None, None, _outside(root, f)) for f in files]
+    return dataset, sources + [_source(label.name, "", None, None, why) for label, why in away.items() if why]  # no class
+
+
+def _outside(root: Path, path: Path) -> str | None:
+    """The problem of a path that resolves out of the dataset root (through a symbolic link), or None: the folder form's
+    rule and the manifest's are one."""
+    target = path.resolve()  # follows links
+    if target != root and root not in target.parents:
+        return f"path is outside the dataset root {root} (a symbolic link leads to {target})"
+    return None
 
 
 def _sources_from_csv(csv: Path) -> list[dict[str, Any]]:
@@ -148,10 +162,10 @@ def _listed_file_problem(root: Path, path: str, listing: str) -> str | None:
     if PurePosixPath(path).is_absolute() or path == ".." or path.startswith("../"):
         return f"path is outside the dataset root {root}"
     file = root / path
-    # resolve() follows links: a clip reached through a link out of the root is not the dataset folder's to version
-    target = file.resolve()
-    if target != root and root not in target.parents:
-        return f"path is outside the dataset root {root} (a symbolic link leads to {target})"
+    # a clip reached through a link out of the root is not the dataset folder's to version
+    outside = _outside(root, file)
+    if outside:
+        return outside
     if not file.exists():
         return f"listed in {listing} but there is no such file"
     if file.is_dir():

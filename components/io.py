@@ -23,9 +23,20 @@ def atomic_path(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any, secret: bool = False) -> None:
+    """`data` as JSON, atomically; a `secret` file is readable by its owner alone from the moment it exists."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        write_text(tmp, json.dumps(data, indent=2, sort_keys=True) + "\n", secret)
+
+
+def write_text(path: Path, text: str, secret: bool = False) -> None:
+    """`text` to `path`; a `secret` file is made mode 600 before a byte is written (never 644 for a moment)."""
+    if not secret:
+        path.write_text(text)
+        return
+    path.unlink(missing_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        f.write(text)
 
 
 def write_csv(path: Path, frame: Any) -> None:

@@ -6,6 +6,7 @@ the repository's params.yaml spells them out and a test keeps the two equal.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -267,7 +268,18 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise VidopsError(f"override {item!r}: {part} is not a group")
-    node[leaf] = yaml.safe_load(raw)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise VidopsError(f"override {item!r}: {raw!r} is not a value YAML can read ({str(exc).splitlines()[0]})") from None
+    node[leaf] = _number(value)
+
+
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads `1e-3` (no dot) as a string; a user typing it means the number."""
+    if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value):
+        return float(value)
+    return value
 
 
 def _describe(exc: ValidationError) -> str:

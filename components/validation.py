@@ -97,7 +97,8 @@ def validate_dataset(
     write_csv(paths["quarantine.csv"], findings[findings["severity"] == "critical"])
     write_csv(paths["warnings.csv"], findings[findings["severity"] == "warning"])
     counts = accepted["label"].value_counts()
-    short = {label: int(counts.get(label, 0)) for label in sorted(manifest["label"].unique()) if counts.get(label, 0) < checks.min_clips_per_class}
+    classes = sorted(label for label in manifest["label"].unique() if label)  # "": a label folder a link leads out of, no class
+    short = {label: int(counts.get(label, 0)) for label in classes if counts.get(label, 0) < checks.min_clips_per_class}
     summary = ValidationSummary(
         clips=len(manifest), accepted=len(accepted), warned=len(warned), quarantined=len(critical),
         labels=tuple(sorted(counts.index)), by_reason=findings.groupby("check")["path"].nunique().to_dict(),

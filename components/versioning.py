@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from components.errors import VidopsError
-from components.io import atomic_path
+from components.io import atomic_path, write_text
 from components.params import S3_URL
 from components.programs import program
 
@@ -90,11 +90,16 @@ def set_remote(root: Path, url: str, endpoint_url: str | None = None, keys: tupl
     if endpoint_url and not local:
         dvc(root, "remote", "modify", REMOTE, "endpointurl", endpoint_url)
     local |= {"access_key_id": keys[0], "secret_access_key": keys[1]} if keys else {}
+    private = root / ".dvc" / "config.local"
+    if local and not private.exists():  # DVC writes it with the umask's mode (644): made 600 first, it keeps that
+        write_text(private, "", secret=True)
     for option in ("endpointurl", "access_key_id", "secret_access_key"):  # none left over from another remote
         if option in local:  # after `--`: a generated secret may begin with '-'
             dvc(root, "remote", "modify", "--local", REMOTE, option, "--", local[option])
-        elif (root / ".dvc" / "config.local").is_file():
+        elif private.is_file():
             dvc(root, "remote", "modify", "--local", "--unset", REMOTE, option, check=False)
+    if private.is_file():
+        private.chmod(0o600)  # one an older vidops (or DVC itself) made
 
 
 def _on_this_machine(url: str) -> bool:

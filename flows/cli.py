@@ -209,7 +209,8 @@ def cmd_validate(args: argparse.Namespace) -> None:
     layout = Layout(args.root.resolve())
     params = _load(layout.root, args.params, [])
     task = "classification"  # a dataset validated by hand is checked as the classifier's
-    catalog, docs = (args.report, args.report / "data_docs") if args.report else (layout.catalog(task), layout.data_docs(task))
+    report = args.report.resolve() if args.report else None  # relative to where the user is, as the shell completed it
+    catalog, docs = (report, report / "data_docs") if report else (layout.catalog(task), layout.data_docs(task))
     summary = validate_dataset(args.dataset, catalog, validation_checks(params, task), docs)
     print(f"{summary.clips} clips ({summary.probed} probed, {summary.reused} unchanged since the last run)")
     for row in summary.table():

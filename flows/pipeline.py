@@ -55,6 +55,8 @@ def transient(task: Any, task_run: Any, state: State) -> bool:
 
     try:
         state.result()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError):  # the disk's answer: the same next time
+        return False
     except OSError:  # connection refused or reset, timeouts: requests' errors are OSErrors too
         return True
     except MlflowException as exc:  # MLflow's client already retried the request itself

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from components import versioning
 from components.errors import VidopsError
-from components.io import write_json
+from components.io import atomic_path, write_json, write_text
 from components.layout import Layout
 from components.programs import program
 from flows.profiles import embedded_tracking, tracking
@@ -208,8 +208,7 @@ def _s3_env(layout: Layout, endpoint: str) -> dict[str, str]:
     _adopt_stack_s3(layout)
     keys = s3_folder(layout) / "keys.json"
     if not keys.is_file():
-        write_json(keys, {"AWS_ACCESS_KEY_ID": "vidops" + secrets.token_hex(6), "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(30)})
-        keys.chmod(0o600)
+        write_json(keys, {"AWS_ACCESS_KEY_ID": "vidops" + secrets.token_hex(6), "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(30)}, secret=True)
     return {**json.loads(keys.read_text()), "AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1"}
 
 
@@ -255,16 +254,15 @@ def _env(layout: Layout, ports: Ports) -> dict[str, str]:
 
 def _write_env(path: Path, env: dict[str, str]) -> None:
     names = ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "VIDOPS_RESULTS", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-    path.write_text("".join(f"{name}={env[name]}\n" for name in names))
-    path.chmod(0o600)  # it holds the S3 keys
+    with atomic_path(path) as tmp:
+        write_text(tmp, "".join(f"{name}={env[name]}\n" for name in names), secret=True)  # it holds the S3 keys
 
 
 def _seaweedfs(home: Path, s3_port: int, env: dict[str, str]) -> list[str]:
     """`weed server` with S3 and its identities; every other port it opens is a free one, on loopback only."""
     identity = {"name": "vidops", "credentials": [{"accessKey": env["AWS_ACCESS_KEY_ID"], "secretKey": env["AWS_SECRET_ACCESS_KEY"]}],
                 "actions": ["Admin", "Read", "Write", "List", "Tagging"]}  # fmt: skip
-    write_json(home / "s3.json", {"identities": [identity]})
-    (home / "s3.json").chmod(0o600)
+    write_json(home / "s3.json", {"identities": [identity]}, secret=True)
     (home / "data").mkdir(exist_ok=True)
     inner = {f"-{flag}": str(_free_port()) for flag in ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
                                                          "filer.port.grpc", "s3.port.grpc", "iam.port")}  # fmt: skip

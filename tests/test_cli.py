@@ -73,7 +73,7 @@ def test_validate_prints_the_summary_and_exits_zero_on_a_usable_dataset(tmp_path
     data = tmp_path / "data"
     shutil.copytree(tiny_dataset, data)
     (data / "rotate" / "garbage.mp4").write_text("not a video")
-    result = vidops("validate", str(data), "--report", str(tmp_path / "report"), cwd=tmp_path)
+    result = vidops("validate", "data", "--report", "report", cwd=tmp_path)  # both relative to where the user is
     assert result.returncode == 0, result.stderr
     assert re.search(r"accepted\s+21\n\s+warned\s+0\n\s+quarantined\s+1\n\s+failed readable\s+1", result.stdout), result.stdout
     assert (tmp_path / "report" / "accepted.csv").is_file()

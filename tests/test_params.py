@@ -98,3 +98,10 @@ def test_each_task_gets_its_own_audio_checks():
     assert not validation_checks(load_params(None, ["validation.warn_av_diff=false"]), "classification").warn_av_diff
     with pytest.raises(VidopsError, match=r"validation\.max_av_diff_fraction: Input should be less than or equal to 1"):
         load_params(None, ["validation.max_av_diff_fraction=1.5"])
+
+
+def test_set_reads_numbers_as_a_user_writes_them_and_names_a_value_yaml_cannot_read():
+    assert load_params(None, ["train.classification.learning_rate=1e-3"]).train.classification.learning_rate == 0.001  # YAML 1.1: a string
+    assert load_params(None, ["train.sync.learning_rate=2.5E-4"]).train.sync.learning_rate == 0.00025
+    with pytest.raises(VidopsError, match=r"override 'train.classification.filters=\[8, 16': '\[8, 16' is not a value YAML can read"):
+        load_params(None, ["train.classification.filters=[8, 16"])

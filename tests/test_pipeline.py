@@ -132,4 +132,5 @@ def test_only_what_the_network_did_is_retried():
     assert transient(None, None, Failed(data=MlflowException("busy", error_code=TEMPORARILY_UNAVAILABLE)))
     assert not transient(None, None, Failed(data=MlflowException("no such version", error_code=INVALID_PARAMETER_VALUE)))
     assert not transient(None, None, Failed(data=ValueError("a shard is cut short")))
+    assert not transient(None, None, Failed(data=FileNotFoundError(2, "No such file or directory", "models/classification/model.keras")))
     assert not transient(None, None, Completed())

@@ -70,8 +70,10 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, st
     shutil.copy(a / "xvid.avi", b / "h264-under-b.mp4")  # the same bytes under two labels
     expected["a/xvid.avi"] = "label_conflict"
     (a / "symlinked.mp4").symlink_to(outside)
-    expected["a/symlinked.mp4"] = None
-    (a / "dangling-link.mp4").symlink_to(root / "nowhere.mp4")
+    expected["a/symlinked.mp4"] = "readable"  # a link out of the root: quarantined, never opened (a manifest's rule too)
+    (data / "etc").symlink_to(outside.parent, target_is_directory=True)  # a label folder leading out: never walked
+    expected["etc"] = "readable"
+    (a / "dangling-link.mp4").symlink_to(data / "nowhere.mp4")  # inside the root, to nothing
     return data, expected
 
 
@@ -105,6 +107,7 @@ def test_reasons_are_precise(corpus, tmp_path: Path):
     assert "audio only: aac" in reasons["a/audio-only.m4a"]
     assert "truncated" in reasons["b/mdat-cut-short.mp4"]
     assert "broken symlink" in reasons["a/dangling-link.mp4"]
+    assert "path is outside the dataset root" in reasons["a/symlinked.mp4"] and "a symbolic link leads to" in reasons["etc"]
     assert "duration 0.04 s is outside [0.5, 600.0] s" in reasons["b/one-frame.mp4"]
     assert "width 7680 px is outside [32, 4096] px" in reasons["b/8k.mp4"]
     assert "byte-identical to a/h264.mp4 (same label)" in reasons["a/z-copy-of-h264.mp4"]

@@ -252,3 +252,19 @@ def test_the_ingest_flow_takes_landed_clips_into_a_new_pushed_dataset_version(pr
     assert only_junk.added == [] and only_junk.version is None and "left/junk.mp4" in only_junk.quarantined
     assert versioning.read_version(project.raw("demo")).md5 == after.md5 and keys("in/landing/") == []
     assert ingest(root=str(project.root)).landed == 0  # nothing landed since
+
+
+def test_the_remote_keys_and_every_file_of_secrets_are_readable_by_their_owner_alone(tmp_path):
+    from flows.stack import _s3_env, _seaweedfs, _write_env, s3_folder
+
+    project = Layout(tmp_path / "project")
+    project.root.mkdir()
+    versioning.set_remote(project.root, "s3://vidops/dvc", "http://127.0.0.1:9", ("AKIDEXAMPLE", "-secret"))
+    private = project.root / ".dvc" / "config.local"
+    assert "-secret" in private.read_text() and private.stat().st_mode & 0o777 == 0o600
+    assert "-secret" not in (project.root / ".dvc" / "config").read_text()
+    env = _s3_env(project, "http://127.0.0.1:9")
+    _seaweedfs(s3_folder(project), 9, env)
+    _write_env(project.state / "stack" / "env", {**env, "PREFECT_API_URL": "u", "MLFLOW_TRACKING_URI": "u", "VIDOPS_RESULTS": "u", "MLFLOW_S3_ENDPOINT_URL": "u"})
+    for secret in (s3_folder(project) / "keys.json", s3_folder(project) / "s3.json", project.state / "stack" / "env"):
+        assert env["AWS_SECRET_ACCESS_KEY"] in secret.read_text() and secret.stat().st_mode & 0o777 == 0o600, secret

@@ -9,8 +9,10 @@ The index (index.csv, then index.json) is written last and lists every clip with
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +32,9 @@ from components.params import ExtractParams
 from components.sampling import ClipTooShort, sample_indices
 
 SPLITS = ("train", "test")
+# Failures of the machine, not of a clip: they stop the stage (nothing is cached), where a clip's own decoding error
+# is recorded in the index and the stage goes on. A full disk, once, cost two clips silently.
+MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM, errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 INDEX = "index.json"  # written last: its presence says the shards it lists are complete
 SHARDS = "clips"  # the folder of per-clip .npz files
 Progress = Callable[[int, int], None]
@@ -102,6 +107,9 @@ def extract_batch(jobs: list[ClipJob], params: ExtractParams, shard_dir: str) ->
         except ClipTooShort as exc:
             row.update(status="skipped", error=str(exc))
         except (ValueError, OSError, EOFError) as exc:  # PyAV's errors are OSError and ValueError subclasses
+            if isinstance(exc, OSError) and exc.errno in MACHINE_ERRNOS:  # the same clip would fail again next time
+                raise VidopsError(f"{job.path}: extraction stopped: {os.strerror(exc.errno)} (not the clip's fault: free space,"
+                                  f" fix the permissions or the disk, then run it again)") from None  # fmt: skip
             row.update(status="error", error=getattr(exc, "strerror", None) or str(exc))
         rows.append(row)
     return rows

@@ -239,6 +239,18 @@ def _pinned() -> list[str]:
     return [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"]
 
 
+def has_version(tracking: Tracking, name: str, version: str) -> bool:
+    """Whether the registry holds version `version` of `name`."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        MlflowClient(tracking.uri).get_model_version(name, version)
+    except MlflowException:
+        return False
+    return True
+
+
 def alias(client: Any, name: str, alias: str) -> Any:
     """The version of `name` holding `alias`, or None."""
     from mlflow.exceptions import MlflowException

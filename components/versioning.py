@@ -193,11 +193,32 @@ def current_version(root: Path, folder: Path) -> str:
     return obj.hash_info.value
 
 
-def checkout(root: Path, folder: Path, md5: str) -> DatasetVersion:
+def unversioned(root: Path, folder: Path) -> list[str]:
+    """The files of `folder` (relative to it) whose content DVC's local cache does not hold: work that a checkout of
+    another version would destroy for good (new clips, edits never `dvc add`ed)."""
+    from dvc.repo import Repo
+    from dvc_data.hashfile.build import build
+
+    if not folder.is_dir():
+        return []
+    with Repo(str(root)) as repo:
+        _, _, tree = build(repo.cache.local, repo.fs.abspath(str(folder)), repo.fs, "md5", ignore=repo.dvcignore, dry_run=True)
+        return sorted("/".join(key) for key, _, hash_info in tree if not repo.cache.local.exists(hash_info.value))
+
+
+def checkout(root: Path, folder: Path, md5: str, force: bool = False) -> DatasetVersion:
     """Make `folder` the dataset version `md5` again: pin it in the folder's .dvc file, fetch it when the local cache
-    lacks it, and check it out. When it cannot be had, the .dvc file keeps its old pin and the error says so."""
+    lacks it, and check it out. When it cannot be had, the .dvc file keeps its old pin and the error says so.
+
+    Refused, before anything changes, when the folder holds files DVC's cache does not have, unless `force`."""
     if not re.fullmatch(r"[0-9a-f]{32}\.dir", md5):
         raise VidopsError(f"{md5!r}: not a DVC dataset version such as 0123456789abcdef0123456789abcdef.dir")
+    lost = [] if force else unversioned(root, folder)
+    if lost:
+        shown = ", ".join(lost[:10]) + (f" and {len(lost) - 10} more" if len(lost) > 10 else "")
+        raise VidopsError(f"{folder}: {len(lost)} file(s) there are in no DVC version, and checking out {md5} would delete or "
+                          f"overwrite them: {shown}; `dvc add {folder.relative_to(root)}` keeps them as a version first, "
+                          "or --force replaces them")  # fmt: skip
     dvc_file = folder.with_name(folder.name + ".dvc")
     before = dvc_file.read_text() if dvc_file.is_file() else None
     with atomic_path(dvc_file) as tmp:

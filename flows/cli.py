@@ -144,6 +144,7 @@ def _parser() -> argparse.ArgumentParser:
     lineage = commands.add_parser("lineage", help="where a registered model came from: run, flow run, commit, params, dataset version")
     lineage.add_argument("model_uri", help="models:/NAME/VERSION or models:/NAME@ALIAS")
     lineage.add_argument("--checkout", action="store_true", help="also check out that dataset version with DVC (changes data/raw/<dataset>)")
+    lineage.add_argument("--force", action="store_true", help="with --checkout: replace files of the dataset that are in no DVC version")
     lineage.add_argument("--root", type=Path, default=Path("."), help="project folder (default: here)")
     lineage.set_defaults(handler=cmd_lineage)
 
@@ -483,7 +484,7 @@ def cmd_lineage(args: argparse.Namespace) -> None:
     if not (found.dataset and found.dataset_version):
         raise VidopsError(f"{args.model_uri}: its run recorded no dataset version to check out")
     with project_store(layout):
-        versioning.checkout(layout.root, layout.root / found.dataset, found.dataset_version)
+        versioning.checkout(layout.root, layout.root / found.dataset, found.dataset_version, force=args.force)
     print(f"checked out {found.dataset} at {found.dataset_version}")
 
 

@@ -291,5 +291,11 @@ def fingerprint(stage: str, layout: Layout, params: Params, task: Task) -> str:
 
 
 def outputs_present(stage: str, layout: Layout, task: Task) -> bool:
-    """Whether the files the stage leaves are all there (a cached result without them is worth nothing)."""
-    return all(path.exists() for path in DEPENDS[stage].outputs(layout, task))
+    """Whether the files the stage leaves are all there, and for registration the version it made is in the registry
+    still (a cached result without them is worth nothing: a reset store once failed every later run)."""
+    if not all(path.exists() for path in DEPENDS[stage].outputs(layout, task)):
+        return False
+    if stage != "register":
+        return True
+    recorded = json.loads((layout.reports(task) / "registration.json").read_text())
+    return recorded["version"] is None or registry.has_version(tracking(layout), recorded["model_name"], recorded["version"])

@@ -160,3 +160,24 @@ def test_extract_without_a_validated_catalog_is_an_error(tmp_path: Path):
         extract_features(tmp_path, tmp_path / "accepted.csv", tmp_path / "features", ExtractParams())
     with pytest.raises(VidopsError, match="run the extract stage first"):
         inputs.open_split(tmp_path / "features", "train", ("frames",))
+
+
+def test_a_full_disk_stops_extraction_with_its_cause_and_the_rerun_completes(trained_project, tiny_params, tmp_path):
+    import subprocess
+
+    from components.parallel import in_threads
+
+    features = tmp_path / "features"
+    features.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(features)], capture_output=True).returncode != 0:
+        pytest.skip("a small tmpfs cannot be mounted here (not root, or no mount permission)")
+    dataset, accepted = trained_project.raw(tiny_params.datasets.classification), trained_project.catalog("classification") / "accepted.csv"
+    params = tiny_params.extract.classification
+    try:
+        with pytest.raises(VidopsError, match="extraction stopped: No space left on device .not the clip's fault"):
+            extract_features(dataset, accepted, features, params, mapper=in_threads)
+        assert not (features / "index.json").exists()  # no index: nothing passes for a whole extraction
+    finally:
+        subprocess.run(["umount", str(features)], check=True)
+    done = extract_features(dataset, accepted, features, params, mapper=in_threads)  # space again: the same call completes
+    assert done.failed == 0 and sum(done.clips.values()) == len(pd.read_csv(accepted))

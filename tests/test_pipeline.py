@@ -134,3 +134,17 @@ def test_only_what_the_network_did_is_retried():
     assert not transient(None, None, Failed(data=ValueError("a shard is cut short")))
     assert not transient(None, None, Failed(data=FileNotFoundError(2, "No such file or directory", "models/classification/model.keras")))
     assert not transient(None, None, Completed())
+
+
+def test_a_cached_registration_counts_only_while_the_registry_holds_its_version(tmp_path):
+    from components.io import write_json
+    from components.layout import Layout
+    from flows import stages
+
+    layout = Layout(tmp_path)
+    write_json(layout.reports("classification") / "registration.json", {"model_name": "vidops-classifier", "version": "1", "run_id": "r", "experiment_id": "1"})
+    assert not stages.outputs_present("register", layout, "classification")  # a reset (here: empty) registry: register again
+    client = MlflowClient(tracking(layout).uri)
+    client.create_registered_model("vidops-classifier")
+    client.create_model_version("vidops-classifier", source=(tmp_path / "model").as_uri())
+    assert stages.outputs_present("register", layout, "classification")

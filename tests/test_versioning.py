@@ -268,3 +268,20 @@ def test_the_remote_keys_and_every_file_of_secrets_are_readable_by_their_owner_a
     _write_env(project.state / "stack" / "env", {**env, "PREFECT_API_URL": "u", "MLFLOW_TRACKING_URI": "u", "VIDOPS_RESULTS": "u", "MLFLOW_S3_ENDPOINT_URL": "u"})
     for secret in (s3_folder(project) / "keys.json", s3_folder(project) / "s3.json", project.state / "stack" / "env"):
         assert env["AWS_SECRET_ACCESS_KEY"] in secret.read_text() and secret.stat().st_mode & 0o777 == 0o600, secret
+
+
+def test_checking_out_a_version_never_destroys_work_that_no_version_holds(tiny_dataset, tmp_path):
+    project = Layout(tmp_path / "project")
+    shutil.copytree(tiny_dataset, project.raw("demo"))
+    versioning.init(project.root)
+    version = versioning.add(project.root, project.raw("demo"))
+    new, edited = project.raw("demo") / "rotate" / "never-versioned.mp4", sorted(project.raw("demo").rglob("*.mp4"))[0]
+    new.write_bytes(b"a clip of the user's own")
+    edited.write_bytes(edited.read_bytes() + b"an edit")
+    before = digests(project.raw("demo"))
+    with pytest.raises(VidopsError, match=r"2 file\(s\) there are in no DVC version.*never-versioned.mp4.*--force") as refused:
+        versioning.checkout(project.root, project.raw("demo"), version.md5)
+    assert edited.relative_to(project.raw("demo")).as_posix() in str(refused.value)
+    assert digests(project.raw("demo")) == before  # refused before anything changed
+    versioning.checkout(project.root, project.raw("demo"), version.md5, force=True)
+    assert digests(project.raw("demo")) == digests(tiny_dataset)  # asked for: the version, exactly

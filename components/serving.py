@@ -1,9 +1,11 @@
 """The served model: an MLflow pyfunc that takes videos, not tensors.
 
 It wraps a trained Keras model with the extraction params it was trained with, so
-`mlflow models serve -m models:/<name>@champion` (and `vidops predict`) take a video path or
-the file's bytes in base64 and answer with the class and its probabilities, or the audio
-offset in frames with its confidence. MLflow logs it from code (`MODEL_CODE`), never as a pickle.
+`mlflow models serve -m models:/<name>@champion` takes a video file's bytes in base64 and
+answers with the class and its probabilities, or the audio offset in frames with its
+confidence. A path is taken only by a process started with VIDOPS_SERVE_PATHS=1 (`vidops
+predict` is one): a server that opened any path a client posts would tell strangers which of
+its files exist and decode. MLflow logs it from code (`MODEL_CODE`), never as a pickle.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +26,8 @@ import pandas as pd
 
 from components.inputs import sync_windows
 
-VIDEO = "video"  # the input column: a path, or the file's bytes in base64
+VIDEO = "video"  # the input column: the file's bytes in base64, or a path where SERVE_PATHS allows it
+SERVE_PATHS = "VIDOPS_SERVE_PATHS"  # "1" in the serving process's environment: paths on its machine are taken too
 MODEL_CODE = Path(__file__).with_name("served_model.py")  # what MLflow logs as the model: code, so nothing is pickled
 
 
@@ -92,14 +96,17 @@ def _bad_request(message: str) -> Exception:
 
 @contextmanager
 def _as_file(value: str) -> Iterator[Path]:
-    """A path for `value`: the file it names, or a temporary file holding its base64-decoded bytes."""
-    if _is_file(value):
+    """A path for `value`: a temporary file holding its base64-decoded bytes, or, where SERVE_PATHS allows, the file it names."""
+    paths = os.environ.get(SERVE_PATHS) == "1"
+    if paths and _is_file(value):
         yield Path(value)
         return
     try:
         data = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise _bad_request(f"{value[:80]!r}: neither an existing file nor base64 bytes") from None
+        # the same answer whether or not such a file exists: the server says nothing of its own files
+        taken = "an existing file or base64 bytes" if paths else f"base64 file bytes (paths only where {SERVE_PATHS}=1)"
+        raise _bad_request(f"{value[:80]!r}: not {taken}") from None
     with tempfile.NamedTemporaryFile(suffix=".video") as tmp:
         tmp.write(data)
         tmp.flush()

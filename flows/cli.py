@@ -325,6 +325,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     for video in args.videos:
         if not video.is_file():
             raise VidopsError(f"{video}: no such file")
+    os.environ["VIDOPS_SERVE_PATHS"] = "1"  # components.serving.SERVE_PATHS: this process reads the user's own files
     if args.model_uri.startswith(("models:/", "runs:/")):  # a folder of a saved model needs no store
         mlflow.set_tracking_uri(_registry(args.root).uri)
     try:

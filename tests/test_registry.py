@@ -62,18 +62,23 @@ def test_the_keras_model_is_logged_with_its_signature_and_input_example(trained_
     assert mlflow.keras.load_model(uri).predict(example.astype(np.uint8), verbose=0).shape == (1, 7)
 
 
-def test_the_registered_model_takes_a_video_path_or_its_bytes(trained_project, tiny_params, tracking):
-    from components.serving import encode
+def test_the_registered_model_takes_a_video_path_or_its_bytes(trained_project, tiny_params, tracking, monkeypatch):
+    from components.serving import SERVE_PATHS, encode
 
     _register(trained_project, tiny_params, tracking)
     mlflow.set_tracking_uri(tracking.uri)
     model = mlflow.pyfunc.load_model(f"models:/vidops-classifier@{CHALLENGER}")
     clip = sorted(trained_project.raw("demo").glob("rotate/*.mp4"))[0]
+    monkeypatch.delenv(SERVE_PATHS, raising=False)
+    for posted in (str(clip), "/no/such/file.mp4"):  # a server takes bytes; a path, there or not, gets the same answer
+        with pytest.raises(MlflowException, match=r"not base64 file bytes \(paths only where VIDOPS_SERVE_PATHS=1\)"):
+            model.predict(pd.DataFrame({"video": [posted]}))
+    monkeypatch.setenv(SERVE_PATHS, "1")  # as `vidops predict` runs it
     answers = model.predict(pd.DataFrame({"video": [str(clip), encode(clip)]}))
     assert list(answers["label"]) == [answers["label"][0]] * 2 and answers["label"][0] in MOTIONS
     assert answers.filter(like="p_").sum(axis=1).round(4).tolist() == [1.0, 1.0]
     assert answers["probability"][0] == answers[f"p_{answers['label'][0]}"][0]
-    with pytest.raises(MlflowException, match="neither an existing file nor base64"):
+    with pytest.raises(MlflowException, match="not an existing file or base64 bytes"):
         model.predict(pd.DataFrame({"video": ["/no/such/file.mp4"]}))
     with pytest.raises(MlflowException, match="not a readable video"):
         model.predict(pd.DataFrame({"video": [base64.b64encode(b"junk" * 100).decode()]}))

@@ -81,6 +81,9 @@ def test_mlflow_models_serve_answers_a_posted_video_and_keeps_serving_after_a_ba
         assert status == 400 and "not a readable video" in body["message"]
         status, body = _post(f"{base}/invocations", {"dataframe_split": {"columns": ["video"], "data": []}})
         assert 400 <= status < 500
+        for path in (str(clip), "/no/such/file.mp4"):  # a posted server path is refused alike, whether it exists or not
+            status, body = _post(f"{base}/invocations", {"dataframe_split": {"columns": ["video"], "data": [[path]]}})
+            assert status == 400 and "not base64 file bytes" in body["message"], body
         with urllib.request.urlopen(f"{base}/ping", timeout=5) as still:
             assert still.status == 200
     finally:

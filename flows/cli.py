@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -32,6 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verbose:
         os.environ[VERBOSE] = "1"
     quiet_libraries()  # before any library is imported; the processes vidops starts inherit it
+    # SIGTERM (kill, a stopped container, a CI time-out) unwinds like Ctrl-C: what the command started (its S3) is stopped
+    signal.signal(signal.SIGTERM, _interrupted)
     try:
         with _profile(args):
             args.handler(args)
@@ -43,6 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     return 0
 
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 def _profile(args: argparse.Namespace) -> AbstractContextManager[object]:
     """Point this process at the project's services: the stack's variables while it is up (not for the demo, the

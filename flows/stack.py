@@ -27,6 +27,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -140,9 +141,11 @@ def project_s3(layout: Layout) -> Iterator[dict[str, str]]:
     if home in _serving:
         yield _serving[home]
         return
+    _clear_orphan(home)
     port = _free_port()
     env = _s3_env(layout, f"http://127.0.0.1:{port}")
     service = _start_s3(layout, port, {**os.environ, **env})
+    write_json(home / S3_RECORD, {**service, "owner": os.getpid()})  # what a later start needs to find an orphan: pid, argv
     _serving[home] = env
     try:
         _point_dvc(layout, env)
@@ -150,6 +153,21 @@ def project_s3(layout: Layout) -> Iterator[dict[str, str]]:
     finally:
         del _serving[home]
         _stop([service])
+        (home / S3_RECORD).unlink(missing_ok=True)
+
+
+def _clear_orphan(home: Path) -> None:
+    """Stop the SeaweedFS that a vidops command started on this project's data and did not live to stop (killed with -9):
+    it holds the data's lock, and every later start would fail. Found by the pid and command line recorded, never by name."""
+    path = home / S3_RECORD
+    if not path.is_file():
+        return
+    recorded = json.loads(path.read_text())
+    owner_alive = Path(f"/proc/{recorded['owner']}").exists()
+    if _alive(recorded) and owner_alive:
+        raise VidopsError(f"{home}: the project's S3 is in use by another vidops command (pid {recorded['owner']}); try again when it ends")
+    _stop([recorded])
+    path.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -333,6 +351,7 @@ def _pool_ready(api: str) -> Callable[[str], bool]:
 
 # SeaweedFS's volume server has flushed and closed within a second of SIGTERM; its master then lingers for 25 s
 GRACE_S = {"s3": 5.0}
+S3_RECORD = "running.json"  # in .vidops/s3/: the SeaweedFS a command started for itself, while it runs
 
 
 def _stop(services: list[dict], timeout_s: float = 30) -> list[str]:
@@ -347,8 +366,17 @@ def _stop(services: list[dict], timeout_s: float = 30) -> list[str]:
             time.sleep(0.2)
         if _alive(service):
             os.killpg(service["pid"], signal.SIGKILL)
+        _remove_sockets(service)
         stopped.append(service["name"])
     return stopped
+
+
+def _remove_sockets(service: dict) -> None:
+    """SeaweedFS leaves a unix socket per gRPC port in the temporary folder (seaweedfs-master-grpc-<port>.sock): remove its own."""
+    ports = {arg.split("=", 1)[1] for arg in service["argv"] if arg.startswith("-") and ".grpc=" in arg}
+    for port in ports:
+        for socket_file in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-{port}.sock"):
+            socket_file.unlink(missing_ok=True)
 
 
 def _alive(service: dict) -> bool:

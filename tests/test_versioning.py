@@ -285,3 +285,51 @@ def test_checking_out_a_version_never_destroys_work_that_no_version_holds(tiny_d
     assert digests(project.raw("demo")) == before  # refused before anything changed
     versioning.checkout(project.root, project.raw("demo"), version.md5, force=True)
     assert digests(project.raw("demo")) == digests(tiny_dataset)  # asked for: the version, exactly
+
+
+def _started_s3(project: Layout, command: subprocess.Popen, timeout_s: float = 120) -> dict:
+    """The SeaweedFS record `command` wrote once its S3 was up."""
+    import time
+
+    record = project.state / "s3" / "running.json"
+    deadline = time.monotonic() + timeout_s
+    while not record.is_file():
+        assert command.poll() is None and time.monotonic() < deadline, "the command ended (or hung) before its S3 was up"
+        time.sleep(0.05)
+    return json.loads(record.read_text())
+
+
+@pytest.mark.slow
+def test_a_killed_command_leaves_no_s3_running_and_the_next_one_clears_an_orphan(tiny_dataset, tiny_params, tmp_path):
+    import signal
+    import tempfile
+
+    from flows.stack import _alive
+
+    project = Layout(tmp_path / "project")
+    shutil.copytree(tiny_dataset, project.raw("demo"))
+    params = tiny_params.to_yaml_dict() | {"tasks": ["classification"], "datasets": {"classification": "demo"}}
+    (project.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "PREFECT_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    push = [sys.executable, "-m", "flows.cli", "data", "push", "--root", str(project.root)]
+    sockets = lambda service: [p for arg in service["argv"] if ".grpc=" in arg  # noqa: E731
+                               for p in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-{arg.split('=', 1)[1]}.sock")]  # fmt: skip
+
+    # SIGTERM: the command unwinds, stops its S3 and removes its sockets
+    command = subprocess.Popen(push, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    s3 = _started_s3(project, command)
+    command.send_signal(signal.SIGTERM)
+    _, err = command.communicate(timeout=120)
+    assert command.returncode == 130 and "interrupted" in err, err
+    assert not _alive(s3) and not sockets(s3) and not (project.state / "s3" / "running.json").exists()
+
+    # kill -9: SeaweedFS, in a session of its own, outlives the command; the next command stops it and completes
+    command = subprocess.Popen(push, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    orphan = _started_s3(project, command)
+    command.kill()
+    command.wait(timeout=60)
+    assert _alive(orphan)
+    done = subprocess.run(push, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert not _alive(orphan) and "pushed to s3://vidops/dvc" in done.stdout

@@ -210,12 +210,41 @@ def derive_checks(manifest: pd.DataFrame, checks: ValidationParams) -> pd.DataFr
     return out
 
 
+def _hashed(manifest: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """The rows with a whole perceptual hash, and each one's 192 bits as three 64-bit words."""
+    rows = manifest[manifest["phash"].notna() & (manifest["phash"].astype(str).str.len() == 48)]
+    return rows, np.array([[int(h[i : i + 16], 16) for i in (0, 16, 32)] for h in rows["phash"]], dtype=np.uint64).reshape(-1, 3)
+
+
+def twins_in(landed: pd.DataFrame, existing: pd.DataFrame, max_bits: int) -> dict[str, str]:
+    """Each landed clip (by path) that the dataset holds already: byte-identical to one of `existing`, or within
+    `max_bits` of its perceptual hash; the reason, naming the twin. The clip already there keeps its place."""
+    twins: dict[str, str] = {}
+    by_sha = dict(zip(existing["sha256"], existing["path"], strict=True))
+    old, old_words = _hashed(existing)
+    new, new_words = _hashed(landed)
+    again = set()  # under its own name, the same bytes: the clip landed again ("already in", for ingest), no twin
+    for path, sha in zip(landed["path"], landed["sha256"], strict=True):
+        if by_sha.get(sha) == path:
+            again.add(path)
+        elif sha in by_sha:
+            twins[path] = f"byte-identical to {by_sha[sha]}, already in the dataset"
+    for (_, row), words in zip(new.iterrows(), new_words, strict=True):
+        others = (old["path"] != row["path"]).to_numpy()
+        if row["path"] in twins or row["path"] in again or not others.any():
+            continue
+        distance = np.bitwise_count(old_words ^ words).sum(axis=1)
+        distance[~others] = 193  # more than 192 bits apart: a clip is not its own twin
+        if distance.min() <= max_bits:
+            twins[row["path"]] = f"looks like {old['path'].iloc[int(distance.argmin())]} (perceptual hash), already in the dataset"
+    return twins
+
+
 def _mark_near_duplicates(manifest: pd.DataFrame, max_bits: int) -> None:
     """Set `near_duplicate_of` on each clip whose perceptual hash is within `max_bits` of an earlier, different clip."""
-    rows = manifest[manifest["phash"].notna() & (manifest["phash"].astype(str).str.len() == 48)]
+    rows, words = _hashed(manifest)
     if len(rows) < 2:
         return
-    words = np.array([[int(h[i : i + 16], 16) for i in (0, 16, 32)] for h in rows["phash"]], dtype=np.uint64)
     shas = rows["sha256"].to_numpy()
     for i in range(len(rows) - 1):
         distance = np.bitwise_count(words[i + 1 :] ^ words[i]).sum(axis=1)

@@ -18,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 
 from components import ingest as landing
 from components import validation, versioning
+from components.catalog import build_catalog, read_manifest
 from components.io import write_json
 from components.layout import Layout
 from components.params import IngestParams, Params
@@ -56,12 +57,17 @@ def fetch_landed(rule: IngestParams, staging: Path) -> tuple[list[landing.Landin
 
 
 @task(cache_policy=NO_CACHE)
-def check_landed(staging: Path, fetched: list[landing.LandingObject], params: Params, task_name: str) -> dict[str, str]:
-    """Validate the fetched clips with the dataset's checks; the quarantined ones, with their reasons."""
-    _, manifest, findings = validation.check_clips(staging, stages.validation_checks(params, task_name))
+def check_landed(staging: Path, fetched: list[landing.LandingObject], layout: Layout, params: Params, task_name: str) -> dict[str, str]:
+    """Validate the fetched clips with the dataset's checks, and against the whole dataset (content and perceptual hash:
+    a copy of a clip there is refused, naming its twin); the quarantined ones, with their reasons."""
+    checks = stages.validation_checks(params, task_name)
+    _, manifest, findings = validation.check_clips(staging, checks)
     failed = findings[findings["severity"] == "critical"].groupby("path")["reason"].agg("; ".join).to_dict()
-    passed = set(manifest.loc[manifest["status"] != "quarantined", "path"])
-    return {o.clip: failed.get(o.clip, "not read as a clip by the catalog") for o in fetched if o.clip not in passed}
+    passed = manifest[manifest["status"] != "quarantined"]
+    last = layout.catalog(task_name) / validation.MANIFEST  # the last validation's probes: only what changed since is probed
+    existing = build_catalog(stages.dataset(layout, params, task_name), read_manifest(last) if last.is_file() else None).manifest
+    failed |= validation.twins_in(passed, existing, checks.near_duplicate_bits)
+    return {o.clip: failed.get(o.clip, "not read as a clip by the catalog") for o in fetched if o.clip not in set(passed["path"]) or o.clip in failed}
 
 
 @task(cache_policy=NO_CACHE)
@@ -97,7 +103,7 @@ def ingest(root: str = ".", params_file: str | None = "params.yaml", overrides: 
             return result
         fetched = [o for o in listed if o.clip not in result.quarantined and o.clip not in result.skipped]
         if fetched:
-            result.quarantined |= check_landed(staging, fetched, params, rule.task)
+            result.quarantined |= check_landed(staging, fetched, layout, params, rule.task)
         accepted = [o.clip for o in fetched if o.clip not in result.quarantined]
         result.added, skipped = landing.add_clips(staging, accepted, folder)
         result.skipped |= skipped

@@ -287,3 +287,20 @@ def test_a_class_below_its_minimum_fails_and_says_which(tmp_path: Path, tiny_dat
         validate_dataset(dataset, catalog, ValidationParams())
     assert (catalog / "quarantine.csv").is_file()  # the why is written down
     assert not (catalog / ACCEPTED).exists()  # and nothing looks ready to extract
+
+
+def test_a_landed_clip_is_told_from_the_dataset_by_content_and_perceptual_hash():
+    from components.validation import twins_in
+
+    h = lambda words: "".join(f"{w:016x}" for w in words)  # noqa: E731  (192 bits as the catalog writes them)
+    existing = pd.DataFrame({"path": ["a/old.mp4", "b/other.mp4"], "sha256": ["s1", "s2"], "phash": [h((1, 2, 3)), h((2**64 - 1, 0, 2**64 - 1))]})
+    landed = pd.DataFrame({
+        "path": ["a/copy.mp4", "a/reencoded.mp4", "b/new.mp4", "a/old.mp4"],
+        "sha256": ["s1", "s9", "s8", "s1"],
+        "phash": [h((1, 2, 3)), h((1, 2, 3 ^ 0b111)), h((0, 2**64 - 1, 2**64 - 1)), h((1, 2, 3))],
+    })  # fmt: skip
+    twins = twins_in(landed, existing, max_bits=6)
+    assert twins == {
+        "a/copy.mp4": "byte-identical to a/old.mp4, already in the dataset",
+        "a/reencoded.mp4": "looks like a/old.mp4 (perceptual hash), already in the dataset",
+    }  # a new clip is no twin; nor is a clip landed again under its own name (ingest counts it as already in)

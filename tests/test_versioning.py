@@ -224,13 +224,18 @@ def test_the_ingest_flow_takes_landed_clips_into_a_new_pushed_dataset_version(pr
     client.put_object(Bucket="vidops", Key="in/landing/rotate/notes.mp4", Body=b"meeting notes, not a video")
     client.put_object(Bucket="vidops", Key="in/landing/stray.mp4", Body=new["rotate/new_rotate.mp4"].read_bytes())
     client.put_object(Bucket="vidops", Key="in/landing/rotate/.hidden.mp4", Body=b"not seen by the catalog")
+    original = sorted(project.raw("demo").rglob("*.mp4"))[0]  # a clip of the dataset, landed again under a new name
+    client.put_object(Bucket="vidops", Key="in/landing/zoom_in/a_new_name.mp4", Body=original.read_bytes())
 
     with monkeypatch.context() as m:
         m.setenv("GIT_AUTHOR_NAME", "vidops"), m.setenv("GIT_AUTHOR_EMAIL", "ci@vidops.invalid")
         m.setenv("GIT_COMMITTER_NAME", "vidops"), m.setenv("GIT_COMMITTER_EMAIL", "ci@vidops.invalid")
         result = ingest(root=str(project.root))
 
-    assert sorted(result.added) == sorted(new) and result.landed == 5
+    assert sorted(result.added) == sorted(new) and result.landed == 6
+    twin = original.relative_to(project.raw("demo")).as_posix()
+    assert f"byte-identical to {twin}, already in the dataset" in result.quarantined["zoom_in/a_new_name.mp4"]
+    assert original.is_file() and not (project.raw("demo") / "zoom_in" / "a_new_name.mp4").exists()  # the original keeps its place
     assert "unreadable" in result.quarantined["rotate/notes.mp4"] and "not <label>/<clip>" in result.quarantined["stray.mp4"]
     assert "hidden" in result.quarantined["rotate/.hidden.mp4"] and not (project.raw("demo") / "rotate" / ".hidden.mp4").exists()
     assert not (project.raw("demo") / "rotate" / "notes.mp4").exists()
@@ -244,7 +249,8 @@ def test_the_ingest_flow_takes_landed_clips_into_a_new_pushed_dataset_version(pr
     keys = lambda prefix: sorted(o["Key"] for o in client.list_objects_v2(Bucket="vidops", Prefix=prefix).get("Contents", []))  # noqa: E731
     assert keys("in/landing/") == []
     assert keys("in/processed/") == sorted(f"in/processed/{clip}" for clip in new)
-    assert keys("in/quarantine/") == ["in/quarantine/rotate/.hidden.mp4", "in/quarantine/rotate/notes.mp4", "in/quarantine/stray.mp4"]
+    assert keys("in/quarantine/") == ["in/quarantine/rotate/.hidden.mp4", "in/quarantine/rotate/notes.mp4", "in/quarantine/stray.mp4",
+                                      "in/quarantine/zoom_in/a_new_name.mp4"]  # fmt: skip
     assert Path(result.report).is_file()
 
     client.put_object(Bucket="vidops", Key="in/landing/left/junk.mp4", Body=b"junk")

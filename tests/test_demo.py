@@ -59,6 +59,7 @@ def test_the_demo_leaves_champions_and_a_dvc_project_in_step_with_the_flow(tmp_p
     _git(root, "commit", "--quiet", "-m", "a clone")
     for name in [k for k in os.environ if k.startswith(("MLFLOW_", "PREFECT_"))]:  # the embedded profile
         monkeypatch.delenv(name)
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)  # conftest.py's; a user's shell has none
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")  # `vidops`, `dvc`: an activated venv
     env = os.environ.copy()
     demo = [sys.executable, "-m", "flows.cli", "demo"]

@@ -27,7 +27,7 @@ from components.extraction import INDEX, extract_features, params_hash
 from components.io import write_csv, write_json
 from components.layout import MODEL_FILE
 from components.params import ExtractParams, ModelRegistryParams
-from components.registry import CHALLENGER, CHAMPION, EVALUATED, PREVIOUS, Tracking, alias
+from components.registry import CHALLENGER, CHAMPION, EVALUATED, PREVIOUS, Tracking, alias, trusted_download
 
 DECISION = "promotion.json"  # the gate's decision, beside the scores it was made on
 
@@ -59,52 +59,63 @@ class Incomparable(VidopsError):
     """A version that cannot be scored on this test set: a classifier of other classes."""
 
 
-def gate(tracking: Tracking, name: str, version: str | None, rule: ModelRegistryParams, margin: float, test: TestSet, reports_dir: Path) -> Decision:
+def gate(
+    tracking: Tracking, name: str, version: str | None, rule: ModelRegistryParams, margin: float, test: TestSet, reports_dir: Path,
+    registry_key: bytes | None = None,
+) -> Decision:
     """Score `version` (default: the challenger) and the champion on `test`; crown `version` if it passes
-    `rule.floor` and beats the champion by more than `margin`. Scores go under `reports_dir`."""
+    `rule.floor` and beats the champion by more than `margin`. Scores go under `reports_dir`. With the project's
+    `registry_key`, a version vidops did not seal is never loaded."""
     client = _client(tracking, name)
     version = version or _challenger(client, name)
     _evaluated(client, name, version)
     current = alias(client, name, CHAMPION)
-    key = rule.metric
+    metric = rule.metric
     if current is not None and str(current.version) == version:
-        return _record(client, name, Decision(name, version, True, "already champion", f"v{version} is already champion", key, None), reports_dir)
+        return _record(client, name, Decision(name, version, True, "already champion", f"v{version} is already champion", metric, None), reports_dir)
     try:
-        score = score_version(tracking, name, version, test, reports_dir / f"v{version}")[key]
+        score = score_version(tracking, name, version, test, reports_dir / f"v{version}", registry_key)[metric]
     except Incomparable as exc:
-        return _record(client, name, Decision(name, version, False, "not promoted", str(exc), key, None), reports_dir)
+        return _record(client, name, Decision(name, version, False, "not promoted", str(exc), metric, None), reports_dir)
     if score < rule.floor:
-        decision = Decision(name, version, False, "not promoted", f"{key} {score:.4f} is below the floor {rule.floor}", key, score)
+        decision = Decision(name, version, False, "not promoted", f"{metric} {score:.4f} is below the floor {rule.floor}", metric, score)
     elif current is None:
-        decision = Decision(name, version, True, CHAMPION, f"first model to pass the floor: {key} {score:.4f}", key, score)
+        decision = Decision(name, version, True, CHAMPION, f"first model to pass the floor: {metric} {score:.4f}", metric, score)
     else:
-        decision = _against(tracking, name, version, score, str(current.version), key, margin, test, reports_dir)
+        decision = _against(tracking, name, version, score, str(current.version), metric, margin, test, reports_dir, registry_key)
     if decision.champion:
         _move_champion(client, name, version)
     return _record(client, name, decision, reports_dir)
 
 
-def _against(tracking: Tracking, name: str, version: str, score: float, champion: str, key: str, margin: float, test: TestSet, reports_dir: Path) -> Decision:
+def _against(
+    tracking: Tracking, name: str, version: str, score: float, champion: str, metric: str, margin: float, test: TestSet, reports_dir: Path,
+    registry_key: bytes | None,
+) -> Decision:
     """The decision between `version` and the champion, both scored on the same clips."""
     try:
-        best = score_version(tracking, name, champion, test, reports_dir / f"v{champion}")[key]
+        best = score_version(tracking, name, champion, test, reports_dir / f"v{champion}", registry_key)[metric]
     except Incomparable as exc:
         reason = f"champion v{champion} cannot be scored on this test set ({exc}); compare them yourself and `vidops promote` by hand"
-        return Decision(name, version, False, "not promoted", reason, key, score, champion)
+        return Decision(name, version, False, "not promoted", reason, metric, score, champion)
     won = score > best + margin
     verdict = "beats" if won else "does not beat"
-    reason = f"{key} {score:.4f} {verdict} champion v{champion} ({best:.4f}, same test clips) by more than {margin}"
-    return Decision(name, version, won, CHAMPION if won else "not promoted", reason, key, score, champion, best)
+    reason = f"{metric} {score:.4f} {verdict} champion v{champion} ({best:.4f}, same test clips) by more than {margin}"
+    return Decision(name, version, won, CHAMPION if won else "not promoted", reason, metric, score, champion, best)
 
 
-def score_version(tracking: Tracking, name: str, version: str, test: TestSet, reports_dir: Path) -> dict[str, float]:
+def score_version(tracking: Tracking, name: str, version: str, test: TestSet, reports_dir: Path, registry_key: bytes | None = None) -> dict[str, float]:
     """Evaluate a registered version on `test`: its Keras model, its labels, its extraction params (the test clips
-    are extracted again when they differ from the project's). Writes the evaluation's files to `reports_dir`."""
+    are extracted again when they differ from the project's). Writes the evaluation's files to `reports_dir`. With
+    `registry_key`, only a version vidops sealed (`registry.trusted_download`) is loaded."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking.uri)  # models:/ resolves through the process's registry, not the tracking_uri argument
     with tempfile.TemporaryDirectory() as tmp:
-        served = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp, tracking_uri=tracking.uri))
+        if registry_key is not None:
+            served = trusted_download(tracking, name, version, registry_key, Path(tmp))
+        else:
+            served = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp, tracking_uri=tracking.uri))
         config = json.loads((served / "artifacts" / "config.json").read_text())
         model_dir = Path(tmp) / "model"
         model_dir.mkdir()

@@ -6,6 +6,8 @@ becomes `champion` is the gate's decision (`components.promotion`).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import re
 import tempfile
@@ -26,6 +28,7 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"  # the newest registered version
 PREVIOUS = "previous-champion"  # where `vidops rollback` moves the champion back to
 REGISTERED = "vidops.registered"  # a run's tag once a model of it is registered: the next registration opens a run of its own
+ORIGIN = "vidops.origin"  # a version's tag: its seal (`seal_version`); only sealed, unchanged versions are loaded
 EVALUATED = "vidops.metric"  # a version's tag: its champion metric from its own evaluation; only such versions are promoted
 RUN_FILE = "run.json"  # under models/<task>/: the MLflow run the training reported to, live
 
@@ -122,11 +125,12 @@ def register_model(
     tracking: Tracking,
     tags: dict[str, str],
     register: bool = True,
+    registry_key: bytes | None = None,
 ) -> Registration:
     """Log params, the data's validation summary, per-epoch training and evaluation metrics, the Keras model
     (`keras_model`, with its signature and a test example as input example) and the served model that takes
     videos (`model`, with a test video as input example) to the training's run; register the served one
-    as the challenger unless `register` is False."""
+    as the challenger unless `register` is False, sealed under `registry_key` when given."""
     import mlflow
 
     from components.models import load_model
@@ -174,6 +178,8 @@ def register_model(
     metric = params.registry.of(task).metric
     client.set_model_version_tag(name, version, EVALUATED, f"{metric}={float(metrics[metric])}")
     client.set_tag(run.info.run_id, REGISTERED, version)
+    if registry_key is not None:
+        seal_version(tracking, name, version, registry_key)
     return Registration(name, version, run.info.run_id, run.info.experiment_id)
 
 
@@ -322,14 +328,69 @@ def lineage(tracking: Tracking, model_uri: str) -> Lineage:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    name, version = registered_version(tracking, model_uri)
+    try:
+        run_tags = MlflowClient(tracking.uri).get_run(version.run_id).data.tags if version.run_id else {}
+    except MlflowException as exc:
+        raise VidopsError(f"{model_uri}: not in the registry at {tracking.uri}: {exc.message.splitlines()[0]}") from None
+    return Lineage(name, str(version.version), tuple(version.aliases), version.run_id, {**run_tags, **version.tags})
+
+
+def registered_version(tracking: Tracking, model_uri: str) -> tuple[str, Any]:
+    """The model name and the registry's version record that `models:/NAME/VERSION` or `models:/NAME@ALIAS` names."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
     found = re.fullmatch(r"models:/([^/@]+)(?:/(\d+)|@([\w-]+))", model_uri)
     if not found:
         raise VidopsError(f"{model_uri}: not a registered model URI such as models:/vidops-classifier@champion or models:/vidops-classifier/3")
     name, number, alias_name = found.groups()
     client = MlflowClient(tracking.uri)
     try:
-        version = client.get_model_version(name, number) if number else client.get_model_version_by_alias(name, alias_name)
-        run_tags = client.get_run(version.run_id).data.tags if version.run_id else {}
+        return name, client.get_model_version(name, number) if number else client.get_model_version_by_alias(name, alias_name)
     except MlflowException as exc:
         raise VidopsError(f"{model_uri}: not in the registry at {tracking.uri}: {exc.message.splitlines()[0]}") from None
-    return Lineage(name, str(version.version), tuple(version.aliases), version.run_id, {**run_tags, **version.tags})
+
+
+# --- origin: a version vidops registered, and nothing changed since ------------------------------
+
+
+def seal_version(tracking: Tracking, name: str, version: str, key: bytes) -> None:
+    """Tag the version with a keyed hash (HMAC-SHA256 under the project's registry key) of its name, number and every file
+    of its served model, as the store holds them: what `trusted_download` checks before anything of it is loaded."""
+    from mlflow import MlflowClient
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = _download(tracking, name, version, Path(tmp))
+        MlflowClient(tracking.uri).set_model_version_tag(name, version, ORIGIN, _seal(key, name, version, folder))
+
+
+def trusted_download(tracking: Tracking, name: str, version: str, key: bytes, dst: Path) -> Path:
+    """The version's served-model folder, downloaded into `dst`, once its seal proves vidops registered exactly these
+    files; else an error, and nothing of it was loaded (a planted pyfunc runs its own code as it loads)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        recorded = MlflowClient(tracking.uri).get_model_version(name, version).tags.get(ORIGIN)
+    except MlflowException as exc:
+        raise VidopsError(f"models:/{name}/{version}: not in the registry at {tracking.uri}: {exc.message.splitlines()[0]}") from None
+    folder = _download(tracking, name, version, dst)
+    if recorded is None or not hmac.compare_digest(recorded, _seal(key, name, version, folder)):
+        why = f"it has no {ORIGIN} tag" if recorded is None else "its files are not the ones sealed at registration"
+        raise VidopsError(f"models:/{name}/{version}: not a version this project's vidops registered ({why}); refusing to load it")
+    return folder
+
+
+def _download(tracking: Tracking, name: str, version: str, dst: Path) -> Path:
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking.uri)  # models:/ resolves through the process's registry, not the tracking_uri argument
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dst), tracking_uri=tracking.uri))
+
+
+def _seal(key: bytes, name: str, version: str, folder: Path) -> str:
+    files = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        files.update(path.relative_to(folder).as_posix().encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return hmac.new(key, f"{name}\0{version}\0{files.hexdigest()}".encode(), "sha256").hexdigest()

@@ -6,6 +6,7 @@ import argparse
 import os
 import signal
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
@@ -332,12 +333,21 @@ def cmd_predict(args: argparse.Namespace) -> None:
         if not video.is_file():
             raise VidopsError(f"{video}: no such file")
     os.environ["VIDOPS_SERVE_PATHS"] = "1"  # components.serving.SERVE_PATHS: this process reads the user's own files
-    if args.model_uri.startswith(("models:/", "runs:/")):  # a folder of a saved model needs no store
-        mlflow.set_tracking_uri(_registry(args.root).uri)
-    try:
-        model = mlflow.pyfunc.load_model(args.model_uri)
-    except MlflowException as exc:
-        raise VidopsError(f"{args.model_uri}: cannot load the model: {exc.message.splitlines()[0]}") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        source = args.model_uri  # a folder or runs:/ URI is the user's to trust; a registered version must carry vidops's seal
+        if args.model_uri.startswith(("models:/", "runs:/")):
+            mlflow.set_tracking_uri(_registry(args.root).uri)
+        if args.model_uri.startswith("models:/"):
+            from components.registry import registered_version, trusted_download
+            from flows.profiles import registry_key
+
+            found = _registry(args.root)
+            name, version = registered_version(found, args.model_uri)
+            source = str(trusted_download(found, name, str(version.version), registry_key(Layout(args.root.resolve())), Path(tmp)))
+        try:
+            model = mlflow.pyfunc.load_model(source)
+        except MlflowException as exc:
+            raise VidopsError(f"{args.model_uri}: cannot load the model: {exc.message.splitlines()[0]}") from None
     for video in tqdm(args.videos, unit="video", file=sys.stderr, disable=len(args.videos) < 2):
         try:
             answer = model.predict(pd.DataFrame({"video": [str(video.resolve())]})).iloc[0]

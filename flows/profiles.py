@@ -13,6 +13,7 @@ import importlib.util
 import logging
 import os
 import re
+import secrets
 import sys
 import warnings
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from components.errors import VidopsError
+from components.io import atomic_path, write_text
 from components.layout import Layout
 from components.registry import Tracking
 
@@ -99,6 +101,22 @@ class _SilentLoader(importlib.abc.Loader):
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+
+
+REGISTRY_KEY = "VIDOPS_REGISTRY_KEY"  # hex: the registry key of machines that share a store (the cluster's secret)
+
+
+def registry_key(layout: Layout) -> bytes:
+    """The key that seals what vidops registers (`registry.seal_version`): VIDOPS_REGISTRY_KEY when set, else the
+    project's own `.vidops/registry.key`, made once (mode 600). Without it, a version cannot pass for vidops's."""
+    if os.environ.get(REGISTRY_KEY):
+        return bytes.fromhex(os.environ[REGISTRY_KEY])
+    path = layout.state / "registry.key"
+    if not path.is_file():
+        layout.state.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            write_text(tmp, secrets.token_hex(32), secret=True)
+    return bytes.fromhex(path.read_text().strip())
 
 
 def tracking(layout: Layout) -> Tracking:

@@ -30,7 +30,7 @@ from components.layout import Layout
 from components.parallel import Mapper, in_processes, in_threads
 from components.params import Params, Task
 from components.validation import validation_checks
-from flows.profiles import quiet_libraries, registry_lock, tracking
+from flows.profiles import quiet_libraries, registry_key, registry_lock, tracking
 
 T = TypeVar("T")
 CURVES = "training.csv"  # reports/<task>/: loss and accuracy per epoch, for `dvc plots`
@@ -127,7 +127,7 @@ def register_model(layout: Layout, params: Params, task: Task, tags: dict[str, s
     report = layout.catalog(task) / validation.REPORT
     registered = registry.register_model(
         layout.models(task), layout.features(task), dataset(layout, params, task), metrics, report, params, task, tracking(layout), lineage,
-        register=not unregistered_experiment(params),
+        register=not unregistered_experiment(params), registry_key=registry_key(layout),
     )  # fmt: skip
     write_json(layout.reports(task) / "registration.json", asdict(registered))
     return registered
@@ -146,7 +146,7 @@ def promote_model(layout: Layout, params: Params, task: Task, version: str | Non
             skipped = promotion.Decision(name, "", False, "not gated", why, rule.metric, None)
             write_json(reports / promotion.DECISION, asdict(skipped))
             return skipped
-        return promotion.gate(tracking(layout), name, version, rule, params.registry.min_improvement, test, reports)
+        return promotion.gate(tracking(layout), name, version, rule, params.registry.min_improvement, test, reports, registry_key(layout))
 
 
 def unregistered_experiment(params: Params) -> bool:

@@ -20,7 +20,8 @@ TENSORFLOW_LINE = re.compile(r"^([IWEF]\d{4} \d\d:\d\d:\d\d|WARNING: All log mes
 
 def vidops(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """The command as a user runs it: without the test session's TF_CPP_MIN_LOG_LEVEL (conftest.py sets it)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "VIDOPS_VERBOSE")}
+    # nor MLFLOW_TRACKING_URI, which mlflow.set_tracking_uri exports for the rest of the session, in any test before
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "VIDOPS_VERBOSE", "MLFLOW_TRACKING_URI")}
     return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
 
 

@@ -19,7 +19,7 @@ from components.promotion import promote, rollback
 from components.registry import CHALLENGER, CHAMPION, PREVIOUS, register_model
 from components.validation import REPORT
 from flows import stages
-from flows.profiles import tracking
+from flows.profiles import registry_key, tracking
 
 NAME = "vidops-classifier"
 TASK = "classification"
@@ -70,7 +70,7 @@ def _register(project: Layout, params, tmp_path: Path, change, logged_accuracy: 
     if logged_accuracy is not None:  # what the run logs, not what the gate measures
         metrics.write_text(json.dumps({**json.loads(metrics.read_text()), "accuracy": logged_accuracy}))
     registered = register_model(folder / "model", project.features(TASK), project.raw(params.datasets.of(TASK)), metrics,
-                                project.catalog(TASK) / REPORT, params, TASK, tracking(project), {})  # fmt: skip
+                                project.catalog(TASK) / REPORT, params, TASK, tracking(project), {}, registry_key=registry_key(project))  # fmt: skip
     return registered.version
 
 

@@ -96,6 +96,7 @@ class _Said(logging.Handler):
 
 
 def test_the_served_model_is_logged_from_code_without_a_pickle_or_a_cloudpickle_warning(trained_project, tiny_params, tracking, tmp_path, monkeypatch):
+    monkeypatch.setenv("VIDOPS_SERVE_PATHS", "1")  # it predicts on a path, as `vidops predict` does
     said = _Said()
     mlflow_logger = logging.getLogger("mlflow")  # MLflow's loggers do not propagate to the root logger, which caplog watches
     mlflow_logger.addHandler(said)
@@ -127,7 +128,8 @@ def test_the_served_model_is_logged_from_code_without_a_pickle_or_a_cloudpickle_
     assert model.predict(pd.DataFrame({"video": [str(clip)]}))["label"][0] in MOTIONS
 
 
-def test_the_sync_model_registers_under_its_own_name_and_answers_with_an_offset(trained_project, tiny_params, tracking):
+def test_the_sync_model_registers_under_its_own_name_and_answers_with_an_offset(trained_project, tiny_params, tracking, monkeypatch):
+    monkeypatch.setenv("VIDOPS_SERVE_PATHS", "1")  # it predicts on a path, as `vidops predict` does
     registered = _register(trained_project, tiny_params, tracking, task="sync")
     assert registered.model_name == "vidops-sync"
     assert MlflowClient(tracking.uri).get_model_version("vidops-sync", registered.version).tags[EVALUATED].startswith("accuracy_within_1=")

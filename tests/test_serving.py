@@ -15,6 +15,7 @@ import yaml
 
 from components.promotion import promote
 from components.registry import Tracking, register_model
+from flows.profiles import registry_key
 from components.serving import encode
 from components.validation import REPORT
 
@@ -36,7 +37,7 @@ def registered(trained_project, tiny_params, tmp_path_factory) -> Path:
     task = "classification"
     register_model(trained_project.models(task), trained_project.features(task), trained_project.raw("demo"),
                    trained_project.reports(task) / "metrics.json", trained_project.catalog(task) / REPORT,
-                   tiny_params, task, tracking, {})  # fmt: skip
+                   tiny_params, task, tracking, {}, registry_key=registry_key(trained_project))  # sealed, as the register stage does  # fmt: skip
     promote(tracking, "vidops-classifier", None, "the model under test")
     return root
 
@@ -101,7 +102,54 @@ def test_vidops_predict_answers_for_each_video_and_names_a_missing_model(registe
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith(str(clip)) and "label=" in line for line, clip in zip(lines, clips))
     missing = run("models:/vidops-nothing@champion", str(clips[0]))
-    assert missing.returncode == 1 and "models:/vidops-nothing@champion: cannot load the model" in missing.stderr
+    assert missing.returncode == 1 and "models:/vidops-nothing@champion: not in the registry" in missing.stderr
+
+
+PLANTED = """
+import pathlib
+
+import mlflow
+
+pathlib.Path(MARKER).touch()  # what a planted model could do as it loads: anything
+
+
+class Planted(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):
+        return model_input
+
+
+mlflow.models.set_model(Planted())
+"""
+
+
+def test_a_planted_or_altered_version_is_refused_before_any_of_its_code_runs(registered, tmp_path, monkeypatch):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from components.registry import ORIGIN
+
+    client = MlflowClient(f"sqlite:///{registered / '.vidops' / 'mlflow.db'}")
+    sealed = client.get_model_version_by_alias("vidops-classifier", "champion")
+    code, marker = tmp_path / "planted.py", tmp_path / "ran"
+    code.write_text(PLANTED.replace("MARKER", repr(str(marker))))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", client.tracking_uri)  # set_tracking_uri exports it too: restored after the test
+    mlflow.set_tracking_uri(client.tracking_uri)
+    planted = mlflow.pyfunc.log_model(name="model", python_model=str(code), registered_model_name="vidops-classifier")
+    version = str(planted.registered_model_version)
+    marker.unlink()  # MLflow runs a model's code once as it logs it
+    clip = str(sorted((registered / "data" / "raw" / "demo" / "rotate").glob("*.mp4"))[0])
+    predict = [sys.executable, "-m", "flows.cli", "predict", "models:/vidops-classifier@champion", clip, "--root", str(registered)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    try:
+        client.set_registered_model_alias("vidops-classifier", "champion", version)
+        refused = subprocess.run(predict, capture_output=True, text=True, env=env, timeout=600)
+        assert refused.returncode == 1 and f"models:/vidops-classifier/{version}: not a version this project's vidops registered (it has no {ORIGIN} tag)" in refused.stderr
+        client.set_model_version_tag("vidops-classifier", version, ORIGIN, sealed.tags[ORIGIN])  # a seal copied from a real version
+        refused = subprocess.run(predict, capture_output=True, text=True, env=env, timeout=600)
+        assert refused.returncode == 1 and "its files are not the ones sealed at registration" in refused.stderr
+        assert not marker.exists()  # none of its code ran
+    finally:
+        client.set_registered_model_alias("vidops-classifier", "champion", sealed.version)
 
 
 def test_the_promotion_flow_and_a_person_s_promotion_run_from_the_cli(registered, tiny_params):

@@ -27,7 +27,7 @@ from components.extraction import INDEX, extract_features, params_hash
 from components.io import write_csv, write_json
 from components.layout import MODEL_FILE
 from components.params import ExtractParams, ModelRegistryParams
-from components.registry import CHALLENGER, CHAMPION, EVALUATED, PREVIOUS, Tracking, alias, trusted_download
+from components.registry import CHALLENGER, CHAMPION, EVALUATED, PREVIOUS, Tracking, alias, download_version, trusted_download
 
 DECISION = "promotion.json"  # the gate's decision, beside the scores it was made on
 
@@ -108,14 +108,11 @@ def score_version(tracking: Tracking, name: str, version: str, test: TestSet, re
     """Evaluate a registered version on `test`: its Keras model, its labels, its extraction params (the test clips
     are extracted again when they differ from the project's). Writes the evaluation's files to `reports_dir`. With
     `registry_key`, only a version vidops sealed (`registry.trusted_download`) is loaded."""
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking.uri)  # models:/ resolves through the process's registry, not the tracking_uri argument
     with tempfile.TemporaryDirectory() as tmp:
         if registry_key is not None:
             served = trusted_download(tracking, name, version, registry_key, Path(tmp))
         else:
-            served = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp, tracking_uri=tracking.uri))
+            served = download_version(tracking, name, version, Path(tmp))
         config = json.loads((served / "artifacts" / "config.json").read_text())
         model_dir = Path(tmp) / "model"
         model_dir.mkdir()

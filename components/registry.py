@@ -361,7 +361,7 @@ def seal_version(tracking: Tracking, name: str, version: str, key: bytes) -> Non
     from mlflow import MlflowClient
 
     with tempfile.TemporaryDirectory() as tmp:
-        folder = _download(tracking, name, version, Path(tmp))
+        folder = download_version(tracking, name, version, Path(tmp))
         MlflowClient(tracking.uri).set_model_version_tag(name, version, ORIGIN, _seal(key, name, version, folder))
 
 
@@ -375,14 +375,15 @@ def trusted_download(tracking: Tracking, name: str, version: str, key: bytes, ds
         recorded = MlflowClient(tracking.uri).get_model_version(name, version).tags.get(ORIGIN)
     except MlflowException as exc:
         raise VidopsError(f"models:/{name}/{version}: not in the registry at {tracking.uri}: {exc.message.splitlines()[0]}") from None
-    folder = _download(tracking, name, version, dst)
+    folder = download_version(tracking, name, version, dst)
     if recorded is None or not hmac.compare_digest(recorded, _seal(key, name, version, folder)):
         why = f"it has no {ORIGIN} tag" if recorded is None else "its files are not the ones sealed at registration"
         raise VidopsError(f"models:/{name}/{version}: not a version this project's vidops registered ({why}); refusing to load it")
     return folder
 
 
-def _download(tracking: Tracking, name: str, version: str, dst: Path) -> Path:
+def download_version(tracking: Tracking, name: str, version: str, dst: Path) -> Path:
+    """The version's served-model folder, downloaded into `dst`, unchecked (`trusted_download` checks its seal)."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking.uri)  # models:/ resolves through the process's registry, not the tracking_uri argument

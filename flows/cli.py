@@ -45,6 +45,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vidops: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as exc:
+        if "ephemeral Prefect API" not in str(exc):
+            raise
+        from flows.profiles import EPHEMERAL_STARTUP
+
+        print(f"vidops: error: Prefect's temporary API did not answer within {EPHEMERAL_STARTUP}={os.environ.get(EPHEMERAL_STARTUP)} s "
+              "(the machine is busy?): try again, raise it, or start a server with `vidops stack up`", file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 
@@ -376,7 +384,10 @@ def cmd_stack(args: argparse.Namespace) -> None:
         _ensure_writable(layout.state)
         for name, url in stack.up(layout, stack.Ports(args.prefect_port, args.mlflow_port, args.s3_port)).items():
             print(f"{name:8} {url}")
-        print(f"vidops commands with --root {layout.root} now use the stack; for other tools: set -a; . {stack.folder(layout) / stack.ENV_FILE}; set +a")
+        env_file = stack.folder(layout) / stack.ENV_FILE
+        print(f"vidops commands with --root {layout.root} now use the stack; for other tools: set -a; . {env_file}; set +a")
+        print(f"the UIs ask for credentials, kept in {env_file} (mode 600): Prefect's login takes PREFECT_API_AUTH_STRING, "
+              "MLflow's MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
         print(f"MLflow serves the project's one registry, {stack.embedded_tracking(layout).uri.removeprefix('sqlite:///')}")
         if (former := stack.folder(layout) / "mlflow.db").is_file():
             print(f"a registry kept by an older vidops stays in {former}: mlflow ui --backend-store-uri sqlite:///{former}")

@@ -26,6 +26,7 @@ from components.io import atomic_path, write_text
 from components.layout import Layout
 from components.registry import Tracking
 
+EPHEMERAL_STARTUP = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 VERBOSE = "VIDOPS_VERBOSE"  # set (to 1) by `vidops --verbose`: library chatter stays on, here and in child processes
 
 
@@ -39,7 +40,13 @@ def activate(layout: Layout) -> None:
     if "PREFECT_API_URL" not in os.environ:
         # the ephemeral API keeps its database here, so `prefect server start` can show past runs
         os.environ["PREFECT_HOME"] = str(state / "prefect")
+        if not {"PREFECT_API_AUTH_STRING", "PREFECT_SERVER_API_AUTH_STRING"} & set(os.environ):
+            # the temporary API that Prefect starts for this command (on a free port) serves this process and its
+            # children only: it refuses any request without this string, which lives in their environment alone
+            os.environ["PREFECT_SERVER_API_AUTH_STRING"] = os.environ["PREFECT_API_AUTH_STRING"] = f"vidops:{secrets.token_urlsafe(24)}"
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Prefect gives its temporary API 20 s (counting only its own sleeps) to answer; a busy machine needs longer
+    os.environ.setdefault(EPHEMERAL_STARTUP, "180")
     if not os.environ.get(VERBOSE):  # the runs' INFO lines go to the Prefect UI (the API handler); the terminal shows warnings
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     quiet_libraries()

@@ -10,6 +10,12 @@ The project's S3 (data, keys) lives in `<project>/.vidops/s3/` for both profiles
 serves it while it is up, and the embedded profile starts it for as long as a command needs
 it (`project_s3`), so what `vidops demo` pushed is there when the stack comes up.
 
+Closed by default: Prefect's API takes only requests that carry its auth string and answers only its own
+UI's origin; MLflow runs its basic-auth app (one admin account, made on the first `up`) and refuses other
+Host headers and origins; SeaweedFS serves S3 to its keys only, and its filer and volume ports refuse
+requests without a JWT signed by keys made at each start. Every credential lives in a mode-600 file
+(`secrets.json`, `env`, the SeaweedFS configuration) and the environment, never on a command line.
+
 The project has one MLflow registry too: the stack's server serves the embedded store
 (`.vidops/mlflow.db`), so the demo's champions are the stack's and the reverse. An
 experiment keeps the artifact location it was made with: local files under
@@ -20,6 +26,7 @@ read them with the project's S3 started: `registry_store`).
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -29,6 +36,7 @@ import sqlite3
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
@@ -47,6 +55,8 @@ BUCKET = "vidops"  # MLflow's artifacts (and DVC's remote) in the stack's S3
 ARTIFACTS = f"s3://{BUCKET}/mlflow"  # where experiments made on the stack keep their artifacts
 ENV_FILE = "env"
 RECORD = "stack.json"
+SECRETS = "secrets.json"  # the Prefect auth string and MLflow's admin password: made once, kept across restarts
+MLFLOW_USER = "vidops"
 
 
 @dataclass(frozen=True)
@@ -78,17 +88,19 @@ def up(layout: Layout, ports: Ports) -> dict[str, str]:
     started: dict[str, dict] = {}  # in start order: down stops them newest first
     try:
         started["s3"] = _start_s3(layout, ports.s3, env)
-        mlflow = [program("mlflow"), "server", "--host", "127.0.0.1", "--port", str(ports.mlflow), "--workers", "1",
-                  "--backend-store-uri", embedded_tracking(layout).uri, "--default-artifact-root", ARTIFACTS, "--no-serve-artifacts"]  # fmt: skip
-        started["mlflow"] = _start(home, "mlflow", mlflow, env, env["MLFLOW_TRACKING_URI"], _http("/health"))
+        started["mlflow"] = _start(home, "mlflow", _mlflow_server(layout, ports.mlflow), _mlflow_env(home, env), env["MLFLOW_TRACKING_URI"], _http("/health"))
+        _check_mlflow_login(home, env)
         prefect = [program("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(ports.prefect)]
+        origin = f"http://127.0.0.1:{ports.prefect}"
         # the UI asks its settings for the API it talks to, which is PREFECT_SERVER_API_PORT's (4200) unless told
-        server_env = {**env, "PREFECT_HOME": str(home / "prefect"), "PREFECT_SERVER_UI_API_URL": env["PREFECT_API_URL"]}
-        del server_env["PREFECT_API_URL"]  # the server is not a client of itself
-        started["prefect"] = _start(home, "prefect", prefect, server_env, f"http://127.0.0.1:{ports.prefect}", _http("/api/health"))
+        server_env = {**env, "PREFECT_HOME": str(home / "prefect"), "PREFECT_SERVER_UI_API_URL": env["PREFECT_API_URL"],
+                      "PREFECT_SERVER_API_AUTH_STRING": env["PREFECT_API_AUTH_STRING"], "PREFECT_SERVER_CORS_ALLOWED_ORIGINS": origin}  # fmt: skip
+        for client_only in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING"):  # the server is not a client of itself
+            del server_env[client_only]
+        started["prefect"] = _start(home, "prefect", prefect, server_env, origin, _http("/api/health"))
         worker = [program("prefect"), "worker", "start", "--pool", POOL, "--type", "process"]
         worker_env = {**env, "PREFECT_HOME": str(home / "worker"), "VIDOPS_ROOT": str(layout.root)}
-        started["worker"] = _start(home, "worker", worker, worker_env, f"pool {POOL}", _pool_ready(env["PREFECT_API_URL"]))
+        started["worker"] = _start(home, "worker", worker, worker_env, f"pool {POOL}", _pool_ready(env))
     except BaseException:
         _stop(list(started.values()))
         raise
@@ -248,18 +260,31 @@ def _point_dvc(layout: Layout, env: dict[str, str]) -> None:
 
 
 def _start_s3(layout: Layout, port: int, env: dict[str, str]) -> dict:
-    """SeaweedFS serving the project's S3 on `port`, once its bucket exists."""
+    """SeaweedFS serving the project's S3 on `port`, once its bucket exists: the S3 gateway's process (with the filer),
+    its master and volume server recorded as its `parts`."""
     home = s3_folder(layout)
     home.mkdir(parents=True, exist_ok=True)
-    return _start(home, "s3", _seaweedfs(home, port, env), env, f"http://127.0.0.1:{port}", _bucket(env))
+    master, volume, gateway = _seaweedfs(home, port, env)
+    parts: list[dict] = []
+    try:
+        for name, argv in (("s3-master", master), ("s3-volume", volume)):
+            parts.append(_start(home, name, argv, env, f"http://127.0.0.1:{_flag(argv, '-port')}", _listening))
+        return {**_start(home, "s3", gateway, env, f"http://127.0.0.1:{port}", _bucket(env)), "parts": parts}
+    except BaseException:
+        _stop(parts)
+        raise
 
 
 def _env(layout: Layout, ports: Ports) -> dict[str, str]:
     """The variables every service and client of the stack gets."""
     s3 = _s3_env(layout, f"http://127.0.0.1:{ports.s3}")
+    kept = _secrets(folder(layout))
     return {
         **os.environ,
         **s3,
+        "PREFECT_API_AUTH_STRING": kept["prefect_auth_string"],
+        "MLFLOW_TRACKING_USERNAME": MLFLOW_USER,
+        "MLFLOW_TRACKING_PASSWORD": kept["mlflow_password"],
         "MLFLOW_S3_ENDPOINT_URL": s3["AWS_ENDPOINT_URL"],
         "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{ports.mlflow}",
         "PREFECT_API_URL": f"http://127.0.0.1:{ports.prefect}/api",
@@ -271,22 +296,99 @@ def _env(layout: Layout, ports: Ports) -> dict[str, str]:
 
 
 def _write_env(path: Path, env: dict[str, str]) -> None:
-    names = ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "VIDOPS_RESULTS", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    names = ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "VIDOPS_RESULTS", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
     with atomic_path(path) as tmp:
-        write_text(tmp, "".join(f"{name}={env[name]}\n" for name in names), secret=True)  # it holds the S3 keys
+        write_text(tmp, "".join(f"{name}={env[name]}\n" for name in names), secret=True)  # it holds every credential
 
 
-def _seaweedfs(home: Path, s3_port: int, env: dict[str, str]) -> list[str]:
-    """`weed server` with S3 and its identities; every other port it opens is a free one, on loopback only."""
+def _secrets(home: Path) -> dict[str, str]:
+    """The stack's own credentials, made on the first `up` and kept (mode 600): MLflow's auth database keeps the admin
+    password's hash, its UI's forms are signed with the Flask key, and a browser that logged in to the Prefect UI keeps
+    its auth string."""
+    path = home / SECRETS
+    kept = json.loads(path.read_text()) if path.is_file() else {}
+    made = {"prefect_auth_string": f"vidops:{secrets.token_urlsafe(24)}", "mlflow_password": secrets.token_urlsafe(24),
+            "mlflow_flask_key": secrets.token_urlsafe(32)}  # fmt: skip
+    if set(made) - set(kept):
+        kept = {**made, **kept}
+        write_json(path, kept, secret=True)
+    return kept
+
+
+def _mlflow_server(layout: Layout, port: int) -> list[str]:
+    """MLflow's server with its basic-auth app, answering only its own address (no DNS rebinding, no other origin)."""
+    hosts = [f"127.0.0.1:{port}", f"localhost:{port}"]
+    return [program("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--app-name", "basic-auth",
+            "--allowed-hosts", ",".join(hosts), "--cors-allowed-origins", ",".join(f"http://{host}" for host in hosts),
+            "--backend-store-uri", embedded_tracking(layout).uri, "--default-artifact-root", ARTIFACTS, "--no-serve-artifacts"]  # fmt: skip
+
+
+def _mlflow_env(home: Path, env: dict[str, str]) -> dict[str, str]:
+    """The auth app's configuration (its user database beside the stack's data; nobody but the admin may do anything)
+    and, through the environment only, the admin account it makes on its first start."""
+    config, users = home / "mlflow-auth.ini", home / "mlflow-auth.db"
+    os.close(os.open(users, os.O_CREAT | os.O_WRONLY, 0o600))  # the password hashes: the owner's alone, before SQLite makes it
+    users.chmod(0o600)  # made by an older vidops
+    write_text(config, f"[mlflow]\ndefault_permission = NO_PERMISSIONS\ndatabase_uri = sqlite:///{users}\n"
+                       f"admin_username = {MLFLOW_USER}\nauthorization_function = mlflow.server.auth:authenticate_request_basic_auth\n", secret=True)  # fmt: skip
+    return {**env, "MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_AUTH_ADMIN_PASSWORD": env["MLFLOW_TRACKING_PASSWORD"],
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": _secrets(home)["mlflow_flask_key"]}
+
+
+def _check_mlflow_login(home: Path, env: dict[str, str]) -> None:
+    """The kept password opens MLflow (its auth database could be older than secrets.json)."""
+    login = _basic(MLFLOW_USER + ":" + env["MLFLOW_TRACKING_PASSWORD"])
+    request = urllib.request.Request(env["MLFLOW_TRACKING_URI"] + "/api/2.0/mlflow/experiments/search?max_results=1", headers=login)
+    try:
+        urllib.request.urlopen(request, timeout=10).close()
+    except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            raise VidopsError(f"{home / 'mlflow-auth.db'}: MLflow refused the admin password kept in {home / SECRETS}; the auth database was "
+                              "made with another one: remove both files to make a new account") from None  # fmt: skip
+        raise
+
+
+def _basic(credentials: str) -> dict[str, str]:
+    """The Authorization header of HTTP basic auth."""
+    return {"Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()}
+
+
+def _seaweedfs(home: Path, s3_port: int, env: dict[str, str]) -> tuple[list[str], list[str], list[str]]:
+    """The command lines of SeaweedFS's master, volume server, and filer with the S3 gateway, on loopback only, every port
+    but S3's a free one. Three processes, not `weed server`, so that the master alone refuses every client but its own
+    parts (`-whiteList=@`: they reach it over unix sockets; `weed server` applies the list to the volume server too, which
+    then refuses the gateway's uploads), and so anonymous requests cannot drop a bucket (`/col/delete`). The filer and
+    volume server refuse any request without a JWT signed by keys only SeaweedFS holds (security.toml, read from the
+    working folder; new at each start, as the tokens live seconds). The data folder is the one `weed server` used."""
     identity = {"name": "vidops", "credentials": [{"accessKey": env["AWS_ACCESS_KEY_ID"], "secretKey": env["AWS_SECRET_ACCESS_KEY"]}],
                 "actions": ["Admin", "Read", "Write", "List", "Tagging"]}  # fmt: skip
     write_json(home / "s3.json", {"identities": [identity]}, secret=True)
-    (home / "data").mkdir(exist_ok=True)
-    inner = {f"-{flag}": str(_free_port()) for flag in ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
-                                                         "filer.port.grpc", "s3.port.grpc", "iam.port")}  # fmt: skip
-    return [program("weed"), "server", f"-dir={home / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
-            "-s3", f"-s3.port={s3_port}", f"-s3.config={home / 's3.json'}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-            *(f"{flag}={port}" for flag, port in inner.items())]  # fmt: skip
+    write_text(home / "security.toml", "".join(f'[jwt.{name}]\nkey = "{secrets.token_urlsafe(32)}"\nexpires_after_seconds = 60\n'
+                                               for name in ("signing", "signing.read", "filer_signing", "filer_signing.read")), secret=True)  # fmt: skip
+    data = home / "data"
+    data.mkdir(exist_ok=True)
+    weed, loopback = program("weed"), ["-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
+    # each gRPC port is its HTTP port + 10000, as SeaweedFS assumes where an address names one port only (the S3
+    # gateway finds its filer so: with another gRPC port it waits for it forever)
+    master, volume, filer = (_free_port(grpc_too=True) for _ in range(3))
+    ports = lambda port: [f"-port={port}", f"-port.grpc={port + GRPC_OFFSET}"]  # noqa: E731
+    return (
+        [weed, "master", f"-mdir={data}", *loopback, *ports(master), "-whiteList=@", "-telemetry=false"],
+        [weed, "volume", f"-dir={data}", *loopback, *ports(volume), f"-master=127.0.0.1:{master}"],
+        [weed, "filer", f"-defaultStoreDir={data}", *loopback, *ports(filer), f"-master=127.0.0.1:{master}",
+         "-s3", f"-s3.port={s3_port}", f"-s3.port.grpc={_free_port()}", f"-s3.config={home / 's3.json'}", "-s3.port.iceberg=0", "-s3.port.lance=0"],
+    )  # fmt: skip
+
+
+def _flag(argv: list[str], name: str) -> str:
+    """The value of `-name=value` in a command line."""
+    return next(arg.split("=", 1)[1] for arg in argv if arg.startswith(f"{name}="))
+
+
+def _listening(url: str) -> bool:
+    """Something accepts connections at the URL's port."""
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", int(url.rsplit(":", 1)[1]))) == 0
 
 
 def _start(home: Path, name: str, argv: list[str], env: dict[str, str], url: str, ready: Callable[[str], bool], timeout_s: float = 120) -> dict:
@@ -336,12 +438,13 @@ def _bucket(env: dict[str, str]) -> Callable[[str], bool]:
     return ready
 
 
-def _pool_ready(api: str) -> Callable[[str], bool]:
+def _pool_ready(env: dict[str, str]) -> Callable[[str], bool]:
     """Ready when the worker has made its pool and says it is polling it."""
+    headers = {"Content-Type": "application/json", **_basic(env["PREFECT_API_AUTH_STRING"])}
 
     def ready(url: str) -> bool:
         try:
-            with urllib.request.urlopen(urllib.request.Request(f"{api}/work_pools/{POOL}/workers/filter", b"{}", {"Content-Type": "application/json"}), timeout=2) as r:
+            with urllib.request.urlopen(urllib.request.Request(f"{env['PREFECT_API_URL']}/work_pools/{POOL}/workers/filter", b"{}", headers), timeout=2) as r:
                 return bool(json.loads(r.read()))
         except OSError:
             return False
@@ -349,48 +452,56 @@ def _pool_ready(api: str) -> Callable[[str], bool]:
     return ready
 
 
-# SeaweedFS's volume server has flushed and closed within a second of SIGTERM; its master then lingers for 25 s
-GRACE_S = {"s3": 5.0}
+# SeaweedFS's parts have flushed and closed within a second of SIGTERM, then linger (its master 25 s, its volume server 10 s)
+GRACE_S = {"s3": 5.0, "s3-volume": 5.0, "s3-master": 5.0}
 S3_RECORD = "running.json"  # in .vidops/s3/: the SeaweedFS a command started for itself, while it runs
 
 
 def _stop(services: list[dict], timeout_s: float = 30) -> list[str]:
-    """SIGTERM each live service's process group (newest first), SIGKILL what is left after its grace period."""
+    """SIGTERM each live service's process groups (its own and its parts', together), newest service first; SIGKILL what
+    is left after its grace period. The names of the services that were running."""
     stopped = []
     for service in reversed(services):
-        if not _alive(service):
-            continue
-        os.killpg(service["pid"], signal.SIGTERM)
+        processes = [p for p in (service, *service.get("parts", [])) if _running(p)]
+        for process in processes:
+            os.killpg(process["pid"], signal.SIGTERM)
         deadline = time.monotonic() + GRACE_S.get(service["name"], timeout_s)
-        while _alive(service) and time.monotonic() < deadline:
+        while any(map(_running, processes)) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if _alive(service):
-            os.killpg(service["pid"], signal.SIGKILL)
-        _remove_sockets(service)
-        stopped.append(service["name"])
+        for process in (service, *service.get("parts", [])):
+            if _running(process):
+                os.killpg(process["pid"], signal.SIGKILL)
+            _remove_sockets(process)
+        if processes:
+            stopped.append(service["name"])
     return stopped
 
 
-def _remove_sockets(service: dict) -> None:
+def _remove_sockets(process: dict) -> None:
     """SeaweedFS leaves a unix socket per gRPC port in the temporary folder (seaweedfs-master-grpc-<port>.sock): remove its own."""
-    ports = {arg.split("=", 1)[1] for arg in service["argv"] if arg.startswith("-") and ".grpc=" in arg}
+    ports = {arg.split("=", 1)[1] for arg in process["argv"] if arg.startswith("-") and ".grpc=" in arg}
     for port in ports:
         for socket_file in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-{port}.sock"):
             socket_file.unlink(missing_ok=True)
 
 
 def _alive(service: dict) -> bool:
-    """The recorded process still runs, and is still the program `up` started (a pid can be reused)."""
+    """The service's process and each of its parts still run, each still the program that was started."""
+    return all(_running(process) for process in (service, *service.get("parts", [])))
+
+
+def _running(process: dict) -> bool:
+    """The recorded process still runs, and is still the program started (a pid can be reused)."""
     try:
-        os.waitpid(service["pid"], os.WNOHANG)  # reap it, when this process started it
+        os.waitpid(process["pid"], os.WNOHANG)  # reap it, when this process started it
     except ChildProcessError:
         pass
     try:
-        cmdline = Path(f"/proc/{service['pid']}/cmdline").read_bytes().split(b"\0")[:-1]
-        state = Path(f"/proc/{service['pid']}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        cmdline = Path(f"/proc/{process['pid']}/cmdline").read_bytes().split(b"\0")[:-1]
+        state = Path(f"/proc/{process['pid']}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return False
-    arguments = [a.encode() for a in service["argv"][1:]]  # a script's cmdline starts with its interpreter
+    arguments = [a.encode() for a in process["argv"][1:]]  # a script's cmdline starts with its interpreter
     return state != "Z" and cmdline[-len(arguments):] == arguments
 
 
@@ -411,7 +522,14 @@ def _free(port: int) -> bool:
     return True
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+GRPC_OFFSET = 10000  # SeaweedFS's gRPC port is its HTTP port + 10000 unless told otherwise
+
+
+def _free_port(grpc_too: bool = False) -> int:
+    """A port nothing listens on; with `grpc_too`, one whose SeaweedFS gRPC port (+10000) is free as well."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if not grpc_too or (port + GRPC_OFFSET <= 65535 and _free(port + GRPC_OFFSET)):
+            return port

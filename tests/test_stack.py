@@ -1,6 +1,8 @@
 """The stack profile for real: `vidops stack up` (SeaweedFS, MLflow and Prefect servers, a process worker) on free
 ports, `vidops deploy`, a run of the training deployment through the worker, and `vidops stack down`."""
 
+import base64
+import functools
 import json
 import os
 import signal
@@ -8,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -24,13 +27,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _api(url: str, body: dict | None = None) -> dict:
+def _api(url: str, body: dict | None = None, auth: str | None = None) -> dict:
+    """A Prefect API call, with the stack's auth string when given."""
     data = None if body is None else json.dumps(body).encode()
-    with urllib.request.urlopen(urllib.request.Request(url, data, {"Content-Type": "application/json"}), timeout=30) as response:
+    headers = {"Content-Type": "application/json"} | ({"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()} if auth else {})
+    with urllib.request.urlopen(urllib.request.Request(url, data, headers), timeout=30) as response:
         return json.loads(response.read())
 
 
-def test_stack_up_deploy_a_scheduled_training_run_through_the_worker_and_down(project):
+def _status(method: str, url: str, body: dict | None = None, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str]]:
+    """The status and headers of a request sent without credentials unless `headers` has them."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data, {"Content-Type": "application/json", **(headers or {})}, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers)
+
+
+def test_stack_up_deploy_a_scheduled_training_run_through_the_worker_and_down(project, monkeypatch):
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "AWS_"))}
     vidops = lambda *args: subprocess.run([sys.executable, "-m", "flows.cli", *args, "--root", str(project.root)],  # noqa: E731
                                           capture_output=True, text=True, env=clean, timeout=600)  # fmt: skip
@@ -55,6 +71,8 @@ def test_stack_up_deploy_a_scheduled_training_run_through_the_worker_and_down(pr
         api = env["PREFECT_API_URL"]
         assert api == f"http://127.0.0.1:{ports['prefect']}/api"
         assert _api(f"http://127.0.0.1:{ports['prefect']}/ui-settings")["api_url"] == api  # the UI talks to its own server
+        _assert_closed_to_strangers(project.state, env)
+        prefect = functools.partial(_api, auth=env["PREFECT_API_AUTH_STRING"])  # as the stack's clients call it
 
         (project.root / "prefect.yaml").write_text((Path(__file__).parent.parent / "prefect.yaml").read_text().replace("0 2 * * *", "every night"))
         assert "deployment nightly: schedule 'every night' is not a cron string" in vidops("deploy").stderr
@@ -68,23 +86,25 @@ def test_stack_up_deploy_a_scheduled_training_run_through_the_worker_and_down(pr
                                   "--root", str(project.root)], capture_output=True, text=True, timeout=600,
                                  env={**clean, "VIDOPS_REPO": "https://git.example.com/team/videos.git", "VIDOPS_IMAGE": "vidops:test"})  # fmt: skip
         assert cluster.returncode == 0, cluster.stderr[-3000:]
-        gpu = _api(f"{api}/deployments/name/training_pipeline/nightly-gpu")
+        gpu = prefect(f"{api}/deployments/name/training_pipeline/nightly-gpu")
         assert gpu["work_pool_name"] == "vidops-kubernetes-gpu" and gpu["job_variables"] == {"image": "vidops:test", "gpus": 1}
         assert gpu["pull_steps"][0]["prefect.deployments.steps.git_clone"]["repository"] == "https://git.example.com/team/videos.git"
-        nightly = _api(f"{api}/deployments/name/training_pipeline/nightly")
+        nightly = prefect(f"{api}/deployments/name/training_pipeline/nightly")
         assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 2 * * *"] and nightly["work_pool_name"] == "vidops-process"
-        listed = {d["name"] for d in _api(f"{api}/deployments/filter", {})}  # what the UI's Deployments page shows
+        listed = {d["name"] for d in prefect(f"{api}/deployments/filter", {})}  # what the UI's Deployments page shows
         assert {"nightly", "on-demand", "every-15-minutes", "nightly-gpu"} <= listed
 
         # the README's lines, as a user types them in the project folder: load the env, then ask prefect for a run
         run = _readme_run(project.root, ["train.classification.epochs=3"])
         assert run["parameters"]["overrides"] == ["train.classification.epochs=3"] and run["deployment_id"] == nightly["id"]
         deadline = time.monotonic() + 900
-        while (state := _api(f"{api}/flow_runs/{run['id']}")["state"])["type"] not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+        while (state := prefect(f"{api}/flow_runs/{run['id']}")["state"])["type"] not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
             assert time.monotonic() < deadline, state
             time.sleep(3)
         assert state["type"] == "COMPLETED", (project.state / "stack" / "logs" / "worker.log").read_text()[-3000:]
 
+        for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):  # as the env file makes a client of the stack
+            monkeypatch.setenv(name, env[name])
         mlflow = MlflowClient(env["MLFLOW_TRACKING_URI"])
         for name in ("vidops-classifier", "vidops-sync"):
             champion = mlflow.get_model_version_by_alias(name, "champion")
@@ -96,6 +116,7 @@ def test_stack_up_deploy_a_scheduled_training_run_through_the_worker_and_down(pr
         assert s3.list_objects_v2(Bucket="vidops", Prefix="mlflow/")["KeyCount"] > 0  # the artifacts went to S3
         assert s3.list_objects_v2(Bucket="vidops", Prefix="prefect-results/")["KeyCount"] >= 10  # and the cached stage results
         assert (project.reports("classification") / "promotion" / "promotion.json").is_file()  # the run worked in the project
+        _assert_no_secret_outside_private_files(project.root, env, s3)
     finally:
         stopped = vidops("stack", "down")
     assert stopped.returncode == 0 and "stopped: worker, prefect, mlflow, s3" in stopped.stdout, stopped.stderr
@@ -121,7 +142,70 @@ def _readme_run(root: Path, overrides: list[str]) -> dict:
     assert done.returncode == 0, done.stdout + done.stderr
     flow_run_id = done.stdout.split("UUID:", 1)[1].split()[0]
     env = dict(line.split("=", 1) for line in (root / ".vidops" / "stack" / "env").read_text().splitlines())
-    return _api(f"{env['PREFECT_API_URL']}/flow_runs/{flow_run_id}")
+    return _api(f"{env['PREFECT_API_URL']}/flow_runs/{flow_run_id}", auth=env["PREFECT_API_AUTH_STRING"])
+
+
+def _assert_closed_to_strangers(state: Path, env: dict[str, str]) -> None:
+    """Anonymous requests that would change something are refused by each server, and so are other origins and Hosts."""
+    api, mlflow = env["PREFECT_API_URL"], env["MLFLOW_TRACKING_URI"]
+    evil = {"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}
+    # the three POSTs that made the process worker run a shell command: a flow, a deployment, a flow run
+    assert _status("POST", f"{api}/flows/", {"name": "evil"})[0] == 401
+    assert _status("POST", f"{api}/deployments/", {"name": "evil", "flow_id": "00000000-0000-0000-0000-000000000000"})[0] == 401
+    assert _status("POST", f"{api}/flow_runs/", {"flow_id": "00000000-0000-0000-0000-000000000000"})[0] == 401
+    assert _status("POST", f"{api}/flows/", {"name": "evil"}, {"Authorization": "Basic " + base64.b64encode(b"vidops:guess").decode()})[0] == 401
+    assert "access-control-allow-origin" not in {k.lower() for k in _status("OPTIONS", f"{api}/flows/", headers=evil)[1]}
+    assert _status("GET", f"{api}/health")[0] == 200  # health probes need no credentials
+
+    for path, body in (("experiments/create", {"name": "evil"}), ("registered-models/create", {"name": "evil"}),
+                       ("model-versions/create", {"name": "vidops-classifier", "source": "s3://evil/model"}),
+                       ("registered-models/alias", {"name": "vidops-classifier", "alias": "champion", "version": "1"})):  # fmt: skip
+        assert _status("POST", f"{mlflow}/api/2.0/mlflow/{path}", body)[0] == 401, path
+    assert _status("GET", f"{mlflow}/api/2.0/mlflow/registered-models/search")[0] == 401  # nor read
+    login = {"Authorization": "Basic " + base64.b64encode(f"{env['MLFLOW_TRACKING_USERNAME']}:{env['MLFLOW_TRACKING_PASSWORD']}".encode()).decode()}
+    assert _status("GET", f"{mlflow}/api/2.0/mlflow/experiments/search?max_results=1", headers=login)[0] == 200
+    assert _status("GET", f"{mlflow}/api/2.0/mlflow/experiments/search?max_results=1", headers={**login, "Host": "evil.example"})[0] == 403  # DNS rebinding
+    assert "access-control-allow-origin" not in {k.lower() for k in _status("OPTIONS", f"{mlflow}/api/2.0/mlflow/experiments/create", headers=evil)[1]}
+
+    # SeaweedFS: S3 wants its keys; the filer and volume server want a JWT that only SeaweedFS signs; the master refuses
+    # every client that is not one of its own parts (an anonymous `/col/delete` would drop the bucket's data)
+    from flows.stack import _flag
+
+    s3 = json.loads((state / "stack" / "stack.json").read_text())["services"][0]
+    master, volume, filer = (f"http://127.0.0.1:{_flag(process['argv'], '-port')}" for process in (*s3["parts"], s3))
+    assert _status("GET", f"{master}/col/delete?collection=vidops")[0] == 401
+    assert _status("GET", f"{master}/dir/assign")[0] == 401
+    assert _status("PUT", f"{filer}/buckets/vidops/evil.txt", {"x": 1})[0] == 401
+    assert _status("POST", f"{filer}/buckets/vidops/", {"x": 1})[0] == 401
+    assert _status("GET", f"{filer}/buckets/vidops/?pretty=y")[0] == 401  # nor list
+    assert _status("POST", f"{volume}/1,01637037d6", {"x": 1})[0] == 401
+    assert _status("PUT", f"{env['AWS_ENDPOINT_URL']}/vidops/evil.txt", {"x": 1})[0] == 403
+
+
+def _assert_no_secret_outside_private_files(root: Path, env: dict[str, str], s3) -> None:
+    """No credential of the stack is in any file the run wrote that is not the owner's alone (logs, reports, stores,
+    Prefect's database with its logs and artifacts), in any object in the project's S3 (MLflow's artifacts, cached
+    results), or on any command line."""
+    kept = json.loads((root / ".vidops" / "stack" / "secrets.json").read_text())
+    found = {env["AWS_SECRET_ACCESS_KEY"], env["PREFECT_API_AUTH_STRING"].split(":", 1)[1], env["MLFLOW_TRACKING_PASSWORD"], kept["mlflow_flask_key"],
+             *(line.split('"')[1] for line in (root / ".vidops" / "s3" / "security.toml").read_text().splitlines() if line.startswith("key"))}  # fmt: skip
+    secret_bytes = [value.encode() for value in found]
+    leaks = []
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink() and path.stat().st_mode & 0o077:  # readable by others than the owner
+            data = path.read_bytes()
+            leaks += [str(path) for value in secret_bytes if value in data]
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket="vidops"):
+        for item in page.get("Contents", []):
+            data = s3.get_object(Bucket="vidops", Key=item["Key"])["Body"].read()  # as stored, before SeaweedFS compresses it
+            leaks += [f"s3://vidops/{item['Key']}" for value in secret_bytes if value in data]
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes()
+        except OSError:
+            continue
+        leaks += [f"the command line of pid {cmdline.parent.name}" for value in secret_bytes if value in argv]
+    assert not leaks, leaks
 
 
 def test_vidops_serve_serves_the_deployments_in_one_process(project):
@@ -135,9 +219,27 @@ def test_vidops_serve_serves_the_deployments_in_one_process(project):
             assert served.poll() is None and time.monotonic() < deadline, "".join(seen)[-3000:]
             seen.append(served.stdout.readline())
         assert any("training_pipeline/nightly" in line for line in seen)
+        # the temporary Prefect API that `serve` started answers health probes and nobody without its string
+        temporary = f"http://127.0.0.1:{_temporary_api_port(served.pid)}/api"
+        assert _status("GET", f"{temporary}/health")[0] == 200
+        assert _status("POST", f"{temporary}/flows/", {"name": "evil"})[0] == 401
+        assert _status("POST", f"{temporary}/flow_runs/filter", {})[0] == 401
     finally:  # the whole group: `serve` and the temporary Prefect server it started
         os.killpg(served.pid, signal.SIGTERM)
         served.communicate(timeout=60)
+
+
+def _temporary_api_port(session: int) -> int:
+    """The port of the ephemeral Prefect API (uvicorn) that a process started in its session."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().decode().split("\0")
+            in_session = os.getsid(int(cmdline.parent.name)) == session
+        except (OSError, UnicodeDecodeError):
+            continue
+        if in_session and "uvicorn" in argv and "--port" in argv:
+            return int(argv[argv.index("--port") + 1])
+    raise AssertionError(f"no temporary Prefect API in session {session}")
 
 
 def test_one_registry_for_the_project_whichever_profile_is_up(project, monkeypatch):

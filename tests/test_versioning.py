@@ -319,7 +319,7 @@ def test_a_killed_command_leaves_no_s3_running_and_the_next_one_clears_an_orphan
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "PREFECT_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     push = [sys.executable, "-m", "flows.cli", "data", "push", "--root", str(project.root)]
-    sockets = lambda service: [p for arg in service["argv"] if ".grpc=" in arg  # noqa: E731
+    sockets = lambda service: [p for process in (service, *service["parts"]) for arg in process["argv"] if ".grpc=" in arg  # noqa: E731
                                for p in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-{arg.split('=', 1)[1]}.sock")]  # fmt: skip
 
     # SIGTERM: the command unwinds, stops its S3 and removes its sockets

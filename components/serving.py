@@ -3,9 +3,9 @@
 It wraps a trained Keras model with the extraction and train params it was trained with, so
 `mlflow models serve -m models:/<name>@champion` takes a video file's bytes in base64 and
 answers as the task's spec says (`predict`): the class and its probabilities, or the audio
-offset in frames with its confidence. A path is taken only by a process started with VIDOPS_SERVE_PATHS=1 (`vidops
-predict` is one): a server that opened any path a client posts would tell strangers which of
-its files exist and decode. MLflow logs it from code (`MODEL_CODE`), never as a pickle.
+offset in frames with its confidence. A path is taken only by a process started with
+VIDOPS_SERVE_PATHS=1 (`vidops predict` is one): a server that opened any path a client posts
+would tell strangers which of its files exist and decode. MLflow logs it from code (`MODEL_CODE`), never as a pickle.
 """
 
 from __future__ import annotations

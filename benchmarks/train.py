@@ -84,7 +84,7 @@ def _classification(layout: Layout, params: Params, config: BenchConfig) -> Thro
 def _sync(layout: Layout, params: Params, config: BenchConfig) -> Throughput:
     p = params.train.sync
     split = inputs.open_split(layout.features("sync"), "train", ("frames", "audio"))
-    pipeline, steps = inputs.sync_dataset(split, p.window, p.max_offset, p.batch_size, p.windows_per_clip, p.augment, p.seed)
+    pipeline, steps = inputs.sync_dataset(split, p)
     memory = _in_memory(_materialise(pipeline, steps), p.batch_size)  # the same kind of examples, drawn once
 
     def model() -> keras.Model:

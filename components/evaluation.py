@@ -17,7 +17,8 @@ import pandas as pd
 from components import inputs
 from components.errors import VidopsError
 from components.io import atomic_path, write_csv, write_json
-from components.layout import MODEL_FILE
+from components.layout import LABELS_FILE, MODEL_FILE
+from components.params import SyncParams
 
 METRICS = "metrics.json"
 CONFUSION = "confusion.csv"
@@ -55,21 +56,22 @@ def per_class_scores(truth: np.ndarray, predicted: np.ndarray, labels: list[str]
     return scores
 
 
-def evaluate_sync(model_dir: Path, features_dir: Path, reports_dir: Path, window: int) -> Evaluation:
-    """Offset accuracy, exact and within +-1 frame (the LRS2 protocol), and mean absolute error in frames, for windows of `window` frames;
-    and accuracy within +-1 against context length, 5 to `window` frames (as the LRS2 protocol reports it), in `context.csv`.
+def evaluate_sync(model_dir: Path, features_dir: Path, reports_dir: Path, params: SyncParams) -> Evaluation:
+    """Offset accuracy, exact and within +-1 frame (the LRS2 protocol), and mean absolute error in frames, for windows of
+    `params.window` frames; and accuracy within +-1 against context length, 5 to `params.window` frames (as the LRS2
+    protocol reports it), in `context.csv`.
 
     Every test clip gives every offset k in [-K, K] at a few evenly spaced windows, so each
     offset counts the same.
     """
-    model, labels = _load(model_dir)
-    max_offset = (len(labels) - 1) // 2
+    model, _ = _load(model_dir)
     split = _test_split(features_dir, ("frames", "audio"))
     frames, audio = inputs.in_memory(split, "frames"), inputs.in_memory(split, "audio")
-    t, p, s = _offsets(model, frames, audio, window, max_offset)
-    lengths = [n for n in CONTEXT_LENGTHS if n < window]
-    by_length = {n: float(np.mean(np.abs(np.subtract(*_offsets(model, frames, audio, n, max_offset)[:2])) <= 1)) for n in lengths}
-    by_length[window] = float(np.mean(np.abs(p - t) <= 1))
+    t, p, s = _offsets(model, frames, audio, params)
+    lengths = [n for n in CONTEXT_LENGTHS if n < params.window]
+    shorter = {n: _offsets(model, frames, audio, params.model_copy(update={"window": n}))[:2] for n in lengths}
+    by_length = {n: float(np.mean(np.abs(predicted - truth) <= 1)) for n, (truth, predicted) in shorter.items()}
+    by_length[params.window] = float(np.mean(np.abs(p - t) <= 1))
     write_csv(reports_dir / "context.csv", pd.DataFrame({"frames": list(by_length), "accuracy_within_1": list(by_length.values())}))
     error = np.abs(p - t)
     metrics = {
@@ -77,23 +79,23 @@ def evaluate_sync(model_dir: Path, features_dir: Path, reports_dir: Path, window
         "accuracy_within_1": float(np.mean(error <= 1)),
         "mae_frames": float(np.mean(error)),
         "in_sync_accuracy": float((np.mean(s[t == 0]) + np.mean(~s[t != 0])) / 2),  # balanced: k = 0 is rare
-        "chance": 1 / len(labels),
-        "chance_within_1": 3 / len(labels),
+        "chance": 1 / len(params.offsets),
+        "chance_within_1": 3 / len(params.offsets),
         "test_clips": len(frames),
         "examples": len(t),
         **{f"accuracy_within_1_at_{n}": value for n, value in by_length.items()},
     }
-    return _write(reports_dir, metrics, [int(k) for k in t], [int(k) for k in p], [str(k) for k in range(-max_offset, max_offset + 1)])
+    return _write(reports_dir, metrics, [int(k) for k in t], [int(k) for k in p], [str(k) for k in params.offsets])
 
 
-def _offsets(model: Any, frames: np.ndarray, audio: np.ndarray, window: int, max_offset: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """True offsets, predicted offsets and in-sync answers over every clip's evaluation windows of `window` frames."""
+def _offsets(model: Any, frames: np.ndarray, audio: np.ndarray, params: SyncParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """True offsets, predicted offsets and in-sync answers over every clip's evaluation windows of `params.window` frames."""
     truth, predicted, in_sync = [], [], []
     for clip_frames, clip_audio in zip(frames, audio, strict=True):
-        examples, offsets = inputs.sync_examples(clip_frames, clip_audio, window, max_offset)
+        examples, offsets = inputs.sync_examples(clip_frames, clip_audio, params)
         out = model.predict(examples, batch_size=128, verbose=0)
         truth.append(offsets)
-        predicted.append(np.argmax(out["offset"], axis=1) - max_offset)
+        predicted.append(np.asarray(params.offsets)[np.argmax(out["offset"], axis=1)])
         in_sync.append(out["in_sync"][:, 0] > 0.5)
     return np.concatenate(truth), np.concatenate(predicted), np.concatenate(in_sync)
 
@@ -103,7 +105,7 @@ def _load(model_dir: Path) -> tuple[Any, list[str]]:
 
     if not (model_dir / MODEL_FILE).is_file():
         raise VidopsError(f"{model_dir / MODEL_FILE}: no trained model; run the train stage first")
-    return load_model(model_dir / MODEL_FILE), json.loads((model_dir / "labels.json").read_text())
+    return load_model(model_dir / MODEL_FILE), json.loads((model_dir / LABELS_FILE).read_text())
 
 
 def _test_split(features_dir: Path, fields: tuple[str, ...]) -> inputs.Split:

@@ -26,6 +26,7 @@ from components import audio
 from components.catalog import read_manifest
 from components.errors import VidopsError
 from components.io import atomic_path, read_arrays, write_csv, write_json
+from components.layout import INDEX, INDEX_TABLE, SHARDS
 from components.media import read_frames
 from components.parallel import Mapper, in_processes
 from components.params import ExtractParams
@@ -35,8 +36,6 @@ SPLITS = ("train", "test")
 # Failures of the machine, not of a clip: they stop the stage (nothing is cached), where a clip's own decoding error
 # is recorded in the index and the stage goes on. A full disk, once, cost two clips silently.
 MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM, errno.EMFILE, errno.ENFILE, errno.ENOMEM})
-INDEX = "index.json"  # written last: its presence says the shards it lists are complete
-SHARDS = "clips"  # the folder of per-clip .npz files
 Progress = Callable[[int, int], None]
 
 
@@ -155,7 +154,7 @@ def extract_features(
         if progress:
             progress(len(rows), len(jobs))
     index = pd.DataFrame(rows)
-    write_csv(features_dir / "index.csv", index)
+    write_csv(features_dir / INDEX_TABLE, index)
     for stale in set(p.name for p in shard_dir.glob("*.npz")) - set(index["shard"]):
         (shard_dir / stale).unlink()  # another params version, or a clip no longer accepted
     usable = index[index["status"] == "ok"]
@@ -173,5 +172,5 @@ def usable_rows(features_dir: Path, split: str) -> pd.DataFrame:
     """The index rows (path, label, shard, ...) of one split's clips whose extraction succeeded."""
     if not (features_dir / INDEX).is_file():
         raise VidopsError(f"{features_dir / INDEX}: no extracted features; run the extract stage first")
-    index = pd.read_csv(features_dir / "index.csv", keep_default_na=False)
+    index = pd.read_csv(features_dir / INDEX_TABLE, keep_default_na=False)
     return index[(index["status"] == "ok") & (index["split"] == split)]

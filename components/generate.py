@@ -18,10 +18,11 @@ import numpy as np
 
 from components.errors import VidopsError
 from components.media import AUDIO_RATE, write_clip
-from components.params import GenerateParams, Task
+from components.params import GenerateParams
 
 MOTIONS = ("move_left", "move_right", "move_up", "move_down", "rotate", "zoom_in", "zoom_out")
 SYNC_LABEL = "talking"
+KINDS = {"classification": MOTIONS, "sync": (SYNC_LABEL,)}  # the data kinds, by the task spec that trains on them: their labels
 SHAPES = ("square", "triangle", "cross", "ellipse")  # none looks the same after a small rotation
 MARKER = "generator.json"
 
@@ -33,15 +34,16 @@ class GeneratedDataset:
     clips: int
 
 
-def generate_dataset(out_dir: Path, task: Task, params: GenerateParams) -> GeneratedDataset:
-    """Write `params.clips_per_class` clips per label of `task` under `out_dir/<label>/`; refuse a non-empty `out_dir`.
+def generate_dataset(out_dir: Path, kind: str, params: GenerateParams) -> GeneratedDataset:
+    """Write `params.clips_per_class` clips per label of the data `kind` (`KINDS`) under `out_dir/<label>/`; refuse a
+    non-empty `out_dir`.
 
     Clips are written into a hidden sibling folder that is renamed into place only when all
     are done, so an interrupted run never leaves a folder that looks complete.
     """
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise VidopsError(f"{out_dir}: exists and is not an empty folder; generate writes only into a new or empty one")
-    labels = MOTIONS if task == "classification" else (SYNC_LABEL,)
+    labels = KINDS[kind]
     partial = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
     try:
         partial.mkdir(parents=True)
@@ -54,7 +56,7 @@ def generate_dataset(out_dir: Path, task: Task, params: GenerateParams) -> Gener
                 rng = np.random.default_rng([params.seed, label_index, clip_index])
                 frames, audio = _render(label, rng, params)
                 write_clip(partial / label / f"{label}_{clip_index:03d}.mp4", frames, params.fps, audio)
-        marker = {"task": task, "labels": list(labels), **params.model_dump(mode="json")}
+        marker = {"task": kind, "labels": list(labels), **params.model_dump(mode="json")}
         (partial / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         if out_dir.exists():
             out_dir.rmdir()

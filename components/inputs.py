@@ -23,8 +23,10 @@ import numpy as np
 
 from components.audio import STEPS_PER_FRAME
 from components.errors import VidopsError
-from components.extraction import INDEX, SHARDS, usable_rows
+from components.extraction import usable_rows
 from components.io import read_arrays
+from components.layout import INDEX, SHARDS
+from components.params import SyncParams
 
 MEMORY_CACHE_BYTES = 4 * 1024**3  # a split larger than this is read from the shards every epoch
 AUDIO_JITTER_STEPS = 2  # sync training: the audio moves by up to this many steps (10 ms each) either way
@@ -190,23 +192,24 @@ def jitter_colours(x: Any) -> Any:
 # --- sync ---------------------------------------------------------------------------------------
 
 
-def sync_dataset(split: Split, window: int, max_offset: int, batch_size: int, windows_per_clip: int, augment: bool, seed: int) -> tuple[Any, int]:
+def sync_dataset(split: Split, params: SyncParams) -> tuple[Any, int]:
     """Training batches of ({frames, audio}, {offset, in_sync}, weights); and batches per epoch, `windows_per_clip` random examples a clip.
 
     The in-sync head sees k = 0 once in 2K + 1 examples; its weights balance the two answers.
     """
     import tensorflow as tf
 
+    window, max_offset, windows_per_clip, seed = params.window, params.max_offset, params.windows_per_clip, params.seed
     clips = read_split(split, ("frames", "audio")).shuffle(len(split.paths), seed=seed, reshuffle_each_iteration=True).repeat()
-    balance = (2 * max_offset + 1) / 2  # weight of an in-sync example; an out-of-sync one gets a 2K-th of it
+    balance = len(params.offsets) / 2  # weight of an in-sync example; an out-of-sync one gets a 2K-th of it
 
     def windows(frames: Any, audio: Any, _: Any) -> Any:
         def draw(_: Any) -> Any:
             k = tf.random.uniform([], -max_offset, max_offset + 1, tf.int32)
             n = tf.shape(frames)[0]
             start = tf.random.uniform([], tf.maximum(0, max_offset - k), n - window - max_offset - k + 1, tf.int32)
-            jitter = tf.random.uniform([], -AUDIO_JITTER_STEPS, AUDIO_JITTER_STEPS + 1, tf.int32) if augment else 0
-            video, context = sync_window(frames, audio, start, k, window, max_offset, jitter)
+            jitter = tf.random.uniform([], -AUDIO_JITTER_STEPS, AUDIO_JITTER_STEPS + 1, tf.int32) if params.augment else 0
+            video, context = sync_window(frames, audio, start, k, params, jitter)
             in_sync = tf.cast(k == 0, tf.float32)
             weight = tf.where(k == 0, balance, balance / (2 * max_offset))
             return {"frames": video, "audio": context}, {"offset": k + max_offset, "in_sync": in_sync}, {"offset": 1.0, "in_sync": weight}
@@ -214,32 +217,32 @@ def sync_dataset(split: Split, window: int, max_offset: int, batch_size: int, wi
         return tf.data.Dataset.range(windows_per_clip).map(draw)
 
     examples = clips.interleave(windows, cycle_length=8, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    batches = examples.shuffle(8 * windows_per_clip, seed=seed).batch(batch_size, drop_remainder=True)
-    if augment:
+    batches = examples.shuffle(8 * windows_per_clip, seed=seed).batch(params.batch_size, drop_remainder=True)
+    if params.augment:
         batches = batches.map(lambda x, y, w: ({**x, "frames": jitter_colours(x["frames"])}, y, w), num_parallel_calls=tf.data.AUTOTUNE)
-    return batches.prefetch(tf.data.AUTOTUNE), max(1, len(split.paths) * windows_per_clip // batch_size)
+    return batches.prefetch(tf.data.AUTOTUNE), max(1, len(split.paths) * windows_per_clip // params.batch_size)
 
 
-def sync_validation(split: Split, window: int, max_offset: int, batch_size: int) -> Any:
+def sync_validation(split: Split, params: SyncParams) -> Any:
     """Validation batches shaped as `sync_dataset`'s, drawn without chance: every offset k once per clip, at one window."""
     import tensorflow as tf
 
     inputs, targets, weights = {"frames": [], "audio": []}, {"offset": [], "in_sync": []}, {"offset": [], "in_sync": []}
-    balance = (2 * max_offset + 1) / 2
+    balance = len(params.offsets) / 2
     for path in split.paths:
         arrays = read_arrays(path, ["frames", "audio"])
-        examples, offsets = sync_examples(arrays["frames"], arrays["audio"], window, max_offset, starts=1)
+        examples, offsets = sync_examples(arrays["frames"], arrays["audio"], params, starts=1)
         for field in inputs:
             inputs[field].append(examples[field])
-        targets["offset"].append(offsets + max_offset)
+        targets["offset"].append(offsets + params.max_offset)
         targets["in_sync"].append((offsets == 0).astype(np.float32))
         weights["offset"].append(np.ones(len(offsets), np.float32))
-        weights["in_sync"].append(np.where(offsets == 0, balance, balance / (2 * max_offset)).astype(np.float32))
+        weights["in_sync"].append(np.where(offsets == 0, balance, balance / (2 * params.max_offset)).astype(np.float32))
     joined = [{k: np.concatenate(v) for k, v in part.items()} for part in (inputs, targets, weights)]
-    return tf.data.Dataset.from_tensor_slices(tuple(joined)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return tf.data.Dataset.from_tensor_slices(tuple(joined)).batch(params.batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def sync_window(frames: Any, audio: Any, start: Any, k: Any, window: int, max_offset: int, jitter: Any = 0) -> tuple[Any, Any]:
+def sync_window(frames: Any, audio: Any, start: Any, k: Any, params: SyncParams, jitter: Any = 0) -> tuple[Any, Any]:
     """Frames [start, start + T) and the audio of frames [start - K + k, start + T + K + k), [T + 2K, 4, F].
 
     The audio steps are taken `jitter` steps later (clamped to the clip): a sub-frame error
@@ -249,30 +252,28 @@ def sync_window(frames: Any, audio: Any, start: Any, k: Any, window: int, max_of
 
     n, features = tf.shape(audio)[0], tf.shape(audio)[2]
     steps = tf.reshape(audio, [n * STEPS_PER_FRAME, features])
-    length = (window + 2 * max_offset) * STEPS_PER_FRAME
-    first = tf.clip_by_value((start - max_offset + k) * STEPS_PER_FRAME + jitter, 0, n * STEPS_PER_FRAME - length)
-    context = tf.reshape(steps[first : first + length], [window + 2 * max_offset, STEPS_PER_FRAME, features])
-    return frames[start : start + window], context
+    length = params.span * STEPS_PER_FRAME
+    first = tf.clip_by_value((start - params.max_offset + k) * STEPS_PER_FRAME + jitter, 0, n * STEPS_PER_FRAME - length)
+    context = tf.reshape(steps[first : first + length], [params.span, STEPS_PER_FRAME, features])
+    return frames[start : start + params.window], context
 
 
-def sync_examples(
-    frames: np.ndarray, audio: np.ndarray, window: int, max_offset: int, starts: int = EVAL_STARTS
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def sync_examples(frames: np.ndarray, audio: np.ndarray, params: SyncParams, starts: int = EVAL_STARTS) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Evaluation examples of one clip: every offset k at `starts` evenly spaced windows; ({frames, audio}, k)."""
-    n = len(frames)
+    n, window, max_offset = len(frames), params.window, params.max_offset
     pairs = [
         (start, k)
-        for k in range(-max_offset, max_offset + 1)
+        for k in params.offsets
         for start in np.unique(np.linspace(max(0, max_offset - k), n - window - max_offset - k, starts).round().astype(int))
     ]
     starts, offsets = zip(*pairs, strict=True)
-    return sync_windows(frames, audio, starts, offsets, window, max_offset), np.array(offsets)
+    return sync_windows(frames, audio, starts, offsets, params), np.array(offsets)
 
 
-def sync_windows(frames: np.ndarray, audio: np.ndarray, starts: Any, offsets: Any, window: int, max_offset: int) -> dict[str, np.ndarray]:
+def sync_windows(frames: np.ndarray, audio: np.ndarray, starts: Any, offsets: Any, params: SyncParams) -> dict[str, np.ndarray]:
     """Numpy `sync_window` without jitter, for several (start, k): the model's {frames, audio} input."""
-    span = window + 2 * max_offset
+    first = [s - params.max_offset + k for s, k in zip(starts, offsets, strict=True)]
     return {
-        "frames": np.stack([frames[s : s + window] for s in starts]),
-        "audio": np.stack([audio[s - max_offset + k : s - max_offset + k + span] for s, k in zip(starts, offsets, strict=True)]),
+        "frames": np.stack([frames[s : s + params.window] for s in starts]),
+        "audio": np.stack([audio[f : f + params.span] for f in first]),
     }

@@ -5,7 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-MODEL_FILE = "model.keras"  # the trained model under models/<task>/
+# The file names of the layout (docs/ARCHITECTURE.md); components that take a folder use these too.
+SHARDS = "clips"  # data/features/<task>/: one .npz per clip
+INDEX_TABLE = "index.csv"  # data/features/<task>/: every clip: shard, split, status, error
+INDEX = "index.json"  # data/features/<task>/: labels and params; written last: its presence says the shards it lists are complete
+MODEL_FILE = "model.keras"  # models/<task>/: the trained model
+LABELS_FILE = "labels.json"  # models/<task>/: its classes, in the order of its outputs
+HISTORY_FILE = "history.json"  # models/<task>/: loss and metrics per epoch
+RUN_FILE = "run.json"  # models/<task>/: the MLflow run the training reported to, live
+CURVES = "training.csv"  # reports/<task>/: loss and accuracy per epoch, for `dvc plots`
+REGISTRATION = "registration.json"  # reports/<task>/: the registered version
+PROMOTION = "promotion"  # reports/<task>/: the last gate's decision and scores
 
 
 @dataclass(frozen=True)
@@ -24,11 +34,27 @@ class Layout:
     def features(self, task: str) -> Path:
         return self.root / "data" / "features" / task
 
+    def index(self, task: str) -> Path:
+        """The features' index.csv: each clip's split, label and shard."""
+        return self.features(task) / INDEX_TABLE
+
     def models(self, task: str) -> Path:
         return self.root / "models" / task
 
+    def model(self, task: str) -> Path:
+        return self.models(task) / MODEL_FILE
+
     def reports(self, task: str) -> Path:
         return self.root / "reports" / task
+
+    def curves(self, task: str) -> Path:
+        return self.reports(task) / CURVES
+
+    def registration(self, task: str) -> Path:
+        return self.reports(task) / REGISTRATION
+
+    def promotion(self, task: str) -> Path:
+        return self.reports(task) / PROMOTION
 
     def data_docs(self, task: str) -> Path:
         """Great Expectations' Data Docs site of the task's dataset (open index.html)."""

@@ -80,10 +80,10 @@ def build_sync(size: int, audio_features: int, params: SyncParams) -> keras.Mode
     scores = (layers.Bidirectional(lstm) if params.bidirectional else lstm)(pairs)
     scores = OffsetScores(params.max_offset)(layers.Dense(1, dtype="float32")(scores))  # [B, 2K+1]
     offset = layers.Softmax(name="offset", dtype="float32")(scores)
-    centre = layers.Reshape((2 * params.max_offset + 1, 1))(scores)
+    centre = layers.Reshape((len(params.offsets), 1))(scores)
     centre = layers.Cropping1D((params.max_offset, params.max_offset))(centre)
     in_sync = layers.Activation("sigmoid", name="in_sync", dtype="float32")(layers.Flatten()(centre))
-    return keras.Model({"frames": frames, "audio": audio}, {"offset": offset, "in_sync": in_sync}, name="sync")
+    return keras.Model({"frames": frames, "audio": audio}, {"offset": offset, "in_sync": in_sync}, name="av_sync")
 
 
 @keras.saving.register_keras_serializable(package="vidops")

@@ -1,22 +1,27 @@
 """Typed parameters: one pydantic model per params.yaml group, validated on load.
 
-The defaults here are the embedded profile's (a demo that trains in minutes on 2 cores);
-the repository's params.yaml spells them out and a test keeps the two equal.
+The defaults here and in each task's spec (components/tasks/, for its per-task groups) are
+the embedded profile's (a demo that trains in minutes on 2 cores); the repository's
+params.yaml spells them out and a test keeps the two equal.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from components.errors import VidopsError
 
-Task = Literal["classification", "sync"]
+if TYPE_CHECKING:
+    from components.tasks import TaskSpec
+
+Task = str  # a task's name: one of the specs in components.tasks
 
 
 class _Group(BaseModel):
@@ -25,17 +30,10 @@ class _Group(BaseModel):
 
 
 class _PerTask(_Group):
-    """A group with one entry per task: `params.extract.of("sync")`."""
+    """A group with one entry per task, `params.extract.of(task)`: `params_model` gives it a field per registered task."""
 
     def of(self, task: Task) -> Any:
         return getattr(self, task)
-
-
-class DatasetParams(_PerTask):
-    """The dataset each task learns from, by name: data/raw/<name>/."""
-
-    classification: str = "demo"
-    sync: str = "demo-sync"
 
 
 class GenerateParams(_Group):
@@ -44,11 +42,6 @@ class GenerateParams(_Group):
     size: int = Field(96, ge=32, multiple_of=2)
     fps: int = Field(25, ge=1)
     duration_s: float = Field(2.0, gt=0)
-
-
-class GenerateGroup(_PerTask):
-    classification: GenerateParams = GenerateParams()
-    sync: GenerateParams = GenerateParams(clips_per_class=64, duration_s=4.0)
 
 
 class ValidationParams(_Group):
@@ -85,14 +78,8 @@ class ExtractParams(_Group):
     batch_size: int = Field(8, ge=1)  # clips per unit of work
 
 
-class ExtractGroup(_PerTask):
-    classification: ExtractParams = ExtractParams()
-    # every frame of a 4 s run, for windows shifted against the audio
-    sync: ExtractParams = ExtractParams(sampler="dense", frames=100, size=32, short_clips="skip")
-
-
 class FitParams(_Group):
-    """How either model is fitted."""
+    """How a model is fitted; a task's own train params extend it."""
 
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(16, ge=1)
@@ -122,10 +109,15 @@ class SyncParams(FitParams):
     epochs: int = Field(12, ge=1)
     batch_size: int = Field(32, ge=1)
 
+    @property
+    def span(self) -> int:
+        """The frames a window's audio covers: the window and K frames either side."""
+        return self.window + 2 * self.max_offset
 
-class TrainGroup(_PerTask):
-    classification: ClassifierParams = ClassifierParams()
-    sync: SyncParams = SyncParams()
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        """The offsets the model tells apart, -K..K frames: its classes, in order."""
+        return tuple(range(-self.max_offset, self.max_offset + 1))
 
 
 class ModelRegistryParams(_Group):
@@ -138,8 +130,6 @@ class RegistryParams(_PerTask):
     experiment: str = "vidops"
     min_improvement: float = Field(0.0, ge=0)  # a new version becomes champion only if it beats the champion by more
     register_experiments: bool = False  # `dvc exp run`: register (and gate) each experiment's model, or only report its metrics
-    classification: ModelRegistryParams = ModelRegistryParams(model_name="vidops-classifier", metric="accuracy", floor=0.5)
-    sync: ModelRegistryParams = ModelRegistryParams(model_name="vidops-sync", metric="accuracy_within_1", floor=0.5)
 
 
 class RunnerParams(_Group):
@@ -164,34 +154,63 @@ class IngestParams(_Group):
 
 
 class Params(_Group):
+    """Every group of params.yaml. The per-task groups get their fields from the task specs: `params_model()` is the
+    class to build (its defaults are params.yaml's), and `load_params` the way to read one."""
+
     tasks: tuple[Task, ...] = Field(("classification", "sync"), min_length=1)  # what `vidops run` trains
-    datasets: DatasetParams = DatasetParams()
-    generate: GenerateGroup = GenerateGroup()
+    datasets: _PerTask  # the dataset each task learns from, by name: data/raw/<name>/
+    generate: _PerTask  # of GenerateParams
     validation: ValidationParams = ValidationParams()
-    extract: ExtractGroup = ExtractGroup()
-    train: TrainGroup = TrainGroup()
-    registry: RegistryParams = RegistryParams()
+    extract: _PerTask  # of ExtractParams
+    train: _PerTask  # of each task's own FitParams
+    registry: RegistryParams
     runner: RunnerParams = RunnerParams()
     ingest: IngestParams = IngestParams()
 
     def to_yaml_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # its class is made at run time (params_model), so pickle cannot name it: it travels as its values
+        return (_validate, (self.to_yaml_dict(),))
+
     @model_validator(mode="after")
-    def _sync_can_work(self) -> Params:
-        """Combinations that would fail only after extraction: caught on load, naming the keys."""
-        extract, train = self.extract.sync, self.train.sync
-        if extract.sampler != "dense":
-            raise ValueError("extract.sync.sampler: the sync model needs consecutive frames: use dense")
-        if extract.audio == "none":
-            raise ValueError("extract.sync.audio: the sync model needs audio features: use logmel or mfcc")
-        needed = train.window + 2 * train.max_offset
-        if needed > extract.frames:
-            raise ValueError(
-                f"train.sync.window + 2 x train.sync.max_offset = {needed} frames, but extract.sync.frames is"
-                f" {extract.frames}: no window fits; lower the window or the offset, or extract more frames"
-            )
+    def _tasks_can_work(self) -> Params:
+        """Tasks that have no spec, and combinations that would fail only after extraction (each task's `check`):
+        caught on load, naming the keys."""
+        from components import tasks  # the specs import this module's models
+
+        known = tuple(type(self.train).model_fields)
+        for key, name in [*(("tasks", name) for name in self.tasks), ("ingest.task", self.ingest.task)]:
+            if name not in known:
+                raise ValueError(f"{key}: no task {name!r}; known tasks: {', '.join(known)}")
+        for name in known:
+            tasks.spec(name).check(name, self.extract.of(name), self.train.of(name))
         return self
+
+
+def params_model() -> type[Params]:
+    """`Params` with a field for each registered task in each per-task group, its default the task's own."""
+    from components import tasks  # the specs import this module's models
+
+    return _params_model(tasks.specs())
+
+
+@functools.cache
+def _params_model(specs: tuple[TaskSpec, ...]) -> type[Params]:
+    def group(name: str, base: type[_Group], default: Any) -> Any:
+        model = create_model(name, __base__=base, **{s.name: (type(default(s.defaults)), default(s.defaults)) for s in specs})
+        return (model, model())
+
+    return create_model(
+        "Params",
+        __base__=Params,
+        datasets=group("DatasetGroup", _PerTask, lambda d: d.dataset),
+        generate=group("GenerateGroup", _PerTask, lambda d: d.generate),
+        extract=group("ExtractGroup", _PerTask, lambda d: d.extract),
+        train=group("TrainGroup", _PerTask, lambda d: d.train),
+        registry=group("RegistryGroup", RegistryParams, lambda d: d.registry),
+    )
 
 
 class _DvcStyle(yaml.SafeDumper):
@@ -214,7 +233,7 @@ def load_params(path: Path | None = None, overrides: Iterable[str] = ()) -> Para
     """
     overrides = list(overrides)
     source = (str(path) if path else "defaults") + (" (with overrides)" if overrides else "")
-    data = _merge(Params().to_yaml_dict(), _read_yaml(path) if path else {})
+    data = _merge(params_model()().to_yaml_dict(), _read_yaml(path) if path else {})
     for item in overrides:
         _apply_override(data, item)
     try:
@@ -233,7 +252,7 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 def _validate(data: dict[str, Any]) -> Params:
     # YAML lists arrive as lists; strict tuples want tuples, so convert only those.
-    return Params.model_validate(_lists_to_tuples(data))
+    return params_model().model_validate(_lists_to_tuples(data))
 
 
 def _lists_to_tuples(value: Any) -> Any:

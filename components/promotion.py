@@ -20,14 +20,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from components import evaluation
 from components.catalog import read_manifest
 from components.errors import VidopsError
-from components.extraction import INDEX, extract_features, params_hash
+from components.extraction import extract_features, params_hash
 from components.io import write_csv, write_json
-from components.layout import MODEL_FILE
-from components.params import ExtractParams, ModelRegistryParams
+from components.layout import INDEX, LABELS_FILE, MODEL_FILE
+from components.params import ExtractParams, FitParams, ModelRegistryParams
 from components.registry import CHALLENGER, CHAMPION, EVALUATED, PREVIOUS, Tracking, alias, download_version, trusted_download
+from components.tasks import TaskSpec, spec
 
 DECISION = "promotion.json"  # the gate's decision, beside the scores it was made on
 
@@ -56,7 +56,7 @@ class Decision:
 
 
 class Incomparable(VidopsError):
-    """A version that cannot be scored on this test set: a classifier of other classes."""
+    """A version that cannot be scored on this test set: a model of other classes than the clips' labels."""
 
 
 def gate(
@@ -105,9 +105,10 @@ def _against(
 
 
 def score_version(tracking: Tracking, name: str, version: str, test: TestSet, reports_dir: Path, registry_key: bytes | None = None) -> dict[str, float]:
-    """Evaluate a registered version on `test`: its Keras model, its labels, its extraction params (the test clips
-    are extracted again when they differ from the project's). Writes the evaluation's files to `reports_dir`. With
-    `registry_key`, only a version vidops sealed (`registry.trusted_download`) is loaded."""
+    """Evaluate a registered version on `test` with its task's evaluation: its Keras model, its labels, its extraction
+    and train params (the test clips are extracted again when its extraction differs from the project's). Writes the
+    evaluation's files to `reports_dir`. With `registry_key`, only a version vidops sealed (`registry.trusted_download`)
+    is loaded."""
     with tempfile.TemporaryDirectory() as tmp:
         if registry_key is not None:
             served = trusted_download(tracking, name, version, registry_key, Path(tmp))
@@ -117,15 +118,21 @@ def score_version(tracking: Tracking, name: str, version: str, test: TestSet, re
         model_dir = Path(tmp) / "model"
         model_dir.mkdir()
         shutil.copy(served / "artifacts" / MODEL_FILE, model_dir / MODEL_FILE)
-        write_json(model_dir / "labels.json", config["labels"])
+        write_json(model_dir / LABELS_FILE, config["labels"])
         extract = ExtractParams.model_validate(config["extract"])
         features = test.features_dir if params_hash(extract) == params_hash(test.extract) else _extract_test(test, extract, Path(tmp) / "features")
         known = json.loads((features / INDEX).read_text())["labels"]
-        if config["task"] == "classification" and known != config["labels"]:
+        task = spec(config["task"])
+        if task.labelled and known != config["labels"]:
             raise Incomparable(f"v{version} knows the classes {config['labels']}, the test clips are of {known}")
-        if config["task"] == "classification":
-            return evaluation.evaluate_classifier(model_dir, features, reports_dir).metrics
-        return evaluation.evaluate_sync(model_dir, features, reports_dir, config["window"]).metrics
+        return task.evaluate(model_dir, features, reports_dir, _train_params(task, config)).metrics
+
+
+def _train_params(task: TaskSpec, config: dict[str, Any]) -> FitParams:
+    """The version's train params; a version registered before its config held them kept only the sync window and
+    offset, at the config's top."""
+    given = config.get("train") or {key: value for key, value in config.items() if key in task.train_params.model_fields}
+    return task.train_params.model_validate(given, strict=False)  # JSON has lists where the params have tuples
 
 
 def _extract_test(test: TestSet, extract: ExtractParams, features_dir: Path) -> Path:

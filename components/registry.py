@@ -21,8 +21,9 @@ import numpy as np
 
 from components.errors import VidopsError
 from components.io import read_arrays
-from components.layout import MODEL_FILE
+from components.layout import HISTORY_FILE, LABELS_FILE, MODEL_FILE, RUN_FILE, SHARDS
 from components.params import Params, Task
+from components.tasks import spec
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"  # the newest registered version
@@ -30,7 +31,6 @@ PREVIOUS = "previous-champion"  # where `vidops rollback` moves the champion bac
 REGISTERED = "vidops.registered"  # a run's tag once a model of it is registered: the next registration opens a run of its own
 ORIGIN = "vidops.origin"  # a version's tag: its seal (`seal_version`); only sealed, unchanged versions are loaded
 EVALUATED = "vidops.metric"  # a version's tag: its champion metric from its own evaluation; only such versions are promoted
-RUN_FILE = "run.json"  # under models/<task>/: the MLflow run the training reported to, live
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ def register_model(
 
     mlflow.set_tracking_uri(tracking.uri)
     metrics = json.loads(metrics_path.read_text())
-    history = json.loads((model_dir / "history.json").read_text())
+    history = json.loads((model_dir / HISTORY_FILE).read_text())
     model = load_model(model_dir / MODEL_FILE)
     name = params.registry.of(task).model_name
     live = _training_run(model_dir, tracking)
@@ -154,7 +154,7 @@ def register_model(
         mlflow.log_metrics({f"clips_{status}": checked[status] for status in ("accepted", "warned", "quarantined")})
         mlflow.log_artifact(str(validation_report), artifact_path="validation")
         mlflow.log_artifacts(str(metrics_path.parent), artifact_path="evaluation")
-        mlflow.log_artifact(str(model_dir / "labels.json"))
+        mlflow.log_artifact(str(model_dir / LABELS_FILE))
         with tempfile.TemporaryDirectory() as tmp:
             mlflow.log_artifact(str(_curves(history, Path(tmp) / "training_curves.png")))
             saved = Path(tmp) / "keras_model"
@@ -184,7 +184,7 @@ def register_model(
 
 
 def _log_served_model(model_dir: Path, features_dir: Path, dataset_dir: Path, params: Params, task: Task, tmp: Path, name: str | None) -> Any:
-    """The pyfunc that takes videos, with the extraction params the model was trained with; registered as `name` (None: not
+    """The pyfunc that takes videos, with the task's extraction and train params; registered as `name` (None: not
     registered). Logged from code (`MODEL_CODE`), not as a pickle, which MLflow warns about at every registration."""
     import mlflow
     import pandas as pd
@@ -195,9 +195,8 @@ def _log_served_model(model_dir: Path, features_dir: Path, dataset_dir: Path, pa
     from components.extraction import usable_rows
     from components.serving import MODEL_CODE, VIDEO, encode
 
-    sync = params.train.sync
-    config = {"task": task, "labels": json.loads((model_dir / "labels.json").read_text()), "extract": params.extract.of(task).model_dump(mode="json"),
-              "window": sync.window, "max_offset": sync.max_offset}  # fmt: skip
+    config = {"task": task, "labels": json.loads((model_dir / LABELS_FILE).read_text()),
+              "extract": params.extract.of(task).model_dump(mode="json"), "train": params.train.of(task).model_dump(mode="json")}  # fmt: skip
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
     example = dataset_dir / usable_rows(features_dir, "test")["path"].iloc[0]
     return mlflow.pyfunc.log_model(
@@ -226,15 +225,11 @@ def _signature(model: Any) -> Any:
 
 
 def _input_example(features_dir: Path, task: Task, params: Params) -> Any:
-    """The first test clip as the model takes it: its frames, or one in-sync window of frames with audio."""
-    from components.extraction import SHARDS, usable_rows
-    from components.inputs import sync_windows
+    """The first test clip as the model takes it (the task's `input_example`)."""
+    from components.extraction import usable_rows
 
     first = read_arrays(features_dir / SHARDS / usable_rows(features_dir, "test")["shard"].iloc[0], ["frames", "audio"])
-    frames, audio = first["frames"], first["audio"]
-    if task == "classification":
-        return frames[None]
-    return sync_windows(frames, audio, [params.train.sync.max_offset], [0], params.train.sync.window, params.train.sync.max_offset)
+    return spec(task).input_example(first, params.train.of(task))
 
 
 def _pinned() -> list[str]:

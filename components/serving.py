@@ -1,11 +1,11 @@
 """The served model: an MLflow pyfunc that takes videos, not tensors.
 
-It wraps a trained Keras model with the extraction params it was trained with, so
+It wraps a trained Keras model with the extraction and train params it was trained with, so
 `mlflow models serve -m models:/<name>@champion` takes a video file's bytes in base64 and
-answers with the class and its probabilities, or the audio offset in frames with its
-confidence. A path is taken only by a process started with VIDOPS_SERVE_PATHS=1 (`vidops
-predict` is one): a server that opened any path a client posts would tell strangers which of
-its files exist and decode. MLflow logs it from code (`MODEL_CODE`), never as a pickle.
+answers as the task's spec says (`predict`): the class and its probabilities, or the audio
+offset in frames with its confidence. A path is taken only by a process started with
+VIDOPS_SERVE_PATHS=1 (`vidops predict` is one): a server that opened any path a client posts
+would tell strangers which of its files exist and decode. MLflow logs it from code (`MODEL_CODE`), never as a pickle.
 """
 
 from __future__ import annotations
@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
 import pandas as pd
 
-from components.inputs import sync_windows
+from components.errors import VidopsError
 
 VIDEO = "video"  # the input column: the file's bytes in base64, or a path where SERVE_PATHS allows it
 SERVE_PATHS = "VIDOPS_SERVE_PATHS"  # "1" in the serving process's environment: paths on its machine are taken too
@@ -37,10 +36,13 @@ class VideoModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         from components.models import load_model
         from components.params import ExtractParams
+        from components.tasks import spec
 
         self.model = load_model(Path(context.artifacts["model"]))
         self.config = json.loads(Path(context.artifacts["config"]).read_text())
+        self.task = spec(self.config["task"])
         self.extract = ExtractParams.model_validate(self.config["extract"])
+        self.train = self.task.train_params.model_validate(self.config["train"], strict=False)  # JSON lists for tuples
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         if VIDEO not in model_input or model_input.empty:
@@ -50,9 +52,10 @@ class VideoModel(mlflow.pyfunc.PythonModel):
     def _one(self, value: str) -> dict[str, Any]:
         with _as_file(value) as path:
             features = self._features(path)
-        if self.config["task"] == "classification":
-            return self._classify(features.frames)
-        return self._offset(features.frames, features.audio)
+        try:
+            return self.task.predict(self.model, features, self.config["labels"], self.train)
+        except VidopsError as exc:
+            raise _bad_request(str(exc)) from None
 
     def _features(self, path: Path) -> Any:
         from components.catalog import probe_clip
@@ -66,25 +69,6 @@ class VideoModel(mlflow.pyfunc.PythonModel):
             return extract_clip(path, int(probe["frames"]), self.extract)
         except (ClipTooShort, ValueError, OSError) as exc:
             raise _bad_request(f"cannot extract frames: {exc}") from None
-
-    def _classify(self, frames: np.ndarray) -> dict[str, Any]:
-        labels = self.config["labels"]
-        probabilities = self.model.predict(frames[None], verbose=0)[0]
-        best = int(np.argmax(probabilities))
-        return {"label": labels[best], "probability": float(probabilities[best]), **{f"p_{label}": float(p) for label, p in zip(labels, probabilities, strict=True)}}
-
-    def _offset(self, frames: np.ndarray, audio: np.ndarray) -> dict[str, Any]:
-        """The offset of the audio against the video, in frames (positive: the sound comes late), over every window of the clip."""
-        window, max_offset = self.config["window"], self.config["max_offset"]
-        span = window + 2 * max_offset
-        starts = range(0, len(frames) - span + 1, window)
-        if not starts:
-            raise _bad_request(f"{len(frames)} frames: the sync model needs at least {span}")
-        windows = sync_windows(frames, audio, [s + max_offset for s in starts], [0] * len(starts), window, max_offset)
-        out = self.model.predict(windows, verbose=0)
-        mean = out["offset"].mean(axis=0)
-        best = int(np.argmax(mean))
-        return {"offset": best - max_offset, "confidence": float(mean[best]), "in_sync": float(out["in_sync"].mean())}
 
 
 def _bad_request(message: str) -> Exception:

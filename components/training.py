@@ -25,7 +25,7 @@ import tensorflow as tf
 from components import inputs
 from components.errors import VidopsError
 from components.io import atomic_path, write_csv, write_json
-from components.layout import MODEL_FILE
+from components.layout import HISTORY_FILE, INDEX_TABLE, LABELS_FILE, MODEL_FILE
 from components.models import build_classifier, build_sync
 from components.params import ClassifierParams, FitParams, SyncParams
 
@@ -67,15 +67,15 @@ def train_sync(features_dir: Path, model_dir: Path, params: SyncParams, on_epoch
     """Fit the sync model on windows of the train split's clips, shifted against their audio; outputs as `train_classifier`."""
     strategy = prepare_device(params)
     split, held = _train_split(features_dir, ("frames", "audio"), params.validation_fraction)
-    frames, span = split.shapes["frames"][0], params.window + 2 * params.max_offset
-    if frames < span:
+    frames = split.shapes["frames"][0]
+    if frames < params.span:
         raise VidopsError(
             f"{features_dir}: clips of {frames} frames are too short for train.sync.window + 2 x train.sync.max_offset"
-            f" = {span} frames; extract more frames or lower the window or the offset"
+            f" = {params.span} frames; extract more frames or lower the window or the offset"
         )
-    data = inputs.sync_dataset(split, params.window, params.max_offset, params.batch_size, params.windows_per_clip, params.augment, params.seed)
-    validation = inputs.sync_validation(held, params.window, params.max_offset, params.batch_size) if held else None
-    offsets = tuple(str(k) for k in range(-params.max_offset, params.max_offset + 1))
+    data = inputs.sync_dataset(split, params)
+    validation = inputs.sync_validation(held, params) if held else None
+    offsets = tuple(str(k) for k in params.offsets)
     model = _Model(
         build=lambda: build_sync(split.shapes["frames"][1], split.shapes["audio"][2], params),
         loss={"offset": "sparse_categorical_crossentropy", "in_sync": "binary_crossentropy"},
@@ -138,8 +138,8 @@ def _fit(
                callbacks=callbacks)  # fmt: skip
     with atomic_path(model_dir / MODEL_FILE) as tmp:
         fitted.save(tmp)
-    write_json(model_dir / "labels.json", list(labels))
-    write_json(model_dir / "history.json", history)
+    write_json(model_dir / LABELS_FILE, list(labels))
+    write_json(model_dir / HISTORY_FILE, history)
     shutil.rmtree(checkpoints, ignore_errors=True)  # finished: the next training starts afresh
     return TrainedModel(model_dir / MODEL_FILE, labels, len(history.get("loss", [])), start, history)
 
@@ -166,7 +166,7 @@ def prepare_device(params: FitParams) -> tf.distribute.Strategy:
 
 def _run_key(features_dir: Path, params: FitParams) -> str:
     """What a checkpoint belongs to: these params and exactly these shards."""
-    shards = (features_dir / "index.csv").read_bytes()
+    shards = (features_dir / INDEX_TABLE).read_bytes()
     return hashlib.sha256(params.model_dump_json().encode() + shards).hexdigest()[:16]
 
 

@@ -26,6 +26,7 @@ from components.parallel import Mapper, in_threads
 from components.errors import VidopsError
 from components.io import atomic_path, write_csv, write_json
 from components.params import Params, Task, ValidationParams
+from components.tasks import spec
 
 ACCEPTED = "accepted.csv"  # the clips that passed, with their split: what extraction reads
 MANIFEST = "manifest.csv"  # every clip, its probe, its status
@@ -122,11 +123,11 @@ def validate_dataset(
 
 
 def validation_checks(params: Params, task: Task) -> ValidationParams:
-    """The task's checks: the sync model learns from sound, so a clip without it is of no use there; a task whose
+    """The task's checks: a clip without sound is of no use to a task that needs audio (its spec says); a task whose
     extraction reads audio hears it stop early when the A/V durations are apart, which is worth a warning."""
     checks = params.validation
     uses_audio = params.extract.of(task).audio != "none"
-    return checks.model_copy(update={"require_audio": checks.require_audio or task == "sync", "warn_av_diff": checks.warn_av_diff and uses_audio})
+    return checks.model_copy(update={"require_audio": checks.require_audio or spec(task).needs_audio, "warn_av_diff": checks.warn_av_diff and uses_audio})
 
 
 def check_clips(

@@ -10,12 +10,13 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, get_args
+from typing import TYPE_CHECKING
 
 
+from components import tasks
 from components.errors import VidopsError
 from components.layout import Layout
-from components.params import Params, Task, dump_params, load_params
+from components.params import Params, dump_params, load_params
 
 if TYPE_CHECKING:  # importing it starts Prefect and TensorFlow
     from components.registry import Tracking
@@ -24,7 +25,6 @@ if TYPE_CHECKING:  # importing it starts Prefect and TensorFlow
 
 PARAMS_FILE = "params.yaml"
 STAGE_NAMES = ("validate", "extract", "train", "evaluate", "register", "promote")  # flows.stages.STAGES, without importing TensorFlow
-TASKS = get_args(Task)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -89,21 +89,24 @@ def _parser() -> argparse.ArgumentParser:
 
     generate = commands.add_parser("generate", help="write a demo dataset of real H.264/AAC MP4 clips")
     generate.add_argument("dir", type=Path)
-    generate.add_argument("--task", choices=TASKS, default="classification")
+    demos = [task.name for task in tasks.specs() if task.demo]
+    generate.add_argument("--task", choices=demos, default=demos[0])
     generate.add_argument("--clips-per-class", type=int, help="default: generate.<task>.clips_per_class")
     generate.add_argument("--seed", type=int, help="default: generate.<task>.seed")
     generate.set_defaults(handler=cmd_generate)
 
     validate = commands.add_parser("validate", help="catalog and validate a dataset; exit 0 when it is usable")
     validate.add_argument("dataset", type=Path, help="folder of <label>/<clip> files, or a manifest CSV (path, label[, group, split])")
-    validate.add_argument("--report", type=Path, help="where the manifest, quarantine and Data Docs go (default: the project's data/catalog/classification and reports/classification/data_docs)")
+    validate.add_argument("--task", choices=tasks.names(), help="check the clips as this task's (default: the first in params.yaml's tasks)")
+    validate.add_argument("--report", type=Path, help="where the manifest, quarantine and Data Docs go (default: the project's data/catalog/<task> and reports/<task>/data_docs)")
     _add_project(validate)
     validate.set_defaults(handler=cmd_validate)
 
     sample = commands.add_parser("sample", help="save what the model sees of one video: frames, indices, times, aligned audio")
     sample.add_argument("video", type=Path)
-    sample.add_argument("--frames", type=int, default=8)
-    sample.add_argument("--size", type=int, default=112)
+    sample.add_argument("--task", choices=tasks.names(), help="extract as this task's model sees (default: the first in params.yaml's tasks)")
+    sample.add_argument("--frames", type=int, help="default: extract.<task>.frames")
+    sample.add_argument("--size", type=int, help="default: extract.<task>.size")
     sample.add_argument("--out", type=Path, required=True, help="an .npz file")
     _add_project(sample)
     _add_overrides(sample)
@@ -125,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
 
     stage = commands.add_parser("stage", help="run one pipeline stage without Prefect (what dvc.yaml calls)")
     stage.add_argument("name", choices=STAGE_NAMES)
-    stage.add_argument("--task", choices=TASKS, required=True)
+    stage.add_argument("--task", choices=tasks.names(), required=True)
     _add_project(stage)
     _add_overrides(stage)
     stage.set_defaults(handler=cmd_stage)
@@ -181,7 +184,7 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run a Prefect flow: the training pipeline (default), the promotion gate alone, or ingest")
     run.add_argument("flow", nargs="?", choices=["training_pipeline", "promotion", "ingest"], default="training_pipeline")
-    run.add_argument("--task", choices=TASKS, help="promotion: gate this task's model only (default: every task in params.yaml)")
+    run.add_argument("--task", choices=tasks.names(), help="promotion: gate this task's model only (default: every task in params.yaml)")
     run.add_argument("--version", help="promotion: the version to gate (default: the challenger); needs --task")
     run.add_argument("--refresh", action="store_true", help="training_pipeline: run every stage again, ignoring cached results")
     _add_project(run)
@@ -215,8 +218,16 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
     flags = {"clips_per_class": args.clips_per_class, "seed": args.seed}
     params = load_params(None, [f"generate.{args.task}.{key}={value}" for key, value in flags.items() if value is not None])
-    made = generate_dataset(args.dir, args.task, params.generate.of(args.task))
+    made = generate_dataset(args.dir, _demo_kind(args.task), params.generate.of(args.task))
     print(f"wrote {made.clips} clips in {len(made.labels)} classes to {made.root}")
+
+
+def _demo_kind(task: str) -> str:
+    """The demo generator's kind of data for `task`; an error for a task that has none."""
+    kind = tasks.spec(task).demo
+    if kind is None:
+        raise VidopsError(f"task {task} has no demo data; put its dataset in data/raw/<name>/ and name it in datasets.{task}")
+    return kind
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
@@ -224,7 +235,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
 
     layout = Layout(args.root.resolve())
     params = _load(layout.root, args.params, [])
-    task = "classification"  # a dataset validated by hand is checked as the classifier's
+    task = args.task or params.tasks[0]
     report = args.report.resolve() if args.report else None  # relative to where the user is, as the shell completed it
     catalog, docs = (report, report / "data_docs") if report else (layout.catalog(task), layout.data_docs(task))
     summary = validate_dataset(args.dataset, catalog, validation_checks(params, task), docs)
@@ -242,8 +253,10 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from components.extraction import ClipFeatures, extract_clip
     from components.io import atomic_path
 
-    overrides = [f"extract.classification.frames={args.frames}", f"extract.classification.size={args.size}", *args.overrides]
-    params = _load(args.root.resolve(), args.params, overrides).extract.classification
+    root = args.root.resolve()
+    task = args.task or _load(root, args.params, args.overrides).tasks[0]
+    flags = [f"extract.{task}.{key}={value}" for key, value in (("frames", args.frames), ("size", args.size)) if value is not None]
+    params = _load(root, args.params, [*flags, *args.overrides]).extract.of(task)
     probe = probe_clip(args.video)
     if not probe["readable"]:
         raise VidopsError(f"{args.video}: unreadable: {probe['error']}")
@@ -526,14 +539,14 @@ def cmd_demo(args: argparse.Namespace) -> None:
     params_path = layout.root / PARAMS_FILE
     if not params_path.exists():  # spelled out for the user to edit and re-run
         with atomic_path(params_path) as tmp:
-            tmp.write_text(dump_params(Params()))
+            tmp.write_text(dump_params(load_params(None)))
     for task in params.tasks:
         dataset = layout.raw(params.datasets.of(task))
         if (dataset / MARKER).is_file():
             print(f"using the demo {task} dataset already in {dataset}")
         else:
             print(f"generating the demo {task} dataset in {dataset} ...")
-            generate_dataset(dataset, task, params.generate.of(task))
+            generate_dataset(dataset, _demo_kind(task), params.generate.of(task))
     for version in version_datasets(layout, params):  # DVC, pushed to the project's own S3 (.vidops/s3/)
         print(f"versioned {version.path.relative_to(layout.root)} as {version.md5} ({version.files} files), pushed to the DVC remote")
     result = _run_pipeline(layout, PARAMS_FILE, args.overrides, args.refresh)
@@ -566,13 +579,11 @@ def _start_prefect(layout: Layout, params_file: str) -> str | None:
 
 
 def _print_result(layout: Layout, result: PipelineResult) -> None:
-    from flows.pipeline import headline
-
     for task, outcome in result.tasks.items():
         s, m, r, d = outcome.summary, outcome.evaluation.metrics, outcome.registration, outcome.decision
         print(f"\n{task}")
         print(f"  clips:            {s.accepted} accepted, {s.warned} of them with warnings, {s.quarantined} quarantined ({s.quarantine})")
-        print(f"  evaluation:       {headline(task, m)}")
+        print(f"  evaluation:       {tasks.spec(task).headline(m)}")
         print(f"  registered model: {r.model_name} version {r.version}; {'now champion' if d.champion else 'not champion'}: {d.reason}")
         print(f"  MLflow run:       {r.run_id} (live during training: loss and accuracy, training and validation, each epoch)")
         print(f"  metrics:          {outcome.evaluation.metrics_path}")

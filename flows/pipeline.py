@@ -26,6 +26,7 @@ from components.layout import Layout
 from components.parallel import Mapper
 from components.params import Params, Task, load_params
 from components.promotion import Decision
+from components.tasks import spec
 from components.registry import Registration
 from components.validation import ValidationSummary
 from components import versioning
@@ -187,7 +188,7 @@ def training_pipeline(root: str = ".", params_file: str | None = "params.yaml", 
         registered = _cached(register_model, "register", layout, name, refresh, storage)(layout, params, name, run_tag)
         done[name] = (summary, scores, registered)
 
-    decisions = promotion(root, params_file, overrides, {name: r.version for name, (_, _, r) in done.items()})
+    decisions = promotion(root, params_file, overrides, {name: r.version for name, (_, _, r) in done.items()}, params)
     staged = record_dvc_lock(layout, params, params_file, overrides)
     result = PipelineResult({name: TaskResult(*done[name], decisions[name]) for name in done}, tracking(layout).uri, staged)
     create_markdown_artifact(report(result), key="training-report", description="vidops training run")
@@ -218,10 +219,17 @@ def record_dvc_lock(layout: Layout, params: Params, params_file: str | None, ove
 
 
 @flow(name="promotion")
-def promotion(root: str = ".", params_file: str | None = "params.yaml", overrides: list[str] | None = None, versions: dict[str, str | None] | None = None) -> dict[str, Decision]:
+def promotion(
+    root: str = ".", params_file: str | None = "params.yaml", overrides: list[str] | None = None, versions: dict[str, str | None] | None = None,
+    params: Params | None = None,
+) -> dict[str, Decision]:
     """Gate each task's challenger (or the version `versions` names for the task) against its champion, on the
-    project's test clips; the decision and both scores go to the flow's artifacts and the version's tags."""
-    layout, params = load_project(root, params_file, overrides)
+    project's test clips; the decision and both scores go to the flow's artifacts and the version's tags.
+    `params`: the training run's, as it read them (None: read `params_file` with `overrides`)."""
+    if params is None:
+        layout, params = load_project(root, params_file, overrides)
+    else:
+        layout = Layout(Path(root).resolve())
     decisions = {}
     for name, version in (versions or dict.fromkeys(params.tasks)).items():
         decisions[name] = promote_model(layout, params, name, version)
@@ -236,17 +244,6 @@ def load_project(root: str, params_file: str | None, overrides: list[str] | None
 
 
 
-def headline(task: str, metrics: dict[str, float]) -> str:
-    """The one line that says how good a task's model is."""
-    if task == "classification":
-        return f"accuracy {metrics['accuracy']:.3f} on {metrics['test_clips']} held-out clips (chance {metrics['chance']:.3f})"
-    return (
-        f"offset within +-1 frame {metrics['accuracy_within_1']:.3f}, exact {metrics['accuracy']:.3f},"
-        f" mean error {metrics['mae_frames']:.2f} frames on {metrics['examples']} windows of {metrics['test_clips']}"
-        f" held-out clips (chance {metrics['chance_within_1']:.3f})"
-    )
-
-
 def report(result: PipelineResult) -> str:
     """The run's markdown summary, for the Prefect UI."""
     lines = ["# vidops training run"]
@@ -255,7 +252,7 @@ def report(result: PipelineResult) -> str:
         lines += [
             f"## {name}",
             f"- clips: {s.clips}: {s.accepted} accepted ({s.warned} with warnings), {s.quarantined} quarantined (`{s.quarantine}`)",
-            f"- {headline(name, r.evaluation.metrics)}",
+            f"- {spec(name).headline(r.evaluation.metrics)}",
             f"- model: `{g.model_name}` version {g.version}, MLflow run `{g.run_id}` in `{result.tracking_uri}`",
             f"- champion: {'yes' if r.decision.champion else 'no'}: {r.decision.reason}",
         ]

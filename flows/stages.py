@@ -1,8 +1,8 @@
 """The stages wired to the project layout: what `vidops stage NAME --task T` (dvc.yaml) and the Prefect tasks both run.
 
-Each takes the project layout, its params and the task (classification or sync) and hands
-the component its paths, so a pipeline run through Prefect and one through `dvc repro`
-read and write the same files.
+Each takes the project layout, its params and the task's name and hands the component its
+paths, and the task's spec (components.tasks) what differs between tasks, so a pipeline run
+through Prefect and one through `dvc repro` read and write the same files.
 """
 
 from __future__ import annotations
@@ -26,22 +26,22 @@ import pandas as pd
 from components import catalog, evaluation, extraction, promotion, registry, training, validation, versioning
 from components.errors import VidopsError
 from components.io import write_json
-from components.layout import Layout
+from components.layout import INDEX_TABLE, RUN_FILE, Layout
 from components.parallel import Mapper, in_processes, in_threads
 from components.params import Params, Task
+from components.tasks import spec
 from components.validation import validation_checks
 from flows.profiles import quiet_libraries, registry_key, registry_lock, tracking
 
 T = TypeVar("T")
-CURVES = "training.csv"  # reports/<task>/: loss and accuracy per epoch, for `dvc plots`
 EXPERIMENT = "DVC_EXP_NAME"  # set by `dvc exp run` for the stages it runs
 log = logging.getLogger("vidops")  # the flows send it to the Prefect run's logs
 Progress = Callable[[int, int], None]  # (done, of)
 
 
 def validate_dataset(layout: Layout, params: Params, task: Task, mapper: Mapper = in_threads) -> validation.ValidationSummary:
-    classes = 1 if task == "sync" else 2  # the sync model learns from sound, not labels: one class is enough
-    return validation.validate_dataset(dataset(layout, params, task), layout.catalog(task), validation_checks(params, task), layout.data_docs(task), classes, mapper)
+    checks = validation_checks(params, task)
+    return validation.validate_dataset(dataset(layout, params, task), layout.catalog(task), checks, layout.data_docs(task), spec(task).min_classes, mapper)
 
 
 def extract_features(
@@ -54,20 +54,19 @@ def extract_features(
 def train_model(layout: Layout, params: Params, task: Task, progress: Progress | None = None, run_name: str | None = None) -> training.TrainedModel:
     """Train the task's model in a process of its own, reporting each epoch live to an MLflow run opened first
     (named `run_name`, default `<task>-<DVC experiment or "stage">`), to the `vidops` log and to `progress`."""
-    train = training.train_classifier if task == "classification" else training.train_sync
     extraction.usable_rows(layout.features(task), "train")  # no features: an error now, before a run is opened for nothing
     name = run_name or f"{task}-{os.environ.get(EXPERIMENT) or 'stage'}"
     accepted = layout.catalog(task) / validation.ACCEPTED
     run = registry.open_training_run(tracking(layout), params, task, name, _lineage(layout, params, task), dataset(layout, params, task), accepted)
-    write_json(layout.models(task) / registry.RUN_FILE, asdict(run))
+    write_json(layout.models(task) / RUN_FILE, asdict(run))
     log.info("train %s: MLflow run %s (%s)", task, name, run.run_id)
     try:
-        trained = _train_reporting(train, layout.features(task), layout.models(task), params.train.of(task), run, task, progress)
+        trained = _train_reporting(spec(task).train, layout.features(task), layout.models(task), params.train.of(task), run, task, progress)
     except BaseException:
         run.end(failed=True)
         raise
     run.end()
-    training.write_curves(trained.history, layout.reports(task) / CURVES)
+    training.write_curves(trained.history, layout.curves(task))
     return trained
 
 
@@ -114,9 +113,7 @@ def _drain(epochs: Any, future: Future, task: Task, progress: Progress | None) -
 
 
 def evaluate_model(layout: Layout, params: Params, task: Task) -> evaluation.Evaluation:
-    if task == "classification":
-        return evaluation.evaluate_classifier(layout.models(task), layout.features(task), layout.reports(task))
-    return evaluation.evaluate_sync(layout.models(task), layout.features(task), layout.reports(task), params.train.sync.window)
+    return spec(task).evaluate(layout.models(task), layout.features(task), layout.reports(task), params.train.of(task))
 
 
 def register_model(layout: Layout, params: Params, task: Task, tags: dict[str, str] | None = None) -> registry.Registration:
@@ -129,7 +126,7 @@ def register_model(layout: Layout, params: Params, task: Task, tags: dict[str, s
         layout.models(task), layout.features(task), dataset(layout, params, task), metrics, report, params, task, tracking(layout), lineage,
         register=not unregistered_experiment(params), registry_key=registry_key(layout),
     )  # fmt: skip
-    write_json(layout.reports(task) / "registration.json", asdict(registered))
+    write_json(layout.registration(task), asdict(registered))
     return registered
 
 
@@ -138,7 +135,7 @@ def promote_model(layout: Layout, params: Params, task: Task, version: str | Non
     crown the better one; the scores and decision go to reports/<task>/promotion/."""
     rule, name = params.registry.of(task), params.registry.of(task).model_name
     test = promotion.TestSet(dataset(layout, params, task), layout.catalog(task) / validation.ACCEPTED, layout.features(task), params.extract.of(task))
-    reports = layout.reports(task) / "promotion"
+    reports = layout.promotion(task)
     with registry_lock(layout, name):
         shutil.rmtree(reports, ignore_errors=True)  # this decision's scores only
         if unregistered_experiment(params):
@@ -231,28 +228,27 @@ class Depends:
     dvc.yaml lists the same component modules and params keys for each stage (tests/test_project_files.py holds them together).
     """
 
-    code: tuple[str, ...]
+    code: tuple[str, ...]  # modules under components/; SPEC_CODE is the task's spec module
     params: tuple[str, ...]  # dotted keys of params.yaml; {task} stands for the task
     inputs: Callable[[Layout, Params, Task], list[Path]]
     outputs: Callable[[Layout, Task], list[Path]]
 
 
-def _features(layout: Layout, task: Task) -> list[Path]:
-    return [layout.features(task) / "index.csv"]  # each clip's split, label and shard; a shard is named by its content and params
+SPEC_CODE = "tasks/{task}"  # the task's spec module (components/tasks/<task>.py for a built-in task)
 
-
+# the features' index.csv stands for the features: each clip's split, label and shard; a shard is named by its content and params
 DEPENDS = {
-    "validate": Depends(("catalog", "validation"), ("datasets.{task}", "validation"),
+    "validate": Depends(("catalog", "validation", SPEC_CODE), ("datasets.{task}", "validation"),
                         lambda L, p, t: [dataset(L, p, t)], lambda L, t: [L.catalog(t) / validation.ACCEPTED, L.catalog(t) / validation.REPORT]),
     "extract": Depends(("extraction", "media", "audio", "sampling"), ("datasets.{task}", "extract.{task}"),
-                       lambda L, p, t: [L.catalog(t) / validation.ACCEPTED], _features),
-    "train": Depends(("inputs", "models", "training"), ("train.{task}",), lambda L, p, t: _features(L, t),
-                     lambda L, t: [L.models(t) / "model.keras", L.reports(t) / CURVES]),
-    "evaluate": Depends(("inputs", "models", "evaluation"), ("train.{task}",), lambda L, p, t: [L.models(t) / "model.keras", *_features(L, t)],
+                       lambda L, p, t: [L.catalog(t) / validation.ACCEPTED], lambda L, t: [L.index(t)]),
+    "train": Depends(("inputs", "models", "training", SPEC_CODE), ("train.{task}",), lambda L, p, t: [L.index(t)],
+                     lambda L, t: [L.model(t), L.curves(t)]),
+    "evaluate": Depends(("inputs", "models", "evaluation", SPEC_CODE), ("train.{task}",), lambda L, p, t: [L.model(t), L.index(t)],
                         lambda L, t: [L.reports(t) / evaluation.METRICS]),
-    "register": Depends(("registry", "serving", "served_model"), ("registry", "datasets.{task}", "extract.{task}", "train.{task}"),
+    "register": Depends(("registry", "serving", "served_model", SPEC_CODE), ("registry", "datasets.{task}", "extract.{task}", "train.{task}"),
                         lambda L, p, t: [L.models(t), L.reports(t) / evaluation.METRICS, L.catalog(t) / validation.ACCEPTED],
-                        lambda L, t: [L.reports(t) / "registration.json"]),
+                        lambda L, t: [L.registration(t)]),
 }  # fmt: skip
 
 
@@ -273,14 +269,14 @@ def fingerprint(stage: str, layout: Layout, params: Params, task: Task) -> str:
     depends = DEPENDS[stage]
     digest = hashlib.sha256(f"{stage}:{task}:{tracking(layout).uri}".encode())
     for name in depends.code:
-        digest.update((Path(extraction.__file__).parent / f"{name}.py").read_bytes())
+        digest.update(_code_file(name, task).read_bytes())
     digest.update(json.dumps(param_values(params, depends.params, task), sort_keys=True).encode())
     for path in depends.inputs(layout, params, task):
         if path.is_dir():
             for file in sorted(p for p in path.rglob("*") if p.is_file()):
                 stat = file.stat()
                 digest.update(f"{file.relative_to(path)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-        elif path.name == "index.csv":  # what the clips are, not how this run got them (reused or extracted afresh)
+        elif path.name == INDEX_TABLE:  # what the clips are, not how this run got them (reused or extracted afresh)
             index = pd.read_csv(path, keep_default_na=False)
             digest.update(index[["path", "label", "split", "shard", "status"]].to_csv(index=False).encode())
         elif path.is_file():
@@ -290,6 +286,11 @@ def fingerprint(stage: str, layout: Layout, params: Params, task: Task) -> str:
     return digest.hexdigest()
 
 
+def _code_file(module: str, task: Task) -> Path:
+    """The file of a module in a stage's `code`; SPEC_CODE is the task's spec, wherever the task is defined."""
+    return spec(task).source if module == SPEC_CODE else Path(extraction.__file__).parent / f"{module}.py"
+
+
 def outputs_present(stage: str, layout: Layout, task: Task) -> bool:
     """Whether the files the stage leaves are all there, and for registration the version it made is in the registry
     still (a cached result without them is worth nothing: a reset store once failed every later run)."""
@@ -297,5 +298,5 @@ def outputs_present(stage: str, layout: Layout, task: Task) -> bool:
         return False
     if stage != "register":
         return True
-    recorded = json.loads((layout.reports(task) / "registration.json").read_text())
+    recorded = json.loads(layout.registration(task).read_text())
     return recorded["version"] is None or registry.has_version(tracking(layout), recorded["model_name"], recorded["version"])

@@ -169,6 +169,10 @@ def test_sample_saves_what_the_model_sees(tmp_path: Path, tiny_dataset: Path):
         assert seen["indices"].tolist() == [2, 7, 12, 17, 22]
         assert np.allclose(seen["times"], seen["indices"] / 25)
         assert seen["audio"].shape == (5, 4, 40) and bool(seen["has_audio"])
+    (tmp_path / "params.yaml").write_text("extract:\n  classification:\n    size: 24\n")
+    assert vidops("sample", str(clip), "--out", str(tmp_path / "default.npz"), cwd=tmp_path).returncode == 0
+    with np.load(tmp_path / "default.npz") as seen:  # without flags, what the project's first task extracts
+        assert seen["frames"].shape == (8, 24, 24, 3)
     (tmp_path / "broken.mp4").write_text("nope")
     assert "unreadable" in _one_line_error(vidops("sample", str(tmp_path / "broken.mp4"), "--out", str(tmp_path / "x.npz")))
 

@@ -3,13 +3,13 @@ from pathlib import Path
 import pytest
 
 from components.errors import VidopsError
-from components.params import Params, load_params
+from components.params import load_params
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_repository_params_yaml_spells_out_the_defaults():
-    assert load_params(REPO / "params.yaml") == Params()
+    assert load_params(REPO / "params.yaml") == load_params(None)
 
 
 def test_overrides_reach_nested_keys_and_parse_yaml_values():
@@ -65,7 +65,7 @@ def test_a_sync_window_that_cannot_fit_is_named_on_load():
 
 
 def test_each_task_has_its_own_group_in_every_stage():
-    params = Params()
+    params = load_params(None)
     for task in ("classification", "sync"):
         assert params.datasets.of(task) and params.extract.of(task) and params.train.of(task) and params.registry.of(task)
     assert params.registry.of("sync").model_name != params.registry.of("classification").model_name
@@ -76,10 +76,10 @@ def test_dvc_exp_run_set_changes_only_the_value_it_sets_in_params_yaml(source, t
     """`dvc exp run -S` rewrites params.yaml through DVC's own YAML writer: the file keeps its form and comments."""
     from dvc.utils.hydra import apply_overrides
 
-    from components.params import Params, dump_params
+    from components.params import dump_params
 
     path = tmp_path / "params.yaml"
-    path.write_text((Path(__file__).parents[1] / "params.yaml").read_text() if source == "repository" else dump_params(Params()))
+    path.write_text((Path(__file__).parents[1] / "params.yaml").read_text() if source == "repository" else dump_params(load_params(None)))
     before = path.read_text().splitlines()
     apply_overrides(str(path), ["train.classification.epochs=5", "train.sync.filters=[8,16]"])
     after = path.read_text().splitlines()

@@ -33,16 +33,17 @@ def test_the_classifier_sees_the_order_of_frames(temporal: str):
 @pytest.mark.parametrize("k", [-3, -1, 0, 2, 3])
 def test_the_candidate_of_the_true_offset_pairs_each_frame_with_its_own_sound(k: int):
     """Frames and sound carry their frame number: the window's pairs at candidate k + K match exactly."""
-    window, max_offset, n, start = 4, 3, 20, 6
+    params, n, start = SyncParams(window=4, max_offset=3), 20, 6
+    window, max_offset = params.window, params.max_offset
     frames = np.arange(n, dtype=np.float32)
     audio = np.repeat(frames[:, None, None], 4, axis=1)  # [n, 4 steps, 1 feature]: every step says its frame
-    video, context = inputs.sync_window(frames, audio, start, k, window, max_offset)
+    video, context = inputs.sync_window(frames, audio, start, k, params)
     pairs = OffsetPairs(max_offset)([np.asarray(video)[None, :, None], np.asarray(context)[None, :, 0, :]])
     pairs = np.asarray(pairs).reshape(2 * max_offset + 1, window, 2)
     matching = [c for c in range(2 * max_offset + 1) if np.array_equal(pairs[c, :, 0], pairs[c, :, 1])]
     assert matching == [k + max_offset]
 
-    examples, offsets = inputs.sync_examples(frames[:, None], audio, window, max_offset)  # evaluation's windows agree
+    examples, offsets = inputs.sync_examples(frames[:, None], audio, params)  # evaluation's windows agree
     for video, context in zip(examples["frames"][offsets == k], examples["audio"][offsets == k]):
         assert np.array_equal(context[max_offset : max_offset + window, 0, 0] - k, video[:, 0])
 

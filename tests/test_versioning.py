@@ -261,7 +261,7 @@ def test_the_ingest_flow_takes_landed_clips_into_a_new_pushed_dataset_version(pr
 
 
 def test_the_remote_keys_and_every_file_of_secrets_are_readable_by_their_owner_alone(tmp_path):
-    from flows.stack import _s3_env, _seaweedfs, _write_env, s3_folder
+    from flows.stack import ENV_FILE, SECRETS, Ports, _env, _mlflow_env, _seaweedfs, _write_env, folder, s3_folder
 
     project = Layout(tmp_path / "project")
     project.root.mkdir()
@@ -269,11 +269,16 @@ def test_the_remote_keys_and_every_file_of_secrets_are_readable_by_their_owner_a
     private = project.root / ".dvc" / "config.local"
     assert "-secret" in private.read_text() and private.stat().st_mode & 0o777 == 0o600
     assert "-secret" not in (project.root / ".dvc" / "config").read_text()
-    env = _s3_env(project, "http://127.0.0.1:9")
+    env = _env(project, Ports(prefect=1, mlflow=2, s3=9))  # every credential of the stack, as `up` makes them
     _seaweedfs(s3_folder(project), 9, env)
-    _write_env(project.state / "stack" / "env", {**env, "PREFECT_API_URL": "u", "MLFLOW_TRACKING_URI": "u", "VIDOPS_RESULTS": "u", "MLFLOW_S3_ENDPOINT_URL": "u"})
-    for secret in (s3_folder(project) / "keys.json", s3_folder(project) / "s3.json", project.state / "stack" / "env"):
-        assert env["AWS_SECRET_ACCESS_KEY"] in secret.read_text() and secret.stat().st_mode & 0o777 == 0o600, secret
+    _mlflow_env(folder(project), env)
+    _write_env(folder(project) / ENV_FILE, env)
+    holders = {s3_folder(project) / "keys.json": "AWS_SECRET_ACCESS_KEY", s3_folder(project) / "s3.json": "AWS_SECRET_ACCESS_KEY",
+               folder(project) / ENV_FILE: "MLFLOW_TRACKING_PASSWORD", folder(project) / SECRETS: "PREFECT_API_AUTH_STRING"}  # fmt: skip
+    for secret, name in holders.items():
+        assert env[name].split(":")[-1] in secret.read_text() and secret.stat().st_mode & 0o777 == 0o600, secret
+    for secret in (s3_folder(project) / "security.toml", folder(project) / "mlflow-auth.ini", folder(project) / "mlflow-auth.db"):
+        assert secret.stat().st_mode & 0o777 == 0o600, secret  # SeaweedFS's signing keys; MLflow's users and their password hashes
 
 
 def test_checking_out_a_version_never_destroys_work_that_no_version_holds(tiny_dataset, tmp_path):

@@ -30,12 +30,12 @@ def build_classifier(frames: int, size: int, n_classes: int, params: ClassifierP
             x = layers.MaxPooling3D((1, 2, 2))(x)
         x = layers.GlobalMaxPooling3D()(x)
     elif params.temporal == "conv":
-        x = _frame_encoder(inputs, size, params)
+        x = frame_encoder(inputs, size, params)
         x = layers.Conv3D(64, 3, padding="same", activation="relu")(x)
         x = layers.Conv3D(64, 3, padding="same", activation="relu")(x)
         x = layers.GlobalMaxPooling3D()(x)
     else:
-        x = layers.ConvLSTM2D(48, 3, padding="same")(_frame_encoder(inputs, size, params))
+        x = layers.ConvLSTM2D(48, 3, padding="same")(frame_encoder(inputs, size, params))
         x = layers.GlobalMaxPooling2D()(x)
     x = layers.Dropout(0.3)(x)
     # float32 out even under mixed precision: softmax in float16 loses the small probabilities
@@ -43,7 +43,7 @@ def build_classifier(frames: int, size: int, n_classes: int, params: ClassifierP
     return keras.Model(inputs, outputs, name=f"classifier_{params.temporal}")
 
 
-def _frame_encoder(frames: Any, size: int, params: FrameEncoderParams) -> Any:
+def frame_encoder(frames: Any, size: int, params: FrameEncoderParams) -> Any:
     """uint8 frames [B, N, S, S, 3] -> each frame's feature map [B, N, h, w, C], through the encoder `params` names."""
     if params.encoder == encoders.SMALL:
         return _frame_cnn(layers.Rescaling(1 / 255)(frames), params.filters)
@@ -79,7 +79,7 @@ def build_sync(size: int, audio_features: int, params: SyncParams) -> keras.Mode
     """
     frames = keras.Input((None, size, size, 3), dtype="uint8", name="frames")
     audio = keras.Input((None, 4, audio_features), dtype="float32", name="audio")
-    visual = _frame_encoder(frames, size, params)
+    visual = frame_encoder(frames, size, params)
     _, _, height, width, channels = visual.shape
     visual = layers.AveragePooling3D((1, height, width))(visual)  # each frame's map to one vector
     visual = layers.Reshape((-1, channels))(visual)

@@ -243,7 +243,7 @@ DEPENDS = {
                         lambda L, p, t: [dataset(L, p, t)], lambda L, t: [L.catalog(t) / validation.ACCEPTED, L.catalog(t) / validation.REPORT]),
     "extract": Depends(("extraction", "media", "audio", "sampling"), ("datasets.{task}", "extract.{task}"),
                        lambda L, p, t: [L.catalog(t) / validation.ACCEPTED], lambda L, t: [L.index(t)]),
-    "train": Depends(("inputs", "models", "training", SPEC_CODE), ("train.{task}",), lambda L, p, t: [L.index(t)],
+    "train": Depends(("inputs", "models", "encoders", "training", SPEC_CODE), ("train.{task}",), lambda L, p, t: [L.index(t)],
                      lambda L, t: [L.model(t), L.curves(t)]),
     "evaluate": Depends(("inputs", "models", "evaluation", SPEC_CODE), ("train.{task}",), lambda L, p, t: [L.model(t), L.index(t)],
                         lambda L, t: [L.reports(t) / evaluation.METRICS]),

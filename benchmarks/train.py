@@ -8,6 +8,10 @@ fill); a and b take turns, three runs each, and the best of each counts:
   (b) the tf.data pipeline training uses: shards read in parallel, cached, shuffled,
       augmented (sync: windows drawn and shifted on the fly), batched, prefetched.
 The ratio b/a in examples per second is what the input pipeline costs the training; 1 means nothing.
+
+With `--encoder NAME` it instead trains the classifier as the train stage does, once with the
+`small` frame encoder (the anchor) and once with NAME (no weights), and scores both on the test
+split: accuracy, and training time as a ratio to the anchor's.
 """
 
 from __future__ import annotations
@@ -44,15 +48,15 @@ class Throughput:
         return self.pipeline / self.memory
 
 
-def prepare(workdir: Path, config: BenchConfig) -> tuple[Layout, Params]:
-    """A project under `workdir` with both demo datasets generated, validated and extracted (reused when present)."""
+def prepare(workdir: Path, config: BenchConfig, tasks: tuple[Task, ...] = ("classification", "sync")) -> tuple[Layout, Params]:
+    """A project under `workdir` with the demo datasets of `tasks` generated, validated and extracted (reused when present)."""
     from components.generate import MARKER, generate_dataset
     from flows import stages
 
     layout = Layout(workdir.resolve())
     sizes = [f"generate.{task}.clips_per_class={config.clips_per_class}" for task in ("classification", "sync")]
     params = load_params(None, sizes)
-    for task in params.tasks:
+    for task in tasks:
         dataset = layout.raw(params.datasets.of(task))
         if not (dataset / MARKER).is_file():
             generate_dataset(dataset, task, params.generate.of(task))
@@ -121,6 +125,41 @@ def _rates(model: Callable[[], keras.Model], memory: Any, pipeline: Any, steps: 
             fitted.fit(data, steps_per_epoch=config.batches, epochs=1, verbose=0)
             best[i] = min(best[i], time.perf_counter() - start)
     return config.batches * batch_size / best[0], config.batches * batch_size / best[1]
+
+
+@dataclass(frozen=True)
+class EncoderRun:
+    encoder: str
+    seconds: float  # the whole training: building, tracing, every epoch, saving
+    epochs: int  # early stopping may end it before the epochs asked for
+    accuracy: float  # on the test split
+
+
+def compare_encoders(workdir: Path, config: BenchConfig, encoder: str, epochs: int | None) -> list[EncoderRun]:
+    """The classifier trained and scored as the train and evaluate stages do, with `small` (the anchor) and with `encoder`."""
+    from components.encoders import SMALL
+    from components.tasks import spec
+
+    layout, params = prepare(workdir, config, ("classification",))
+    classifier, features, runs = spec("classification"), layout.features("classification"), []
+    for name in (SMALL, encoder):
+        sets = [f"train.classification.encoder={name}", *([f"train.classification.epochs={epochs}"] if epochs else [])]
+        p = load_params(None, sets).train.classification
+        start = time.perf_counter()
+        trained = classifier.train(features, workdir / "models" / name, p)
+        seconds = time.perf_counter() - start
+        metrics = classifier.evaluate(workdir / "models" / name, features, workdir / "reports" / name, p).metrics
+        runs.append(EncoderRun(name, seconds, trained.epochs, metrics["accuracy"]))
+    return runs
+
+
+def encoders_report(runs: list[EncoderRun], config: BenchConfig) -> str:
+    anchor = runs[0]
+    lines = [f"vidops bench train --encoder: the classifier on the demo data ({config.clips_per_class} clips per class), trained and scored on its test split", ""]
+    lines.append(f"  {'encoder':<22}{'accuracy':>10}{'epochs':>8}{'seconds':>10}{'time / small':>14}")
+    for r in runs:
+        lines.append(f"  {r.encoder:<22}{r.accuracy:>10.3f}{r.epochs:>8}{r.seconds:>10.1f}{r.seconds / anchor.seconds:>14.2f}")
+    return "\n".join(lines)
 
 
 def report(results: list[Throughput], config: BenchConfig) -> str:

@@ -1,6 +1,8 @@
-"""The two Keras models, trained from scratch: a video classifier and an audio-video sync model.
+"""The two Keras models: a video classifier and an audio-video sync model.
 
 Both take uint8 frames and rescale inside, so a served model takes what extraction writes.
+Both see the frames through the frame encoder their params name (components/encoders.py):
+the small CNN below, trained from scratch, or a Keras application applied to every frame.
 """
 
 from __future__ import annotations
@@ -11,33 +13,43 @@ from typing import Any
 import keras
 from keras import layers, ops
 
-from components.params import ClassifierParams, SyncParams
+from components import encoders
+from components.params import ClassifierParams, FrameEncoderParams, SyncParams
 
 
 def build_classifier(frames: int, size: int, n_classes: int, params: ClassifierParams) -> keras.Model:
     """Frames uint8 [N, S, S, 3] in, class probabilities out."""
     inputs = keras.Input((frames, size, size, 3), dtype="uint8", name="frames")
-    x = layers.Rescaling(1 / 255)(inputs)
     # The temporal layer keeps the spatial grid: a shape moving left and one moving right
     # give the same frames in reverse order, and only a filter over (time, y, x) tells them apart.
     if params.temporal == "2plus1d":  # every block a spatial 1x3x3 convolution, then a temporal 3x1x1 one
+        x = layers.Rescaling(1 / 255)(inputs)
         for width in params.filters:
             x = _spatial(x, width)
             x = layers.Conv3D(width, (3, 1, 1), padding="same", activation="relu")(x)
             x = layers.MaxPooling3D((1, 2, 2))(x)
         x = layers.GlobalMaxPooling3D()(x)
     elif params.temporal == "conv":
-        x = _frame_cnn(x, params.filters)
+        x = frame_encoder(inputs, size, params)
         x = layers.Conv3D(64, 3, padding="same", activation="relu")(x)
         x = layers.Conv3D(64, 3, padding="same", activation="relu")(x)
         x = layers.GlobalMaxPooling3D()(x)
     else:
-        x = layers.ConvLSTM2D(48, 3, padding="same")(_frame_cnn(x, params.filters))
+        x = layers.ConvLSTM2D(48, 3, padding="same")(frame_encoder(inputs, size, params))
         x = layers.GlobalMaxPooling2D()(x)
     x = layers.Dropout(0.3)(x)
     # float32 out even under mixed precision: softmax in float16 loses the small probabilities
     outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name=f"classifier_{params.temporal}")
+
+
+def frame_encoder(frames: Any, size: int, params: FrameEncoderParams) -> Any:
+    """uint8 frames [B, N, S, S, 3] -> each frame's feature map [B, N, h, w, C], through the encoder `params` names."""
+    if params.encoder == encoders.SMALL:
+        return _frame_cnn(layers.Rescaling(1 / 255)(frames), params.filters)
+    application = encoders.application(params.encoder, size, params.encoder_weights)
+    application.trainable = not params.freeze_encoder
+    return PerFrame(application)(frames)
 
 
 def _frame_cnn(x: Any, filters: tuple[int, ...]) -> Any:
@@ -67,10 +79,10 @@ def build_sync(size: int, audio_features: int, params: SyncParams) -> keras.Mode
     """
     frames = keras.Input((None, size, size, 3), dtype="uint8", name="frames")
     audio = keras.Input((None, 4, audio_features), dtype="float32", name="audio")
-    visual = _frame_cnn(layers.Rescaling(1 / 255)(frames), params.filters)
-    grid = size // 2 ** len(params.filters)
-    visual = layers.AveragePooling3D((1, grid, grid))(visual)  # each frame's map to one vector
-    visual = layers.Reshape((-1, params.filters[-1]))(visual)
+    visual = frame_encoder(frames, size, params)
+    _, _, height, width, channels = visual.shape
+    visual = layers.AveragePooling3D((1, height, width))(visual)  # each frame's map to one vector
+    visual = layers.Reshape((-1, channels))(visual)
     visual = layers.Dense(params.units, activation="relu")(visual)
     sound = layers.Reshape((-1, 4 * audio_features))(audio)
     sound = layers.LayerNormalization()(sound)  # log-mel levels differ by recording; their shape over time is the cue
@@ -84,6 +96,29 @@ def build_sync(size: int, audio_features: int, params: SyncParams) -> keras.Mode
     centre = layers.Cropping1D((params.max_offset, params.max_offset))(centre)
     in_sync = layers.Activation("sigmoid", name="in_sync", dtype="float32")(layers.Flatten()(centre))
     return keras.Model({"frames": frames, "audio": audio}, {"offset": offset, "in_sync": in_sync}, name="av_sync")
+
+
+@keras.saving.register_keras_serializable(package="vidops")
+class PerFrame(layers.Wrapper):
+    """An image model applied to every frame: [B, N, S, S, 3] -> [B, N, ...], as one call over B x N images.
+
+    Keras 3's TimeDistributed would call it once per frame in a Python loop. The frames go in
+    as floats 0..255, the range a Keras application's own preprocessing takes. A frozen model
+    runs in inference mode, so its batch norm keeps the statistics it was loaded with.
+    """
+
+    def build(self, input_shape: tuple[Any, ...]) -> None:
+        self.layer.build((None, *input_shape[2:]))
+        self.built = True
+
+    def call(self, frames: Any, training: bool | None = None) -> Any:
+        shape = ops.shape(frames)
+        images = ops.cast(ops.reshape(frames, (-1, *frames.shape[2:])), self.compute_dtype)
+        features = self.layer(images, training=training if self.layer.trainable else False)
+        return ops.reshape(features, (shape[0], shape[1], *features.shape[1:]))
+
+    def compute_output_shape(self, input_shape: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (*input_shape[:2], *self.layer.compute_output_shape((None, *input_shape[2:]))[1:])
 
 
 @keras.saving.register_keras_serializable(package="vidops")

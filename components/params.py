@@ -93,16 +93,24 @@ class FitParams(_Group):
     xla: bool = False  # compile the model with XLA on a GPU
 
 
-class ClassifierParams(FitParams):
+class FrameEncoderParams(FitParams):
+    """Fit params of a model that sees every frame through the swappable frame encoder (components/encoders.py)."""
+
+    encoder: str = "small"  # small (the per-frame CNN of `filters`) | a Keras application: mobilenet_v3_small, efficientnet_b0
+    encoder_weights: str = "none"  # a Keras application's: none | imagenet (from Keras's cache only) | path of a .weights.h5 file
+    freeze_encoder: bool = False  # keep the loaded weights as they are (batch norm in inference mode)
+    filters: tuple[int, ...] = (16, 32)  # the small encoder: one conv block each
+
+
+class ClassifierParams(FrameEncoderParams):
     epochs: int = Field(60, ge=1)
     temporal: Literal["conv", "lstm", "2plus1d"] = "conv"
     filters: tuple[int, ...] = (8, 16, 32)
 
 
-class SyncParams(FitParams):
+class SyncParams(FrameEncoderParams):
     window: int = Field(15, ge=2)  # T: video frames the model sees
     max_offset: int = Field(15, ge=1)  # K: offsets -K..K frames, a (2K+1)-way class
-    filters: tuple[int, ...] = (16, 32)  # per-frame CNN
     units: int = Field(64, ge=1)  # LSTM
     bidirectional: bool = True
     windows_per_clip: int = Field(32, ge=1)  # random (window, offset) examples drawn from each clip per epoch

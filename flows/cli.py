@@ -116,10 +116,11 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("name", choices=["extract", "train", "pipeline"])
     bench.add_argument("--workdir", type=Path, default=Path(".vidops/bench"), help="where the generated clips are kept")
     bench.add_argument("--clips", type=int, help="extract: clips (24); train: clips per class (24); pipeline: clips per class (the demo's)")
-    bench.add_argument("--epochs", type=int, help="pipeline: training epochs of both models (default: the demo's)")
+    bench.add_argument("--epochs", type=int, help="pipeline: training epochs of both models; train --encoder: of the classifier (default: the demo's)")
     bench.add_argument("--seconds", type=float, default=10.0, help="extract: seconds a clip")
     bench.add_argument("--workers", type=int, default=2, help="extract: worker processes")
     bench.add_argument("--batches", type=int, default=60, help="train: timed batches")
+    bench.add_argument("--encoder", help="train: instead, the classifier with this frame encoder against small: accuracy and training time")
     bench.set_defaults(handler=cmd_bench)
 
     inspect = commands.add_parser("inspect", help="probe videos and print what PyAV finds, as JSON")
@@ -282,7 +283,10 @@ def cmd_bench(args: argparse.Namespace) -> None:
         from benchmarks import train
 
         trained = train.BenchConfig(clips_per_class=args.clips or 24, batches=args.batches)
-        print(train.report(train.run(args.workdir / "train", trained), trained))
+        if args.encoder:
+            print(train.encoders_report(train.compare_encoders(args.workdir / "train", trained, args.encoder, args.epochs), trained))
+        else:
+            print(train.report(train.run(args.workdir / "train", trained), trained))
     else:
         from benchmarks import pipeline
 

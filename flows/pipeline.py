@@ -173,8 +173,9 @@ def training_pipeline(root: str = ".", params_file: str | None = "params.yaml", 
     A stage whose code, params and input files are unchanged reuses its cached result, unless `refresh`.
     """
     layout, params = load_project(root, params_file, overrides)
-    for name in params.tasks:  # before any work: a missing dataset fails the run at once
+    for name in params.tasks:  # before any work: a missing dataset or weights file fails the run at once
         stages.dataset(layout, params, name)
+        spec(name).preflight(name, params.train.of(name))
 
     done, storage = {}, results_storage(layout)
     for name in params.tasks:

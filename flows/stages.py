@@ -55,6 +55,7 @@ def train_model(layout: Layout, params: Params, task: Task, progress: Progress |
     """Train the task's model in a process of its own, reporting each epoch live to an MLflow run opened first
     (named `run_name`, default `<task>-<DVC experiment or "stage">`), to the `vidops` log and to `progress`."""
     extraction.usable_rows(layout.features(task), "train")  # no features: an error now, before a run is opened for nothing
+    spec(task).preflight(task, params.train.of(task))  # nor weights
     name = run_name or f"{task}-{os.environ.get(EXPERIMENT) or 'stage'}"
     accepted = layout.catalog(task) / validation.ACCEPTED
     run = registry.open_training_run(tracking(layout), params, task, name, _lineage(layout, params, task), dataset(layout, params, task), accepted)
@@ -242,7 +243,7 @@ DEPENDS = {
                         lambda L, p, t: [dataset(L, p, t)], lambda L, t: [L.catalog(t) / validation.ACCEPTED, L.catalog(t) / validation.REPORT]),
     "extract": Depends(("extraction", "media", "audio", "sampling"), ("datasets.{task}", "extract.{task}"),
                        lambda L, p, t: [L.catalog(t) / validation.ACCEPTED], lambda L, t: [L.index(t)]),
-    "train": Depends(("inputs", "models", "training", SPEC_CODE), ("train.{task}",), lambda L, p, t: [L.index(t)],
+    "train": Depends(("inputs", "models", "encoders", "training", SPEC_CODE), ("train.{task}",), lambda L, p, t: [L.index(t)],
                      lambda L, t: [L.model(t), L.curves(t)]),
     "evaluate": Depends(("inputs", "models", "evaluation", SPEC_CODE), ("train.{task}",), lambda L, p, t: [L.model(t), L.index(t)],
                         lambda L, t: [L.reports(t) / evaluation.METRICS]),

@@ -191,6 +191,14 @@ def test_bench_train_prints_its_ratios(tmp_path: Path):
         assert re.search(task + r"\s+\d+\.\d\s+\d+\.\d\s+\d+\.\d\d", result.stdout), result.stdout
 
 
+@pytest.mark.slow
+def test_bench_train_compares_a_frame_encoder_with_small(tmp_path: Path):
+    result = vidops("bench", "train", "--workdir", str(tmp_path), "--clips", "4", "--epochs", "1", "--encoder", "mobilenet_v3_small")
+    assert result.returncode == 0, result.stderr[-2000:]
+    for encoder in ("small", "mobilenet_v3_small"):
+        assert re.search(encoder + r"\s+\d\.\d{3}\s+1\s+\d+\.\d\s+\d+\.\d\d", result.stdout), result.stdout
+
+
 def test_data_and_lineage_name_what_is_missing(tmp_path: Path):
     pull = vidops("data", "pull", "--root", str(tmp_path))
     assert pull.returncode == 1 and "not a DVC project; `vidops data push` makes it one" in pull.stderr

@@ -37,6 +37,10 @@ def _any_combination(name: Task, extract: ExtractParams, train: FitParams) -> No
     """A task whose extract and train params always fit together."""
 
 
+def _nothing_needed(name: Task, train: FitParams) -> None:
+    """A task whose params name no file."""
+
+
 @dataclass(frozen=True, eq=False)  # eq=False: a spec is hashed by identity, for params_model's cache
 class TaskSpec:
     """One task: its params, what validation asks of its clips, how its model is trained, scored and served."""
@@ -55,6 +59,9 @@ class TaskSpec:
     predict: Callable[[Any, Any, list[str], Any], dict[str, Any]]
     # (name, extract params, train params): a ValueError naming the keys of a combination that cannot work
     check: Callable[[Task, ExtractParams, Any], None] = _any_combination
+    # (name, train params): a VidopsError naming the key when a file the params name is not on this machine; the
+    # training flow asks before any work, so it must not need TensorFlow
+    preflight: Callable[[Task, Any], None] = _nothing_needed
     needs_audio: bool = False  # a clip without audio is quarantined
     min_classes: int = 2  # fewer classes among the accepted clips fails validation
     labelled: bool = True  # the model's classes are the clips' labels: a version of other classes cannot be scored here

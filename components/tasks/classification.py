@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from components.params import ClassifierParams, ExtractParams, GenerateParams, ModelRegistryParams
+from components import encoders
+from components.params import ClassifierParams, ExtractParams, GenerateParams, ModelRegistryParams, Task
 from components.tasks import TaskDefaults, TaskSpec, register
 
 NAME = "classification"
@@ -16,6 +17,7 @@ NAME = "classification"
 def train(features_dir: Path, model_dir: Path, params: ClassifierParams, on_epoch: Any = None) -> Any:
     from components.training import train_classifier
 
+    encoders.check_weights(NAME, params)  # a weights file that does not fit: named before any epoch
     return train_classifier(features_dir, model_dir, params, on_epoch)
 
 
@@ -40,6 +42,13 @@ def predict(model: Any, clip: Any, labels: list[str], params: ClassifierParams) 
     return {"label": labels[best], "probability": float(probabilities[best]), **{f"p_{label}": float(p) for label, p in zip(labels, probabilities, strict=True)}}
 
 
+def check(name: Task, extract: ExtractParams, train: ClassifierParams) -> None:
+    """The frame encoder against the frames, and the temporal layer that needs the small one."""
+    encoders.check_params(name, train, extract.size)
+    if train.temporal == "2plus1d" and train.encoder != encoders.SMALL:
+        raise ValueError(f"train.{name}.temporal: 2plus1d builds its own (2+1)D blocks in place of a frame encoder; use conv or lstm with {train.encoder}")
+
+
 SPEC = register(
     TaskSpec(
         NAME,
@@ -55,6 +64,8 @@ SPEC = register(
         headline=headline,
         input_example=input_example,
         predict=predict,
+        check=check,
+        preflight=encoders.check_weights_present,
         demo=NAME,  # shapes whose motion is the class
     )
 )

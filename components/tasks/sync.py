@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from components import encoders
 from components.errors import VidopsError
 from components.params import ExtractParams, GenerateParams, ModelRegistryParams, SyncParams, Task
 from components.tasks import TaskDefaults, TaskSpec, register
@@ -20,6 +21,7 @@ NAME = "sync"
 def train(features_dir: Path, model_dir: Path, params: SyncParams, on_epoch: Any = None) -> Any:
     from components.training import train_sync
 
+    encoders.check_weights(NAME, params)  # a weights file that does not fit: named before any epoch
     return train_sync(features_dir, model_dir, params, on_epoch)
 
 
@@ -60,6 +62,7 @@ def predict(model: Any, clip: Any, labels: list[str], params: SyncParams) -> dic
 
 def check(name: Task, extract: ExtractParams, train: SyncParams) -> None:
     """Combinations that would fail only after extraction."""
+    encoders.check_params(name, train, extract.size)
     if extract.sampler != "dense":
         raise ValueError(f"extract.{name}.sampler: the sync model needs consecutive frames: use dense")
     if extract.audio == "none":
@@ -88,6 +91,7 @@ SPEC = register(
         input_example=input_example,
         predict=predict,
         check=check,
+        preflight=encoders.check_weights_present,
         needs_audio=True,  # it learns from sound
         min_classes=1,  # and not from labels
         labelled=False,  # its classes are the offsets -K..K

@@ -58,6 +58,8 @@ def train_model(layout: Layout, params: Params, task: Task, progress: Progress |
     extraction.usable_rows(layout.features(task), "train")  # no features: an error now, before a run is opened for nothing
     name = run_name or f"{task}-{os.environ.get(EXPERIMENT) or 'stage'}"
     accepted = layout.catalog(task) / validation.ACCEPTED
+    if abandoned := registry.end_abandoned_run(layout.models(task), tracking(layout)):
+        log.info("train %s: MLflow run %s of a training that did not finish (killed) ended as KILLED", task, abandoned)
     run = registry.open_training_run(tracking(layout), params, task, name, _lineage(layout, params, task), dataset(layout, params, task), accepted)
     write_json(layout.models(task) / registry.RUN_FILE, asdict(run))
     log.info("train %s: MLflow run %s (%s)", task, name, run.run_id)

@@ -147,7 +147,7 @@ def project_s3(layout: Layout) -> Iterator[dict[str, str]]:
     service = _start_s3(layout, port, {**os.environ, **env})
     write_json(home / S3_RECORD, {**service, "owner": os.getpid()})  # what a later start needs to find an orphan: pid, argv
     _serving[home] = env
-    gone = lambda: None if _alive(service) else "its S3 server stopped answering"  # noqa: E731
+    gone = lambda: None if _alive(service) else "the S3 server went away"  # noqa: E731
     try:
         _point_dvc(layout, env)
         with versioning.watching(gone):

@@ -393,7 +393,7 @@ def test_s3_stopped_during_a_push_is_named_and_a_rerun_after_its_restart_complet
     _, err = command.communicate(timeout=600)
     assert command.returncode == 1 and len(err.strip().splitlines()) == 1, err
     assert err.startswith(f"vidops: error: the project's S3 (SeaweedFS at {s3['url']}, pid {s3['pid']}) stopped while the command ran"), err
-    assert "dvc push to s3://vidops/dvc stopped: its S3 server stopped answering; the remote holds no listing" in err and not (project.state / "s3" / "running.json").exists()
+    assert "dvc push to s3://vidops/dvc stopped: the S3 server went away; the remote holds no listing" in err and not (project.state / "s3" / "running.json").exists()
 
     version = versioning.read_version(project.raw("demo"))
     with project_store(project):  # SeaweedFS again, on the same data

@@ -86,17 +86,21 @@ def open_training_run(
 
     mlflow.set_tracking_uri(tracking.uri)
     client = MlflowClient(tracking.uri)
-    run = client.create_run(_experiment_id(params.registry.experiment, tracking), run_name=run_name, tags={"vidops.task": task, **tags})
     tree = params.to_yaml_dict()
     logged = {group: {task: tree[group][task]} for group in ("datasets", "extract", "train")}  # this task's, not the other's
-    with mlflow.start_run(run_id=run.info.run_id):
-        mlflow.log_params(_flatten(logged))
-        version = tags.get("vidops.dataset_version", "").removesuffix(".dir")
-        clips = pd.read_csv(accepted, dtype=str, keep_default_na=False)[["path", "label", "group", "split"]]
-        with warnings.catch_warnings():  # MLflow 3.17 registers its local source class twice, then warns that a path fits both
-            warnings.simplefilter("ignore", UserWarning)
-            data = mlflow.data.from_pandas(clips, source=str(dataset_dir), name=dataset_dir.name, digest=version or None)
-        mlflow.log_input(data, context="training")
+    with answering(tracking, f"opening the {task} training's run"):
+        run = client.create_run(_experiment_id(params.registry.experiment, tracking), run_name=run_name, tags={"vidops.task": task, **tags})
+        with mlflow.start_run(run_id=run.info.run_id):
+            mlflow.log_params(_flatten(logged))
+            version = tags.get("vidops.dataset_version", "").removesuffix(".dir")
+            clips = pd.read_csv(accepted, dtype=str, keep_default_na=False)[["path", "label", "group", "split"]]
+            with warnings.catch_warnings():  # MLflow 3.17 registers its local source class twice, then warns that a path fits both
+                warnings.simplefilter("ignore", UserWarning)
+                data = mlflow.data.from_pandas(clips, source=str(dataset_dir), name=dataset_dir.name, digest=version or None)
+            mlflow.log_input(data, context="training")
+        # the block above ended the run FINISHED: it runs until the training ends it (TrainingRun.end), and a training
+        # killed on the way leaves it RUNNING, which the next one ends as KILLED (a killed training looked finished)
+        client.update_run(run.info.run_id, status="RUNNING")
     return TrainingRun(tracking.uri, run.info.run_id)
 
 

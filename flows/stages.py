@@ -66,11 +66,20 @@ def train_model(layout: Layout, params: Params, task: Task, progress: Progress |
     try:
         trained = _train_reporting(train, layout.features(task), layout.models(task), params.train.of(task), run, task, progress)
     except BaseException:
-        run.end(failed=True)
+        _end(run, task, failed=True)
         raise
-    run.end()
+    _end(run, task)
     training.write_curves(trained.history, layout.reports(task) / CURVES)
     return trained
+
+
+def _end(run: registry.TrainingRun, task: Task, failed: bool = False) -> None:
+    """End the training's MLflow run; a tracking server that does not answer costs a warning, not the trained model (the
+    registration logs into the run again, and ends it)."""
+    try:
+        run.end(failed)
+    except Exception as exc:
+        log.warning("train %s: MLflow run %s could not be ended %s: %s", task, run.run_id, "FAILED" if failed else "FINISHED", exc)
 
 
 @dataclass(frozen=True)

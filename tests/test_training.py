@@ -162,6 +162,8 @@ def test_a_killed_training_stage_resumes_from_its_last_checkpoint(trained_projec
     assert 1 <= state["epoch"] < 6 and (checkpoints / state["model"]).is_file()
     assert not (project / "models" / "classification" / "model.keras").exists()
     killed_run = json.loads((project / "models" / "classification" / "run.json").read_text())["run_id"]
+    store = MlflowClient(f"sqlite:///{project / '.vidops' / 'mlflow.db'}")
+    assert store.get_run(killed_run).info.status == "RUNNING"  # not FINISHED: it never finished
 
     again = faults.run(*train)
     assert again.returncode == 0, again.stderr
@@ -169,7 +171,6 @@ def test_a_killed_training_stage_resumes_from_its_last_checkpoint(trained_projec
     history = json.loads((project / "models" / "classification" / "history.json").read_text())
     assert history["loss"][: state["epoch"]] == state["history"]["loss"]  # the epochs before the kill, kept
     assert not checkpoints.exists()
-    store = MlflowClient(f"sqlite:///{project / '.vidops' / 'mlflow.db'}")
     assert store.get_run(killed_run).info.status == "KILLED"  # not RUNNING for ever in the UI
     assert store.get_run(json.loads((project / "models" / "classification" / "run.json").read_text())["run_id"]).info.status == "FINISHED"
 

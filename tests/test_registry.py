@@ -159,13 +159,14 @@ def test_the_sync_model_registers_under_its_own_name_and_answers_with_an_offset(
 
 def _mlflow_server(home: Path, port: int) -> dict:
     """A real `mlflow server` on 127.0.0.1:`port`, its store a sqlite file in `home` and its artifacts proxied into
-    `home`/artifacts, started in a session of its own (its uvicorn and job workers with it); its record for _stop."""
+    `home`/artifacts, started in a session of its own (its uvicorn process with it; no job workers, which registration
+    does not use and which slow its start on 2 cores); its record for _stop."""
     from flows.stack import _http, _start
 
     argv = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
             "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}", "--artifacts-destination", str(home / "artifacts")]  # fmt: skip
     home.mkdir(exist_ok=True)
-    return _start(home, "mlflow", argv, faults.cli_env(), f"http://127.0.0.1:{port}", _http("/health"))
+    return _start(home, "mlflow", argv, faults.cli_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"), f"http://127.0.0.1:{port}", _http("/health"))
 
 
 def _version_rows(store: Path, name: str) -> list[int]:
@@ -179,7 +180,7 @@ def _version_rows(store: Path, name: str) -> list[int]:
 
 @pytest.mark.slow
 def test_an_mlflow_server_killed_during_registration_leaves_no_half_version_in_use_and_the_rerun_registers(trained_project, tiny_params, tmp_path):
-    """`vidops stage register` against an MLflow server that is killed (-9, its whole process group) the moment the new
+    """`vidops stage register` against an MLflow server that is killed (-9, its process group) the moment the new
     version exists: the command fails naming the server; the half-made version holds no alias, and predict, the gate
     and promote refuse it; with the server back, the re-run registers a whole version (sealed, then the challenger)
     into the same run and deletes the half one."""

@@ -26,7 +26,7 @@ from components.extraction import extract_features, params_hash
 from components.io import write_csv, write_json
 from components.layout import INDEX, LABELS_FILE, MODEL_FILE
 from components.params import ExtractParams, FitParams, ModelRegistryParams
-from components.registry import CHALLENGER, CHAMPION, EVALUATED, PREVIOUS, Tracking, alias, download_version, trusted_download
+from components.registry import CHALLENGER, CHAMPION, EVALUATED, PREVIOUS, UNFINISHED, Tracking, alias, download_version, trusted_download
 from components.tasks import TaskSpec, spec
 
 DECISION = "promotion.json"  # the gate's decision, beside the scores it was made on
@@ -219,5 +219,7 @@ def _evaluated(client: Any, name: str, version: str) -> None:
         tags = client.get_model_version(name, version).tags
     except MlflowException:
         raise VidopsError(f"model {name} has no version {version}") from None
+    if UNFINISHED in tags:
+        raise VidopsError(f"model {name} version {version}: its {tags[UNFINISHED]} (tagged {UNFINISHED}); only whole versions are promoted")
     if EVALUATED not in tags:
         raise VidopsError(f"model {name} version {version} was never evaluated; only evaluated versions are promoted")

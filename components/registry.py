@@ -9,17 +9,20 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import re
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from components.errors import VidopsError
+from components.errors import Unreachable, VidopsError
 from components.io import read_arrays
 from components.layout import HISTORY_FILE, LABELS_FILE, MODEL_FILE, RUN_FILE, SHARDS
 from components.params import Params, Task
@@ -28,6 +31,7 @@ from components.tasks import spec
 CHAMPION = "champion"
 CHALLENGER = "challenger"  # the newest registered version
 PREVIOUS = "previous-champion"  # where `vidops rollback` moves the champion back to
+UNFINISHED = "vidops.unfinished"  # a version's tag from its creation until it is sealed and tagged: never loaded, gated or promoted
 REGISTERED = "vidops.registered"  # a run's tag once a model of it is registered: the next registration opens a run of its own
 ORIGIN = "vidops.origin"  # a version's tag: its seal (`seal_version`); only sealed, unchanged versions are loaded
 EVALUATED = "vidops.metric"  # a version's tag: its champion metric from its own evaluation; only such versions are promoted
@@ -82,18 +86,44 @@ def open_training_run(
 
     mlflow.set_tracking_uri(tracking.uri)
     client = MlflowClient(tracking.uri)
-    run = client.create_run(_experiment_id(params.registry.experiment, tracking), run_name=run_name, tags={"vidops.task": task, **tags})
     tree = params.to_yaml_dict()
     logged = {group: {task: tree[group][task]} for group in ("datasets", "extract", "train")}  # this task's, not the other's
-    with mlflow.start_run(run_id=run.info.run_id):
-        mlflow.log_params(_flatten(logged))
-        version = tags.get("vidops.dataset_version", "").removesuffix(".dir")
-        clips = pd.read_csv(accepted, dtype=str, keep_default_na=False)[["path", "label", "group", "split"]]
-        with warnings.catch_warnings():  # MLflow 3.17 registers its local source class twice, then warns that a path fits both
-            warnings.simplefilter("ignore", UserWarning)
-            data = mlflow.data.from_pandas(clips, source=str(dataset_dir), name=dataset_dir.name, digest=version or None)
-        mlflow.log_input(data, context="training")
+    with answering(tracking, f"opening the {task} training's run"):
+        run = client.create_run(_experiment_id(params.registry.experiment, tracking), run_name=run_name, tags={"vidops.task": task, **tags})
+        with mlflow.start_run(run_id=run.info.run_id):
+            mlflow.log_params(_flatten(logged))
+            version = tags.get("vidops.dataset_version", "").removesuffix(".dir")
+            clips = pd.read_csv(accepted, dtype=str, keep_default_na=False)[["path", "label", "group", "split"]]
+            with warnings.catch_warnings():  # MLflow 3.17 registers its local source class twice, then warns that a path fits both
+                warnings.simplefilter("ignore", UserWarning)
+                data = mlflow.data.from_pandas(clips, source=str(dataset_dir), name=dataset_dir.name, digest=version or None)
+            mlflow.log_input(data, context="training")
+        # the block above ended the run FINISHED: it runs until the training ends it (TrainingRun.end), and a training
+        # killed on the way leaves it RUNNING, which the next one ends as KILLED (a killed training looked finished)
+        client.update_run(run.info.run_id, status="RUNNING")
     return TrainingRun(tracking.uri, run.info.run_id)
+
+
+def end_abandoned_run(model_dir: Path, tracking: Tracking) -> str | None:
+    """End as KILLED the run that the model folder's last training opened in this store and did not live to end (a kill -9
+    leaves it RUNNING for good); its id, or None when there is none."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    path = model_dir / RUN_FILE
+    if not path.is_file():
+        return None
+    found = TrainingRun(**json.loads(path.read_text()))
+    if found.tracking_uri != tracking.uri:
+        return None
+    client = MlflowClient(tracking.uri)
+    try:
+        if client.get_run(found.run_id).info.status != "RUNNING":
+            return None
+    except MlflowException:  # the store was reset since
+        return None
+    client.set_terminated(found.run_id, "KILLED")
+    return found.run_id
 
 
 def _training_run(model_dir: Path, tracking: Tracking) -> TrainingRun | None:
@@ -141,15 +171,37 @@ def register_model(
     history = json.loads((model_dir / HISTORY_FILE).read_text())
     model = load_model(model_dir / MODEL_FILE)
     name = params.registry.of(task).model_name
-    live = _training_run(model_dir, tracking)
-    # the training's own run, which has its curves already; else (trained elsewhere, or registered once) a new one
-    accepted = validation_report.with_name(ACCEPTED)
-    training = live or open_training_run(tracking, params, task, f"{task}-registration", tags, dataset_dir, accepted)
+    with answering(tracking, f"logging {name} to its run"):
+        live = _training_run(model_dir, tracking)
+        # the training's own run, which has its curves already; else (trained elsewhere, or registered once) a new one
+        accepted = validation_report.with_name(ACCEPTED)
+        training = live or open_training_run(tracking, params, task, f"{task}-registration", tags, dataset_dir, accepted)
+        logged = _log_run(training, live is not None, model, model_dir, features_dir, dataset_dir, metrics_path, history, validation_report, params, task, tags)
+    if not register:
+        return Registration(name, None, logged.run_id, logged.experiment_id)
+    metric = params.registry.of(task).metric
+    evaluated = {**tags, EVALUATED: f"{metric}={float(metrics[metric])}"}
+    version = _register_whole(tracking, logged.model_uri, name, logged.run_id, evaluated, registry_key)
+    return Registration(name, version, logged.run_id, logged.experiment_id)
+
+
+@dataclass(frozen=True)
+class _Logged:
+    run_id: str
+    experiment_id: str
+    model_uri: str  # the served model logged to the run: models:/<logged model id>
+
+
+def _log_run(training: TrainingRun, live: bool, model: Any, model_dir: Path, features_dir: Path, dataset_dir: Path, metrics_path: Path,
+             history: dict[str, list[float]], validation_report: Path, params: Params, task: Task, tags: dict[str, str]) -> _Logged:  # fmt: skip
+    """Everything of the model into its run: metrics, curves, reports, the Keras model and the served model (not registered)."""
+    import mlflow
+
     with mlflow.start_run(run_id=training.run_id, tags=tags) as run:
         if not live:
             for epoch, values in enumerate(zip(*history.values(), strict=True)):
                 training.log_epoch(epoch, len(values), dict(zip(history, values, strict=True)))
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        mlflow.log_metrics({k: float(v) for k, v in json.loads(metrics_path.read_text()).items()})
         checked = json.loads(validation_report.read_text())
         mlflow.log_metrics({f"clips_{status}": checked[status] for status in ("accepted", "warned", "quarantined")})
         mlflow.log_artifact(str(validation_report), artifact_path="validation")
@@ -167,25 +219,101 @@ def register_model(
                 pip_requirements=_pinned(),
             )
             mlflow.log_artifacts(str(saved), artifact_path="keras_model")
-            info = _log_served_model(model_dir, features_dir, dataset_dir, params, task, Path(tmp), name if register else None)
-    if not register:
-        return Registration(name, None, run.info.run_id, run.info.experiment_id)
-    version = str(info.registered_model_version)
-    client = mlflow.MlflowClient()
-    client.set_registered_model_alias(name, CHALLENGER, version)
-    for key, value in tags.items():  # the version carries its lineage too: `vidops lineage` reads it from there
-        client.set_model_version_tag(name, version, key, value)
-    metric = params.registry.of(task).metric
-    client.set_model_version_tag(name, version, EVALUATED, f"{metric}={float(metrics[metric])}")
-    client.set_tag(run.info.run_id, REGISTERED, version)
-    if registry_key is not None:
-        seal_version(tracking, name, version, registry_key)
-    return Registration(name, version, run.info.run_id, run.info.experiment_id)
+            info = _log_served_model(model_dir, features_dir, dataset_dir, params, task, Path(tmp))
+    return _Logged(run.info.run_id, run.info.experiment_id, info.model_uri)
 
 
-def _log_served_model(model_dir: Path, features_dir: Path, dataset_dir: Path, params: Params, task: Task, tmp: Path, name: str | None) -> Any:
-    """The pyfunc that takes videos, with the task's extraction and train params; registered as `name` (None: not
-    registered). Logged from code (`MODEL_CODE`), not as a pickle, which MLflow warns about at every registration."""
+def _register_whole(tracking: Tracking, model_uri: str, name: str, run_id: str, tags: dict[str, str], registry_key: bytes | None) -> str:
+    """Register the logged served model as a new version of `name`, whole or not at all: the version is made carrying
+    UNFINISHED, then sealed (its files downloaded as the store holds them), tagged (lineage, its evaluation), cleared of
+    UNFINISHED, and only then made the challenger. When a step fails (a server gone, Ctrl-C) the version is deleted; when
+    even that cannot be done it stays UNFINISHED, which `trusted_download`, the gate and promote refuse, and the next
+    registration into the same run deletes it."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking.uri)
+    with answering(tracking, f"registering {name}"):
+        for stale in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
+            if UNFINISHED in stale.tags:  # left by an attempt of this same registration that was killed or cut off
+                client.delete_model_version(name, stale.version)
+        began = f"registration from run {run_id} began {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} and has not finished"
+        # not awaited: an open-source store makes a version READY as it creates it, and one request less leaves fewer ways to
+        # lose the number of a version the server made
+        version = str(mlflow.register_model(model_uri, name, await_registration_for=0, tags={UNFINISHED: began}).version)
+    try:
+        with answering(tracking, f"registering {name} version {version}"):
+            if registry_key is not None:
+                seal_version(tracking, name, version, registry_key)
+            for key, value in tags.items():  # the version carries its lineage too: `vidops lineage` reads it from there
+                client.set_model_version_tag(name, version, key, value)
+            client.delete_model_version_tag(name, version, UNFINISHED)
+            client.set_registered_model_alias(name, CHALLENGER, version)  # last: only a whole version is ever the challenger
+            client.set_tag(run_id, REGISTERED, version)
+    except BaseException as exc:
+        try:
+            client.delete_model_version(name, version)
+            left = f"version {version} was deleted"
+        except Exception:  # the server is gone: the version keeps its UNFINISHED tag
+            left = f"version {version} stays tagged {UNFINISHED}: never loaded, gated or promoted, and the next registration from this run deletes it"
+        if isinstance(exc, VidopsError):
+            raise type(exc)(f"{exc}; {left}") from None
+        raise
+    return version
+
+
+_NO_ANSWER = {  # what clients say of a server that is gone, and how it is told
+    "Connection refused": "connection refused",
+    "Could not connect to the endpoint URL": "connection refused",
+    "RemoteDisconnected": "the server closed the connection",
+    "Connection aborted": "the server closed the connection",
+    "Connection was closed": "the server closed the connection",
+    "Connection reset": "the server reset the connection",
+    "timed out": "timed out",
+    "Max retries exceeded": "no answer",
+}
+
+
+@contextmanager
+def answering(tracking: Tracking, doing: str) -> Iterator[None]:
+    """A service that does not answer while the block runs (the MLflow server, or the S3 its artifacts are in) is an
+    Unreachable error naming it, what was being done and how it failed, not a client library's traceback."""
+    try:
+        yield
+    except Unreachable:
+        raise
+    except Exception as exc:
+        service, why = _silent(exc, tracking)
+        if service is None:
+            raise
+        raise Unreachable(f"{service} did not answer ({why}) while {doing}") from None
+
+
+def _silent(exc: BaseException, tracking: Tracking) -> tuple[str | None, str]:
+    """(the service that did not answer, how), or (None, "") for any other failure. The causes are read too: MLflow
+    re-raises a refused connection as "Failed to get logged model ... may have been deleted"."""
+    from botocore.exceptions import ConnectionError as NoConnection, HTTPClientError
+    from mlflow.exceptions import MlflowException
+    from requests.exceptions import ConnectionError as Refused
+
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            break
+        text = str(seen)
+        why = next((said for needle, said in _NO_ANSWER.items() if needle in text), "")
+        if isinstance(seen, (NoConnection, HTTPClientError)) or "Could not connect to the endpoint URL" in text:
+            endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL") or "AWS"
+            return f"the S3 store of MLflow's artifacts at {endpoint}", why or text.splitlines()[0][:200]
+        if isinstance(seen, (MlflowException, Refused, ConnectionError)) and why:
+            return f"the MLflow server at {tracking.uri}", why
+        seen = seen.__cause__ or seen.__context__
+    return None, ""
+
+
+def _log_served_model(model_dir: Path, features_dir: Path, dataset_dir: Path, params: Params, task: Task, tmp: Path) -> Any:
+    """The pyfunc that takes videos, with the task's extraction and train params (registered by `_register_whole`).
+    Logged from code (`MODEL_CODE`), not as a pickle, which MLflow warns about at every registration."""
     import mlflow
     import pandas as pd
     from mlflow.models import ModelSignature
@@ -206,7 +334,6 @@ def _log_served_model(model_dir: Path, features_dir: Path, dataset_dir: Path, pa
         code_paths=[str(Path(components.__file__).parent)],
         signature=ModelSignature(inputs=Schema([ColSpec("string", VIDEO)])),
         input_example=pd.DataFrame({VIDEO: [encode(example)]}),
-        registered_model_name=name,
         pip_requirements=[*_pinned(), f"mlflow=={mlflow.__version__}", "av", "pandas", "pydantic"],
     )
 
@@ -367,10 +494,15 @@ def trusted_download(tracking: Tracking, name: str, version: str, key: bytes, ds
     from mlflow.exceptions import MlflowException
 
     try:
-        recorded = MlflowClient(tracking.uri).get_model_version(name, version).tags.get(ORIGIN)
+        with answering(tracking, f"reading models:/{name}/{version}"):
+            tags = MlflowClient(tracking.uri).get_model_version(name, version).tags
     except MlflowException as exc:
         raise VidopsError(f"models:/{name}/{version}: not in the registry at {tracking.uri}: {exc.message.splitlines()[0]}") from None
-    folder = download_version(tracking, name, version, dst)
+    if UNFINISHED in tags:
+        raise VidopsError(f"models:/{name}/{version}: its {tags[UNFINISHED]} (it is tagged {UNFINISHED}); refusing to load it, register the model again")
+    recorded = tags.get(ORIGIN)
+    with answering(tracking, f"downloading models:/{name}/{version}"):
+        folder = download_version(tracking, name, version, dst)
     if recorded is None or not hmac.compare_digest(recorded, _seal(key, name, version, folder)):
         why = f"it has no {ORIGIN} tag" if recorded is None else "its files are not the ones sealed at registration"
         raise VidopsError(f"models:/{name}/{version}: not a version this project's vidops registered ({why}); refusing to load it")

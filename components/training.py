@@ -115,7 +115,7 @@ def _fit(
     keras.utils.set_random_seed(params.seed)
     with strategy.scope():
         if state:
-            fitted = keras.models.load_model(checkpoints / MODEL_FILE)  # compiled, with its optimizer's state
+            fitted = keras.models.load_model(checkpoints / state["model"])  # compiled, with its optimizer's state
         else:
             fitted = model.build()
             xla = params.xla and bool(tf.config.list_physical_devices("GPU"))
@@ -171,15 +171,21 @@ def _run_key(features_dir: Path, params: FitParams) -> str:
 
 
 def _read_state(checkpoints: Path, key: str) -> dict[str, Any] | None:
+    """The last whole checkpoint of this key: its state, which names its model file."""
     state_file = checkpoints / "state.json"
-    if not state_file.is_file() or not (checkpoints / MODEL_FILE).is_file():
+    if not state_file.is_file():
         return None
     state = json.loads(state_file.read_text())
-    return state if state.get("key") == key else None
+    if state.get("key") != key or not (checkpoints / state.get("model", "")).is_file():
+        return None  # another training's, or one from before checkpoints named their model
+    return state
 
 
 class _Checkpoint(keras.callbacks.Callback):
-    """After each epoch: the model with its optimizer, then the epoch and history that go with it; then the report."""
+    """After each epoch: the model with its optimizer under a name of its epoch, then the state (epoch, history, that
+    file's name), then the report. The state names the model file, and the previous one is removed only once the new
+    state is written: a training killed between the two writes resumes from the last epoch whose state is whole (with a
+    single model.keras, it resumed the newer model under the older epoch and history)."""
 
     def __init__(self, folder: Path, key: str, history: dict[str, list[float]], epochs: int, on_epoch: EpochHook | None) -> None:
         super().__init__()
@@ -190,10 +196,14 @@ class _Checkpoint(keras.callbacks.Callback):
         for name, value in metrics.items():
             if name != "learning_rate":
                 self.history.setdefault(name, []).append(value)
-        with atomic_path(self.folder / MODEL_FILE) as tmp:
+        saved = f"model-{epoch + 1}.keras"
+        with atomic_path(self.folder / saved) as tmp:
             self.model.save(tmp)
         # written second: a state file always describes a whole checkpoint
-        write_json(self.folder / "state.json", {"key": self.key, "epoch": epoch + 1, "history": self.history})
+        write_json(self.folder / "state.json", {"key": self.key, "epoch": epoch + 1, "history": self.history, "model": saved})
+        for older in self.folder.glob("model-*.keras"):
+            if older.name != saved:
+                older.unlink(missing_ok=True)
         if self.on_epoch:
             self.on_epoch(epoch, self.epochs, metrics)
 

@@ -13,6 +13,8 @@ import random
 import re
 import subprocess
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,12 +40,48 @@ class DatasetVersion:
     dvc_file: Path
 
 
-def dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run `dvc ARGS` in `root`; an error quotes DVC's own message."""
-    done = subprocess.run([program("dvc"), *args], cwd=root, capture_output=True, text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+class ServerGone(VidopsError):
+    """A DVC command stopped because the S3 server it talks to is gone (`watching`); `reason` says how it was seen."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+_watches: list[Callable[[], str | None]] = []
+
+
+@contextmanager
+def watching(gone: Callable[[], str | None]) -> Iterator[None]:
+    """While the block runs, a DVC command that talks to the remote is stopped as soon as `gone` returns a reason (the
+    S3 server, one this process started, has died): DVC would otherwise try every file against it, each with retries,
+    for minutes (3 of them for 200 files on the CI machine) before it says so."""
+    _watches.append(gone)
+    try:
+        yield
+    finally:
+        _watches.remove(gone)
+
+
+def dvc(root: Path, *args: str, check: bool = True, watched: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run `dvc ARGS` in `root`; an error quotes DVC's own message. A `watched` command (one that talks to the remote)
+    is stopped, with ServerGone, when a `watching` check says the server is gone."""
+    shown = " ".join("***" if i and args[i - 1] in SECRETS else arg for i, arg in enumerate(args))
+    with subprocess.Popen([program("dvc"), *args], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, "DVC_NO_ANALYTICS": "1"}) as process:  # fmt: skip
+        while True:
+            try:
+                out, err = process.communicate(timeout=0.5 if watched and _watches else None)
+                break
+            except subprocess.TimeoutExpired:  # communicate again loses no output
+                reason = next((why for gone in list(_watches) if (why := gone())), None)
+                if reason:
+                    process.kill()  # as a kill -9 would: DVC writes a version's listing last, so nothing half-done passes for whole
+                    process.communicate()
+                    raise ServerGone(f"dvc {shown} in {root} was stopped: {reason}", reason) from None
+    done = subprocess.CompletedProcess(process.args, process.returncode, out, err)
     if check and done.returncode != 0:
-        shown = ["***" if i and args[i - 1] in SECRETS else arg for i, arg in enumerate(args)]
-        raise VidopsError(f"dvc {' '.join(shown)} in {root} failed: {_message(done)}")
+        raise VidopsError(f"dvc {shown} in {root} failed: {_message(done)}")
     return done
 
 
@@ -130,29 +168,37 @@ def push(root: Path, targets: list[Path], tries: int = 3, wait_s: float = 2.0) -
     part-way leaves no version on the remote that names missing files; the next push sends what is left.
     """
     require_remote(root)
+    url = remote_url(root)
     names = [str(t.relative_to(root)) for t in targets]
+    half = "the remote holds no listing of a version whose files did not all arrive (DVC writes it last), so a later push completes it"
     for attempt in range(1, tries + 1):
-        done = dvc(root, "push", *names, check=False)
+        try:
+            done = dvc(root, "push", *names, check=False, watched=True)
+        except ServerGone as exc:  # trying again cannot help
+            raise VidopsError(f"dvc push to {url} stopped: {exc.reason}; {half}") from None
         if done.returncode == 0:
             return
         message = _message(done)
         if _denied(message):
-            raise VidopsError(f"dvc push to {remote_url(root)}: the S3 server refused the credentials ({message}); "
+            raise VidopsError(f"dvc push to {url}: the S3 server refused the credentials ({message}); "
                               "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or .dvc/config.local")  # fmt: skip
         if attempt == tries:
-            raise VidopsError(f"dvc push to {remote_url(root)} failed {tries} times ({message}); the remote holds no "
-                              "listing of a version whose files did not all arrive (DVC writes it last), so a later push completes it")  # fmt: skip
+            raise VidopsError(f"dvc push to {url} failed {tries} times ({message}); {half}")
         time.sleep(wait_s * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
 
 
 def pull(root: Path, targets: list[Path] | None = None) -> None:
     """`dvc pull` the targets (default: everything the project pins) from the default remote."""
     require_remote(root)
-    done = dvc(root, "pull", *(str(t.relative_to(root)) for t in targets or []), check=False)
+    url = remote_url(root)
+    try:
+        done = dvc(root, "pull", *(str(t.relative_to(root)) for t in targets or []), check=False, watched=True)
+    except ServerGone as exc:
+        raise VidopsError(f"dvc pull from {url} stopped: {exc.reason}") from None
     if done.returncode != 0:
         message = _message(done)
         hint = "; check the keys" if _denied(message) else ""
-        raise VidopsError(f"dvc pull from {remote_url(root)} failed: {message}{hint}")
+        raise VidopsError(f"dvc pull from {url} failed: {message}{hint}")
 
 
 def require_remote(root: Path) -> None:

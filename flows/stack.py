@@ -159,9 +159,17 @@ def project_s3(layout: Layout) -> Iterator[dict[str, str]]:
     service = _start_s3(layout, port, {**os.environ, **env})
     write_json(home / S3_RECORD, {**service, "owner": os.getpid()})  # what a later start needs to find an orphan: pid, argv
     _serving[home] = env
+    gone = lambda: None if _alive(service) else "the S3 server went away"  # noqa: E731
     try:
         _point_dvc(layout, env)
-        yield env
+        with versioning.watching(gone):
+            yield env
+    except VidopsError as exc:
+        if _alive(service):
+            raise
+        # what failed was the server, not the command: say so first, with where its last words are
+        raise VidopsError(f"the project's S3 (SeaweedFS at {service['url']}, pid {service['pid']}) stopped while the command ran"
+                          f" (its log: {service['log']}): {exc}") from None  # fmt: skip
     finally:
         del _serving[home]
         _stop([service])

@@ -58,17 +58,28 @@ def train_model(layout: Layout, params: Params, task: Task, progress: Progress |
     spec(task).preflight(task, params.train.of(task))  # nor weights
     name = run_name or f"{task}-{os.environ.get(EXPERIMENT) or 'stage'}"
     accepted = layout.catalog(task) / validation.ACCEPTED
+    if abandoned := registry.end_abandoned_run(layout.models(task), tracking(layout)):
+        log.info("train %s: MLflow run %s of a training that did not finish (killed) ended as KILLED", task, abandoned)
     run = registry.open_training_run(tracking(layout), params, task, name, _lineage(layout, params, task), dataset(layout, params, task), accepted)
     write_json(layout.models(task) / RUN_FILE, asdict(run))
     log.info("train %s: MLflow run %s (%s)", task, name, run.run_id)
     try:
         trained = _train_reporting(spec(task).train, layout.features(task), layout.models(task), params.train.of(task), run, task, progress)
     except BaseException:
-        run.end(failed=True)
+        _end(run, task, failed=True)
         raise
-    run.end()
+    _end(run, task)
     training.write_curves(trained.history, layout.curves(task))
     return trained
+
+
+def _end(run: registry.TrainingRun, task: Task, failed: bool = False) -> None:
+    """End the training's MLflow run; a tracking server that does not answer costs a warning, not the trained model (the
+    registration logs into the run again, and ends it)."""
+    try:
+        run.end(failed)
+    except Exception as exc:
+        log.warning("train %s: MLflow run %s could not be ended %s: %s", task, run.run_id, "FAILED" if failed else "FINISHED", exc)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from components.extraction import SHARDS, extract_clip, extract_features
 from components.media import read_frames
 from components.params import ExtractParams, load_params
 from components.sampling import ClipTooShort, dense, sample_indices, segments, uniform
+import faults
 from corpus import encode, encode_flash_and_click, encode_indexed, read_index
 from flows import stages
 
@@ -130,18 +131,29 @@ def test_a_failing_clip_is_recorded_and_the_rest_extracted(project, tiny_params)
     assert not any(p.name.startswith(".") for p in (project.features("classification") / SHARDS).iterdir())
 
 
+@pytest.mark.slow
 def test_a_killed_extraction_resumes_where_it_stopped(project, tiny_params):
+    """`vidops stage extract` killed with -9 (its worker processes too) once shards are being written; the re-run keeps
+    every whole shard and extracts the rest, and no shard is left twice or cut short."""
     stages.validate_dataset(project, tiny_params, "classification")
     features = project.features("classification")
-    stages.extract_features(project, tiny_params, "classification")
-    shards = sorted((features / SHARDS).glob("*.npz"))
-    for shard in shards[5:]:  # as if killed after five clips: no index, a temporary file left over
-        shard.unlink()
-    (features / "index.json").unlink()
-    (features / SHARDS / ".half.npz.tmp-1.npz").write_bytes(b"partial")
-    resumed = stages.extract_features(project, tiny_params, "classification")
-    assert (resumed.extracted, resumed.reused) == (16, 5)
+    whole = lambda: sorted((features / SHARDS).glob("[!.]*.npz")) if (features / SHARDS).is_dir() else []  # noqa: E731
+    command = faults.start("stage", "extract", "--task", "classification", "--root", str(project.root))
+    faults.until(whole, "a first shard", command)
+    faults.kill_group(command)
+    assert faults.group_gone(command.pid), "a worker of the killed extraction lives on"
+    kept = whole()
+    assert 0 < len(kept) < 21 and not (features / "index.json").exists()  # killed part-way: no index, nothing passes for whole
+
+    again = faults.run("stage", "extract", "--task", "classification", "--root", str(project.root))
+    assert again.returncode == 0, again.stderr
+    assert f": {21 - len(kept)} extracted, {len(kept)} reused, 0 failed;" in again.stdout, again.stdout
+    index = pd.read_csv(features / "index.csv", keep_default_na=False)
     assert json.loads((features / "index.json").read_text())["clips"] == {"train": 14, "test": 7}
+    assert sorted(p.name for p in (features / SHARDS).iterdir()) == sorted(index["shard"]) and len(index) == 21  # no temporary file, none twice
+    for shard in index["shard"]:
+        with np.load(features / SHARDS / shard) as arrays:
+            assert arrays["frames"].shape == (4, 32, 32, 3), shard  # every shard loads, whole
 
 
 def test_the_tf_data_reader_yields_every_clip_with_its_label(project, tiny_params):

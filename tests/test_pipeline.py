@@ -134,6 +134,11 @@ def test_only_what_the_network_did_is_retried():
     assert not transient(None, None, Failed(data=ValueError("a shard is cut short")))
     assert not transient(None, None, Failed(data=FileNotFoundError(2, "No such file or directory", "models/classification/model.keras")))
     assert not transient(None, None, Completed())
+    from components.errors import Unreachable, VidopsError
+
+    # what registration says of a server that did not answer is the network's; any other VidopsError is not
+    assert transient(None, None, Failed(data=Unreachable("the MLflow server at http://127.0.0.1:5000 did not answer (connection refused) while registering")))
+    assert not transient(None, None, Failed(data=VidopsError("models/classification/history.json: not a training's history")))
 
 
 def test_a_cached_registration_counts_only_while_the_registry_holds_its_version(tmp_path):

@@ -1,7 +1,13 @@
 import base64
 import json
 import logging
+import os
+import shutil
+import signal
+import sqlite3
+import sys
 import warnings
+from contextlib import closing
 from pathlib import Path
 
 import mlflow
@@ -12,7 +18,10 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+import faults
+from components.errors import VidopsError
 from components.generate import MOTIONS
+from components.layout import Layout
 from components.registry import CHALLENGER, CHAMPION, EVALUATED, Tracking, register_model
 from components.validation import REPORT
 
@@ -146,3 +155,121 @@ def test_the_sync_model_registers_under_its_own_name_and_answers_with_an_offset(
     clip = sorted(trained_project.raw("demo-sync").rglob("*.mp4"))[0]
     answer = mlflow.pyfunc.load_model(f"models:/vidops-sync@{CHALLENGER}").predict(pd.DataFrame({"video": [str(clip)]}))
     assert -3 <= int(answer["offset"][0]) <= 3 and 0 < answer["confidence"][0] <= 1 and 0 <= answer["in_sync"][0] <= 1
+
+
+def _mlflow_server(home: Path, port: int) -> dict:
+    """A real `mlflow server` on 127.0.0.1:`port`, its store a sqlite file in `home` and its artifacts proxied into
+    `home`/artifacts, started in a session of its own (its uvicorn process with it; no job workers, which registration
+    does not use and which slow its start on 2 cores); its record for _stop."""
+    from flows.stack import _http, _start
+
+    argv = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}", "--artifacts-destination", str(home / "artifacts")]  # fmt: skip
+    home.mkdir(exist_ok=True)
+    return _start(home, "mlflow", argv, faults.cli_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"), f"http://127.0.0.1:{port}", _http("/health"))
+
+
+def _version_rows(store: Path, name: str) -> list[int]:
+    """The model's versions as the server's sqlite store holds them (read beside the running server)."""
+    try:
+        with closing(sqlite3.connect(f"{store.as_uri()}?mode=ro", uri=True, timeout=1)) as db:
+            return [row[0] for row in db.execute("SELECT version FROM model_versions WHERE name = ?", (name,))]
+    except sqlite3.Error:  # not made yet, or the server holds its lock this moment
+        return []
+
+
+@pytest.mark.slow
+def test_an_mlflow_server_killed_during_registration_leaves_no_half_version_in_use_and_the_rerun_registers(trained_project, tiny_params, tmp_path):
+    """`vidops stage register` against an MLflow server that is killed (-9, its process group) the moment the new
+    version exists: the command fails naming the server; the half-made version holds no alias, and predict, the gate
+    and promote refuse it; with the server back, the re-run registers a whole version (sealed, then the challenger)
+    into the same run and deletes the half one."""
+    from components.promotion import TestSet, gate, promote
+    from components.registry import CHALLENGER, ORIGIN, UNFINISHED, alias, open_training_run, trusted_download
+    from flows.profiles import registry_key
+    from flows.stack import _free_port, _stop
+    from flows.stages import _lineage
+
+    project = Layout(tmp_path / "project")
+    shutil.copytree(trained_project.root, project.root, ignore=shutil.ignore_patterns(".vidops"))
+    (project.root / "params.yaml").write_text(yaml.safe_dump(tiny_params.to_yaml_dict()))
+    port = _free_port()
+    server, url = _mlflow_server(tmp_path / "server", port), f"http://127.0.0.1:{port}"
+    served, name, task, key = Tracking(url), "vidops-classifier", "classification", registry_key(project)
+    try:
+        # the training's run, as `vidops stage train` opens it on the server and records it for the registration
+        run = open_training_run(served, tiny_params, task, "classification-stage", _lineage(project, tiny_params, task), project.raw("demo"),
+                                project.catalog(task) / "accepted.csv")  # fmt: skip
+        (project.models(task) / "run.json").write_text(json.dumps({"tracking_uri": url, "run_id": run.run_id}))
+        env = faults.cli_env(MLFLOW_TRACKING_URI=url, MLFLOW_HTTP_REQUEST_MAX_RETRIES="1", MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1",
+                             MLFLOW_HTTP_REQUEST_TIMEOUT="10")  # a user's client would wait out 7 retries  # fmt: skip
+        register = ("stage", "register", "--task", task, "--root", str(project.root))
+        command = faults.start(*register, env=env)
+        half = faults.until(lambda: _version_rows(tmp_path / "server" / "mlflow.db", name), "a new version", command)[0]
+        os.killpg(server["pid"], signal.SIGKILL)
+        _, err = command.communicate(timeout=600)
+        said = err.strip().splitlines()[-1]  # MLflow's own lines ("Created version '1' ...") may come before it
+        assert command.returncode == 1 and "Traceback" not in err and sum(line.startswith("vidops: error") for line in err.splitlines()) == 1, err
+        assert said.startswith(f"vidops: error: the MLflow server at {url} did not answer (") and f"while registering {name}" in said, err
+
+        server = _mlflow_server(tmp_path / "server", port)  # back, on the same store
+        client = MlflowClient(url)
+        left = client.get_model_version(name, str(half))
+        assert UNFINISHED in left.tags and not left.aliases and alias(client, name, CHALLENGER) is None
+        with pytest.raises(VidopsError, match=f"models:/{name}/{half}: its registration from run {run.run_id} .* has not finished"):
+            trusted_download(served, name, str(half), key, tmp_path / "download")  # what predict and the gate load through
+        test = TestSet(project.raw("demo"), project.catalog(task) / "accepted.csv", project.features(task), tiny_params.extract.classification)
+        with pytest.raises(VidopsError, match="only whole versions are promoted"):
+            gate(served, name, str(half), tiny_params.registry.classification, 0.0, test, tmp_path / "gate", key)
+        with pytest.raises(VidopsError, match="only whole versions are promoted"):
+            promote(served, name, str(half), "by hand")
+
+        again = faults.run(*register, env=env)
+        assert again.returncode == 0, again.stderr
+        said = again.stdout.strip().splitlines()[-1]  # after MLflow's links to the run, which it prints for a server's runs
+        whole = said.split("version ")[1].split(",")[0]
+        assert said == f"register {task}: {name} version {whole}, MLflow run {run.run_id}"  # into the same run as the killed attempt
+        versions = {str(v.version): v for v in client.search_model_versions(f"name = '{name}'")}
+        assert list(versions) == [whole] and ORIGIN in versions[whole].tags and UNFINISHED not in versions[whole].tags  # the half one is gone
+        assert str(alias(client, name, CHALLENGER).version) == whole
+        assert (trusted_download(served, name, whole, key, tmp_path / "whole") / "MLmodel").is_file()  # its seal holds
+    finally:
+        _stop([server])
+
+
+@pytest.mark.slow
+def test_s3_killed_while_mlflow_uploads_a_model_leaves_no_version_and_a_rerun_after_its_restart_registers(trained_project, tiny_params, tmp_path):
+    """The registry's experiment keeps its artifacts in the project's S3 (as one the stack made): `vidops stage register`
+    starts SeaweedFS for them, which is killed (-9) once the first artifact is there. The command fails naming the S3;
+    no version exists of the half-uploaded model, whose run is FAILED; the re-run (SeaweedFS started again) registers."""
+    from components.registry import ORIGIN, UNFINISHED
+    from flows.stack import ARTIFACTS
+
+    project = Layout(tmp_path / "project")
+    shutil.copytree(trained_project.root, project.root, ignore=shutil.ignore_patterns(".vidops"))
+    (project.root / "params.yaml").write_text(yaml.safe_dump(tiny_params.to_yaml_dict()))
+    project.state.mkdir()
+    store = MlflowClient(f"sqlite:///{project.state / 'mlflow.db'}")
+    experiment = store.create_experiment(tiny_params.registry.experiment, artifact_location=f"{ARTIFACTS}/1")
+    register = ("stage", "register", "--task", "classification", "--root", str(project.root))
+
+    command = faults.start(*register)
+    s3 = faults.until(lambda: faults.s3_of(project.root), "the project's S3", command)
+    record = json.loads((project.state / "s3" / "running.json").read_text())
+    faults.until(lambda: faults.keys(faults.s3_client(s3), "mlflow/"), "a first artifact in S3", command)
+    os.kill(record["pid"], signal.SIGKILL)
+    _, err = command.communicate(timeout=600)
+    said = err.strip().splitlines()[-1]
+    assert command.returncode == 1 and "Traceback" not in err and sum(line.startswith("vidops: error") for line in err.splitlines()) == 1, err
+    assert said.startswith(f"vidops: error: the project's S3 (SeaweedFS at {record['url']}, pid {record['pid']}) stopped while the command ran"), err
+    assert f"the S3 store of MLflow's artifacts at {record['url']} did not answer" in said, err
+    assert not store.search_model_versions("name = 'vidops-classifier'")  # nothing registered of a model whose files did not all arrive
+    (failed,) = store.search_runs([experiment])
+    assert failed.info.status == "FAILED"
+
+    again = faults.run(*register)
+    assert again.returncode == 0, again.stderr
+    (version,) = store.search_model_versions("name = 'vidops-classifier'")
+    assert again.stdout.startswith(f"register classification: vidops-classifier version {version.version}, MLflow run ")
+    assert ORIGIN in version.tags and UNFINISHED not in version.tags  # sealed: its files were downloaded whole from the restarted S3
+    assert version.source.startswith("models:/") and store.get_run(version.run_id).info.artifact_uri.startswith(f"{ARTIFACTS}/1/")

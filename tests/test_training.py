@@ -1,6 +1,7 @@
 """Both models: they see what they must, they train and resume, and bad inputs stop them before the first epoch."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -8,6 +9,8 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
+from mlflow import MlflowClient
 
 from components import inputs
 from components.errors import VidopsError
@@ -15,6 +18,7 @@ from components.evaluation import evaluate_classifier
 from components.models import OffsetPairs, build_classifier, build_sync
 from components.params import ClassifierParams, SyncParams
 from components.training import CHECKPOINTS, train_classifier, train_sync
+import faults
 
 
 @pytest.mark.parametrize("temporal", ["conv", "lstm", "2plus1d"])
@@ -98,20 +102,24 @@ def test_evaluate_without_a_model_is_an_error(tmp_path):
         evaluate_classifier(tmp_path / "models", tmp_path / "features", tmp_path / "reports")
 
 
-def test_a_killed_training_resumes_from_its_last_checkpoint(trained_project, tmp_path, monkeypatch):
+def test_a_training_stopped_between_a_model_and_its_state_resumes_from_the_last_whole_checkpoint(trained_project, tmp_path, monkeypatch):
+    """Exactly the model, optimizer and history of the last whole checkpoint are resumed, when the stop came after
+    epoch 2's model was written and before its state was (the real kill -9 is test_a_killed_training_stage_...)."""
+    from components import training
+
     features, models = trained_project.features("classification"), tmp_path / "model"
     three = ClassifierParams(filters=(4, 8), epochs=3, batch_size=4, patience=10)
     finished = train_classifier(features, models, three)
     assert finished.resumed_from == 0 and finished.epochs == 3
     assert not (models / CHECKPOINTS).exists()  # a finished training leaves no checkpoint behind
 
-    class Killed(Exception):
+    class Killed(BaseException):
         pass
 
-    class KillAfterTwo(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            if epoch == 1:
-                raise Killed
+    def stop_at_epoch_two(path, data, *args, **kwargs):
+        if path.name == "state.json" and data["epoch"] == 2:
+            raise Killed
+        return write_json(path, data, *args, **kwargs)
 
     starting_weights = []
 
@@ -119,22 +127,53 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(trained_project, tmp
         def on_train_begin(self, logs=None):
             starting_weights.append([w.copy() for w in self.model.get_weights()])
 
-    original_fit = keras.Model.fit
-    with monkeypatch.context() as patch:  # killed after epoch 2 of 3
-        patch.setattr(keras.Model, "fit", lambda self, *a, **k: original_fit(self, *a, **{**k, "callbacks": [*k["callbacks"], KillAfterTwo()]}))
+    write_json = training.write_json
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "write_json", stop_at_epoch_two)
         with pytest.raises(Killed):
             train_classifier(features, models, three)
     state = json.loads((models / CHECKPOINTS / "state.json").read_text())
-    assert state["epoch"] == 2 and len(state["history"]["loss"]) == 2
-    saved = keras.models.load_model(models / CHECKPOINTS / "model.keras")
-    assert int(saved.optimizer.iterations) == 2 * 3  # 14 clips make 3 whole batches of 4 an epoch
+    assert state["epoch"] == 1 and len(state["history"]["loss"]) == 1 and (models / CHECKPOINTS / "model-2.keras").is_file()
+    saved = keras.models.load_model(models / CHECKPOINTS / state["model"])
+    assert int(saved.optimizer.iterations) == 3  # 14 clips make 3 whole batches of 4 an epoch: epoch 1's, not epoch 2's
 
+    original_fit = keras.Model.fit
     with monkeypatch.context() as patch:
         patch.setattr(keras.Model, "fit", lambda self, *a, **k: original_fit(self, *a, **{**k, "callbacks": [*k["callbacks"], RecordStart()]}))
         resumed = train_classifier(features, models, three)
-    assert resumed.resumed_from == 2 and resumed.epochs == 3
-    assert resumed.history["loss"][:2] == state["history"]["loss"]
+    assert resumed.resumed_from == 1 and resumed.epochs == 3 and len(resumed.history["loss"]) == 3
+    assert resumed.history["loss"][:1] == state["history"]["loss"]
     assert all(np.array_equal(a, b) for a, b in zip(starting_weights[0], saved.get_weights(), strict=True))
+
+
+@pytest.mark.slow
+def test_a_killed_training_stage_resumes_from_its_last_checkpoint(trained_project, tiny_params, tmp_path):
+    """`vidops stage train` killed with -9, the spawned training process with it, once a checkpoint is written; the
+    re-run resumes from that checkpoint's epoch and finishes."""
+    project = tmp_path / "project"
+    shutil.copytree(trained_project.root, project, ignore=shutil.ignore_patterns(".vidops", "models"))
+    (project / "params.yaml").write_text(yaml.safe_dump(tiny_params.to_yaml_dict()))
+    checkpoints = project / "models" / "classification" / CHECKPOINTS
+    train = ("stage", "train", "--task", "classification", "--root", str(project), "--set", "train.classification.epochs=6")
+    command = faults.start(*train)
+    faults.until(lambda: (checkpoints / "state.json").is_file(), "a first checkpoint", command)
+    faults.kill_group(command)
+    assert faults.group_gone(command.pid), "the training process outlived the killed command"
+    state = json.loads((checkpoints / "state.json").read_text())  # the last checkpoint the kill left whole
+    assert 1 <= state["epoch"] < 6 and (checkpoints / state["model"]).is_file()
+    assert not (project / "models" / "classification" / "model.keras").exists()
+    killed_run = json.loads((project / "models" / "classification" / "run.json").read_text())["run_id"]
+    store = MlflowClient(f"sqlite:///{project / '.vidops' / 'mlflow.db'}")
+    assert store.get_run(killed_run).info.status == "RUNNING"  # not FINISHED: it never finished
+
+    again = faults.run(*train)
+    assert again.returncode == 0, again.stderr
+    assert re.match(rf"train classification: \d+ epochs \(resumed at epoch {state['epoch']}\)", again.stdout), again.stdout
+    history = json.loads((project / "models" / "classification" / "history.json").read_text())
+    assert history["loss"][: state["epoch"]] == state["history"]["loss"]  # the epochs before the kill, kept
+    assert not checkpoints.exists()
+    assert store.get_run(killed_run).info.status == "KILLED"  # not RUNNING for ever in the UI
+    assert store.get_run(json.loads((project / "models" / "classification" / "run.json").read_text())["run_id"]).info.status == "FINISHED"
 
 
 def test_a_class_without_training_clips_fails_before_any_epoch(trained_project, tmp_path):

@@ -19,6 +19,7 @@ from components import versioning
 from components.errors import VidopsError
 from components.layout import Layout
 from flows.stack import project_s3
+import faults
 from corpus import encode
 
 REPO = Path(__file__).resolve().parents[1]
@@ -310,37 +311,98 @@ def _started_s3(project: Layout, command: subprocess.Popen, timeout_s: float = 1
     return json.loads(record.read_text())
 
 
+def _bulky(project: Layout, tiny_dataset: Path, tiny_params, files: int = 200, size: int = 64 * 2**10) -> None:
+    """The classification task's dataset, the tiny clips and `files` more files of random bytes: enough that a push
+    is seen mid-flight (a few seconds of it on the 2-core CI machine)."""
+    shutil.copytree(tiny_dataset, project.raw("demo"))
+    (project.raw("demo") / "bulk").mkdir()
+    for i in range(files):
+        (project.raw("demo") / "bulk" / f"{i:04d}.bin").write_bytes(os.urandom(size))
+    params = tiny_params.to_yaml_dict() | {"tasks": ["classification"], "datasets": {"classification": "demo"}}
+    (project.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def _remote_is_the_cache(project: Layout) -> None:
+    """While the project's S3 is up: the remote holds every object of the DVC cache once, byte for byte, and nothing else
+    (no stray temporary object, no unfinished multipart upload), and `dvc status -c` agrees."""
+    cache = project.root / ".dvc" / "cache"
+    expected = {f"dvc/{path.relative_to(cache).as_posix()}": path for path in (cache / "files").rglob("*") if path.is_file()}
+    client = faults.s3_client(faults.s3_of(project.root))
+    remote = faults.keys(client, "")
+    assert len(remote) == len(set(remote)) and sorted(remote) == sorted(expected)
+    for key, path in expected.items():
+        assert client.get_object(Bucket="vidops", Key=key)["Body"].read() == path.read_bytes(), key
+    assert not client.list_multipart_uploads(Bucket="vidops").get("Uploads")
+    assert "in sync" in _dvc(project.root, "status", "-c")
+
+
 @pytest.mark.slow
 def test_a_killed_command_leaves_no_s3_running_and_the_next_one_clears_an_orphan(tiny_dataset, tiny_params, tmp_path):
     import signal
     import tempfile
 
-    from flows.stack import _alive
+    from flows.cli import version_datasets
+    from flows.stack import _alive, project_store
 
     project = Layout(tmp_path / "project")
-    shutil.copytree(tiny_dataset, project.raw("demo"))
-    params = tiny_params.to_yaml_dict() | {"tasks": ["classification"], "datasets": {"classification": "demo"}}
-    (project.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "PREFECT_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    push = [sys.executable, "-m", "flows.cli", "data", "push", "--root", str(project.root)]
+    _bulky(project, tiny_dataset, tiny_params)
+    push = ("data", "push", "--root", str(project.root))
     sockets = lambda service: [p for process in (service, *service["parts"]) for arg in process["argv"] if ".grpc=" in arg  # noqa: E731
                                for p in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-{arg.split('=', 1)[1]}.sock")]  # fmt: skip
 
     # SIGTERM: the command unwinds, stops its S3 and removes its sockets
-    command = subprocess.Popen(push, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = faults.start(*push)
     s3 = _started_s3(project, command)
     command.send_signal(signal.SIGTERM)
     _, err = command.communicate(timeout=120)
     assert command.returncode == 130 and "interrupted" in err, err
     assert not _alive(s3) and not sockets(s3) and not (project.state / "s3" / "running.json").exists()
 
-    # kill -9: SeaweedFS, in a session of its own, outlives the command; the next command stops it and completes
-    command = subprocess.Popen(push, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # kill -9 of the command's process group (vidops and DVC) while DVC is uploading: SeaweedFS, in a session of its own,
+    # outlives it; the remote holds some files, and no listing of the version
+    command = faults.start(*push)
     orphan = _started_s3(project, command)
-    command.kill()
-    command.wait(timeout=60)
+    client = faults.s3_client(faults.s3_of(project.root))
+    faults.until(lambda: faults.keys(client, "dvc/files/"), "a first object on the remote", command)
+    faults.kill_group(command)
+    assert faults.group_gone(command.pid), "DVC outlived the killed command"
+    version = versioning.read_version(project.raw("demo"))  # pinned by `dvc add` before the push began
+    arrived = faults.keys(client, "dvc/")
+    assert 0 < len(arrived) < version.files and remote_key("dvc", version.md5) not in arrived, len(arrived)
     assert _alive(orphan)
-    done = subprocess.run(push, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    assert not _alive(orphan) and "pushed to s3://vidops/dvc" in done.stdout
+
+    # the next command stops the orphan, and its push (`vidops data push`'s, here in this process to check the remote
+    # while its S3 is up) completes what the killed one left
+    with project_store(project):
+        assert not _alive(orphan)
+        assert version_datasets(project, tiny_params.model_copy(update={"tasks": ["classification"]})) == [version]
+        _remote_is_the_cache(project)
+
+
+@pytest.mark.slow
+def test_s3_stopped_during_a_push_is_named_and_a_rerun_after_its_restart_completes(tiny_dataset, tiny_params, tmp_path):
+    """SeaweedFS killed with -9 while `vidops data push` uploads: the command fails with one line naming the S3 server
+    and the remote; the restarted server holds no listing of the half-pushed version; a re-run completes it."""
+    import signal
+
+    from flows.cli import version_datasets
+    from flows.stack import project_store
+
+    project = Layout(tmp_path / "project")
+    _bulky(project, tiny_dataset, tiny_params)
+    command = faults.start("data", "push", "--root", str(project.root))
+    s3 = _started_s3(project, command)
+    client = faults.s3_client(faults.s3_of(project.root))
+    faults.until(lambda: faults.keys(client, "dvc/files/"), "a first object on the remote", command)
+    os.kill(s3["pid"], signal.SIGKILL)
+    _, err = command.communicate(timeout=600)
+    assert command.returncode == 1 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"vidops: error: the project's S3 (SeaweedFS at {s3['url']}, pid {s3['pid']}) stopped while the command ran"), err
+    assert "dvc push to s3://vidops/dvc stopped: the S3 server went away; the remote holds no listing" in err and not (project.state / "s3" / "running.json").exists()
+
+    version = versioning.read_version(project.raw("demo"))
+    with project_store(project):  # SeaweedFS again, on the same data
+        arrived = faults.keys(faults.s3_client(faults.s3_of(project.root)), "dvc/")
+        assert 0 < len(arrived) < version.files and remote_key("dvc", version.md5) not in arrived, len(arrived)
+        assert version_datasets(project, tiny_params.model_copy(update={"tasks": ["classification"]})) == [version]
+        _remote_is_the_cache(project)

@@ -233,14 +233,18 @@ def _register_whole(tracking: Tracking, model_uri: str, name: str, run_id: str, 
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking.uri)
-    with answering(tracking, f"registering {name}"):
-        for stale in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
-            if UNFINISHED in stale.tags:  # left by an attempt of this same registration that was killed or cut off
-                client.delete_model_version(name, stale.version)
-        began = f"registration from run {run_id} began {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} and has not finished"
-        # not awaited: an open-source store makes a version READY as it creates it, and one request less leaves fewer ways to
-        # lose the number of a version the server made
-        version = str(mlflow.register_model(model_uri, name, await_registration_for=0, tags={UNFINISHED: began}).version)
+    try:
+        with answering(tracking, f"registering {name}"):
+            for stale in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
+                if UNFINISHED in stale.tags:  # left by an attempt of this same registration that was killed or cut off
+                    client.delete_model_version(name, stale.version)
+            began = f"registration from run {run_id} began {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} and has not finished"
+            # not awaited: an open-source store makes a version READY as it creates it, and one request less leaves fewer
+            # ways to lose the number of a version the server made
+            version = str(mlflow.register_model(model_uri, name, await_registration_for=0, tags={UNFINISHED: began}).version)
+    except Unreachable as exc:  # the server may have made the version and not lived to say which
+        raise Unreachable(f"{exc}; a version it may have made is tagged {UNFINISHED}: never loaded, gated or promoted, and the next "
+                          "registration from this run deletes it") from None  # fmt: skip
     try:
         with answering(tracking, f"registering {name} version {version}"):
             if registry_key is not None:

@@ -211,6 +211,7 @@ def test_an_mlflow_server_killed_during_registration_leaves_no_half_version_in_u
         said = err.strip().splitlines()[-1]  # MLflow's own lines ("Created version '1' ...") may come before it
         assert command.returncode == 1 and "Traceback" not in err and sum(line.startswith("vidops: error") for line in err.splitlines()) == 1, err
         assert said.startswith(f"vidops: error: the MLflow server at {url} did not answer (") and f"while registering {name}" in said, err
+        assert f"tagged {UNFINISHED}: never loaded, gated or promoted, and the next registration from this run deletes it" in said, err
 
         server = _mlflow_server(tmp_path / "server", port)  # back, on the same store
         client = MlflowClient(url)

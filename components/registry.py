@@ -272,6 +272,7 @@ _NO_ANSWER = {  # what clients say of a server that is gone, and how it is told
     "RemoteDisconnected": "the server closed the connection",
     "Connection aborted": "the server closed the connection",
     "Connection was closed": "the server closed the connection",
+    "Connection broken": "the server closed the connection mid-answer",
     "Connection reset": "the server reset the connection",
     "timed out": "timed out",
     "Max retries exceeded": "no answer",

@@ -22,9 +22,9 @@ from typing import Any
 import av
 import numpy as np
 
-from components.extraction import extract_clip
-from components.media import mux_audio
-from components.params import ExtractParams
+from vidops.components.extraction import extract_clip
+from vidops.components.media import mux_audio
+from vidops.components.params import ExtractParams
 
 
 @dataclass(frozen=True)

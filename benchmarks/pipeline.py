@@ -19,8 +19,8 @@ from pathlib import Path
 
 import yaml
 
-from components.layout import Layout
-from components.params import Task, load_params
+from vidops.components.layout import Layout
+from vidops.components.params import Task, load_params
 
 TASKS: tuple[Task, ...] = ("classification", "sync")
 
@@ -39,7 +39,7 @@ class Timings:
 
 
 def run(workdir: Path, config: BenchConfig) -> Timings:
-    from components.generate import MARKER, generate_dataset
+    from vidops.components.generate import MARKER, generate_dataset
 
     overrides = [f"generate.{task}.clips_per_class={config.clips_per_class}" for task in TASKS if config.clips_per_class]
     overrides += [f"train.{task}.epochs={config.epochs}" for task in TASKS if config.epochs]
@@ -59,11 +59,11 @@ def run(workdir: Path, config: BenchConfig) -> Timings:
 
     plain = fresh("plain")
     flowed = fresh("prefect")
-    from flows.profiles import activate
+    from vidops.flows.profiles import activate
 
     activate(flowed)  # Prefect's ephemeral API keeps its database in the project; import Prefect after this
-    from flows import stages
-    from flows.pipeline import training_pipeline
+    from vidops.flows import stages
+    from vidops.flows.pipeline import training_pipeline
 
     _warm_up()
     start = time.perf_counter()
@@ -85,7 +85,7 @@ def _warm_up() -> None:
     """Start Prefect's API (and import what both sides import) before the clock starts."""
     from prefect import flow
 
-    import components.models  # noqa: F401  TensorFlow's import, paid by neither side
+    import vidops.components.models  # noqa: F401  TensorFlow's import, paid by neither side
 
     flow(lambda: None, name="vidops-bench-warm-up")()
 

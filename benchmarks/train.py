@@ -25,10 +25,10 @@ from typing import Any
 import keras
 import numpy as np
 
-from components import inputs
-from components.layout import Layout
-from components.models import build_classifier, build_sync
-from components.params import Params, Task, load_params
+from vidops.components import inputs
+from vidops.components.layout import Layout
+from vidops.components.models import build_classifier, build_sync
+from vidops.components.params import Params, Task, load_params
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,8 @@ class Throughput:
 
 def prepare(workdir: Path, config: BenchConfig, tasks: tuple[Task, ...] = ("classification", "sync")) -> tuple[Layout, Params]:
     """A project under `workdir` with the demo datasets of `tasks` generated, validated and extracted (reused when present)."""
-    from components.generate import MARKER, generate_dataset
-    from flows import stages
+    from vidops.components.generate import MARKER, generate_dataset
+    from vidops.flows import stages
 
     layout = Layout(workdir.resolve())
     sizes = [f"generate.{task}.clips_per_class={config.clips_per_class}" for task in ("classification", "sync")]
@@ -137,8 +137,8 @@ class EncoderRun:
 
 def compare_encoders(workdir: Path, config: BenchConfig, encoder: str, epochs: int | None) -> list[EncoderRun]:
     """The classifier trained and scored as the train and evaluate stages do, with `small` (the anchor) and with `encoder`."""
-    from components.encoders import SMALL
-    from components.tasks import spec
+    from vidops.components.encoders import SMALL
+    from vidops.components.tasks import spec
 
     layout, params = prepare(workdir, config, ("classification",))
     classifier, features, runs = spec("classification"), layout.features("classification"), []

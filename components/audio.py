@@ -7,7 +7,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from components.media import AUDIO_RATE
+from vidops.components.media import AUDIO_RATE
 
 STEP_RATE = 100  # feature steps per second
 STEPS_PER_FRAME = 4  # at 25 fps (DESIGN.md, "The models")

@@ -22,8 +22,8 @@ import av
 import numpy as np
 import pandas as pd
 
-from components.errors import VidopsError
-from components.parallel import Mapper, in_threads
+from vidops.components.errors import VidopsError
+from vidops.components.parallel import Mapper, in_threads
 
 # What each row holds. `frames` is the stream's count where the packets agree with it,
 # else the count of packets; `decode_error` is empty when the first and last frames decode.

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components.errors import VidopsError
-from components.params import FrameEncoderParams, Task
+from vidops.components.errors import VidopsError
+from vidops.components.params import FrameEncoderParams, Task
 
 SMALL = "small"  # vidops's per-frame CNN (components/models.py), trained from scratch
 NO_WEIGHTS = "none"

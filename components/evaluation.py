@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from components import inputs
-from components.errors import VidopsError
-from components.io import atomic_path, write_csv, write_json
-from components.layout import LABELS_FILE, MODEL_FILE
-from components.params import SyncParams
+from vidops.components import inputs
+from vidops.components.errors import VidopsError
+from vidops.components.io import atomic_path, write_csv, write_json
+from vidops.components.layout import LABELS_FILE, MODEL_FILE
+from vidops.components.params import SyncParams
 
 METRICS = "metrics.json"
 CONFUSION = "confusion.csv"
@@ -101,7 +101,7 @@ def _offsets(model: Any, frames: np.ndarray, audio: np.ndarray, params: SyncPara
 
 
 def _load(model_dir: Path) -> tuple[Any, list[str]]:
-    from components.models import load_model
+    from vidops.components.models import load_model
 
     if not (model_dir / MODEL_FILE).is_file():
         raise VidopsError(f"{model_dir / MODEL_FILE}: no trained model; run the train stage first")

@@ -22,15 +22,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from components import audio
-from components.catalog import read_manifest
-from components.errors import VidopsError
-from components.io import atomic_path, read_arrays, write_csv, write_json
-from components.layout import INDEX, INDEX_TABLE, SHARDS
-from components.media import read_frames
-from components.parallel import Mapper, in_processes
-from components.params import ExtractParams
-from components.sampling import ClipTooShort, sample_indices
+from vidops.components import audio
+from vidops.components.catalog import read_manifest
+from vidops.components.errors import VidopsError
+from vidops.components.io import atomic_path, read_arrays, write_csv, write_json
+from vidops.components.layout import INDEX, INDEX_TABLE, SHARDS
+from vidops.components.media import read_frames
+from vidops.components.parallel import Mapper, in_processes
+from vidops.components.params import ExtractParams
+from vidops.components.sampling import ClipTooShort, sample_indices
 
 SPLITS = ("train", "test")
 # Failures of the machine, not of a clip: they stop the stage (nothing is cached), where a clip's own decoding error

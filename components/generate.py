@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from components.errors import VidopsError
-from components.media import AUDIO_RATE, write_clip
-from components.params import GenerateParams
+from vidops.components.errors import VidopsError
+from vidops.components.media import AUDIO_RATE, write_clip
+from vidops.components.params import GenerateParams
 
 MOTIONS = ("move_left", "move_right", "move_up", "move_down", "rotate", "zoom_in", "zoom_out")
 SYNC_LABEL = "talking"

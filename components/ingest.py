@@ -23,9 +23,9 @@ from typing import Any
 
 import pandas as pd
 
-from components.catalog import dataset_manifest, file_sha256, list_sources
-from components.errors import VidopsError
-from components.io import atomic_path
+from vidops.components.catalog import dataset_manifest, file_sha256, list_sources
+from vidops.components.errors import VidopsError
+from vidops.components.io import atomic_path
 
 BLOCK = 8 * 2**20  # bytes read at a time
 ALREADY_IN = "already in the dataset"  # a landed clip byte-identical to one the dataset has: done with, like an added one

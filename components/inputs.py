@@ -21,12 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from components.audio import STEPS_PER_FRAME
-from components.errors import VidopsError
-from components.extraction import usable_rows
-from components.io import read_arrays
-from components.layout import INDEX, SHARDS
-from components.params import SyncParams
+from vidops.components.audio import STEPS_PER_FRAME
+from vidops.components.errors import VidopsError
+from vidops.components.extraction import usable_rows
+from vidops.components.io import read_arrays
+from vidops.components.layout import INDEX, SHARDS
+from vidops.components.params import SyncParams
 
 MEMORY_CACHE_BYTES = 4 * 1024**3  # a split larger than this is read from the shards every epoch
 AUDIO_JITTER_STEPS = 2  # sync training: the audio moves by up to this many steps (10 ms each) either way

@@ -13,8 +13,8 @@ from typing import Any
 import keras
 from keras import layers, ops
 
-from components import encoders
-from components.params import ClassifierParams, FrameEncoderParams, SyncParams
+from vidops.components import encoders
+from vidops.components.params import ClassifierParams, FrameEncoderParams, SyncParams
 
 
 def build_classifier(frames: int, size: int, n_classes: int, params: ClassifierParams) -> keras.Model:

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
-from components.errors import VidopsError
+from vidops.components.errors import VidopsError
 
 if TYPE_CHECKING:
-    from components.tasks import TaskSpec
+    from vidops.components.tasks import TaskSpec
 
 Task = str  # a task's name: one of the specs in components.tasks
 
@@ -186,7 +186,7 @@ class Params(_Group):
     def _tasks_can_work(self) -> Params:
         """Tasks that have no spec, and combinations that would fail only after extraction (each task's `check`):
         caught on load, naming the keys."""
-        from components import tasks  # the specs import this module's models
+        from vidops.components import tasks  # the specs import this module's models
 
         known = tuple(type(self.train).model_fields)
         for key, name in [*(("tasks", name) for name in self.tasks), ("ingest.task", self.ingest.task)]:
@@ -199,7 +199,7 @@ class Params(_Group):
 
 def params_model() -> type[Params]:
     """`Params` with a field for each registered task in each per-task group, its default the task's own."""
-    from components import tasks  # the specs import this module's models
+    from vidops.components import tasks  # the specs import this module's models
 
     return _params_model(tasks.specs())
 

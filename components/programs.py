@@ -6,7 +6,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from components.errors import VidopsError
+from vidops.components.errors import VidopsError
 
 
 def program(name: str) -> str:

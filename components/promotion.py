@@ -20,14 +20,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from components.catalog import read_manifest
-from components.errors import VidopsError
-from components.extraction import extract_features, params_hash
-from components.io import write_csv, write_json
-from components.layout import INDEX, LABELS_FILE, MODEL_FILE
-from components.params import ExtractParams, FitParams, ModelRegistryParams
-from components.registry import CHALLENGER, CHAMPION, EVALUATED, PREVIOUS, UNFINISHED, Tracking, alias, download_version, trusted_download
-from components.tasks import TaskSpec, spec
+from vidops.components.catalog import read_manifest
+from vidops.components.errors import VidopsError
+from vidops.components.extraction import extract_features, params_hash
+from vidops.components.io import write_csv, write_json
+from vidops.components.layout import INDEX, LABELS_FILE, MODEL_FILE
+from vidops.components.params import ExtractParams, FitParams, ModelRegistryParams
+from vidops.components.registry import CHALLENGER, CHAMPION, EVALUATED, PREVIOUS, UNFINISHED, Tracking, alias, download_version, trusted_download
+from vidops.components.tasks import TaskSpec, spec
 
 DECISION = "promotion.json"  # the gate's decision, beside the scores it was made on
 

@@ -11,6 +11,7 @@ import hmac
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
 import warnings
@@ -22,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from components.errors import Unreachable, VidopsError
-from components.io import read_arrays
-from components.layout import HISTORY_FILE, LABELS_FILE, MODEL_FILE, RUN_FILE, SHARDS
-from components.params import Params, Task
-from components.tasks import spec
+from vidops.components.errors import Unreachable, VidopsError
+from vidops.components.io import read_arrays
+from vidops.components.layout import HISTORY_FILE, LABELS_FILE, MODEL_FILE, RUN_FILE, SHARDS
+from vidops.components.params import Params, Task
+from vidops.components.tasks import spec
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"  # the newest registered version
@@ -163,8 +164,8 @@ def register_model(
     as the challenger unless `register` is False, sealed under `registry_key` when given."""
     import mlflow
 
-    from components.models import load_model
-    from components.validation import ACCEPTED
+    from vidops.components.models import load_model
+    from vidops.components.validation import ACCEPTED
 
     mlflow.set_tracking_uri(tracking.uri)
     metrics = json.loads(metrics_path.read_text())
@@ -324,9 +325,8 @@ def _log_served_model(model_dir: Path, features_dir: Path, dataset_dir: Path, pa
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
-    import components
-    from components.extraction import usable_rows
-    from components.serving import MODEL_CODE, VIDEO, encode
+    from vidops.components.extraction import usable_rows
+    from vidops.components.serving import MODEL_CODE, VIDEO, encode
 
     config = {"task": task, "labels": json.loads((model_dir / LABELS_FILE).read_text()),
               "extract": params.extract.of(task).model_dump(mode="json"), "train": params.train.of(task).model_dump(mode="json")}  # fmt: skip
@@ -336,11 +336,24 @@ def _log_served_model(model_dir: Path, features_dir: Path, dataset_dir: Path, pa
         name="model",
         python_model=str(MODEL_CODE),
         artifacts={"model": str(model_dir / MODEL_FILE), "config": str(tmp / "config.json")},
-        code_paths=[str(Path(components.__file__).parent)],
+        code_paths=[str(_served_code(tmp))],
         signature=ModelSignature(inputs=Schema([ColSpec("string", VIDEO)])),
         input_example=pd.DataFrame({VIDEO: [encode(example)]}),
         pip_requirements=[*_pinned(), f"mlflow=={mlflow.__version__}", "av", "pandas", "pydantic"],
     )
+
+
+def _served_code(tmp: Path) -> Path:
+    """The code a served model carries: the `vidops` package with `components/` alone in it (MLflow puts the folder's
+    parent on `sys.path` when it loads the model, where vidops may not be installed)."""
+    import vidops
+    import vidops.components
+
+    package = tmp / "vidops"
+    package.mkdir()
+    shutil.copy2(vidops.__file__, package / "__init__.py")
+    shutil.copytree(Path(vidops.components.__file__).parent, package / "components", ignore=shutil.ignore_patterns("__pycache__"))
+    return package
 
 
 def _signature(model: Any) -> Any:
@@ -358,7 +371,7 @@ def _signature(model: Any) -> Any:
 
 def _input_example(features_dir: Path, task: Task, params: Params) -> Any:
     """The first test clip as the model takes it (the task's `input_example`)."""
-    from components.extraction import usable_rows
+    from vidops.components.extraction import usable_rows
 
     first = read_arrays(features_dir / SHARDS / usable_rows(features_dir, "test")["shard"].iloc[0], ["frames", "audio"])
     return spec(task).input_example(first, params.train.of(task))

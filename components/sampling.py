@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from components.params import ExtractParams
+from vidops.components.params import ExtractParams
 
 
 class ClipTooShort(ValueError):

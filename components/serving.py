@@ -23,7 +23,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 
-from components.errors import VidopsError
+from vidops.components.errors import VidopsError
 
 VIDEO = "video"  # the input column: the file's bytes in base64, or a path where SERVE_PATHS allows it
 SERVE_PATHS = "VIDOPS_SERVE_PATHS"  # "1" in the serving process's environment: paths on its machine are taken too
@@ -34,9 +34,9 @@ class VideoModel(mlflow.pyfunc.PythonModel):
     """Video in, prediction out; a bad video is a 400 that names what is wrong with it."""
 
     def load_context(self, context: Any) -> None:
-        from components.models import load_model
-        from components.params import ExtractParams
-        from components.tasks import spec
+        from vidops.components.models import load_model
+        from vidops.components.params import ExtractParams
+        from vidops.components.tasks import spec
 
         self.model = load_model(Path(context.artifacts["model"]))
         self.config = json.loads(Path(context.artifacts["config"]).read_text())
@@ -58,9 +58,9 @@ class VideoModel(mlflow.pyfunc.PythonModel):
             raise _bad_request(str(exc)) from None
 
     def _features(self, path: Path) -> Any:
-        from components.catalog import probe_clip
-        from components.extraction import extract_clip
-        from components.sampling import ClipTooShort
+        from vidops.components.catalog import probe_clip
+        from vidops.components.extraction import extract_clip
+        from vidops.components.sampling import ClipTooShort
 
         probe = probe_clip(path)
         if not probe["readable"]:

@@ -22,12 +22,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from components import inputs
-from components.errors import VidopsError
-from components.io import atomic_path, write_csv, write_json
-from components.layout import HISTORY_FILE, INDEX_TABLE, LABELS_FILE, MODEL_FILE
-from components.models import build_classifier, build_sync
-from components.params import ClassifierParams, FitParams, SyncParams
+from vidops.components import inputs
+from vidops.components.errors import VidopsError
+from vidops.components.io import atomic_path, write_csv, write_json
+from vidops.components.layout import HISTORY_FILE, INDEX_TABLE, LABELS_FILE, MODEL_FILE
+from vidops.components.models import build_classifier, build_sync
+from vidops.components.params import ClassifierParams, FitParams, SyncParams
 
 CHECKPOINTS = "checkpoints"  # under the model folder, while a training runs
 EpochHook = Callable[[int, int, dict[str, float]], None]  # (epoch, of epochs, metrics): after every epoch

@@ -21,12 +21,12 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from components.catalog import Catalog, assign_splits, build_catalog, read_manifest
-from components.parallel import Mapper, in_threads
-from components.errors import VidopsError
-from components.io import atomic_path, write_csv, write_json
-from components.params import Params, Task, ValidationParams
-from components.tasks import spec
+from vidops.components.catalog import Catalog, assign_splits, build_catalog, read_manifest
+from vidops.components.parallel import Mapper, in_threads
+from vidops.components.errors import VidopsError
+from vidops.components.io import atomic_path, write_csv, write_json
+from vidops.components.params import Params, Task, ValidationParams
+from vidops.components.tasks import spec
 
 ACCEPTED = "accepted.csv"  # the clips that passed, with their split: what extraction reads
 MANIFEST = "manifest.csv"  # every clip, its probe, its status

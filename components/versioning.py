@@ -20,10 +20,10 @@ from pathlib import Path
 
 import yaml
 
-from components.errors import VidopsError
-from components.io import atomic_path, write_text
-from components.params import S3_URL
-from components.programs import program
+from vidops.components.errors import VidopsError
+from vidops.components.io import atomic_path, write_text
+from vidops.components.params import S3_URL
+from vidops.components.programs import program
 
 REMOTE = "vidops"  # the remote vidops configures, made the default
 SECRETS = {"access_key_id", "secret_access_key", "--"}  # remote options whose values are never printed

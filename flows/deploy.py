@@ -16,9 +16,9 @@ from typing import Any
 
 import yaml
 
-from components.errors import VidopsError
-from components.layout import Layout
-from components.programs import program
+from vidops.components.errors import VidopsError
+from vidops.components.layout import Layout
+from vidops.components.programs import program
 
 SPEC = "prefect.yaml"
 REPO_SPEC = Path(__file__).resolve().parent.parent / SPEC  # the checkout's, for projects without their own

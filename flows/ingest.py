@@ -16,14 +16,14 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from components import ingest as landing
-from components import validation, versioning
-from components.catalog import build_catalog, read_manifest
-from components.io import write_json
-from components.layout import Layout
-from components.params import IngestParams, Params
-from flows import stages
-from flows.pipeline import NETWORK, load_project
+from vidops.components import ingest as landing
+from vidops.components import validation, versioning
+from vidops.components.catalog import build_catalog, read_manifest
+from vidops.components.io import write_json
+from vidops.components.layout import Layout
+from vidops.components.params import IngestParams, Params
+from vidops.flows import stages
+from vidops.flows.pipeline import NETWORK, load_project
 
 
 @dataclass

@@ -20,20 +20,20 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import State
 from prefect.tasks import exponential_backoff
 
-from components.evaluation import Evaluation
-from components.extraction import FeatureSet
-from components.layout import Layout
-from components.parallel import Mapper
-from components.params import Params, Task, load_params
-from components.promotion import Decision
-from components.tasks import spec
-from components.registry import Registration
-from components.validation import ValidationSummary
-from components import versioning
-from components.errors import VidopsError
-from flows import stages
-from flows.profiles import results_storage, tracking
-from flows.runners import mapper
+from vidops.components.evaluation import Evaluation
+from vidops.components.extraction import FeatureSet
+from vidops.components.layout import Layout
+from vidops.components.parallel import Mapper
+from vidops.components.params import Params, Task, load_params
+from vidops.components.promotion import Decision
+from vidops.components.tasks import spec
+from vidops.components.registry import Registration
+from vidops.components.validation import ValidationSummary
+from vidops.components import versioning
+from vidops.components.errors import VidopsError
+from vidops.flows import stages
+from vidops.flows.profiles import results_storage, tracking
+from vidops.flows.runners import mapper
 
 
 def _send_vidops_logs_to_prefect() -> None:

@@ -21,10 +21,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from components.errors import VidopsError
-from components.io import atomic_path, write_text
-from components.layout import Layout
-from components.registry import Tracking
+from vidops.components.errors import VidopsError
+from vidops.components.io import atomic_path, write_text
+from vidops.components.layout import Layout
+from vidops.components.registry import Tracking
 
 EPHEMERAL_STARTUP = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 VERBOSE = "VIDOPS_VERBOSE"  # set (to 1) by `vidops --verbose`: library chatter stays on, here and in child processes

@@ -19,9 +19,9 @@ from typing import Any
 
 from prefect import task
 
-from components.errors import VidopsError
-from components.parallel import Mapper
-from components.params import RunnerParams
+from vidops.components.errors import VidopsError
+from vidops.components.parallel import Mapper
+from vidops.components.params import RunnerParams
 
 
 def task_runner(runner: RunnerParams, workers: int) -> Any:

@@ -43,12 +43,12 @@ from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from components import versioning
-from components.errors import VidopsError
-from components.io import atomic_path, write_json, write_text
-from components.layout import Layout
-from components.programs import program
-from flows.profiles import embedded_tracking, tracking
+from vidops.components import versioning
+from vidops.components.errors import VidopsError
+from vidops.components.io import atomic_path, write_json, write_text
+from vidops.components.layout import Layout
+from vidops.components.programs import program
+from vidops.flows.profiles import embedded_tracking, tracking
 
 POOL = "vidops-process"  # the process work pool the stack's worker serves
 BUCKET = "vidops"  # MLflow's artifacts (and DVC's remote) in the stack's S3

@@ -23,15 +23,15 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
-from components import catalog, evaluation, extraction, promotion, registry, training, validation, versioning
-from components.errors import VidopsError
-from components.io import write_json
-from components.layout import INDEX_TABLE, RUN_FILE, Layout
-from components.parallel import Mapper, in_processes, in_threads
-from components.params import Params, Task
-from components.tasks import spec
-from components.validation import validation_checks
-from flows.profiles import quiet_libraries, registry_key, registry_lock, tracking
+from vidops.components import catalog, evaluation, extraction, promotion, registry, training, validation, versioning
+from vidops.components.errors import VidopsError
+from vidops.components.io import write_json
+from vidops.components.layout import INDEX_TABLE, RUN_FILE, Layout
+from vidops.components.parallel import Mapper, in_processes, in_threads
+from vidops.components.params import Params, Task
+from vidops.components.tasks import spec
+from vidops.components.validation import validation_checks
+from vidops.flows.profiles import quiet_libraries, registry_key, registry_lock, tracking
 
 T = TypeVar("T")
 EXPERIMENT = "DVC_EXP_NAME"  # set by `dvc exp run` for the stages it runs

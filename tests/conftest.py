@@ -12,9 +12,9 @@ import yaml
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from components.generate import generate_dataset  # noqa: E402
-from components.layout import Layout  # noqa: E402
-from components.params import Params, load_params  # noqa: E402
+from vidops.components.generate import generate_dataset  # noqa: E402
+from vidops.components.layout import Layout  # noqa: E402
+from vidops.components.params import Params, load_params  # noqa: E402
 
 # Small enough to train in seconds; the demo-sized run lives in test_demo.py.
 TINY = [
@@ -94,7 +94,7 @@ def prefect_api():
 @pytest.fixture(scope="session")
 def trained_project(tmp_path_factory: pytest.TempPathFactory, tiny_dataset: Path, tiny_sync_dataset: Path, tiny_params: Params) -> Layout:
     """A tiny project with both tasks taken through validate, extract, train and evaluate once; tests copy what they change."""
-    from flows import stages
+    from vidops.flows import stages
 
     layout = Layout(tmp_path_factory.mktemp("trained"))
     shutil.copytree(tiny_dataset, layout.raw(tiny_params.datasets.classification))

@@ -8,7 +8,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from components.media import AUDIO_RATE, mux_audio
+from vidops.components.media import AUDIO_RATE, mux_audio
 
 
 def encode(

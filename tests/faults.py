@@ -27,12 +27,12 @@ def cli_env(**extra: str) -> dict[str, str]:
 def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """`vidops ARGS` in a session (and process group) of its own: killing the group kills what it started in it
     (DVC, the spawned training and extraction processes), not the test."""
-    return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], env=env or cli_env(), stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "vidops", *args], env=env or cli_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
 
 
 def run(*args: str, env: dict[str, str] | None = None, timeout_s: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], env=env or cli_env(), capture_output=True, text=True, timeout=timeout_s)
+    return subprocess.run([sys.executable, "-m", "vidops", *args], env=env or cli_env(), capture_output=True, text=True, timeout=timeout_s)
 
 
 def until(found: Callable[[], T], what: str, process: subprocess.Popen | None = None, timeout_s: float = 300, every_s: float = 0.05) -> T:

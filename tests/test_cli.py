@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flows.cli import STAGE_NAMES
+from vidops.cli import STAGE_NAMES
 
 
 # what TensorFlow's C++ side writes: absl's lines (I1129 20:41:07.123 ... or I0000 00:00:1795984118.2 ...) and its notice
@@ -22,7 +22,7 @@ def vidops(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """The command as a user runs it: without the test session's TF_CPP_MIN_LOG_LEVEL (conftest.py sets it)."""
     # nor MLFLOW_TRACKING_URI, which mlflow.set_tracking_uri exports for the rest of the session, in any test before
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "VIDOPS_VERBOSE", "MLFLOW_TRACKING_URI")}
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
+    return subprocess.run([sys.executable, "-m", "vidops", *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
 
 
 def _one_line_error(result: subprocess.CompletedProcess) -> str:
@@ -144,9 +144,9 @@ def test_version_is_the_installed_distributions():
 
 
 def test_registration_and_decision_lines():
-    from components.promotion import Decision
-    from components.registry import Registration
-    from flows.stages import summary
+    from vidops.components.promotion import Decision
+    from vidops.components.registry import Registration
+    from vidops.flows.stages import summary
 
     registered = Registration("vidops-sync", "3", "abc123", "1")
     assert summary(registered, Path("/p"), "accuracy_within_1") == "vidops-sync version 3, MLflow run abc123"
@@ -155,7 +155,7 @@ def test_registration_and_decision_lines():
 
 
 def test_stage_names_match_the_stages():
-    from flows.stages import STAGES
+    from vidops.flows.stages import STAGES
 
     assert tuple(STAGES) == STAGE_NAMES
 

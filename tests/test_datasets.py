@@ -16,12 +16,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from components import ingest, versioning
-from components.catalog import DATASET_MANIFEST, list_sources
-from components.errors import VidopsError
-from components.layout import Layout
-from components.params import Params, ValidationParams, load_params
-from components.validation import ACCEPTED, validate_dataset
+from vidops.components import ingest, versioning
+from vidops.components.catalog import DATASET_MANIFEST, list_sources
+from vidops.components.errors import VidopsError
+from vidops.components.layout import Layout
+from vidops.components.params import Params, ValidationParams, load_params
+from vidops.components.validation import ACCEPTED, validate_dataset
 from conftest import TINY
 from corpus import encode
 from test_versioning import s3, s3_client, use_remote  # noqa: F401 (s3: the SeaweedFS fixture)
@@ -56,7 +56,7 @@ def _listed_project(root: Path, generated: Path) -> tuple[Layout, Params, pd.Dat
 
 
 def test_a_manifest_dataset_goes_through_validate_extract_train_and_evaluate(tmp_path: Path, tiny_dataset: Path):
-    from flows import stages
+    from vidops.flows import stages
 
     layout, params, manifest = _listed_project(tmp_path, tiny_dataset)
     before = _fingerprint(layout.raw("listed"))
@@ -83,7 +83,7 @@ def test_a_bare_folder_becomes_a_dvc_project_and_dvc_runs_the_validate_stage_on_
     layout, _, manifest = _listed_project(tmp_path / "project", tiny_dataset)
     shutil.copy(REPO / "dvc.yaml", layout.root / "dvc.yaml")
     shutil.copytree(REPO / "components", layout.root / "components", ignore=shutil.ignore_patterns("__pycache__"))
-    pushed = subprocess.run([sys.executable, "-m", "flows.cli", "data", "push"], cwd=layout.root, capture_output=True, text=True, timeout=600)
+    pushed = subprocess.run([sys.executable, "-m", "vidops", "data", "push"], cwd=layout.root, capture_output=True, text=True, timeout=600)
     assert pushed.returncode == 0, (pushed.stdout + pushed.stderr)[-3000:]
     assert not (layout.root / ".git").exists() and (layout.root / ".dvc").is_dir()  # dvc init --no-scm
     version = versioning.read_version(layout.raw("listed"))
@@ -109,7 +109,7 @@ def _changed(layout: Layout) -> bool:
 
 
 def test_the_dataset_param_naming_a_csv_says_to_make_it_a_folder(tmp_path: Path):
-    from flows import stages
+    from vidops.flows import stages
 
     layout = Layout(tmp_path)
     layout.raw("clips.csv").parent.mkdir(parents=True)
@@ -226,7 +226,7 @@ def test_ingest_copies_landed_clips_into_a_manifest_dataset_and_appends_their_ro
 
 @pytest.mark.slow
 def test_the_ingest_flow_adds_landed_clips_to_a_manifest_dataset_as_files_and_rows(prefect_api, s3, tiny_dataset: Path, tmp_path: Path, monkeypatch):
-    from flows.ingest import ingest as run_ingest
+    from vidops.flows.ingest import ingest as run_ingest
 
     for name, value in s3.items():
         monkeypatch.setenv(name, value)

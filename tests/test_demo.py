@@ -11,8 +11,8 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from components import versioning
-from components.params import dump_params, load_params
+from vidops.components import versioning
+from vidops.components.params import dump_params, load_params
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).parents[1]
@@ -62,7 +62,7 @@ def test_the_demo_leaves_champions_and_a_dvc_project_in_step_with_the_flow(tmp_p
     monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)  # conftest.py's; a user's shell has none
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")  # `vidops`, `dvc`: an activated venv
     env = os.environ.copy()
-    demo = [sys.executable, "-m", "flows.cli", "demo"]
+    demo = [sys.executable, "-m", "vidops", "demo"]
 
     first = _run(demo, root, env)
     assert first.stdout.count("now champion") == 2, first.stdout

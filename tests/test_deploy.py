@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from prefect.client.orchestration import get_client
 
-from components.errors import VidopsError
-from flows.deploy import REPO_SPEC, _ensure_pools, deployments
+from vidops.components.errors import VidopsError
+from vidops.flows.deploy import REPO_SPEC, _ensure_pools, deployments
 
 CLUSTER = REPO_SPEC.parent / "infra" / "kubernetes" / "prefect.yaml"
 

@@ -11,11 +11,11 @@ import keras
 import numpy as np
 import pytest
 
-from components import encoders, tasks
-from components.errors import VidopsError
-from components.layout import Layout
-from components.models import PerFrame, build_classifier, build_sync, load_model
-from components.params import ClassifierParams, SyncParams, load_params
+from vidops.components import encoders, tasks
+from vidops.components.errors import VidopsError
+from vidops.components.layout import Layout
+from vidops.components.models import PerFrame, build_classifier, build_sync, load_model
+from vidops.components.params import ClassifierParams, SyncParams, load_params
 
 APP = "mobilenet_v3_small"  # cheap at 32 px
 
@@ -84,7 +84,7 @@ def test_a_frozen_encoder_keeps_its_weights_through_training(trained_project, tm
 
 @pytest.mark.slow
 def test_the_sync_model_trains_with_an_application_encoder(project, tmp_path):
-    from flows import stages
+    from vidops.flows import stages
 
     overrides = ["tasks=[sync]", "extract.sync.size=32", f"train.sync.encoder={APP}", "train.sync.epochs=1", "train.sync.validation_fraction=0.0"]
     params = load_params(project.root / "params.yaml", overrides)
@@ -155,7 +155,7 @@ def test_a_frame_too_small_for_the_encoder_is_an_error_when_building():
 
 @pytest.mark.slow
 def test_missing_weights_fail_the_flow_before_any_work(prefect_api, project: Layout):
-    from flows.pipeline import training_pipeline
+    from vidops.flows.pipeline import training_pipeline
 
     missing = project.root / "encoder.weights.h5"
     overrides = [f"train.classification.encoder={APP}", f"train.classification.encoder_weights={missing}"]

@@ -7,16 +7,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.audio import STEPS_PER_FRAME
-from components.errors import VidopsError
-from components import inputs
-from components.extraction import SHARDS, extract_clip, extract_features
-from components.media import read_frames
-from components.params import ExtractParams, load_params
-from components.sampling import ClipTooShort, dense, sample_indices, segments, uniform
+from vidops.components.audio import STEPS_PER_FRAME
+from vidops.components.errors import VidopsError
+from vidops.components import inputs
+from vidops.components.extraction import SHARDS, extract_clip, extract_features
+from vidops.components.media import read_frames
+from vidops.components.params import ExtractParams, load_params
+from vidops.components.sampling import ClipTooShort, dense, sample_indices, segments, uniform
 import faults
 from corpus import encode, encode_flash_and_click, encode_indexed, read_index
-from flows import stages
+from vidops.flows import stages
 
 VFR_MS = [int(t) for t in np.cumsum(np.random.default_rng(0).integers(20, 80, 60)) - 20]
 
@@ -177,7 +177,7 @@ def test_extract_without_a_validated_catalog_is_an_error(tmp_path: Path):
 def test_a_full_disk_stops_extraction_with_its_cause_and_the_rerun_completes(trained_project, tiny_params, tmp_path):
     import subprocess
 
-    from components.parallel import in_threads
+    from vidops.components.parallel import in_threads
 
     features = tmp_path / "features"
     features.mkdir()

@@ -4,10 +4,10 @@ import av
 import numpy as np
 import pytest
 
-from components.errors import VidopsError
-from components.generate import MARKER, MOTIONS, SYNC_LABEL, _motion_path, generate_dataset
-from components.media import AUDIO_RATE
-from components.params import GenerateParams
+from vidops.components.errors import VidopsError
+from vidops.components.generate import MARKER, MOTIONS, SYNC_LABEL, _motion_path, generate_dataset
+from vidops.components.media import AUDIO_RATE
+from vidops.components.params import GenerateParams
 
 
 def _decode_all(path: Path) -> np.ndarray:

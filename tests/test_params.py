@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from components.errors import VidopsError
-from components.params import load_params
+from vidops.components.errors import VidopsError
+from vidops.components.params import load_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,7 +76,7 @@ def test_dvc_exp_run_set_changes_only_the_value_it_sets_in_params_yaml(source, t
     """`dvc exp run -S` rewrites params.yaml through DVC's own YAML writer: the file keeps its form and comments."""
     from dvc.utils.hydra import apply_overrides
 
-    from components.params import dump_params
+    from vidops.components.params import dump_params
 
     path = tmp_path / "params.yaml"
     path.write_text((Path(__file__).parents[1] / "params.yaml").read_text() if source == "repository" else dump_params(load_params(None)))
@@ -88,7 +88,7 @@ def test_dvc_exp_run_set_changes_only_the_value_it_sets_in_params_yaml(source, t
 
 
 def test_each_task_gets_its_own_audio_checks():
-    from components.validation import validation_checks
+    from vidops.components.validation import validation_checks
 
     params = load_params(None, ["validation.max_av_diff_fraction=0.3"])
     sync, classification = validation_checks(params, "sync"), validation_checks(params, "classification")

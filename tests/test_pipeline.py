@@ -8,9 +8,9 @@ from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter
 
-from components.registry import CHAMPION
-from flows.pipeline import training_pipeline
-from flows.profiles import tracking
+from vidops.components.registry import CHAMPION
+from vidops.flows.pipeline import training_pipeline
+from vidops.flows.profiles import tracking
 
 TASKS = ("classification", "sync")
 
@@ -124,7 +124,7 @@ def test_only_what_the_network_did_is_retried():
     from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
     from prefect.states import Completed, Failed
 
-    from flows.pipeline import NETWORK, register_model, transient
+    from vidops.flows.pipeline import NETWORK, register_model, transient
 
     assert register_model.retries == NETWORK["retries"] == 3 and register_model.retry_jitter_factor == 0.5
     assert transient(None, None, Failed(data=ConnectionRefusedError(111, "Connection refused")))
@@ -134,7 +134,7 @@ def test_only_what_the_network_did_is_retried():
     assert not transient(None, None, Failed(data=ValueError("a shard is cut short")))
     assert not transient(None, None, Failed(data=FileNotFoundError(2, "No such file or directory", "models/classification/model.keras")))
     assert not transient(None, None, Completed())
-    from components.errors import Unreachable, VidopsError
+    from vidops.components.errors import Unreachable, VidopsError
 
     # what registration says of a server that did not answer is the network's; any other VidopsError is not
     assert transient(None, None, Failed(data=Unreachable("the MLflow server at http://127.0.0.1:5000 did not answer (connection refused) while registering")))
@@ -142,9 +142,9 @@ def test_only_what_the_network_did_is_retried():
 
 
 def test_a_cached_registration_counts_only_while_the_registry_holds_its_version(tmp_path):
-    from components.io import write_json
-    from components.layout import Layout
-    from flows import stages
+    from vidops.components.io import write_json
+    from vidops.components.layout import Layout
+    from vidops.flows import stages
 
     layout = Layout(tmp_path)
     write_json(layout.reports("classification") / "registration.json", {"model_name": "vidops-classifier", "version": "1", "run_id": "r", "experiment_id": "1"})

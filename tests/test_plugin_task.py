@@ -14,12 +14,12 @@ import pytest
 from mlflow import MlflowClient
 from pydantic import Field
 
-from components import tasks
-from components.errors import VidopsError
-from components.layout import HISTORY_FILE, LABELS_FILE, MODEL_FILE, Layout
-from components.params import ExtractParams, FitParams, GenerateParams, ModelRegistryParams, load_params
-from components.registry import CHAMPION, EVALUATED
-from components.tasks import TaskDefaults, TaskSpec
+from vidops.components import tasks
+from vidops.components.errors import VidopsError
+from vidops.components.layout import HISTORY_FILE, LABELS_FILE, MODEL_FILE, Layout
+from vidops.components.params import ExtractParams, FitParams, GenerateParams, ModelRegistryParams, load_params
+from vidops.components.registry import CHAMPION, EVALUATED
+from vidops.components.tasks import TaskDefaults, TaskSpec
 
 NAME = "colour"  # which motion a clip shows, told by its mean colour alone: a weak model, which is all this needs
 
@@ -42,9 +42,9 @@ def build(frames: int, size: int, classes: int, params: ColourParams) -> Any:
 def train(features_dir: Path, model_dir: Path, params: ColourParams, on_epoch: Any = None) -> Any:
     import keras
 
-    from components import inputs
-    from components.io import write_json
-    from components.training import TrainedModel
+    from vidops.components import inputs
+    from vidops.components.io import write_json
+    from vidops.components.training import TrainedModel
 
     split = inputs.open_split(features_dir, "train", ("frames",))
     frames = inputs.in_memory(split, "frames")
@@ -62,7 +62,7 @@ def train(features_dir: Path, model_dir: Path, params: ColourParams, on_epoch: A
 
 
 def evaluate(model_dir: Path, features_dir: Path, reports_dir: Path, params: ColourParams) -> Any:
-    from components.evaluation import evaluate_classifier
+    from vidops.components.evaluation import evaluate_classifier
 
     return evaluate_classifier(model_dir, features_dir, reports_dir)
 
@@ -98,9 +98,9 @@ def colour_task():
 
 
 def test_a_task_defined_only_here_is_trained_evaluated_registered_and_gated(colour_task, tmp_path, monkeypatch):
-    from components.generate import generate_dataset
-    from flows import stages
-    from flows.profiles import tracking
+    from vidops.components.generate import generate_dataset
+    from vidops.flows import stages
+    from vidops.flows.profiles import tracking
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     layout = Layout(tmp_path)

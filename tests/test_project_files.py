@@ -5,8 +5,8 @@ from pathlib import Path
 
 import yaml
 
-from components.params import load_params
-from flows.cli import STAGE_NAMES
+from vidops.components.params import load_params
+from vidops.cli import STAGE_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,7 +30,7 @@ def test_every_dvc_stage_runs_a_vidops_stage_per_task_and_reads_real_params():
 
 
 def test_dvc_and_the_prefect_cache_see_the_same_code_and_params_of_each_stage():
-    from flows.stages import DEPENDS
+    from vidops.flows.stages import DEPENDS
 
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     for name, depends in DEPENDS.items():

@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from components import evaluation, inputs
-from components.errors import VidopsError
-from components.layout import MODEL_FILE, Layout
-from components.models import build_classifier
-from components.promotion import promote, rollback
-from components.registry import CHALLENGER, CHAMPION, PREVIOUS, register_model
-from components.validation import REPORT
-from flows import stages
-from flows.profiles import registry_key, tracking
+from vidops.components import evaluation, inputs
+from vidops.components.errors import VidopsError
+from vidops.components.layout import MODEL_FILE, Layout
+from vidops.components.models import build_classifier
+from vidops.components.promotion import promote, rollback
+from vidops.components.registry import CHALLENGER, CHAMPION, PREVIOUS, register_model
+from vidops.components.validation import REPORT
+from vidops.flows import stages
+from vidops.flows.profiles import registry_key, tracking
 
 NAME = "vidops-classifier"
 TASK = "classification"
@@ -59,7 +59,7 @@ def _memorise(model, features: Path) -> None:
 
 def _register(project: Layout, params, tmp_path: Path, change, logged_accuracy: float | None = None) -> str:
     """The trained classifier changed (or replaced) by `change`, evaluated and registered as a new version (the challenger)."""
-    from components.models import load_model
+    from vidops.components.models import load_model
 
     folder = Path(tmp_path / f"variant-{len(list(tmp_path.glob('variant-*')))}")
     shutil.copytree(project.models(TASK), folder / "model")
@@ -188,7 +188,7 @@ def test_two_promotions_at_the_same_time_leave_one_champion_and_both_decisions(p
 def test_with_an_mlflow_server_the_lock_is_a_prefect_concurrency_limit_of_one(prefect_api, tmp_path, monkeypatch):
     from prefect.client.orchestration import get_client
 
-    from flows.profiles import registry_lock
+    from vidops.flows.profiles import registry_lock
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # a server: shared by machines, so the lock is Prefect's
     layout = Layout(tmp_path)

@@ -5,6 +5,7 @@ import os
 import shutil
 import signal
 import sqlite3
+import subprocess
 import sys
 import warnings
 from contextlib import closing
@@ -19,11 +20,11 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 import faults
-from components.errors import VidopsError
-from components.generate import MOTIONS
-from components.layout import Layout
-from components.registry import CHALLENGER, CHAMPION, EVALUATED, Tracking, register_model
-from components.validation import REPORT
+from vidops.components.errors import VidopsError
+from vidops.components.generate import MOTIONS
+from vidops.components.layout import Layout
+from vidops.components.registry import CHALLENGER, CHAMPION, EVALUATED, Tracking, register_model
+from vidops.components.validation import REPORT
 
 
 @pytest.fixture
@@ -72,7 +73,7 @@ def test_the_keras_model_is_logged_with_its_signature_and_input_example(trained_
 
 
 def test_the_registered_model_takes_a_video_path_or_its_bytes(trained_project, tiny_params, tracking, monkeypatch):
-    from components.serving import SERVE_PATHS, encode
+    from vidops.components.serving import SERVE_PATHS, encode
 
     _register(trained_project, tiny_params, tracking)
     mlflow.set_tracking_uri(tracking.uri)
@@ -122,7 +123,7 @@ def test_the_served_model_is_logged_from_code_without_a_pickle_or_a_cloudpickle_
     files = [path for path in folder.rglob("*") if path.is_file()]
     assert not (folder / "python_model.pkl").exists()
     assert not [path for path in files if path.suffix in {".pkl", ".pickle"} or path.read_bytes()[:1] == b"\x80"]  # 0x80 opens every pickle since protocol 2
-    assert (folder / "served_model.py").is_file() and (folder / "code" / "components" / "serving.py").is_file()
+    assert (folder / "served_model.py").is_file() and (folder / "code" / "vidops" / "components" / "serving.py").is_file()
     assert (folder / "serving_input_example.json").is_file()
     pyfunc = yaml.safe_load((folder / "MLmodel").read_text())["flavors"]["python_function"]
     assert pyfunc["loader_module"] == "mlflow.pyfunc.loaders.code_model" and "python_model" not in pyfunc
@@ -130,11 +131,22 @@ def test_the_served_model_is_logged_from_code_without_a_pickle_or_a_cloudpickle_
     requirements = (folder / "requirements.txt").read_text().split()
     assert f"mlflow=={mlflow.__version__}" in requirements and any(r.startswith("tensorflow==") for r in requirements)
 
+    # loaded where vidops is not installed (its editable install's finder taken away), from the code it carries alone
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")  # a pickled model would now refuse to load
-    model = mlflow.pyfunc.load_model(str(folder))
-    assert model.metadata.get_input_schema().input_names() == ["video"]
     clip = sorted(trained_project.raw("demo").glob("zoom_in/*.mp4"))[0]
-    assert model.predict(pd.DataFrame({"video": [str(clip)]}))["label"][0] in MOTIONS
+    bare = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_VIDOPS, str(folder), str(clip)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert bare.returncode == 0, bare.stderr[-3000:]
+    assert bare.stdout.split()[-2:] == [str(folder / "code" / "vidops" / "__init__.py"), "video"] and bare.stdout.split()[-3] in MOTIONS
+
+
+LOAD_WITHOUT_VIDOPS = """
+import sys
+sys.meta_path[:] = [finder for finder in sys.meta_path if "__editable__" not in getattr(finder, "__module__", "")]
+import mlflow, pandas as pd
+model = mlflow.pyfunc.load_model(sys.argv[1])
+label = model.predict(pd.DataFrame({"video": [sys.argv[2]]}))["label"][0]
+print(label, sys.modules["vidops"].__file__, *model.metadata.get_input_schema().input_names())
+"""
 
 
 def test_the_sync_model_registers_under_its_own_name_and_answers_with_an_offset(trained_project, tiny_params, tracking, monkeypatch):
@@ -161,7 +173,7 @@ def _mlflow_server(home: Path, port: int) -> dict:
     """A real `mlflow server` on 127.0.0.1:`port`, its store a sqlite file in `home` and its artifacts proxied into
     `home`/artifacts, started in a session of its own (its uvicorn process with it; no job workers, which registration
     does not use and which slow its start on 2 cores); its record for _stop."""
-    from flows.stack import _http, _start
+    from vidops.flows.stack import _http, _start
 
     argv = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
             "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}", "--artifacts-destination", str(home / "artifacts")]  # fmt: skip
@@ -184,11 +196,11 @@ def test_an_mlflow_server_killed_during_registration_leaves_no_half_version_in_u
     version exists: the command fails naming the server; the half-made version holds no alias, and predict, the gate
     and promote refuse it; with the server back, the re-run registers a whole version (sealed, then the challenger)
     into the same run and deletes the half one."""
-    from components.promotion import TestSet, gate, promote
-    from components.registry import CHALLENGER, ORIGIN, UNFINISHED, alias, open_training_run, trusted_download
-    from flows.profiles import registry_key
-    from flows.stack import _free_port, _stop
-    from flows.stages import _lineage
+    from vidops.components.promotion import TestSet, gate, promote
+    from vidops.components.registry import CHALLENGER, ORIGIN, UNFINISHED, alias, open_training_run, trusted_download
+    from vidops.flows.profiles import registry_key
+    from vidops.flows.stack import _free_port, _stop
+    from vidops.flows.stages import _lineage
 
     project = Layout(tmp_path / "project")
     shutil.copytree(trained_project.root, project.root, ignore=shutil.ignore_patterns(".vidops"))
@@ -243,8 +255,8 @@ def test_s3_killed_while_mlflow_uploads_a_model_leaves_no_version_and_a_rerun_af
     """The registry's experiment keeps its artifacts in the project's S3 (as one the stack made): `vidops stage register`
     starts SeaweedFS for them, which is killed (-9) once the first artifact is there. The command fails naming the S3;
     no version exists of the half-uploaded model, whose run is FAILED; the re-run (SeaweedFS started again) registers."""
-    from components.registry import ORIGIN, UNFINISHED
-    from flows.stack import ARTIFACTS
+    from vidops.components.registry import ORIGIN, UNFINISHED
+    from vidops.flows.stack import ARTIFACTS
 
     project = Layout(tmp_path / "project")
     shutil.copytree(trained_project.root, project.root, ignore=shutil.ignore_patterns(".vidops"))

@@ -17,10 +17,10 @@ from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from components.errors import VidopsError
-from components.params import RunnerParams
-from flows import stages
-from flows.runners import mapper, task_runner
+from vidops.components.errors import VidopsError
+from vidops.components.params import RunnerParams
+from vidops.flows import stages
+from vidops.flows.runners import mapper, task_runner
 
 
 def _free_port() -> int:

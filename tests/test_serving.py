@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.promotion import promote
-from components.registry import Tracking, register_model
-from flows.profiles import registry_key
-from components.serving import encode
-from components.validation import REPORT
+from vidops.components.promotion import promote
+from vidops.components.registry import Tracking, register_model
+from vidops.flows.profiles import registry_key
+from vidops.components.serving import encode
+from vidops.components.validation import REPORT
 
 pytestmark = pytest.mark.slow
 
@@ -95,7 +95,7 @@ def test_mlflow_models_serve_answers_a_posted_video_and_keeps_serving_after_a_ba
 def test_vidops_predict_answers_for_each_video_and_names_a_missing_model(registered):
     clips = sorted((registered / "data" / "raw" / "demo" / "rotate").glob("*.mp4"))[:2]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    run = lambda *args: subprocess.run([sys.executable, "-m", "flows.cli", "predict", *args, "--root", str(registered)],  # noqa: E731
+    run = lambda *args: subprocess.run([sys.executable, "-m", "vidops", "predict", *args, "--root", str(registered)],  # noqa: E731
                                        capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
     result = run("models:/vidops-classifier@champion", *map(str, clips))
     assert result.returncode == 0, result.stderr[-2000:]
@@ -126,7 +126,7 @@ def test_a_planted_or_altered_version_is_refused_before_any_of_its_code_runs(reg
     import mlflow
     from mlflow import MlflowClient
 
-    from components.registry import ORIGIN
+    from vidops.components.registry import ORIGIN
 
     client = MlflowClient(f"sqlite:///{registered / '.vidops' / 'mlflow.db'}")
     sealed = client.get_model_version_by_alias("vidops-classifier", "champion")
@@ -138,7 +138,7 @@ def test_a_planted_or_altered_version_is_refused_before_any_of_its_code_runs(reg
     version = str(planted.registered_model_version)
     marker.unlink()  # MLflow runs a model's code once as it logs it
     clip = str(sorted((registered / "data" / "raw" / "demo" / "rotate").glob("*.mp4"))[0])
-    predict = [sys.executable, "-m", "flows.cli", "predict", "models:/vidops-classifier@champion", clip, "--root", str(registered)]
+    predict = [sys.executable, "-m", "vidops", "predict", "models:/vidops-classifier@champion", clip, "--root", str(registered)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     try:
         client.set_registered_model_alias("vidops-classifier", "champion", version)
@@ -155,7 +155,7 @@ def test_a_planted_or_altered_version_is_refused_before_any_of_its_code_runs(reg
 def test_the_promotion_flow_and_a_person_s_promotion_run_from_the_cli(registered, tiny_params):
     (registered / "params.yaml").write_text(yaml.safe_dump(tiny_params.to_yaml_dict()))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_"))}
-    vidops = lambda *args: subprocess.run([sys.executable, "-m", "flows.cli", *args, "--root", str(registered)],  # noqa: E731
+    vidops = lambda *args: subprocess.run([sys.executable, "-m", "vidops", *args, "--root", str(registered)],  # noqa: E731
                                           capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
     gated = vidops("run", "promotion", "--task", "classification")
     assert gated.returncode == 0, gated.stderr[-2000:]

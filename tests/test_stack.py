@@ -48,7 +48,7 @@ def _status(method: str, url: str, body: dict | None = None, headers: dict[str, 
 
 def test_stack_up_deploy_a_scheduled_training_run_through_the_worker_and_down(project, monkeypatch):
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "AWS_"))}
-    vidops = lambda *args: subprocess.run([sys.executable, "-m", "flows.cli", *args, "--root", str(project.root)],  # noqa: E731
+    vidops = lambda *args: subprocess.run([sys.executable, "-m", "vidops", *args, "--root", str(project.root)],  # noqa: E731
                                           capture_output=True, text=True, env=clean, timeout=600)  # fmt: skip
     assert "no Prefect server to deploy to: `vidops stack up` first" in vidops("deploy").stderr
 
@@ -82,7 +82,7 @@ def test_stack_up_deploy_a_scheduled_training_run_through_the_worker_and_down(pr
         assert "training_pipeline/nightly" in deployed.stdout and "0 2 * * * UTC" in deployed.stdout
 
         assert "ingest/every-15-minutes" in deployed.stdout and "*/15 * * * * UTC" in deployed.stdout
-        cluster = subprocess.run([sys.executable, "-m", "flows.cli", "deploy", "--spec", str(Path(__file__).parents[1] / "infra" / "kubernetes" / "prefect.yaml"),
+        cluster = subprocess.run([sys.executable, "-m", "vidops", "deploy", "--spec", str(Path(__file__).parents[1] / "infra" / "kubernetes" / "prefect.yaml"),
                                   "--root", str(project.root)], capture_output=True, text=True, timeout=600,
                                  env={**clean, "VIDOPS_REPO": "https://git.example.com/team/videos.git", "VIDOPS_IMAGE": "vidops:test"})  # fmt: skip
         assert cluster.returncode == 0, cluster.stderr[-3000:]
@@ -169,7 +169,7 @@ def _assert_closed_to_strangers(state: Path, env: dict[str, str]) -> None:
 
     # SeaweedFS: S3 wants its keys; the filer and volume server want a JWT that only SeaweedFS signs; the master refuses
     # every client that is not one of its own parts (an anonymous `/col/delete` would drop the bucket's data)
-    from flows.stack import _flag
+    from vidops.flows.stack import _flag
 
     s3 = json.loads((state / "stack" / "stack.json").read_text())["services"][0]
     master, volume, filer = (f"http://127.0.0.1:{_flag(process['argv'], '-port')}" for process in (*s3["parts"], s3))
@@ -210,7 +210,7 @@ def _assert_no_secret_outside_private_files(root: Path, env: dict[str, str], s3)
 
 def test_vidops_serve_serves_the_deployments_in_one_process(project):
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "AWS_"))}
-    served = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--root", str(project.root)], env=clean,
+    served = subprocess.Popen([sys.executable, "-m", "vidops", "serve", "--root", str(project.root)], env=clean,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
     seen = []
     try:
@@ -246,14 +246,14 @@ def test_one_registry_for_the_project_whichever_profile_is_up(project, monkeypat
     """A champion registered on the embedded profile is the stack's, loadable through its server; versions registered
     through the stack (into the embedded profile's experiment, and into one the stack made, whose artifacts are in the
     project's S3) are the embedded profile's after `down`, and load with the S3 vidops starts for them."""
-    from components.registry import Tracking
-    from flows.profiles import embedded_tracking
-    from flows.stack import _serving, project_store, registry_store
+    from vidops.components.registry import Tracking
+    from vidops.flows.profiles import embedded_tracking
+    from vidops.flows.stack import _serving, project_store, registry_store
 
     for name in [k for k in os.environ if k.startswith(("MLFLOW_", "PREFECT_", "AWS_"))]:
         monkeypatch.delenv(name)
     clean = dict(os.environ)
-    vidops = lambda *args: subprocess.run([sys.executable, "-m", "flows.cli", *args, "--root", str(project.root)],  # noqa: E731
+    vidops = lambda *args: subprocess.run([sys.executable, "-m", "vidops", *args, "--root", str(project.root)],  # noqa: E731
                                           capture_output=True, text=True, env=clean, timeout=600)  # fmt: skip
     embedded = embedded_tracking(project)
     first = _register(embedded, "vidops", slope=2.0)
@@ -302,7 +302,7 @@ def _register(tracking, experiment: str, slope: float) -> str:
     import numpy as np
     from sklearn.linear_model import LinearRegression
 
-    from components.registry import _experiment_id
+    from vidops.components.registry import _experiment_id
 
     mlflow.set_tracking_uri(tracking.uri)
     with mlflow.start_run(experiment_id=_experiment_id(experiment, tracking)):

@@ -12,12 +12,12 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from components import inputs
-from components.errors import VidopsError
-from components.evaluation import evaluate_classifier
-from components.models import OffsetPairs, build_classifier, build_sync
-from components.params import ClassifierParams, SyncParams
-from components.training import CHECKPOINTS, train_classifier, train_sync
+from vidops.components import inputs
+from vidops.components.errors import VidopsError
+from vidops.components.evaluation import evaluate_classifier
+from vidops.components.models import OffsetPairs, build_classifier, build_sync
+from vidops.components.params import ClassifierParams, SyncParams
+from vidops.components.training import CHECKPOINTS, train_classifier, train_sync
 import faults
 
 
@@ -84,7 +84,7 @@ def test_both_models_train_evaluate_and_write_their_outputs(trained_project, tin
 
 
 def test_per_class_scores_are_precision_recall_and_f1():
-    from components.evaluation import per_class_scores
+    from vidops.components.evaluation import per_class_scores
 
     scores = per_class_scores(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), ["a", "b"])
     assert scores == pytest.approx({"precision_a": 1, "recall_a": 0.5, "f1_a": 2 / 3, "precision_b": 2 / 3, "recall_b": 1, "f1_b": 0.8})
@@ -105,7 +105,7 @@ def test_evaluate_without_a_model_is_an_error(tmp_path):
 def test_a_training_stopped_between_a_model_and_its_state_resumes_from_the_last_whole_checkpoint(trained_project, tmp_path, monkeypatch):
     """Exactly the model, optimizer and history of the last whole checkpoint are resumed, when the stop came after
     epoch 2's model was written and before its state was (the real kill -9 is test_a_killed_training_stage_...)."""
-    from components import training
+    from vidops.components import training
 
     features, models = trained_project.features("classification"), tmp_path / "model"
     three = ClassifierParams(filters=(4, 8), epochs=3, batch_size=4, patience=10)

@@ -9,10 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from components.catalog import assign_splits, build_catalog, list_sources, probe_clip
-from components.errors import VidopsError
-from components.params import ValidationParams, load_params
-from components.validation import ACCEPTED, MANIFEST, validate_dataset, validation_checks
+from vidops.components.catalog import assign_splits, build_catalog, list_sources, probe_clip
+from vidops.components.errors import VidopsError
+from vidops.components.params import ValidationParams, load_params
+from vidops.components.validation import ACCEPTED, MANIFEST, validate_dataset, validation_checks
 from corpus import audio_only, encode, truncated
 
 VFR_MS = [0, 40, 80, 100, 180, 200, 260, 300, 380, 400, 440, 520, 540, 600, 640, 700, 760, 800, 840, 900, 960, 1000, 1040, 1100, 1160]
@@ -290,7 +290,7 @@ def test_a_class_below_its_minimum_fails_and_says_which(tmp_path: Path, tiny_dat
 
 
 def test_a_landed_clip_is_told_from_the_dataset_by_content_and_perceptual_hash():
-    from components.validation import twins_in
+    from vidops.components.validation import twins_in
 
     h = lambda words: "".join(f"{w:016x}" for w in words)  # noqa: E731  (192 bits as the catalog writes them)
     existing = pd.DataFrame({"path": ["a/old.mp4", "b/other.mp4"], "sha256": ["s1", "s2"], "phash": [h((1, 2, 3)), h((2**64 - 1, 0, 2**64 - 1))]})

@@ -15,10 +15,10 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from components import versioning
-from components.errors import VidopsError
-from components.layout import Layout
-from flows.stack import project_s3
+from vidops.components import versioning
+from vidops.components.errors import VidopsError
+from vidops.components.layout import Layout
+from vidops.flows.stack import project_s3
 import faults
 from corpus import encode
 
@@ -172,7 +172,7 @@ def test_a_fresh_clone_pulls_the_data_reproduces_every_stage_and_reruns_only_wha
     assert len(clone_registry.search_model_versions("name='vidops-classifier'")) == 1  # the experiment's; the no-op repro registered none
 
     # lineage: the version the experiment registered names the dataset version the origin pushed, and the commit
-    lineage = subprocess.run([sys.executable, "-m", "flows.cli", "lineage", "models:/vidops-classifier/1", "--root", str(clone.root)],
+    lineage = subprocess.run([sys.executable, "-m", "vidops", "lineage", "models:/vidops-classifier/1", "--root", str(clone.root)],
                              capture_output=True, text=True)  # fmt: skip
     assert f"data/raw/demo, DVC version {version.md5}" in lineage.stdout, lineage.stderr
     assert f"git commit {_git(clone.root, 'rev-parse', 'HEAD').strip()}" in lineage.stdout
@@ -180,14 +180,14 @@ def test_a_fresh_clone_pulls_the_data_reproduces_every_stage_and_reruns_only_wha
     # a clip lost from the dataset comes back when the model's dataset version is checked out
     lost = sorted(clone.raw("demo").rglob("*.mp4"))[0]
     lost.unlink()
-    checkout = subprocess.run([sys.executable, "-m", "flows.cli", "lineage", "models:/vidops-classifier/1", "--checkout", "--root", str(clone.root)],
+    checkout = subprocess.run([sys.executable, "-m", "vidops", "lineage", "models:/vidops-classifier/1", "--checkout", "--root", str(clone.root)],
                               capture_output=True, text=True)  # fmt: skip
     assert checkout.returncode == 0 and f"checked out data/raw/demo at {version.md5}" in checkout.stdout, checkout.stderr
     assert digests(clone.raw("demo")) == digests(tiny_dataset)
 
 
 def test_a_landing_object_that_changed_after_it_was_listed_is_refused(s3, tmp_path):
-    from components import ingest
+    from vidops.components import ingest
 
     client = s3_client(s3)
     client.put_object(Bucket="vidops", Key="changing/landing/rotate/a.mp4", Body=encode(tmp_path / "a.mp4").read_bytes())
@@ -201,7 +201,7 @@ def test_a_landing_object_that_changed_after_it_was_listed_is_refused(s3, tmp_pa
 
 @pytest.mark.slow
 def test_the_ingest_flow_takes_landed_clips_into_a_new_pushed_dataset_version(prefect_api, s3, tiny_dataset, tiny_params, tmp_path, monkeypatch):
-    from flows.ingest import ingest
+    from vidops.flows.ingest import ingest
 
     for name, value in s3.items():
         monkeypatch.setenv(name, value)
@@ -262,7 +262,7 @@ def test_the_ingest_flow_takes_landed_clips_into_a_new_pushed_dataset_version(pr
 
 
 def test_the_remote_keys_and_every_file_of_secrets_are_readable_by_their_owner_alone(tmp_path):
-    from flows.stack import ENV_FILE, SECRETS, Ports, _env, _mlflow_env, _seaweedfs, _write_env, folder, s3_folder
+    from vidops.flows.stack import ENV_FILE, SECRETS, Ports, _env, _mlflow_env, _seaweedfs, _write_env, folder, s3_folder
 
     project = Layout(tmp_path / "project")
     project.root.mkdir()
@@ -341,8 +341,8 @@ def test_a_killed_command_leaves_no_s3_running_and_the_next_one_clears_an_orphan
     import signal
     import tempfile
 
-    from flows.cli import version_datasets
-    from flows.stack import _alive, project_store
+    from vidops.cli import version_datasets
+    from vidops.flows.stack import _alive, project_store
 
     project = Layout(tmp_path / "project")
     _bulky(project, tiny_dataset, tiny_params)
@@ -385,8 +385,8 @@ def test_s3_stopped_during_a_push_is_named_and_a_rerun_after_its_restart_complet
     and the remote; the restarted server holds no listing of the half-pushed version; a re-run completes it."""
     import signal
 
-    from flows.cli import version_datasets
-    from flows.stack import project_store
+    from vidops.cli import version_datasets
+    from vidops.flows.stack import project_store
 
     project = Layout(tmp_path / "project")
     _bulky(project, tiny_dataset, tiny_params)

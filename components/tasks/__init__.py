@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from components.errors import VidopsError
-from components.params import ExtractParams, FitParams, GenerateParams, ModelRegistryParams, Task
+from vidops.components.errors import VidopsError
+from vidops.components.params import ExtractParams, FitParams, GenerateParams, ModelRegistryParams, Task
 
 
 @dataclass(frozen=True)

@@ -7,22 +7,22 @@ from typing import Any
 
 import numpy as np
 
-from components import encoders
-from components.params import ClassifierParams, ExtractParams, GenerateParams, ModelRegistryParams, Task
-from components.tasks import TaskDefaults, TaskSpec, register
+from vidops.components import encoders
+from vidops.components.params import ClassifierParams, ExtractParams, GenerateParams, ModelRegistryParams, Task
+from vidops.components.tasks import TaskDefaults, TaskSpec, register
 
 NAME = "classification"
 
 
 def train(features_dir: Path, model_dir: Path, params: ClassifierParams, on_epoch: Any = None) -> Any:
-    from components.training import train_classifier
+    from vidops.components.training import train_classifier
 
     encoders.check_weights(NAME, params)  # a weights file that does not fit: named before any epoch
     return train_classifier(features_dir, model_dir, params, on_epoch)
 
 
 def evaluate(model_dir: Path, features_dir: Path, reports_dir: Path, params: ClassifierParams) -> Any:
-    from components.evaluation import evaluate_classifier
+    from vidops.components.evaluation import evaluate_classifier
 
     return evaluate_classifier(model_dir, features_dir, reports_dir)
 

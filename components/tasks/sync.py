@@ -10,23 +10,23 @@ from typing import Any
 
 import numpy as np
 
-from components import encoders
-from components.errors import VidopsError
-from components.params import ExtractParams, GenerateParams, ModelRegistryParams, SyncParams, Task
-from components.tasks import TaskDefaults, TaskSpec, register
+from vidops.components import encoders
+from vidops.components.errors import VidopsError
+from vidops.components.params import ExtractParams, GenerateParams, ModelRegistryParams, SyncParams, Task
+from vidops.components.tasks import TaskDefaults, TaskSpec, register
 
 NAME = "sync"
 
 
 def train(features_dir: Path, model_dir: Path, params: SyncParams, on_epoch: Any = None) -> Any:
-    from components.training import train_sync
+    from vidops.components.training import train_sync
 
     encoders.check_weights(NAME, params)  # a weights file that does not fit: named before any epoch
     return train_sync(features_dir, model_dir, params, on_epoch)
 
 
 def evaluate(model_dir: Path, features_dir: Path, reports_dir: Path, params: SyncParams) -> Any:
-    from components.evaluation import evaluate_sync
+    from vidops.components.evaluation import evaluate_sync
 
     return evaluate_sync(model_dir, features_dir, reports_dir, params)
 
@@ -41,14 +41,14 @@ def headline(metrics: dict[str, Any]) -> str:
 
 def input_example(clip: dict[str, np.ndarray], params: SyncParams) -> dict[str, np.ndarray]:
     """One in-sync window of the clip, with its audio."""
-    from components.inputs import sync_windows
+    from vidops.components.inputs import sync_windows
 
     return sync_windows(clip["frames"], clip["audio"], [params.max_offset], [0], params)
 
 
 def predict(model: Any, clip: Any, labels: list[str], params: SyncParams) -> dict[str, Any]:
     """The offset of the audio against the video, in frames (positive: the sound comes late), over every window of the clip."""
-    from components.inputs import sync_windows
+    from vidops.components.inputs import sync_windows
 
     starts = range(0, len(clip.frames) - params.span + 1, params.window)
     if not starts:

@@ -13,22 +13,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 
-from components import tasks
-from components.errors import VidopsError
-from components.layout import Layout
-from components.params import Params, dump_params, load_params
+from vidops.components import tasks
+from vidops.components.errors import VidopsError
+from vidops.components.layout import Layout
+from vidops.components.params import Params, dump_params, load_params
 
 if TYPE_CHECKING:  # importing it starts Prefect and TensorFlow
-    from components.registry import Tracking
-    from components.versioning import DatasetVersion
-    from flows.pipeline import PipelineResult
+    from vidops.components.registry import Tracking
+    from vidops.components.versioning import DatasetVersion
+    from vidops.flows.pipeline import PipelineResult
 
 PARAMS_FILE = "params.yaml"
 STAGE_NAMES = ("validate", "extract", "train", "evaluate", "register", "promote")  # flows.stages.STAGES, without importing TensorFlow
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from flows.profiles import VERBOSE, quiet_libraries
+    from vidops.flows.profiles import VERBOSE, quiet_libraries
 
     args = _parser().parse_args(argv)
     if args.verbose:
@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RuntimeError as exc:
         if "ephemeral Prefect API" not in str(exc):
             raise
-        from flows.profiles import EPHEMERAL_STARTUP
+        from vidops.flows.profiles import EPHEMERAL_STARTUP
 
         print(f"vidops: error: Prefect's temporary API did not answer within {EPHEMERAL_STARTUP}={os.environ.get(EPHEMERAL_STARTUP)} s "
               "(the machine is busy?): try again, raise it, or start a server with `vidops stack up`", file=sys.stderr)  # fmt: skip
@@ -66,7 +66,7 @@ def _profile(args: argparse.Namespace) -> AbstractContextManager[object]:
     project = args.workdir if args.handler is cmd_demo else getattr(args, "root", None)
     if project is None:
         return nullcontext()
-    from flows.stack import load_env, registry_store
+    from vidops.flows.stack import load_env, registry_store
 
     layout = Layout(project.resolve())
     if args.handler is not cmd_demo:
@@ -215,7 +215,7 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from components.generate import generate_dataset
+    from vidops.components.generate import generate_dataset
 
     flags = {"clips_per_class": args.clips_per_class, "seed": args.seed}
     params = load_params(None, [f"generate.{args.task}.{key}={value}" for key, value in flags.items() if value is not None])
@@ -232,7 +232,7 @@ def _demo_kind(task: str) -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
-    from components.validation import validate_dataset, validation_checks
+    from vidops.components.validation import validate_dataset, validation_checks
 
     layout = Layout(args.root.resolve())
     params = _load(layout.root, args.params, [])
@@ -250,9 +250,9 @@ def cmd_validate(args: argparse.Namespace) -> None:
 def cmd_sample(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from components.catalog import probe_clip
-    from components.extraction import ClipFeatures, extract_clip
-    from components.io import atomic_path
+    from vidops.components.catalog import probe_clip
+    from vidops.components.extraction import ClipFeatures, extract_clip
+    from vidops.components.io import atomic_path
 
     root = args.root.resolve()
     task = args.task or _load(root, args.params, args.overrides).tasks[0]
@@ -275,12 +275,12 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> None:
     if args.name == "extract":
-        from benchmarks import extract
+        from vidops.benchmarks import extract
 
         config = extract.BenchConfig(clips=args.clips or 24, seconds=args.seconds, workers=args.workers)
         print(extract.report(extract.run(args.workdir / "extract", config), config))
     elif args.name == "train":
-        from benchmarks import train
+        from vidops.benchmarks import train
 
         trained = train.BenchConfig(clips_per_class=args.clips or 24, batches=args.batches)
         if args.encoder:
@@ -288,7 +288,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         else:
             print(train.report(train.run(args.workdir / "train", trained), trained))
     else:
-        from benchmarks import pipeline
+        from vidops.benchmarks import pipeline
 
         piped = pipeline.BenchConfig(clips_per_class=args.clips, epochs=args.epochs)
         print(pipeline.report(pipeline.run(args.workdir / "pipeline", piped), piped))
@@ -297,7 +297,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 def cmd_inspect(args: argparse.Namespace) -> None:
     import json
 
-    from components.catalog import probe_clip
+    from vidops.components.catalog import probe_clip
 
     for video in args.videos:
         if not video.exists() and not video.is_symlink():
@@ -307,7 +307,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 
 def cmd_stage(args: argparse.Namespace) -> None:
-    from flows.stages import STAGES, summary
+    from vidops.flows.stages import STAGES, summary
 
     layout = Layout(args.root.resolve())
     params = _load(layout.root, args.params, args.overrides)
@@ -320,7 +320,7 @@ def cmd_stage(args: argparse.Namespace) -> None:
 
 
 def cmd_promote(args: argparse.Namespace) -> None:
-    from components.promotion import promote
+    from vidops.components.promotion import promote
 
     with _locked_registry(args.root, args.model) as found:
         version = promote(found, args.model, args.version, args.reason)
@@ -328,7 +328,7 @@ def cmd_promote(args: argparse.Namespace) -> None:
 
 
 def cmd_rollback(args: argparse.Namespace) -> None:
-    from components.promotion import rollback
+    from vidops.components.promotion import rollback
 
     with _locked_registry(args.root, args.model) as found:
         version = rollback(found, args.model, args.reason)
@@ -338,7 +338,7 @@ def cmd_rollback(args: argparse.Namespace) -> None:
 @contextmanager
 def _locked_registry(root: Path, model: str) -> Iterator[Tracking]:
     """The project's MLflow, with `model`'s lock held (the gate takes the same one)."""
-    from flows.profiles import registry_lock
+    from vidops.flows.profiles import registry_lock
 
     found = _registry(root)
     with registry_lock(Layout(root.resolve()), model):
@@ -346,7 +346,7 @@ def _locked_registry(root: Path, model: str) -> Iterator[Tracking]:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from flows.profiles import quiet_libraries
+    from vidops.flows.profiles import quiet_libraries
 
     quiet_libraries()
     import mlflow
@@ -363,8 +363,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
         if args.model_uri.startswith(("models:/", "runs:/")):
             mlflow.set_tracking_uri(_registry(args.root).uri)
         if args.model_uri.startswith("models:/"):
-            from components.registry import registered_version, trusted_download
-            from flows.profiles import registry_key
+            from vidops.components.registry import registered_version, trusted_download
+            from vidops.flows.profiles import registry_key
 
             found = _registry(args.root)
             name, version = registered_version(found, args.model_uri)
@@ -384,7 +384,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 def _registry(root: Path) -> Tracking:
     """The project's MLflow; the embedded store only when a run has made it (no empty store made by asking)."""
-    from flows.profiles import tracking
+    from vidops.flows.profiles import tracking
 
     found = tracking(Layout(root.resolve()))
     store = Path(found.uri.removeprefix("sqlite:///"))
@@ -394,7 +394,7 @@ def _registry(root: Path) -> Tracking:
 
 
 def cmd_stack(args: argparse.Namespace) -> None:
-    from flows import stack
+    from vidops.flows import stack
 
     layout = Layout(args.root.resolve())
     if args.action == "up":
@@ -420,7 +420,7 @@ def cmd_stack(args: argparse.Namespace) -> None:
 
 
 def cmd_deploy(args: argparse.Namespace) -> None:
-    from flows.deploy import deploy, deployments, spec_path
+    from vidops.flows.deploy import deploy, deployments, spec_path
 
     layout = Layout(args.root.resolve())
     names = deploy(layout, args.spec)
@@ -432,10 +432,10 @@ def cmd_deploy(args: argparse.Namespace) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> None:
     layout = Layout(args.root.resolve())
-    from flows.profiles import activate
+    from vidops.flows.profiles import activate
 
     activate(layout)
-    from flows.deploy import serve
+    from vidops.flows.deploy import serve
 
     serve(layout)
 
@@ -453,7 +453,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         raise VidopsError("--version names a version of one model: add --task")
     _registry(layout.root)
     present = _start_prefect(layout, args.params)
-    from flows.pipeline import promotion
+    from vidops.flows.pipeline import promotion
 
     tasks = [args.task] if args.task else params.tasks
     for task, decision in promotion(str(layout.root), present, args.overrides, {task: args.version for task in tasks}).items():
@@ -462,9 +462,9 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def _run_ingest(layout: Layout, params_file: str, overrides: list[str]) -> None:
     present = _start_prefect(layout, params_file)
-    from components import versioning
-    from flows.ingest import ingest
-    from flows.stack import project_store
+    from vidops.components import versioning
+    from vidops.flows.ingest import ingest
+    from vidops.flows.stack import project_store
 
     versioning.init(layout.root)
     with project_store(layout):
@@ -477,8 +477,8 @@ def _run_ingest(layout: Layout, params_file: str, overrides: list[str]) -> None:
 
 
 def cmd_data(args: argparse.Namespace) -> None:
-    from components import versioning
-    from flows.stack import project_store
+    from vidops.components import versioning
+    from vidops.flows.stack import project_store
 
     layout = Layout(args.root.resolve())
     if args.action != "remote" and (args.url or args.endpoint_url):
@@ -500,8 +500,8 @@ def cmd_data(args: argparse.Namespace) -> None:
 
 def version_datasets(layout: Layout, params: Params) -> list[DatasetVersion]:
     """`dvc add` each task's dataset and push the versions to the remote (the project's own S3 unless set elsewhere)."""
-    from components import versioning
-    from flows.stack import project_store
+    from vidops.components import versioning
+    from vidops.flows.stack import project_store
 
     versioning.init(layout.root)
     with project_store(layout):
@@ -511,9 +511,9 @@ def version_datasets(layout: Layout, params: Params) -> list[DatasetVersion]:
 
 
 def cmd_lineage(args: argparse.Namespace) -> None:
-    from components import versioning
-    from components.registry import lineage
-    from flows.stack import project_store
+    from vidops.components import versioning
+    from vidops.components.registry import lineage
+    from vidops.flows.stack import project_store
 
     layout = Layout(args.root.resolve())
     found = lineage(_registry(layout.root), args.model_uri)
@@ -534,8 +534,8 @@ def cmd_lineage(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from components.generate import MARKER, generate_dataset
-    from components.io import atomic_path
+    from vidops.components.generate import MARKER, generate_dataset
+    from vidops.components.io import atomic_path
 
     layout = Layout(args.workdir.resolve())
     _ensure_writable(layout.root)
@@ -555,8 +555,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
         print(f"versioned {version.path.relative_to(layout.root)} as {version.md5} ({version.files} files), pushed to the DVC remote")
     result = _run_pipeline(layout, PARAMS_FILE, args.overrides, args.refresh)
     if result.staged is not None:  # dvc.lock records the run: its outputs go to the remote too, so a clone can `dvc pull` them
-        from components import versioning
-        from flows.stack import project_store
+        from vidops.components import versioning
+        from vidops.flows.stack import project_store
 
         with project_store(layout):
             versioning.push(layout.root, [])
@@ -567,7 +567,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def _run_pipeline(layout: Layout, params_file: str, overrides: list[str], refresh: bool) -> PipelineResult:
     present = _start_prefect(layout, params_file)
-    from flows.pipeline import training_pipeline
+    from vidops.flows.pipeline import training_pipeline
 
     result = training_pipeline(root=str(layout.root), params_file=present, overrides=overrides, refresh=refresh)
     _print_result(layout, result)
@@ -576,7 +576,7 @@ def _run_pipeline(layout: Layout, params_file: str, overrides: list[str], refres
 
 def _start_prefect(layout: Layout, params_file: str) -> str | None:
     """Point Prefect at the project's services (before it is imported); the params file a flow takes (None: the defaults, as _load)."""
-    from flows.profiles import activate
+    from vidops.flows.profiles import activate
 
     activate(layout)
     return params_file if (layout.root / params_file).exists() else None

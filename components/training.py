@@ -170,9 +170,12 @@ def _run_key(features_dir: Path, params: FitParams) -> str:
     return hashlib.sha256(params.model_dump_json().encode() + shards).hexdigest()[:16]
 
 
+CHECKPOINT_STATE = "state.json"  # models/<task>/checkpoints/: the last whole checkpoint: its epoch, history and model file
+
+
 def _read_state(checkpoints: Path, key: str) -> dict[str, Any] | None:
     """The last whole checkpoint of this key: its state, which names its model file."""
-    state_file = checkpoints / "state.json"
+    state_file = checkpoints / CHECKPOINT_STATE
     if not state_file.is_file():
         return None
     state = json.loads(state_file.read_text())
@@ -200,7 +203,7 @@ class _Checkpoint(keras.callbacks.Callback):
         with atomic_path(self.folder / saved) as tmp:
             self.model.save(tmp)
         # written second: a state file always describes a whole checkpoint
-        write_json(self.folder / "state.json", {"key": self.key, "epoch": epoch + 1, "history": self.history, "model": saved})
+        write_json(self.folder / CHECKPOINT_STATE, {"key": self.key, "epoch": epoch + 1, "history": self.history, "model": saved})
         for older in self.folder.glob("model-*.keras"):
             if older.name != saved:
                 older.unlink(missing_ok=True)

@@ -81,6 +81,15 @@ def check_weights_present(task: Task, params: FrameEncoderParams) -> None:
         raise VidopsError(f"{key}.encoder_weights: no weights file {weights}")
 
 
+def weights_file(params: Any) -> Path | None:
+    """The file an encoder's weights come from (the user's .weights.h5, or ImageNet's in Keras's cache), whose content a
+    cached or resumed training must match; None when it learns from scratch (or the task's params have no encoder)."""
+    weights = getattr(params, "encoder_weights", NO_WEIGHTS)
+    if weights == NO_WEIGHTS:
+        return None
+    return keras_cache() / APPLICATIONS[params.encoder].imagenet_file if weights == IMAGENET else Path(weights)
+
+
 def keras_cache() -> Path:
     """Where Keras keeps downloaded weights: $KERAS_HOME/models, else ~/.keras/models (keras.utils.get_file's rule)."""
     return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "models"

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from vidops.components import inputs
+from vidops.components import encoders, inputs
 from vidops.components.errors import VidopsError
 from vidops.components.io import atomic_path, write_csv, write_json
 from vidops.components.layout import HISTORY_FILE, INDEX_TABLE, LABELS_FILE, MODEL_FILE
@@ -165,9 +165,12 @@ def prepare_device(params: FitParams) -> tf.distribute.Strategy:
 
 
 def _run_key(features_dir: Path, params: FitParams) -> str:
-    """What a checkpoint belongs to: these params and exactly these shards."""
-    shards = (features_dir / INDEX_TABLE).read_bytes()
-    return hashlib.sha256(params.model_dump_json().encode() + shards).hexdigest()[:16]
+    """What a checkpoint belongs to: these params, exactly these shards, and the content of the encoder's weights file."""
+    digest = hashlib.sha256(params.model_dump_json().encode() + (features_dir / INDEX_TABLE).read_bytes())
+    weights = encoders.weights_file(params)
+    if weights is not None and weights.is_file():
+        digest.update(weights.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 CHECKPOINT_STATE = "state.json"  # models/<task>/checkpoints/: the last whole checkpoint: its epoch, history and model file

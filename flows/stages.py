@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
-from vidops.components import catalog, evaluation, extraction, promotion, registry, training, validation, versioning
+from vidops.components import catalog, encoders, evaluation, extraction, promotion, registry, training, validation, versioning
 from vidops.components.errors import VidopsError
 from vidops.components.io import write_json
 from vidops.components.layout import INDEX_TABLE, RUN_FILE, Layout
@@ -238,6 +238,7 @@ class Depends:
     """What a stage's result depends on, for caching it: component modules, params keys, input files; and the files it leaves.
 
     dvc.yaml lists the same component modules and params keys for each stage (tests/test_project_files.py holds them together).
+    Its inputs are DVC's deps too, but for the encoder's weights file, whose path is a param that may name no file.
     """
 
     code: tuple[str, ...]  # modules under components/; SPEC_CODE is the task's spec module
@@ -254,7 +255,8 @@ DEPENDS = {
                         lambda L, p, t: [dataset(L, p, t)], lambda L, t: [L.catalog(t) / validation.ACCEPTED, L.catalog(t) / validation.REPORT]),
     "extract": Depends(("extraction", "media", "audio", "sampling"), ("datasets.{task}", "extract.{task}"),
                        lambda L, p, t: [L.catalog(t) / validation.ACCEPTED], lambda L, t: [L.index(t)]),
-    "train": Depends(("inputs", "models", "encoders", "training", SPEC_CODE), ("train.{task}",), lambda L, p, t: [L.index(t)],
+    "train": Depends(("inputs", "models", "encoders", "training", SPEC_CODE), ("train.{task}",),
+                     lambda L, p, t: [L.index(t), *filter(None, [encoders.weights_file(p.train.of(t))])],
                      lambda L, t: [L.model(t), L.curves(t)]),
     "evaluate": Depends(("inputs", "models", "evaluation", SPEC_CODE), ("train.{task}",), lambda L, p, t: [L.model(t), L.index(t)],
                         lambda L, t: [L.reports(t) / evaluation.METRICS]),

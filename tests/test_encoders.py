@@ -11,9 +11,9 @@ import keras
 import numpy as np
 import pytest
 
-from vidops.components import encoders, tasks
+from vidops.components import encoders, tasks, training
 from vidops.components.errors import VidopsError
-from vidops.components.layout import Layout
+from vidops.components.layout import INDEX_TABLE, Layout
 from vidops.components.models import PerFrame, build_classifier, build_sync, load_model
 from vidops.components.params import ClassifierParams, SyncParams, load_params
 
@@ -57,6 +57,22 @@ def test_a_weights_file_is_loaded_into_the_encoder(tmp_path):
     expected = encoders.application(APP, None, str(path)).get_weights()
     assert _same(_encoder(build_sync(32, 40, SyncParams(encoder=APP, encoder_weights=str(path), units=8))).get_weights(), expected)
     assert not _same(_encoder(build_sync(32, 40, SyncParams(encoder=APP, units=8))).get_weights(), expected)
+
+
+def test_new_content_in_the_same_weights_file_is_a_new_training_for_both_caches(project, tmp_path):
+    """The stage's cache (Prefect) and the checkpoint's resume key see the file's content, not only its path."""
+    from vidops.flows import stages
+
+    path = _weights_file(tmp_path)
+    params = load_params(None, [f"train.classification.encoder={APP}", f"train.classification.encoder_weights={path}"])
+    features = project.features("classification")
+    features.mkdir(parents=True)
+    (features / INDEX_TABLE).write_text("path,label,split,shard,status\n")
+    before = stages.fingerprint("train", project, params, "classification"), training._run_key(features, params.train.classification)
+    keras.utils.set_random_seed(8)
+    encoders.application(APP, None, encoders.NO_WEIGHTS).save_weights(path)  # other weights, the same path
+    after = stages.fingerprint("train", project, params, "classification"), training._run_key(features, params.train.classification)
+    assert before[0] != after[0] and before[1] != after[1]
 
 
 # Each training below takes 30 s and more on 2 cores: tracing the application's training step is most of it.

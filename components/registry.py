@@ -109,26 +109,22 @@ def end_abandoned_run(model_dir: Path, tracking: Tracking) -> str | None:
     """End as KILLED the run that the model folder's last training opened in this store and did not live to end (a kill -9
     leaves it RUNNING for good); its id, or None when there is none."""
     from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
-    path = model_dir / RUN_FILE
-    if not path.is_file():
+    found = _recorded_run(model_dir, tracking)
+    if found is None or found[1].info.status != "RUNNING":
         return None
-    found = TrainingRun(**json.loads(path.read_text()))
-    if found.tracking_uri != tracking.uri:
-        return None
-    client = MlflowClient(tracking.uri)
-    try:
-        if client.get_run(found.run_id).info.status != "RUNNING":
-            return None
-    except MlflowException:  # the store was reset since
-        return None
-    client.set_terminated(found.run_id, "KILLED")
-    return found.run_id
+    MlflowClient(tracking.uri).set_terminated(found[0].run_id, "KILLED")
+    return found[0].run_id
 
 
 def _training_run(model_dir: Path, tracking: Tracking) -> TrainingRun | None:
     """The run the model's training reported to, when it is in this store and holds no registered model yet."""
+    found = _recorded_run(model_dir, tracking)
+    return None if found is None or REGISTERED in found[1].data.tags else found[0]
+
+
+def _recorded_run(model_dir: Path, tracking: Tracking) -> tuple[TrainingRun, Any] | None:
+    """The run the model folder's training recorded (`run.json`) and MLflow's view of it, when it is in this store."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -139,10 +135,9 @@ def _training_run(model_dir: Path, tracking: Tracking) -> TrainingRun | None:
     if found.tracking_uri != tracking.uri:
         return None
     try:
-        run = MlflowClient(tracking.uri).get_run(found.run_id)
+        return found, MlflowClient(tracking.uri).get_run(found.run_id)
     except MlflowException:  # the store was reset since
         return None
-    return None if REGISTERED in run.data.tags else found
 
 
 def register_model(

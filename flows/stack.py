@@ -27,6 +27,8 @@ read them with the project's S3 started: `registry_store`).
 from __future__ import annotations
 
 import base64
+import datetime
+import ipaddress
 import json
 import os
 import secrets
@@ -364,15 +366,18 @@ def _basic(credentials: str) -> dict[str, str]:
 def _seaweedfs(home: Path, s3_port: int, env: dict[str, str]) -> tuple[list[str], list[str], list[str]]:
     """The command lines of SeaweedFS's master, volume server, and filer with the S3 gateway, on loopback only, every port
     but S3's a free one. Three processes, not `weed server`, so that the master alone refuses every client but its own
-    parts (`-whiteList=@`: they reach it over unix sockets; `weed server` applies the list to the volume server too, which
+    parts (`-whiteList=@`: they reach it over gRPC; `weed server` applies the list to the volume server too, which
     then refuses the gateway's uploads), and so anonymous requests cannot drop a bucket (`/col/delete`). The filer and
-    volume server refuse any request without a JWT signed by keys only SeaweedFS holds (security.toml, read from the
-    working folder; new at each start, as the tokens live seconds). The data folder is the one `weed server` used."""
+    volume server refuse any request without a JWT signed by keys only SeaweedFS holds, and every gRPC port (through which
+    a client could otherwise write, delete or read anything) wants a TLS certificate signed by a CA only SeaweedFS holds
+    (security.toml, read from the working folder; keys and certificates new at each start). The data folder is the one
+    `weed server` used."""
     identity = {"name": "vidops", "credentials": [{"accessKey": env["AWS_ACCESS_KEY_ID"], "secretKey": env["AWS_SECRET_ACCESS_KEY"]}],
                 "actions": ["Admin", "Read", "Write", "List", "Tagging"]}  # fmt: skip
     write_json(home / "s3.json", {"identities": [identity]}, secret=True)
-    write_text(home / "security.toml", "".join(f'[jwt.{name}]\nkey = "{secrets.token_urlsafe(32)}"\nexpires_after_seconds = 60\n'
-                                               for name in ("signing", "signing.read", "filer_signing", "filer_signing.read")), secret=True)  # fmt: skip
+    jwt = "".join(f'[jwt.{name}]\nkey = "{secrets.token_urlsafe(32)}"\nexpires_after_seconds = 60\n'
+                  for name in ("signing", "signing.read", "filer_signing", "filer_signing.read"))
+    write_text(home / "security.toml", jwt + _grpc_tls(home / "tls"), secret=True)
     data = home / "data"
     data.mkdir(exist_ok=True)
     weed, loopback = program("weed"), ["-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
@@ -386,6 +391,49 @@ def _seaweedfs(home: Path, s3_port: int, env: dict[str, str]) -> tuple[list[str]
         [weed, "filer", f"-defaultStoreDir={data}", *loopback, *ports(filer), f"-master=127.0.0.1:{master}",
          "-s3", f"-s3.port={s3_port}", f"-s3.port.grpc={_free_port()}", f"-s3.config={home / 's3.json'}", "-s3.port.iceberg=0", "-s3.port.lance=0"],
     )  # fmt: skip
+
+
+GRPC_PARTS = ("master", "volume", "filer", "s3", "client")  # security.toml's [grpc.<part>]: "client" is how a part calls another
+
+
+def _grpc_tls(folder: Path) -> str:
+    """security.toml's `[grpc]` sections: a new CA and, for each part of SeaweedFS, a certificate for 127.0.0.1 that it
+    signs, so that SeaweedFS's gRPC ports take only mutually authenticated TLS from its own parts. Keys are mode 600 and
+    the CA's key is never written: nothing can sign another certificate once this returns."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    folder.mkdir(mode=0o700, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    name = lambda cn: x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])  # noqa: E731
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+
+    def certificate(cn: str, key: ec.EllipticCurvePrivateKey, ca: bool) -> x509.Certificate:
+        builder = (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(name("vidops seaweedfs ca"))
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=3650))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))  # fmt: skip
+        if ca:
+            usage = x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                  key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False)  # fmt: skip
+            builder = builder.add_extension(usage, critical=True)
+        else:
+            builder = (builder.add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+                       .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))  # fmt: skip
+        return builder.sign(ca_key, hashes.SHA256())
+
+    pem = lambda cert: cert.public_bytes(serialization.Encoding.PEM).decode()  # noqa: E731
+    write_text(folder / "ca.crt", pem(certificate("vidops seaweedfs ca", ca_key, ca=True)))
+    sections = [f'[grpc]\nca = "{folder / "ca.crt"}"\n']
+    for part in GRPC_PARTS:
+        key = ec.generate_private_key(ec.SECP256R1())
+        write_text(folder / f"{part}.crt", pem(certificate(part, key, ca=False)))
+        write_text(folder / f"{part}.key", key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                             serialization.NoEncryption()).decode(), secret=True)  # fmt: skip
+        sections.append(f'[grpc.{part}]\ncert = "{folder / f"{part}.crt"}"\nkey = "{folder / f"{part}.key"}"\n')
+    return "".join(sections)
 
 
 def _flag(argv: list[str], name: str) -> str:
@@ -486,8 +534,9 @@ def _stop(services: list[dict], timeout_s: float = 30) -> list[str]:
 
 
 def _remove_sockets(process: dict) -> None:
-    """SeaweedFS leaves a unix socket per gRPC port in the temporary folder (seaweedfs-master-grpc-<port>.sock): remove its own."""
-    ports = {arg.split("=", 1)[1] for arg in process["argv"] if arg.startswith("-") and ".grpc=" in arg}
+    """SeaweedFS leaves unix sockets in the temporary folder, named by a gRPC port or the S3 port
+    (seaweedfs-master-grpc-<port>.sock, seaweedfs-s3-<port>.sock): remove its own."""
+    ports = {arg.split("=", 1)[1] for arg in process["argv"] if arg.startswith("-") and (".grpc=" in arg or arg.startswith("-s3.port="))}
     for port in ports:
         for socket_file in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-{port}.sock"):
             socket_file.unlink(missing_ok=True)

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -180,6 +181,40 @@ def _assert_closed_to_strangers(state: Path, env: dict[str, str]) -> None:
     assert _status("GET", f"{filer}/buckets/vidops/?pretty=y")[0] == 401  # nor list
     assert _status("POST", f"{volume}/1,01637037d6", {"x": 1})[0] == 401
     assert _status("PUT", f"{env['AWS_ENDPOINT_URL']}/vidops/evil.txt", {"x": 1})[0] == 403
+    # their gRPC ports take only TLS with a certificate that SeaweedFS's own CA signed: through them a client could
+    # otherwise assign, write and delete any file
+    grpc = [int(_flag(process["argv"], "-port.grpc")) for process in s3["parts"]] + [int(_flag(s3["argv"], "-port.grpc")), int(_flag(s3["argv"], "-s3.port.grpc"))]
+    for port in grpc:
+        _assert_grpc_wants_a_certificate(port, state / "s3" / "tls")
+
+
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # and an empty SETTINGS frame
+
+
+def _http2_answer(sock: socket.socket) -> bytes:
+    """The first frame header a server sends back to HTTP/2's preface: a gRPC server's is a SETTINGS frame (type 4)."""
+    sock.sendall(HTTP2_PREFACE)
+    return sock.recv(9)
+
+
+def _assert_grpc_wants_a_certificate(port: int, tls: Path) -> None:
+    """Plain HTTP/2 gets no gRPC answer, TLS without a client certificate is refused, and the parts' own certificate
+    gets an answer (so the refusals are TLS's, not a closed port's)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as plain:
+        try:
+            answer = _http2_answer(plain)
+        except ConnectionError:
+            answer = b""
+        assert answer[3:4] != b"\x04", f"gRPC port {port} answers plaintext"
+    context = ssl.create_default_context(cafile=tls / "ca.crt")
+    context.check_hostname = False  # the certificates name 127.0.0.1 as an IP address, which is checked below by the CA
+    context.set_alpn_protocols(["h2"])
+    with pytest.raises(ssl.SSLError, match="(?i)certificate"):
+        with context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10)) as anonymous:
+            _http2_answer(anonymous)
+    context.load_cert_chain(tls / "client.crt", tls / "client.key")
+    with context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10)) as ours:
+        assert _http2_answer(ours)[3:4] == b"\x04", f"gRPC port {port} does not answer SeaweedFS's own client"
 
 
 def _assert_no_secret_outside_private_files(root: Path, env: dict[str, str], s3) -> None:
@@ -188,7 +223,8 @@ def _assert_no_secret_outside_private_files(root: Path, env: dict[str, str], s3)
     results), or on any command line."""
     kept = json.loads((root / ".vidops" / "stack" / "secrets.json").read_text())
     found = {env["AWS_SECRET_ACCESS_KEY"], env["PREFECT_API_AUTH_STRING"].split(":", 1)[1], env["MLFLOW_TRACKING_PASSWORD"], kept["mlflow_flask_key"],
-             *(line.split('"')[1] for line in (root / ".vidops" / "s3" / "security.toml").read_text().splitlines() if line.startswith("key"))}  # fmt: skip
+             *(line.split('"')[1] for line in (root / ".vidops" / "s3" / "security.toml").read_text().splitlines() if line.startswith("key =") and "/" not in line),
+             *(key.read_text().splitlines()[1] for key in (root / ".vidops" / "s3" / "tls").glob("*.key"))}  # fmt: skip
     secret_bytes = [value.encode() for value in found]
     leaks = []
     for path in root.rglob("*"):

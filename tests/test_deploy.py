@@ -37,3 +37,14 @@ def test_a_schedule_that_is_not_cron_is_named(tmp_path: Path):
     spec.write_text(CLUSTER.read_text().replace('"0 2 * * *"', '"nightly"'))
     with pytest.raises(VidopsError, match="deployment nightly-gpu: schedule 'nightly' is not a cron string"):
         deployments(spec)
+
+
+def test_every_deployment_s_entrypoint_is_a_flow_of_the_installed_package():
+    """Entrypoints name modules of the installed `vidops` (a project needs no code); a stale one fails only on a worker."""
+    from prefect import Flow
+    from prefect.flows import load_flow_from_entrypoint
+
+    for spec in (REPO_SPEC, CLUSTER):
+        for found in deployments(spec):
+            assert found["entrypoint"].startswith("vidops.flows."), found["entrypoint"]
+            assert isinstance(load_flow_from_entrypoint(found["entrypoint"]), Flow), found["entrypoint"]

@@ -35,6 +35,10 @@ def run(*args: str, env: dict[str, str] | None = None, timeout_s: float = 600) -
     return subprocess.run([sys.executable, "-m", "vidops", *args], env=env or cli_env(), capture_output=True, text=True, timeout=timeout_s)
 
 
+class Ended(AssertionError):
+    """The command ended before the moment a fault was to be injected."""
+
+
 def until(found: Callable[[], T], what: str, process: subprocess.Popen | None = None, timeout_s: float = 300, every_s: float = 0.05) -> T:
     """Poll `found` until it returns something true, and return that; fail naming `what` when `process` ends first or
     the (generous) time is up."""
@@ -45,7 +49,7 @@ def until(found: Callable[[], T], what: str, process: subprocess.Popen | None = 
             return value
         if process is not None and process.poll() is not None:
             out, err = process.communicate()
-            raise AssertionError(f"the command ended (exit {process.returncode}) before {what}:\n{out[-2000:]}\n{err[-4000:]}")
+            raise Ended(f"the command ended (exit {process.returncode}) before {what}:\n{out[-2000:]}\n{err[-4000:]}")
         if time.monotonic() > deadline:
             raise AssertionError(f"no {what} within {timeout_s:.0f} s")
         time.sleep(every_s)

@@ -536,9 +536,10 @@ def _stop(services: list[dict], timeout_s: float = 30) -> list[str]:
 
 
 def _remove_sockets(process: dict) -> None:
-    """SeaweedFS leaves unix sockets in the temporary folder, named by a gRPC port or the S3 port
-    (seaweedfs-master-grpc-<port>.sock, seaweedfs-s3-<port>.sock): remove its own."""
-    ports = {arg.split("=", 1)[1] for arg in process["argv"] if arg.startswith("-") and (".grpc=" in arg or arg.startswith("-s3.port="))}
+    """SeaweedFS leaves unix sockets in the temporary folder, named by one of its ports (seaweedfs-master-grpc-<port>.sock,
+    seaweedfs-s3-<port>.sock, seaweedfs-filer-<port>.sock): remove its own."""
+    flags = (arg.split("=", 1) for arg in process["argv"] if arg.startswith("-") and "=" in arg)
+    ports = {value for flag, value in flags if "port" in flag and value != "0"}
     for port in ports:
         for socket_file in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-{port}.sock"):
             socket_file.unlink(missing_ok=True)

@@ -511,7 +511,7 @@ def _pool_ready(env: dict[str, str]) -> Callable[[str], bool]:
 # SeaweedFS's master and volume server (with -preStopSeconds=0) exit within a second of SIGTERM. The filer waits 15 s for
 # its gRPC streams (its own S3 gateway's subscription never ends) before it closes its store, so it is killed after the
 # grace: its store (LevelDB) has written every change to its journal, which the next start replays.
-GRACE_S = {"s3": 2.0}
+GRACE_S = {"s3": 2.0, "s3-volume": 2.0, "s3-master": 2.0}  # a part alone is stopped when the start fails
 S3_RECORD = "running.json"  # in .vidops/s3/: the SeaweedFS a command started for itself, while it runs
 
 

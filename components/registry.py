@@ -111,16 +111,22 @@ def end_abandoned_run(model_dir: Path, tracking: Tracking) -> str | None:
     from mlflow import MlflowClient
 
     found = _recorded_run(model_dir, tracking)
-    if found is None or found[1].info.status != "RUNNING":
+    if found is None:
         return None
-    MlflowClient(tracking.uri).set_terminated(found[0].run_id, "KILLED")
-    return found[0].run_id
+    recorded, run = found
+    if run.info.status != "RUNNING":
+        return None
+    MlflowClient(tracking.uri).set_terminated(recorded.run_id, "KILLED")
+    return recorded.run_id
 
 
 def _training_run(model_dir: Path, tracking: Tracking) -> TrainingRun | None:
     """The run the model's training reported to, when it is in this store and holds no registered model yet."""
     found = _recorded_run(model_dir, tracking)
-    return None if found is None or REGISTERED in found[1].data.tags else found[0]
+    if found is None:
+        return None
+    recorded, run = found
+    return None if REGISTERED in run.data.tags else recorded
 
 
 def _recorded_run(model_dir: Path, tracking: Tracking) -> tuple[TrainingRun, Any] | None:

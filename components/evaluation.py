@@ -1,5 +1,6 @@
 """Evaluation on the held-out split: the classifier's accuracy, macro F1, per-class scores and confusion; the sync
-model's offset errors, also against context length.
+model's offset errors, also against context length; the captioner's BLEU-4, CIDEr-D and attribute accuracy beside
+two baselines.
 
 Each writes `metrics.json`, `confusion.csv` (actual, predicted: the format of `dvc plots`) and `confusion.png`.
 """
@@ -7,6 +8,7 @@ Each writes `metrics.json`, `confusion.csv` (actual, predicted: the format of `d
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,14 +16,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vidops.components import inputs
+from vidops.components import inputs, text
 from vidops.components.errors import VidopsError
 from vidops.components.io import atomic_path, write_csv, write_json
 from vidops.components.layout import LABELS_FILE, MODEL_FILE
-from vidops.components.params import SyncParams
+from vidops.components.params import CaptionerParams, SyncParams
 
 METRICS = "metrics.json"
 CONFUSION = "confusion.csv"
+SAMPLES_TABLE = "samples.md"  # captioning: a few test clips, their references and the caption said
+SAMPLES = 8
 CONTEXT_LENGTHS = (5, 7, 9, 11, 13, 15)  # sync: window lengths, in frames, that accuracy is reported against
 
 
@@ -86,6 +90,99 @@ def evaluate_sync(model_dir: Path, features_dir: Path, reports_dir: Path, params
         **{f"accuracy_within_1_at_{n}": value for n, value in by_length.items()},
     }
     return _write(reports_dir, metrics, [int(k) for k in t], [int(k) for k in p], [str(k) for k in params.offsets])
+
+
+def evaluate_captioner(model_dir: Path, features_dir: Path, reports_dir: Path, params: CaptionerParams) -> Evaluation:
+    """BLEU-4, CIDEr-D and attribute accuracy of the captions the model says for the test clips, beside two baselines
+    scored the same way: the most frequent training caption, and the nearest neighbour's (the training clip whose
+    encoder features are closest). Attribute accuracy (the shape, colour and motion a caption states all match the
+    references') is also split by whether the clip's combination of attributes was seen in training.
+
+    Also `samples.md` and `samples.png` (frames, references, the caption said) and, as `confusion.csv`, each stated
+    attribute against the references'.
+    """
+    from vidops.components import decoding
+    from vidops.components.generate import caption_attributes
+    from vidops.components.text import Vocabulary, words
+
+    model, tokens = _load(model_dir)
+    vocabulary = Vocabulary.from_tokens(tokens)
+    test, train = _test_split(features_dir, ("frames",)), inputs.open_split(features_dir, "train", ("frames",))
+    captions = inputs.read_captions(features_dir)
+    normal = lambda caption: " ".join(words(caption))  # noqa: E731  the form the model says a caption in
+    references = [[normal(c) for c in captions[clip]] for clip in test.clips]
+    frames = inputs.in_memory(test, "frames")
+    beams = decoding.captions(model, frames, vocabulary, params.beam_size, params.max_length, params.length_penalty)
+    training_captions = [normal(c) for clip in train.clips for c in captions[clip]]
+    nearest = _nearest_neighbour(model, frames, inputs.in_memory(train, "frames"))
+    said = {
+        "": [beam[0].text for beam in beams],
+        "_most_frequent": [Counter(training_captions).most_common(1)[0][0]] * len(test.clips),
+        "_nearest_neighbour": [normal(captions[train.clips[i]][0]) for i in nearest],
+    }
+    truth = [_attributes(refs, caption_attributes) for refs in references]
+    seen = {tuple(sorted(a.items())) for a in (_attributes([normal(c) for c in captions[clip]], caption_attributes) for clip in train.clips) if a}
+    unseen = np.array([bool(a) and tuple(sorted(a.items())) not in seen for a in truth])
+    metrics: dict[str, Any] = {"test_clips": len(test.clips), "unseen_combination_clips": int(unseen.sum()),
+                               "captions_over_max_length": sum(len(words(c)) > params.max_length for cs in captions.values() for c in cs)}  # fmt: skip
+    for suffix, hypotheses in said.items():
+        stated = [caption_attributes(h) for h in hypotheses]
+        right = np.array([bool(t) and s == t for s, t in zip(stated, truth, strict=True)])
+        metrics |= {f"bleu4{suffix}": text.bleu4(hypotheses, references), f"cider_d{suffix}": text.cider_d(hypotheses, references)}
+        if any(truth):  # references that state the attributes: the demo's, or a user's that use its words
+            scored = np.array([bool(t) for t in truth])
+            metrics[f"attribute_accuracy{suffix}"] = float(right[scored].mean())
+            metrics[f"attribute_accuracy_seen_combinations{suffix}"] = float(right[scored & ~unseen].mean()) if (scored & ~unseen).any() else None
+            metrics[f"attribute_accuracy_unseen_combinations{suffix}"] = float(right[unseen].mean()) if unseen.any() else None
+    _samples(reports_dir, frames, test.clips, references, beams)
+    pairs = [(t[key], caption_attributes(h).get(key, "(none)")) for t, h in zip(truth, said[""], strict=True) for key in sorted(t)]
+    classes = sorted({value for pair in pairs for value in pair})
+    return _write(reports_dir, metrics, [a for a, _ in pairs], [p for _, p in pairs], classes)
+
+
+def _attributes(references: list[str], parse: Any) -> dict[str, str]:
+    """The attributes every reference of a clip states alike ({} when they state none, or disagree)."""
+    parsed = [parse(r) for r in references]
+    keys = set.intersection(*(set(p) for p in parsed)) if parsed else set()
+    return {k: parsed[0][k] for k in sorted(keys) if all(p[k] == parsed[0][k] for p in parsed)}
+
+
+def _nearest_neighbour(model: Any, test_frames: np.ndarray, train_frames: np.ndarray) -> np.ndarray:
+    """For each test clip, the index of the training clip whose encoder features are closest (cosine)."""
+    from vidops.components.decoding import encode_frames
+
+    def unit(features: np.ndarray) -> np.ndarray:
+        flat = features.reshape(len(features), -1)
+        return flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-8)
+
+    return np.argmax(unit(encode_frames(model, test_frames)) @ unit(encode_frames(model, train_frames)).T, axis=1)
+
+
+def _samples(reports_dir: Path, frames: np.ndarray, clips: tuple[str, ...], references: list[list[str]], beams: list[Any]) -> None:
+    """`samples.md` (a table: clip, references, the caption said and the beam's others) and `samples.png` (each
+    sample's frames beside its text), for a few test clips spread over the split."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    picks = sorted(set(np.linspace(0, len(clips) - 1, min(SAMPLES, len(clips))).round().astype(int)))
+    rows = ["| clip | references | said | also in the beam |", "|---|---|---|---|"]
+    figure, axes = plt.subplots(len(picks), 2, figsize=(12, 1.6 * len(picks)), squeeze=False, gridspec_kw={"width_ratios": [2, 3]})
+    for row, i in zip(axes, picks, strict=True):
+        others = "; ".join(f"{b.text} ({b.score:.2f})" for b in beams[i][1:])
+        rows.append(f"| `{clips[i]}` | {'<br>'.join(references[i])} | **{beams[i][0].text}** | {others} |")
+        strip = frames[i][np.linspace(0, len(frames[i]) - 1, 4).round().astype(int)]
+        row[0].imshow(np.concatenate(list(strip), axis=1))
+        row[1].text(0, 0.5, f"said: {beams[i][0].text}\n" + "\n".join(f"ref: {r}" for r in references[i]), va="center", fontsize=8, wrap=True)
+        for axis in row:
+            axis.axis("off")
+    figure.tight_layout()
+    with atomic_path(reports_dir / "samples.png") as tmp:
+        figure.savefig(tmp, format="png", dpi=80)
+    plt.close(figure)
+    with atomic_path(reports_dir / SAMPLES_TABLE) as tmp:
+        tmp.write_text("\n".join(rows) + "\n")
 
 
 def _offsets(model: Any, frames: np.ndarray, audio: np.ndarray, params: SyncParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -26,7 +26,8 @@ from vidops.components.errors import VidopsError
 from vidops.components.extraction import usable_rows
 from vidops.components.io import read_arrays
 from vidops.components.layout import INDEX, SHARDS
-from vidops.components.params import SyncParams
+from vidops.components.params import CaptionerParams, SyncParams
+from vidops.components.text import Vocabulary
 
 MEMORY_CACHE_BYTES = 4 * 1024**3  # a split larger than this is read from the shards every epoch
 AUDIO_JITTER_STEPS = 2  # sync training: the audio moves by up to this many steps (10 ms each) either way
@@ -43,6 +44,7 @@ class Split:
     names: tuple[str, ...]  # class names, in label order
     shapes: dict[str, tuple[int, ...]]  # field -> shape of one clip's array, the same in every shard
     groups: tuple[str, ...] = ()  # each clip's group (a person, a scene, a source video): clips of a group stay together
+    clips: tuple[str, ...] = ()  # each clip's path in its dataset, as the index lists it
 
     @property
     def clip_bytes(self) -> int:
@@ -64,7 +66,7 @@ def open_split(features_dir: Path, split: str, fields: tuple[str, ...]) -> Split
     for path, shape in zip(paths, shapes, strict=True):
         if shape != shapes[0]:
             raise VidopsError(f"{path}: arrays of shape {shape}, but {paths[0].name} has {shapes[0]}; re-run the extract stage")
-    return Split(tuple(paths), labels, names, shapes[0] if shapes else {}, groups)
+    return Split(tuple(paths), labels, names, shapes[0] if shapes else {}, groups, tuple(rows["path"]))
 
 
 def carve_validation(split: Split, fraction: float) -> tuple[Split, Split | None]:
@@ -83,7 +85,8 @@ def carve_validation(split: Split, fraction: float) -> tuple[Split, Split | None
 
 def _subset(split: Split, mask: np.ndarray) -> Split:
     keep = np.flatnonzero(mask)
-    return Split(tuple(split.paths[i] for i in keep), split.labels[keep], split.names, split.shapes, tuple(split.groups[i] for i in keep))
+    pick = lambda values: tuple(values[i] for i in keep)  # noqa: E731
+    return Split(pick(split.paths), split.labels[keep], split.names, split.shapes, pick(split.groups), pick(split.clips) if split.clips else ())
 
 
 def _check_shard(path: Path, fields: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
@@ -277,3 +280,69 @@ def sync_windows(frames: np.ndarray, audio: np.ndarray, starts: Any, offsets: An
         "frames": np.stack([frames[s : s + params.window] for s in starts]),
         "audio": np.stack([audio[f : f + params.span] for f in first]),
     }
+
+
+# --- captioning ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CaptionIds:
+    """Every clip's references as token ids: `ids[c, r]` is clip c's reference r ([max_length + 2], <start> to <pad>)."""
+
+    ids: np.ndarray  # int32 [clips, most references, max_length + 2]
+    counts: np.ndarray  # int32 [clips]: references each clip has
+    truncated: int  # references cut to max_length words
+
+
+def caption_ids(split: Split, captions: dict[str, list[str]], vocabulary: Vocabulary, max_length: int) -> CaptionIds:
+    """The references of the split's clips, encoded; a clip without any is an error naming it (validation quarantines them)."""
+    missing = [clip for clip in split.clips if not captions.get(clip)]
+    if missing:
+        raise VidopsError(f"{len(missing)} clip(s) of the features have no caption, e.g. {missing[0]}; re-run the validate and extract stages")
+    most = max((len(captions[clip]) for clip in split.clips), default=1)
+    ids = np.zeros((len(split.clips), most, max_length + 2), np.int32)
+    counts = np.zeros(len(split.clips), np.int32)
+    truncated = 0
+    for c, clip in enumerate(split.clips):
+        for r, caption in enumerate(captions[clip]):
+            ids[c, r], cut = vocabulary.encode(caption, max_length)
+            truncated += cut
+        counts[c] = len(captions[clip])
+    return CaptionIds(ids, counts, truncated)
+
+
+def caption_dataset(split: Split, references: CaptionIds, params: CaptionerParams) -> tuple[Any, int]:
+    """Training batches of ({frames, tokens}, next tokens): every (clip, reference) pair once an epoch, shuffled.
+
+    Teacher forcing: the decoder reads the reference from <start> and learns each next word.
+    """
+    import tensorflow as tf
+
+    pairs = _caption_pairs(split, references)
+    total = int(references.counts.sum())
+    shuffled = pairs.shuffle(total, seed=params.seed, reshuffle_each_iteration=True).repeat()
+    batches = shuffled.batch(params.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return batches, max(1, total // params.batch_size)
+
+
+def caption_validation(split: Split, references: CaptionIds, params: CaptionerParams) -> Any:
+    """Validation batches of the same form: every (clip, reference) pair once, in order."""
+    import tensorflow as tf
+
+    return _caption_pairs(split, references).batch(params.batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _caption_pairs(split: Split, references: CaptionIds) -> Any:
+    """({frames, tokens}, targets) for every reference of every clip; a clip's frames are read once and cached."""
+    import tensorflow as tf
+
+    clips = read_split(split, ("frames",))  # (frames, label), in the split's order
+    refs = tf.data.Dataset.from_tensor_slices((references.ids, references.counts))
+
+    def expand(clip: Any, ref: Any) -> Any:
+        (frames, _), (ids, count) = clip, ref
+        ids = ids[:count]
+        frames = tf.repeat(frames[None], count, axis=0)
+        return tf.data.Dataset.from_tensor_slices(({"frames": frames, "tokens": ids[:, :-1]}, ids[:, 1:]))
+
+    return tf.data.Dataset.zip(clips, refs).flat_map(expand)

@@ -14,7 +14,7 @@ import keras
 from keras import layers, ops
 
 from vidops.components import encoders
-from vidops.components.params import ClassifierParams, FrameEncoderParams, SyncParams
+from vidops.components.params import CaptionerParams, ClassifierParams, FrameEncoderParams, SyncParams
 
 
 def build_classifier(frames: int, size: int, n_classes: int, params: ClassifierParams) -> keras.Model:
@@ -96,6 +96,39 @@ def build_sync(size: int, audio_features: int, params: SyncParams) -> keras.Mode
     centre = layers.Cropping1D((params.max_offset, params.max_offset))(centre)
     in_sync = layers.Activation("sigmoid", name="in_sync", dtype="float32")(layers.Flatten()(centre))
     return keras.Model({"frames": frames, "audio": audio}, {"offset": offset, "in_sync": in_sync}, name="av_sync")
+
+
+def build_captioner(frames: int, size: int, vocabulary: int, params: CaptionerParams) -> keras.Model:
+    """Frames uint8 [N, S, S, 3] and caption tokens [L] (from <start>) in; the next token's logits [L, V] out.
+
+    Two parts the decoding loop calls apart (components/decoding.py): `encoder` (frames -> one
+    feature vector per frame, in time) runs once per clip, `decoder` (features, tokens -> logits)
+    once per word. A frame's map is flattened, not pooled, so the features keep where the shape is:
+    pooling would make a move to the left and one to the right the same set of frames. A
+    bidirectional LSTM over the frames puts the motion in every frame's vector. The decoder is an
+    LSTM over the words, started from the mean frame feature, whose every step attends over the
+    frames (additive or dot-product); its output and the attended frames give the next word.
+    """
+    video = keras.Input((frames, size, size, 3), dtype="uint8", name="frames")
+    maps = frame_encoder(video, size, params)
+    flat = layers.Reshape((frames, -1))(maps)
+    per_frame = layers.Dense(params.units, activation="relu")(layers.Dropout(params.dropout)(flat))
+    features = layers.Bidirectional(layers.LSTM(params.units // 2, return_sequences=True))(per_frame)
+    encoder = keras.Model(video, features, name="encoder")
+
+    seen = keras.Input((frames, params.units), name="features")
+    tokens = keras.Input((None,), dtype="int32", name="tokens")
+    words = layers.Embedding(vocabulary, params.embedding)(tokens)  # no mask: the loss skips <pad>, and the LSTM reads forwards
+    start = layers.Dense(params.units, activation="tanh")(layers.GlobalAveragePooling1D()(seen))
+    said = layers.LSTM(params.units, return_sequences=True)(words, initial_state=[start, start])
+    attention = layers.AdditiveAttention() if params.attention == "additive" else layers.Attention()
+    context = attention([said, seen])  # [B, L, units]: each step's weighted frames
+    mixed = layers.Dense(params.units, activation="tanh")(layers.Concatenate()([said, context]))
+    logits = layers.Dense(vocabulary, dtype="float32", name="logits")(layers.Dropout(params.dropout)(mixed))
+    decoder = keras.Model({"features": seen, "tokens": tokens}, logits, name="decoder")
+
+    inputs = {"frames": video, "tokens": keras.Input((None,), dtype="int32", name="tokens")}
+    return keras.Model(inputs, decoder({"features": encoder(inputs["frames"]), "tokens": inputs["tokens"]}), name="captioner")
 
 
 @keras.saving.register_keras_serializable(package="vidops")

@@ -128,6 +128,21 @@ class SyncParams(FrameEncoderParams):
         return tuple(range(-self.max_offset, self.max_offset + 1))
 
 
+class CaptionerParams(FrameEncoderParams):
+    filters: tuple[int, ...] = (16, 32, 64)
+    units: int = Field(128, ge=2, multiple_of=2)  # frame features, the decoder's LSTM and its attention
+    embedding: int = Field(64, ge=1)  # a word's vector
+    attention: Literal["additive", "dot"] = "additive"  # Bahdanau's or Luong's score of a frame for a word
+    dropout: float = Field(0.2, ge=0, lt=1)
+    max_length: int = Field(16, ge=1)  # words of a caption; a longer one is cut, and counted in the report
+    min_word_count: int = Field(1, ge=1)  # a training word seen fewer times becomes <unk>
+    beam_size: int = Field(3, ge=1)  # 1: greedy decoding
+    length_penalty: float = Field(0.6, ge=0)  # GNMT's alpha: a beam's log-probability over ((5 + words) / 6) ** alpha
+    epochs: int = Field(40, ge=1)
+    batch_size: int = Field(32, ge=1)
+    augment: bool = False  # a flip would swap left and right, and colour jitter the colour words
+
+
 class ModelRegistryParams(_Group):
     model_name: str
     metric: str  # from reports/<task>/metrics.json; higher is better

@@ -1,4 +1,4 @@
-"""Training: the classifier and the sync model, fitted by one loop from tf.data pipelines over the shards.
+"""Training: the classifier, the sync model and the captioner, fitted by one loop from tf.data pipelines over the shards.
 
 A validation split carved from the training groups (never from the test split) is scored after
 every epoch and drives early stopping. Each epoch ends with a checkpoint of the whole model
@@ -26,8 +26,8 @@ from vidops.components import encoders, inputs
 from vidops.components.errors import VidopsError
 from vidops.components.io import atomic_path, write_csv, write_json
 from vidops.components.layout import HISTORY_FILE, INDEX_TABLE, LABELS_FILE, MODEL_FILE
-from vidops.components.models import build_classifier, build_sync
-from vidops.components.params import ClassifierParams, FitParams, SyncParams
+from vidops.components.models import build_captioner, build_classifier, build_sync
+from vidops.components.params import CaptionerParams, ClassifierParams, FitParams, SyncParams
 
 CHECKPOINTS = "checkpoints"  # under the model folder, while a training runs
 EpochHook = Callable[[int, int, dict[str, float]], None]  # (epoch, of epochs, metrics): after every epoch
@@ -82,6 +82,27 @@ def train_sync(features_dir: Path, model_dir: Path, params: SyncParams, on_epoch
         metrics={"offset": ["accuracy"], "in_sync": ["accuracy"]},
     )
     return _fit(strategy, model, data, validation, offsets, features_dir, model_dir, params, on_epoch)
+
+
+def train_captioner(features_dir: Path, model_dir: Path, params: CaptionerParams, on_epoch: EpochHook | None = None) -> TrainedModel:
+    """Fit the captioner on the train split's clips and their references; its labels are the vocabulary's tokens, built
+    from the training clips' captions only (the validation clips' words may be <unk>, as a user's will be)."""
+    from vidops.components.text import PAD, Vocabulary
+
+    strategy = prepare_device(params)
+    split, held = _train_split(features_dir, ("frames",), params.validation_fraction)
+    captions = inputs.read_captions(features_dir)
+    vocabulary = Vocabulary.build((c for clip in split.clips for c in captions.get(clip, ())), params.min_word_count)
+    references = inputs.caption_ids(split, captions, vocabulary, params.max_length)
+    data = inputs.caption_dataset(split, references, params)
+    validation = inputs.caption_validation(held, inputs.caption_ids(held, captions, vocabulary, params.max_length), params) if held else None
+    frames, size = split.shapes["frames"][0], split.shapes["frames"][1]
+    model = _Model(
+        build=lambda: build_captioner(frames, size, len(vocabulary), params),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=PAD),
+        metrics=[],
+    )
+    return _fit(strategy, model, data, validation, vocabulary.tokens, features_dir, model_dir, params, on_epoch)
 
 
 def _train_split(features_dir: Path, fields: tuple[str, ...], validation_fraction: float) -> tuple[inputs.Split, inputs.Split | None]:

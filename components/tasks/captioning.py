@@ -1,0 +1,90 @@
+"""Video captioning ("video dialogue generation"): a clip's frames in, a sentence that says what happens in it out.
+
+A CNN frame encoder (the swappable one) and an LSTM decoder that attends over the frames,
+trained with teacher forcing on each clip's reference captions (`captions.csv` beside the
+clips); beam search with a length penalty says the caption. The model's labels are its
+vocabulary, built from the training captions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vidops.components import encoders
+from vidops.components.params import CaptionerParams, ExtractParams, ModelRegistryParams, Task
+from vidops.components.tasks import TaskDefaults, TaskSpec, register
+
+NAME = "captioning"
+
+
+def train(features_dir: Path, model_dir: Path, params: CaptionerParams, on_epoch: Any = None) -> Any:
+    from vidops.components.training import train_captioner
+
+    encoders.check_weights(NAME, params)  # a weights file that does not fit: named before any epoch
+    return train_captioner(features_dir, model_dir, params, on_epoch)
+
+
+def evaluate(model_dir: Path, features_dir: Path, reports_dir: Path, params: CaptionerParams) -> Any:
+    from vidops.components.evaluation import evaluate_captioner
+
+    return evaluate_captioner(model_dir, features_dir, reports_dir, params)
+
+
+def headline(metrics: dict[str, Any]) -> str:
+    attributes = (
+        f"attribute accuracy {metrics['attribute_accuracy']:.3f} (nearest neighbour {metrics['attribute_accuracy_nearest_neighbour']:.3f}), "
+        if metrics.get("attribute_accuracy") is not None else ""
+    )  # fmt: skip
+    return (
+        f"{attributes}BLEU-4 {metrics['bleu4']:.1f} (nearest neighbour {metrics['bleu4_nearest_neighbour']:.1f}), CIDEr-D"
+        f" {metrics['cider_d']:.1f} (nearest neighbour {metrics['cider_d_nearest_neighbour']:.1f}) on {metrics['test_clips']} held-out clips"
+    )
+
+
+def input_example(clip: dict[str, np.ndarray], params: CaptionerParams) -> dict[str, np.ndarray]:
+    """The clip's frames and a caption of only <start>: what the model reads for its first word."""
+    from vidops.components.text import START
+
+    return {"frames": clip["frames"][None], "tokens": np.array([[START]], np.int32)}
+
+
+def predict(model: Any, clip: Any, labels: list[str], params: CaptionerParams) -> dict[str, Any]:
+    """The caption, its score (log-probability over the length penalty), and the beam's other captions with theirs."""
+    from vidops.components.decoding import captions
+    from vidops.components.text import Vocabulary
+
+    beam = captions(model, clip.frames[None], Vocabulary.from_tokens(labels), params.beam_size, params.max_length, params.length_penalty)[0]
+    return {"caption": beam[0].text, "score": beam[0].score, "alternatives": [{"caption": c.text, "score": c.score} for c in beam[1:]]}
+
+
+def check(name: Task, extract: ExtractParams, train: CaptionerParams) -> None:
+    encoders.check_params(name, train, extract.size)
+    if extract.sampler == "dense" and extract.clips > 1:
+        raise ValueError(f"extract.{name}.clips: the captioner reads one run of frames a clip; use 1")
+
+
+SPEC = register(
+    TaskSpec(
+        NAME,
+        TaskDefaults(
+            dataset="demo-captions",
+            extract=ExtractParams(frames=8, size=48, audio="none", short_clips="skip"),  # a served clip too short: a 400, not a padded guess
+            train=CaptionerParams(),
+            registry=ModelRegistryParams(model_name="vidops-captioner", metric="attribute_accuracy", floor=0.5),
+        ),
+        train=train,
+        evaluate=evaluate,
+        headline=headline,
+        input_example=input_example,
+        predict=predict,
+        check=check,
+        preflight=encoders.check_weights_present,
+        captioned=True,
+        labelled=False,  # its labels are words, not classes of the clips
+        min_classes=1,
+        demo=NAME,  # shapes whose shape, colour and motion a sentence states
+    )
+)

@@ -63,13 +63,14 @@ class Vocabulary:
         kept = sorted((word for word, count in counts.items() if count >= min_count), key=lambda word: (-counts[word], word))
         if not kept:
             most = max(counts.values(), default=0)
-            raise VidopsError(f"min_count={min_count}: no word of the training captions qualifies ({len(counts)} distinct words, the most frequent seen {most} times); lower min_count or check the captions")
+            found = f"{len(counts)} distinct words, the most frequent seen {most} times"
+            raise VidopsError(f"min_count={min_count}: no word of the training captions qualifies ({found}); lower min_count or check the captions")
         limit = None if max_size is None else max_size - len(SPECIALS)
         return cls(SPECIALS + tuple(kept[:limit]))
 
     @classmethod
     def from_tokens(cls, tokens: Sequence[str]) -> Vocabulary:
-        """A saved vocabulary (its `tokens`, in id order), checked: SPECIALS lead, no token twice."""
+        """A saved vocabulary (its `tokens`, in id order), checked: SPECIALS lead, no token twice, every other a word."""
         return cls(tuple(tokens))
 
     def __len__(self) -> int:
@@ -164,10 +165,10 @@ def _ngram_counts(caption_words: list[str]) -> Counter[tuple[str, ...]]:
 def _check_corpus(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> None:
     if isinstance(hypotheses, str) or any(isinstance(clip, str) for clip in references):
         raise VidopsError("caption metrics: pass a list of hypotheses and, per clip, a list of reference captions, not bare strings")
-    if not hypotheses:
+    if len(hypotheses) == 0:  # not `not hypotheses`: a numpy array of captions has no truth value
         raise VidopsError("caption metrics: the corpus is empty; there is nothing to score")
     if len(hypotheses) != len(references):
         raise VidopsError(f"caption metrics: {len(hypotheses)} hypotheses but {len(references)} reference lists; give one list of references per hypothesis")
-    empty = [i for i, clip in enumerate(references) if not clip]
+    empty = [i for i, clip in enumerate(references) if len(clip) == 0]
     if empty:
         raise VidopsError(f"caption metrics: clips {empty[:10]} have no reference caption; every clip needs at least one")

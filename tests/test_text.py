@@ -183,15 +183,15 @@ def test_cider_d_by_hand() -> None:
     # idf = log(2 clips) - log(clips whose references have the n-gram): "the" is in both clips' references, so its
     # weight is 0; every other n-gram (seen or not) weighs L = log 2 per occurrence. Per n, sim = clipped dot / norms.
     L = math.log(2)
-    # clip 1, against "the dog runs" (the same words, length 3 = 3: penalty 1):
-    #   1-grams {the: 0, dog: L, runs: L} both: (L*L + L*L) / (sqrt(2)L * sqrt(2)L) = 1; 2-grams and the 3-gram: 1; 4-grams: none, 0
-    same = 1 + 1 + 1 + 0
-    #   against "a dog sleeps" (penalty 1): 1-grams share "dog": L*L / (sqrt(2)L * sqrt(3)L) = 1/sqrt(6); no 2- or 3-gram shared
-    other = 1 / math.sqrt(6)
-    clip1 = 10 * (same + other) / 4 / 2  # mean over n, mean over its 2 references, times 10
-    # clip 2, against "the cat": 1-grams {cat: 3L} vs {the: 0, cat: L}: clipped min(3L, L)*L / (3L * L) = 1/3;
-    #   no 2-gram shared ("cat cat" vs "the cat"); length 3 vs 2: penalty exp(-1 / (2 * 6^2))
-    clip2 = 10 * (1 / 3) * math.exp(-1 / 72) / 4
+    # clip 1 against "the dog runs" (the same words; length 3 vs 3: penalty 1): 1-grams {the: 0, dog: L, runs: L} on
+    # both sides; 2-grams {the dog: L, dog runs: L} and the 3-gram {the dog runs: L} likewise; no 4-gram: 0
+    same = [(L * L + L * L) / (math.sqrt(2) * L) ** 2, (L * L + L * L) / (math.sqrt(2) * L) ** 2, L * L / L**2, 0]
+    # against "a dog sleeps" (penalty 1): only "dog" is shared, and {a: L, dog: L, sleeps: L} has norm sqrt(3) L
+    other = [L * L / (math.sqrt(2) * L * math.sqrt(3) * L), 0, 0, 0]
+    clip1 = 10 * (sum(same) + sum(other)) / 4 / 2  # mean over n, mean over its 2 references, times 10
+    # clip 2 against "the cat": 1-grams {cat: 3L} vs {the: 0, cat: L}, clipped: min(3L, L) * L / (3L * L) = 1/3;
+    # 2-grams {cat cat: 2L} vs {the cat: L}: none shared; length 3 vs 2: penalty exp(-1 / (2 * 6^2))
+    clip2 = 10 * (min(3 * L, L) * L / (3 * L * L)) * math.exp(-(1**2) / (2 * 6**2)) / 4 / 1
     expected = 100 * (clip1 + clip2) / 2
     assert expected == pytest.approx(254.1075, abs=1e-4)
     assert cider_d(hypotheses, references) == pytest.approx(expected, rel=1e-12)

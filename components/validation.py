@@ -4,9 +4,10 @@ Facts that span several rows (duplicates, groups across splits) are computed her
 columns of the manifest, so that every check is a GE expectation on a column, shown in
 Data Docs. Each expectation is critical (the clip is quarantined) or a warning (reported,
 kept). A captioned task's captions (the dataset's captions.csv) are checked the same way: each
-clip's are summed up in columns of its row, and a caption naming no clip is a finding of its own. Great Expectations (1.x) is used in this module and nowhere else. Data Docs are
-vidops's own static pages of the suite's results (GE's load their CSS and scripts from a
-CDN, and render bare offline).
+clip's are summed up in columns of its row; a caption naming no clip is a finding of its own.
+Great Expectations (1.x) is used in this module and nowhere else. Data Docs are vidops's own
+static pages of the suite's results (GE's load their CSS and scripts from a CDN, and render
+bare offline).
 """
 
 from __future__ import annotations

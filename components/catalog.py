@@ -10,7 +10,9 @@ size, mtime and content hash match the previous manifest keeps its row.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import posixpath
 import re
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from vidops.components.errors import VidopsError
+from vidops.components.layout import CAPTIONS_FILE
 from vidops.components.parallel import Mapper, in_threads
 
 # What each row holds. `frames` is the stream's count where the packets agree with it,
@@ -35,6 +38,7 @@ PROBE_COLUMNS = (
 )  # fmt: skip
 SOURCE_COLUMNS = ("path", "label", "group", "split")
 DATASET_MANIFEST = "manifest.csv"  # at a dataset folder's top: the clips it holds (SOURCE_COLUMNS), instead of <label>/<clip>
+CAPTION_COLUMNS = ("path", "caption")  # of a CAPTIONS_FILE: one row per caption, several per clip
 MANIFEST_COLUMNS = SOURCE_COLUMNS + PROBE_COLUMNS
 PROBE_BATCH = 16  # clips a unit of probing work
 # nullable integers: an unreadable clip has no width, and that must not turn 96 into 96.0
@@ -155,6 +159,61 @@ def _sources_from_csv(csv: Path) -> list[dict[str, Any]]:
         _source(path, label, group[i] or None, split[i] or None, _listed_file_problem(root, path, csv.name))
         for i, path, label in zip(table.index, table["path"], table["label"], strict=True)
     ]
+
+
+def dataset_captions(dataset: Path) -> pd.DataFrame:
+    """The captions of a dataset's clips, from the CAPTIONS_FILE at its top (beside its manifest CSV): `read_captions_csv`'s
+    table. A dataset without one is an error naming the file it needs."""
+    listing = dataset_manifest(dataset)
+    file = (listing.parent if listing is not None else dataset) / CAPTIONS_FILE
+    if not file.is_file():
+        raise VidopsError(
+            f"{dataset}: this task needs captions and there is no {file}: a CSV with columns {', '.join(CAPTION_COLUMNS)}, one row "
+            f"per caption (several per clip), each path the clip's relative to {file.parent}"
+        )
+    return read_captions_csv(file)
+
+
+def read_captions_csv(path: Path) -> pd.DataFrame:
+    """A CAPTIONS_FILE as a table of path (in normal form, as a manifest's), caption (stripped) and line (the file's line
+    of the row); blank lines are skipped. A file that is not UTF-8 CSV with both columns is an error naming it and the
+    line at fault."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise VidopsError(f"{path}: cannot read the captions: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise VidopsError(f"{path}: not UTF-8 text: line {line} holds the byte {data[exc.start]:#04x}; save it as UTF-8") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows, header, start = [], None, 1
+    try:
+        for cells in reader:
+            line, start = start, reader.line_num + 1  # a quoted caption may span lines: a row is told by its first
+            if not any(cell.strip() for cell in cells):
+                continue
+            if header is None:
+                header = [cell.strip() for cell in cells]
+                missing = [column for column in CAPTION_COLUMNS if column not in header]
+                if missing:
+                    raise VidopsError(f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(CAPTION_COLUMNS)}")
+                continue
+            if len(cells) > len(header):
+                raise VidopsError(f"{path}: line {line} has {len(cells)} fields where the header has {len(header)} (quote a caption that holds a comma)")
+            row = dict(zip(header, cells + [""] * (len(header) - len(cells)), strict=True))
+            rows.append({"path": row["path"].strip(), "caption": row["caption"].strip(), "line": line})
+    except csv.Error as exc:
+        raise VidopsError(f"{path}: not a readable CSV at line {reader.line_num}: {exc}") from None
+    if header is None:
+        raise VidopsError(f"{path}: empty; expected a header {','.join(CAPTION_COLUMNS)} and a row per caption")
+    table = pd.DataFrame(rows, columns=["path", "caption", "line"])
+    no_path = table.loc[table["path"] == "", "line"]
+    if len(no_path):
+        raise VidopsError(f"{path}: empty path on line(s) {', '.join(map(str, no_path[:10]))}")
+    table["path"] = [posixpath.normpath(p) for p in table["path"]]  # as the manifest's, so the two compare
+    return table
 
 
 def _listed_file_problem(root: Path, path: str, listing: str) -> str | None:

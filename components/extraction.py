@@ -4,7 +4,8 @@ A shard is named by the clip's content hash and a hash of the extraction params,
 re-run with the same params extracts nothing, a new clip extracts only itself, and changed
 params extract everything again. A batch of clips is the unit of work: `extract_batch` is a
 plain picklable function, run over processes here and wherever the flow's task runner sends it.
-The index (index.csv, then index.json) is written last and lists every clip with its status.
+The index (index.csv, then index.json) is written last and lists every clip with its status; a
+captioned task's captions of the clips extracted go beside it, keyed by the index's paths.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ import numpy as np
 import pandas as pd
 
 from vidops.components import audio
-from vidops.components.catalog import read_manifest
+from vidops.components.catalog import CAPTION_COLUMNS, read_captions_csv, read_manifest
 from vidops.components.errors import VidopsError
 from vidops.components.io import atomic_path, read_arrays, write_csv, write_json
-from vidops.components.layout import INDEX, INDEX_TABLE, SHARDS
+from vidops.components.layout import CAPTIONS_FILE, INDEX, INDEX_TABLE, SHARDS
 from vidops.components.media import read_frames
 from vidops.components.parallel import Mapper, in_processes
 from vidops.components.params import ExtractParams
@@ -127,13 +128,17 @@ def _read_flags(shard: Path, row: dict[str, Any]) -> bool:
 
 def extract_features(
     dataset_dir: Path, accepted_manifest: Path, features_dir: Path, params: ExtractParams, progress: Progress | None = None,
-    mapper: Mapper = in_processes,
+    mapper: Mapper = in_processes, captions: Path | None = None,
 ) -> FeatureSet:
     """Extract every accepted clip into `features_dir/clips/`, then write the index; drop shards of other params.
 
-    Batches of `params.batch_size` clips go through `mapper` (default: `params.workers` processes).
+    Batches of `params.batch_size` clips go through `mapper` (default: `params.workers` processes). With `captions` (the
+    accepted clips' CAPTIONS_FILE that validation writes), the extracted clips' captions go to `features_dir`/CAPTIONS_FILE.
     """
     manifest = read_manifest(accepted_manifest)
+    if captions is not None and not captions.is_file():  # before any work
+        raise VidopsError(f"{captions}: no captions of the accepted clips; run the validate stage first")
+    caption_table = read_captions_csv(captions) if captions is not None else None
     labels = tuple(sorted(manifest["label"].unique()))
     (features_dir / INDEX).unlink(missing_ok=True)  # until the index below is whole again
     shard_dir = features_dir / SHARDS
@@ -155,6 +160,10 @@ def extract_features(
             progress(len(rows), len(jobs))
     index = pd.DataFrame(rows)
     write_csv(features_dir / INDEX_TABLE, index)
+    if caption_table is None:
+        (features_dir / CAPTIONS_FILE).unlink(missing_ok=True)  # of a task that had captions once
+    else:
+        write_csv(features_dir / CAPTIONS_FILE, extracted_captions(caption_table, index))
     for stale in set(p.name for p in shard_dir.glob("*.npz")) - set(index["shard"]):
         (shard_dir / stale).unlink()  # another params version, or a clip no longer accepted
     usable = index[index["status"] == "ok"]
@@ -162,6 +171,11 @@ def extract_features(
     write_json(features_dir / INDEX, {"labels": list(labels), "params": params.model_dump(mode="json"), "params_hash": version, "clips": clips})
     return FeatureSet(features_dir, labels, clips, int((~index["reused"] & (index["status"] == "ok")).sum()),
                       int(index["reused"].sum()), int((index["status"] != "ok").sum()))  # fmt: skip
+
+
+def extracted_captions(captions: pd.DataFrame, index: pd.DataFrame) -> pd.DataFrame:
+    """The `captions` (path, caption) of the clips the `index` holds as extracted, each path as the index's."""
+    return captions.loc[captions["path"].isin(set(index.loc[index["status"] == "ok", "path"])), list(CAPTION_COLUMNS)]
 
 
 def _clip_seed(seed: int, sha256: str) -> int:

@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 
 from vidops.components.audio import STEPS_PER_FRAME
+from vidops.components.catalog import read_captions_csv
 from vidops.components.errors import VidopsError
 from vidops.components.extraction import usable_rows
 from vidops.components.io import read_arrays
-from vidops.components.layout import INDEX, SHARDS
+from vidops.components.layout import CAPTIONS_FILE, INDEX, SHARDS
 from vidops.components.params import CaptionerParams, SyncParams
 from vidops.components.text import Vocabulary
 
@@ -67,6 +68,18 @@ def open_split(features_dir: Path, split: str, fields: tuple[str, ...]) -> Split
         if shape != shapes[0]:
             raise VidopsError(f"{path}: arrays of shape {shape}, but {paths[0].name} has {shapes[0]}; re-run the extract stage")
     return Split(tuple(paths), labels, names, shapes[0] if shapes else {}, groups, tuple(rows["path"]))
+
+
+def read_captions(features_dir: Path) -> dict[str, list[str]]:
+    """The captions of each extracted clip, by its path in the index (index.csv's `path`), in the file's order."""
+    file = features_dir / CAPTIONS_FILE
+    if not file.is_file():
+        raise VidopsError(f"{file}: no captions beside the features; the extract stage writes them for a task whose spec is captioned")
+    table = read_captions_csv(file)
+    captions: dict[str, list[str]] = {}
+    for path, caption in zip(table["path"], table["caption"], strict=True):
+        captions.setdefault(path, []).append(caption)
+    return captions
 
 
 def carve_validation(split: Split, fraction: float) -> tuple[Split, Split | None]:

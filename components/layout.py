@@ -9,6 +9,9 @@ from pathlib import Path
 SHARDS = "clips"  # data/features/<task>/: one .npz per clip
 INDEX_TABLE = "index.csv"  # data/features/<task>/: every clip: shard, split, status, error
 INDEX = "index.json"  # data/features/<task>/: labels and params; written last: its presence says the shards it lists are complete
+# path, caption: one row per caption, several per clip. At a captioned dataset's top (the user's), in data/catalog/<task>/
+# (the accepted clips'), in data/features/<task>/ (the extracted clips', each path as index.csv's)
+CAPTIONS_FILE = "captions.csv"
 MODEL_FILE = "model.keras"  # models/<task>/: the trained model
 LABELS_FILE = "labels.json"  # models/<task>/: its classes, in the order of its outputs
 HISTORY_FILE = "history.json"  # models/<task>/: loss and metrics per epoch

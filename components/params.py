@@ -62,6 +62,7 @@ class ValidationParams(_Group):
     min_clips_per_class: int = Field(2, ge=2)
     probe_workers: int = Field(4, ge=1)
     test_fraction: float = Field(0.25, gt=0, lt=1)
+    max_caption_words: int = Field(30, ge=1)  # a captioned task's longer caption is dropped, with a warning
 
 
 class ExtractParams(_Group):

@@ -3,9 +3,11 @@
 Facts that span several rows (duplicates, groups across splits) are computed here into
 columns of the manifest, so that every check is a GE expectation on a column, shown in
 Data Docs. Each expectation is critical (the clip is quarantined) or a warning (reported,
-kept). Great Expectations (1.x) is used in this module and nowhere else. Data Docs are
-vidops's own static pages of the suite's results (GE's load their CSS and scripts from a
-CDN, and render bare offline).
+kept). A captioned task's captions (the dataset's captions.csv) are checked the same way: each
+clip's are summed up in columns of its row; a caption naming no clip is a finding of its own.
+Great Expectations (1.x) is used in this module and nowhere else. Data Docs are vidops's own
+static pages of the suite's results (GE's load their CSS and scripts from a CDN, and render
+bare offline).
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from vidops.components.catalog import Catalog, assign_splits, build_catalog, read_manifest
+from vidops.components.catalog import CAPTION_COLUMNS, Catalog, assign_splits, build_catalog, dataset_captions, read_manifest
 from vidops.components.parallel import Mapper, in_threads
 from vidops.components.errors import VidopsError
 from vidops.components.io import atomic_path, write_csv, write_json
+from vidops.components.layout import CAPTIONS_FILE
 from vidops.components.params import Params, Task, ValidationParams
 from vidops.components.tasks import spec
 
@@ -80,20 +83,24 @@ class ValidationSummary:
 
 
 def validate_dataset(
-    dataset: Path, catalog_dir: Path, checks: ValidationParams, docs_dir: Path | None = None, min_classes: int = 2, mapper: Mapper = in_threads
+    dataset: Path, catalog_dir: Path, checks: ValidationParams, docs_dir: Path | None = None, min_classes: int = 2, mapper: Mapper = in_threads,
+    captioned: bool = False,
 ) -> ValidationSummary:
-    """Catalog `dataset`, run the suite, write manifest, findings, accepted list and report under `catalog_dir`.
+    """Catalog `dataset`, run the suite, write manifest, findings, accepted list, the accepted clips' captions and report
+    under `catalog_dir`.
 
     The previous manifest there makes probing incremental; its batches go through `mapper`. Data Docs go to `docs_dir` when given.
-    Raises VidopsError when what is left cannot train a model (a class below its minimum).
+    A `captioned` dataset's clips are checked with their captions (CAPTIONS_FILE; the file has no rows for another).
+    Raises VidopsError when what is left cannot train a model (a class below its minimum), or captions it needs are not there.
     """
+    captions = dataset_captions(dataset) if captioned else None  # read first: a missing file fails before any probing
     previous = read_manifest(catalog_dir / MANIFEST) if (catalog_dir / MANIFEST).is_file() else None
-    catalog, manifest, findings = check_clips(dataset, checks, previous, docs_dir, mapper)
+    catalog, manifest, findings = check_clips(dataset, checks, previous, docs_dir, mapper, captions)
     critical, warned = set(manifest.loc[manifest["status"] == "quarantined", "path"]), set(manifest.loc[manifest["status"] == "warned", "path"])
     accepted = assign_splits(manifest[manifest["status"] != "quarantined"], checks.test_fraction)
     manifest.loc[accepted.index, "split"] = accepted["split"]
 
-    paths = {name: catalog_dir / name for name in (MANIFEST, ACCEPTED, "quarantine.csv", "warnings.csv", REPORT)}
+    paths = {name: catalog_dir / name for name in (MANIFEST, ACCEPTED, CAPTIONS_FILE, "quarantine.csv", "warnings.csv", REPORT)}
     write_csv(paths[MANIFEST], manifest)
     write_csv(paths["quarantine.csv"], findings[findings["severity"] == "critical"])
     write_csv(paths["warnings.csv"], findings[findings["severity"] == "warning"])
@@ -112,12 +119,14 @@ def validate_dataset(
         "quarantined": summary.quarantined, "by_reason": summary.by_reason, "classes_below_minimum": short,
     })  # fmt: skip
     if short or len(counts) < min_classes:
-        paths[ACCEPTED].unlink(missing_ok=True)  # an old accepted list must not outlive a failed validation
+        for stale in (ACCEPTED, CAPTIONS_FILE):  # an old accepted list must not outlive a failed validation
+            paths[stale].unlink(missing_ok=True)
         why = ", ".join(f"{label} has {n}" for label, n in short.items()) or f"only {len(counts)} class left"
         raise VidopsError(
             f"{dataset}: not enough valid clips to train: {why} (need {checks.min_clips_per_class} per class, "
             f"at least {min_classes} {'classes' if min_classes > 1 else 'class'}); see {paths['quarantine.csv']}"
         )
+    write_csv(paths[CAPTIONS_FILE], accepted_captions(captions, accepted, checks.max_caption_words))
     write_csv(paths[ACCEPTED], accepted)
     return summary
 
@@ -131,13 +140,20 @@ def validation_checks(params: Params, task: Task) -> ValidationParams:
 
 
 def check_clips(
-    dataset: Path, checks: ValidationParams, previous: pd.DataFrame | None = None, docs_dir: Path | None = None, mapper: Mapper = in_threads
+    dataset: Path, checks: ValidationParams, previous: pd.DataFrame | None = None, docs_dir: Path | None = None, mapper: Mapper = in_threads,
+    captions: pd.DataFrame | None = None,
 ) -> tuple[Catalog, pd.DataFrame, pd.DataFrame]:
-    """Probe and check every clip of `dataset`: its catalog, the manifest with each clip's `status` (accepted, warned,
-    quarantined), and the findings (one row per clip and failed check). Data Docs go to `docs_dir` when given."""
+    """Probe and check every clip of `dataset`, with its `captions` (catalog.read_captions_csv's table) when given: its
+    catalog, the manifest with each clip's `status` (accepted, warned, quarantined), and the findings (one row per clip and
+    failed check, and one per path that captions name and the dataset lacks). Data Docs go to `docs_dir` when given."""
     catalog = build_catalog(dataset, previous, checks.probe_workers, mapper)
     manifest = derive_checks(catalog.manifest, checks)
-    findings, outcomes = run_suite(manifest, suite(checks))
+    if captions is not None:
+        manifest = derive_caption_checks(manifest, captions, checks.max_caption_words)
+    findings, outcomes = run_suite(manifest, suite(checks, captioned=captions is not None))
+    orphans = caption_orphans(manifest, captions) if captions is not None else pd.DataFrame()
+    if len(orphans):
+        findings = pd.concat([findings, orphans], ignore_index=True)
     critical = set(findings.loc[findings["severity"] == "critical", "path"])
     warned = set(findings.loc[findings["severity"] == "warning", "path"]) - critical
     manifest["status"] = np.where(manifest["path"].isin(critical), "quarantined", np.where(manifest["path"].isin(warned), "warned", "accepted"))
@@ -146,8 +162,8 @@ def check_clips(
     return catalog, manifest, findings
 
 
-def suite(checks: ValidationParams) -> list[Check]:
-    """The expectations, with thresholds from params.yaml."""
+def suite(checks: ValidationParams, captioned: bool = False) -> list[Check]:
+    """The expectations, with thresholds from params.yaml; a `captioned` task's on its clips' captions too."""
     c = checks
     between = "ExpectColumnValuesToBeBetween"
     empty = "ExpectColumnValuesToBeNull"
@@ -178,6 +194,13 @@ def suite(checks: ValidationParams) -> list[Check]:
         ]  # fmt: skip
     elif c.warn_av_diff:
         found.append(Check("av_sync", empty, {"column": "av_apart_s"}, "warning", apart))
+    if captioned:  # the columns of derive_caption_checks
+        found += [
+            Check("no_caption", empty, {"column": "no_caption"}, "critical", "{value}"),
+            Check("empty_caption", empty, {"column": "empty_caption"}, "warning", f"empty caption on {{value}} of {CAPTIONS_FILE}: dropped"),
+            Check("long_caption", empty, {"column": "long_caption"}, "warning",
+                  f"caption over {c.max_caption_words} words on {{value}} of {CAPTIONS_FILE}: dropped"),
+        ]  # fmt: skip
     return found
 
 
@@ -209,6 +232,55 @@ def derive_checks(manifest: pd.DataFrame, checks: ValidationParams) -> pd.DataFr
             out.loc[test_rows, "group_leak"] = "train"
     _mark_near_duplicates(out, checks.near_duplicate_bits)
     return out
+
+
+def caption_problems(captions: pd.DataFrame, max_words: int) -> pd.Series:
+    """Why each caption row is dropped: empty_caption, long_caption (over `max_words` words), or "" for one kept."""
+    words = captions["caption"].map(lambda caption: len(caption.split()))
+    return pd.Series(np.where(words == 0, "empty_caption", np.where(words > max_words, "long_caption", "")), index=captions.index, dtype=object)
+
+
+def derive_caption_checks(manifest: pd.DataFrame, captions: pd.DataFrame, max_words: int) -> pd.DataFrame:
+    """Add each clip's captions as columns: `captions` (how many are kept), `empty_caption` and `long_caption` (the
+    lines dropped), `no_caption` (why none is left; null when one is)."""
+    out = manifest.copy()
+    problem = caption_problems(captions, max_words)
+    dropped = _lines_by_path(captions[problem != ""])
+    out["captions"] = out["path"].map(captions.loc[problem == "", "path"].value_counts()).fillna(0).astype(int)
+    out["empty_caption"] = out["path"].map(_lines_by_path(captions[problem == "empty_caption"]))
+    out["long_caption"] = out["path"].map(_lines_by_path(captions[problem == "long_caption"], words=True))
+    out["no_caption"] = [
+        None if n else f"every caption of it in {CAPTIONS_FILE} is dropped ({dropped[path]})" if path in dropped
+        else f"no caption in {CAPTIONS_FILE}"
+        for path, n in zip(out["path"], out["captions"], strict=True)
+    ]  # fmt: skip
+    return out
+
+
+def caption_orphans(manifest: pd.DataFrame, captions: pd.DataFrame) -> pd.DataFrame:
+    """A warning finding for each path that captions name and that is no clip of the dataset (a typo, a clip removed)."""
+    stray = _lines_by_path(captions[~captions["path"].isin(set(manifest["path"]))])
+    return pd.DataFrame([
+        {"path": path, "label": "", "severity": "warning", "check": "caption_orphan",
+         "reason": f"named on {lines} of {CAPTIONS_FILE}, but no clip of the dataset: its captions are ignored"}
+        for path, lines in stray.items()
+    ], columns=FINDING_COLUMNS)  # fmt: skip
+
+
+def _lines_by_path(rows: pd.DataFrame, words: bool = False) -> dict[str, str]:
+    """Each path among caption `rows` and its lines: "line 4", "lines 4, 9"; with `words`, each caption's length too."""
+    found: dict[str, list[str]] = {}
+    for path, line, caption in zip(rows["path"], rows["line"], rows["caption"], strict=True):
+        found.setdefault(path, []).append(f"{line} ({len(caption.split())} words)" if words else str(line))
+    return {path: ("line " if len(lines) == 1 else "lines ") + ", ".join(lines) for path, lines in found.items()}
+
+
+def accepted_captions(captions: pd.DataFrame | None, accepted: pd.DataFrame, max_words: int) -> pd.DataFrame:
+    """The captions kept of the `accepted` clips (path, caption), in the file's order; none without `captions`."""
+    if captions is None:
+        return pd.DataFrame(columns=list(CAPTION_COLUMNS))
+    kept = captions[(caption_problems(captions, max_words) == "") & captions["path"].isin(set(accepted["path"]))]
+    return kept[list(CAPTION_COLUMNS)]
 
 
 def _hashed(manifest: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:

@@ -26,7 +26,7 @@ import pandas as pd
 from vidops.components import catalog, encoders, evaluation, extraction, promotion, registry, training, validation, versioning
 from vidops.components.errors import VidopsError
 from vidops.components.io import write_json
-from vidops.components.layout import INDEX_TABLE, RUN_FILE, Layout
+from vidops.components.layout import CAPTIONS_FILE, INDEX_TABLE, RUN_FILE, Layout
 from vidops.components.parallel import Mapper, in_processes, in_threads
 from vidops.components.params import Params, Task
 from vidops.components.tasks import spec
@@ -40,15 +40,20 @@ Progress = Callable[[int, int], None]  # (done, of)
 
 
 def validate_dataset(layout: Layout, params: Params, task: Task, mapper: Mapper = in_threads) -> validation.ValidationSummary:
-    checks = validation_checks(params, task)
-    return validation.validate_dataset(dataset(layout, params, task), layout.catalog(task), checks, layout.data_docs(task), spec(task).min_classes, mapper)
+    checks, needs = validation_checks(params, task), spec(task)
+    return validation.validate_dataset(
+        dataset(layout, params, task), layout.catalog(task), checks, layout.data_docs(task), needs.min_classes, mapper, needs.captioned
+    )  # fmt: skip
 
 
 def extract_features(
     layout: Layout, params: Params, task: Task, progress: extraction.Progress | None = None, mapper: Mapper = in_processes
 ) -> extraction.FeatureSet:
-    accepted = layout.catalog(task) / validation.ACCEPTED
-    return extraction.extract_features(dataset(layout, params, task), accepted, layout.features(task), params.extract.of(task), progress, mapper)
+    accepted, captions = layout.catalog(task) / validation.ACCEPTED, layout.catalog(task) / CAPTIONS_FILE
+    return extraction.extract_features(
+        dataset(layout, params, task), accepted, layout.features(task), params.extract.of(task), progress, mapper,
+        captions if spec(task).captioned else None,
+    )  # fmt: skip
 
 
 def train_model(layout: Layout, params: Params, task: Task, progress: Progress | None = None, run_name: str | None = None) -> training.TrainedModel:
@@ -249,12 +254,14 @@ class Depends:
 
 SPEC_CODE = "tasks/{task}"  # the task's spec module (components/tasks/<task>.py for a built-in task)
 
-# the features' index.csv stands for the features: each clip's split, label and shard; a shard is named by its content and params
+# the features' index.csv stands for the features: each clip's split, label and shard; a shard is named by its content and params.
+# The catalog's captions file is written for every task (no rows for one without captions), so DVC's extract can depend on it.
 DEPENDS = {
-    "validate": Depends(("catalog", "validation", SPEC_CODE), ("datasets.{task}", "validation"),
-                        lambda L, p, t: [dataset(L, p, t)], lambda L, t: [L.catalog(t) / validation.ACCEPTED, L.catalog(t) / validation.REPORT]),
+    "validate": Depends(("catalog", "validation", SPEC_CODE), ("datasets.{task}", "validation"), lambda L, p, t: [dataset(L, p, t)],
+                        lambda L, t: [L.catalog(t) / validation.ACCEPTED, L.catalog(t) / CAPTIONS_FILE, L.catalog(t) / validation.REPORT]),
     "extract": Depends(("extraction", "media", "audio", "sampling"), ("datasets.{task}", "extract.{task}"),
-                       lambda L, p, t: [L.catalog(t) / validation.ACCEPTED], lambda L, t: [L.index(t)]),
+                       lambda L, p, t: [L.catalog(t) / validation.ACCEPTED, L.catalog(t) / CAPTIONS_FILE],
+                       lambda L, t: [L.index(t), *([L.features(t) / CAPTIONS_FILE] if spec(t).captioned else [])]),
     "train": Depends(("inputs", "models", "encoders", "training", SPEC_CODE), ("train.{task}",),
                      lambda L, p, t: [L.index(t), *filter(None, [encoders.weights_file(p.train.of(t))])],
                      lambda L, t: [L.model(t), L.curves(t)]),

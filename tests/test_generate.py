@@ -1,11 +1,18 @@
+import itertools
 from pathlib import Path
 
 import av
 import numpy as np
+import pandas as pd
 import pytest
 
+from vidops.components.catalog import DATASET_MANIFEST, SOURCE_COLUMNS
 from vidops.components.errors import VidopsError
-from vidops.components.generate import MARKER, MOTIONS, SYNC_LABEL, _motion_path, generate_dataset
+from vidops.components.generate import (
+    COLOURS, HELD_OUT_COMBINATIONS, MARKER, MOTIONS, SHAPES, SYNC_LABEL, TEMPLATES, VOCABULARY, WORDS, _motion_path, caption_attributes,
+    captioned_plan, generate_dataset,
+)  # fmt: skip
+from vidops.components.layout import CAPTIONS_FILE
 from vidops.components.media import AUDIO_RATE
 from vidops.components.params import GenerateParams
 
@@ -79,3 +86,73 @@ def test_refuses_a_non_empty_folder_and_leaves_it_alone(tmp_path: Path):
         generate_dataset(target, "classification", GenerateParams(clips_per_class=1))
     assert [p.name for p in target.iterdir()] == ["mine.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no partial folder left behind
+
+
+CAPTIONED = GenerateParams(clips_per_class=6, size=48, duration_s=0.4)  # 42 clips of 42 combinations
+
+
+@pytest.fixture(scope="module")
+def captioned(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate_dataset(tmp_path_factory.mktemp("captioned") / "data", "captioning", CAPTIONED).root
+
+
+def test_captioned_clips_are_listed_by_a_manifest_and_each_has_two_to_four_captions(captioned: Path):
+    manifest = pd.read_csv(captioned / DATASET_MANIFEST, dtype=str, keep_default_na=False)
+    assert tuple(manifest.columns) == SOURCE_COLUMNS and len(manifest) == 7 * CAPTIONED.clips_per_class
+    assert sorted(str(p.relative_to(captioned)) for p in captioned.rglob("*.mp4")) == sorted(manifest["path"])
+    assert (manifest["path"].str.split("/").str[0] == manifest["label"]).all() and set(manifest["label"]) == set(MOTIONS)
+    assert (manifest["group"] == manifest["path"].str.removesuffix(".mp4")).all()  # each clip its own group
+    captions = pd.read_csv(captioned / CAPTIONS_FILE, dtype=str, keep_default_na=False)
+    assert tuple(captions.columns) == ("path", "caption") and set(captions["path"]) == set(manifest["path"])
+    assert captions.groupby("path").size().between(2, 4).all()
+    assert not captions.duplicated().any()  # a clip's captions are worded apart
+    shown = {clip.path: {"shape": clip.shape, "colour": clip.colour, "motion": clip.label} for clip in captioned_plan(CAPTIONED)}
+    for path, caption in zip(captions["path"], captions["caption"], strict=True):
+        assert caption_attributes(caption) == shown[path], caption
+
+
+def test_held_out_combinations_are_whole_and_leave_every_attribute_value_in_training(captioned: Path):
+    manifest = pd.read_csv(captioned / DATASET_MANIFEST, dtype=str, keep_default_na=False)
+    plan = {clip.path: clip for clip in captioned_plan(CAPTIONED)}
+    manifest["combination"] = [plan[path].combination for path in manifest["path"]]
+    assert set(manifest["split"]) == {"", "test"}
+    held = set(manifest.loc[manifest["split"] == "test", "combination"])
+    assert len(held) == round(HELD_OUT_COMBINATIONS * manifest["combination"].nunique()) > 0
+    assert (manifest.loc[manifest["combination"].isin(held), "split"] == "test").all()  # whole: no clip of theirs in train
+    train = manifest[manifest["split"] == ""]
+    assert {value for combination in train["combination"] for value in combination} == set(SHAPES) | set(COLOURS) | set(MOTIONS)
+
+
+def test_the_full_plan_holds_out_a_tenth_of_the_140_combinations_two_per_motion():
+    plan = captioned_plan(GenerateParams(clips_per_class=80))
+    combinations = {clip.combination for clip in plan}
+    held = {clip.combination for clip in plan if clip.split == "test"}
+    assert len(combinations) == 140 and len(held) == 14
+    assert sorted(motion for _, _, motion in held) == sorted(MOTIONS * 2)
+    assert {clip.combination: clip.split for clip in plan} == {clip.combination: clip.split for clip in plan[::-1]}  # whole
+    assert captioned_plan(GenerateParams(clips_per_class=80, seed=1)) != plan
+
+
+def test_the_shape_has_its_named_colour_over_a_grey_background(captioned: Path):
+    named = np.array(list(COLOURS.values()), dtype=float)
+    for clip in captioned_plan(CAPTIONED):
+        frames = _decode_all(captioned / clip.path).astype(float)
+        middle = frames[len(frames) // 2].reshape(-1, 3)
+        # the background is grey (its channels about equal) and at most ~150; a named colour is saturated or bright
+        shape = middle[(middle.max(axis=1) - middle.min(axis=1) > 60) | (middle.min(axis=1) > 190)]
+        assert len(shape) >= 4, clip
+        nearest = np.abs(named[:, None, :] - shape[None]).sum(axis=2).argmin(axis=0)
+        assert list(COLOURS)[np.bincount(nearest, minlength=len(COLOURS)).argmax()] == clip.colour, clip
+
+
+def test_every_wording_reads_back_as_its_attributes_and_the_vocabulary_is_small():
+    for template, (colour, colours), (shape, shapes), (motion, motions) in itertools.product(
+        TEMPLATES, WORDS["colour"].items(), WORDS["shape"].items(), WORDS["motion"].items()
+    ):
+        for words in itertools.product(colours, shapes, motions):
+            caption = template.format(colour=words[0], shape=words[1], motion=words[2])
+            assert caption_attributes(caption) == {"colour": colour, "shape": shape, "motion": motion}, caption
+    assert caption_attributes("The RED box slides left.") == {"colour": "red", "shape": "square", "motion": "move_left"}
+    assert caption_attributes("a red blue oval") == {"shape": "ellipse"}  # two colours named: none is told
+    assert caption_attributes("something happens") == {}
+    assert 40 <= len(VOCABULARY) <= 60

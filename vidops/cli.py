@@ -239,7 +239,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
     task = args.task or params.tasks[0]
     report = args.report.resolve() if args.report else None  # relative to where the user is, as the shell completed it
     catalog, docs = (report, report / "data_docs") if report else (layout.catalog(task), layout.data_docs(task))
-    summary = validate_dataset(args.dataset, catalog, validation_checks(params, task), docs)
+    summary = validate_dataset(args.dataset, catalog, validation_checks(params, task), docs, captioned=tasks.spec(task).captioned)
     print(f"{summary.clips} clips ({summary.probed} probed, {summary.reused} unchanged since the last run)")
     for row in summary.table():
         print(f"  {row['what']:<24} {row['clips']:>6}")

@@ -65,6 +65,8 @@ class TaskSpec:
     needs_audio: bool = False  # a clip without audio is quarantined
     min_classes: int = 2  # fewer classes among the accepted clips fails validation
     labelled: bool = True  # the model's classes are the clips' labels: a version of other classes cannot be scored here
+    # its clips need captions: the dataset's captions.csv is checked with the clips, and the accepted ones go beside the features
+    captioned: bool = False
     demo: str | None = None  # the demo generator's data kind (components.generate) for `vidops demo` and `generate`
 
     @property

@@ -49,7 +49,6 @@ KINDS = {  # the data kinds, by the task spec that trains on them
 }
 # The captioning data's generate defaults (for its task spec's TaskDefaults.generate): 4 clips of each of a motion's 20
 # (shape, colour) combinations, 560 clips in all, written in about 20 s on 2 cores
-CAPTIONING_DEMO = GenerateParams(clips_per_class=80, size=64, fps=25, duration_s=2.0)
 # Named colours far apart in RGB and from the grey background (_grey_background), so a small CNN tells them at 48 px
 COLOURS = {"red": (215, 40, 40), "green": (40, 185, 60), "blue": (45, 90, 235), "yellow": (235, 215, 45), "white": (245, 245, 245)}
 COLOUR_JITTER = 20  # per channel, either way: a colour is a small range, not one value

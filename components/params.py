@@ -181,7 +181,7 @@ class Params(_Group):
     """Every group of params.yaml. The per-task groups get their fields from the task specs: `params_model()` is the
     class to build (its defaults are params.yaml's), and `load_params` the way to read one."""
 
-    tasks: tuple[Task, ...] = Field(("classification", "sync"), min_length=1)  # what `vidops run` trains
+    tasks: tuple[Task, ...] = Field(("classification", "sync", "captioning"), min_length=1)  # what `vidops run` trains
     datasets: _PerTask  # the dataset each task learns from, by name: data/raw/<name>/
     generate: _PerTask  # of GenerateParams
     validation: ValidationParams = ValidationParams()

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from vidops.components import encoders
-from vidops.components.params import CaptionerParams, ExtractParams, ModelRegistryParams, Task
+from vidops.components.params import CaptionerParams, ExtractParams, GenerateParams, ModelRegistryParams, Task
 from vidops.components.tasks import TaskDefaults, TaskSpec, register
 
 NAME = "captioning"
@@ -74,6 +74,7 @@ SPEC = register(
             extract=ExtractParams(frames=8, size=48, audio="none", short_clips="skip"),  # a served clip too short: a 400, not a padded guess
             train=CaptionerParams(),
             registry=ModelRegistryParams(model_name="vidops-captioner", metric="attribute_accuracy", floor=0.5),
+            generate=GenerateParams(clips_per_class=80, size=64),  # 4 clips of each of a motion's 20 (shape, colour) pairs
         ),
         train=train,
         evaluate=evaluate,

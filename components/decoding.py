@@ -58,7 +58,9 @@ def beam_search(decoder: Any, features: np.ndarray, vocabulary: Vocabulary, beam
         logits = np.asarray(decoder({"features": repeated, "tokens": tokens.reshape(clips * k, -1)}, training=False))[:, -1]
         step = _log_softmax(logits.astype(np.float64)).reshape(clips, k, size)
         step[..., PAD] = step[..., START] = -np.inf  # never said
-        if said == max_length:  # max_length words said: only <end> is left
+        if said == 0:  # a caption says at least one word
+            step[..., END] = -np.inf
+        elif said == max_length:  # max_length words said: only <end> is left
             step[..., :END] = step[..., END + 1 :] = -np.inf
         step[done] = -np.inf
         step[done, PAD] = 0.0  # a finished beam carries on unchanged

@@ -132,8 +132,9 @@ def evaluate_captioner(model_dir: Path, features_dir: Path, reports_dir: Path, p
         if any(truth):  # references that state the attributes: the demo's, or a user's that use its words
             scored = np.array([bool(t) for t in truth])
             metrics[f"attribute_accuracy{suffix}"] = float(right[scored].mean())
-            metrics[f"attribute_accuracy_seen_combinations{suffix}"] = float(right[scored & ~unseen].mean()) if (scored & ~unseen).any() else None
-            metrics[f"attribute_accuracy_unseen_combinations{suffix}"] = float(right[unseen].mean()) if unseen.any() else None
+            for name, clips in (("seen", scored & ~unseen), ("unseen", unseen)):
+                if clips.any():  # a split with no such clip has no figure, rather than a null one
+                    metrics[f"attribute_accuracy_{name}_combinations{suffix}"] = float(right[clips].mean())
     _samples(reports_dir, frames, test.clips, references, beams)
     pairs = [(t[key], caption_attributes(h).get(key, "(none)")) for t, h in zip(truth, said[""], strict=True) for key in sorted(t)]
     classes = sorted({value for pair in pairs for value in pair})

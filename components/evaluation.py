@@ -7,6 +7,7 @@ Each writes `metrics.json`, `confusion.csv` (actual, predicted: the format of `d
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ class Evaluation:
     metrics: dict[str, float]
     metrics_path: Path
     confusion_path: Path
+    samples_path: Path | None = None  # a markdown table of test clips and what the model said of them, for the run's report
 
 
 def evaluate_classifier(model_dir: Path, features_dir: Path, reports_dir: Path) -> Evaluation:
@@ -138,7 +140,8 @@ def evaluate_captioner(model_dir: Path, features_dir: Path, reports_dir: Path, p
     _samples(reports_dir, frames, test.clips, references, beams)
     pairs = [(t[key], caption_attributes(h).get(key, "(none)")) for t, h in zip(truth, said[""], strict=True) for key in sorted(t)]
     classes = sorted({value for pair in pairs for value in pair})
-    return _write(reports_dir, metrics, [a for a, _ in pairs], [p for _, p in pairs], classes)
+    scored = _write(reports_dir, metrics, [a for a, _ in pairs], [p for _, p in pairs], classes)
+    return dataclasses.replace(scored, samples_path=reports_dir / SAMPLES_TABLE)
 
 
 def _attributes(references: list[str], parse: Any) -> dict[str, str]:

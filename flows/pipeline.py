@@ -257,6 +257,8 @@ def report(result: PipelineResult) -> str:
             f"- model: `{g.model_name}` version {g.version}, MLflow run `{g.run_id}` in `{result.tracking_uri}`",
             f"- champion: {'yes' if r.decision.champion else 'no'}: {r.decision.reason}",
         ]
+        if r.evaluation.samples_path and r.evaluation.samples_path.is_file():
+            lines += ["", f"Test clips and what the model said (`{r.evaluation.samples_path}`):", "", r.evaluation.samples_path.read_text()]
     return "\n".join(lines)
 
 

@@ -261,16 +261,21 @@ DEPENDS = {
                         lambda L, t: [L.catalog(t) / validation.ACCEPTED, L.catalog(t) / CAPTIONS_FILE, L.catalog(t) / validation.REPORT]),
     "extract": Depends(("extraction", "media", "audio", "sampling"), ("datasets.{task}", "extract.{task}"),
                        lambda L, p, t: [L.catalog(t) / validation.ACCEPTED, L.catalog(t) / CAPTIONS_FILE],
-                       lambda L, t: [L.index(t), *([L.features(t) / CAPTIONS_FILE] if spec(t).captioned else [])]),
-    "train": Depends(("inputs", "models", "encoders", "training", SPEC_CODE), ("train.{task}",),
-                     lambda L, p, t: [L.index(t), *filter(None, [encoders.weights_file(p.train.of(t))])],
+                       lambda L, t: [L.index(t), *_captions(L, t)]),
+    "train": Depends(("inputs", "models", "encoders", "training", "text", SPEC_CODE), ("train.{task}",),
+                     lambda L, p, t: [L.index(t), *_captions(L, t), *filter(None, [encoders.weights_file(p.train.of(t))])],
                      lambda L, t: [L.model(t), L.curves(t)]),
-    "evaluate": Depends(("inputs", "models", "evaluation", SPEC_CODE), ("train.{task}",), lambda L, p, t: [L.model(t), L.index(t)],
-                        lambda L, t: [L.reports(t) / evaluation.METRICS]),
+    "evaluate": Depends(("inputs", "models", "evaluation", "text", "decoding", "generate", SPEC_CODE), ("train.{task}",),
+                        lambda L, p, t: [L.model(t), L.index(t), *_captions(L, t)], lambda L, t: [L.reports(t) / evaluation.METRICS]),
     "register": Depends(("registry", "serving", "served_model", SPEC_CODE), ("registry", "datasets.{task}", "extract.{task}", "train.{task}"),
                         lambda L, p, t: [L.models(t), L.reports(t) / evaluation.METRICS, L.catalog(t) / validation.ACCEPTED],
                         lambda L, t: [L.registration(t)]),
 }  # fmt: skip
+
+
+def _captions(layout: Layout, task: Task) -> list[Path]:
+    """The features' captions of a captioned task (the index stands for the clips, not for what they say)."""
+    return [layout.features(task) / CAPTIONS_FILE] if spec(task).captioned else []
 
 
 def param_values(params: Params, keys: tuple[str, ...], task: Task) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -10,7 +11,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 
 from vidops.components import tasks
@@ -295,8 +296,6 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
-    import json
-
     from vidops.components.catalog import probe_clip
 
     for video in args.videos:
@@ -379,7 +378,14 @@ def cmd_predict(args: argparse.Namespace) -> None:
         except MlflowException as exc:
             raise VidopsError(f"{video}: {exc.message}") from None
         main = {k: v for k, v in answer.items() if not k.startswith("p_")}
-        print(f"{video}\t" + "\t".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in main.items()))
+        print(f"{video}\t" + "\t".join(f"{k}={_shown(v)}" for k, v in main.items()))
+
+
+def _shown(value: Any) -> str:
+    """A served answer's value as `vidops predict` prints it: floats to 4 places, lists and dicts as JSON."""
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
 def _registry(root: Path) -> Tracking:

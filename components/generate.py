@@ -47,11 +47,22 @@ KINDS = {  # the data kinds, by the task spec that trains on them
     "sync": DataKind((SYNC_LABEL,)),
     "captioning": DataKind(MOTIONS, captioned=True),
 }
-# The captioning data's generate defaults (for its task spec's TaskDefaults.generate): 4 clips of each of a motion's 20
-# (shape, colour) combinations, 560 clips in all, written in about 20 s on 2 cores
 # Named colours far apart in RGB and from the grey background (_grey_background), so a small CNN tells them at 48 px
 COLOURS = {"red": (215, 40, 40), "green": (40, 185, 60), "blue": (45, 90, 235), "yellow": (235, 215, 45), "white": (245, 245, 245)}
 COLOUR_JITTER = 20  # per channel, either way: a colour is a small range, not one value
+
+
+@dataclass(frozen=True)
+class Look:
+    """How a moving shape is drawn: `scale` times the classification data's radii, turned up to `tilt` radians either way
+    at the start (None: any way)."""
+
+    scale: float = 1.0
+    tilt: float | None = None
+
+
+# Captioning names the shape, so its shapes are larger and near upright (a square turned 45 degrees reads as a diamond)
+CAPTIONED_LOOK = Look(scale=1.4, tilt=np.deg2rad(15))
 # The captions' words: each attribute's values and the phrases that name them. The one table both for writing captions
 # (_captions) and for reading them back (caption_attributes), so the two cannot drift apart.
 WORDS: dict[str, dict[str, tuple[str, ...]]] = {
@@ -244,7 +255,7 @@ def _captions(clip: CaptionedClip, rng: np.random.Generator) -> list[str]:
 def _render_captioned(clip: CaptionedClip, rng: np.random.Generator, size: int, n_frames: int, fps: int) -> Iterator[np.ndarray]:
     background = _grey_background(rng, size)
     colour = np.clip(np.array(COLOURS[clip.colour]) + rng.uniform(-COLOUR_JITTER, COLOUR_JITTER, 3), 0, 255)
-    return _moving_shape(clip.label, clip.shape, colour, background, rng, size, n_frames, fps)
+    return _moving_shape(clip.label, clip.shape, colour, background, rng, size, n_frames, fps, CAPTIONED_LOOK)
 
 
 def _grey_background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -287,11 +298,11 @@ def _shape_mask(shape: str, size: int, cx: float, cy: float, radius: float, angl
     return (u / radius) ** 2 + (v / (0.5 * radius)) ** 2 <= 1
 
 
-def _motion_path(label: str, rng: np.random.Generator, size: int, t: np.ndarray) -> tuple[np.ndarray, ...]:
+def _motion_path(label: str, rng: np.random.Generator, size: int, t: np.ndarray, look: Look = Look()) -> tuple[np.ndarray, ...]:
     """Centre x, centre y, radius and angle of the shape at times `t` for one motion class."""
     duration = float(t[-1]) if len(t) > 1 else 1.0
-    radius0 = rng.uniform(0.1, 0.18) * size
-    angle0 = rng.uniform(0, 2 * np.pi)
+    radius0 = rng.uniform(0.1, 0.18) * size * look.scale
+    angle0 = rng.uniform(0, 2 * np.pi) if look.tilt is None else rng.uniform(-look.tilt, look.tilt)
     cx0, cy0 = rng.uniform(radius0, size - radius0, 2)
     still = np.ones_like(t)
     cx, cy, radius, angle = cx0 * still, cy0 * still, radius0 * still, angle0 * still
@@ -310,7 +321,7 @@ def _motion_path(label: str, rng: np.random.Generator, size: int, t: np.ndarray)
         angle = angle0 + spin * t
     elif label in ("zoom_in", "zoom_out"):
         growth = rng.uniform(1.8, 2.6) ** (t / duration)
-        small = rng.uniform(0.06, 0.1) * size
+        small = rng.uniform(0.06, 0.1) * size * look.scale
         radius = small * growth if label == "zoom_in" else small * growth[::-1]
     return cx, cy, radius, angle
 
@@ -323,12 +334,13 @@ def _render_motion(label: str, rng: np.random.Generator, size: int, n_frames: in
 
 
 def _moving_shape(
-    label: str, shape: str, colour: np.ndarray, background: np.ndarray, rng: np.random.Generator, size: int, n_frames: int, fps: int
+    label: str, shape: str, colour: np.ndarray, background: np.ndarray, rng: np.random.Generator, size: int, n_frames: int, fps: int,
+    look: Look = Look(),
 ) -> Iterator[np.ndarray]:
     """The frames of `shape` in `colour` moving as the motion `label` says over `background`, with noise."""
     noise = rng.uniform(3, 10)
     t = np.arange(n_frames) / fps
-    cx, cy, radius, angle = _motion_path(label, rng, size, t)
+    cx, cy, radius, angle = _motion_path(label, rng, size, t, look)
     for i in range(n_frames):
         frame = background.copy()
         frame[_shape_mask(shape, size, cx[i], cy[i], radius[i], angle[i])] = colour

@@ -334,8 +334,22 @@ def caption_dataset(split: Split, references: CaptionIds, params: CaptionerParam
     pairs = _caption_pairs(split, references)
     total = int(references.counts.sum())
     shuffled = pairs.shuffle(total, seed=params.seed, reshuffle_each_iteration=True).repeat()
-    batches = shuffled.batch(params.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-    return batches, max(1, total // params.batch_size)
+    batches = shuffled.batch(params.batch_size, drop_remainder=True)
+    if params.word_dropout:
+        batches = batches.map(lambda x, y: ({**x, "tokens": _drop_words(x["tokens"], params.word_dropout)}, y), num_parallel_calls=tf.data.AUTOTUNE)
+    return batches.prefetch(tf.data.AUTOTUNE), max(1, total // params.batch_size)
+
+
+def _drop_words(tokens: Any, rate: float) -> Any:
+    """The words the decoder reads (not what it learns to say), each <unk> with probability `rate` (word dropout, Bowman
+    et al. 2016): the next word must then come from the frames, not from the words before it, so a combination of
+    attributes never seen in training is still said as the frames show it."""
+    import tensorflow as tf
+
+    from vidops.components.text import END, UNK
+
+    dropped = (tf.random.uniform(tf.shape(tokens)) < rate) & (tokens > END)
+    return tf.where(dropped, tf.constant(UNK, tokens.dtype), tokens)
 
 
 def caption_validation(split: Split, references: CaptionIds, params: CaptionerParams) -> Any:

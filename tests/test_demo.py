@@ -31,9 +31,20 @@ REDUCED = [
     "train.sync.max_offset=8",
     "train.sync.windows_per_clip=16",
     "train.sync.epochs=3",
+    "generate.captioning.clips_per_class=6",
+    "generate.captioning.size=32",
+    "generate.captioning.duration_s=0.8",
+    "extract.captioning.frames=4",
+    "extract.captioning.size=32",
+    "train.captioning.filters=[8]",
+    "train.captioning.units=16",
+    "train.captioning.embedding=8",
+    "train.captioning.epochs=2",
     "registry.classification.floor=0.0",
     "registry.sync.floor=0.0",
+    "registry.captioning.floor=0.0",
 ]
+MODELS = {"vidops-classifier": "demo", "vidops-sync": "demo-sync", "vidops-captioner": "demo-captions"}  # each task's model and dataset
 
 
 def _run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -65,10 +76,10 @@ def test_the_demo_leaves_champions_and_a_dvc_project_in_step_with_the_flow(tmp_p
     demo = [sys.executable, "-m", "vidops", "demo"]
 
     first = _run(demo, root, env)
-    assert first.stdout.count("now champion") == 2, first.stdout
+    assert first.stdout.count("now champion") == len(MODELS), first.stdout
     assert "Finished in state" not in first.stderr and "cuInit" not in first.stderr, first.stderr  # those are in the Prefect UI, or --verbose
     client = MlflowClient(f"sqlite:///{root / '.vidops' / 'mlflow.db'}")
-    for name, dataset in (("vidops-classifier", "demo"), ("vidops-sync", "demo-sync")):
+    for name, dataset in MODELS.items():
         champion = client.get_model_version_by_alias(name, "champion")
         version = yaml.safe_load((root / "data" / "raw" / f"{dataset}.dvc").read_text())["outs"][0]["md5"]
         assert f"versioned data/raw/{dataset} as {version}" in first.stdout
@@ -80,11 +91,12 @@ def test_the_demo_leaves_champions_and_a_dvc_project_in_step_with_the_flow(tmp_p
     assert "Data and pipelines are up to date" in versioning.dvc(root, "status").stdout
     assert "Data and pipelines are up to date" in versioning.dvc(root, "repro").stdout
     staged = set(_git(root, "diff", "--cached", "--name-only").split())
-    assert {"dvc.lock", "data/raw/demo.dvc", "data/raw/demo-sync.dvc", "reports/classification/metrics.json", "reports/sync/metrics.json"} <= staged
+    assert {"dvc.lock", *(f"data/raw/{dataset}.dvc" for dataset in MODELS.values())} <= staged
+    assert {f"reports/{task}/metrics.json" for task in ("classification", "sync", "captioning")} <= staged
     assert "git commit -m 'vidops demo: datasets, dvc.lock, metrics'" in first.stdout
     _git(root, "commit", "--quiet", "-m", "vidops demo: datasets, dvc.lock, metrics")
-    versions = {name: len(client.search_model_versions(f"name='{name}'")) for name in ("vidops-classifier", "vidops-sync")}
-    assert versions == {"vidops-classifier": 1, "vidops-sync": 1}  # the no-op repro registered nothing
+    versions = {name: len(client.search_model_versions(f"name='{name}'")) for name in MODELS}
+    assert versions == dict.fromkeys(MODELS, 1)  # the no-op repro registered nothing
 
     # an experiment re-runs train and what follows it, for that task alone, and leaves the registry be (register_experiments: false)
     params_before = (root / "params.yaml").read_text().splitlines()

@@ -136,7 +136,7 @@ def test_a_task_defined_only_here_is_trained_evaluated_registered_and_gated(colo
 
 
 def test_a_task_without_a_spec_is_an_error_that_lists_the_known_tasks():
-    with pytest.raises(VidopsError, match=r"tasks: no task 'colour'; known tasks: classification, sync"):
+    with pytest.raises(VidopsError, match=r"tasks: no task 'colour'; known tasks: captioning, classification, sync"):
         load_params(None, [f"tasks=[{NAME}]"])
-    with pytest.raises(VidopsError, match=r"no task 'colour'; known tasks: classification, sync"):
+    with pytest.raises(VidopsError, match=r"no task 'colour'; known tasks: captioning, classification, sync"):
         tasks.spec(NAME)

@@ -83,7 +83,7 @@ class FitParams(_Group):
 
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(16, ge=1)
-    learning_rate: float = Field(2e-3, gt=0)  # halved whenever the loss stalls for patience / 2 epochs
+    learning_rate: float = Field(2e-3, gt=0)  # the first epoch's; it falls along a cosine to 2 % of it by the last
     patience: int = Field(8, ge=1)  # epochs without a lower validation loss before stopping early (not before half the epochs)
     validation_fraction: float = Field(0.15, ge=0, lt=1)  # of each class's training groups, held out to drive early stopping
     augment: bool = True  # random changes to the training examples; never to evaluation's

@@ -104,6 +104,7 @@ class FrameEncoderParams(FitParams):
 
 class ClassifierParams(FrameEncoderParams):
     epochs: int = Field(60, ge=1)
+    patience: int = Field(16, ge=1)  # the demo's 35 validation clips: a shorter wait ended good runs on a noisy dip
     temporal: Literal["conv", "lstm", "2plus1d"] = "conv"
     filters: tuple[int, ...] = (8, 16, 32)
 

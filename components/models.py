@@ -33,7 +33,10 @@ def build_classifier(frames: int, size: int, n_classes: int, params: ClassifierP
         x = frame_encoder(inputs, size, params)
         x = layers.Conv3D(64, 3, padding="same", activation="relu")(x)
         x = layers.Conv3D(64, 3, padding="same", activation="relu")(x)
-        x = layers.GlobalMaxPooling3D()(x)
+        # pooled over space, not time: a shape that grows and one that shrinks have the same frames in the other
+        # order, and a maximum over time made the demo's zoom out read as zoom in (4 of 84 test clips)
+        _, _, height, width, _ = x.shape
+        x = layers.Flatten()(layers.MaxPooling3D((1, height, width))(x))
     else:
         x = layers.ConvLSTM2D(48, 3, padding="same")(frame_encoder(inputs, size, params))
         x = layers.GlobalMaxPooling2D()(x)

@@ -35,8 +35,7 @@ def build_classifier(frames: int, size: int, n_classes: int, params: ClassifierP
         x = layers.Conv3D(64, 3, padding="same", activation="relu")(x)
         # pooled over space, not time: a shape that grows and one that shrinks have the same frames in the other
         # order, and a maximum over time made the demo's zoom out read as zoom in (4 of 84 test clips)
-        _, _, height, width, _ = x.shape
-        x = layers.Flatten()(layers.MaxPooling3D((1, height, width))(x))
+        x = layers.Flatten()(OverSpace("max")(x))
     else:
         x = layers.ConvLSTM2D(48, 3, padding="same")(frame_encoder(inputs, size, params))
         x = layers.GlobalMaxPooling2D()(x)
@@ -85,10 +84,7 @@ def build_sync(size: int, audio_features: int, params: SyncParams) -> keras.Mode
     """
     frames = keras.Input((None, size, size, 3), dtype="uint8", name="frames")
     audio = keras.Input((None, 4, audio_features), dtype="float32", name="audio")
-    visual = frame_encoder(frames, size, params)
-    _, _, height, width, channels = visual.shape
-    visual = layers.AveragePooling3D((1, height, width))(visual)  # each frame's map to one vector
-    visual = layers.Reshape((-1, channels))(visual)
+    visual = OverSpace("mean")(frame_encoder(frames, size, params))  # each frame's map to one vector
     visual = layers.Dense(params.units, activation="relu")(visual)
     sound = layers.Reshape((-1, 4 * audio_features))(audio)
     sound = layers.LayerNormalization()(sound)  # log-mel levels differ by recording; their shape over time is the cue
@@ -118,9 +114,8 @@ def build_captioner(frames: int, size: int, vocabulary: int, params: CaptionerPa
     """
     video = keras.Input((frames, size, size, 3), dtype="uint8", name="frames")
     maps = frame_encoder(video, size, params)
-    _, _, height, width, channels = maps.shape
-    pooled = [layers.Reshape((frames, channels))(pool((1, height, width))(maps)) for pool in (layers.MaxPooling3D, layers.AveragePooling3D)]
-    per_frame = layers.Dense(params.units, activation="relu")(layers.Dropout(params.dropout)(layers.Concatenate()(pooled)))
+    pooled = layers.Concatenate()([OverSpace("max")(maps), OverSpace("mean")(maps)])
+    per_frame = layers.Dense(params.units, activation="relu")(layers.Dropout(params.dropout)(pooled))
     features = layers.Bidirectional(layers.LSTM(params.units // 2, return_sequences=True))(per_frame)
     encoder = keras.Model(video, features, name="encoder")
 
@@ -149,6 +144,28 @@ class FrameDifferences(layers.Layer):
 
     def compute_output_shape(self, input_shape: tuple[Any, ...]) -> tuple[Any, ...]:
         return (*input_shape[:-1], 2 * input_shape[-1])
+
+
+@keras.saving.register_keras_serializable(package="vidops")
+class OverSpace(layers.Layer):
+    """[B, N, h, w, C] -> [B, N, C]: each frame's map reduced over space, by its maximum or its mean.
+
+    A reduction, not MaxPooling3D: TensorFlow's CPU kernel of the pooling has no float16, the
+    compute type under mixed precision.
+    """
+
+    def __init__(self, reduce: str = "max", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.reduce = reduce
+
+    def call(self, maps: Any) -> Any:
+        return ops.max(maps, axis=(2, 3)) if self.reduce == "max" else ops.mean(maps, axis=(2, 3))
+
+    def compute_output_shape(self, input_shape: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (*input_shape[:2], input_shape[4])
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "reduce": self.reduce}
 
 
 @keras.saving.register_keras_serializable(package="vidops")

@@ -40,6 +40,7 @@ TINY = [
     "train.sync.epochs=2",
     "registry.classification.floor=0.0",  # tiny models score near chance
     "registry.sync.floor=0.0",
+    "tasks=[classification, sync]",  # the datasets these fixtures make; the captioner's tests make their own
 ]
 
 

@@ -34,9 +34,8 @@ def encode_frames(model: Any, frames: np.ndarray) -> np.ndarray:
     return np.asarray(model.get_layer("encoder").predict(frames, batch_size=CLIPS_A_CALL, verbose=0), np.float32)
 
 
-def captions(model: Any, frames: np.ndarray, vocabulary: Vocabulary, beam_size: int, max_length: int, alpha: float) -> list[list[Caption]]:
-    """For each clip of `frames` [clips, N, S, S, 3], its beam's captions, best first."""
-    features = encode_frames(model, frames)
+def captions(model: Any, features: np.ndarray, vocabulary: Vocabulary, beam_size: int, max_length: int, alpha: float) -> list[list[Caption]]:
+    """For each clip's frame features (`encode_frames`'s [clips, N, units]), its beam's captions, best first."""
     decoder = model.get_layer("decoder")
     out: list[list[Caption]] = []
     for start in range(0, len(features), CLIPS_A_CALL):

@@ -114,9 +114,10 @@ def evaluate_captioner(model_dir: Path, features_dir: Path, reports_dir: Path, p
     normal = lambda caption: " ".join(words(caption))  # noqa: E731  the form the model says a caption in
     references = [[normal(c) for c in captions[clip]] for clip in test.clips]
     frames = inputs.in_memory(test, "frames")
-    beams = decoding.captions(model, frames, vocabulary, params.beam_size, params.max_length, params.length_penalty)
+    features = decoding.encode_frames(model, frames)  # once: the captions and the nearest neighbours both start here
+    beams = decoding.captions(model, features, vocabulary, params.beam_size, params.max_length, params.length_penalty)
     training_captions = [normal(c) for clip in train.clips for c in captions[clip]]
-    nearest = _nearest_neighbour(model, frames, inputs.in_memory(train, "frames"))
+    nearest = _nearest_neighbour(features, decoding.encode_frames(model, inputs.in_memory(train, "frames")))
     said = {
         "": [beam[0].text for beam in beams],
         "_most_frequent": [Counter(training_captions).most_common(1)[0][0]] * len(test.clips),
@@ -151,15 +152,14 @@ def _attributes(references: list[str], parse: Any) -> dict[str, str]:
     return {k: parsed[0][k] for k in sorted(keys) if all(p[k] == parsed[0][k] for p in parsed)}
 
 
-def _nearest_neighbour(model: Any, test_frames: np.ndarray, train_frames: np.ndarray) -> np.ndarray:
+def _nearest_neighbour(test_features: np.ndarray, train_features: np.ndarray) -> np.ndarray:
     """For each test clip, the index of the training clip whose encoder features are closest (cosine)."""
-    from vidops.components.decoding import encode_frames
 
     def unit(features: np.ndarray) -> np.ndarray:
         flat = features.reshape(len(features), -1)
         return flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-8)
 
-    return np.argmax(unit(encode_frames(model, test_frames)) @ unit(encode_frames(model, train_frames)).T, axis=1)
+    return np.argmax(unit(test_features) @ unit(train_features).T, axis=1)
 
 
 def _samples(reports_dir: Path, frames: np.ndarray, clips: tuple[str, ...], references: list[list[str]], beams: list[Any]) -> None:

@@ -303,8 +303,7 @@ class CaptionIds:
     """Every clip's references as token ids: `ids[c, r]` is clip c's reference r ([max_length + 2], <start> to <pad>)."""
 
     ids: np.ndarray  # int32 [clips, most references, max_length + 2]
-    counts: np.ndarray  # int32 [clips]: references each clip has
-    truncated: int  # references cut to max_length words
+    counts: np.ndarray  # int32 [clips]: references each clip has (evaluation counts those cut to max_length words)
 
 
 def caption_ids(split: Split, captions: dict[str, list[str]], vocabulary: Vocabulary, max_length: int) -> CaptionIds:
@@ -315,13 +314,11 @@ def caption_ids(split: Split, captions: dict[str, list[str]], vocabulary: Vocabu
     most = max((len(captions[clip]) for clip in split.clips), default=1)
     ids = np.zeros((len(split.clips), most, max_length + 2), np.int32)
     counts = np.zeros(len(split.clips), np.int32)
-    truncated = 0
     for c, clip in enumerate(split.clips):
         for r, caption in enumerate(captions[clip]):
-            ids[c, r], cut = vocabulary.encode(caption, max_length)
-            truncated += cut
+            ids[c, r] = vocabulary.encode(caption, max_length)[0]
         counts[c] = len(captions[clip])
-    return CaptionIds(ids, counts, truncated)
+    return CaptionIds(ids, counts)
 
 
 def caption_dataset(split: Split, references: CaptionIds, params: CaptionerParams) -> tuple[Any, int]:

@@ -53,10 +53,11 @@ def input_example(clip: dict[str, np.ndarray], params: CaptionerParams) -> dict[
 
 def predict(model: Any, clip: Any, labels: list[str], params: CaptionerParams) -> dict[str, Any]:
     """The caption, its score (log-probability over the length penalty), and the beam's other captions with theirs."""
-    from vidops.components.decoding import captions
+    from vidops.components.decoding import captions, encode_frames
     from vidops.components.text import Vocabulary
 
-    beam = captions(model, clip.frames[None], Vocabulary.from_tokens(labels), params.beam_size, params.max_length, params.length_penalty)[0]
+    features = encode_frames(model, clip.frames[None])
+    beam = captions(model, features, Vocabulary.from_tokens(labels), params.beam_size, params.max_length, params.length_penalty)[0]
     return {"caption": beam[0].text, "score": beam[0].score, "alternatives": [{"caption": c.text, "score": c.score} for c in beam[1:]]}
 
 

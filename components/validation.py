@@ -23,6 +23,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from vidops.components import text
 from vidops.components.catalog import CAPTION_COLUMNS, Catalog, assign_splits, build_catalog, dataset_captions, read_manifest
 from vidops.components.parallel import Mapper, in_threads
 from vidops.components.errors import VidopsError
@@ -235,8 +236,9 @@ def derive_checks(manifest: pd.DataFrame, checks: ValidationParams) -> pd.DataFr
 
 
 def caption_problems(captions: pd.DataFrame, max_words: int) -> pd.Series:
-    """Why each caption row is dropped: empty_caption, long_caption (over `max_words` words), or "" for one kept."""
-    words = captions["caption"].map(lambda caption: len(caption.split()))
+    """Why each caption row is dropped: empty_caption (no word: blank, or punctuation only), long_caption (over
+    `max_words` words), or "" for one kept. Words are counted as the captioner reads them (text.words)."""
+    words = captions["caption"].map(lambda caption: len(text.words(caption)))
     return pd.Series(np.where(words == 0, "empty_caption", np.where(words > max_words, "long_caption", "")), index=captions.index, dtype=object)
 
 
@@ -271,7 +273,7 @@ def _lines_by_path(rows: pd.DataFrame, words: bool = False) -> dict[str, str]:
     """Each path among caption `rows` and its lines: "line 4", "lines 4, 9"; with `words`, each caption's length too."""
     found: dict[str, list[str]] = {}
     for path, line, caption in zip(rows["path"], rows["line"], rows["caption"], strict=True):
-        found.setdefault(path, []).append(f"{line} ({len(caption.split())} words)" if words else str(line))
+        found.setdefault(path, []).append(f"{line} ({len(text.words(caption))} words)" if words else str(line))
     return {path: ("line " if len(lines) == 1 else "lines ") + ", ".join(lines) for path, lines in found.items()}
 
 

@@ -31,6 +31,7 @@ import datetime
 import ipaddress
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -39,6 +40,7 @@ import subprocess
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
@@ -156,9 +158,15 @@ def project_s3(layout: Layout) -> Iterator[dict[str, str]]:
         yield _serving[home]
         return
     _clear_orphan(home)
-    port = _free_port()
-    env = _s3_env(layout, f"http://127.0.0.1:{port}")
-    service = _start_s3(layout, port, {**os.environ, **env})
+    for attempt in range(1, PORT_TRIES + 1):
+        port = _free_port()
+        env = _s3_env(layout, f"http://127.0.0.1:{port}")
+        try:
+            service = _start_s3(layout, port, {**os.environ, **env})
+            break
+        except PortTaken:  # taken between our check and SeaweedFS's bind: another port
+            if attempt == PORT_TRIES:
+                raise
     write_json(home / S3_RECORD, {**service, "owner": os.getpid()})  # what a later start needs to find an orphan: pid, argv
     _serving[home] = env
     gone = lambda: None if _alive(service) else "the S3 server went away"  # noqa: E731
@@ -274,15 +282,22 @@ def _start_s3(layout: Layout, port: int, env: dict[str, str]) -> dict:
     its master and volume server recorded as its `parts`."""
     home = s3_folder(layout)
     home.mkdir(parents=True, exist_ok=True)
-    master, volume, gateway = _seaweedfs(home, port, env)
-    parts: list[dict] = []
-    try:
-        for name, argv in (("s3-master", master), ("s3-volume", volume)):
-            parts.append(_start(home, name, argv, env, f"http://127.0.0.1:{_flag(argv, '-port')}", _listening))
-        return {**_start(home, "s3", gateway, env, f"http://127.0.0.1:{port}", _bucket(env)), "parts": parts}
-    except BaseException:
-        _stop(parts)
-        raise
+    attempt = 0
+    while True:
+        attempt += 1
+        master, volume, gateway = _seaweedfs(home, port, env)
+        parts: list[dict] = []
+        try:
+            for name, argv in (("s3-master", master), ("s3-volume", volume)):
+                parts.append(_start(home, name, argv, env, f"http://127.0.0.1:{_flag(argv, '-port')}", _listening))
+            return {**_start(home, "s3", gateway, env, f"http://127.0.0.1:{port}", _bucket(env)), "parts": parts}
+        except PortTaken as exc:
+            _stop(parts)
+            if exc.port == port or attempt == PORT_TRIES:  # the S3 port is the caller's to choose again
+                raise
+        except BaseException:
+            _stop(parts)
+            raise
 
 
 def _env(layout: Layout, ports: Ports) -> dict[str, str]:
@@ -455,13 +470,53 @@ def _start(home: Path, name: str, argv: list[str], env: dict[str, str], url: str
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=home, start_new_session=True)
     service = {"name": name, "pid": process.pid, "argv": argv, "url": url, "log": str(log)}
     deadline = time.monotonic() + timeout_s
-    while not ready(url):
+    written = log.stat().st_size  # the log is appended to across starts: this start's lines follow
+    port = urllib.parse.urlsplit(url).port if url.startswith("http") else None
+    # ready only when the port is the server's own: another program that took it in the meantime would answer instead
+    while not ((port is None or _listens(process.pid, port)) and ready(url)):
         if process.poll() is not None or time.monotonic() > deadline:
             _stop([service])
-            tail = log.read_text(errors="replace").strip().splitlines()[-5:]
-            raise VidopsError(f"{name} did not start ({log}):\n  " + "\n  ".join(tail))
+            with log.open("rb") as lines:
+                lines.seek(written)
+                said = lines.read().decode(errors="replace")
+            taken = ADDRESS_IN_USE.search(said)
+            last = said.split("\ngoroutine ", 1)[0].strip().splitlines()[-5:]  # a Go program's last words precede its stack dump
+            message = f"{name} did not start ({log}):\n  " + "\n  ".join(last)
+            raise PortTaken(message, int(taken[1])) if taken else VidopsError(message)
         time.sleep(0.5)
     return service
+
+
+class PortTaken(VidopsError):
+    """A server could not bind its port: something took it between our check and the server's start."""
+
+    def __init__(self, message: str, port: int) -> None:
+        super().__init__(message)
+        self.port = port
+
+
+# Go's "listen tcp 127.0.0.1:8333: bind: address already in use"; uvicorn's "... ('127.0.0.1', 4200): address already in use"
+ADDRESS_IN_USE = re.compile(r"127\.0\.0\.1'?[:,] ?(\d+)\)?: (?:bind: )?address already in use")
+PORT_TRIES = 3  # a port found free is taken by another program before the server binds it: rare, never three times running
+
+
+def _listens(group: int, port: int) -> bool:
+    """A process of process group `group` (a server started in a session of its own, or a worker it forked) listens on
+    `port`: the listening socket's inode is among its open files."""
+    sockets = set()
+    for table in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")):
+        for row in table.read_text().splitlines()[1:] if table.exists() else ():  # tcp6: only where IPv6 is on
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                sockets.add(f"socket:[{fields[9]}]")
+    for process in Path("/proc").iterdir() if sockets else ():
+        try:
+            if process.name.isdigit() and int((process / "stat").read_text().rsplit(")", 1)[1].split()[2]) == group:
+                if sockets & {os.readlink(fd) for fd in (process / "fd").iterdir()}:
+                    return True
+        except OSError:  # gone, or not ours to read
+            continue
+    return False
 
 
 def _http(path: str) -> Callable[[str], bool]:

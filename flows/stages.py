@@ -257,7 +257,7 @@ SPEC_CODE = "tasks/{task}"  # the task's spec module (components/tasks/<task>.py
 # the features' index.csv stands for the features: each clip's split, label and shard; a shard is named by its content and params.
 # The catalog's captions file is written for every task (no rows for one without captions), so DVC's extract can depend on it.
 DEPENDS = {
-    "validate": Depends(("catalog", "validation", SPEC_CODE), ("datasets.{task}", "validation"), lambda L, p, t: [dataset(L, p, t)],
+    "validate": Depends(("catalog", "validation", "text", SPEC_CODE), ("datasets.{task}", "validation"), lambda L, p, t: [dataset(L, p, t)],
                         lambda L, t: [L.catalog(t) / validation.ACCEPTED, L.catalog(t) / CAPTIONS_FILE, L.catalog(t) / validation.REPORT]),
     "extract": Depends(("extraction", "media", "audio", "sampling"), ("datasets.{task}", "extract.{task}"),
                        lambda L, p, t: [L.catalog(t) / validation.ACCEPTED, L.catalog(t) / CAPTIONS_FILE],

@@ -74,8 +74,8 @@ def test_each_bad_caption_is_dropped_or_quarantined_for_its_reason_and_the_rest_
     uncaptioned, emptied, with_empty, with_long = "move_left/move_left_000.mp4", "rotate/rotate_001.mp4", "zoom_in/zoom_in_002.mp4", "move_up/move_up_000.mp4"
     captions = captions[~captions["path"].isin([uncaptioned, emptied])]
     extra = pd.DataFrame({
-        "path": [emptied, with_empty, with_long, "move_up/gone.mp4", "move_up/gone.mp4"],
-        "caption": ["  ", "", " ".join(["a red square moves up"] * 3), "a red square moves up", "the red box rises"],
+        "path": [emptied, with_empty, with_empty, with_long, "move_up/gone.mp4", "move_up/gone.mp4"],
+        "caption": ["  ", "", "?! -", " ".join(["a red square moves up."] * 3), "a red square moves up", "the red box rises"],
     })  # fmt: skip
     text = pd.concat([captions, extra]).to_csv(index=False)
     (data / CAPTIONS_FILE).write_text(text.replace("\n", "\n\n", 1))  # a blank line after the header: skipped, lines still counted
@@ -94,10 +94,11 @@ def test_each_bad_caption_is_dropped_or_quarantined_for_its_reason_and_the_rest_
     found = {(row.path, row.check): row.reason for row in warnings.itertuples() if row.check != "near_duplicate"}
     assert found == {
         (emptied, "empty_caption"): f"empty caption on line {first_extra} of {CAPTIONS_FILE}: dropped",
-        (with_empty, "empty_caption"): f"empty caption on line {first_extra + 1} of {CAPTIONS_FILE}: dropped",
-        (with_long, "long_caption"): f"caption over 12 words on line {first_extra + 2} (15 words) of {CAPTIONS_FILE}: dropped",
+        # punctuation only is no word, as the captioner reads words (text.words)
+        (with_empty, "empty_caption"): f"empty caption on lines {first_extra + 1}, {first_extra + 2} of {CAPTIONS_FILE}: dropped",
+        (with_long, "long_caption"): f"caption over 12 words on line {first_extra + 3} (15 words) of {CAPTIONS_FILE}: dropped",
         ("move_up/gone.mp4", "caption_orphan"): (
-            f"named on lines {first_extra + 3}, {first_extra + 4} of {CAPTIONS_FILE}, but no clip of the dataset: its captions are ignored"
+            f"named on lines {first_extra + 4}, {first_extra + 5} of {CAPTIONS_FILE}, but no clip of the dataset: its captions are ignored"
         ),
     }
     report = json.loads((catalog / "validation.json").read_text())

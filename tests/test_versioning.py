@@ -54,6 +54,41 @@ def remote_key(prefix: str, md5: str) -> str:
     return f"{prefix}/files/md5/{md5[:2]}/{md5[2:]}"  # DVC 3's layout of a remote
 
 
+def test_a_port_taken_before_seaweedfs_binds_it_is_tried_again_and_the_cause_is_named_when_every_try_fails(tmp_path, monkeypatch):
+    """The race no check can close: a port found free is taken by another program (here a listener of the test's) before
+    SeaweedFS binds it. The start picks other ports; when every pick is taken, the error says which port and why."""
+    import socket
+
+    from vidops.flows import stack
+
+    listeners = []
+
+    def taken(grpc_too: bool = False) -> int:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listeners.append(listener)
+        return listener.getsockname()[1]
+
+    real, picks = stack._free_port, []
+
+    def first_taken(grpc_too: bool = False) -> int:
+        picks.append(grpc_too)
+        return taken() if len(picks) in (2, 3) else real(grpc_too)  # after the S3 port's pick: the master's, then the volume's
+
+    monkeypatch.setattr(stack, "_free_port", first_taken)
+    try:
+        with project_s3(Layout(tmp_path / "once")) as env:
+            assert s3_client(env).head_bucket(Bucket="vidops")["ResponseMetadata"]["HTTPStatusCode"] == 200
+        monkeypatch.setattr(stack, "_free_port", taken)  # every port it picks: taken
+        with pytest.raises(VidopsError, match=r"(?s)s3-master did not start .*127\.0\.0\.1:\d+: bind: address already in use"), project_s3(Layout(tmp_path / "never")):
+            pass
+    finally:
+        for listener in listeners:
+            listener.close()
+    assert not (stack.s3_folder(Layout(tmp_path / "never")) / stack.S3_RECORD).exists()
+
+
 @pytest.mark.slow
 def test_a_dataset_with_a_file_above_the_multipart_threshold_is_pushed_and_pulled_whole(s3, tiny_dataset, tmp_path):
     layout = Layout(tmp_path)
@@ -306,7 +341,9 @@ def _started_s3(project: Layout, command: subprocess.Popen, timeout_s: float = 1
     record = project.state / "s3" / "running.json"
     deadline = time.monotonic() + timeout_s
     while not record.is_file():
-        assert command.poll() is None and time.monotonic() < deadline, "the command ended (or hung) before its S3 was up"
+        if command.poll() is not None:
+            raise AssertionError(f"the command ended ({command.returncode}) before its S3 was up: {command.communicate()[1]}")
+        assert time.monotonic() < deadline, "the command hung before its S3 was up"
         time.sleep(0.05)
     return json.loads(record.read_text())
 

@@ -131,7 +131,7 @@ class SyncParams(FrameEncoderParams):
 
 
 class CaptionerParams(FrameEncoderParams):
-    filters: tuple[int, ...] = (16, 32, 64, 128)  # four blocks: the last sees about 40 px, a whole shape; three saw 18
+    filters: tuple[int, ...] = (16, 32, 64)
     units: int = Field(128, ge=2, multiple_of=2)  # frame features, the decoder's LSTM and its attention
     embedding: int = Field(64, ge=1)  # a word's vector
     attention: Literal["additive", "dot"] = "additive"  # Bahdanau's or Luong's score of a frame for a word

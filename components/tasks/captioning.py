@@ -72,9 +72,7 @@ SPEC = register(
         NAME,
         TaskDefaults(
             dataset="demo-captions",
-            # the generated 64 px, not squashed: at 48 px the corners that tell a square from an ellipse are lost
-            # (benchmarks/README.md); a served clip too short is a 400, not a padded guess
-            extract=ExtractParams(frames=8, size=64, audio="none", short_clips="skip"),
+            extract=ExtractParams(frames=8, size=48, audio="none", short_clips="skip"),  # a served clip too short: a 400, not a padded guess
             train=CaptionerParams(),
             registry=ModelRegistryParams(model_name="vidops-captioner", metric="attribute_accuracy", floor=0.5),
             generate=GenerateParams(clips_per_class=80, size=64),  # 4 clips of each of a motion's 20 (shape, colour) pairs

@@ -303,7 +303,7 @@ class CaptionIds:
     """Every clip's references as token ids: `ids[c, r]` is clip c's reference r ([max_length + 2], <start> to <pad>)."""
 
     ids: np.ndarray  # int32 [clips, most references, max_length + 2]
-    counts: np.ndarray  # int32 [clips]: references each clip has (evaluation counts those cut to max_length words)
+    counts: np.ndarray  # int32 [clips]: references each clip has
 
 
 def caption_ids(split: Split, captions: dict[str, list[str]], vocabulary: Vocabulary, max_length: int) -> CaptionIds:

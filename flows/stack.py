@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from vidops.components import versioning
 from vidops.components.errors import VidopsError
@@ -158,15 +159,13 @@ def project_s3(layout: Layout) -> Iterator[dict[str, str]]:
         yield _serving[home]
         return
     _clear_orphan(home)
-    for attempt in range(1, PORT_TRIES + 1):
+
+    def on_a_free_port() -> tuple[dict, dict[str, str]]:
         port = _free_port()
         env = _s3_env(layout, f"http://127.0.0.1:{port}")
-        try:
-            service = _start_s3(layout, port, {**os.environ, **env})
-            break
-        except PortTaken:  # taken between our check and SeaweedFS's bind: another port
-            if attempt == PORT_TRIES:
-                raise
+        return _start_s3(layout, port, {**os.environ, **env}), env
+
+    service, env = _again_if_taken(on_a_free_port)
     write_json(home / S3_RECORD, {**service, "owner": os.getpid()})  # what a later start needs to find an orphan: pid, argv
     _serving[home] = env
     gone = lambda: None if _alive(service) else "the S3 server went away"  # noqa: E731
@@ -282,22 +281,32 @@ def _start_s3(layout: Layout, port: int, env: dict[str, str]) -> dict:
     its master and volume server recorded as its `parts`."""
     home = s3_folder(layout)
     home.mkdir(parents=True, exist_ok=True)
-    attempt = 0
-    while True:
-        attempt += 1
+
+    def on_free_inner_ports() -> dict:
         master, volume, gateway = _seaweedfs(home, port, env)
         parts: list[dict] = []
         try:
             for name, argv in (("s3-master", master), ("s3-volume", volume)):
                 parts.append(_start(home, name, argv, env, f"http://127.0.0.1:{_flag(argv, '-port')}", _listening))
             return {**_start(home, "s3", gateway, env, f"http://127.0.0.1:{port}", _bucket(env)), "parts": parts}
-        except PortTaken as exc:
-            _stop(parts)
-            if exc.port == port or attempt == PORT_TRIES:  # the S3 port is the caller's to choose again
-                raise
         except BaseException:
             _stop(parts)
             raise
+
+    # the master's, volume server's and gRPC ports are picked here; the S3 port is the caller's to choose again
+    return _again_if_taken(on_free_inner_ports, retry=lambda taken: taken != port)
+
+
+def _again_if_taken(start: Callable[[], T], retry: Callable[[int], bool] = lambda port: True) -> T:
+    """`start()`, called again (PORT_TRIES times in all) while it fails because another program took a port it had
+    found free before its server bound it, and `retry(that port)`; a start that picks its ports afresh each call."""
+    for attempt in range(1, PORT_TRIES + 1):
+        try:
+            return start()
+        except PortTaken as exc:
+            if attempt == PORT_TRIES or not retry(exc.port):
+                raise
+    raise AssertionError("PORT_TRIES >= 1")
 
 
 def _env(layout: Layout, ports: Ports) -> dict[str, str]:
@@ -467,10 +476,10 @@ def _start(home: Path, name: str, argv: list[str], env: dict[str, str], url: str
     (home / "logs").mkdir(exist_ok=True)
     log = home / "logs" / f"{name}.log"
     with log.open("ab") as out:
+        written = out.tell()  # the log is appended to across starts: this start's lines follow
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=home, start_new_session=True)
     service = {"name": name, "pid": process.pid, "argv": argv, "url": url, "log": str(log)}
     deadline = time.monotonic() + timeout_s
-    written = log.stat().st_size  # the log is appended to across starts: this start's lines follow
     port = urllib.parse.urlsplit(url).port if url.startswith("http") else None
     # ready only when the port is the server's own: another program that took it in the meantime would answer instead
     while not ((port is None or _listens(process.pid, port)) and ready(url)):
@@ -497,6 +506,7 @@ class PortTaken(VidopsError):
 
 # Go's "listen tcp 127.0.0.1:8333: bind: address already in use"; uvicorn's "... ('127.0.0.1', 4200): address already in use"
 ADDRESS_IN_USE = re.compile(r"127\.0\.0\.1'?[:,] ?(\d+)\)?: (?:bind: )?address already in use")
+T = TypeVar("T")
 PORT_TRIES = 3  # a port found free is taken by another program before the server binds it: rare, never three times running
 
 

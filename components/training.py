@@ -28,21 +28,13 @@ from vidops.components.io import atomic_path, write_csv, write_json
 from vidops.components.layout import HISTORY_FILE, INDEX_TABLE, LABELS_FILE, MODEL_FILE
 from vidops.components.models import build_captioner, build_classifier, build_sync
 from vidops.components.params import CaptionerParams, ClassifierParams, FitParams, SyncParams
+from vidops.components.tasks import TrainedModel
 
 CHECKPOINTS = "checkpoints"  # under the model folder, while a training runs
 # The last epoch's learning rate, as a fraction of `learning_rate`. A cosine decay replaced halving the rate when the
 # training loss stalled: on the demo classifier, 7 seeds scored 0.98-1.00 against 0.94-1.00 (benchmarks/README.md).
 FINAL_RATE = 0.02
 EpochHook = Callable[[int, int, dict[str, float]], None]  # (epoch, of epochs, metrics): after every epoch
-
-
-@dataclass(frozen=True)
-class TrainedModel:
-    path: Path
-    labels: tuple[str, ...]  # class names; the sync model's are the offsets -K..K
-    epochs: int  # trained in all, resumed ones included
-    resumed_from: int  # the epoch a checkpoint resumed from; 0 for a fresh start
-    history: dict[str, list[float]]
 
 
 def train_classifier(features_dir: Path, model_dir: Path, params: ClassifierParams, on_epoch: EpochHook | None = None) -> TrainedModel:

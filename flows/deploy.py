@@ -96,6 +96,7 @@ def _server() -> str:
 
 POOLS = {"vidops-process": "process", "vidops-kubernetes-gpu": "kubernetes"}  # a pool named elsewhere is made a process pool
 GPU_RESOURCE = "nvidia.com/gpu"  # what NVIDIA's device plugin makes schedulable
+CLIENT_ENV = ("vidops-config", "vidops-client")  # infra/kubernetes/base's ConfigMap and Secret of a client's variables
 
 
 def _ensure_pools(found: list[dict[str, Any]]) -> None:
@@ -120,12 +121,18 @@ def _ensure_pools(found: list[dict[str, Any]]) -> None:
 
 def gpu_job_template() -> dict[str, Any]:
     """prefect-kubernetes's Job template, its container limited to `gpus` GPUs (a job variable, 1 by default) and its
-    pod tolerating the taint GPU nodes usually carry, so each flow run is a Job on a GPU node."""
+    pod tolerating the taint GPU nodes usually carry, so each flow run is a Job on a GPU node; the container reads the
+    services' addresses and the client's credentials from the cluster profile's ConfigMap and Secret (CLIENT_ENV)."""
     from prefect_kubernetes.worker import KubernetesWorker
 
     template = KubernetesWorker.get_default_base_job_template()
     pod = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
     pod["containers"][0]["resources"]["limits"][GPU_RESOURCE] = "{{ gpus }}"
+    job = template["job_configuration"]["job_manifest"]["spec"]
+    for key in ("completions", "parallelism"):  # prefect-kubernetes puts these Job fields in the pod, where Kubernetes drops them
+        job[key] = pod.pop(key)
+    config, secret = CLIENT_ENV
+    pod["containers"][0]["envFrom"] = [{"configMapRef": {"name": config}}, {"secretRef": {"name": secret}}]
     pod["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
     template["variables"]["properties"]["gpus"] = {
         "title": "GPUs", "type": "integer", "default": 1, "minimum": 0, "description": f"{GPU_RESOURCE} the flow run's container is limited to",

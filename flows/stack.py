@@ -53,6 +53,7 @@ from vidops.components.errors import VidopsError
 from vidops.components.io import atomic_path, write_json, write_text
 from vidops.components.layout import Layout
 from vidops.components.programs import program
+from vidops.flows.postgres import Database
 from vidops.flows.profiles import embedded_tracking, tracking
 
 POOL = "vidops-process"  # the process work pool the stack's worker serves
@@ -62,6 +63,7 @@ ENV_FILE = "env"
 RECORD = "stack.json"
 SECRETS = "secrets.json"  # the Prefect auth string and MLflow's admin password: made once, kept across restarts
 MLFLOW_USER = "vidops"
+DATABASE_URLS = ("PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_CONNECTION_URL")  # a caller's would win over ours
 
 
 @dataclass(frozen=True)
@@ -80,36 +82,49 @@ def s3_folder(layout: Layout) -> Path:
     return layout.state / "s3"
 
 
-def up(layout: Layout, ports: Ports) -> dict[str, str]:
-    """Start the four services (refusing a taken port before starting any); their URLs by name."""
+def up(layout: Layout, ports: Ports, database: Database | None = None, workers: int = 1) -> dict[str, str]:
+    """Start the services (refusing a taken port before starting any), `workers` process workers among them; Prefect
+    and MLflow keep their state in `database` (PostgreSQL; its databases made when missing) or, without one, in SQLite
+    under the project. Their URLs by name."""
     home = folder(layout)
     if _record(home):
         raise VidopsError(f"{home / RECORD}: the stack is already up (`vidops stack status`); `vidops stack down` first")
+    if workers < 1:
+        raise VidopsError(f"--workers {workers}: the stack needs at least one worker")
     for name, port in asdict(ports).items():
         if not _free(port):
             raise VidopsError(f"port {port} on 127.0.0.1 ({name}) is taken by another program; stop it or pick another with --{name}-port")
+    if database:
+        database.ensure()
     home.mkdir(parents=True, exist_ok=True)
     env = _env(layout, ports)
+    store = database.uri("mlflow") if database else embedded_tracking(layout).uri
     started: dict[str, dict] = {}  # in start order: down stops them newest first
     try:
         started["s3"] = _start_s3(layout, ports.s3, env)
-        started["mlflow"] = _start(home, "mlflow", _mlflow_server(layout, ports.mlflow), _mlflow_env(home, env), env["MLFLOW_TRACKING_URI"], _http("/health"))
-        _check_mlflow_login(home, env)
+        mlflow_env = _mlflow_env(home, env, database)
+        if database:
+            _migrate_mlflow(home, store, mlflow_env)
+        started["mlflow"] = _start(home, "mlflow", _mlflow_server(ports.mlflow, store), mlflow_env, env["MLFLOW_TRACKING_URI"], _http("/health"))
+        _check_mlflow_login(home, env, database)
         prefect = [program("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(ports.prefect)]
         origin = f"http://127.0.0.1:{ports.prefect}"
         # the UI asks its settings for the API it talks to, which is PREFECT_SERVER_API_PORT's (4200) unless told
         server_env = {**env, "PREFECT_HOME": str(home / "prefect"), "PREFECT_SERVER_UI_API_URL": env["PREFECT_API_URL"],
-                      "PREFECT_SERVER_API_AUTH_STRING": env["PREFECT_API_AUTH_STRING"], "PREFECT_SERVER_CORS_ALLOWED_ORIGINS": origin}  # fmt: skip
-        for client_only in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING"):  # the server is not a client of itself
-            del server_env[client_only]
+                      "PREFECT_SERVER_API_AUTH_STRING": env["PREFECT_API_AUTH_STRING"], "PREFECT_SERVER_CORS_ALLOWED_ORIGINS": origin,
+                      **(database.prefect_env() if database else {})}  # fmt: skip
+        for client_only in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", *DATABASE_URLS):  # not a client of itself; no other store
+            server_env.pop(client_only, None)
         started["prefect"] = _start(home, "prefect", prefect, server_env, origin, _http("/api/health"))
-        worker = [program("prefect"), "worker", "start", "--pool", POOL, "--type", "process"]
-        worker_env = {**env, "PREFECT_HOME": str(home / "worker"), "VIDOPS_ROOT": str(layout.root)}
-        started["worker"] = _start(home, "worker", worker, worker_env, f"pool {POOL}", _pool_ready(env))
+        for n in range(1, workers + 1):
+            name = "worker" if n == 1 else f"worker-{n}"
+            worker = [program("prefect"), "worker", "start", "--pool", POOL, "--type", "process", "--name", name]
+            worker_env = {**env, "PREFECT_HOME": str(home / name), "VIDOPS_ROOT": str(layout.root)}
+            started[name] = _start(home, name, worker, worker_env, f"pool {POOL}", _pool_ready(env, name))
     except BaseException:
         _stop(list(started.values()))
         raise
-    write_json(home / RECORD, {"services": list(started.values())})
+    write_json(home / RECORD, {"services": list(started.values()), "database": database.uri("*") if database else None})
     _write_env(home / ENV_FILE, env)
     versioning.init(layout.root)  # the datasets are versioned in the stack's S3 (ingest, `dvc push`)
     _point_dvc(layout, env)
@@ -131,13 +146,16 @@ def status(layout: Layout) -> dict[str, tuple[str, bool]]:
     return {service["name"]: (service["url"], _alive(service)) for service in _record(folder(layout))}
 
 
+def client_env(layout: Layout) -> dict[str, str]:
+    """The variables that make a client of the project's stack (its env file), while it is up; none when it is down."""
+    path = folder(layout) / ENV_FILE
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line) if path.is_file() else {}
+
+
 def load_env(layout: Layout) -> None:
     """Point this process at the project's stack while it is up; variables already set win."""
-    path = folder(layout) / ENV_FILE
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            key, _, value = line.partition("=")
-            os.environ.setdefault(key, value)
+    for key, value in client_env(layout).items():
+        os.environ.setdefault(key, value)
 
 
 _serving: dict[Path, dict[str, str]] = {}  # the project S3s this process started, by folder: one SeaweedFS per folder
@@ -349,37 +367,61 @@ def _secrets(home: Path) -> dict[str, str]:
     return kept
 
 
-def _mlflow_server(layout: Layout, port: int) -> list[str]:
-    """MLflow's server with its basic-auth app, answering only its own address (no DNS rebinding, no other origin)."""
+def _mlflow_server(port: int, store: str) -> list[str]:
+    """MLflow's server with its basic-auth app on the store `store`, answering only its own address (no DNS rebinding,
+    no other origin)."""
     hosts = [f"127.0.0.1:{port}", f"localhost:{port}"]
     return [program("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--app-name", "basic-auth",
             "--allowed-hosts", ",".join(hosts), "--cors-allowed-origins", ",".join(f"http://{host}" for host in hosts),
-            "--backend-store-uri", embedded_tracking(layout).uri, "--default-artifact-root", ARTIFACTS, "--no-serve-artifacts"]  # fmt: skip
+            "--backend-store-uri", store, "--default-artifact-root", ARTIFACTS, "--no-serve-artifacts"]  # fmt: skip
 
 
-def _mlflow_env(home: Path, env: dict[str, str]) -> dict[str, str]:
-    """The auth app's configuration (its user database beside the stack's data; nobody but the admin may do anything)
-    and, through the environment only, the admin account it makes on its first start."""
-    config, users = home / "mlflow-auth.ini", home / "mlflow-auth.db"
-    os.close(os.open(users, os.O_CREAT | os.O_WRONLY, 0o600))  # the password hashes: the owner's alone, before SQLite makes it
-    users.chmod(0o600)  # made by an older vidops
-    write_text(config, f"[mlflow]\ndefault_permission = NO_PERMISSIONS\ndatabase_uri = sqlite:///{users}\n"
+def _mlflow_env(home: Path, env: dict[str, str], database: Database | None) -> dict[str, str]:
+    """The auth app's configuration (its user database beside the stack's data, or in PostgreSQL; nobody but the admin
+    may do anything) and, through the environment only, the admin account it makes on its first start."""
+    config = home / "mlflow-auth.ini"
+    if database:
+        users = database.uri("mlflow_auth")
+    else:
+        path = home / "mlflow-auth.db"
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # the password hashes: the owner's alone, before SQLite makes it
+        path.chmod(0o600)  # made by an older vidops
+        users = f"sqlite:///{path}"
+    write_text(config, f"[mlflow]\ndefault_permission = NO_PERMISSIONS\ndatabase_uri = {users}\n"
                        f"admin_username = {MLFLOW_USER}\nauthorization_function = mlflow.server.auth:authenticate_request_basic_auth\n", secret=True)  # fmt: skip
     return {**env, "MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_AUTH_ADMIN_PASSWORD": env["MLFLOW_TRACKING_PASSWORD"],
-            "MLFLOW_FLASK_SERVER_SECRET_KEY": _secrets(home)["mlflow_flask_key"]}
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": _secrets(home)["mlflow_flask_key"], **(database.password_env() if database else {})}
 
 
-def _check_mlflow_login(home: Path, env: dict[str, str]) -> None:
+def _migrate_mlflow(home: Path, store: str, env: dict[str, str]) -> None:
+    """Bring MLflow's store in PostgreSQL to this MLflow's schema (its server refuses an older one): tables made in a
+    new database, migrations run on an old one. Logged to logs/mlflow.log."""
+    (home / "logs").mkdir(exist_ok=True)
+    log = home / "logs" / "mlflow.log"
+    with log.open("ab") as out:
+        written = out.tell()
+        done = subprocess.run([program("mlflow"), "db", "upgrade", store], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=home)
+    if done.returncode:
+        with log.open("rb") as lines:
+            lines.seek(written)
+            last = lines.read().decode(errors="replace").strip().splitlines()[-3:]
+        raise VidopsError(f"mlflow db upgrade {store} failed ({log}):\n  " + "\n  ".join(last))
+
+
+def _check_mlflow_login(home: Path, env: dict[str, str], database: Database | None) -> None:
     """The kept password opens MLflow (its auth database could be older than secrets.json)."""
     login = _basic(MLFLOW_USER + ":" + env["MLFLOW_TRACKING_PASSWORD"])
     request = urllib.request.Request(env["MLFLOW_TRACKING_URI"] + "/api/2.0/mlflow/experiments/search?max_results=1", headers=login)
     try:
         urllib.request.urlopen(request, timeout=10).close()
     except urllib.error.HTTPError as exc:
-        if exc.code == 401:
-            raise VidopsError(f"{home / 'mlflow-auth.db'}: MLflow refused the admin password kept in {home / SECRETS}; the auth database was "
-                              "made with another one: remove both files to make a new account") from None  # fmt: skip
-        raise
+        if exc.code != 401:
+            raise
+        if database:
+            raise VidopsError(f"{database.uri('mlflow_auth')}: MLflow refused the admin password kept in {home / SECRETS}; its users were "
+                              "made with another one: put that one in secrets.json, or set this one with MLflow's update-password API") from None  # fmt: skip
+        raise VidopsError(f"{home / 'mlflow-auth.db'}: MLflow refused the admin password kept in {home / SECRETS}; the auth database was "
+                          "made with another one: remove both files to make a new account") from None  # fmt: skip
 
 
 def _basic(credentials: str) -> dict[str, str]:
@@ -559,14 +601,14 @@ def _bucket(env: dict[str, str]) -> Callable[[str], bool]:
     return ready
 
 
-def _pool_ready(env: dict[str, str]) -> Callable[[str], bool]:
-    """Ready when the worker has made its pool and says it is polling it."""
+def _pool_ready(env: dict[str, str], name: str) -> Callable[[str], bool]:
+    """Ready when the worker `name` has made its pool (or found it) and says it is polling it."""
     headers = {"Content-Type": "application/json", **_basic(env["PREFECT_API_AUTH_STRING"])}
 
     def ready(url: str) -> bool:
         try:
             with urllib.request.urlopen(urllib.request.Request(f"{env['PREFECT_API_URL']}/work_pools/{POOL}/workers/filter", b"{}", headers), timeout=2) as r:
-                return bool(json.loads(r.read()))
+                return name in {worker["name"] for worker in json.loads(r.read())}
         except OSError:
             return False
 

@@ -23,13 +23,13 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
-from vidops.components import catalog, encoders, evaluation, extraction, promotion, registry, training, validation, versioning
+from vidops.components import catalog, encoders, evaluation, extraction, promotion, registry, validation, versioning
 from vidops.components.errors import VidopsError
 from vidops.components.io import write_json
 from vidops.components.layout import CAPTIONS_FILE, INDEX_TABLE, RUN_FILE, Layout
 from vidops.components.parallel import Mapper, in_processes, in_threads
 from vidops.components.params import Params, Task
-from vidops.components.tasks import spec
+from vidops.components.tasks import TrainedModel, spec
 from vidops.components.validation import validation_checks
 from vidops.flows.profiles import quiet_libraries, registry_key, registry_lock, tracking
 
@@ -56,7 +56,7 @@ def extract_features(
     )  # fmt: skip
 
 
-def train_model(layout: Layout, params: Params, task: Task, progress: Progress | None = None, run_name: str | None = None) -> training.TrainedModel:
+def train_model(layout: Layout, params: Params, task: Task, progress: Progress | None = None, run_name: str | None = None) -> TrainedModel:
     """Train the task's model in a process of its own, reporting each epoch live to an MLflow run opened first
     (named `run_name`, default `<task>-<DVC experiment or "stage">`), to the `vidops` log and to `progress`."""
     extraction.usable_rows(layout.features(task), "train")  # no features: an error now, before a run is opened for nothing
@@ -74,7 +74,9 @@ def train_model(layout: Layout, params: Params, task: Task, progress: Progress |
         _end(run, task, failed=True)
         raise
     _end(run, task)
-    training.write_curves(trained.history, layout.curves(task))
+    from vidops.components.training import write_curves  # TensorFlow's import: only where a model is trained
+
+    write_curves(trained.history, layout.curves(task))
     return trained
 
 
@@ -213,7 +215,7 @@ def summary(result: object, root: Path, metric: str) -> str:
         case extraction.FeatureSet() as f:
             splits = ", ".join(f"{n} {split}" for split, n in sorted(f.clips.items(), reverse=True))
             return f"{sum(f.clips.values())} clips of {len(f.labels)} classes ({splits}): {f.extracted} extracted, {f.reused} reused, {f.failed} failed; {at(f.root)}"
-        case training.TrainedModel() as t:
+        case TrainedModel() as t:
             shown = sorted((k for k, v in t.history.items() if v and (k == "loss" or k.endswith("accuracy"))), key=lambda k: (k != "loss", k))
             resumed = f" (resumed at epoch {t.resumed_from})" if t.resumed_from else ""
             return f"{t.epochs} epochs{resumed}, final " + ", ".join(f"{k} {t.history[k][-1]:.3f}" for k in shown) + f"; {at(t.path)}"

@@ -1,10 +1,15 @@
 """The deployments' specs and work pools, against a real Prefect API: the cluster's GPU pool renders Jobs that ask for GPUs."""
 
 import asyncio
+import subprocess
+import sys
+import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import FlowRun
 
 from vidops.components.errors import VidopsError
 from vidops.flows.deploy import REPO_SPEC, _ensure_pools, deployments
@@ -12,7 +17,7 @@ from vidops.flows.deploy import REPO_SPEC, _ensure_pools, deployments
 CLUSTER = REPO_SPEC.parent / "infra" / "kubernetes" / "prefect.yaml"
 
 
-def test_the_cluster_deployments_run_on_a_kubernetes_pool_whose_jobs_ask_for_gpus(prefect_api):
+def test_the_cluster_deployments_run_on_a_kubernetes_pool_whose_jobs_ask_for_gpus(prefect_api, tmp_path: Path):
     from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
 
     found = deployments(CLUSTER)
@@ -25,8 +30,16 @@ def test_the_cluster_deployments_run_on_a_kubernetes_pool_whose_jobs_ask_for_gpu
 
     # the Job a flow run of nightly-gpu becomes: the pool's template rendered with the deployment's job variables
     variables = {**found[0]["work_pool"]["job_variables"], "image": "registry.example.com/vidops:0.1.0"}
-    job = asyncio.run(KubernetesWorkerJobConfiguration.from_template_and_values(gpu.base_job_template, variables)).job_manifest
+    configuration = asyncio.run(KubernetesWorkerJobConfiguration.from_template_and_values(gpu.base_job_template, variables))
+    configuration.prepare_for_flow_run(FlowRun(flow_id=uuid.uuid4(), name="nightly"))
+    job = configuration.job_manifest
+    manifest = tmp_path / "job.yaml"
+    # the API server turns generateName into a name; kubernetes-validate wants one
+    manifest.write_text(yaml.safe_dump({**job, "metadata": {**job["metadata"], "name": job["metadata"]["generateName"] + "x1"}}))
+    checked = subprocess.run([Path(sys.executable).parent / "kubernetes-validate", "--strict", manifest], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr  # what the worker would submit is a valid Job
     pod = job["spec"]["template"]["spec"]
+    assert pod["containers"][0]["envFrom"] == [{"configMapRef": {"name": "vidops-config"}}, {"secretRef": {"name": "vidops-client"}}]
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert pod["containers"][0]["image"] == "registry.example.com/vidops:0.1.0"
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]

@@ -44,7 +44,7 @@ def train(features_dir: Path, model_dir: Path, params: ColourParams, on_epoch: A
 
     from vidops.components import inputs
     from vidops.components.io import write_json
-    from vidops.components.training import TrainedModel
+    from vidops.components.tasks import TrainedModel
 
     split = inputs.open_split(features_dir, "train", ("frames",))
     frames = inputs.in_memory(split, "frames")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -46,8 +47,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vidops: interrupted", file=sys.stderr)
         return 130
-    except RuntimeError as exc:
-        if "ephemeral Prefect API" not in str(exc):
+    except Exception as exc:
+        if refused := _credentials_refused(exc):
+            print(f"vidops: error: {refused}", file=sys.stderr)
+            return 1
+        if not isinstance(exc, RuntimeError) or "ephemeral Prefect API" not in str(exc):
             raise
         from vidops.flows.profiles import EPHEMERAL_STARTUP
 
@@ -59,6 +63,33 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _interrupted(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+STACK_ENV = "a client of a project's stack finds them in <project>/.vidops/stack/env"
+
+
+def _credentials_refused(exc: BaseException) -> str | None:
+    """One line naming the service that refused this process's credentials and the variables to set, when that is what
+    failed (anywhere in the exception's chain); None otherwise."""
+    from botocore.exceptions import ClientError
+    from mlflow.exceptions import MlflowException
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return None
+        if isinstance(seen, PrefectHTTPStatusError) and seen.response.status_code in (401, 403):
+            return (f"the Prefect API at {seen.request.url.copy_with(path='/api', query=None)} refused this client ({seen.response.status_code}): "
+                    f"set PREFECT_API_AUTH_STRING to the server's auth string ({STACK_ENV})")  # fmt: skip
+        if isinstance(seen, MlflowException) and re.search(r"error code 40[13]\b", seen.message):
+            return (f"the MLflow server at {os.environ.get('MLFLOW_TRACKING_URI')} refused this client's credentials: "
+                    f"set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD ({STACK_ENV})")  # fmt: skip
+        if isinstance(seen, ClientError) and seen.response.get("Error", {}).get("Code") in ("InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            return (f"the S3 at {os.environ.get('AWS_ENDPOINT_URL') or 'AWS'} refused this client's keys: "
+                    f"set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY ({STACK_ENV})")  # fmt: skip
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 def _profile(args: argparse.Namespace) -> AbstractContextManager[object]:
     """Point this process at the project's services: the stack's variables while it is up (not for the demo, the
@@ -114,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     sample.set_defaults(handler=cmd_sample)
 
     bench = commands.add_parser("bench", help="benchmarks that print ratios against an anchor timed in the same run")
-    bench.add_argument("name", choices=["extract", "train", "pipeline"])
+    bench.add_argument("name", choices=["extract", "train", "pipeline", "stack"])
     bench.add_argument("--workdir", type=Path, default=Path(".vidops/bench"), help="where the generated clips are kept")
     bench.add_argument("--clips", type=int, help="extract: clips (24); train: clips per class (24); pipeline: clips per class (the demo's)")
     bench.add_argument("--epochs", type=int, help="pipeline: training epochs of both models; train --encoder: of the classifier (default: the demo's)")
@@ -122,6 +153,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--workers", type=int, default=2, help="extract: worker processes")
     bench.add_argument("--batches", type=int, default=60, help="train: timed batches")
     bench.add_argument("--encoder", help="train: instead, the classifier with this frame encoder against small: accuracy and training time")
+    bench.add_argument("--runs", type=int, default=8, help="stack: flow runs submitted at once (default: 8)")
+    bench.add_argument("--database", default="postgresql://postgres@127.0.0.1:5432",
+                       help="stack: the PostgreSQL server to load (databases of a new prefix, dropped afterwards)")
     bench.set_defaults(handler=cmd_bench)
 
     inspect = commands.add_parser("inspect", help="probe videos and print what PyAV finds, as JSON")
@@ -173,6 +207,10 @@ def _parser() -> argparse.ArgumentParser:
     stack.add_argument("--root", type=Path, default=Path("."), help="project folder; the stack's data goes to .vidops/stack/ (default: here)")
     for name, port in (("prefect", 4200), ("mlflow", 5000), ("s3", 8333)):
         stack.add_argument(f"--{name}-port", type=int, default=port, help=f"up: the {name} port on 127.0.0.1 (default: {port})")
+    stack.add_argument("--database", metavar="URL", help="up: keep Prefect's and MLflow's state in PostgreSQL, postgresql://USER@HOST:PORT/PREFIX "
+                       "(databases PREFIX_prefect, PREFIX_mlflow, PREFIX_mlflow_auth, made when missing; the password from PGPASSWORD); "
+                       "default: SQLite under .vidops/")  # fmt: skip
+    stack.add_argument("--workers", type=int, default=1, help="up: Prefect process workers polling the pool (default: 1)")
     stack.set_defaults(handler=cmd_stack)
 
     deploy = commands.add_parser("deploy", help="apply prefect.yaml's deployments (nightly training, ingest, on-demand promotion) to the Prefect server")
@@ -288,6 +326,10 @@ def cmd_bench(args: argparse.Namespace) -> None:
             print(train.encoders_report(train.compare_encoders(args.workdir / "train", trained, args.encoder, args.epochs), trained))
         else:
             print(train.report(train.run(args.workdir / "train", trained), trained))
+    elif args.name == "stack":
+        from vidops.benchmarks import stack
+
+        print(stack.report(stack.run(args.workdir / "stack", args.runs, args.database)))
     else:
         from vidops.benchmarks import pipeline
 
@@ -405,12 +447,17 @@ def cmd_stack(args: argparse.Namespace) -> None:
     layout = Layout(args.root.resolve())
     if args.action == "up":
         _ensure_writable(layout.state)
-        for name, url in stack.up(layout, stack.Ports(args.prefect_port, args.mlflow_port, args.s3_port)).items():
+        database = stack.Database.parse(args.database) if args.database else None
+        for name, url in stack.up(layout, stack.Ports(args.prefect_port, args.mlflow_port, args.s3_port), database, args.workers).items():
             print(f"{name:8} {url}")
         env_file = stack.folder(layout) / stack.ENV_FILE
         print(f"vidops commands with --root {layout.root} now use the stack; for other tools: set -a; . {env_file}; set +a")
         print(f"the UIs ask for credentials, kept in {env_file} (mode 600): Prefect's login takes PREFECT_API_AUTH_STRING, "
               "MLflow's MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
+        if database:
+            print(f"Prefect and MLflow keep their state in PostgreSQL, {database.uri('*')}; with the stack down, vidops commands "
+                  f"use the embedded store, {stack.embedded_tracking(layout).uri.removeprefix('sqlite:///')}")
+            return
         print(f"MLflow serves the project's one registry, {stack.embedded_tracking(layout).uri.removeprefix('sqlite:///')}")
         if (former := stack.folder(layout) / "mlflow.db").is_file():
             print(f"a registry kept by an older vidops stays in {former}: mlflow ui --backend-store-uri sqlite:///{former}")

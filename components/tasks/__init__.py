@@ -23,6 +23,17 @@ from vidops.components.params import ExtractParams, FitParams, GenerateParams, M
 
 
 @dataclass(frozen=True)
+class TrainedModel:
+    """What a task's `train` returns (defined here, not in components/training, so that reading it needs no TensorFlow)."""
+
+    path: Path
+    labels: tuple[str, ...]  # class names; the sync model's are the offsets -K..K
+    epochs: int  # trained in all, resumed ones included
+    resumed_from: int  # the epoch a checkpoint resumed from; 0 for a fresh start
+    history: dict[str, list[float]]
+
+
+@dataclass(frozen=True)
 class TaskDefaults:
     """The task's entries in params.yaml's per-task groups, as they are when the file leaves them out."""
 
@@ -47,7 +58,7 @@ class TaskSpec:
 
     name: Task
     defaults: TaskDefaults
-    # (features_dir, model_dir, train params, on_epoch) -> training.TrainedModel; module-level: it runs in a spawned process
+    # (features_dir, model_dir, train params, on_epoch) -> TrainedModel; module-level: it runs in a spawned process
     train: Callable[..., Any]
     # (model_dir, features_dir, reports_dir, train params) -> evaluation.Evaluation: the evaluate stage, and how the gate scores
     evaluate: Callable[[Path, Path, Path, Any], Any]

@@ -164,8 +164,9 @@ def _fit(
 def prepare_device(params: FitParams) -> tf.distribute.Strategy:
     """Memory growth, precision, determinism; the distribution strategy for the devices there are.
 
-    MultiWorkerMirroredStrategy when TF_CONFIG names workers, MirroredStrategy over several
-    GPUs, else the default strategy (one GPU or the CPU).
+    MirroredStrategy over several GPUs, else the default strategy (one GPU or the CPU). A TF_CONFIG naming a cluster is
+    refused: Keras 3's fit does not run under MultiWorkerMirroredStrategy (it reduces the first batch, and each step's
+    scalar metrics, in ways the strategy rejects: keras-team/keras#20585, seen here with Keras 3.15 and TF 2.21).
     """
     gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:
@@ -174,8 +175,9 @@ def prepare_device(params: FitParams) -> tf.distribute.Strategy:
         keras.mixed_precision.set_global_policy("mixed_float16")
     if params.deterministic:
         tf.config.experimental.enable_op_determinism()
-    if json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {}).get("worker"):
-        return tf.distribute.MultiWorkerMirroredStrategy()
+    if os.environ.get("TF_CONFIG", "").strip():
+        raise VidopsError("TF_CONFIG is set: training on several machines at once does not work with Keras 3's fit yet "
+                          "(keras-team/keras#20585); unset it to train on this machine's devices (all its GPUs, mirrored)")
     if len(gpus) > 1:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()

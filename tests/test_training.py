@@ -259,3 +259,12 @@ def test_training_watches_validation_and_reports_every_epoch(trained_project, tm
     assert [(epoch, of) for epoch, of, _ in reported] == [(0, 3), (1, 3), (2, 3)]
     assert all({"loss", "accuracy", "val_loss", "val_accuracy"} <= set(metrics) for _, _, metrics in reported)
     assert len(trained.history["val_loss"]) == 3
+
+
+def test_a_cluster_in_tf_config_is_refused_with_the_reason(monkeypatch):
+    """Keras 3's fit fails deep inside under MultiWorkerMirroredStrategy; a user who sets TF_CONFIG is told why, at once."""
+    from vidops.components.training import prepare_device
+
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["127.0.0.1:2222", "127.0.0.1:2223"]}, "task": {"type": "worker", "index": 0}}')
+    with pytest.raises(VidopsError, match=r"TF_CONFIG is set: .*keras-team/keras#20585.*unset it"):
+        prepare_device(ClassifierParams())

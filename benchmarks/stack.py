@@ -51,7 +51,7 @@ class Load:
     store: str
     runs: dict[str, str] = field(default_factory=dict)  # flow run id -> final state
     task_runs: dict[str, Counter] = field(default_factory=dict)  # flow run id -> task run states, as the API recorded them
-    errors: list[str] = field(default_factory=list)  # database errors in the stack's logs during the load
+    errors: list[str] = field(default_factory=list)  # the stack's log lines naming a database error during the load
     seconds: float = 0.0
 
     @property
@@ -61,7 +61,7 @@ class Load:
     def line(self) -> str:
         recorded = sorted(sum(c.values()) for c in self.task_runs.values())
         return (f"{self.store:10} {self.completed}/{len(self.runs)} flow runs completed, task runs recorded per run "
-                f"{recorded[0] if recorded else 0}-{recorded[-1] if recorded else 0}, {len(self.errors)} database errors, {self.seconds:.0f} s")  # fmt: skip
+                f"{recorded[0] if recorded else 0}-{recorded[-1] if recorded else 0}, {len(self.errors)} log lines of database errors, {self.seconds:.0f} s")  # fmt: skip
 
 
 def projects(workdir: Path, runs: int) -> list[Path]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import tensorflow as tf
 from keras import layers, ops
 
 from vidops.components import encoders
@@ -72,7 +73,10 @@ def _spatial(x: Any, width: int) -> Any:
     alone), several times slower for the same arithmetic.
     """
     x = layers.Conv3D(width, (1, 3, 3), padding="same", use_bias=False)(x)
-    return layers.Activation("relu")(layers.BatchNormalization()(x))
+    # built under a strategy of several replicas (several GPUs, several workers), the batch's statistics are taken over
+    # all of them, so every replica keeps the same moving statistics as it keeps the same weights
+    synchronized = tf.distribute.get_strategy().num_replicas_in_sync > 1
+    return layers.Activation("relu")(layers.BatchNormalization(synchronized=synchronized)(x))
 
 
 def build_sync(size: int, audio_features: int, params: SyncParams) -> keras.Model:

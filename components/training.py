@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from vidops.components import encoders, inputs
+from vidops.components import cluster, encoders, inputs
 from vidops.components.errors import VidopsError
 from vidops.components.io import atomic_path, write_csv, write_json
 from vidops.components.layout import HISTORY_FILE, INDEX_TABLE, LABELS_FILE, MODEL_FILE
@@ -139,6 +138,11 @@ def _fit(
             # is in every checkpoint, so a resumed training carries on along the same curve
             rate = keras.optimizers.schedules.CosineDecay(params.learning_rate, params.epochs * data[1], alpha=FINAL_RATE)
             fitted.compile(optimizer=keras.optimizers.Adam(rate), loss=model.loss, metrics=model.metrics, jit_compile=xla)
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras 3's fit would reduce its first batch across the workers to build the model, which the strategy rejects
+            # (keras-team/keras#20585): built here from one local batch, the model needs no build in fit
+            fitted._symbolic_build(data_batch=next(iter(data[0])))
+            fitted._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
     start = state["epoch"] if state else 0
     history = state["history"] if state else {}
     # Early stopping keeps the weights of the best validation loss, but only from half the epochs on: batch norm's
@@ -164,9 +168,8 @@ def _fit(
 def prepare_device(params: FitParams) -> tf.distribute.Strategy:
     """Memory growth, precision, determinism; the distribution strategy for the devices there are.
 
-    MirroredStrategy over several GPUs, else the default strategy (one GPU or the CPU). A TF_CONFIG naming a cluster is
-    refused: Keras 3's fit does not run under MultiWorkerMirroredStrategy (it reduces the first batch, and each step's
-    scalar metrics, in ways the strategy rejects: keras-team/keras#20585, seen here with Keras 3.15 and TF 2.21).
+    MultiWorkerMirroredStrategy when TF_CONFIG names a cluster (`components.cluster`), MirroredStrategy over several
+    GPUs, else the default strategy (one GPU or the CPU).
     """
     gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:
@@ -175,12 +178,32 @@ def prepare_device(params: FitParams) -> tf.distribute.Strategy:
         keras.mixed_precision.set_global_policy("mixed_float16")
     if params.deterministic:
         tf.config.experimental.enable_op_determinism()
-    if os.environ.get("TF_CONFIG", "").strip():
-        raise VidopsError("TF_CONFIG is set: training on several machines at once does not work with Keras 3's fit yet "
-                          "(keras-team/keras#20585); unset it to train on this machine's devices (all its GPUs, mirrored)")
+    if cluster.worker():
+        _mend_keras_multi_worker()
+        return tf.distribute.MultiWorkerMirroredStrategy()
     if len(gpus) > 1:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+def _mend_keras_multi_worker() -> None:
+    """Keras 3's fit reduces each step's logs across workers with `strategy.reduce("MEAN", value, axis=0)`, which
+    MultiWorkerMirroredStrategy rejects for a scalar (keras-team/keras#20585; Keras 3.15, TF 2.21): reduce them over
+    the replicas alone. `_fit` mends the other failure, the first batch's reduction before fit builds the model."""
+    from keras.src.backend.tensorflow import trainer
+
+    reduce = trainer.reduce_per_replica
+    if getattr(reduce, "mended", False):
+        return
+
+    def mended(values: Any, strategy: Any, reduction: str) -> Any:
+        if reduction in ("auto", "mean") and trainer._collective_all_reduce_multi_worker(strategy):
+            per_replica = lambda v: strategy.reduce("MEAN", v, axis=None) if isinstance(v, tf.distribute.DistributedValues) else v  # noqa: E731
+            return tf.nest.map_structure(per_replica, values)
+        return reduce(values, strategy, reduction)
+
+    mended.mended = True  # type: ignore[attr-defined]
+    trainer.reduce_per_replica = mended
 
 
 def _run_key(features_dir: Path, params: FitParams) -> str:

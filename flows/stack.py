@@ -146,6 +146,12 @@ def status(layout: Layout) -> dict[str, tuple[str, bool]]:
     return {service["name"]: (service["url"], _alive(service)) for service in _record(folder(layout))}
 
 
+def store(layout: Layout) -> str | None:
+    """Where the running stack's Prefect and MLflow keep their state, when it is PostgreSQL (`postgresql://.../PREFIX_*`)."""
+    path = folder(layout) / RECORD
+    return json.loads(path.read_text()).get("database") if path.is_file() else None
+
+
 def client_env(layout: Layout) -> dict[str, str]:
     """The variables that make a client of the project's stack (its env file), while it is up; none when it is down."""
     path = folder(layout) / ENV_FILE
@@ -408,12 +414,19 @@ def _migrate_mlflow(home: Path, store: str, env: dict[str, str]) -> None:
         raise VidopsError(f"mlflow db upgrade {store} failed ({log}):\n  " + "\n  ".join(last))
 
 
+LOGIN_TIMEOUT_S = 120
+
+
 def _check_mlflow_login(home: Path, env: dict[str, str], database: Database | None) -> None:
     """The kept password opens MLflow (its auth database could be older than secrets.json)."""
     login = _basic(MLFLOW_USER + ":" + env["MLFLOW_TRACKING_PASSWORD"])
     request = urllib.request.Request(env["MLFLOW_TRACKING_URI"] + "/api/2.0/mlflow/experiments/search?max_results=1", headers=login)
     try:
-        urllib.request.urlopen(request, timeout=10).close()
+        # the auth app's first answer hashes the admin's password (PBKDF2): seconds on a busy machine
+        urllib.request.urlopen(request, timeout=LOGIN_TIMEOUT_S).close()
+    except TimeoutError:
+        raise VidopsError(f"MLflow at {env['MLFLOW_TRACKING_URI']} did not answer the admin's login within {LOGIN_TIMEOUT_S} s "
+                          f"(its log: {home / 'logs' / 'mlflow.log'})") from None  # fmt: skip
     except urllib.error.HTTPError as exc:
         if exc.code != 401:
             raise

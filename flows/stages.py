@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
-from vidops.components import catalog, encoders, evaluation, extraction, promotion, registry, validation, versioning
+from vidops.components import catalog, cluster, encoders, evaluation, extraction, promotion, registry, validation, versioning
 from vidops.components.errors import VidopsError
 from vidops.components.io import write_json
 from vidops.components.layout import CAPTIONS_FILE, INDEX_TABLE, RUN_FILE, Layout
@@ -61,6 +61,10 @@ def train_model(layout: Layout, params: Params, task: Task, progress: Progress |
     (named `run_name`, default `<task>-<DVC experiment or "stage">`), to the `vidops` log and to `progress`."""
     extraction.usable_rows(layout.features(task), "train")  # no features: an error now, before a run is opened for nothing
     spec(task).preflight(task, params.train.of(task))  # nor weights
+    if (me := cluster.worker()) and not me.chief:
+        # one of several workers training the chief's model with it (TF_CONFIG): its copy beside the chief's, no MLflow run
+        log.info("train %s: worker %d of %d, beside the chief", task, me.index, me.workers)
+        return _train_reporting(spec(task).train, layout.features(task), worker_copy(layout, task, me), params.train.of(task), None, task, progress)
     name = run_name or f"{task}-{os.environ.get(EXPERIMENT) or 'stage'}"
     accepted = layout.catalog(task) / validation.ACCEPTED
     if abandoned := registry.end_abandoned_run(layout.models(task), tracking(layout)):
@@ -91,20 +95,21 @@ def _end(run: registry.TrainingRun, task: Task, failed: bool = False) -> None:
 
 @dataclass(frozen=True)
 class _EpochReport:
-    """The training process's EpochHook: the epoch's metrics to the MLflow run, and to the parent through `queue`."""
+    """The training process's EpochHook: the epoch's metrics to the MLflow run (if any), and to the parent through `queue`."""
 
-    run: registry.TrainingRun
+    run: registry.TrainingRun | None
     queue: Any
 
     def __call__(self, epoch: int, epochs: int, metrics: dict[str, float]) -> None:
         try:
-            self.run.log_epoch(epoch, epochs, metrics)
+            if self.run:
+                self.run.log_epoch(epoch, epochs, metrics)
         except Exception as exc:  # a tracking server's hiccup must not cost the training; registration logs the curves again
             metrics = {**metrics, "not_logged": f"MLflow: {exc}"}
         self.queue.put((epoch, epochs, metrics))
 
 
-def _train_reporting(train: Callable[..., T], features: Path, models: Path, params: Any, run: registry.TrainingRun, task: Task, progress: Progress | None) -> T:
+def _train_reporting(train: Callable[..., T], features: Path, models: Path, params: Any, run: registry.TrainingRun | None, task: Task, progress: Progress | None) -> T:
     """`train` in a fresh (spawned) process (TensorFlow keeps a GPU's memory until its process exits), its epochs
     logged here as they end."""
     spawn = multiprocessing.get_context("spawn")
@@ -115,6 +120,11 @@ def _train_reporting(train: Callable[..., T], features: Path, models: Path, para
         while not _drain(epochs, future, task, progress):
             pass
         return future.result()
+
+
+def worker_copy(layout: Layout, task: Task, me: cluster.Worker) -> Path:
+    """Where a worker other than the chief keeps its copy of the model: beside the chief's, outside the stage's output."""
+    return layout.models(task).with_name(f"{task}.worker-{me.index}")
 
 
 def _drain(epochs: Any, future: Future, task: Task, progress: Progress | None) -> bool:

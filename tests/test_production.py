@@ -3,6 +3,7 @@ closed as the SQLite stack is, holding eight flow runs at once on two process wo
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -47,12 +48,20 @@ def test_the_stack_on_postgresql_is_closed_and_holds_eight_flow_runs_at_once(tmp
     vidops = lambda *args, **env: subprocess.run([sys.executable, "-m", "vidops", *args, "--root", str(root)],  # noqa: E731
                                                  capture_output=True, text=True, env={**clean, **env}, timeout=600)  # fmt: skip
     ports = [f"--{name}-port={_free_port()}" for name in ("prefect", "mlflow", "s3")]
-    started = vidops("stack", "up", *ports, f"--database={POSTGRES}/{prefix}", "--workers=2")
+    # a password in the URL (this PostgreSQL trusts 127.0.0.1, so any is taken) is written nowhere and on no command line
+    password = f"pw-{secrets.token_hex(8)}"
+    url = f"{POSTGRES.replace('postgres@', f'postgres:{password}@')}/{prefix}"
+    started = vidops("stack", "up", *ports, f"--database={url}", "--workers=2")
     try:
         assert started.returncode == 0, started.stderr[-3000:]
+        assert password not in started.stdout + started.stderr
+        written = [path for path in root.rglob("*") if path.is_file() and password.encode() in path.read_bytes()]
+        assert not written, written
+        stack_pids = [p for s in json.loads((layout.state / "stack" / "stack.json").read_text())["services"] for p in (s, *s.get("parts", []))]
+        assert all(password.encode() not in Path(f"/proc/{p['pid']}/cmdline").read_bytes() for p in stack_pids)
         assert f"keep their state in PostgreSQL, {POSTGRES}/{prefix}_*" in started.stdout
         status = vidops("stack", "status").stdout
-        assert "worker-2" in status and "DOWN" not in status
+        assert "worker-2" in status and "DOWN" not in status and f"state in {POSTGRES}/{prefix}_*" in status
         # every store is in PostgreSQL: Prefect's, MLflow's runs and registry, MLflow's users; none beside the project
         assert all(_tables(f"{prefix}_{service}") > 5 for service in SERVICES)
         stack_dir = layout.state / "stack"
@@ -82,6 +91,32 @@ def test_the_stack_on_postgresql_is_closed_and_holds_eight_flow_runs_at_once(tmp
     finally:
         stopped = vidops("stack", "down")
     assert "stopped: worker-2, worker, prefect, mlflow, s3" in stopped.stdout, stopped.stderr
+
+
+@pytest.mark.slow
+def test_two_workers_train_one_model_together_as_a_kubernetes_indexed_job_would(project: Layout):
+    """Two `vidops stage train` processes, each with its TF_CONFIG: one model, the same weights on both, one MLflow run."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "AWS_", "TF_CONFIG"))}
+    stage = lambda name, *more, **env: subprocess.Popen([sys.executable, "-m", "vidops", "stage", name, "--task", "classification", "--root", str(project.root), *more],  # noqa: E731
+                                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**clean, **env})  # fmt: skip
+    for name in ("validate", "extract"):
+        assert stage(name).wait(timeout=600) == 0
+    workers = [f"127.0.0.1:{_free_port()}" for _ in range(2)]
+    config = lambda index: json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})  # noqa: E731
+    # the workers' seeds differ: alone, they would start from other weights and shuffle otherwise; together, the chief's
+    # initial weights reach every worker and each step's gradients are averaged, so they end the same
+    trainers = [stage("train", "--set", f"train.classification.seed={index}", TF_CONFIG=config(index)) for index in (1, 0)]
+    said = [trainer.communicate(timeout=600) for trainer in trainers]
+    assert [t.returncode for t in trainers] == [0, 0], [err[-2000:] for _, err in said]
+    chief, other = project.models("classification"), project.models("classification").with_name("classification.worker-1")
+    assert said[1][0].startswith("train classification: 2 epochs") and "models/classification/model.keras" in said[1][0]
+    assert "models/classification.worker-1/model.keras" in said[0][0]
+    assert (chief / "run.json").is_file() and not (other / "run.json").exists()  # the chief's training is the one MLflow knows
+    check = ("import sys, numpy as np; from vidops.components.models import load_model;"
+             "a, b = (load_model(p).get_weights() for p in sys.argv[1:]);"
+             "print(len(a), all(np.array_equal(x, y) for x, y in zip(a, b, strict=True)))")  # fmt: skip
+    compared = subprocess.run([sys.executable, "-c", check, str(chief / "model.keras"), str(other / "model.keras")], capture_output=True, text=True, env=clean)
+    assert compared.stdout.split() and compared.stdout.split()[-1] == "True", compared.stdout + compared.stderr[-2000:]  # batch norm's too
 
 
 def test_a_database_url_is_read_and_shown_without_its_password(monkeypatch):

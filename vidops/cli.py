@@ -470,6 +470,8 @@ def cmd_stack(args: argparse.Namespace) -> None:
             print("the stack is down")
         for name, (url, alive) in services.items():
             print(f"{name:8} {'up' if alive else 'DOWN':5} {url}")
+        if services and (database := stack.store(layout)):
+            print(f"Prefect and MLflow keep their state in {database}")
 
 
 def cmd_deploy(args: argparse.Namespace) -> None:

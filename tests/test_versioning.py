@@ -307,7 +307,7 @@ def test_the_remote_keys_and_every_file_of_secrets_are_readable_by_their_owner_a
     assert "-secret" not in (project.root / ".dvc" / "config").read_text()
     env = _env(project, Ports(prefect=1, mlflow=2, s3=9))  # every credential of the stack, as `up` makes them
     _seaweedfs(s3_folder(project), 9, env)
-    _mlflow_env(folder(project), env)
+    _mlflow_env(folder(project), env, None)
     _write_env(folder(project) / ENV_FILE, env)
     holders = {s3_folder(project) / "keys.json": "AWS_SECRET_ACCESS_KEY", s3_folder(project) / "s3.json": "AWS_SECRET_ACCESS_KEY",
                folder(project) / ENV_FILE: "MLFLOW_TRACKING_PASSWORD", folder(project) / SECRETS: "PREFECT_API_AUTH_STRING"}  # fmt: skip

@@ -125,7 +125,6 @@ def run(workdir: Path, runs: int, database: str) -> list[Load]:
 
     from vidops.flows.postgres import Database
 
-    roots = projects(workdir / "load", runs)
     postgres = Database.parse(f"{database.rstrip('/')}/vidops_bench_{secrets.token_hex(3)}")
     done = []
     for store, db in (("postgresql", postgres), ("sqlite", None)):
@@ -133,6 +132,7 @@ def run(workdir: Path, runs: int, database: str) -> list[Load]:
         shutil.rmtree(layout.root, ignore_errors=True)
         layout.root.mkdir(parents=True)
         ports = stack.Ports(*(stack._free_port() for _ in range(3)))
+        roots = projects(workdir / f"load-{store}", runs)  # fresh copies: a store's load must not find the other's shards
         try:
             stack.up(layout, ports, db, workers=2)
             result = load(layout, roots)

@@ -473,7 +473,8 @@ def lineage(tracking: Tracking, model_uri: str) -> Lineage:
     try:
         run_tags = MlflowClient(tracking.uri).get_run(version.run_id).data.tags if version.run_id else {}
     except MlflowException as exc:
-        _unless_refused(exc)
+        if refused_credentials(exc):  # not "not in the registry": the command line names the variables to set
+            raise
         raise VidopsError(f"{model_uri}: not in the registry at {tracking.uri}: {exc.message.splitlines()[0]}") from None
     return Lineage(name, str(version.version), tuple(version.aliases), version.run_id, {**run_tags, **version.tags})
 
@@ -491,15 +492,14 @@ def registered_version(tracking: Tracking, model_uri: str) -> tuple[str, Any]:
     try:
         return name, client.get_model_version(name, number) if number else client.get_model_version_by_alias(name, alias_name)
     except MlflowException as exc:
-        _unless_refused(exc)
+        if refused_credentials(exc):  # not "not in the registry": the command line names the variables to set
+            raise
         raise VidopsError(f"{model_uri}: not in the registry at {tracking.uri}: {exc.message.splitlines()[0]}") from None
 
 
-def _unless_refused(exc: BaseException) -> None:
-    """Raise `exc` itself when the server refused the client's credentials: that is not "not in the registry" (the
-    command line names the variables to set)."""
-    if re.search(r"error code 40[13]\b", str(exc)):
-        raise exc
+def refused_credentials(exc: BaseException) -> bool:
+    """An MLflow server refused this client's credentials (401 or 403): what MLflow's REST client says of it."""
+    return bool(re.search(r"error code 40[13]\b", str(exc)))
 
 
 # --- origin: a version vidops registered, and nothing changed since ------------------------------

@@ -14,6 +14,7 @@ import os
 import re
 import urllib.parse
 from dataclasses import dataclass
+from typing import Any
 
 from vidops.components.errors import VidopsError
 
@@ -75,6 +76,13 @@ class Database:
                "PREFECT_SERVER_DATABASE_NAME": self.name("prefect")}  # fmt: skip
         return {**env, "PREFECT_SERVER_DATABASE_PASSWORD": self.password} if self.password else env
 
+    def _maintenance(self) -> Any:
+        """A connection to the server's `postgres` database, in autocommit (CREATE and DROP DATABASE run outside a transaction)."""
+        import psycopg
+
+        return psycopg.connect(host=self.host, port=self.port, user=self.user, password=self.password, dbname="postgres",
+                               connect_timeout=10, autocommit=True)  # fmt: skip
+
     def ensure(self) -> list[str]:
         """Make each of the stack's databases that is missing; the names of those made. A server that does not answer, or
         refuses the user, is one line naming the server and what to fix."""
@@ -82,8 +90,7 @@ class Database:
         from psycopg import sql
 
         try:
-            with psycopg.connect(host=self.host, port=self.port, user=self.user, password=self.password, dbname="postgres",
-                                 connect_timeout=10, autocommit=True) as connection:  # fmt: skip
+            with self._maintenance() as connection:
                 have = {row[0] for row in connection.execute("SELECT datname FROM pg_database")}
                 made = [self.name(s) for s in SERVICES if self.name(s) not in have]
                 for name in made:
@@ -94,13 +101,11 @@ class Database:
             raise VidopsError(f"PostgreSQL at {self.server}: {said}; check the server, the user, and the password "
                               "(in the URL, PGPASSWORD or ~/.pgpass)") from None  # fmt: skip
 
-
     def drop(self) -> None:
         """Drop the stack's databases (its servers stopped first): what a benchmark made and no longer needs."""
-        import psycopg
         from psycopg import sql
 
-        with psycopg.connect(host=self.host, port=self.port, user=self.user, password=self.password, dbname="postgres", autocommit=True) as connection:
+        with self._maintenance() as connection:
             for service in SERVICES:
                 connection.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.name(service))))
 

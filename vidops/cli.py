@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
 import sys
 import tempfile
@@ -75,6 +74,8 @@ def _credentials_refused(exc: BaseException) -> str | None:
     from mlflow.exceptions import MlflowException
     from prefect.exceptions import PrefectHTTPStatusError
 
+    from vidops.components.registry import refused_credentials
+
     seen: BaseException | None = exc
     for _ in range(10):
         if seen is None:
@@ -82,7 +83,7 @@ def _credentials_refused(exc: BaseException) -> str | None:
         if isinstance(seen, PrefectHTTPStatusError) and seen.response.status_code in (401, 403):
             return (f"the Prefect API at {seen.request.url.copy_with(path='/api', query=None)} refused this client ({seen.response.status_code}): "
                     f"set PREFECT_API_AUTH_STRING to the server's auth string ({STACK_ENV})")  # fmt: skip
-        if isinstance(seen, MlflowException) and re.search(r"error code 40[13]\b", seen.message):
+        if isinstance(seen, MlflowException) and refused_credentials(seen):
             return (f"the MLflow server at {os.environ.get('MLFLOW_TRACKING_URI')} refused this client's credentials: "
                     f"set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD ({STACK_ENV})")  # fmt: skip
         if isinstance(seen, ClientError) and seen.response.get("Error", {}).get("Code") in ("InvalidAccessKeyId", "SignatureDoesNotMatch"):

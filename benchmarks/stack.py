@@ -30,6 +30,7 @@ OVERRIDES = ["runner.kind=dask", "generate.classification.clips_per_class=2", "g
              "extract.classification.batch_size=4", "extract.classification.workers=1", "validation.probe_workers=1"]  # fmt: skip
 ENTRYPOINT = "vidops.benchmarks.stack.stack_load"
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+SETTLE_S = 60  # the most the load waits, after its flow runs end, for their task runs' last states to be recorded
 # what a store says when it cannot keep up: SQLite's lock, and any database error SQLAlchemy or asyncpg reports
 DATABASE_ERROR = re.compile(r"database is locked|OperationalError|InterfaceError|DBAPIError|TooManyConnections|deadlock detected")
 
@@ -107,9 +108,15 @@ def load(layout: Layout, roots: list[Path], timeout_s: float = 900) -> Load:
             time.sleep(2)
         result.seconds = time.monotonic() - start
         result.runs = states
-        for i in ids:
-            found = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[i])))
-            result.task_runs[str(i)] = Counter(run.state_type.value for run in found if run.state_type)
+        # the server records task run states from events, a moment after the flow run ends: wait for them to settle
+        settle = time.monotonic() + SETTLE_S
+        while True:
+            for i in ids:
+                found = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[i])))
+                result.task_runs[str(i)] = Counter(run.state_type.value for run in found if run.state_type)
+            if all(set(c) <= set(FINAL) for c in result.task_runs.values()) or time.monotonic() > settle:
+                break
+            time.sleep(2)
     for path in logs:
         with path.open("rb") as lines:
             lines.seek(offsets[path])

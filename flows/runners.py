@@ -13,6 +13,7 @@ server to report to).
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable, Iterator
 from functools import cache
 from typing import Any
@@ -22,6 +23,9 @@ from prefect import task
 from vidops.components.errors import VidopsError
 from vidops.components.parallel import Mapper
 from vidops.components.params import RunnerParams
+
+log = logging.getLogger("vidops")
+REPORT_TIMEOUT_S = 60  # the most a Dask worker waits to send its queued task run states and logs
 
 
 def task_runner(runner: RunnerParams, workers: int) -> Any:
@@ -47,9 +51,15 @@ def mapper(runner: RunnerParams) -> Mapper | None:
     def run(function: Callable[..., Any], calls: list[tuple[Any, ...]], workers: int) -> Iterator[Any]:
         names = list(inspect.signature(function).parameters)
         with task_runner(runner, workers) as pool:
-            futures = [pool.submit(_as_task(function), dict(zip(names, args, strict=True))) for args in calls]
-            for future in futures:
-                yield future.result()
+            try:
+                futures = [pool.submit(_as_task(function), dict(zip(names, args, strict=True))) for args in calls]
+                for future in futures:
+                    yield future.result()
+            finally:
+                if runner.kind == "dask":
+                    for worker, failed in pool.client.run(_send_reports, on_error="return").items():
+                        if isinstance(failed, Exception):
+                            log.warning("Dask worker %s could not send its task run states to Prefect: %s", worker, failed)
 
     return run
 
@@ -58,6 +68,16 @@ def mapper(runner: RunnerParams) -> Mapper | None:
 def _as_task(function: Callable[..., Any]) -> Any:
     name = function.__name__.replace("_", "-")  # extract_batch -> extract-batch
     return task(function, name=name, task_run_name=name, cache_policy=None, persist_result=False)
+
+
+async def _send_reports() -> None:
+    """Send what this Dask worker still holds for the Prefect API. A task run's states travel as queued events, and a
+    local cluster's close kills a busy worker before its exit hook sends them: its task runs stayed RUNNING in the API."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (EventsWorker, APILogWorker):
+        await service.drain_all(timeout=REPORT_TIMEOUT_S, at_exit=False)
 
 
 def _answers(address: str) -> None:

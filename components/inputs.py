@@ -176,7 +176,16 @@ def flip_labels(names: tuple[str, ...]) -> list[int]:
 
 
 def augment_clips(frames: Any, labels: Any, flipped: Any) -> tuple[Any, Any]:
-    """Per clip of the batch, one random crop (80-100% of the side), flip, brightness and contrast for all its frames alike.
+    """Per clip of the batch, one random crop (80-100% of the side), flip, brightness and contrast for all its frames alike."""
+    import tensorflow as tf
+
+    flip = tf.random.uniform(tf.shape(frames)[:1]) < 0.5
+    return jitter_colours(crop_clips(frames, flip)), tf.where(flip, tf.gather(flipped, labels), labels)
+
+
+def crop_clips(frames: Any, flip: Any = None) -> Any:
+    """Per clip of the batch, one random crop (80-100% of the side) resized back, the same for all its frames, and
+    flipped where `flip` says; float out.
 
     The flip is the crop box read right to left, so cropping, flipping and the cast to float
     are one pass of `crop_and_resize` over the frames.
@@ -187,12 +196,10 @@ def augment_clips(frames: Any, labels: Any, flipped: Any) -> tuple[Any, Any]:
     batch, n, size = shape[0], shape[1], shape[2]
     side = tf.random.uniform([batch], 0.8, 1.0)
     top, left = tf.random.uniform([batch]) * (1 - side), tf.random.uniform([batch]) * (1 - side)
-    flip = tf.random.uniform([batch]) < 0.5
-    x1, x2 = tf.where(flip, left + side, left), tf.where(flip, left, left + side)
+    x1, x2 = (left, left + side) if flip is None else (tf.where(flip, left + side, left), tf.where(flip, left, left + side))
     boxes = tf.repeat(tf.stack([top, x1, top + side, x2], axis=1), n, axis=0)  # the clip's box for each of its frames
     flat = tf.reshape(frames, tf.concat([[batch * n], shape[2:]], 0))
-    x = tf.image.crop_and_resize(flat, boxes, tf.range(batch * n), tf.stack([size, size]))
-    return jitter_colours(tf.reshape(x, shape)), tf.where(flip, tf.gather(flipped, labels), labels)
+    return tf.reshape(tf.image.crop_and_resize(flat, boxes, tf.range(batch * n), tf.stack([size, size])), shape)
 
 
 def jitter_colours(x: Any) -> Any:
@@ -332,6 +339,9 @@ def caption_dataset(split: Split, references: CaptionIds, params: CaptionerParam
     total = int(references.counts.sum())
     shuffled = pairs.shuffle(total, seed=params.seed, reshuffle_each_iteration=True).repeat()
     batches = shuffled.batch(params.batch_size, drop_remainder=True)
+    if params.augment:  # crops only: a flip would swap left and right, and colour jitter the colour words
+        batches = batches.map(lambda x, y: ({**x, "frames": tf.dtypes.saturate_cast(crop_clips(x["frames"]), tf.uint8)}, y),
+                              num_parallel_calls=tf.data.AUTOTUNE)  # fmt: skip
     if params.word_dropout:
         batches = batches.map(lambda x, y: ({**x, "tokens": _drop_words(x["tokens"], params.word_dropout)}, y), num_parallel_calls=tf.data.AUTOTUNE)
     return batches.prefetch(tf.data.AUTOTUNE), max(1, total // params.batch_size)

@@ -101,6 +101,7 @@ class FrameEncoderParams(FitParams):
     encoder_weights: str = "none"  # a Keras application's: none | imagenet (from Keras's cache only) | path of a .weights.h5 file
     freeze_encoder: bool = False  # keep the loaded weights as they are (batch norm in inference mode)
     filters: tuple[int, ...] = (16, 32)  # the small encoder: one conv block each
+    two_stream: bool = False  # the small encoder: the frame and its difference from the last through two CNNs of `filters`
 
 
 class ClassifierParams(FrameEncoderParams):
@@ -132,7 +133,8 @@ class SyncParams(FrameEncoderParams):
 
 class CaptionerParams(FrameEncoderParams):
     filters: tuple[int, ...] = (16, 32, 64)
-    units: int = Field(128, ge=2, multiple_of=2)  # frame features, the decoder's LSTM and its attention
+    two_stream: bool = True  # its words name the shape apart from the motion: see models.frame_encoder
+    units: int = Field(128, ge=1)  # frame features, the decoder's LSTM and its attention
     embedding: int = Field(64, ge=1)  # a word's vector
     attention: Literal["additive", "dot"] = "additive"  # Bahdanau's or Luong's score of a frame for a word
     dropout: float = Field(0.2, ge=0, lt=1)
@@ -141,9 +143,9 @@ class CaptionerParams(FrameEncoderParams):
     min_word_count: int = Field(1, ge=1)  # a training word seen fewer times becomes <unk>
     beam_size: int = Field(3, ge=1)  # 1: greedy decoding
     length_penalty: float = Field(0.6, ge=0)  # GNMT's alpha: a beam's log-probability over ((5 + words) / 6) ** alpha
-    epochs: int = Field(40, ge=1)
+    epochs: int = Field(80, ge=1)
     batch_size: int = Field(32, ge=1)
-    augment: bool = False  # a flip would swap left and right, and colour jitter the colour words
+    augment: bool = False  # random crops only: a flip would swap left and right, and colour jitter the colour words
 
 
 class ModelRegistryParams(_Group):

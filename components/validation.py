@@ -23,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from vidops.components import text
+from vidops.components import hashing, text
 from vidops.components.catalog import CAPTION_COLUMNS, Catalog, assign_splits, build_catalog, dataset_captions, read_manifest
 from vidops.components.parallel import Mapper, in_threads
 from vidops.components.errors import VidopsError
@@ -215,10 +215,8 @@ def derive_checks(manifest: pd.DataFrame, checks: ValidationParams) -> pd.DataFr
     allowed = np.minimum(checks.max_av_diff_s, checks.max_av_diff_fraction * out["duration_s"])
     out["av_apart_s"] = out["av_diff_s"].where(out["av_diff_s"] > allowed)
     out["duplicate_of"] = out["label_conflict"] = out["group_leak"] = out["near_duplicate_of"] = None
-    hashed = out[out["sha256"].notna()]
-    for _, same in hashed.groupby("sha256"):
-        if len(same) < 2:
-            continue
+    shared = out[out["sha256"].notna() & out["sha256"].duplicated(keep=False)]  # by rows, not groups: linear in the clips
+    for _, same in shared.groupby("sha256"):
         labels = set(same["label"])
         for index, row in same.iterrows():
             others = sorted(labels - {row["label"]})
@@ -227,10 +225,8 @@ def derive_checks(manifest: pd.DataFrame, checks: ValidationParams) -> pd.DataFr
             elif index != same.index[0]:
                 out.at[index, "duplicate_of"] = same.iloc[0]["path"]
     given = out[out["split"].isin(["train", "test"])]
-    for group, rows in given.groupby("group"):
-        if rows["split"].nunique() > 1:
-            test_rows = rows.index[rows["split"] == "test"]
-            out.loc[test_rows, "group_leak"] = "train"
+    both = given.groupby("group")["split"].transform("nunique") > 1
+    out.loc[given.index[both & (given["split"] == "test")], "group_leak"] = "train"
     _mark_near_duplicates(out, checks.near_duplicate_bits)
     return out
 
@@ -304,29 +300,27 @@ def twins_in(landed: pd.DataFrame, existing: pd.DataFrame, max_bits: int) -> dic
             again.add(path)
         elif sha in by_sha:
             twins[path] = f"byte-identical to {by_sha[sha]}, already in the dataset"
-    for (_, row), words in zip(new.iterrows(), new_words, strict=True):
-        others = (old["path"] != row["path"]).to_numpy()
-        if row["path"] in twins or row["path"] in again or not others.any():
-            continue
-        distance = np.bitwise_count(old_words ^ words).sum(axis=1)
-        distance[~others] = 193  # more than 192 bits apart: a clip is not its own twin
-        if distance.min() <= max_bits:
-            twins[row["path"]] = f"looks like {old['path'].iloc[int(distance.argmin())]} (perceptual hash), already in the dataset"
+    identical = set(twins)
+    # the landed hashes after the existing ones: a pair (i, j) of an existing i and a landed j is a candidate twin
+    i, j = hashing.near_pairs(np.concatenate([old_words, new_words]), max_bits)
+    keep = (i < len(old)) & (j >= len(old))
+    i, j = i[keep], j[keep] - len(old)
+    distance = np.bitwise_count(old_words[i] ^ new_words[j]).sum(axis=1)
+    for n in np.argsort(distance, kind="stable")[::-1]:  # the nearest last, so it is the one kept
+        path, twin = new["path"].iloc[j[n]], old["path"].iloc[i[n]]
+        if path not in again and path not in identical and twin != path:
+            twins[path] = f"looks like {twin} (perceptual hash), already in the dataset"
     return twins
 
 
 def _mark_near_duplicates(manifest: pd.DataFrame, max_bits: int) -> None:
     """Set `near_duplicate_of` on each clip whose perceptual hash is within `max_bits` of an earlier, different clip."""
     rows, words = _hashed(manifest)
-    if len(rows) < 2:
-        return
     shas = rows["sha256"].to_numpy()
-    for i in range(len(rows) - 1):
-        distance = np.bitwise_count(words[i + 1 :] ^ words[i]).sum(axis=1)
-        for j in np.nonzero(distance <= max_bits)[0] + i + 1:
-            index = rows.index[j]
-            if shas[j] != shas[i] and manifest.at[index, "near_duplicate_of"] is None:
-                manifest.at[index, "near_duplicate_of"] = rows.iloc[i]["path"]
+    for i, j in zip(*hashing.near_pairs(words, max_bits), strict=True):  # by j, then i: each clip's earliest look-alike first
+        index = rows.index[j]
+        if shas[j] != shas[i] and manifest.at[index, "near_duplicate_of"] is None:
+            manifest.at[index, "near_duplicate_of"] = rows.iloc[i]["path"]
 
 
 def run_suite(manifest: pd.DataFrame, checks: list[Check]) -> tuple[pd.DataFrame, list[Outcome]]:

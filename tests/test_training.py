@@ -237,6 +237,18 @@ def test_augmentation_keeps_shape_and_type_and_mirrors_the_label_with_the_frames
     assert 0 < labels.sum() < 64
 
 
+def test_the_captioners_augmentation_crops_but_never_flips_or_recolours():
+    import tensorflow as tf
+
+    frames = np.zeros((64, 2, 16, 16, 3), np.uint8)
+    frames[..., :8, 0] = 200  # red on the left half, a caption's "left" and "red" both at stake
+    tf.random.set_seed(0)
+    out = tf.dtypes.saturate_cast(inputs.crop_clips(tf.constant(frames)), tf.uint8).numpy()
+    assert out.shape == frames.shape
+    assert (out[..., :4, 0].min(axis=(1, 2, 3)) == 200).all() and (out[..., 12:, 0].max(axis=(1, 2, 3)) == 0).all()  # never mirrored
+    assert (out[..., 1:].max() == 0) and set(np.unique(out[..., 0])) - {0, 200}  # colours kept; the edge moved, somewhere resampled
+
+
 def test_validation_is_carved_from_whole_training_groups_and_never_takes_a_class_last_group():
     paths = tuple(Path(f"{i}.npz") for i in range(10))
     labels = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 1], np.int32)

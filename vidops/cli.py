@@ -146,9 +146,9 @@ def _parser() -> argparse.ArgumentParser:
     sample.set_defaults(handler=cmd_sample)
 
     bench = commands.add_parser("bench", help="benchmarks that print ratios against an anchor timed in the same run")
-    bench.add_argument("name", choices=["extract", "train", "pipeline", "stack"])
+    bench.add_argument("name", choices=["extract", "train", "pipeline", "stack", "scale"])
     bench.add_argument("--workdir", type=Path, default=Path(".vidops/bench"), help="where the generated clips are kept")
-    bench.add_argument("--clips", type=int, help="extract: clips (24); train: clips per class (24); pipeline: clips per class (the demo's)")
+    bench.add_argument("--clips", type=int, help="extract: clips (24); train: clips per class (24); pipeline: clips per class (the demo's); scale: the largest dataset (4000)")
     bench.add_argument("--epochs", type=int, help="pipeline: training epochs of both models; train --encoder: of the classifier (default: the demo's)")
     bench.add_argument("--seconds", type=float, default=10.0, help="extract: seconds a clip")
     bench.add_argument("--workers", type=int, default=2, help="extract: worker processes")
@@ -327,6 +327,10 @@ def cmd_bench(args: argparse.Namespace) -> None:
             print(train.encoders_report(train.compare_encoders(args.workdir / "train", trained, args.encoder, args.epochs), trained))
         else:
             print(train.report(train.run(args.workdir / "train", trained), trained))
+    elif args.name == "scale":
+        from vidops.benchmarks import scale
+
+        print(scale.report(scale.run(args.workdir / "scale", scale.sizes(args.clips))))
     elif args.name == "stack":
         from vidops.benchmarks import stack
 

@@ -5,7 +5,7 @@ A dataset is a folder, in one of two forms (`dataset_manifest` tells which): its
 label and optionally group and split, the paths relative to the folder and never outside it.
 `vidops validate` also takes such a CSV by any name; its folder is then the root.
 Probing runs in threads (PyAV and hashlib release the GIL) and is incremental: a file whose
-size, mtime and content hash match the previous manifest keeps its row.
+inode, size and mtime match the previous manifest keeps its row, unread.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from vidops.components.parallel import Mapper, in_threads
 # What each row holds. `frames` is the stream's count where the packets agree with it,
 # else the count of packets; `decode_error` is empty when the first and last frames decode.
 PROBE_COLUMNS = (
-    "size_bytes", "mtime_ns", "sha256", "readable", "error", "container", "video_streams", "video_codec",
+    "size_bytes", "mtime_ns", "inode", "sha256", "readable", "error", "container", "video_streams", "video_codec",
     "pix_fmt", "width", "height", "rotation", "fps_nominal", "fps_average", "vfr", "duration_s", "frames_stream",
     "frames", "keyframe_interval", "audio_codec", "sample_rate", "channels", "audio_duration_s", "av_diff_s",
     "decode_error", "phash",
@@ -42,7 +42,7 @@ CAPTION_COLUMNS = ("path", "caption")  # of a CAPTIONS_FILE: one row per caption
 MANIFEST_COLUMNS = SOURCE_COLUMNS + PROBE_COLUMNS
 PROBE_BATCH = 16  # clips a unit of probing work
 # nullable integers: an unreadable clip has no width, and that must not turn 96 into 96.0
-_INT_COLUMNS = {name: "Int64" for name in ("size_bytes", "mtime_ns", "video_streams", "width", "height", "rotation",
+_INT_COLUMNS = {name: "Int64" for name in ("size_bytes", "mtime_ns", "inode", "video_streams", "width", "height", "rotation",
                                             "frames_stream", "frames", "keyframe_interval", "sample_rate", "channels")}  # fmt: skip
 _UCF_GROUP = re.compile(r"_(g\d+)_c\d+", re.IGNORECASE)  # v_ApplyEyeMakeup_g08_c01.avi: person/scene group g08
 PHASH_FRACTIONS = (0.25, 0.5, 0.75)  # where in the clip the perceptual hash looks
@@ -240,13 +240,18 @@ def _source(path: str, label: str, group: str | None, split: str | None, problem
 
 
 def _unchanged(path: Path, old: pd.Series) -> bool:
-    if pd.isna(old["size_bytes"]) or pd.isna(old["mtime_ns"]) or pd.isna(old["sha256"]):
-        return False  # it could not be read last time: look again
+    """The file is the one probed last time: the same inode, size and modification time, as DVC's own state cache judges.
+
+    Not its content hash: that read every byte of the dataset on every run. A file written anew, copied or moved in has
+    another inode or mtime; one edited in place to the same size with its mtime set back is missed, as DVC misses it.
+    """
+    if any(pd.isna(old.get(key)) for key in ("size_bytes", "mtime_ns", "inode", "sha256")):
+        return False  # it could not be read last time, or an older manifest has no inode: look again
     try:
         stat = path.stat()
-        return stat.st_size == old["size_bytes"] and stat.st_mtime_ns == old["mtime_ns"] and file_sha256(path) == old["sha256"]
     except OSError:
         return False
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns) == (old["inode"], old["size_bytes"], old["mtime_ns"])
 
 
 def probe_clip(path: Path) -> dict[str, Any]:
@@ -254,7 +259,7 @@ def probe_clip(path: Path) -> dict[str, Any]:
     row: dict[str, Any] = {**dict.fromkeys(PROBE_COLUMNS), "readable": False, "error": "", "decode_error": ""}
     try:
         stat = path.stat()
-        row.update(size_bytes=stat.st_size, mtime_ns=stat.st_mtime_ns)
+        row.update(size_bytes=stat.st_size, mtime_ns=stat.st_mtime_ns, inode=stat.st_ino)
         if stat.st_size == 0:
             row["error"] = "empty file"
             return row
@@ -393,17 +398,20 @@ def assign_splits(manifest: pd.DataFrame, test_fraction: float) -> pd.DataFrame:
     """
     out = manifest.copy()
     todo = out["split"].isna() | (out["split"] == "")
-    target = (out.groupby("label").size() * test_fraction).round().clip(lower=1)
-    in_test = out[~todo & (out["split"] == "test")].groupby("label").size().reindex(target.index, fill_value=0)
-    totals = out.groupby("label").size()
-    order = sorted(out.loc[todo, "group"].unique(), key=lambda g: hashlib.sha256(str(g).encode()).hexdigest())
-    for group in order:
-        members = todo & (out["group"] == group)
-        per_label = out[members].groupby("label").size()
-        fits = all(in_test[label] + n <= target[label] and in_test[label] + n < totals[label] for label, n in per_label.items())
-        out.loc[members, "split"] = "test" if fits else "train"
-        if fits:
-            in_test = in_test.add(per_label, fill_value=0)
+    totals = out.groupby("label").size().to_dict()
+    target = {label: max(1, round(n * test_fraction)) for label, n in totals.items()}
+    in_test = dict.fromkeys(totals, 0) | out[~todo & (out["split"] == "test")].groupby("label").size().to_dict()
+    per_group: dict[str, dict[str, int]] = {}  # counted once, so the loop below is linear in the groups
+    for (group, label), n in out[todo].groupby(["group", "label"], dropna=False).size().items():
+        per_group.setdefault(group, {})[label] = int(n)
+    chosen = {}
+    for group in sorted(per_group, key=lambda g: hashlib.sha256(str(g).encode()).hexdigest()):
+        counts = per_group[group]
+        fits = all(in_test[label] + n <= target[label] and in_test[label] + n < totals[label] for label, n in counts.items())
+        chosen[group] = "test" if fits else "train"
+        for label, n in counts.items() if fits else ():
+            in_test[label] += n
+    out.loc[todo, "split"] = out.loc[todo, "group"].map(chosen)
     return out
 
 

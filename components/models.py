@@ -56,8 +56,9 @@ def frame_encoder(frames: Any, size: int, params: FrameEncoderParams) -> Any:
         if not params.two_stream:
             return _frame_cnn(FrameDifferences()(x), params.filters)
         # Two streams (Simonyan and Zisserman, 2014): what is there from the frame alone, how it moves from the change
-        # alone, each its own CNN. Through one CNN the captioner learnt shapes slowly and said held-out combinations of
-        # shape, colour and motion right 0.77-0.80 of the time; apart, 0.86 (benchmarks/README.md), at 1.7x the time.
+        # alone, each its own CNN. Through one CNN the captioner learnt shapes slowly: it named the shape of a held-out
+        # combination of shape, colour and motion right 0.79-0.82 of the time, through two 0.93-0.95, at 1.6x the
+        # training time (benchmarks/README.md).
         return layers.Concatenate()([_frame_cnn(x, params.filters), _frame_cnn(FrameChanges()(x), params.filters)])
     application = encoders.application(params.encoder, size, params.encoder_weights)
     application.trainable = not params.freeze_encoder
@@ -124,8 +125,8 @@ def build_captioner(frames: int, size: int, vocabulary: int, params: CaptionerPa
     Nothing holds the whole clip in one vector: each frame's features are its own (no recurrent
     layer over the frames), and the decoder starts from zeros, not from the mean frame. With
     both, the model said a combination of shape, colour and motion it had seen instead of the
-    one in front of it (on the demo's held-out combinations 0.50 of clips right, against 0.80
-    without them; benchmarks/README.md): each word must come from the frames it attends to.
+    one in front of it (on the demo's held-out combinations 0.50 of clips right, against 0.77 to
+    0.80 without them; benchmarks/README.md): each word must come from the frames it attends to.
     """
     video = keras.Input((frames, size, size, 3), dtype="uint8", name="frames")
     maps = frame_encoder(video, size, params)

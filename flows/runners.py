@@ -56,7 +56,7 @@ def mapper(runner: RunnerParams) -> Mapper | None:
                 for future in futures:
                     yield future.result()
             finally:
-                if runner.kind == "dask":
+                if runner.kind == "dask" and not runner.address:  # a scheduler's own workers live on and send theirs
                     for worker, failed in pool.client.run(_send_reports, on_error="return").items():
                         if isinstance(failed, Exception):
                             log.warning("Dask worker %s could not send its task run states to Prefect: %s", worker, failed)

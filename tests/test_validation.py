@@ -220,6 +220,17 @@ def test_probing_is_incremental(tmp_path: Path, tiny_dataset: Path):
     assert (changed.probed, changed.reused) == (3, 20)
     row = pd.read_csv(tmp_path / "catalog" / MANIFEST).set_index("path").loc["rotate/rotate_000.mp4"]
     assert row["frames"] == 25 and row["width"] == 64
+    # moved in over an old clip, its size and mtime kept (cp -p, rsync -t): another inode, so probed again
+    clip, other = data / "rotate" / "rotate_001.mp4", data / "rotate" / "new.mp4"
+    stat = clip.stat()
+    replacement = data / "rotate" / ".incoming"
+    shutil.copyfile(other, replacement)
+    with replacement.open("r+b") as f:  # the same size as the clip it replaces
+        f.truncate(stat.st_size)
+    os.utime(replacement, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    os.replace(replacement, clip)
+    moved = validate_dataset(data, tmp_path / "catalog", ValidationParams())
+    assert (moved.probed, moved.reused) == (2, 21)  # it, and the empty file as ever
 
 
 def test_manifest_csv_with_groups_splits_and_a_path_outside_the_root(tmp_path: Path):

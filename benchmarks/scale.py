@@ -19,8 +19,10 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -38,6 +40,7 @@ MANIFEST_ROWS = (1_000, 10_000, 100_000)
 # small clips: what is measured is how the cost grows, not a clip's own cost
 OVERRIDES = ["extract.classification.size=32", "extract.classification.frames=8"]
 POOL = GenerateParams(clips_per_class=1, size=48, fps=25, duration_s=1.0)
+T = TypeVar("T")
 
 
 @dataclass
@@ -156,19 +159,22 @@ def stages(workdir: Path, sizes: tuple[int, ...]) -> tuple[dict[str, dict[int, f
     rerun: dict[str, Rerun] = {}
     for n in sizes:
         layout = _project(workdir / f"n{n}", params, pool[:n], classes)
-        for name, function in (("validate", stage.validate_dataset), ("extract", stage.extract_features)):
-            start = time.perf_counter()
-            function(layout, params, TASK)
-            timed[name][n] = time.perf_counter() - start
+        timed["validate"][n], _ = _timed(stage.validate_dataset, layout, params)
+        timed["extract"][n], _ = _timed(stage.extract_features, layout, params)
         if n == largest:  # the same project, ADDED more clips: only they should cost anything
             _link(pool[n : n + added], layout.raw(params.datasets.of(TASK)), classes)
-            start = time.perf_counter()
-            validated = stage.validate_dataset(layout, params, TASK)
-            rerun["validate"] = Rerun(time.perf_counter() - start, validated.probed, validated.reused)
-            start = time.perf_counter()
-            extracted = stage.extract_features(layout, params, TASK)
-            rerun["extract"] = Rerun(time.perf_counter() - start, extracted.extracted, extracted.reused)
+            seconds, validated = _timed(stage.validate_dataset, layout, params)
+            rerun["validate"] = Rerun(seconds, validated.probed, validated.reused)
+            seconds, extracted = _timed(stage.extract_features, layout, params)
+            rerun["extract"] = Rerun(seconds, extracted.extracted, extracted.reused)
     return timed, rerun
+
+
+def _timed(stage: Callable[[Layout, Params, Task], T], layout: Layout, params: Params) -> tuple[float, T]:
+    """Seconds of one stage on the project, and what it returned."""
+    start = time.perf_counter()
+    result = stage(layout, params, TASK)
+    return time.perf_counter() - start, result
 
 
 def _pool(folder: Path, n: int) -> list[Path]:

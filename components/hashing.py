@@ -23,7 +23,7 @@ def near_pairs(words: np.ndarray, max_bits: int) -> tuple[np.ndarray, np.ndarray
     if n < 2:
         return np.empty(0, np.int64), np.empty(0, np.int64)
     if max_bits >= bits:  # every pair is near
-        j, i = np.nonzero(np.tril(np.ones((n, n), bool), -1))
+        j, i = np.tril_indices(n, -1)  # row by row: sorted by (j, i)
         return i, j
     flat = np.unpackbits(words.astype(">u8").view(np.uint8).reshape(n, -1), axis=1)  # [n, bits] of 0/1
     pairs = [_sharing(_chunk_keys(flat[:, start:stop])) for start, stop in _chunks(bits, max_bits + 1)]

@@ -1,6 +1,6 @@
 """`vidops bench scale`: how vidops's cost grows with the number of clips.
 
-Three parts, each against an anchor or a smaller size measured in the same run:
+The parts, each against an anchor or a smaller size measured in the same run:
   near-duplicates: 100,000 synthetic perceptual hashes (clustered, as a dataset's are, with
       planted near pairs) checked by multi-index hashing and by the pairwise scan it replaced;
       the same pairs, and the ratio;
@@ -9,17 +9,28 @@ Three parts, each against an anchor or a smaller size measured in the same run:
   stages: validate and extract, through `flows.stages`, of generated datasets of N = 250,
       1,000 and 4,000 clips over 50 classes (one pool of clips, hard-linked): seconds per
       clip at each N, the growth exponent (the slope of log time over log N), and the re-run
-      after adding 1% of new clips against the first run.
+      after adding 1% of new clips against the first run;
+  versions: `dvc add`, `dvc push` to the project's S3 (SeaweedFS) and `dvc pull` into a fresh clone
+      of the same datasets, through `components.versioning`: seconds per thousand clips, the growth
+      exponent, the add and push after adding 1%, and the largest push with other DVC --jobs;
+  models: on the same projects, the classifier's training input over an epoch streamed within a
+      memory budget (examples per second, peak memory against the budget; at the largest also
+      `auto` and held in memory, the anchor), then evaluate and the gate of a small model;
+  UCF101-shaped: a few hundred real-sized clips (320x240 MPEG-4 Part 2 in AVI, 7 s) validated,
+      extracted, added and pushed, and from their cost per clip projections for UCF101 and
+      Kinetics-400 on this machine and on 8 Dask workers.
 The growth exponent of a linear stage is 1; above ~1.15 between 1,000 and 4,000, something grows faster than the data.
 """
 
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -35,10 +46,15 @@ TASK: Task = "classification"
 CLASSES = 50
 SIZES = (250, 1000, 4000)
 ADDED = 0.01  # the incremental re-run: this fraction of new clips joins the largest dataset
+PUSH_JOBS = (2, 32)  # DVC's --jobs tried on the largest push, besides its default (4 per core)
 HASHES = 100_000
 MANIFEST_ROWS = (1_000, 10_000, 100_000)
 # small clips: what is measured is how the cost grows, not a clip's own cost
 OVERRIDES = ["extract.classification.size=32", "extract.classification.frames=8"]
+SMALL_MODEL = ["train.classification.filters=[4, 8]", "train.classification.epochs=1"]
+# the training input's budget: the largest dataset's clips (~64 MB of frames at N = 4,000) do not fit, the smaller ones do
+INPUT_BUDGET_MB = 64
+UCF_CLIPS, UCF_CLASSES = 300, 25  # the UCF101-shaped set: a few hundred real-sized clips
 POOL = GenerateParams(clips_per_class=1, size=48, fps=25, duration_s=1.0)
 T = TypeVar("T")
 
@@ -51,6 +67,9 @@ class Scale:
     checks: dict[int, float] = field(default_factory=dict)  # manifest rows -> seconds
     stages: dict[str, dict[int, float]] = field(default_factory=dict)  # stage -> N -> seconds
     rerun: dict[str, Rerun] = field(default_factory=dict)  # stage -> the re-run after adding ADDED
+    versions: Versions | None = None  # dvc add, push and pull
+    inputs: dict[str, InputRun] = field(default_factory=dict)  # "<cache> <N>" -> the training input's run
+    ucf101: dict[str, float] = field(default_factory=dict)  # stage -> seconds per UCF101-shaped clip
 
 
 @dataclass(frozen=True)
@@ -73,6 +92,10 @@ def run(workdir: Path, sizes: tuple[int, ...] = SIZES) -> Scale:
     scale.hashes = near_duplicates(HASHES)
     scale.checks = checks(MANIFEST_ROWS)
     scale.stages, scale.rerun = stages(workdir.resolve(), sizes)
+    scale.versions = versions(workdir.resolve(), sizes)
+    timed, scale.inputs = models(workdir.resolve(), sizes)
+    scale.stages |= timed
+    scale.ucf101 = ucf101(workdir.resolve())
     return scale
 
 
@@ -170,6 +193,260 @@ def stages(workdir: Path, sizes: tuple[int, ...]) -> tuple[dict[str, dict[int, f
     return timed, rerun
 
 
+@dataclass(frozen=True)
+class Versions:
+    """The DVC part's figures."""
+
+    timed: dict[str, dict[int, float]]  # dvc add, dvc push, dvc pull -> N -> seconds
+    rerun: dict[str, Rerun]  # dvc add, dvc push -> the re-run after adding ADDED
+    push_jobs: dict[int, float]  # DVC's --jobs -> seconds of the largest dataset's push
+
+
+def versions(workdir: Path, sizes: tuple[int, ...], jobs: tuple[int, ...] = PUSH_JOBS) -> Versions:
+    """`dvc add`, `dvc push` and, into a fresh clone, `dvc pull` of each size's dataset in a fresh project, through
+    `components.versioning` and the project's S3 as `vidops data push` starts it (SeaweedFS, stopped afterwards); at
+    the largest, its push again with each of `jobs` (DVC's --jobs) to an empty prefix, then add and push after ADDED
+    new clips joined."""
+    from vidops.components import versioning
+    from vidops.flows.stack import project_store
+
+    params = load_params(None, OVERRIDES)
+    largest = max(sizes)
+    added = max(1, round(ADDED * largest))
+    pool = _pool(workdir / "pool", largest + added)
+    classes = min(CLASSES, max(2, min(sizes) // 5))
+    timed: dict[str, dict[int, float]] = {"dvc add": {}, "dvc push": {}, "dvc pull": {}}
+    rerun: dict[str, Rerun] = {}
+    by_jobs: dict[int, float] = {}
+    for n in sizes:
+        layout = _project(workdir / f"dvc{n}", params, pool[:n], classes)
+        folder = layout.raw(params.datasets.of(TASK))
+        _dvc_project(layout.root)
+        with project_store(layout):  # the user's path: `vidops data push` (cli.version_datasets)
+            timed["dvc add"][n], version = _seconds(versioning.add, layout.root, folder)
+            timed["dvc push"][n], _ = _seconds(versioning.push, layout.root, [version.dvc_file])
+            timed["dvc pull"][n] = _pull_clone(layout.root, version.dvc_file, workdir / f"dvc{n}-clone")
+            if n < largest:
+                continue
+            by_jobs = {j: _push_elsewhere(layout.root, version.dvc_file, j) for j in jobs}
+            _link(pool[n : n + added], folder, classes)
+            rerun |= _version_again(layout.root, folder)
+    return Versions(timed, rerun, by_jobs)
+
+
+def _dvc_project(root: Path) -> None:
+    """`root` a DVC project of its own, not a folder of the git repository the bench may run in (whose .gitignore hides
+    .vidops/, where DVC refuses to add), with its own record of file hashes: DVC keys that record by the project's path,
+    so a project made again at the same path would otherwise skip hashing clips (the pool's hard links) it saw before."""
+    from vidops.components import versioning
+
+    versioning.dvc(root, "init", "--no-scm", "--quiet")
+    _own_hash_record(root)
+
+
+def _own_hash_record(root: Path) -> None:
+    from vidops.components import versioning
+
+    versioning.dvc(root, "config", "--local", "core.site_cache_dir", str(root / ".dvc" / "tmp" / "site"))
+
+
+def _pull_clone(root: Path, dvc_file: Path, clone: Path) -> float:
+    """Seconds of `dvc pull` of the version `dvc_file` pins into `clone`, a fresh project with the same remote and an
+    empty cache: what a new machine does."""
+    from vidops.components import versioning
+
+    shutil.rmtree(clone, ignore_errors=True)
+    clone.mkdir(parents=True)
+    versioning.dvc(clone, "init", "--no-scm", "--quiet")
+    for name in ("config", "config.local"):  # the remote, its endpoint and keys
+        shutil.copy2(root / ".dvc" / name, clone / ".dvc" / name)
+    _own_hash_record(clone)
+    pinned = clone / dvc_file.relative_to(root)
+    pinned.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(dvc_file, pinned)
+    seconds, _ = _seconds(versioning.pull, clone, [pinned])
+    folder, expected = pinned.with_suffix(""), versioning.read_version(pinned.with_suffix("")).files
+    if (files := sum(1 for p in folder.rglob("*") if p.is_file())) != expected:
+        raise AssertionError(f"{folder}: dvc pull brought {files} files of the {expected} that {pinned} pins")
+    shutil.rmtree(clone)
+    return seconds
+
+
+def _push_elsewhere(root: Path, dvc_file: Path, jobs: int) -> float:
+    """Seconds of a push of the version with `jobs` parallel uploads to an empty prefix of the same S3 (then the
+    project's remote again)."""
+    from vidops.components import versioning
+    from vidops.flows.stack import BUCKET
+
+    keys = (os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"])  # project_store set them
+    versioning.set_remote(root, f"s3://{BUCKET}/jobs{jobs}", os.environ["AWS_ENDPOINT_URL"], keys)
+    try:
+        seconds, _ = _seconds(versioning.push, root, [dvc_file], jobs=jobs)
+    finally:
+        versioning.set_remote(root, versioning.local_url(BUCKET), os.environ["AWS_ENDPOINT_URL"], keys)
+    return seconds
+
+
+def _version_again(root: Path, folder: Path) -> dict[str, Rerun]:
+    """`dvc add` and `dvc push` after new clips joined the folder: the clips each stored or uploaded, and reused."""
+    from vidops.components import versioning
+
+    cache = root / ".dvc" / "cache" / "files" / "md5"
+    before = sum(1 for p in cache.glob("*/*") if p.suffix != ".dir")
+    add_s, version = _seconds(versioning.add, root, folder)
+    stored = sum(1 for p in cache.glob("*/*") if p.suffix != ".dir") - before
+    push_s, pushed = _seconds(versioning.push, root, [version.dvc_file])
+    uploaded = pushed - 1  # the new listing (`<md5>.dir`) is one of them
+    return {"dvc add": Rerun(add_s, stored, version.files - stored), "dvc push": Rerun(push_s, uploaded, version.files - uploaded)}
+
+
+def _seconds(call: Callable[..., T], *args: object, **kwargs: object) -> tuple[float, T]:
+    start = time.perf_counter()
+    result = call(*args, **kwargs)
+    return time.perf_counter() - start, result
+
+
+def report_versions(versions: Versions) -> list[str]:
+    """The DVC part's lines: seconds per 1,000 clips and the growth exponent, the re-runs, the push by --jobs."""
+    lines = [line for name, timed in versions.timed.items() for line in _series(name, timed, versions.rerun.get(name), per_thousand=True)]
+    pushed = versions.timed["dvc push"]
+    largest = max(pushed)
+    tried = "".join(f", {jobs} jobs {seconds:.1f} s" for jobs, seconds in sorted(versions.push_jobs.items()))
+    lines.append(f"dvc push of N={largest:,} by --jobs: DVC's default ({4 * (os.cpu_count() or 1)}) {pushed[largest]:.1f} s{tried}")
+    return lines
+
+
+def models(workdir: Path, sizes: tuple[int, ...]) -> tuple[dict[str, dict[int, float]], dict[str, InputRun]]:
+    """The training input, evaluate and the gate on each size's project as `stages` left it (the largest with its ADDED
+    more clips). The input streamed (`cache: none`) within INPUT_BUDGET_MB at each size, and at the largest also as
+    `auto` chooses and held in memory (the anchor); a small classifier trained for one epoch (the model's cost, not
+    the data's: not timed), evaluated, registered and gated; then registered again and gated against itself as
+    champion, both scored on the test clips."""
+    from vidops.flows import stages as stage
+
+    params = load_params(None, [*OVERRIDES, *SMALL_MODEL])
+    timed: dict[str, dict[int, float]] = {"training input, an epoch": {}, "evaluate": {}, "gate": {}}
+    runs = {}
+    for n in sizes:
+        layout = Layout(workdir / f"n{n}")
+        runs[f"none {n}"] = streamed = training_input(layout.features(TASK), "none")
+        timed["training input, an epoch"][n] = streamed.clips / streamed.examples_per_s
+        if n == max(sizes):
+            runs[f"auto {n}"] = training_input(layout.features(TASK), "auto")
+            runs[f"memory {n}"] = training_input(layout.features(TASK), "memory")
+        stage.train_model(layout, params, TASK)
+        timed["evaluate"][n], _ = _timed(stage.evaluate_model, layout, params)
+        stage.register_model(layout, params, TASK)
+        stage.promote_model(layout, params, TASK)  # the first version: champion
+        stage.register_model(layout, params, TASK)
+        timed["gate"][n], _ = _timed(stage.promote_model, layout, params)
+    return timed, runs
+
+
+def ucf101(workdir: Path, clips: int = UCF_CLIPS) -> dict[str, float]:
+    """Seconds per clip of validate, extract (the classifier's default params), `dvc add` and `dvc push` on `clips`
+    UCF101-shaped clips (benchmarks/extract.py: 320x240 MPEG-4 Part 2 in AVI, 7 s, a keyframe every 25 frames, MP3)
+    over UCF_CLASSES labels, in a project of their own: real-sized clips, where the other parts' are small."""
+    from vidops.benchmarks.extract import write_ucf101_clips
+    from vidops.components import versioning
+    from vidops.flows import stages as stage
+    from vidops.flows.stack import project_store
+
+    params = load_params(None, [])
+    pool = write_ucf101_clips(workdir / "ucf101-pool", clips)
+    layout = _project(workdir / "ucf101", params, pool, min(UCF_CLASSES, max(2, clips // 12)))
+    per_clip = {"validate": _timed(stage.validate_dataset, layout, params)[0] / clips}
+    per_clip["extract"] = _timed(stage.extract_features, layout, params)[0] / clips
+    _dvc_project(layout.root)
+    with project_store(layout):
+        add, version = _seconds(versioning.add, layout.root, layout.raw(params.datasets.of(TASK)))
+        per_clip["dvc add"], per_clip["dvc push"] = add / clips, _seconds(versioning.push, layout.root, [version.dvc_file])[0] / clips
+    return per_clip
+
+
+# datasets projected from the UCF101-shaped clips' costs: clips, and each clip's cost against a UCF101 clip's (its length)
+PROJECTED = {"UCF101": (13_320, 1.0), "Kinetics-400": (240_000, 10 / 7)}
+PARALLEL = ("validate", "extract")  # the stages whose batches Dask spreads over workers
+WORKERS, WORKER_EFFICIENCY = 8, 0.7  # 8 Dask workers of this machine's kind; 1 -> 2 workers measured 1.4x (bench extract)
+
+
+def projections(per_clip: dict[str, float], stages: dict[str, dict[int, float]]) -> list[str]:
+    """Hours of each stage for the PROJECTED datasets on this machine and on WORKERS Dask workers: the UCF101-shaped
+    clips' seconds per clip, times the clips, times (N / measured N) ** (exponent - 1) with the stage's growth exponent
+    between the two largest small-clip sizes (never below 1: what amortised there is not counted twice)."""
+    lines = []
+    for dataset, (n, weight) in PROJECTED.items():
+        parts, here, spread = [], 0.0, 0.0
+        for name, seconds in per_clip.items():
+            ns = sorted(stages.get(name, {}))
+            growth = max(1.0, exponent(stages[name], ns[-2], ns[-1])) if len(ns) > 1 else 1.0
+            hours = seconds * weight * n * (n / UCF_CLIPS) ** (growth - 1) / 3600
+            wide = hours * 2 / (WORKERS * WORKER_EFFICIENCY) if name in PARALLEL else hours
+            here, spread = here + hours, spread + wide
+            parts.append(f"{name} {hours:.1f} h ({wide:.1f} h)")
+        lines.append(f"projected {dataset} ({n:,} clips): {', '.join(parts)}; in all {here:.1f} h here, {spread:.1f} h on {WORKERS} Dask workers")
+    return lines
+
+
+@dataclass(frozen=True)
+class InputRun:
+    """Two epochs of the classifier's training input alone, in a process of its own, under a memory budget."""
+
+    asked: str  # train.<task>.cache
+    cache: str  # the feed it gave: memory or none (streamed)
+    examples_per_s: float  # the second epoch's: the steady state, a cache filled
+    peak_mb: float  # the process's peak resident memory (VmHWM) above its state once TensorFlow ran a small feed
+    budget_mb: int
+    clips: int
+
+
+def training_input(features: Path, cache: str = "auto", budget_mb: int = INPUT_BUDGET_MB) -> InputRun:
+    """`_two_epochs` in a fresh spawned process, so its peak memory is its own."""
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=spawn) as pool:
+        return pool.submit(_two_epochs, features, cache, budget_mb).result()
+
+
+def _two_epochs(features: Path, cache: str, budget_mb: int) -> InputRun:
+    import tensorflow as tf  # noqa: F401  (imported before the baseline is read)
+
+    from vidops.components import inputs
+
+    params = load_params(None, [*OVERRIDES, f"train.{TASK}.memory_budget_mb={budget_mb}", f"train.{TASK}.cache={cache}"]).train.of(TASK)
+    split, held = inputs.carve_validation(inputs.open_split(features, "train", ("frames",)), params.validation_fraction)
+    # a few batches through a streamed feed first: TensorFlow's kernels, thread pools and tracing are not the input's memory
+    few = inputs.subset(split, np.arange(len(split.paths)) < 4 * params.batch_size)
+    warm, steps = inputs.classifier_dataset(few, params.batch_size, params.augment, params.seed, inputs.Feed("none", params.batch_size, 0))
+    for _ in warm.take(2 * steps):
+        pass
+    baseline = _reset_peak()
+    feed = inputs.split_feed(split, held, params)
+    data, steps = inputs.classifier_dataset(split, params.batch_size, params.augment, params.seed, feed)
+    batches = iter(data)
+    for _ in range(steps):  # the first epoch: reads every shard (and fills an in-memory cache)
+        next(batches)
+    start = time.perf_counter()
+    for _ in range(steps):
+        next(batches)
+    seconds = time.perf_counter() - start
+    peak = _status_kb("VmHWM") * 1024 - baseline
+    return InputRun(cache, feed.cache, steps * params.batch_size / seconds, peak / 1024**2, budget_mb, len(split.paths))
+
+
+def _reset_peak() -> int:
+    """Reset this process's peak resident memory (VmHWM) to what it holds now, and return that in bytes.
+
+    Not getrusage's ru_maxrss: Linux keeps that across exec, so a spawned process starts with its parent's peak.
+    """
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status_kb("VmRSS") * 1024
+
+
+def _status_kb(field: str) -> int:
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(f"{field}:"))
+    return int(line.split()[1])
+
+
 def _timed(stage: Callable[[Layout, Params, Task], T], layout: Layout, params: Params) -> tuple[float, T]:
     """Seconds of one stage on the project, and what it returned."""
     start = time.perf_counter()
@@ -211,6 +488,18 @@ def exponent(timed: dict[int, float], low: int, high: int) -> float:
     return math.log(timed[high] / timed[low]) / math.log(high / low)
 
 
+def _series(name: str, timed: dict[int, float], again: Rerun | None, per_thousand: bool = False) -> list[str]:
+    """A stage's lines: its cost per clip (ms) or per 1,000 clips (s) at each N, the growth exponents, and its re-run."""
+    ns = sorted(timed)
+    costs = ", ".join(f"N={n:,} {1000 * timed[n] / n:.2f} s" if per_thousand else f"N={n:,} {1000 * timed[n] / n:.1f} ms" for n in ns)
+    growth = ", ".join(f"{exponent(timed, a, b):.2f} ({a:,} -> {b:,})" for a, b in zip(ns, ns[1:], strict=False))
+    lines = [f"{name}, per {'1,000 clips' if per_thousand else 'clip'}: {costs}; growth exponent {growth}"]
+    if again:
+        lines.append(f"{name} after adding {ADDED:.0%} new clips to N={ns[-1]:,}: {again.seconds:.1f} s, "
+                     f"{again.seconds / timed[ns[-1]]:.3f}x the first run ({again.done} clips done, {again.reused:,} reused)")  # fmt: skip
+    return lines
+
+
 def report(scale: Scale) -> str:
     fast, slow, pairs = scale.hashes
     lines = [
@@ -222,12 +511,14 @@ def report(scale: Scale) -> str:
     lines.append(f"checks (derived + GE suite), per 1,000 rows: {per_thousand}; growth exponent "
                  f"{exponent(scale.checks, sizes[-2], sizes[-1]):.2f} ({sizes[-2]:,} -> {sizes[-1]:,})")  # fmt: skip
     for name, timed in scale.stages.items():
-        ns = sorted(timed)
-        per_clip = ", ".join(f"N={n:,} {1000 * timed[n] / n:.1f} ms" for n in ns)
-        growth = ", ".join(f"{exponent(timed, a, b):.2f} ({a:,} -> {b:,})" for a, b in zip(ns, ns[1:], strict=False))
-        lines.append(f"{name}: per clip {per_clip}; growth exponent {growth}")
-        if name in scale.rerun:
-            again = scale.rerun[name]
-            lines.append(f"{name} after adding {ADDED:.0%} new clips to N={ns[-1]:,}: {again.seconds:.1f} s, "
-                         f"{again.seconds / timed[ns[-1]]:.3f}x the first run ({again.done} clips done, {again.reused:,} reused)")  # fmt: skip
+        lines += _series(name, timed, scale.rerun.get(name))
+    if scale.versions:
+        lines += report_versions(scale.versions)
+    for name, run in scale.inputs.items():
+        under = "under" if run.peak_mb < run.budget_mb else "OVER"
+        lines.append(f"training input, cache {run.asked} at N={int(name.split()[-1]):,} ({run.clips:,} training clips): fed {run.cache}, "
+                     f"{run.examples_per_s:,.0f} examples/s, peak {run.peak_mb:.1f} MB, {under} the {run.budget_mb} MB budget")  # fmt: skip
+    if scale.ucf101:
+        lines.append(f"UCF101-shaped clips ({UCF_CLIPS}), per clip: " + ", ".join(f"{k} {1000 * v:.0f} ms" for k, v in scale.ucf101.items()))
+        lines += projections(scale.ucf101, scale.stages | (scale.versions.timed if scale.versions else {}))
     return "\n".join(lines)

@@ -6,8 +6,12 @@ fill); a and b take turns, three runs each, and the best of each counts:
   (a) the anchor: the examples already made and held in memory as tensors, fed by the
       cheapest pipeline there is (from_tensor_slices, shuffle, batch, prefetch);
   (b) the tf.data pipeline training uses: shards read in parallel, cached, shuffled,
-      augmented (sync: windows drawn and shifted on the fly), batched, prefetched.
+      augmented (sync: windows drawn and shifted on the fly), batched, prefetched;
+  (c) the same pipeline streamed (`cache: none`, what `auto` picks when the split does not
+      fit `memory_budget_mb`): the shards read every epoch, a shuffle buffer of FEW clips;
+  (d) the same cached on disk (`cache: disk`) after the first epoch.
 The ratio b/a in examples per second is what the input pipeline costs the training; 1 means nothing.
+c/b and d/b are what streaming costs against holding the split in memory (target: >= 0.9).
 
 With `--encoder NAME` it instead trains the classifier as the train stage does, once with the
 `small` frame encoder (the anchor) and once with NAME (no weights), and scores both on the test
@@ -37,15 +41,14 @@ class BenchConfig:
     batches: int = 60  # a timed run, after a warm-up epoch; the best of 3 runs, a and b taking turns, counts
 
 
+FEW = 64  # clips in the streamed feeds' shuffle buffer
+FEEDS = ("a", "b", "c", "d")  # see the docstring
+
+
 @dataclass(frozen=True)
 class Throughput:
     task: Task
-    memory: float  # examples per second
-    pipeline: float
-
-    @property
-    def ratio(self) -> float:
-        return self.pipeline / self.memory
+    rates: dict[str, float]  # feed -> examples per second
 
 
 def prepare(workdir: Path, config: BenchConfig, tasks: tuple[Task, ...] = ("classification", "sync")) -> tuple[Layout, Params]:
@@ -73,7 +76,8 @@ def run(workdir: Path, config: BenchConfig) -> list[Throughput]:
 def _classification(layout: Layout, params: Params, config: BenchConfig) -> Throughput:
     p = params.train.classification
     split = inputs.open_split(layout.features("classification"), "train", ("frames",))
-    pipeline, steps = inputs.classifier_dataset(split, p.batch_size, p.augment, p.seed)
+    pipelines = {feed: inputs.classifier_dataset(split, p.batch_size, p.augment, p.seed, _feed(feed, split))[0] for feed in "bcd"}
+    steps = max(1, len(split.paths) // p.batch_size)
     memory = _in_memory((inputs.in_memory(split, "frames"), split.labels), p.batch_size)
     shape = split.shapes["frames"]
 
@@ -82,21 +86,27 @@ def _classification(layout: Layout, params: Params, config: BenchConfig) -> Thro
         built.compile(optimizer=keras.optimizers.Adam(p.learning_rate), loss="sparse_categorical_crossentropy")
         return built
 
-    return Throughput("classification", *_rates(model, memory, pipeline, steps, config, p.batch_size))
+    return Throughput("classification", _rates(model, {"a": memory, **pipelines}, steps, config, p.batch_size))
 
 
 def _sync(layout: Layout, params: Params, config: BenchConfig) -> Throughput:
     p = params.train.sync
     split = inputs.open_split(layout.features("sync"), "train", ("frames", "audio"))
-    pipeline, steps = inputs.sync_dataset(split, p)
-    memory = _in_memory(_materialise(pipeline, steps), p.batch_size)  # the same kind of examples, drawn once
+    pipelines = {feed: inputs.sync_dataset(split, p, _feed(feed, split))[0] for feed in "bcd"}
+    steps = max(1, len(split.paths) * p.windows_per_clip // p.batch_size)
+    memory = _in_memory(_materialise(pipelines["b"], steps), p.batch_size)  # the same kind of examples, drawn once
 
     def model() -> keras.Model:
         built = build_sync(split.shapes["frames"][1], split.shapes["audio"][2], p)
         built.compile(optimizer=keras.optimizers.Adam(p.learning_rate), loss={"offset": "sparse_categorical_crossentropy", "in_sync": "binary_crossentropy"})
         return built
 
-    return Throughput("sync", *_rates(model, memory, pipeline, steps, config, p.batch_size))
+    return Throughput("sync", _rates(model, {"a": memory, **pipelines}, steps, config, p.batch_size))
+
+
+def _feed(name: str, split: inputs.Split) -> inputs.Feed:
+    """b: in memory; c: streamed; d: cached on disk; c and d with a shuffle buffer of FEW clips."""
+    return inputs.Feed("memory", len(split.paths), 0) if name == "b" else inputs.Feed("none" if name == "c" else "disk", FEW, 0)
 
 
 def _materialise(pipeline: Any, steps: int) -> tuple[dict[str, np.ndarray], ...]:
@@ -113,18 +123,18 @@ def _in_memory(examples: Any, batch_size: int) -> Any:
     return memory.shuffle(1024, seed=0).repeat().batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
-def _rates(model: Callable[[], keras.Model], memory: Any, pipeline: Any, steps: int, config: BenchConfig, batch_size: int) -> tuple[float, float]:
-    """Examples a second through `model.fit` from `memory` and from `pipeline`, each with a model of its own."""
-    runs = [(model(), memory), (model(), pipeline)]
-    for fitted, data in runs:
+def _rates(model: Callable[[], keras.Model], feeds: dict[str, Any], steps: int, config: BenchConfig, batch_size: int) -> dict[str, float]:
+    """Examples a second through `model.fit` from each feed, each with a model of its own."""
+    runs = {name: (model(), data) for name, data in feeds.items()}
+    for fitted, data in runs.values():
         fitted.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)  # warm-up: tracing, the cache filled
-    best = [float("inf"), float("inf")]
+    best = dict.fromkeys(runs, float("inf"))
     for _ in range(3):  # turn about, so that a slow spell of the machine does not fall on one side only
-        for i, (fitted, data) in enumerate(runs):
+        for name, (fitted, data) in runs.items():
             start = time.perf_counter()
             fitted.fit(data, steps_per_epoch=config.batches, epochs=1, verbose=0)
-            best[i] = min(best[i], time.perf_counter() - start)
-    return config.batches * batch_size / best[0], config.batches * batch_size / best[1]
+            best[name] = min(best[name], time.perf_counter() - start)
+    return {name: config.batches * batch_size / seconds for name, seconds in best.items()}
 
 
 @dataclass(frozen=True)
@@ -164,7 +174,9 @@ def encoders_report(runs: list[EncoderRun], config: BenchConfig) -> str:
 
 def report(results: list[Throughput], config: BenchConfig) -> str:
     lines = [f"vidops bench train: runs of {config.batches} batches after a warm-up epoch, best of 3; examples per second", ""]
-    lines.append(f"  {'task':<16}{'in memory (a)':>16}{'tf.data (b)':>14}{'b/a':>8}")
+    lines.append(f"  {'task':<16}{'tensors (a)':>12}{'cached (b)':>12}{'streamed (c)':>14}{'disk (d)':>10}{'b/a':>7}{'c/b':>7}{'d/b':>7}")
     for r in results:
-        lines.append(f"  {r.task:<16}{r.memory:>16.1f}{r.pipeline:>14.1f}{r.ratio:>8.2f}")
+        a, b, c, d = (r.rates[feed] for feed in FEEDS)
+        lines.append(f"  {r.task:<16}{a:>12.1f}{b:>12.1f}{c:>14.1f}{d:>10.1f}{b / a:>7.2f}{c / b:>7.2f}{d / b:>7.2f}")
+    lines.append("  target: c/b and d/b >= 0.9")
     return "\n".join(lines)

@@ -28,7 +28,7 @@ from vidops.components.catalog import CAPTION_COLUMNS, read_captions_csv, read_m
 from vidops.components.errors import VidopsError
 from vidops.components.io import atomic_path, read_arrays, write_csv, write_json
 from vidops.components.layout import CAPTIONS_FILE, INDEX, INDEX_TABLE, SHARDS
-from vidops.components.media import read_frames
+from vidops.components.media import decode_frames, open_clip
 from vidops.components.parallel import Mapper, in_processes
 from vidops.components.params import ExtractParams
 from vidops.components.sampling import ClipTooShort, sample_indices
@@ -76,17 +76,22 @@ def extract_clip(path: Path, n_frames: int, params: ExtractParams, seed: int | N
     """Sample, decode and align one clip; raises ClipTooShort or ValueError with what went wrong."""
     rng = np.random.default_rng(seed) if seed is not None else None
     indices, padded = sample_indices(n_frames, params, rng)
-    decoded = read_frames(path, indices, params.size, params.resize, dense=params.sampler == "dense")
     kind = params.audio if params.audio != "none" else "logmel"
-    sound = audio.decode_audio(path) if params.audio != "none" else None
-    steps = audio.features(sound[0], kind) if sound else np.zeros((0, audio.silence(kind).shape[0]), np.float32)
-    aligned, ok = audio.align(steps, sound[1] if sound else 0.0, decoded.times, kind)
-    return ClipFeatures(decoded.frames, decoded.indices, decoded.times, aligned, ok, sound is not None, padded)
+    with open_clip(path) as container:  # once for video and audio
+        decoded = decode_frames(container, path, indices, params.size, params.resize, dense=params.sampler == "dense")
+        none = params.audio == "none"
+        sound = audio.silent_frames(len(indices), kind, False) if none else audio.frame_audio(container, decoded.times, kind)
+    return ClipFeatures(decoded.frames, decoded.indices, decoded.times, sound.features, sound.ok, sound.has_audio, padded)
+
+
+# bumped when the same params give other shards, so a re-run extracts again instead of mixing the two.
+# 2: audio features decoded around the sampled frames, not from the whole track (equal but for a clip's first steps)
+FEATURES_VERSION = 2
 
 
 def params_hash(params: ExtractParams) -> str:
-    """What the shards depend on: every extraction param but how the work is spread."""
-    relevant = params.model_dump(mode="json", exclude={"workers", "batch_size"})
+    """What the shards depend on: every extraction param but how the work is spread, and the features' version."""
+    relevant = {**params.model_dump(mode="json", exclude={"workers", "batch_size"}), "version": FEATURES_VERSION}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -1,8 +1,10 @@
 """Input pipelines: tf.data over the extracted shards, augmented for training, plain for evaluation.
 
-Shards are read in parallel (interleave), cached in memory when the split fits, shuffled,
-augmented, batched and prefetched. Every shard is read and checked once before training,
-so a missing or damaged shard, or NaNs in the audio, fail before the first epoch.
+Shards are read in parallel (interleave), cached in memory when the split fits the training's
+memory budget (`Feed`), shuffled, augmented, batched and prefetched; a split that does not fit
+is streamed from the shards every epoch, its order drawn over the paths and a shuffle buffer
+sized to the budget. Every shard is read and checked once before training, so a missing or
+damaged shard, or NaNs in the audio, fail before the first epoch.
 
 Sync examples are made on the fly from each clip: a window of T frames, and the audio of
 T + 2K frames around it shifted by k in [-K, K]; the model finds where in that audio the
@@ -11,13 +13,16 @@ window's sound is, so every clip with audio is training data for every k.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
+import shutil
+import tempfile
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -27,10 +32,14 @@ from vidops.components.errors import VidopsError
 from vidops.components.extraction import usable_rows
 from vidops.components.io import read_arrays
 from vidops.components.layout import CAPTIONS_FILE, INDEX, SHARDS
-from vidops.components.params import CaptionerParams, SyncParams
+from vidops.components.params import CaptionerParams, FitParams, SyncParams
 from vidops.components.text import Vocabulary
 
-MEMORY_CACHE_BYTES = 4 * 1024**3  # a split larger than this is read from the shards every epoch
+IN_FLIGHT_BATCHES = 4  # a streamed input's batches being read, augmented or prefetched at once
+READ_CYCLE = 8  # shards read at once
+# the cache or shuffle buffer takes at most this share of what the batches in flight leave of the budget; the rest is
+# tf.data's own buffers and the allocator's slack (`vidops bench scale` measures the peak against the budget)
+HELD_SHARE = 0.5
 AUDIO_JITTER_STEPS = 2  # sync training: the audio moves by up to this many steps (10 ms each) either way
 EVAL_STARTS = 4  # sync evaluation: windows per clip and offset, evenly spaced over the clip
 DTYPES = {"frames": np.uint8, "audio": np.float32}  # of the shard arrays the models read
@@ -49,7 +58,11 @@ class Split:
 
     @property
     def clip_bytes(self) -> int:
-        return sum(int(np.prod(shape)) * np.dtype(DTYPES[field]).itemsize for field, shape in self.shapes.items())
+        return _clip_bytes(self.shapes)
+
+
+def _clip_bytes(shapes: dict[str, tuple[int, ...]]) -> int:
+    return sum(int(np.prod(shape)) * np.dtype(DTYPES[field]).itemsize for field, shape in shapes.items())
 
 
 def open_split(features_dir: Path, split: str, fields: tuple[str, ...]) -> Split:
@@ -93,10 +106,11 @@ def carve_validation(split: Split, fraction: float) -> tuple[Split, Split | None
     if not held:
         return split, None
     mask = np.array([g in held for g in split.groups])
-    return _subset(split, ~mask), _subset(split, mask)
+    return subset(split, ~mask), subset(split, mask)
 
 
-def _subset(split: Split, mask: np.ndarray) -> Split:
+def subset(split: Split, mask: np.ndarray) -> Split:
+    """The clips of `split` where `mask` is true."""
     keep = np.flatnonzero(mask)
     pick = lambda values: tuple(values[i] for i in keep)  # noqa: E731
     return Split(pick(split.paths), split.labels[keep], split.names, split.shapes, pick(split.groups), pick(split.clips) if split.clips else ())
@@ -124,31 +138,110 @@ def in_memory(split: Split, field: str) -> np.ndarray:
     return out
 
 
-def read_split(split: Split, fields: tuple[str, ...]) -> Any:
-    """A tf.data pipeline of (fields..., label) per clip: parallel interleaved reads, cached in memory when it fits."""
+@dataclass(frozen=True)
+class Feed:
+    """How the training input holds its clips within `train.<task>.memory_budget_mb`: cached in memory, cached on disk
+    after the first epoch, or streamed; and how many clips its shuffle buffer holds."""
+
+    cache: Literal["memory", "disk", "none"]
+    shuffle: int  # clips
+    budget: int  # bytes: tf.data's autotuner keeps its buffers within it too
+
+    @property
+    def streamed(self) -> bool:
+        return self.cache != "memory"
+
+
+def plan_feed(clip_bytes: int, clips: int, params: FitParams, key: str = "train.<task>") -> Feed:
+    """The feed of `clips` clips (training and validation) of `clip_bytes` each, by `params.cache` within the budget.
+
+    Raises VidopsError naming `<key>.memory_budget_mb` when the budget cannot hold the batches in flight, the least any
+    feed needs.
+    """
+    budget, batch_size = params.memory_budget_mb * 1024**2, params.batch_size
+    in_flight = (IN_FLIGHT_BATCHES * batch_size + READ_CYCLE) * clip_bytes
+    if budget < in_flight:
+        raise VidopsError(
+            f"{key}.memory_budget_mb: {params.memory_budget_mb} MB cannot hold the training input's batches in flight, "
+            f"{_mb(in_flight)} MB ({IN_FLIGHT_BATCHES} batches of {batch_size} clips of {_mb(clip_bytes)} MB, and {READ_CYCLE} clips being read); "
+            f"raise it, or lower {key}.batch_size"
+        )
+    held = int((budget - in_flight) * HELD_SHARE)  # bytes of clips the feed may hold
+    cache = params.cache
+    if cache == "auto":
+        cache = "memory" if clips * clip_bytes <= held else "none"
+    shuffle = clips if cache == "memory" else max(batch_size, min(clips, held // max(clip_bytes, 1)))
+    return Feed(cache, int(shuffle), budget)
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1024**2:.3g}"
+
+
+def check_budget(features_dir: Path, fields: tuple[str, ...], params: FitParams, key: str) -> None:
+    """`plan_feed`'s refusal before any work is done (one shard read): a budget that cannot hold the batches in flight."""
+    rows = usable_rows(features_dir, "train")
+    if len(rows):
+        plan_feed(_clip_bytes(_check_shard(features_dir / SHARDS / rows["shard"].iloc[0], fields)), 0, params, key)
+
+
+def split_feed(split: Split, held: Split | None, params: FitParams) -> Feed:
+    """`plan_feed` for a training split and its validation split."""
+    return plan_feed(split.clip_bytes, len(split.paths) + (len(held.paths) if held else 0), params)
+
+
+def read_split(split: Split, fields: tuple[str, ...], feed: Feed | None = None, seed: int | None = None, extra: tuple[Any, ...] = ()) -> Any:
+    """A tf.data pipeline of (fields..., label, *extra) per clip: parallel interleaved reads, held as `feed` says (in
+    memory when no feed is given); shuffled with `seed`, else in the split's order. `extra` are per-clip arrays that
+    travel with the clip (the captioner's references).
+
+    A streamed feed draws each epoch's order over the paths (cheap) before reading, so the bounded shuffle buffer
+    only mixes neighbours of an order already random.
+    """
     import tensorflow as tf
+
+    feed = feed or Feed("memory", len(split.paths), 0)
 
     def read(path: bytes) -> list[np.ndarray]:
         return list(read_arrays(path.decode(), fields).values())
 
-    def load(path: Any, label: Any) -> Any:
+    def load(path: Any, label: Any, *rest: Any) -> Any:
         arrays = tf.numpy_function(read, [path], [tf.as_dtype(DTYPES[field]) for field in fields], stateful=False)
         shaped = tuple(tf.ensure_shape(array, split.shapes[field]) for array, field in zip(arrays, fields, strict=True))
-        return tf.data.Dataset.from_tensors((*shaped, label))
+        return tf.data.Dataset.from_tensors((*shaped, label, *rest))
 
-    source = tf.data.Dataset.from_tensor_slices(([str(path) for path in split.paths], split.labels))
-    clips = source.interleave(load, cycle_length=8, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return clips.cache() if split.clip_bytes * len(split.paths) <= MEMORY_CACHE_BYTES else clips
+    source = tf.data.Dataset.from_tensor_slices(([str(path) for path in split.paths], split.labels, *extra))
+    if feed.cache == "none" and seed is not None:
+        source = source.shuffle(len(split.paths), seed=seed, reshuffle_each_iteration=True)
+    clips = source.interleave(load, cycle_length=READ_CYCLE, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if feed.cache == "memory":
+        clips = clips.cache()
+    elif feed.cache == "disk":
+        clips = clips.cache(str(_cache_file()))
+    if seed is not None:
+        clips = clips.shuffle(min(feed.shuffle, len(split.paths)), seed=seed, reshuffle_each_iteration=True)
+    if feed.budget:
+        options = tf.data.Options()
+        options.autotune.ram_budget = feed.budget
+        clips = clips.with_options(options)
+    return clips
+
+
+def _cache_file() -> Path:
+    """A fresh file name for a disk cache under TMPDIR, removed when the process exits (a killed one leaves it in TMPDIR)."""
+    folder = Path(tempfile.mkdtemp(prefix="vidops-input-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder / "clips"
 
 
 # --- classification ---------------------------------------------------------------------------
 
 
-def classifier_dataset(split: Split, batch_size: int, augment: bool, seed: int) -> tuple[Any, int]:
+def classifier_dataset(split: Split, batch_size: int, augment: bool, seed: int, feed: Feed | None = None) -> tuple[Any, int]:
     """Training batches of (frames uint8 [B, N, S, S, 3], label), shuffled and, when `augment`, augmented; and batches per epoch."""
     import tensorflow as tf
 
-    clips = read_split(split, ("frames",)).shuffle(len(split.paths), seed=seed, reshuffle_each_iteration=True).repeat()
+    clips = read_split(split, ("frames",), feed, seed).repeat()
     batches = clips.batch(batch_size, drop_remainder=True)
     if augment:  # a batch at a time: per-clip ops on small tensors cost more in overhead than in arithmetic
         flipped = tf.constant(flip_labels(split.names), tf.int32)
@@ -156,11 +249,11 @@ def classifier_dataset(split: Split, batch_size: int, augment: bool, seed: int) 
     return batches.prefetch(tf.data.AUTOTUNE), max(1, len(split.paths) // batch_size)
 
 
-def classifier_validation(split: Split, batch_size: int) -> Any:
+def classifier_validation(split: Split, batch_size: int, feed: Feed | None = None) -> Any:
     """Validation batches of (frames, label): every clip once, as it is (no augmentation)."""
     import tensorflow as tf
 
-    return read_split(split, ("frames",)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return read_split(split, ("frames",), feed).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def flip_labels(names: tuple[str, ...]) -> list[int]:
@@ -215,7 +308,7 @@ def jitter_colours(x: Any) -> Any:
 # --- sync ---------------------------------------------------------------------------------------
 
 
-def sync_dataset(split: Split, params: SyncParams) -> tuple[Any, int]:
+def sync_dataset(split: Split, params: SyncParams, feed: Feed | None = None) -> tuple[Any, int]:
     """Training batches of ({frames, audio}, {offset, in_sync}, weights); and batches per epoch, `windows_per_clip` random examples a clip.
 
     The in-sync head sees k = 0 once in 2K + 1 examples; its weights balance the two answers.
@@ -223,7 +316,7 @@ def sync_dataset(split: Split, params: SyncParams) -> tuple[Any, int]:
     import tensorflow as tf
 
     window, max_offset, windows_per_clip, seed = params.window, params.max_offset, params.windows_per_clip, params.seed
-    clips = read_split(split, ("frames", "audio")).shuffle(len(split.paths), seed=seed, reshuffle_each_iteration=True).repeat()
+    clips = read_split(split, ("frames", "audio"), feed, seed).repeat()
     balance = len(params.offsets) / 2  # weight of an in-sync example; an out-of-sync one gets a 2K-th of it
 
     def windows(frames: Any, audio: Any, _: Any) -> Any:
@@ -328,16 +421,20 @@ def caption_ids(split: Split, captions: dict[str, list[str]], vocabulary: Vocabu
     return CaptionIds(ids, counts)
 
 
-def caption_dataset(split: Split, references: CaptionIds, params: CaptionerParams) -> tuple[Any, int]:
+def caption_dataset(split: Split, references: CaptionIds, params: CaptionerParams, feed: Feed | None = None) -> tuple[Any, int]:
     """Training batches of ({frames, tokens}, next tokens): every (clip, reference) pair once an epoch, shuffled.
 
     Teacher forcing: the decoder reads the reference from <start> and learns each next word.
+    A streamed feed shuffles the clips, then each clip's pairs with a batch of their neighbours'.
     """
     import tensorflow as tf
 
-    pairs = _caption_pairs(split, references)
     total = int(references.counts.sum())
-    shuffled = pairs.shuffle(total, seed=params.seed, reshuffle_each_iteration=True).repeat()
+    if feed and feed.streamed:
+        pairs = _caption_pairs(split, references, feed, params.seed)
+        shuffled = pairs.shuffle(params.batch_size, seed=params.seed, reshuffle_each_iteration=True).repeat()
+    else:  # every pair in the shuffle buffer: `caption_feed` counts the copies of a clip's frames
+        shuffled = _caption_pairs(split, references, feed).shuffle(total, seed=params.seed, reshuffle_each_iteration=True).repeat()
     batches = shuffled.batch(params.batch_size, drop_remainder=True)
     if params.augment:  # crops only: a flip would swap left and right, and colour jitter the colour words
         batches = batches.map(lambda x, y: ({**x, "frames": tf.dtypes.saturate_cast(crop_clips(x["frames"]), tf.uint8)}, y),
@@ -359,24 +456,28 @@ def _drop_words(tokens: Any, rate: float) -> Any:
     return tf.where(dropped, tf.constant(UNK, tokens.dtype), tokens)
 
 
-def caption_validation(split: Split, references: CaptionIds, params: CaptionerParams) -> Any:
+def caption_validation(split: Split, references: CaptionIds, params: CaptionerParams, feed: Feed | None = None) -> Any:
     """Validation batches of the same form: every (clip, reference) pair once, in order."""
     import tensorflow as tf
 
-    return _caption_pairs(split, references).batch(params.batch_size).prefetch(tf.data.AUTOTUNE)
+    return _caption_pairs(split, references, feed).batch(params.batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def _caption_pairs(split: Split, references: CaptionIds) -> Any:
-    """({frames, tokens}, targets) for every reference of every clip; a clip's frames are read once and cached."""
+def caption_feed(split: Split, held: Split | None, references: CaptionIds, params: CaptionerParams) -> Feed:
+    """`split_feed` for the captioner, whose in-memory feed shuffles (clip, reference) pairs: a copy of the frames each."""
+    pairs = int(references.counts.sum()) + (round(len(held.paths) * references.counts.mean()) if held else 0)
+    return plan_feed(split.clip_bytes, pairs, params)
+
+
+def _caption_pairs(split: Split, references: CaptionIds, feed: Feed | None = None, seed: int | None = None) -> Any:
+    """({frames, tokens}, targets) for every reference of every clip, the clips held as `feed` says (shuffled with `seed`)."""
     import tensorflow as tf
 
-    clips = read_split(split, ("frames",))  # (frames, label), in the split's order
-    refs = tf.data.Dataset.from_tensor_slices((references.ids, references.counts))
+    clips = read_split(split, ("frames",), feed, seed, extra=(references.ids, references.counts))
 
-    def expand(clip: Any, ref: Any) -> Any:
-        (frames, _), (ids, count) = clip, ref
+    def expand(frames: Any, _: Any, ids: Any, count: Any) -> Any:
         ids = ids[:count]
         frames = tf.repeat(frames[None], count, axis=0)
         return tf.data.Dataset.from_tensor_slices(({"frames": frames, "tokens": ids[:, :-1]}, ids[:, 1:]))
 
-    return tf.data.Dataset.zip(clips, refs).flat_map(expand)
+    return clips.flat_map(expand)

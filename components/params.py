@@ -92,6 +92,11 @@ class FitParams(_Group):
     deterministic: bool = False  # deterministic TensorFlow ops: repeatable, slower
     mixed_precision: bool = True  # float16 compute on a GPU; ignored on the CPU
     xla: bool = False  # compile the model with XLA on a GPU
+    # the training input's clips: auto holds them in memory when they fit memory_budget_mb, else streams them from the shards
+    # (the shuffle buffer sized to the budget); memory always holds them; disk streams the first epoch into one file and
+    # reads it after (under TMPDIR, for shards on a slow or remote disk); none streams every epoch
+    cache: Literal["auto", "memory", "disk", "none"] = "auto"
+    memory_budget_mb: int = Field(4096, ge=1)  # the most the training input holds: cached clips, shuffle buffer, batches in flight
 
 
 class FrameEncoderParams(FitParams):

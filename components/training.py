@@ -46,8 +46,9 @@ def train_classifier(features_dir: Path, model_dir: Path, params: ClassifierPara
     missing = [name for i, name in enumerate(split.names) if not np.any(split.labels == i)]
     if missing:
         raise VidopsError(f"{features_dir}: no training clips for class(es) {', '.join(missing)}")
-    data = inputs.classifier_dataset(split, params.batch_size, params.augment, params.seed)
-    validation = inputs.classifier_validation(held, params.batch_size) if held else None
+    feed = inputs.split_feed(split, held, params)
+    data = inputs.classifier_dataset(split, params.batch_size, params.augment, params.seed, feed)
+    validation = inputs.classifier_validation(held, params.batch_size, feed) if held else None
     frames, size = split.shapes["frames"][0], split.shapes["frames"][1]
     model = _Model(
         build=lambda: build_classifier(frames, size, len(split.names), params),
@@ -67,7 +68,7 @@ def train_sync(features_dir: Path, model_dir: Path, params: SyncParams, on_epoch
             f"{features_dir}: clips of {frames} frames are too short for train.sync.window + 2 x train.sync.max_offset"
             f" = {params.span} frames; extract more frames or lower the window or the offset"
         )
-    data = inputs.sync_dataset(split, params)
+    data = inputs.sync_dataset(split, params, inputs.split_feed(split, held, params))
     validation = inputs.sync_validation(held, params) if held else None
     offsets = tuple(str(k) for k in params.offsets)
     model = _Model(
@@ -88,8 +89,9 @@ def train_captioner(features_dir: Path, model_dir: Path, params: CaptionerParams
     captions = inputs.read_captions(features_dir)
     vocabulary = Vocabulary.build((c for clip in split.clips for c in captions.get(clip, ())), params.min_word_count)
     references = inputs.caption_ids(split, captions, vocabulary, params.max_length)
-    data = inputs.caption_dataset(split, references, params)
-    validation = inputs.caption_validation(held, inputs.caption_ids(held, captions, vocabulary, params.max_length), params) if held else None
+    feed = inputs.caption_feed(split, held, references, params)
+    data = inputs.caption_dataset(split, references, params, feed)
+    validation = inputs.caption_validation(held, inputs.caption_ids(held, captions, vocabulary, params.max_length), params, feed) if held else None
     frames, size = split.shapes["frames"][0], split.shapes["frames"][1]
     model = _Model(
         build=lambda: build_captioner(frames, size, len(vocabulary), params),

@@ -109,11 +109,15 @@ def local_url(bucket: str) -> str:
 
 
 def remote_url(root: Path) -> str | None:
-    """The default remote's URL, None when the project has none."""
-    name = dvc(root, "remote", "default", check=False).stdout.strip()
-    if not name:
+    """The default remote's URL, None when the project has none. Read in this process by DVC's own reader (every level
+    of its config): a `dvc` command costs a second or more, and each push and pull asks before it starts."""
+    from dvc.config import Config
+
+    if not is_repo(root):
         return None
-    return dvc(root, "config", f"remote.{name}.url", check=False).stdout.strip() or None
+    config = Config(dvc_dir=str(root / ".dvc"), validate=False)
+    name = config.get("core", {}).get("remote")
+    return config.get("remote", {}).get(name, {}).get("url") if name else None
 
 
 def set_remote(root: Path, url: str, endpoint_url: str | None = None, keys: tuple[str, str] | None = None) -> None:
@@ -160,24 +164,24 @@ def read_version(folder: Path) -> DatasetVersion:
     return DatasetVersion(folder, out["md5"], int(out.get("nfiles", 0)), int(out.get("size", 0)), dvc_file)
 
 
-def push(root: Path, targets: list[Path], tries: int = 3, wait_s: float = 2.0) -> None:
-    """`dvc push` the targets' data to the default remote, trying again (exponential backoff, jitter) on any failure
-    but refused credentials.
+def push(root: Path, targets: list[Path], tries: int = 3, wait_s: float = 2.0, jobs: int | None = None) -> int:
+    """`dvc push` the targets' data to the default remote, with `jobs` parallel uploads (default: DVC's, 4 per core),
+    trying again (exponential backoff, jitter) on any failure but refused credentials; the number of files DVC
+    uploaded (a folder's listing counts as one; 0 when the remote had them all).
 
     DVC uploads a folder's files first and its listing (`<md5>.dir`) last, so a push that fails
     part-way leaves no version on the remote that names missing files; the next push sends what is left.
     """
-    require_remote(root)
-    url = remote_url(root)
+    url = require_remote(root)
     names = [str(t.relative_to(root)) for t in targets]
     half = "the remote holds no listing of a version whose files did not all arrive (DVC writes it last), so a later push completes it"
     for attempt in range(1, tries + 1):
         try:
-            done = dvc(root, "push", *names, check=False, watched=True)
+            done = dvc(root, "push", *_jobs(jobs), *names, check=False, watched=True)
         except ServerGone as exc:  # trying again cannot help
             raise VidopsError(f"dvc push to {url} stopped: {exc.reason}; {half}") from None
         if done.returncode == 0:
-            return
+            return _transferred(done.stdout, "pushed")
         message = _message(done)
         if _denied(message):
             raise VidopsError(f"dvc push to {url}: the S3 server refused the credentials ({message}); "
@@ -185,14 +189,27 @@ def push(root: Path, targets: list[Path], tries: int = 3, wait_s: float = 2.0) -
         if attempt == tries:
             raise VidopsError(f"dvc push to {url} failed {tries} times ({message}); {half}")
         time.sleep(wait_s * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
+    raise AssertionError("tries >= 1")
 
 
-def pull(root: Path, targets: list[Path] | None = None) -> None:
-    """`dvc pull` the targets (default: everything the project pins) from the default remote."""
-    require_remote(root)
-    url = remote_url(root)
+def _transferred(summary: str, verb: str) -> int:
+    """The files DVC's summary line says it `verb` ("41 files pushed", "1 file fetched"); 0 when it says none."""
+    found = re.search(rf"(\d+) files? {verb}", summary)
+    return int(found.group(1)) if found else 0
+
+
+def _jobs(jobs: int | None) -> list[str]:
+    if jobs is not None and jobs < 1:
+        raise VidopsError(f"{jobs}: DVC's --jobs must be 1 or more")
+    return [] if jobs is None else ["--jobs", str(jobs)]
+
+
+def pull(root: Path, targets: list[Path] | None = None, jobs: int | None = None) -> None:
+    """`dvc pull` the targets (default: everything the project pins) from the default remote, with `jobs` parallel
+    downloads (default: DVC's, 4 per core)."""
+    url = require_remote(root)
     try:
-        done = dvc(root, "pull", *(str(t.relative_to(root)) for t in targets or []), check=False, watched=True)
+        done = dvc(root, "pull", *_jobs(jobs), *(str(t.relative_to(root)) for t in targets or []), check=False, watched=True)
     except ServerGone as exc:
         raise VidopsError(f"dvc pull from {url} stopped: {exc.reason}") from None
     if done.returncode != 0:
@@ -201,12 +218,14 @@ def pull(root: Path, targets: list[Path] | None = None) -> None:
         raise VidopsError(f"dvc pull from {url} failed: {message}{hint}")
 
 
-def require_remote(root: Path) -> None:
-    """An error naming what to do when `root` is not a DVC project or has no remote."""
+def require_remote(root: Path) -> str:
+    """The default remote's URL; an error naming what to do when `root` is not a DVC project or has no remote."""
     if not is_repo(root):
         raise VidopsError(f"{root}: not a DVC project; `vidops data push` makes it one")
-    if remote_url(root) is None:
+    url = remote_url(root)
+    if url is None:
         raise VidopsError(f"{root}: no DVC remote is configured; `vidops data remote s3://BUCKET/PREFIX` sets one")
+    return url
 
 
 def _denied(message: str) -> bool:

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
-from vidops.components import catalog, cluster, encoders, evaluation, extraction, promotion, registry, validation, versioning
+from vidops.components import catalog, cluster, encoders, evaluation, extraction, inputs, promotion, registry, validation, versioning
 from vidops.components.errors import VidopsError
 from vidops.components.io import write_json
 from vidops.components.layout import CAPTIONS_FILE, INDEX_TABLE, RUN_FILE, Layout
@@ -61,6 +61,7 @@ def train_model(layout: Layout, params: Params, task: Task, progress: Progress |
     (named `run_name`, default `<task>-<DVC experiment or "stage">`), to the `vidops` log and to `progress`."""
     extraction.usable_rows(layout.features(task), "train")  # no features: an error now, before a run is opened for nothing
     spec(task).preflight(task, params.train.of(task))  # nor weights
+    inputs.check_budget(layout.features(task), spec(task).fields, params.train.of(task), f"train.{task}")  # nor memory for a batch
     if (me := cluster.worker()) and not me.chief:
         # one of several workers training the chief's model with it (TF_CONFIG): its copy beside the chief's, no MLflow run
         log.info("train %s: worker %d of %d, beside the chief", task, me.index, me.workers)

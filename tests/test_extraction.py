@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from vidops.components import audio
 from vidops.components.audio import STEPS_PER_FRAME
 from vidops.components.errors import VidopsError
 from vidops.components import inputs
@@ -83,6 +84,32 @@ def test_audio_lines_up_with_the_frame_it_belongs_to(tmp_path: Path, delay: int)
     assert int(np.argmax(features.audio.mean(axis=(1, 2)))) == 20 + delay
     # frames before the audio starts are flagged, not faked (AAC's priming starts it a little early)
     assert not features.audio_ok[: max(delay - 1, 0)].any() and features.audio_ok[delay:].all()
+
+
+def test_sparse_frames_decode_only_the_audio_around_them_for_the_whole_track_s_features(tmp_path: Path, monkeypatch):
+    """A minute of audio sampled at 4 frames: a few tenths of a second decoded (a clip of hours stays bounded), same features."""
+    clip = encode(tmp_path / "minute.mp4", fps=5, frames=300, audio_s=60.0)
+    decoded = []
+    push = audio._Resampler.push
+    monkeypatch.setattr(audio._Resampler, "push", lambda self, frame: decoded.append(frame.samples / frame.sample_rate) or push(self, frame))
+    features = extract_clip(clip, 300, ExtractParams(frames=4, size=32))
+    assert 0 < sum(decoded) < 2.0
+    samples, start = audio.decode_audio(clip)
+    whole, ok = audio.align(audio.features(samples, "logmel"), start, features.times, "logmel")
+    assert np.allclose(features.audio, whole, atol=1e-3) and features.audio_ok.tolist() == ok.tolist() == [True] * 4
+
+
+def test_ucf101_shaped_clips_probe_as_such_and_their_mp3_in_avi_extracts_like_the_whole_track(tmp_path: Path):
+    from vidops.benchmarks.extract import write_ucf101_clips
+    from vidops.components.catalog import probe_clip
+
+    clip, = write_ucf101_clips(tmp_path, 1, seconds=2.0, workers=1)
+    probe = probe_clip(clip)
+    assert probe["readable"] and (probe["video_codec"], probe["frames"], probe["keyframe_interval"], probe["vfr"]) == ("mpeg4", 50, 25, False)
+    features = extract_clip(clip, 50, ExtractParams(frames=8, size=32))
+    samples, start = audio.decode_audio(clip)
+    whole, ok = audio.align(audio.features(samples, "logmel"), start, features.times, "logmel")
+    assert features.has_audio and np.allclose(features.audio, whole, atol=0.15) and features.audio_ok.tolist() == ok.tolist()
 
 
 def test_a_clip_without_audio_is_flagged_not_an_error(tmp_path: Path):

@@ -1,9 +1,11 @@
 """`vidops bench scale`'s parts, small: the near-duplicate search against the pairwise scan, the checks on a synthetic
-manifest, and the incremental re-run, which must work on the new clips only."""
+manifest, the incremental re-run, which must work on the new clips only, and DVC's add, push and pull."""
 
 from pathlib import Path
 
 from vidops.benchmarks import scale
+from vidops.components.layout import Layout
+from vidops.components.promotion import DECISION
 
 
 def test_the_scale_bench_measures_each_part_and_a_rerun_works_on_the_new_clips_only(tmp_path: Path):
@@ -21,5 +23,24 @@ def test_the_scale_bench_measures_each_part_and_a_rerun_works_on_the_new_clips_o
     assert (rerun["extract"].done, rerun["extract"].reused) == (1, 24)
     dataset = tmp_path / "n24" / "data" / "raw" / "demo"
     assert len(list(dataset.glob("*/*.mp4"))) == 25 and len(list(dataset.iterdir())) == 2  # over two labels: 6 // 5 < 2
-    printed = scale.report(scale.Scale((fast, slow, pairs), timed, stages, rerun))
+
+    # the models part on the larger project: the training input streamed within its budget, evaluate and the gate
+    models, runs = scale.models(tmp_path, (24,))
+    assert set(models) == {"training input, an epoch", "evaluate", "gate"} and all(24 in timed for timed in models.values())
+    streamed, held = runs["none 24"], runs["memory 24"]
+    assert (streamed.cache, runs["auto 24"].cache, held.cache) == ("none", "memory", "memory")  # 24 clips fit the budget
+    assert streamed.examples_per_s > 0 and 0 < streamed.peak_mb < streamed.budget_mb
+    assert (Layout(tmp_path / "n24").promotion("classification") / DECISION).is_file()
+    printed = scale.report(scale.Scale((fast, slow, pairs), timed, stages | models, rerun, inputs=runs))
     assert "growth exponent" in printed and "1 clips done, 24 reused" in printed, printed
+    assert "training input, cache none at N=24" in printed and "under the 64 MB budget" in printed, printed
+
+
+def test_the_dvc_part_adds_pushes_and_pulls_and_a_rerun_uploads_the_new_clips_only(tmp_path: Path):
+    versions = scale.versions(tmp_path, (8,), jobs=())  # one size, one SeaweedFS start: each DVC command costs a second or more
+    assert set(versions.timed) == {"dvc add", "dvc push", "dvc pull"}
+    # one new clip joins the 8: `dvc add` stores it alone, `dvc push` uploads it (and the new listing) alone
+    assert (versions.rerun["dvc add"].done, versions.rerun["dvc add"].reused) == (1, 8)
+    assert (versions.rerun["dvc push"].done, versions.rerun["dvc push"].reused) == (1, 8)
+    printed = "\n".join(scale.report_versions(versions))
+    assert "dvc push, per 1,000 clips" in printed and "1 clips done, 8 reused" in printed, printed

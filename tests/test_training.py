@@ -16,9 +16,10 @@ from vidops.components import inputs
 from vidops.components.errors import VidopsError
 from vidops.components.evaluation import evaluate_classifier
 from vidops.components.models import OffsetPairs, build_classifier, build_sync
-from vidops.components.params import ClassifierParams, SyncParams
+from vidops.components.params import ClassifierParams, SyncParams, load_params
 from vidops.components.training import CHECKPOINTS, train_classifier, train_sync
 import faults
+from conftest import TINY
 
 
 @pytest.mark.parametrize("temporal", ["conv", "lstm", "2plus1d"])
@@ -215,6 +216,41 @@ def test_a_window_and_offset_longer_than_the_clips_fail_before_any_epoch(trained
     with pytest.raises(VidopsError, match="clips of 20 frames are too short for train.sync.window \\+ 2 x train.sync.max_offset = 22"):
         train_sync(trained_project.features("sync"), tmp_path / "model", too_long)
 
+
+
+def test_the_feed_holds_the_clips_in_memory_when_they_fit_the_budget_and_streams_them_when_not():
+    params = ClassifierParams(memory_budget_mb=10, batch_size=4)
+    mb = 1024**2
+    fits = inputs.plan_feed(mb // 10, 30, params)  # 3 MB of clips, 2.4 MB in flight: 7.6 MB left, half of it to hold clips
+    assert (fits.cache, fits.shuffle) == ("memory", 30)
+    streamed = inputs.plan_feed(mb // 10, 40, params)
+    assert streamed.cache == "none" and streamed.shuffle == (100 - (4 * 4 + 8)) // 2 == 38  # what the budget leaves for the buffer
+    assert inputs.plan_feed(mb // 10, 5000, params.model_copy(update={"cache": "memory"})).cache == "memory"  # asked for
+    assert inputs.plan_feed(mb // 10, 30, params.model_copy(update={"cache": "disk"})).cache == "disk"
+    with pytest.raises(VidopsError, match=r"train.sync.memory_budget_mb: 10 MB cannot hold .* \(4 batches of 64 clips of 0.1 MB.* lower train.sync.batch_size"):
+        inputs.plan_feed(mb // 10, 5000, params.model_copy(update={"batch_size": 64}), "train.sync")
+
+
+@pytest.mark.parametrize("cache", ["memory", "disk", "none"])
+def test_every_feed_gives_every_clip_once_an_epoch_in_a_new_order(trained_project, cache):
+    split = inputs.open_split(trained_project.features("classification"), "train", ("frames",))
+    feed = inputs.Feed(cache, 3, 64 * 1024**2)  # a shuffle buffer of 3 clips
+    frames = inputs.in_memory(split, "frames")
+    clips = inputs.read_split(split, ("frames",), feed, seed=0)
+    epochs = [list(clips.as_numpy_iterator()) for _ in range(2)]
+    for epoch in epochs:
+        order = [next(i for i, f in enumerate(frames) if np.array_equal(f, x)) for x, _ in epoch]
+        assert sorted(order) == list(range(len(frames)))
+        assert [label for _, label in epoch] == [split.labels[i] for i in order]
+    assert [x.tobytes() for x, _ in epochs[0]] != [x.tobytes() for x, _ in epochs[1]]
+
+
+def test_a_memory_budget_smaller_than_the_batches_in_flight_is_refused_before_any_work(trained_project, tiny_params):
+    from vidops.flows import stages
+
+    params = load_params(None, [*TINY, "train.classification.memory_budget_mb=1", "train.classification.batch_size=64"])
+    with pytest.raises(VidopsError, match=r"^train.classification.memory_budget_mb: 1 MB cannot hold"):
+        stages.train_model(trained_project, params, "classification")
 
 
 def test_mirroring_swaps_left_and_right_classes_only():

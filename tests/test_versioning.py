@@ -103,7 +103,8 @@ def test_a_dataset_with_a_file_above_the_multipart_threshold_is_pushed_and_pulle
     assert "secret_access_key" not in (layout.root / ".dvc" / "config").read_text()  # keys only in config.local
     version = versioning.add(layout.root, dataset)
     assert version.md5 == versioning.current_version(layout.root, dataset) and version.files == len(expected)
-    versioning.push(layout.root, [version.dvc_file])
+    assert versioning.push(layout.root, [version.dvc_file], jobs=2) == len(expected) + 1  # the files, then the listing
+    assert versioning.push(layout.root, [version.dvc_file]) == 0  # the remote has them all
 
     client = s3_client(s3)
     assert client.head_object(Bucket="vidops", Key=remote_key("dvc-push", version.md5))["ContentLength"] > 0  # the listing, last
@@ -127,6 +128,8 @@ def test_push_names_what_is_wrong_and_leaves_no_half_version_on_the_remote(s3, t
     versioning.set_remote(layout.root, "s3://vidops/dvc-bad", s3["AWS_ENDPOINT_URL"], (s3["AWS_ACCESS_KEY_ID"], "not-the-secret"))
     with pytest.raises(VidopsError, match="refused the credentials"):
         versioning.push(layout.root, [version.dvc_file], tries=1)
+    with pytest.raises(VidopsError, match="0: DVC's --jobs must be 1 or more"):
+        versioning.push(layout.root, [version.dvc_file], jobs=0)
 
     with __import__("socket").socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -150,7 +150,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--workdir", type=Path, default=Path(".vidops/bench"), help="where the generated clips are kept")
     bench.add_argument("--clips", type=int, help="extract: clips (24); train: clips per class (24); pipeline: clips per class (the demo's); scale: the largest dataset (4000)")
     bench.add_argument("--epochs", type=int, help="pipeline: training epochs of both models; train --encoder: of the classifier (default: the demo's)")
-    bench.add_argument("--seconds", type=float, default=10.0, help="extract: seconds a clip")
+    bench.add_argument("--seconds", type=float, help="extract: seconds a clip (default: 10 long-GOP, 7 short-GOP)")
+    bench.add_argument("--corpus", choices=["long-gop", "short-gop", "both"], default="both",
+                       help="extract: x264-default clips with one keyframe each, UCF101-shaped XviD clips with one every 25 frames, or both")
     bench.add_argument("--workers", type=int, default=2, help="extract: worker processes")
     bench.add_argument("--batches", type=int, default=60, help="train: timed batches")
     bench.add_argument("--encoder", help="train: instead, the classifier with this frame encoder against small: accuracy and training time")
@@ -317,8 +319,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if args.name == "extract":
         from vidops.benchmarks import extract
 
-        config = extract.BenchConfig(clips=args.clips or 24, seconds=args.seconds, workers=args.workers)
-        print(extract.report(extract.run(args.workdir / "extract", config), config))
+        for corpus in extract.CORPORA if args.corpus == "both" else (args.corpus,):
+            config = extract.BenchConfig(clips=args.clips or 24, seconds=args.seconds, corpus=corpus, workers=args.workers)
+            print(extract.report(extract.run(args.workdir / "extract", config), config))
     elif args.name == "train":
         from vidops.benchmarks import train
 

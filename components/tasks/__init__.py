@@ -81,6 +81,11 @@ class TaskSpec:
     demo: str | None = None  # the demo generator's data kind (components.generate) for `vidops demo` and `generate`
 
     @property
+    def fields(self) -> tuple[str, ...]:
+        """The shard arrays its model reads of a clip."""
+        return ("frames", "audio") if self.needs_audio else ("frames",)
+
+    @property
     def train_params(self) -> type[FitParams]:
         """The task's model of its train.<task> group."""
         return type(self.defaults.train)

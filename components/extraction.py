@@ -62,6 +62,12 @@ class ClipJob:
     row: dict[str, Any]  # path, label, split, sha256, for the index
 
 
+# index.csv's columns: the clip (as the manifest has it), its shard, how its extraction went, and the shard's size and
+# mtime when it was written (a re-run trusts an unchanged shard without opening it)
+INDEX_COLUMNS = ("path", "label", "group", "split", "sha256", "shard", "status", "error", "padded", "has_audio", "reused",
+                 "shard_bytes", "shard_mtime_ns")  # fmt: skip
+
+
 @dataclass(frozen=True)
 class FeatureSet:
     root: Path
@@ -100,7 +106,8 @@ def extract_batch(jobs: list[ClipJob], params: ExtractParams, shard_dir: str) ->
     rows = []
     for job in jobs:
         target = Path(shard_dir) / job.shard
-        row = {**job.row, "shard": job.shard, "status": "ok", "error": "", "padded": False, "has_audio": False, "reused": False}
+        row = {**job.row, "shard": job.shard, "status": "ok", "error": "", "padded": False, "has_audio": False, "reused": False,
+               "shard_bytes": 0, "shard_mtime_ns": 0}  # fmt: skip
         try:
             if target.is_file():
                 row.update(reused=_read_flags(target, row))
@@ -109,6 +116,8 @@ def extract_batch(jobs: list[ClipJob], params: ExtractParams, shard_dir: str) ->
                 with atomic_path(target) as tmp, tmp.open("wb") as f:
                     np.savez(f, **{k: getattr(clip, k) for k in ClipFeatures.__dataclass_fields__})
                 row.update(padded=clip.padded, has_audio=clip.has_audio)
+            stat = target.stat()
+            row.update(shard_bytes=stat.st_size, shard_mtime_ns=stat.st_mtime_ns)
         except ClipTooShort as exc:
             row.update(status="skipped", error=str(exc))
         except (ValueError, OSError, EOFError) as exc:  # PyAV's errors are OSError and ValueError subclasses
@@ -118,6 +127,28 @@ def extract_batch(jobs: list[ClipJob], params: ExtractParams, shard_dir: str) ->
             row.update(status="error", error=getattr(exc, "strerror", None) or str(exc))
         rows.append(row)
     return rows
+
+
+def _kept_shards(index_table: Path, shard_dir: Path) -> dict[str, dict[str, Any]]:
+    """The index fields of each shard the last index lists as extracted and whose file is unchanged since (the same size
+    and mtime, as DVC's state judges a file): their clips need no worker, which would open every shard to read its flags
+    (about 3 s of a re-run at 4,000 clips). A shard written anew, damaged or replaced has another size or mtime."""
+    try:
+        old = pd.read_csv(index_table, keep_default_na=False, dtype=str)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return {}  # no index yet, or one that cannot be read: every shard is opened once
+    if not {"shard", "status", "padded", "has_audio", "shard_bytes", "shard_mtime_ns"} <= set(old.columns):
+        return {}  # an index from before shards' sizes were kept
+    kept = {}
+    for row in old[old["status"] == "ok"].itertuples():
+        try:
+            stat = (shard_dir / row.shard).stat()
+        except OSError:
+            continue
+        if (str(stat.st_size), str(stat.st_mtime_ns)) == (row.shard_bytes, row.shard_mtime_ns):
+            kept[row.shard] = {"status": "ok", "error": "", "padded": row.padded == "True", "has_audio": row.has_audio == "True",
+                               "shard_bytes": stat.st_size, "shard_mtime_ns": stat.st_mtime_ns}  # fmt: skip
+    return kept
 
 
 def _read_flags(shard: Path, row: dict[str, Any]) -> bool:
@@ -157,13 +188,16 @@ def extract_features(
         )  # fmt: skip
         for row in manifest.itertuples()
     ]
-    batches = [jobs[i : i + params.batch_size] for i in range(0, len(jobs), params.batch_size)]
-    rows = []
-    for batch_rows in mapper(extract_batch, [(batch, params, str(shard_dir)) for batch in batches], params.workers):
-        rows += batch_rows
+    kept = _kept_shards(features_dir / INDEX_TABLE, shard_dir)
+    rows = {i: {**job.row, "shard": job.shard, **kept[job.shard], "reused": True} for i, job in enumerate(jobs) if job.shard in kept}
+    todo = [i for i in range(len(jobs)) if i not in rows]
+    batches = [todo[i : i + params.batch_size] for i in range(0, len(todo), params.batch_size)]
+    work = [([jobs[i] for i in batch], params, str(shard_dir)) for batch in batches]
+    for batch, batch_rows in zip(batches, mapper(extract_batch, work, params.workers), strict=True):
+        rows.update(zip(batch, batch_rows, strict=True))
         if progress:
             progress(len(rows), len(jobs))
-    index = pd.DataFrame(rows)
+    index = pd.DataFrame([rows[i] for i in range(len(jobs))], columns=list(INDEX_COLUMNS))
     write_csv(features_dir / INDEX_TABLE, index)
     if caption_table is None:
         (features_dir / CAPTIONS_FILE).unlink(missing_ok=True)  # of a task that had captions once

@@ -220,3 +220,27 @@ def test_a_full_disk_stops_extraction_with_its_cause_and_the_rerun_completes(tra
         subprocess.run(["umount", str(features)], check=True)
     done = extract_features(dataset, accepted, features, params, mapper=in_threads)  # space again: the same call completes
     assert done.failed == 0 and sum(done.clips.values()) == len(pd.read_csv(accepted))
+
+
+def test_a_rerun_trusts_unchanged_shards_without_opening_them_and_extracts_a_changed_one_again(project, tiny_params, monkeypatch):
+    from vidops.components import extraction
+    from vidops.components.parallel import in_threads
+
+    stages.validate_dataset(project, tiny_params, "classification")
+    first = stages.extract_features(project, tiny_params, "classification")
+    features = project.features("classification")
+    opened = []
+    read_flags = extraction._read_flags
+    monkeypatch.setattr(extraction, "_read_flags", lambda shard, row: opened.append(shard.name) or read_flags(shard, row))
+    again = stages.extract_features(project, tiny_params, "classification", mapper=in_threads)
+    assert (again.extracted, again.reused, opened) == (0, first.extracted, [])  # every shard trusted by its size and mtime
+    before = pd.read_csv(features / "index.csv", keep_default_na=False)
+
+    damaged = features / SHARDS / before["shard"].iloc[0]
+    damaged.write_bytes(damaged.read_bytes()[:300])  # another size: looked at again, found damaged, extracted anew
+    third = stages.extract_features(project, tiny_params, "classification", mapper=in_threads)
+    assert (third.extracted, third.reused, opened) == (1, first.extracted - 1, [damaged.name])
+    after = pd.read_csv(features / "index.csv", keep_default_na=False)
+    assert after[["path", "shard", "status", "padded", "has_audio"]].equals(before[["path", "shard", "status", "padded", "has_audio"]])
+    with np.load(damaged) as arrays:
+        assert arrays["frames"].shape == (4, 32, 32, 3)  # whole again

@@ -449,9 +449,7 @@ def _status_kb(field: str) -> int:
 
 def _timed(stage: Callable[[Layout, Params, Task], T], layout: Layout, params: Params) -> tuple[float, T]:
     """Seconds of one stage on the project, and what it returned."""
-    start = time.perf_counter()
-    result = stage(layout, params, TASK)
-    return time.perf_counter() - start, result
+    return _seconds(stage, layout, params, TASK)
 
 
 def _pool(folder: Path, n: int) -> list[Path]:

@@ -76,6 +76,26 @@ class TrainingRun:
         MlflowClient(self.tracking_uri).set_terminated(self.run_id, "FAILED" if failed else "FINISHED")
 
 
+@contextmanager
+def fluent_at(tracking: Tracking) -> Iterator[None]:
+    """MLflow's fluent API (start_run, register_model, models:/ URIs) at `tracking`, for the block only.
+    mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI, which `flows.profiles.tracking` trusts: left behind, it
+    would send every later stage of a long-lived process (a Prefect worker, a test session) to this store."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils  # its _tracking_uri: None until set, unlike get_tracking_uri()
+
+    before, exported = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(tracking.uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
+        if exported is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = exported
+
+
 def open_training_run(
     tracking: Tracking, params: Params, task: Task, run_name: str, tags: dict[str, str], dataset_dir: Path, accepted: Path
 ) -> TrainingRun:
@@ -85,11 +105,10 @@ def open_training_run(
     import pandas as pd
     from mlflow import MlflowClient
 
-    mlflow.set_tracking_uri(tracking.uri)
     client = MlflowClient(tracking.uri)
     tree = params.to_yaml_dict()
     logged = {group: {task: tree[group][task]} for group in ("datasets", "extract", "train")}  # this task's, not the other's
-    with answering(tracking, f"opening the {task} training's run"):
+    with answering(tracking, f"opening the {task} training's run"), fluent_at(tracking):
         run = client.create_run(_experiment_id(params.registry.experiment, tracking), run_name=run_name, tags={"vidops.task": task, **tags})
         with mlflow.start_run(run_id=run.info.run_id):
             mlflow.log_params(_flatten(logged))
@@ -168,12 +187,11 @@ def register_model(
     from vidops.components.models import load_model
     from vidops.components.validation import ACCEPTED
 
-    mlflow.set_tracking_uri(tracking.uri)
     metrics = json.loads(metrics_path.read_text())
     history = json.loads((model_dir / HISTORY_FILE).read_text())
     model = load_model(model_dir / MODEL_FILE)
     name = params.registry.of(task).model_name
-    with answering(tracking, f"logging {name} to its run"):
+    with answering(tracking, f"logging {name} to its run"), fluent_at(tracking):
         live = _training_run(model_dir, tracking)
         # the training's own run, which has its curves already; else (trained elsewhere, or registered once) a new one
         accepted = validation_report.with_name(ACCEPTED)
@@ -183,7 +201,8 @@ def register_model(
         return Registration(name, None, logged.run_id, logged.experiment_id)
     metric = params.registry.of(task).metric
     evaluated = {**tags, EVALUATED: f"{metric}={float(metrics[metric])}"}
-    version = _register_whole(tracking, logged.model_uri, name, logged.run_id, evaluated, registry_key)
+    with fluent_at(tracking):
+        version = _register_whole(tracking, logged.model_uri, name, logged.run_id, evaluated, registry_key)
     return Registration(name, version, logged.run_id, logged.experiment_id)
 
 
@@ -541,8 +560,8 @@ def download_version(tracking: Tracking, name: str, version: str, dst: Path) -> 
     """The version's served-model folder, downloaded into `dst`, unchecked (`trusted_download` checks its seal)."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking.uri)  # models:/ resolves through the process's registry, not the tracking_uri argument
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dst), tracking_uri=tracking.uri))
+    with fluent_at(tracking):  # models:/ resolves through the process's registry, not the tracking_uri argument
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dst), tracking_uri=tracking.uri))
 
 
 def _seal(key: bytes, name: str, version: str, folder: Path) -> str:

@@ -37,9 +37,13 @@ def _register(project, params, tracking, task="classification", metrics=None, ta
                           project.catalog(task) / REPORT, params, task, tracking, tags or {})  # fmt: skip
 
 
-def test_a_registered_version_is_the_challenger_with_its_evaluation_params_data_and_curves(trained_project, tiny_params, tracking):
+def test_a_registered_version_is_the_challenger_with_its_evaluation_params_data_and_curves(trained_project, tiny_params, tracking, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     first = _register(trained_project, tiny_params, tracking, tags={"vidops.dataset": "d"})
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # a later stage of the process finds its own store, not this one
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9/the-user-s")
     second = _register(trained_project, tiny_params, tracking)
+    assert os.environ["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:9/the-user-s"
     assert (first.version, second.version) == ("1", "2")
 
     client = MlflowClient(tracking.uri)

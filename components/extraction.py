@@ -29,7 +29,7 @@ from vidops.components.errors import VidopsError
 from vidops.components.io import atomic_path, read_arrays, write_csv, write_json
 from vidops.components.layout import CAPTIONS_FILE, INDEX, INDEX_TABLE, SHARDS
 from vidops.components.media import decode_frames, open_clip
-from vidops.components.parallel import Mapper, in_processes
+from vidops.components.parallel import Mapper, in_processes, in_this_process
 from vidops.components.params import ExtractParams
 from vidops.components.sampling import ClipTooShort, sample_indices
 
@@ -64,6 +64,9 @@ class ClipJob:
 
 # index.csv's columns: the clip (as the manifest has it), its shard, how its extraction went, and the shard's size and
 # mtime when it was written (a re-run trusts an unchanged shard without opening it)
+# Fewer clips to extract than this are extracted in this process: a worker's start (importing PyAV, numpy and pandas,
+# 1-3 s on 2 cores) costs more than a re-run's handful of new clips (13-36 ms each at the bench's sizes) takes.
+IN_PROCESS_CLIPS = 64
 INDEX_COLUMNS = ("path", "label", "group", "split", "sha256", "shard", "status", "error", "padded", "has_audio", "reused",
                  "shard_bytes", "shard_mtime_ns")  # fmt: skip
 
@@ -164,11 +167,12 @@ def _read_flags(shard: Path, row: dict[str, Any]) -> bool:
 
 def extract_features(
     dataset_dir: Path, accepted_manifest: Path, features_dir: Path, params: ExtractParams, progress: Progress | None = None,
-    mapper: Mapper = in_processes, captions: Path | None = None,
+    mapper: Mapper | None = None, captions: Path | None = None,
 ) -> FeatureSet:
     """Extract every accepted clip into `features_dir/clips/`, then write the index; drop shards of other params.
 
-    Batches of `params.batch_size` clips go through `mapper` (default: `params.workers` processes). With `captions` (the
+    Batches of `params.batch_size` clips go through `mapper` (default: `params.workers` processes, or this process when
+    fewer than IN_PROCESS_CLIPS clips are left to extract). With `captions` (the
     accepted clips' CAPTIONS_FILE that validation writes), the extracted clips' captions go to `features_dir`/CAPTIONS_FILE.
     """
     manifest = read_manifest(accepted_manifest)
@@ -193,6 +197,7 @@ def extract_features(
     todo = [i for i in range(len(jobs)) if i not in rows]
     batches = [todo[i : i + params.batch_size] for i in range(0, len(todo), params.batch_size)]
     work = [([jobs[i] for i in batch], params, str(shard_dir)) for batch in batches]
+    mapper = mapper or (in_this_process if len(todo) < IN_PROCESS_CLIPS else in_processes)
     for batch, batch_rows in zip(batches, mapper(extract_batch, work, params.workers), strict=True):
         rows.update(zip(batch, batch_rows, strict=True))
         if progress:

@@ -18,8 +18,13 @@ Mapper = Callable[[Callable[..., Any], list[tuple[Any, ...]], int], Iterator[Any
 def in_processes(function: Callable[..., Any], calls: list[tuple[Any, ...]], workers: int) -> Iterator[Any]:
     """Spawned processes (not forked: the caller may hold threads, Prefect's, that a fork would copy mid-flight)."""
     if workers == 1 or len(calls) <= 1:
-        return (function(*args) for args in calls)
+        return in_this_process(function, calls, workers)
     return _pool(ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")), function, calls)
+
+
+def in_this_process(function: Callable[..., Any], calls: list[tuple[Any, ...]], workers: int) -> Iterator[Any]:
+    """One call after another, here: for work smaller than a pool's start."""
+    return (function(*args) for args in calls)
 
 
 def in_threads(function: Callable[..., Any], calls: list[tuple[Any, ...]], workers: int) -> Iterator[Any]:

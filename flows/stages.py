@@ -27,7 +27,7 @@ from vidops.components import catalog, cluster, encoders, evaluation, extraction
 from vidops.components.errors import VidopsError
 from vidops.components.io import write_json
 from vidops.components.layout import CAPTIONS_FILE, INDEX_TABLE, RUN_FILE, Layout
-from vidops.components.parallel import Mapper, in_processes, in_threads
+from vidops.components.parallel import Mapper, in_threads
 from vidops.components.params import Params, Task
 from vidops.components.tasks import TrainedModel, spec
 from vidops.components.validation import validation_checks
@@ -47,7 +47,7 @@ def validate_dataset(layout: Layout, params: Params, task: Task, mapper: Mapper 
 
 
 def extract_features(
-    layout: Layout, params: Params, task: Task, progress: extraction.Progress | None = None, mapper: Mapper = in_processes
+    layout: Layout, params: Params, task: Task, progress: extraction.Progress | None = None, mapper: Mapper | None = None
 ) -> extraction.FeatureSet:
     accepted, captions = layout.catalog(task) / validation.ACCEPTED, layout.catalog(task) / CAPTIONS_FILE
     return extraction.extract_features(

@@ -10,9 +10,10 @@ import pytest
 from vidops.components import audio
 from vidops.components.audio import STEPS_PER_FRAME
 from vidops.components.errors import VidopsError
-from vidops.components import inputs
+from vidops.components import extraction, inputs
 from vidops.components.extraction import SHARDS, extract_clip, extract_features
 from vidops.components.media import read_frames
+from vidops.components.parallel import in_this_process
 from vidops.components.params import ExtractParams, load_params
 from vidops.components.sampling import ClipTooShort, dense, sample_indices, segments, uniform
 import faults
@@ -119,10 +120,19 @@ def test_a_clip_without_audio_is_flagged_not_an_error(tmp_path: Path):
     assert features.audio.shape == (4, STEPS_PER_FRAME, 13)
 
 
-def test_extraction_is_incremental_and_keyed_by_content_and_params(project, tiny_params):
+def test_extraction_is_incremental_and_keyed_by_content_and_params(project, tiny_params, monkeypatch):
+    pooled = []  # the clips of each extraction that went to worker processes
+
+    def in_processes(function, calls, workers):
+        pooled.append(sum(len(jobs) for jobs, *_ in calls))
+        return in_this_process(function, calls, workers)
+
+    monkeypatch.setattr(extraction, "in_processes", in_processes)
+    monkeypatch.setattr(extraction, "IN_PROCESS_CLIPS", 2)
     stages.validate_dataset(project, tiny_params, "classification")
     first = stages.extract_features(project, tiny_params, "classification")
     assert (first.extracted, first.reused, first.failed) == (21, 0, 0)
+    assert pooled == [21]
     assert first.clips == {"train": 14, "test": 7}
     again = stages.extract_features(project, tiny_params, "classification")
     assert (again.extracted, again.reused) == (0, 21)
@@ -135,6 +145,7 @@ def test_extraction_is_incremental_and_keyed_by_content_and_params(project, tiny
     stages.validate_dataset(project, tiny_params, "classification")
     one_more = stages.extract_features(project, tiny_params, "classification")
     assert (one_more.extracted, one_more.reused) == (1, 21)
+    assert pooled == [21]  # a clip or two cost less than a worker's start: extracted in this process
 
     changed = load_params(project.root / "params.yaml", ["extract.classification.size=24"])
     redone = stages.extract_features(project, changed, "classification")

@@ -19,7 +19,7 @@ import pandas as pd
 
 from vidops.components import inputs, text
 from vidops.components.errors import VidopsError
-from vidops.components.io import atomic_path, write_csv, write_json
+from vidops.components.io import atomic_path, read_arrays, write_csv, write_json
 from vidops.components.layout import LABELS_FILE, MODEL_FILE
 from vidops.components.params import CaptionerParams, SyncParams
 
@@ -27,6 +27,7 @@ METRICS = "metrics.json"
 CONFUSION = "confusion.csv"
 SAMPLES_TABLE = "samples.md"  # captioning: a few test clips, their references and the caption said
 SAMPLES = 8
+CLIPS_A_READ = 128  # test clips held at once (UCF101-sized, 16 frames of 112 px: 77 MB), whatever the split's size
 CONTEXT_LENGTHS = (5, 7, 9, 11, 13, 15)  # sync: window lengths, in frames, that accuracy is reported against
 
 
@@ -42,7 +43,7 @@ def evaluate_classifier(model_dir: Path, features_dir: Path, reports_dir: Path) 
     """Accuracy (overall and per class) of the classifier on the test split."""
     model, labels = _load(model_dir)
     split = _test_split(features_dir, ("frames",))
-    predicted = np.argmax(model.predict(inputs.in_memory(split, "frames"), verbose=0), axis=1)
+    predicted = np.concatenate([np.argmax(model.predict(frames, verbose=0), axis=1) for frames in inputs.in_chunks(split, "frames", CLIPS_A_READ)])
     truth = split.labels
     per_class = per_class_scores(truth, predicted, labels)
     f1 = [per_class[f"f1_{label}"] for i, label in enumerate(labels) if np.any(truth == i)]
@@ -72,11 +73,9 @@ def evaluate_sync(model_dir: Path, features_dir: Path, reports_dir: Path, params
     """
     model, _ = _load(model_dir)
     split = _test_split(features_dir, ("frames", "audio"))
-    frames, audio = inputs.in_memory(split, "frames"), inputs.in_memory(split, "audio")
-    t, p, s = _offsets(model, frames, audio, params)
     lengths = [n for n in CONTEXT_LENGTHS if n < params.window]
-    shorter = {n: _offsets(model, frames, audio, params.model_copy(update={"window": n}))[:2] for n in lengths}
-    by_length = {n: float(np.mean(np.abs(predicted - truth) <= 1)) for n, (truth, predicted) in shorter.items()}
+    (t, p, s), *shorter = _offsets(model, split, [params, *(params.model_copy(update={"window": n}) for n in lengths)])
+    by_length = {n: float(np.mean(np.abs(predicted - truth) <= 1)) for n, (truth, predicted, _) in zip(lengths, shorter, strict=True)}
     by_length[params.window] = float(np.mean(np.abs(p - t) <= 1))
     write_csv(reports_dir / "context.csv", pd.DataFrame({"frames": list(by_length), "accuracy_within_1": list(by_length.values())}))
     error = np.abs(p - t)
@@ -87,7 +86,7 @@ def evaluate_sync(model_dir: Path, features_dir: Path, reports_dir: Path, params
         "in_sync_accuracy": float((np.mean(s[t == 0]) + np.mean(~s[t != 0])) / 2),  # balanced: k = 0 is rare
         "chance": 1 / len(params.offsets),
         "chance_within_1": 3 / len(params.offsets),
-        "test_clips": len(frames),
+        "test_clips": len(split.paths),
         "examples": len(t),
         **{f"accuracy_within_1_at_{n}": value for n, value in by_length.items()},
     }
@@ -113,11 +112,11 @@ def evaluate_captioner(model_dir: Path, features_dir: Path, reports_dir: Path, p
     captions = inputs.read_captions(features_dir)
     normal = lambda caption: " ".join(words(caption))  # noqa: E731  the form the model says a caption in
     references = [[normal(c) for c in captions[clip]] for clip in test.clips]
-    frames = inputs.in_memory(test, "frames")
-    features = decoding.encode_frames(model, frames)  # once: the captions and the nearest neighbours both start here
+    encoded = lambda split: np.concatenate([decoding.encode_frames(model, f) for f in inputs.in_chunks(split, "frames", CLIPS_A_READ)])  # noqa: E731
+    features = encoded(test)  # once: the captions and the nearest neighbours both start here
     beams = decoding.captions(model, features, vocabulary, params.beam_size, params.max_length, params.length_penalty)
     training_captions = [normal(c) for clip in train.clips for c in captions[clip]]
-    nearest = _nearest_neighbour(features, decoding.encode_frames(model, inputs.in_memory(train, "frames")))
+    nearest = _nearest_neighbour(features, encoded(train))
     said = {
         "": [beam[0].text for beam in beams],
         "_most_frequent": [Counter(training_captions).most_common(1)[0][0]] * len(test.clips),
@@ -138,7 +137,7 @@ def evaluate_captioner(model_dir: Path, features_dir: Path, reports_dir: Path, p
             for name, clips in (("seen", scored & ~unseen), ("unseen", unseen)):
                 if clips.any():  # a split with no such clip has no figure, rather than a null one
                     metrics[f"attribute_accuracy_{name}_combinations{suffix}"] = float(right[clips].mean())
-    _samples(reports_dir, frames, test.clips, references, beams)
+    _samples(reports_dir, test, references, beams)
     pairs = [(t[key], caption_attributes(h).get(key, "(none)")) for t, h in zip(truth, said[""], strict=True) for key in sorted(t)]
     classes = sorted({value for pair in pairs for value in pair})
     scored = _write(reports_dir, metrics, [a for a, _ in pairs], [p for _, p in pairs], classes)
@@ -162,7 +161,7 @@ def _nearest_neighbour(test_features: np.ndarray, train_features: np.ndarray) ->
     return np.argmax(unit(test_features) @ unit(train_features).T, axis=1)
 
 
-def _samples(reports_dir: Path, frames: np.ndarray, clips: tuple[str, ...], references: list[list[str]], beams: list[Any]) -> None:
+def _samples(reports_dir: Path, test: inputs.Split, references: list[list[str]], beams: list[Any]) -> None:
     """`samples.md` (a table: clip, references, the caption said and the beam's others) and `samples.png` (each
     sample's frames beside its text), for a few test clips spread over the split."""
     import matplotlib
@@ -170,13 +169,15 @@ def _samples(reports_dir: Path, frames: np.ndarray, clips: tuple[str, ...], refe
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
+    clips = test.clips
     picks = sorted(set(np.linspace(0, len(clips) - 1, min(SAMPLES, len(clips))).round().astype(int)))
     rows = ["| clip | references | said | also in the beam |", "|---|---|---|---|"]
     figure, axes = plt.subplots(len(picks), 2, figsize=(12, 1.6 * len(picks)), squeeze=False, gridspec_kw={"width_ratios": [2, 3]})
     for row, i in zip(axes, picks, strict=True):
         others = "; ".join(f"{b.text} ({b.score:.2f})" for b in beams[i][1:])
         rows.append(f"| `{clips[i]}` | {'<br>'.join(references[i])} | **{beams[i][0].text}** | {others} |")
-        strip = frames[i][np.linspace(0, len(frames[i]) - 1, 4).round().astype(int)]
+        frames = read_arrays(test.paths[i], ["frames"])["frames"]
+        strip = frames[np.linspace(0, len(frames) - 1, 4).round().astype(int)]
         row[0].imshow(np.concatenate(list(strip), axis=1))
         row[1].text(0, 0.5, f"said: {beams[i][0].text}\n" + "\n".join(f"ref: {r}" for r in references[i]), va="center", fontsize=8, wrap=True)
         for axis in row:
@@ -189,16 +190,19 @@ def _samples(reports_dir: Path, frames: np.ndarray, clips: tuple[str, ...], refe
         tmp.write_text("\n".join(rows) + "\n")
 
 
-def _offsets(model: Any, frames: np.ndarray, audio: np.ndarray, params: SyncParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """True offsets, predicted offsets and in-sync answers over every clip's evaluation windows of `params.window` frames."""
-    truth, predicted, in_sync = [], [], []
-    for clip_frames, clip_audio in zip(frames, audio, strict=True):
-        examples, offsets = inputs.sync_examples(clip_frames, clip_audio, params)
-        out = model.predict(examples, batch_size=128, verbose=0)
-        truth.append(offsets)
-        predicted.append(np.asarray(params.offsets)[np.argmax(out["offset"], axis=1)])
-        in_sync.append(out["in_sync"][:, 0] > 0.5)
-    return np.concatenate(truth), np.concatenate(predicted), np.concatenate(in_sync)
+def _offsets(model: Any, split: inputs.Split, windows: list[SyncParams]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """For each of `windows`: true offsets, predicted offsets and in-sync answers over every clip's evaluation windows
+    of its `window` frames; the clips read one at a time."""
+    found: list[tuple[list[np.ndarray], ...]] = [([], [], []) for _ in windows]
+    for path in split.paths:
+        clip = read_arrays(path, ["frames", "audio"])
+        for params, (truth, predicted, in_sync) in zip(windows, found, strict=True):
+            examples, offsets = inputs.sync_examples(clip["frames"], clip["audio"], params)
+            out = model.predict(examples, batch_size=128, verbose=0)
+            truth.append(offsets)
+            predicted.append(np.asarray(params.offsets)[np.argmax(out["offset"], axis=1)])
+            in_sync.append(out["in_sync"][:, 0] > 0.5)
+    return [(np.concatenate(truth), np.concatenate(predicted), np.concatenate(in_sync)) for truth, predicted, in_sync in found]
 
 
 def _load(model_dir: Path) -> tuple[Any, list[str]]:

@@ -19,6 +19,7 @@ import json
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +137,14 @@ def in_memory(split: Split, field: str) -> np.ndarray:
     for slot, path in enumerate(split.paths):
         out[slot] = read_arrays(path, [field])[field]
     return out
+
+
+def in_chunks(split: Split, field: str, clips: int) -> Iterator[np.ndarray]:
+    """`in_memory` of `clips` clips at a time, in the split's order: a split of any size read within a bounded memory."""
+    for start in range(0, len(split.paths), clips):
+        mask = np.zeros(len(split.paths), bool)
+        mask[start : start + clips] = True
+        yield in_memory(subset(split, mask), field)
 
 
 @dataclass(frozen=True)
@@ -340,22 +349,28 @@ def sync_dataset(split: Split, params: SyncParams, feed: Feed | None = None) -> 
 
 
 def sync_validation(split: Split, params: SyncParams) -> Any:
-    """Validation batches shaped as `sync_dataset`'s, drawn without chance: every offset k once per clip, at one window."""
+    """Validation batches shaped as `sync_dataset`'s, drawn without chance: every offset k once per clip, at one window.
+    Built a clip at a time each epoch, not held: a clip's 2K + 1 windows take several times the clip's own bytes."""
     import tensorflow as tf
 
-    inputs, targets, weights = {"frames": [], "audio": []}, {"offset": [], "in_sync": []}, {"offset": [], "in_sync": []}
     balance = len(params.offsets) / 2
-    for path in split.paths:
-        arrays = read_arrays(path, ["frames", "audio"])
-        examples, offsets = sync_examples(arrays["frames"], arrays["audio"], params, starts=1)
-        for field in inputs:
-            inputs[field].append(examples[field])
-        targets["offset"].append(offsets + params.max_offset)
-        targets["in_sync"].append((offsets == 0).astype(np.float32))
-        weights["offset"].append(np.ones(len(offsets), np.float32))
-        weights["in_sync"].append(np.where(offsets == 0, balance, balance / (2 * params.max_offset)).astype(np.float32))
-    joined = [{k: np.concatenate(v) for k, v in part.items()} for part in (inputs, targets, weights)]
-    return tf.data.Dataset.from_tensor_slices(tuple(joined)).batch(params.batch_size).prefetch(tf.data.AUTOTUNE)
+
+    def clips() -> Iterator[tuple[dict[str, np.ndarray], ...]]:
+        for path in split.paths:
+            arrays = read_arrays(path, ["frames", "audio"])
+            examples, offsets = sync_examples(arrays["frames"], arrays["audio"], params, starts=1)
+            in_sync = offsets == 0
+            yield (examples, {"offset": offsets + params.max_offset, "in_sync": in_sync.astype(np.float32)},
+                   {"offset": np.ones(len(offsets), np.float32), "in_sync": np.where(in_sync, balance, balance / (2 * params.max_offset)).astype(np.float32)})  # fmt: skip
+
+    frames, audio, each = split.shapes["frames"][1:], split.shapes["audio"][1:], tf.TensorSpec((None,), tf.float32)
+    signature = (
+        {"frames": tf.TensorSpec((None, params.window, *frames), tf.uint8), "audio": tf.TensorSpec((None, params.span, *audio), tf.float32)},
+        {"offset": tf.TensorSpec((None,), tf.int64), "in_sync": each},
+        {"offset": each, "in_sync": each},
+    )
+    examples = tf.data.Dataset.from_generator(clips, output_signature=signature).unbatch()
+    return examples.batch(params.batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def sync_window(frames: Any, audio: Any, start: Any, k: Any, params: SyncParams, jitter: Any = 0) -> tuple[Any, Any]:

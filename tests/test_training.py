@@ -84,6 +84,37 @@ def test_both_models_train_evaluate_and_write_their_outputs(trained_project, tin
     assert context.to_dict("list") == {"frames": [4], "accuracy_within_1": [sync["accuracy_within_1_at_4"]]}
 
 
+def test_evaluation_holds_a_few_test_clips_at_a_time_and_scores_as_one_read_does(trained_project, tiny_params, tmp_path, monkeypatch):
+    from vidops.components import evaluation
+
+    models, features = trained_project.models("classification"), trained_project.features("classification")
+    whole = json.loads(evaluate_classifier(models, features, tmp_path / "whole").metrics_path.read_text())
+    held, in_memory = [], inputs.in_memory
+    monkeypatch.setattr(inputs, "in_memory", lambda split, field: held.append(len(split.paths)) or in_memory(split, field))
+    monkeypatch.setattr(evaluation, "CLIPS_A_READ", 2)
+    chunked = json.loads(evaluate_classifier(models, features, tmp_path / "chunked").metrics_path.read_text())
+    assert held == [2, 2, 2, 1] and chunked == pytest.approx(whole)  # the 7 test clips, 2 at a time
+
+    sync = evaluation.evaluate_sync(trained_project.models("sync"), trained_project.features("sync"), tmp_path / "sync", tiny_params.train.sync)
+    assert held == [2, 2, 2, 1]  # the sync model's clips are read one by one, never as a split
+    assert json.loads(sync.metrics_path.read_text()) == pytest.approx(json.loads((trained_project.reports("sync") / "metrics.json").read_text()))
+
+
+def test_the_sync_validation_is_every_offset_of_every_held_clip_built_a_clip_at_a_time(trained_project, tiny_params):
+    from vidops.components.io import read_arrays
+
+    split, params = inputs.open_split(trained_project.features("sync"), "train", ("frames", "audio")), tiny_params.train.sync
+    batches = list(inputs.sync_validation(split, params).as_numpy_iterator())
+    assert all(len(x["frames"]) == params.batch_size for x, _, _ in batches[:-1])
+    expected = [inputs.sync_examples(*read_arrays(path, ["frames", "audio"]).values(), params, starts=1) for path in split.paths]
+    for field in ("frames", "audio"):
+        assert np.array_equal(np.concatenate([x[field] for x, _, _ in batches]), np.concatenate([e[field] for e, _ in expected]))
+    offsets = np.concatenate([y["offset"] for _, y, _ in batches]) - params.max_offset
+    assert np.array_equal(offsets, np.concatenate([k for _, k in expected]))
+    in_sync = np.concatenate([w["in_sync"] for _, _, w in batches])
+    assert np.allclose(in_sync[offsets == 0], len(params.offsets) / 2) and np.allclose(in_sync[offsets != 0], 0.5 * len(params.offsets) / (2 * params.max_offset))
+
+
 def test_per_class_scores_are_precision_recall_and_f1():
     from vidops.components.evaluation import per_class_scores
 

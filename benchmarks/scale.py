@@ -498,6 +498,17 @@ def _series(name: str, timed: dict[int, float], again: Rerun | None, per_thousan
     return lines
 
 
+def _data_path_rerun(timed: dict[str, dict[int, float]], rerun: dict[str, Rerun]) -> str | None:
+    """The user's re-run after adding clips: every stage re-run at the largest N (validate, extract, dvc add, dvc push),
+    together against their first run."""
+    names = [name for name in rerun if name in timed]
+    if not names:
+        return None
+    first = sum(timed[name][max(timed[name])] for name in names)
+    again = sum(rerun[name].seconds for name in names)
+    return f"the data path ({' + '.join(names)}) after adding {ADDED:.0%} new clips: {again:.1f} s, {again / first:.3f}x the first run's {first:.1f} s"
+
+
 def report(scale: Scale) -> str:
     fast, slow, pairs = scale.hashes
     lines = [
@@ -512,6 +523,9 @@ def report(scale: Scale) -> str:
         lines += _series(name, timed, scale.rerun.get(name))
     if scale.versions:
         lines += report_versions(scale.versions)
+    if line := _data_path_rerun(scale.stages | (scale.versions.timed if scale.versions else {}),
+                                scale.rerun | (scale.versions.rerun if scale.versions else {})):  # fmt: skip
+        lines.append(line)
     for name, run in scale.inputs.items():
         under = "under" if run.peak_mb < run.budget_mb else "OVER"
         lines.append(f"training input, cache {run.asked} at N={int(name.split()[-1]):,} ({run.clips:,} training clips): fed {run.cache}, "

@@ -35,6 +35,7 @@ def test_the_scale_bench_measures_each_part_and_a_rerun_works_on_the_new_clips_o
     assert (Layout(tmp_path / "n24").promotion("classification") / DECISION).is_file()
     printed = scale.report(scale.Scale((fast, slow, pairs), timed, stages | models, rerun, inputs=runs))
     assert "growth exponent" in printed and "1 clips done, 24 reused" in printed, printed
+    assert "the data path (validate + extract) after adding 1% new clips" in printed, printed
     assert "training input, cache none at N=24" in printed and "under the 64 MB budget" in printed, printed
 
 

@@ -27,6 +27,7 @@ from vidops.components.programs import program
 
 REMOTE = "vidops"  # the remote vidops configures, made the default
 SECRETS = {"access_key_id", "secret_access_key", "--"}  # remote options whose values are never printed
+LOCAL_OPTIONS = ("endpointurl", "access_key_id", "secret_access_key")  # set_remote's in .dvc/config.local
 
 
 @dataclass(frozen=True)
@@ -123,24 +124,30 @@ def remote_url(root: Path) -> str | None:
 def set_remote(root: Path, url: str, endpoint_url: str | None = None, keys: tuple[str, str] | None = None) -> None:
     """Make `url` (s3://bucket/prefix) the default remote `vidops` of the project (made a DVC project when it is not).
     The URL goes to `.dvc/config`; an endpoint of a server on this machine and any keys go to `.dvc/config.local`,
-    which is never committed."""
+    which is never committed. Written as `dvc remote add --default --force` and `dvc remote modify [--local]` write
+    it, by DVC's own config writer in this process: the project's S3 sets it at every start, and each `dvc` command
+    costs a second or more."""
+    from dvc.config import Config
+
     if not re.fullmatch(S3_URL, url):
         raise VidopsError(f"{url}: not an S3 URL such as s3://my-bucket/datasets")
     init(root)
-    dvc(root, "remote", "add", "--default", "--force", REMOTE, url)
     local = {"endpointurl": endpoint_url} if endpoint_url and _on_this_machine(endpoint_url) else {}
-    if endpoint_url and not local:
-        dvc(root, "remote", "modify", REMOTE, "endpointurl", endpoint_url)
+    shared = {"url": url, **({"endpointurl": endpoint_url} if endpoint_url and not local else {})}
     local |= {"access_key_id": keys[0], "secret_access_key": keys[1]} if keys else {}
     private = root / ".dvc" / "config.local"
     if local and not private.exists():  # DVC writes it with the umask's mode (644): made 600 first, it keeps that
         write_text(private, "", secret=True)
-    for option in ("endpointurl", "access_key_id", "secret_access_key"):  # none left over from another remote
-        if option in local:  # after `--`: a generated secret may begin with '-'
-            dvc(root, "remote", "modify", "--local", REMOTE, option, "--", local[option])
-        elif private.is_file():
-            dvc(root, "remote", "modify", "--local", "--unset", REMOTE, option, check=False)
+    config = Config(dvc_dir=str(root / ".dvc"), validate=False)
+    with config.edit("repo") as conf:
+        conf["core"]["remote"] = REMOTE
+        conf["remote"][REMOTE] = shared  # as --force: none of another remote's options left over
     if private.is_file():
+        with config.edit("local") as conf:
+            options = {k: v for k, v in conf["remote"].get(REMOTE, {}).items() if k not in LOCAL_OPTIONS} | local
+            conf["remote"].pop(REMOTE, None)
+            if options:
+                conf["remote"][REMOTE] = options
         private.chmod(0o600)  # one an older vidops (or DVC itself) made
 
 

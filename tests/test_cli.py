@@ -179,7 +179,7 @@ def test_bench_extract_prints_its_ratios(tmp_path: Path):
     assert result.returncode == 0, result.stderr
     for corpus in ("long-gop", "short-gop"):  # each corpus's ratios follow its heading
         block = result.stdout.split(f"{corpus}:")[1]
-        for line in ("sparse / limit (c/l)", "sparse / ffmpeg (c/a)", "dense / ffmpeg (d/a)", "sparse / naive (c/b)", "1 -> 2 workers speed-up"):
+        for line in ("sparse / limit (c/l)", "sparse / limit with audio", "sparse / ffmpeg (c/a)", "dense / ffmpeg (d/a)", "sparse / naive (c/b)", "1 -> 2 workers speed-up"):
             assert re.search(re.escape(line) + r"\s+\d+\.\d\d", block), result.stdout
 
 

@@ -33,9 +33,11 @@ def test_the_scale_bench_measures_each_part_and_a_rerun_works_on_the_new_clips_o
     assert (streamed.cache, runs["auto 24"].cache, held.cache) == ("none", "memory", "memory")  # 24 clips fit the budget
     assert streamed.examples_per_s > 0 and 0 < streamed.peak_mb < streamed.budget_mb
     assert (Layout(tmp_path / "n24").promotion("classification") / DECISION).is_file()
-    printed = scale.report(scale.Scale((fast, slow, pairs), timed, stages | models, rerun, inputs=runs))
+    per_clip = {"validate": 0.031, "extract": 0.036}  # UCF101-shaped clips' seconds (the bench's own part is not run here)
+    printed = scale.report(scale.Scale((fast, slow, pairs), timed, stages | models, rerun, inputs=runs, ucf101=per_clip))
     assert "growth exponent" in printed and "1 clips done, 24 reused" in printed, printed
     assert "the data path (validate + extract) after adding 1% new clips" in printed, printed
+    assert "projected UCF101 (13,320 clips)" in printed and "projected at UCF101-shaped clips, the data path" in printed, printed
     assert "training input, cache none at N=24" in printed and "under the 64 MB budget" in printed, printed
 
 

@@ -231,6 +231,12 @@ def test_probing_is_incremental(tmp_path: Path, tiny_dataset: Path):
     os.replace(replacement, clip)
     moved = validate_dataset(data, tmp_path / "catalog", ValidationParams())
     assert (moved.probed, moved.reused) == (2, 21)  # it, and the empty file as ever
+    for path in sorted(data.glob("*/*.mp4")):  # as `dvc add` leaves a dataset: each file copied back from its cache
+        copy = path.with_name(f".{path.name}")
+        shutil.copyfile(path, copy)
+        os.replace(copy, path)
+    relinked = validate_dataset(data, tmp_path / "catalog", ValidationParams())
+    assert (relinked.probed, relinked.reused) == (1, 22)  # the same bytes under a new inode and mtime: hashed, not probed
 
 
 def test_manifest_csv_with_groups_splits_and_a_path_outside_the_root(tmp_path: Path):

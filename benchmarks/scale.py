@@ -70,6 +70,8 @@ class Scale:
     versions: Versions | None = None  # dvc add, push and pull
     inputs: dict[str, InputRun] = field(default_factory=dict)  # "<cache> <N>" -> the training input's run
     ucf101: dict[str, float] = field(default_factory=dict)  # stage -> seconds per UCF101-shaped clip
+    ucf101_rerun: dict[str, Rerun] = field(default_factory=dict)  # stage -> the UCF101-shaped set's re-run after adding ADDED
+    ucf101_clips: int = UCF_CLIPS
 
 
 @dataclass(frozen=True)
@@ -86,16 +88,16 @@ def sizes(largest: int | None) -> tuple[int, ...]:
     return SIZES if largest is None else (max(2, largest // 16), max(4, largest // 4), max(8, largest))
 
 
-def run(workdir: Path, sizes: tuple[int, ...] = SIZES) -> Scale:
-    """Every part; the pool of clips is generated once into `workdir` and kept."""
-    scale = Scale()
+def run(workdir: Path, sizes: tuple[int, ...] = SIZES, ucf101_clips: int = UCF_CLIPS) -> Scale:
+    """Every part; the pools of clips are generated once into `workdir` and kept."""
+    scale = Scale(ucf101_clips=ucf101_clips)
     scale.hashes = near_duplicates(HASHES)
     scale.checks = checks(MANIFEST_ROWS)
     scale.stages, scale.rerun = stages(workdir.resolve(), sizes)
     scale.versions = versions(workdir.resolve(), sizes)
     timed, scale.inputs = models(workdir.resolve(), sizes)
     scale.stages |= timed
-    scale.ucf101 = ucf101(workdir.resolve())
+    scale.ucf101, scale.ucf101_rerun = ucf101(workdir.resolve(), ucf101_clips)
     return scale
 
 
@@ -343,25 +345,35 @@ def models(workdir: Path, sizes: tuple[int, ...]) -> tuple[dict[str, dict[int, f
     return timed, runs
 
 
-def ucf101(workdir: Path, clips: int = UCF_CLIPS) -> dict[str, float]:
+def ucf101(workdir: Path, clips: int = UCF_CLIPS) -> tuple[dict[str, float], dict[str, Rerun]]:
     """Seconds per clip of validate, extract (the classifier's default params), `dvc add` and `dvc push` on `clips`
     UCF101-shaped clips (benchmarks/extract.py: 320x240 MPEG-4 Part 2 in AVI, 7 s, a keyframe every 25 frames, MP3)
-    over UCF_CLASSES labels, in a project of their own: real-sized clips, where the other parts' are small."""
+    over UCF_CLASSES labels, in a project of their own: real-sized clips, where the other parts' are small. Then each
+    stage again after ADDED new clips joined: the re-run a user's dataset of such clips costs."""
     from vidops.benchmarks.extract import write_ucf101_clips
     from vidops.components import versioning
     from vidops.flows import stages as stage
     from vidops.flows.stack import project_store
 
     params = load_params(None, [])
-    pool = write_ucf101_clips(workdir / "ucf101-pool", clips)
-    layout = _project(workdir / "ucf101", params, pool, min(UCF_CLASSES, max(2, clips // 12)))
+    added = max(1, round(ADDED * clips))
+    pool = write_ucf101_clips(workdir / "ucf101-pool", clips + added)
+    classes = min(UCF_CLASSES, max(2, clips // 12))
+    layout = _project(workdir / "ucf101", params, pool[:clips], classes)
+    folder = layout.raw(params.datasets.of(TASK))
     per_clip = {"validate": _timed(stage.validate_dataset, layout, params)[0] / clips}
     per_clip["extract"] = _timed(stage.extract_features, layout, params)[0] / clips
     _dvc_project(layout.root)
     with project_store(layout):
-        add, version = _seconds(versioning.add, layout.root, layout.raw(params.datasets.of(TASK)))
+        add, version = _seconds(versioning.add, layout.root, folder)
         per_clip["dvc add"], per_clip["dvc push"] = add / clips, _seconds(versioning.push, layout.root, [version.dvc_file])[0] / clips
-    return per_clip
+        _link(pool[clips:], folder, classes)
+        seconds, validated = _timed(stage.validate_dataset, layout, params)
+        rerun = {"validate": Rerun(seconds, validated.probed, validated.reused)}
+        seconds, extracted = _timed(stage.extract_features, layout, params)
+        rerun["extract"] = Rerun(seconds, extracted.extracted, extracted.reused)
+        rerun |= _version_again(layout.root, folder)
+    return per_clip, rerun
 
 
 # datasets projected from the UCF101-shaped clips' costs: clips, and each clip's cost against a UCF101 clip's (its length)
@@ -370,7 +382,7 @@ PARALLEL = ("validate", "extract")  # the stages whose batches Dask spreads over
 WORKERS, WORKER_EFFICIENCY = 8, 0.7  # 8 Dask workers of this machine's kind; 1 -> 2 workers measured 1.4x (bench extract)
 
 
-def projections(per_clip: dict[str, float], stages: dict[str, dict[int, float]]) -> list[str]:
+def projections(per_clip: dict[str, float], stages: dict[str, dict[int, float]], measured: int = UCF_CLIPS) -> list[str]:
     """Hours of each stage for the PROJECTED datasets on this machine and on WORKERS Dask workers: the UCF101-shaped
     clips' seconds per clip, times the clips, times (N / measured N) ** (exponent - 1) with the stage's growth exponent
     between the two largest small-clip sizes (never below 1: what amortised there is not counted twice)."""
@@ -380,7 +392,7 @@ def projections(per_clip: dict[str, float], stages: dict[str, dict[int, float]])
         for name, seconds in per_clip.items():
             ns = sorted(stages.get(name, {}))
             growth = max(1.0, exponent(stages[name], ns[-2], ns[-1])) if len(ns) > 1 else 1.0
-            hours = seconds * weight * n * (n / UCF_CLIPS) ** (growth - 1) / 3600
+            hours = seconds * weight * n * (n / measured) ** (growth - 1) / 3600
             wide = hours * 2 / (WORKERS * WORKER_EFFICIENCY) if name in PARALLEL else hours
             here, spread = here + hours, spread + wide
             parts.append(f"{name} {hours:.1f} h ({wide:.1f} h)")
@@ -548,8 +560,14 @@ def report(scale: Scale) -> str:
         lines.append(f"training input, cache {run.asked} at N={int(name.split()[-1]):,} ({run.clips:,} training clips): fed {run.cache}, "
                      f"{run.examples_per_s:,.0f} examples/s, peak {run.peak_mb:.1f} MB, {under} the {run.budget_mb} MB budget")  # fmt: skip
     if scale.ucf101:
-        lines.append(f"UCF101-shaped clips ({UCF_CLIPS}), per clip: " + ", ".join(f"{k} {1000 * v:.0f} ms" for k, v in scale.ucf101.items()))
-        lines += projections(scale.ucf101, every)
+        n = scale.ucf101_clips
+        lines.append(f"UCF101-shaped clips ({n:,}), per clip: " + ", ".join(f"{k} {1000 * v:.0f} ms" for k, v in scale.ucf101.items()))
+        for name, again in scale.ucf101_rerun.items():
+            lines.append(f"UCF101-shaped {name} after adding {ADDED:.0%} new clips to {n:,}: {again.seconds:.1f} s, "
+                         f"{again.seconds / (scale.ucf101[name] * n):.3f}x the first run ({again.done} clips done, {again.reused:,} reused)")  # fmt: skip
+        if line := _data_path_rerun({name: {n: seconds * n} for name, seconds in scale.ucf101.items()}, scale.ucf101_rerun):
+            lines.append("UCF101-shaped, " + line)
+        lines += projections(scale.ucf101, every, n)
         if line := rerun_projection(scale.ucf101, every, reruns):
             lines.append(line)
     return "\n".join(lines)

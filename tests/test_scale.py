@@ -49,3 +49,13 @@ def test_the_dvc_part_adds_pushes_and_pulls_and_a_rerun_uploads_the_new_clips_on
     assert (versions.rerun["dvc push"].done, versions.rerun["dvc push"].reused) == (1, 8)
     printed = "\n".join(scale.report_versions(versions))
     assert "dvc push, per 1,000 clips" in printed and "1 clips done, 8 reused" in printed, printed
+
+
+def test_the_ucf101_shaped_part_times_each_stage_and_a_rerun_works_on_the_new_clips_only(tmp_path: Path):
+    per_clip, rerun = scale.ucf101(tmp_path, clips=6)  # 6 real-sized clips, then one more
+    assert set(per_clip) == set(rerun) == {"validate", "extract", "dvc add", "dvc push"} and all(s > 0 for s in per_clip.values())
+    assert all((again.done, again.reused) == (1, 6) for again in rerun.values()), rerun
+    others = ((0.5, 50.0, 10), {1_000: 0.3, 10_000: 2.9})  # the near-duplicate and check parts, not run here
+    printed = scale.report(scale.Scale(*others, ucf101=per_clip, ucf101_rerun=rerun, ucf101_clips=6))
+    assert "UCF101-shaped dvc push after adding 1% new clips to 6" in printed, printed
+    assert "UCF101-shaped, the data path (validate + extract + dvc add + dvc push) after adding 1% new clips" in printed, printed

@@ -154,6 +154,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--corpus", choices=["long-gop", "short-gop", "both"], default="both",
                        help="extract: x264-default clips with one keyframe each, UCF101-shaped XviD clips with one every 25 frames, or both")
     bench.add_argument("--workers", type=int, default=2, help="extract: worker processes")
+    bench.add_argument("--ucf101-clips", type=int, help="scale: UCF101-shaped clips, and 1%% more for the re-run (default: 300)")
     bench.add_argument("--batches", type=int, default=60, help="train: timed batches")
     bench.add_argument("--encoder", help="train: instead, the classifier with this frame encoder against small: accuracy and training time")
     bench.add_argument("--runs", type=int, default=8, help="stack: flow runs submitted at once (default: 8)")
@@ -333,7 +334,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     elif args.name == "scale":
         from vidops.benchmarks import scale
 
-        print(scale.report(scale.run(args.workdir / "scale", scale.sizes(args.clips))))
+        print(scale.report(scale.run(args.workdir / "scale", scale.sizes(args.clips), args.ucf101_clips or scale.UCF_CLIPS)))
     elif args.name == "stack":
         from vidops.benchmarks import stack
 

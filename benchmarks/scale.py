@@ -16,8 +16,9 @@ The parts, each against an anchor or a smaller size measured in the same run:
   models: on the same projects, the classifier's training input over an epoch streamed within a
       memory budget (examples per second, peak memory against the budget; at the largest also
       `auto` and held in memory, the anchor), then evaluate and the gate of a small model;
-  UCF101-shaped: a few hundred real-sized clips (320x240 MPEG-4 Part 2 in AVI, 7 s) validated,
-      extracted, added and pushed, and from their cost per clip projections for UCF101 and
+  UCF101-shaped: a few hundred real-sized clips (320x240 MPEG-4 Part 2 in AVI, 7 s; --ucf101-clips)
+      validated, extracted, added and pushed, then each again after 1% more join (the data path's
+      re-run against its first run), and from their cost per clip projections for UCF101 and
       Kinetics-400 on this machine and on 8 Dask workers.
 The growth exponent of a linear stage is 1; above ~1.15 between 1,000 and 4,000, something grows faster than the data.
 """
@@ -400,22 +401,6 @@ def projections(per_clip: dict[str, float], stages: dict[str, dict[int, float]],
     return lines
 
 
-def rerun_projection(per_clip: dict[str, float], stages: dict[str, dict[int, float]], rerun: dict[str, Rerun]) -> str | None:
-    """The data path's re-run after adding ADDED, against its first run, for clips of the UCF101-shaped cost: what each
-    stage's small-clip re-run spent beyond its new clips' own cost, taken as growing with N (a fixed cost would only
-    shrink), plus the new clips at the UCF101-shaped cost a clip."""
-    names = [name for name in rerun if name in per_clip and name in stages]
-    if not names:
-        return None
-    overhead = 0.0  # seconds a clip of the dataset, beyond the new clips' work
-    for name in names:
-        n = max(stages[name])
-        overhead += max(0.0, rerun[name].seconds - rerun[name].done * stages[name][n] / n) / (n + rerun[name].done)
-    first = sum(per_clip[name] for name in names)
-    return (f"projected at UCF101-shaped clips, the data path ({' + '.join(names)}) after adding {ADDED:.0%} new clips: "
-            f"{(overhead + ADDED * first) / first:.3f}x the first run")
-
-
 @dataclass(frozen=True)
 class InputRun:
     """Two epochs of the classifier's training input alone, in a process of its own, under a memory budget."""
@@ -568,6 +553,4 @@ def report(scale: Scale) -> str:
         if line := _data_path_rerun({name: {n: seconds * n} for name, seconds in scale.ucf101.items()}, scale.ucf101_rerun):
             lines.append("UCF101-shaped, " + line)
         lines += projections(scale.ucf101, every, n)
-        if line := rerun_projection(scale.ucf101, every, reruns):
-            lines.append(line)
     return "\n".join(lines)

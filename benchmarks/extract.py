@@ -137,14 +137,12 @@ def write_ucf101_clip(path: Path, seed: int, seconds: float = 7.0) -> Path:
 
 
 def _moving_texture(rng: np.random.Generator, width: int, height: int, n: int) -> Iterator[np.ndarray]:
-    """`n` RGB frames of a random 8-pixel-block texture drifting down and right, with noise that changes every frame
-    (drawn once for a second of frames, then cycled: drawing it afresh for each frame cost most of a clip's writing)."""
+    """`n` RGB frames of a random 8-pixel-block texture drifting down and right, with fresh noise each frame."""
     texture = rng.integers(0, 255, (height // 8 + 2, width // 8 + 2, 3), dtype=np.uint8)
     texture = np.kron(texture, np.ones((8, 8, 1), np.uint8))
-    noise = np.round(rng.normal(0, 6, (min(n, 25), height, width, 3))).astype(np.int16)
     for i in range(n):
         frame = np.roll(texture, (i, 2 * i), axis=(0, 1))[:height, :width]
-        yield np.clip(frame + noise[i % len(noise)], 0, 255).astype(np.uint8)
+        yield np.clip(frame + rng.normal(0, 6, frame.shape), 0, 255).astype(np.uint8)
 
 
 @dataclass(frozen=True)

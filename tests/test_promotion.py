@@ -16,7 +16,7 @@ from vidops.components.errors import VidopsError
 from vidops.components.layout import MODEL_FILE, Layout
 from vidops.components.models import build_classifier
 from vidops.components.promotion import promote, rollback
-from vidops.components.registry import CHALLENGER, CHAMPION, PREVIOUS, register_model
+from vidops.components.registry import CHALLENGER, CHAMPION, PREVIOUS, fluent_at, register_model
 from vidops.components.validation import REPORT
 from vidops.flows import stages
 from vidops.flows.profiles import registry_key, tracking
@@ -145,7 +145,8 @@ def test_the_floor_holds_and_promote_and_rollback_move_the_aliases(project, tiny
         rollback(found, "vidops-nothing", "why not")
     client = MlflowClient(found.uri)
     source = client.get_model_version(NAME, low)
-    unevaluated = client.create_model_version(NAME, source.source, run_id=source.run_id)
+    with fluent_at(found):  # MLflow looks the logged model of a models:/ source up through its process-wide store
+        unevaluated = client.create_model_version(NAME, source.source, run_id=source.run_id)
     with pytest.raises(VidopsError, match=f"version {unevaluated.version} was never evaluated"):
         promote(found, NAME, str(unevaluated.version), "untested")
     with pytest.raises(VidopsError, match="never evaluated"):

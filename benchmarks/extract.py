@@ -161,6 +161,7 @@ def plan_limit(path: Path, n_frames: int, frames: int) -> LimitPlan:
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         skippable = _is_avcc_h264(stream)
+        time_base = float(stream.time_base)  # read while open: a closed container's streams answer None
         packets = [(p.pts, p.is_keyframe, skippable and _unreferenced_h264(bytes(p))) for p in container.demux(stream) if p.size]
     pts = np.sort([p for p, _, _ in packets])
     keyframes = np.sort([p for p, key, _ in packets if key])
@@ -173,7 +174,7 @@ def plan_limit(path: Path, n_frames: int, frames: int) -> LimitPlan:
         else:
             runs.append((keyframe, {target}))
     skip = frozenset(p for p, _, unreferenced in packets if unreferenced) - set(wanted)
-    return LimitPlan(path, tuple((k, frozenset(t)) for k, t in runs), skip, _audio_plan(path, [p * float(stream.time_base) for p in wanted]))
+    return LimitPlan(path, tuple((k, frozenset(t)) for k, t in runs), skip, _audio_plan(path, [p * time_base for p in wanted]))
 
 
 def _audio_plan(path: Path, times: list[float]) -> tuple[tuple[float, float], ...]:

@@ -7,12 +7,13 @@ The parts, each against an anchor or a smaller size measured in the same run:
   checks: the derived checks and the Great Expectations suite on synthetic manifests of
       1,000 to 100,000 rows (no probing): seconds per thousand rows and the growth exponent;
   stages: validate and extract, through `flows.stages`, of generated datasets of N = 250,
-      1,000 and 4,000 clips over 50 classes (one pool of clips, hard-linked): seconds per
-      clip at each N, the growth exponent (the slope of log time over log N), and the re-run
+      1,000 and 4,000 clips over 50 classes (one pool of clips, hard-linked): seconds per clip
+      at each N, the growth exponent (the slope of log time over log N), and the re-run
       after adding 1% of new clips against the first run;
   versions: `dvc add`, `dvc push` to the project's S3 (SeaweedFS) and `dvc pull` into a fresh clone
-      of the same datasets, through `components.versioning`: seconds per thousand clips, the growth
-      exponent, the add and push after adding 1%, and the largest push with other DVC --jobs;
+      of the same datasets (copies of the pool's clips: a user's are files of their own), through
+      `components.versioning`: seconds per thousand clips, the growth exponent, the add and push
+      after adding 1%, and the largest push with other DVC --jobs;
   models: on the same projects, the classifier's training input over an epoch streamed within a
       memory budget (examples per second, peak memory against the budget; at the largest also
       `auto` and held in memory, the anchor), then evaluate and the gate of a small model;
@@ -188,7 +189,7 @@ def stages(workdir: Path, sizes: tuple[int, ...]) -> tuple[dict[str, dict[int, f
         timed["validate"][n], _ = _timed(stage.validate_dataset, layout, params)
         timed["extract"][n], _ = _timed(stage.extract_features, layout, params)
         if n == largest:  # the same project, ADDED more clips: only they should cost anything
-            _link(pool[n : n + added], layout.raw(params.datasets.of(TASK)), classes)
+            _place(pool[n : n + added], layout.raw(params.datasets.of(TASK)), classes)
             seconds, validated = _timed(stage.validate_dataset, layout, params)
             rerun["validate"] = Rerun(seconds, validated.probed, validated.reused)
             seconds, extracted = _timed(stage.extract_features, layout, params)
@@ -222,7 +223,7 @@ def versions(workdir: Path, sizes: tuple[int, ...], jobs: tuple[int, ...] = PUSH
     rerun: dict[str, Rerun] = {}
     by_jobs: dict[int, float] = {}
     for n in sizes:
-        layout = _project(workdir / f"dvc{n}", params, pool[:n], classes)
+        layout = _project(workdir / f"dvc{n}", params, pool[:n], classes, copies=True)
         folder = layout.raw(params.datasets.of(TASK))
         _dvc_project(layout.root)
         with project_store(layout):  # the user's path: `vidops data push` (cli.version_datasets)
@@ -232,7 +233,7 @@ def versions(workdir: Path, sizes: tuple[int, ...], jobs: tuple[int, ...] = PUSH
             if n < largest:
                 continue
             by_jobs = {j: _push_elsewhere(layout.root, version.dvc_file, j) for j in jobs}
-            _link(pool[n : n + added], folder, classes)
+            _place(pool[n : n + added], folder, classes, copies=True)
             rerun |= _version_again(layout.root, folder)
     return Versions(timed, rerun, by_jobs)
 
@@ -240,7 +241,7 @@ def versions(workdir: Path, sizes: tuple[int, ...], jobs: tuple[int, ...] = PUSH
 def _dvc_project(root: Path) -> None:
     """`root` a DVC project of its own, not a folder of the git repository the bench may run in (whose .gitignore hides
     .vidops/, where DVC refuses to add), with its own record of file hashes: DVC keys that record by the project's path,
-    so a project made again at the same path would otherwise skip hashing clips (the pool's hard links) it saw before."""
+    so a project made again at the same path (inodes reused) would otherwise skip hashing clips it saw before."""
     from vidops.components import versioning
 
     versioning.dvc(root, "init", "--no-scm", "--quiet")
@@ -360,7 +361,7 @@ def ucf101(workdir: Path, clips: int = UCF_CLIPS) -> tuple[dict[str, float], dic
     added = max(1, round(ADDED * clips))
     pool = write_ucf101_clips(workdir / "ucf101-pool", clips + added)
     classes = min(UCF_CLASSES, max(2, clips // 12))
-    layout = _project(workdir / "ucf101", params, pool[:clips], classes)
+    layout = _project(workdir / "ucf101", params, pool[:clips], classes, copies=True)
     folder = layout.raw(params.datasets.of(TASK))
     per_clip = {"validate": _timed(stage.validate_dataset, layout, params)[0] / clips}
     per_clip["extract"] = _timed(stage.extract_features, layout, params)[0] / clips
@@ -368,7 +369,7 @@ def ucf101(workdir: Path, clips: int = UCF_CLIPS) -> tuple[dict[str, float], dic
     with project_store(layout):
         add, version = _seconds(versioning.add, layout.root, folder)
         per_clip["dvc add"], per_clip["dvc push"] = add / clips, _seconds(versioning.push, layout.root, [version.dvc_file])[0] / clips
-        _link(pool[clips:], folder, classes)
+        _place(pool[clips:], folder, classes, copies=True)
         seconds, validated = _timed(stage.validate_dataset, layout, params)
         rerun = {"validate": Rerun(seconds, validated.probed, validated.reused)}
         seconds, extracted = _timed(stage.extract_features, layout, params)
@@ -396,9 +397,14 @@ def projections(per_clip: dict[str, float], stages: dict[str, dict[int, float]],
             hours = seconds * weight * n * (n / measured) ** (growth - 1) / 3600
             wide = hours * 2 / (WORKERS * WORKER_EFFICIENCY) if name in PARALLEL else hours
             here, spread = here + hours, spread + wide
-            parts.append(f"{name} {hours:.1f} h ({wide:.1f} h)")
-        lines.append(f"projected {dataset} ({n:,} clips): {', '.join(parts)}; in all {here:.1f} h here, {spread:.1f} h on {WORKERS} Dask workers")
+            parts.append(f"{name} {_duration(hours)} ({_duration(wide)})")
+        lines.append(f"projected {dataset} ({n:,} clips): {', '.join(parts)}; in all {_duration(here)} here, {_duration(spread)} on {WORKERS} Dask workers")
     return lines
+
+
+def _duration(hours: float) -> str:
+    """`hours` as a person reads them: minutes under one hour (UCF101's stages take minutes), else hours."""
+    return f"{hours * 60:.0f} min" if hours < 1 else f"{hours:.1f} h"
 
 
 @dataclass(frozen=True)
@@ -477,21 +483,27 @@ def _pool(folder: Path, n: int) -> list[Path]:
     return clips[:n]
 
 
-def _project(root: Path, params: Params, clips: list[Path], classes: int) -> Layout:
-    """A fresh project whose dataset holds `clips` (hard links, no copies) under `classes` labels."""
+def _project(root: Path, params: Params, clips: list[Path], classes: int, copies: bool = False) -> Layout:
+    """A fresh project whose dataset holds `clips` under `classes` labels: hard links to the pool, or `copies`."""
     shutil.rmtree(root, ignore_errors=True)
     layout = Layout(root)
-    _link(clips, layout.raw(params.datasets.of(TASK)), classes)
+    _place(clips, layout.raw(params.datasets.of(TASK)), classes, copies)
     return layout
 
 
-def _link(clips: list[Path], dataset: Path, classes: int) -> None:
-    """Hard-link `clips` into `dataset` as <label>/<clip>, spreading them over `classes` labels by their order."""
-    present = sum(1 for _ in dataset.glob("*/*.mp4")) if dataset.is_dir() else 0
+def _place(clips: list[Path], dataset: Path, classes: int, copies: bool = False) -> None:
+    """Put `clips` into `dataset` as <label>/<clip>, spreading them over `classes` labels by their order: hard links,
+    or `copies` where DVC versions the dataset. A user's clips are files of their own, and DVC (cache type copy)
+    replaces a file that is a hard link by a copy of its cache's: new inodes, so each tool would hash every clip again
+    on the re-run, which a user's dataset does not cost."""
+    present = sum(1 for p in dataset.glob("*/*") if p.is_file()) if dataset.is_dir() else 0
     for i, clip in enumerate(clips, start=present):
         target = dataset / f"class_{i % classes:02d}" / f"{clip.parent.name}_{clip.name}"
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.link(clip, target)
+        if copies:
+            shutil.copyfile(clip, target)
+        else:
+            os.link(clip, target)
 
 
 def exponent(timed: dict[int, float], low: int, high: int) -> float:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import av
 import numpy as np
 
 from vidops.components.media import AUDIO_RATE, only_stream
+
+if TYPE_CHECKING:
+    from threadpoolctl import ThreadpoolController
 
 STEP_RATE = 100  # feature steps per second
 STEPS_PER_FRAME = 4  # at 25 fps (DESIGN.md, "The models")
@@ -50,14 +54,21 @@ def features(samples: np.ndarray, kind: str) -> np.ndarray:
 
 def _window_features(windows: np.ndarray, kind: str) -> np.ndarray:
     """The features of each row of `windows` [K, 400]."""
-    from threadpoolctl import threadpool_limits
-
     power = np.abs(np.fft.rfft(windows * np.hanning(_WINDOW), _FFT)) ** 2
     # one BLAS thread for these small products: OpenBLAS's own threads spin after them, which made a clip's audio
     # features cost 2.4x their CPU time (19.5 ms against 8 on 2 cores) and slowed the other extraction worker
-    with threadpool_limits(1, user_api="blas"):
+    with _blas().limit(limits=1, user_api="blas"):
         log_mel = np.log(power @ _MEL.T + 1e-6).astype(np.float32)
         return log_mel if kind == "logmel" else (log_mel @ _DCT.T).astype(np.float32)
+
+
+@functools.cache
+def _blas() -> ThreadpoolController:
+    """threadpoolctl's handle on the BLAS numpy loaded, found once: finding it walks every library the process has
+    loaded, 4 ms a call, which was a quarter of a UCF101 clip's extraction when each clip's features did it twice."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 @dataclass(frozen=True)

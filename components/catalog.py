@@ -261,8 +261,9 @@ def _unchanged(path: Path, old: dict[str, Any]) -> bool:
 
 def _same_content(path: Path, old: dict[str, Any]) -> dict[str, int] | None:
     """The file's new inode, size and mtime when its bytes are still the ones probed last time (the same sha256), else
-    None. `dvc add` leaves such files: it moves each into its cache and copies it back, so every clip of a versioned
-    dataset has a new inode and mtime, and a hash (about 1 ms for a UCF101 clip) spares probing it again (about 30)."""
+    None. A dataset rewritten with the same clips leaves such files (`dvc checkout` of another version and back, a
+    copy tool, `dvc add` of clips that are hard links: DVC, cache type copy, replaces each by a copy of its cache's),
+    and a hash (about 1 ms for a UCF101 clip) spares probing it again (about 30)."""
     try:
         stat = path.stat()
         if pd.isna(old.get("sha256")) or stat.st_size != old.get("size_bytes") or file_sha256(path) != old["sha256"]:

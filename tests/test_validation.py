@@ -231,7 +231,7 @@ def test_probing_is_incremental(tmp_path: Path, tiny_dataset: Path):
     os.replace(replacement, clip)
     moved = validate_dataset(data, tmp_path / "catalog", ValidationParams())
     assert (moved.probed, moved.reused) == (2, 21)  # it, and the empty file as ever
-    for path in sorted(data.glob("*/*.mp4")):  # as `dvc add` leaves a dataset: each file copied back from its cache
+    for path in sorted(data.glob("*/*.mp4")):  # as `dvc checkout` leaves it: each file rewritten
         copy = path.with_name(f".{path.name}")
         shutil.copyfile(path, copy)
         os.replace(copy, path)

@@ -18,9 +18,9 @@ The parts, each against an anchor or a smaller size measured in the same run:
       memory budget (examples per second, peak memory against the budget; at the largest also
       `auto` and held in memory, the anchor), then evaluate and the gate of a small model;
   UCF101-shaped: a few hundred real-sized clips (320x240 MPEG-4 Part 2 in AVI, 7 s; --ucf101-clips)
-      validated, extracted, added and pushed, then each again after 1% more join (the data path's
-      re-run against its first run), and from their cost per clip projections for UCF101 and
-      Kinetics-400 on this machine and on 8 Dask workers.
+      validated, extracted, added and pushed, then each again with nothing new (a re-run's fixed part)
+      and after 1% more join (the data path's re-run against its first run), and from their cost per
+      clip projections for UCF101 and Kinetics-400 on this machine and on 8 Dask workers.
 The growth exponent of a linear stage is 1; above ~1.15 between 1,000 and 4,000, something grows faster than the data.
 """
 
@@ -73,6 +73,7 @@ class Scale:
     inputs: dict[str, InputRun] = field(default_factory=dict)  # "<cache> <N>" -> the training input's run
     ucf101: dict[str, float] = field(default_factory=dict)  # stage -> seconds per UCF101-shaped clip
     ucf101_rerun: dict[str, Rerun] = field(default_factory=dict)  # stage -> the UCF101-shaped set's re-run after adding ADDED
+    ucf101_idle: dict[str, Rerun] = field(default_factory=dict)  # stage -> its re-run with nothing new: a re-run's fixed part
     ucf101_clips: int = UCF_CLIPS
 
 
@@ -99,7 +100,7 @@ def run(workdir: Path, sizes: tuple[int, ...] = SIZES, ucf101_clips: int = UCF_C
     scale.versions = versions(workdir.resolve(), sizes)
     timed, scale.inputs = models(workdir.resolve(), sizes)
     scale.stages |= timed
-    scale.ucf101, scale.ucf101_rerun = ucf101(workdir.resolve(), ucf101_clips)
+    scale.ucf101, scale.ucf101_rerun, scale.ucf101_idle = ucf101(workdir.resolve(), ucf101_clips)
     return scale
 
 
@@ -347,11 +348,12 @@ def models(workdir: Path, sizes: tuple[int, ...]) -> tuple[dict[str, dict[int, f
     return timed, runs
 
 
-def ucf101(workdir: Path, clips: int = UCF_CLIPS) -> tuple[dict[str, float], dict[str, Rerun]]:
+def ucf101(workdir: Path, clips: int = UCF_CLIPS) -> tuple[dict[str, float], dict[str, Rerun], dict[str, Rerun]]:
     """Seconds per clip of validate, extract (the classifier's default params), `dvc add` and `dvc push` on `clips`
     UCF101-shaped clips (benchmarks/extract.py: 320x240 MPEG-4 Part 2 in AVI, 7 s, a keyframe every 25 frames, MP3)
     over UCF_CLASSES labels, in a project of their own: real-sized clips, where the other parts' are small. Then each
-    stage again after ADDED new clips joined: the re-run a user's dataset of such clips costs."""
+    stage again after ADDED new clips joined: the re-run a user's dataset of such clips costs; and, before them, each
+    again with nothing new: the re-run's fixed part, which a larger dataset's first run dilutes."""
     from vidops.benchmarks.extract import write_ucf101_clips
     from vidops.components import versioning
     from vidops.flows import stages as stage
@@ -369,13 +371,17 @@ def ucf101(workdir: Path, clips: int = UCF_CLIPS) -> tuple[dict[str, float], dic
     with project_store(layout):
         add, version = _seconds(versioning.add, layout.root, folder)
         per_clip["dvc add"], per_clip["dvc push"] = add / clips, _seconds(versioning.push, layout.root, [version.dvc_file])[0] / clips
+        idle = {name: Rerun(seconds, 0, clips) for name, seconds in (
+            ("validate", _timed(stage.validate_dataset, layout, params)[0]), ("extract", _timed(stage.extract_features, layout, params)[0]),
+            ("dvc add", _seconds(versioning.add, layout.root, folder)[0]), ("dvc push", _seconds(versioning.push, layout.root, [version.dvc_file])[0]),
+        )}  # fmt: skip
         _place(pool[clips:], folder, classes, copies=True)
         seconds, validated = _timed(stage.validate_dataset, layout, params)
         rerun = {"validate": Rerun(seconds, validated.probed, validated.reused)}
         seconds, extracted = _timed(stage.extract_features, layout, params)
         rerun["extract"] = Rerun(seconds, extracted.extracted, extracted.reused)
         rerun |= _version_again(layout.root, folder)
-    return per_clip, rerun
+    return per_clip, rerun, idle
 
 
 # datasets projected from the UCF101-shaped clips' costs: clips, and each clip's cost against a UCF101 clip's (its length)
@@ -534,6 +540,13 @@ def _data_path_rerun(timed: dict[str, dict[int, float]], rerun: dict[str, Rerun]
     return f"the data path ({' + '.join(names)}) after adding {ADDED:.0%} new clips: {again:.1f} s, {again / first:.3f}x the first run's {first:.1f} s"
 
 
+def _fixed_part(idle: dict[str, Rerun]) -> str:
+    """The data path's re-run with nothing new: each stage's fixed cost (listing the dataset, reading its records, the
+    GE suite, DVC's start and the remote's status), which a re-run pays whatever was added."""
+    parts = ", ".join(f"{name} {run.seconds:.1f} s" for name, run in idle.items())
+    return f"UCF101-shaped, the data path again with nothing new: {sum(run.seconds for run in idle.values()):.1f} s ({parts})"
+
+
 def report(scale: Scale) -> str:
     fast, slow, pairs = scale.hashes
     lines = [
@@ -564,5 +577,7 @@ def report(scale: Scale) -> str:
                          f"{again.seconds / (scale.ucf101[name] * n):.3f}x the first run ({again.done} clips done, {again.reused:,} reused)")  # fmt: skip
         if line := _data_path_rerun({name: {n: seconds * n} for name, seconds in scale.ucf101.items()}, scale.ucf101_rerun):
             lines.append("UCF101-shaped, " + line)
+        if scale.ucf101_idle:
+            lines.append(_fixed_part(scale.ucf101_idle))
         lines += projections(scale.ucf101, every, n)
     return "\n".join(lines)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import os
 import posixpath
 import re
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from vidops.components.errors import VidopsError
+from vidops.components.io import records
 from vidops.components.layout import CAPTIONS_FILE
 from vidops.components.parallel import Mapper, in_threads
 
@@ -59,27 +61,31 @@ def build_catalog(dataset: Path, previous: pd.DataFrame | None = None, workers: 
     """Probe every clip of `dataset` (folder or manifest CSV), in batches through `mapper`; reuse `previous` rows of unchanged files."""
     root, sources = list_sources(dataset)
     # the previous rows as plain dicts, once: a pandas lookup per clip cost about 1 s of a re-run at 4,000 clips
-    known = {row["path"]: row for row in previous.to_dict("records")} if previous is not None else {}
+    known = {row["path"]: row for row in records(previous)} if previous is not None else {}
     jobs = [(source, known.get(source["path"])) for source in sources]
-    batches = [jobs[i : i + PROBE_BATCH] for i in range(0, len(jobs), PROBE_BATCH)]
-    results = [result for batch in mapper(probe_batch, [(str(root), batch) for batch in batches], workers) for result in batch]
+    # an unchanged file keeps its row here, after one stat: only the others go out in batches (a re-run's work units,
+    # and the flow's task runs, are the new clips', and 4,000 unchanged rows cost no thread pool)
+    results = {i: kept for i, (source, old) in enumerate(jobs) if (kept := _kept(str(root), source, old))}
+    todo = [i for i in range(len(jobs)) if i not in results]
+    batches = [todo[i : i + PROBE_BATCH] for i in range(0, len(todo), PROBE_BATCH)]
+    for batch, rows in zip(batches, mapper(probe_batch, [(str(root), [jobs[i] for i in batch]) for batch in batches], workers), strict=True):
+        results.update(zip(batch, rows, strict=True))
     # built as objects first: a None among ints would otherwise go through float64 and round nanosecond mtimes
-    manifest = pd.DataFrame([row for row, _ in results], columns=list(MANIFEST_COLUMNS), dtype=object)
+    manifest = pd.DataFrame([results[i][0] for i in range(len(jobs))], columns=list(MANIFEST_COLUMNS), dtype=object)
     manifest = manifest.astype(_INT_COLUMNS).infer_objects()
-    reused = sum(was_reused for _, was_reused in results)
+    reused = sum(was_reused for _, was_reused in results.values())
     return Catalog(manifest, probed=len(results) - reused, reused=reused)
 
 
 def probe_batch(root: str, jobs: list[tuple[dict[str, Any], dict[str, Any] | None]]) -> list[tuple[dict[str, Any], bool]]:
-    """Each (source, its previous row or None) as a manifest row, and whether the previous row was reused (the file is unchanged)."""
+    """Each (source, its previous row or None) as a manifest row, and whether the previous row was reused (the file's
+    bytes are still the ones probed: `_same_content`). build_catalog keeps an unchanged file's row without a batch."""
     rows = []
     for source, old in jobs:
         source, path = dict(source), Path(root) / source["path"]
         problem = source.pop("problem")
         if problem:  # never opened: it is not a file of the dataset
             rows.append(({**dict.fromkeys(PROBE_COLUMNS), "readable": False, "error": problem, **source}, False))
-        elif old is not None and _unchanged(path, old):
-            rows.append(({**old, **source}, True))
         elif old is not None and (same := _same_content(path, old)):
             rows.append(({**old, **same, **source}, True))
         else:
@@ -109,15 +115,16 @@ def list_sources(dataset: Path) -> tuple[Path, list[dict[str, Any]]]:
     labels = sorted(label for label in dataset.iterdir() if label.is_dir() and not label.name.startswith("."))
     # a label folder that a link leads out of the root is never walked: one row says so, and nothing in it is opened
     away = {label: _outside(root, label) for label in labels}
+    # a file in a folder that stays inside leads out only through a link of its own: resolving every path cost about
+    # 0.3 s a re-run at 4,000 clips. Directory entries, not Path objects: their type needs no stat of its own.
     files = sorted(
-        f for label in labels if not away[label]
-        for f in label.iterdir() if not f.name.startswith(".") and (f.is_file() or f.is_symlink())
+        (label.name, entry.name, _outside(root, Path(entry.path)) if entry.is_symlink() else None)
+        for label in labels if not away[label]
+        for entry in os.scandir(label) if not entry.name.startswith(".") and (entry.is_file() or entry.is_symlink())
     )  # fmt: skip
     if not files and not any(away.values()):
         raise VidopsError(f"{dataset}: no clips found (expected <label>/<clip> files inside, or a {DATASET_MANIFEST} listing them)")
-    # a file in a folder that stays inside leads out only through a link of its own: resolving every path cost
-    # about 0.3 s a re-run at 4,000 clips
-    sources = [_source(f.relative_to(dataset).as_posix(), f.parent.name, None, None, _outside(root, f) if f.is_symlink() else None) for f in files]
+    sources = [_source(f"{label}/{name}", label, None, None, problem) for label, name, problem in files]
     return dataset, sources + [_source(label.name, "", None, None, why) for label, why in away.items() if why]  # no class
 
 
@@ -238,13 +245,22 @@ def _listed_file_problem(root: Path, path: str, listing: str) -> str | None:
 
 
 def _source(path: str, label: str, group: str | None, split: str | None, problem: str | None) -> dict[str, Any]:
-    if group is None:
-        found = _UCF_GROUP.search(Path(path).stem)
-        group = found.group(1).lower() if found else Path(path).with_suffix("").as_posix()
+    if group is None:  # UCF101's group in the name, else the clip alone (its path without the suffix)
+        stem, suffix = posixpath.splitext(path)
+        stem = path if suffix == "." else stem  # "clip." has no suffix to pathlib, which named groups before
+        found = _UCF_GROUP.search(posixpath.basename(stem))
+        group = found.group(1).lower() if found else stem
     return {"path": path, "label": label, "group": group, "split": split, "problem": problem}
 
 
-def _unchanged(path: Path, old: dict[str, Any]) -> bool:
+def _kept(root: str, source: dict[str, Any], old: dict[str, Any] | None) -> tuple[dict[str, Any], bool] | None:
+    """The previous row of a source whose file is unchanged (`_unchanged`), as probe_batch returns it; else None."""
+    if old is None or source["problem"] or not _unchanged(os.path.join(root, source["path"]), old):
+        return None
+    return {**old, **{key: value for key, value in source.items() if key != "problem"}}, True
+
+
+def _unchanged(path: str, old: dict[str, Any]) -> bool:
     """The file is the one probed last time: the same inode, size and modification time, as DVC's own state cache judges.
 
     Not its content hash: that read every byte of the dataset on every run. A file written anew, copied or moved in has
@@ -253,7 +269,7 @@ def _unchanged(path: Path, old: dict[str, Any]) -> bool:
     if any(pd.isna(old.get(key)) for key in ("size_bytes", "mtime_ns", "inode", "sha256")):
         return False  # it could not be read last time, or an older manifest has no inode: look again
     try:
-        stat = path.stat()
+        stat = os.stat(path)
     except OSError:
         return False
     return (stat.st_ino, stat.st_size, stat.st_mtime_ns) == (old["inode"], old["size_bytes"], old["mtime_ns"])

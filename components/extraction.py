@@ -26,7 +26,7 @@ import pandas as pd
 from vidops.components import audio
 from vidops.components.catalog import CAPTION_COLUMNS, read_captions_csv, read_manifest
 from vidops.components.errors import VidopsError
-from vidops.components.io import atomic_path, read_arrays, write_csv, write_json
+from vidops.components.io import atomic_path, read_arrays, records, write_csv, write_json
 from vidops.components.layout import CAPTIONS_FILE, INDEX, INDEX_TABLE, SHARDS
 from vidops.components.media import decode_frames, open_clip
 from vidops.components.parallel import Mapper, in_processes, in_this_process
@@ -142,15 +142,15 @@ def _kept_shards(index_table: Path, shard_dir: Path) -> dict[str, dict[str, Any]
         return {}  # no index yet, or one that cannot be read: every shard is opened once
     if not {"shard", "status", "padded", "has_audio", "shard_bytes", "shard_mtime_ns"} <= set(old.columns):
         return {}  # an index from before shards' sizes were kept
-    kept = {}
-    for row in old[old["status"] == "ok"].itertuples():
+    kept, folder = {}, str(shard_dir)
+    for row in records(old[old["status"] == "ok"], ["shard", "padded", "has_audio", "shard_bytes", "shard_mtime_ns"]):
         try:
-            stat = (shard_dir / row.shard).stat()
+            stat = os.stat(os.path.join(folder, row["shard"]))
         except OSError:
             continue
-        if (str(stat.st_size), str(stat.st_mtime_ns)) == (row.shard_bytes, row.shard_mtime_ns):
-            kept[row.shard] = {"status": "ok", "error": "", "padded": row.padded == "True", "has_audio": row.has_audio == "True",
-                               "shard_bytes": stat.st_size, "shard_mtime_ns": stat.st_mtime_ns}  # fmt: skip
+        if (str(stat.st_size), str(stat.st_mtime_ns)) == (row["shard_bytes"], row["shard_mtime_ns"]):
+            kept[row["shard"]] = {"status": "ok", "error": "", "padded": row["padded"] == "True", "has_audio": row["has_audio"] == "True",
+                                  "shard_bytes": stat.st_size, "shard_mtime_ns": stat.st_mtime_ns}  # fmt: skip
     return kept
 
 
@@ -184,13 +184,14 @@ def extract_features(
     shard_dir = features_dir / SHARDS
     shard_dir.mkdir(parents=True, exist_ok=True)
     version = params_hash(params)
+    root = str(dataset_dir)
     jobs = [
         ClipJob(
-            path=str(dataset_dir / row.path), shard=f"{row.sha256[:20]}-{version}.npz", frames=int(row.frames),
-            seed=_clip_seed(params.seed, row.sha256) if row.split == "train" else None,
-            row={"path": row.path, "label": row.label, "group": row.group, "split": row.split, "sha256": row.sha256},
+            path=os.path.join(root, row["path"]), shard=f"{row['sha256'][:20]}-{version}.npz", frames=int(row["frames"]),
+            seed=_clip_seed(params.seed, row["sha256"]) if row["split"] == "train" else None,
+            row={key: row[key] for key in ("path", "label", "group", "split", "sha256")},
         )  # fmt: skip
-        for row in manifest.itertuples()
+        for row in records(manifest, ["path", "label", "group", "split", "sha256", "frames"])
     ]
     kept = _kept_shards(features_dir / INDEX_TABLE, shard_dir)
     rows = {i: {**job.row, "shard": job.shard, **kept[job.shard], "reused": True} for i, job in enumerate(jobs) if job.shard in kept}

@@ -57,3 +57,12 @@ def read_arrays(path: Path | str, fields: Iterable[str]) -> dict[str, Any]:
 
     with _NPZ_LOCK, np.load(path) as data:
         return {field: data[field] for field in fields}
+
+
+def records(frame: Any, columns: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """The rows of a pandas DataFrame (its `columns`, default all) as dicts of plain Python values, for a loop over
+    rows: column by column, where itertuples and to_dict("records") box each value one at a time (pandas 3's Arrow
+    strings: about 0.3 s a pass over a 4,000-clip manifest)."""
+    names = list(frame.columns if columns is None else columns)
+    values = [frame[name].tolist() for name in names]
+    return [dict(zip(names, row)) for row in zip(*values)]

@@ -49,6 +49,8 @@ def mapper(runner: RunnerParams) -> Mapper | None:
         return None
 
     def run(function: Callable[..., Any], calls: list[tuple[Any, ...]], workers: int) -> Iterator[Any]:
+        if not calls:  # a re-run with nothing new starts no task runner (a local Dask cluster takes seconds)
+            return
         names = list(inspect.signature(function).parameters)
         with task_runner(runner, workers) as pool:
             try:

@@ -92,6 +92,19 @@ def test_a_local_dask_cluster_of_two_workers_probes_and_extracts_every_batch(pre
     assert len(probed) == 2 and all(t.state.is_completed() for t in probed), probed  # 16 a batch
 
 
+def test_no_batches_start_no_task_runner(monkeypatch):
+    """A re-run with nothing new to probe or extract hands the mapper no calls: no Dask cluster is started for them."""
+    from vidops.flows import runners
+
+    def refused(*args):
+        raise AssertionError("a task runner was started for no work")
+
+    monkeypatch.setattr(runners, "task_runner", refused)
+    assert list(mapper(RunnerParams(kind="dask"))(print, [], 2)) == []
+    with pytest.raises(AssertionError, match="started for no work"):
+        list(mapper(RunnerParams(kind="dask"))(print, [("x",)], 2))
+
+
 def _batch_runs(run_id, name: str, expected: int) -> list:
     """The flow run's task runs called `name` (they reach the API as events, a moment after they ran)."""
     deadline = time.monotonic() + 60

@@ -211,9 +211,11 @@ def test_probing_is_incremental(tmp_path: Path, tiny_dataset: Path):
     shutil.copytree(tiny_dataset, data)
     (data / "rotate" / "empty.mp4").write_bytes(b"")  # unreadable rows are looked at again each time
     first = validate_dataset(data, tmp_path / "catalog", ValidationParams())
+    written = first.manifest.read_text()
     again = validate_dataset(data, tmp_path / "catalog", ValidationParams())
     assert (first.probed, first.reused) == (22, 0)
     assert (again.probed, again.reused) == (1, 21)
+    assert again.manifest.read_text() == written  # reused rows read back as they were written: no 96.0, no lost NA
     encode(data / "rotate" / "rotate_000.mp4", seed=5)  # new content under an old name
     encode(data / "rotate" / "new.mp4", seed=6)
     changed = validate_dataset(data, tmp_path / "catalog", ValidationParams())

@@ -73,7 +73,7 @@ class Scale:
     inputs: dict[str, InputRun] = field(default_factory=dict)  # "<cache> <N>" -> the training input's run
     ucf101: dict[str, float] = field(default_factory=dict)  # stage -> seconds per UCF101-shaped clip
     ucf101_rerun: dict[str, Rerun] = field(default_factory=dict)  # stage -> the UCF101-shaped set's re-run after adding ADDED
-    ucf101_idle: dict[str, Rerun] = field(default_factory=dict)  # stage -> its re-run with nothing new: a re-run's fixed part
+    ucf101_idle: dict[str, float] = field(default_factory=dict)  # stage -> seconds of its re-run with nothing new: its fixed part
     ucf101_clips: int = UCF_CLIPS
 
 
@@ -348,7 +348,7 @@ def models(workdir: Path, sizes: tuple[int, ...]) -> tuple[dict[str, dict[int, f
     return timed, runs
 
 
-def ucf101(workdir: Path, clips: int = UCF_CLIPS) -> tuple[dict[str, float], dict[str, Rerun], dict[str, Rerun]]:
+def ucf101(workdir: Path, clips: int = UCF_CLIPS) -> tuple[dict[str, float], dict[str, Rerun], dict[str, float]]:
     """Seconds per clip of validate, extract (the classifier's default params), `dvc add` and `dvc push` on `clips`
     UCF101-shaped clips (benchmarks/extract.py: 320x240 MPEG-4 Part 2 in AVI, 7 s, a keyframe every 25 frames, MP3)
     over UCF_CLASSES labels, in a project of their own: real-sized clips, where the other parts' are small. Then each
@@ -371,10 +371,12 @@ def ucf101(workdir: Path, clips: int = UCF_CLIPS) -> tuple[dict[str, float], dic
     with project_store(layout):
         add, version = _seconds(versioning.add, layout.root, folder)
         per_clip["dvc add"], per_clip["dvc push"] = add / clips, _seconds(versioning.push, layout.root, [version.dvc_file])[0] / clips
-        idle = {name: Rerun(seconds, 0, clips) for name, seconds in (
-            ("validate", _timed(stage.validate_dataset, layout, params)[0]), ("extract", _timed(stage.extract_features, layout, params)[0]),
-            ("dvc add", _seconds(versioning.add, layout.root, folder)[0]), ("dvc push", _seconds(versioning.push, layout.root, [version.dvc_file])[0]),
-        )}  # fmt: skip
+        idle = {
+            "validate": _timed(stage.validate_dataset, layout, params)[0],
+            "extract": _timed(stage.extract_features, layout, params)[0],
+            "dvc add": _seconds(versioning.add, layout.root, folder)[0],
+            "dvc push": _seconds(versioning.push, layout.root, [version.dvc_file])[0],
+        }
         _place(pool[clips:], folder, classes, copies=True)
         seconds, validated = _timed(stage.validate_dataset, layout, params)
         rerun = {"validate": Rerun(seconds, validated.probed, validated.reused)}
@@ -540,11 +542,11 @@ def _data_path_rerun(timed: dict[str, dict[int, float]], rerun: dict[str, Rerun]
     return f"the data path ({' + '.join(names)}) after adding {ADDED:.0%} new clips: {again:.1f} s, {again / first:.3f}x the first run's {first:.1f} s"
 
 
-def _fixed_part(idle: dict[str, Rerun]) -> str:
+def _fixed_part(idle: dict[str, float]) -> str:
     """The data path's re-run with nothing new: each stage's fixed cost (listing the dataset, reading its records, the
     GE suite, DVC's start and the remote's status), which a re-run pays whatever was added."""
-    parts = ", ".join(f"{name} {run.seconds:.1f} s" for name, run in idle.items())
-    return f"UCF101-shaped, the data path again with nothing new: {sum(run.seconds for run in idle.values()):.1f} s ({parts})"
+    parts = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in idle.items())
+    return f"UCF101-shaped, the data path again with nothing new: {sum(idle.values()):.1f} s ({parts})"
 
 
 def report(scale: Scale) -> str:

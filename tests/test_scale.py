@@ -55,7 +55,7 @@ def test_the_ucf101_shaped_part_times_each_stage_and_a_rerun_works_on_the_new_cl
     per_clip, rerun, idle = scale.ucf101(tmp_path, clips=6)  # 6 real-sized clips, nothing new, then one more
     assert set(per_clip) == set(rerun) == set(idle) == {"validate", "extract", "dvc add", "dvc push"} and all(s > 0 for s in per_clip.values())
     assert all((again.done, again.reused) == (1, 6) for again in rerun.values()), rerun
-    assert all(again.seconds > 0 for again in idle.values()), idle
+    assert all(seconds > 0 for seconds in idle.values()), idle
     clips = list((tmp_path / "ucf101").rglob("*.avi"))  # files of their own, as a user's: DVC leaves their inodes be
     assert len(clips) == 7 and all(clip.stat().st_nlink == 1 for clip in clips), clips
     others = ((0.5, 50.0, 10), {1_000: 0.3, 10_000: 2.9})  # the near-duplicate and check parts, not run here

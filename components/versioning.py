@@ -1,7 +1,7 @@
 """Dataset versions with DVC: a dataset folder is `dvc add`ed and pushed to an S3 remote; its version is the
 hash DVC gives the folder (`<md5>.dir`), which MLflow runs record and `vidops lineage` checks out again.
 
-DVC runs as its command line (`dvc` of vidops's environment), as a user would run it; the
+DVC runs as its command line (`dvc.cli.main`, what the `dvc` script runs, in a process of its own: `dvc_launcher`); the
 credentials of a remote go to `.dvc/config.local` (which git ignores) or come from the
 environment, never into the committed `.dvc/config`.
 """
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import yaml
 
+from vidops.components import dvc_launcher
 from vidops.components.errors import VidopsError
 from vidops.components.io import atomic_path, write_text
 from vidops.components.params import S3_URL
-from vidops.components.programs import program
 
 REMOTE = "vidops"  # the remote vidops configures, made the default
 SECRETS = {"access_key_id", "secret_access_key", "--"}  # remote options whose values are never printed
@@ -64,23 +64,19 @@ def watching(gone: Callable[[], str | None]) -> Iterator[None]:
         _watches.remove(gone)
 
 
+def _server_gone() -> str | None:
+    """Why a `watching` check says the S3 server is gone; None while it is up."""
+    return next((why for gone in list(_watches) if (why := gone())), None)
+
+
 def dvc(root: Path, *args: str, check: bool = True, watched: bool = False) -> subprocess.CompletedProcess[str]:
     """Run `dvc ARGS` in `root`; an error quotes DVC's own message. A `watched` command (one that talks to the remote)
     is stopped, with ServerGone, when a `watching` check says the server is gone."""
     shown = " ".join("***" if i and args[i - 1] in SECRETS else arg for i, arg in enumerate(args))
-    with subprocess.Popen([program("dvc"), *args], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env={**os.environ, "DVC_NO_ANALYTICS": "1"}) as process:  # fmt: skip
-        while True:
-            try:
-                out, err = process.communicate(timeout=0.5 if watched and _watches else None)
-                break
-            except subprocess.TimeoutExpired:  # communicate again loses no output
-                reason = next((why for gone in list(_watches) if (why := gone())), None)
-                if reason:
-                    process.kill()  # as a kill -9 would: DVC writes a version's listing last, so nothing half-done passes for whole
-                    process.communicate()
-                    raise ServerGone(f"dvc {shown} in {root} was stopped: {reason}", reason) from None
-    done = subprocess.CompletedProcess(process.args, process.returncode, out, err)
+    try:  # DVC writes a version's listing last: a command killed part-way leaves nothing half-done that passes for whole
+        done = dvc_launcher.run(root, args, {**os.environ, "DVC_NO_ANALYTICS": "1"}, stop=_server_gone if watched and _watches else None)
+    except dvc_launcher.Stopped as exc:
+        raise ServerGone(f"dvc {shown} in {root} was stopped: {exc}", str(exc)) from None
     if check and done.returncode != 0:
         raise VidopsError(f"dvc {shown} in {root} failed: {_message(done)}")
     return done

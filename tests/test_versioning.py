@@ -446,3 +446,32 @@ def test_s3_stopped_during_a_push_is_named_and_a_rerun_after_its_restart_complet
         assert 0 < len(arrived) < version.files and remote_key("dvc", version.md5) not in arrived, len(arrived)
         assert version_datasets(project, tiny_params.model_copy(update={"tasks": ["classification"]})) == [version]
         _remote_is_the_cache(project)
+
+
+def test_dvc_commands_run_in_the_callers_folder_and_environment_and_one_stopped_or_a_lost_helper_leaves_the_next_working(tmp_path, monkeypatch):
+    from vidops.components import dvc_launcher
+
+    root = tmp_path / "project"
+    root.mkdir()
+    versioning.init(root)
+    stages = {"hello": {"cmd": "echo $VIDOPS_PROBE > hello.txt", "outs": [{"hello.txt": {"cache": False}}]},
+              "sleepy": {"cmd": "sleep 5"}}  # fmt: skip
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    monkeypatch.setenv("VIDOPS_PROBE", "set after the helper started")
+    versioning.dvc(root, "repro", "hello")
+    assert (root / "hello.txt").read_text() == "set after the helper started\n"
+    assert versioning.dvc(root, "nonsense", check=False).returncode == 254  # DVC's own exit code for a bad command
+    with pytest.raises(VidopsError, match=r"dvc add missing in .* failed: ERROR: output 'missing' does not exist"):
+        versioning.dvc(root, "add", "missing")
+
+    # a command stopped by its caller is killed at once, and says why
+    with pytest.raises(dvc_launcher.Stopped, match="the server went away"):
+        dvc_launcher.run(root, ["repro", "sleepy"], os.environ, stop=lambda: "the server went away", poll_s=0.1)
+    assert "up to date" in versioning.dvc(root, "status", "hello").stdout
+
+    # the helper lost mid-command is an error that names it; the next command starts another
+    helper = dvc_launcher._helper
+    with pytest.raises(VidopsError, match=rf"the process that runs DVC's commands \(pid {helper.pid}\) stopped"):
+        dvc_launcher.run(root, ["repro", "sleepy"], os.environ, stop=lambda: helper.kill(), poll_s=0.1)
+    assert "up to date" in versioning.dvc(root, "status", "hello").stdout
+    assert dvc_launcher._helper.pid != helper.pid

@@ -22,16 +22,18 @@ import tempfile
 import threading
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, NoReturn
 
 from vidops.components.errors import VidopsError
 
-# what DVC's add, push, pull, checkout and commit import, found with `python -X importtime`: a child imports the rest
+# what DVC's add, push, pull, checkout and commit import, found with `python -X importtime`; a child imports the rest
 PRELOAD = ("dvc.cli", "dvc.cli.parser", "dvc.repo", "dvc.repo.index", "dvc.repo.add", "dvc.repo.push", "dvc.repo.fetch",
-           "dvc.repo.checkout", "dvc.repo.commit", "dvc.output", "dvc.stage", "dvc.data_cloud", "dvc_data.index",
-           "dvc_data.index.push", "dvc_data.index.fetch", "dvc_data.hashfile.build", "dvc_s3", "s3fs", "aiobotocore.session",
-           "botocore.session")  # fmt: skip
+           "dvc.repo.checkout", "dvc.repo.commit", "dvc.repo.datasets", "dvc.repo.open_repo", "dvc.output", "dvc.stage",
+           "dvc.data_cloud", "dvc_data.index", "dvc_data.index.push", "dvc_data.index.fetch", "dvc_data.hashfile.build",
+           "dvc_data.hashfile.status", "dvc_render.vega_templates", "dvc_s3", "s3fs", "aiobotocore.session", "botocore.session",
+           "scmrepo.git", "dulwich.repo", "dulwich.client", "psutil", "ruamel.yaml")  # fmt: skip
 
 
 class Stopped(VidopsError):
@@ -51,13 +53,17 @@ def run(cwd: Path, args: Sequence[str], env: Mapping[str, str],
         helper = _started()
         _send(helper, {"cwd": str(cwd), "args": list(args), "env": dict(env), "out": str(out), "err": str(err)})
         pid = _reply(helper)["pid"]
-        while not select.select([helper.stdout], [], [], poll_s if stop else None)[0]:
-            reason = stop() if stop else None
-            if reason:
-                os.kill(pid, signal.SIGKILL)
-                _reply(helper)  # the helper has reaped it
-                raise Stopped(reason)
-        code = _reply(helper)["code"]
+        try:
+            while not select.select([helper.stdout], [], [], poll_s if stop else None)[0]:
+                if stop and (reason := stop()):
+                    raise Stopped(reason)
+            code = _reply(helper)["code"]
+        except BaseException:  # Stopped, Ctrl-C, a failing `stop`: the command killed, and the helper with its reply left
+            if helper.poll() is None:  # it has not reaped the child: the pid is still the command's
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            _drop(helper)
+            raise
         return subprocess.CompletedProcess(["dvc", *args], code, _read(out), _read(err))
 
 
@@ -73,8 +79,9 @@ def _started() -> subprocess.Popen[bytes]:
 
 def _stop(helper: subprocess.Popen[bytes]) -> None:
     """At exit: the helper's stdin closed, it ends once its command (if any) has."""
-    assert helper.stdin is not None
-    helper.stdin.close()
+    with suppress(OSError):
+        assert helper.stdin is not None
+        helper.stdin.close()
     try:
         helper.wait(timeout=10)
     except subprocess.TimeoutExpired:
@@ -97,10 +104,18 @@ def _reply(helper: subprocess.Popen[bytes]) -> dict[str, int]:
     return json.loads(line)
 
 
-def _gone(helper: subprocess.Popen[bytes]) -> VidopsError:
+def _drop(helper: subprocess.Popen[bytes]) -> None:
+    """Start a new helper for the next command; this one ends when its stdin closes."""
     global _helper
-    _helper = None  # the next command starts a new one
-    return VidopsError(f"the process that runs DVC's commands (pid {helper.pid}) stopped (exit code {helper.wait()}); "
+    _helper = None
+    with suppress(OSError):
+        assert helper.stdin is not None
+        helper.stdin.close()
+
+
+def _gone(helper: subprocess.Popen[bytes]) -> VidopsError:
+    _drop(helper)
+    return VidopsError(f"the process that runs DVC's commands (pid {helper.pid}) stopped (exit code {helper.wait(timeout=10)}); "
                        "the command may not have finished: run it again")  # fmt: skip
 
 
@@ -114,7 +129,8 @@ def serve() -> None:
     os.dup2(2, 1)  # what DVC's imports print goes to stderr, not into the replies
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the command (its child), not the helper of the next
     for name in PRELOAD:
-        importlib.import_module(name)
+        with suppress(ImportError):  # another DVC may lack one: its child imports what it needs
+            importlib.import_module(name)
     for line in sys.stdin.buffer:
         request = json.loads(line)
         pid = os.fork()

@@ -73,19 +73,18 @@ def _started() -> subprocess.Popen[bytes]:
     if _helper is None or _helper.poll() is not None:
         # unbuffered: a reply is read up to its newline and no further, so `select` sees the next one
         _helper = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
-        atexit.register(_stop, _helper)
     return _helper
 
 
-def _stop(helper: subprocess.Popen[bytes]) -> None:
-    """At exit: the helper's stdin closed, it ends once its command (if any) has."""
-    with suppress(OSError):
-        assert helper.stdin is not None
-        helper.stdin.close()
-    try:
-        helper.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        helper.kill()
+@atexit.register
+def _stop() -> None:
+    """At exit: the helper's stdin closed; it ends once its command, if any, has."""
+    if (helper := _helper) is not None:
+        _drop(helper)
+        try:
+            helper.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            helper.kill()
 
 
 def _send(helper: subprocess.Popen[bytes], request: dict[str, Any]) -> None:

@@ -1,4 +1,5 @@
-"""The command-line programs vidops runs (weed, mlflow, prefect, dvc): those of its own environment first."""
+"""The command-line programs vidops runs (weed, mlflow, prefect): those of its own environment first. DVC's commands
+run from `dvc_launcher`, in this environment's Python."""
 
 from __future__ import annotations
 

@@ -58,11 +58,18 @@ def run(cwd: Path, args: Sequence[str], env: Mapping[str, str],
                 if stop and (reason := stop()):
                     raise Stopped(reason)
             code = _reply(helper)["code"]
-        except BaseException:  # Stopped, Ctrl-C, a failing `stop`: the command killed, and the helper with its reply left
+        except Stopped:  # killed, as kill -9 of a `dvc` process; the helper with its reply left is replaced
             if helper.poll() is None:  # it has not reaped the child: the pid is still the command's
                 with suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             _drop(helper)
+            raise
+        except BaseException:  # Ctrl-C, SIGTERM, a failing `stop`: as a `dvc` process run by Popen, the command ends first
+            try:
+                with suppress(VidopsError):
+                    _reply(helper)
+            finally:
+                _drop(helper)
             raise
         return subprocess.CompletedProcess(["dvc", *args], code, _read(out), _read(err))
 

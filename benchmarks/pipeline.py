@@ -2,7 +2,7 @@
 
 On the demo's data and params (generated once, kept in the workdir), three timed runs, each on a fresh
 copy of the project (its own MLflow store and outputs):
-  (a) the anchor: the stage functions of `flows.stages` called in a plain loop (validate ->
+  (a) the anchor: the stage functions of `components.stages` called in a plain loop (validate ->
       extract -> train -> evaluate -> register -> promote, for each task);
   (b) the same through the `training_pipeline` Prefect flow (the ephemeral API started
       before the clock does, as a running server would be);
@@ -59,10 +59,10 @@ def run(workdir: Path, config: BenchConfig) -> Timings:
 
     plain = fresh("plain")
     flowed = fresh("prefect")
-    from vidops.flows.profiles import activate
+    from vidops.stack.profiles import activate
 
     activate(flowed)  # Prefect's ephemeral API keeps its database in the project; import Prefect after this
-    from vidops.flows import stages
+    from vidops.components import stages
     from vidops.flows.pipeline import training_pipeline
 
     _warm_up()
@@ -85,7 +85,7 @@ def _warm_up() -> None:
     """Start Prefect's API (and import what both sides import) before the clock starts."""
     from prefect import flow
 
-    import vidops.components.models  # noqa: F401  TensorFlow's import, paid by neither side
+    import vidops.components.layers  # noqa: F401  TensorFlow's import, paid by neither side
 
     flow(lambda: None, name="vidops-bench-warm-up")()
 

@@ -2,7 +2,7 @@
 
 The parts, each against an anchor or a smaller size measured in the same run:
   near-duplicates: 100,000 synthetic perceptual hashes (clustered, as a dataset's are, with
-      planted near pairs) checked by multi-index hashing and by the pairwise scan it replaced;
+      planted near pairs) checked by multi-index hashing and by the pairwise scan, the anchor;
       the same pairs, and the ratio;
   checks: the derived checks and the Great Expectations suite on synthetic manifests of
       1,000 to 100,000 rows (no probing): seconds per thousand rows and the growth exponent;
@@ -22,43 +22,33 @@ The parts, each against an anchor or a smaller size measured in the same run:
       and after 1% more join (the data path's re-run against its first run), and from their cost per
       clip projections for UCF101 and Kinetics-400 on this machine and on 8 Dask workers.
 The growth exponent of a linear stage is 1; above ~1.15 between 1,000 and 4,000, something grows faster than the data.
+This module runs the parts and prints the report; the versions part is in scale_data, the training input in scale_input,
+and the generated projects they share in scale_projects.
 """
 
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
-import shutil
 import time
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import pandas as pd
 
+from vidops.benchmarks.scale_data import Versions, _dvc_project, _version_again, versions
+from vidops.benchmarks.scale_input import InputRun, training_input
+from vidops.benchmarks.scale_projects import ADDED, CLASSES, OVERRIDES, TASK, Rerun, _place, _pool, _project, _seconds, _timed
 from vidops.components.hashing import near_pairs, pairwise
 from vidops.components.layout import Layout
-from vidops.components.params import GenerateParams, Params, Task, load_params
+from vidops.components.params import load_params
 
-TASK: Task = "classification"
-CLASSES = 50
 SIZES = (250, 1000, 4000)
-ADDED = 0.01  # the incremental re-run: this fraction of new clips joins the largest dataset
-PUSH_JOBS = (2, 32)  # DVC's --jobs tried on the largest push, besides its default (4 per core)
 HASHES = 100_000
 MANIFEST_ROWS = (1_000, 10_000, 100_000)
-# small clips: what is measured is how the cost grows, not a clip's own cost
-OVERRIDES = ["extract.classification.size=32", "extract.classification.frames=8"]
 SMALL_MODEL = ["train.classification.filters=[4, 8]", "train.classification.epochs=1"]
-# the training input's budget: the largest dataset's clips (~64 MB of frames at N = 4,000) do not fit, the smaller ones do
-INPUT_BUDGET_MB = 64
 UCF_CLIPS, UCF_CLASSES = 300, 25  # the UCF101-shaped set: a few hundred real-sized clips
-POOL = GenerateParams(clips_per_class=1, size=48, fps=25, duration_s=1.0)
-T = TypeVar("T")
 
 
 @dataclass
@@ -75,15 +65,6 @@ class Scale:
     ucf101_rerun: dict[str, Rerun] = field(default_factory=dict)  # stage -> the UCF101-shaped set's re-run after adding ADDED
     ucf101_idle: dict[str, float] = field(default_factory=dict)  # stage -> seconds of its re-run with nothing new: its fixed part
     ucf101_clips: int = UCF_CLIPS
-
-
-@dataclass(frozen=True)
-class Rerun:
-    """A stage's re-run after new clips joined: its seconds, the clips it worked on, and those it reused."""
-
-    seconds: float
-    done: int
-    reused: int
 
 
 def sizes(largest: int | None) -> tuple[int, ...]:
@@ -176,7 +157,7 @@ def synthetic_manifest(n: int, seed: int = 0) -> pd.DataFrame:
 
 def stages(workdir: Path, sizes: tuple[int, ...]) -> tuple[dict[str, dict[int, float]], dict[str, Rerun]]:
     """Validate and extract each size's dataset in a fresh project; then the largest again after adding ADDED new clips."""
-    from vidops.flows import stages as stage
+    from vidops.components import stages as stage
 
     params = load_params(None, OVERRIDES)
     largest = max(sizes)
@@ -187,128 +168,15 @@ def stages(workdir: Path, sizes: tuple[int, ...]) -> tuple[dict[str, dict[int, f
     rerun: dict[str, Rerun] = {}
     for n in sizes:
         layout = _project(workdir / f"n{n}", params, pool[:n], classes)
-        timed["validate"][n], _ = _timed(stage.validate_dataset, layout, params)
-        timed["extract"][n], _ = _timed(stage.extract_features, layout, params)
+        timed["validate"][n], _ = _timed(stage.validate, layout, params)
+        timed["extract"][n], _ = _timed(stage.extract, layout, params)
         if n == largest:  # the same project, ADDED more clips: only they should cost anything
             _place(pool[n : n + added], layout.raw(params.datasets.of(TASK)), classes)
-            seconds, validated = _timed(stage.validate_dataset, layout, params)
+            seconds, validated = _timed(stage.validate, layout, params)
             rerun["validate"] = Rerun(seconds, validated.probed, validated.reused)
-            seconds, extracted = _timed(stage.extract_features, layout, params)
+            seconds, extracted = _timed(stage.extract, layout, params)
             rerun["extract"] = Rerun(seconds, extracted.extracted, extracted.reused)
     return timed, rerun
-
-
-@dataclass(frozen=True)
-class Versions:
-    """The DVC part's figures."""
-
-    timed: dict[str, dict[int, float]]  # dvc add, dvc push, dvc pull -> N -> seconds
-    rerun: dict[str, Rerun]  # dvc add, dvc push -> the re-run after adding ADDED
-    push_jobs: dict[int, float]  # DVC's --jobs -> seconds of the largest dataset's push
-
-
-def versions(workdir: Path, sizes: tuple[int, ...], jobs: tuple[int, ...] = PUSH_JOBS) -> Versions:
-    """`dvc add`, `dvc push` and, into a fresh clone, `dvc pull` of each size's dataset in a fresh project, through
-    `components.versioning` and the project's S3 as `vidops data push` starts it (SeaweedFS, stopped afterwards); at
-    the largest, its push again with each of `jobs` (DVC's --jobs) to an empty prefix, then add and push after ADDED
-    new clips joined."""
-    from vidops.components import versioning
-    from vidops.flows.stack import project_store
-
-    params = load_params(None, OVERRIDES)
-    largest = max(sizes)
-    added = max(1, round(ADDED * largest))
-    pool = _pool(workdir / "pool", largest + added)
-    classes = min(CLASSES, max(2, min(sizes) // 5))
-    timed: dict[str, dict[int, float]] = {"dvc add": {}, "dvc push": {}, "dvc pull": {}}
-    rerun: dict[str, Rerun] = {}
-    by_jobs: dict[int, float] = {}
-    for n in sizes:
-        layout = _project(workdir / f"dvc{n}", params, pool[:n], classes, copies=True)
-        folder = layout.raw(params.datasets.of(TASK))
-        _dvc_project(layout.root)
-        with project_store(layout):  # the user's path: `vidops data push` (cli.version_datasets)
-            timed["dvc add"][n], version = _seconds(versioning.add, layout.root, folder)
-            timed["dvc push"][n], _ = _seconds(versioning.push, layout.root, [version.dvc_file])
-            timed["dvc pull"][n] = _pull_clone(layout.root, version.dvc_file, workdir / f"dvc{n}-clone")
-            if n < largest:
-                continue
-            by_jobs = {j: _push_elsewhere(layout.root, version.dvc_file, j) for j in jobs}
-            _place(pool[n : n + added], folder, classes, copies=True)
-            rerun |= _version_again(layout.root, folder)
-    return Versions(timed, rerun, by_jobs)
-
-
-def _dvc_project(root: Path) -> None:
-    """`root` a DVC project of its own, not a folder of the git repository the bench may run in (whose .gitignore hides
-    .vidops/, where DVC refuses to add), with its own record of file hashes: DVC keys that record by the project's path,
-    so a project made again at the same path (inodes reused) would otherwise skip hashing clips it saw before."""
-    from vidops.components import versioning
-
-    versioning.dvc(root, "init", "--no-scm", "--quiet")
-    _own_hash_record(root)
-
-
-def _own_hash_record(root: Path) -> None:
-    from vidops.components import versioning
-
-    versioning.dvc(root, "config", "--local", "core.site_cache_dir", str(root / ".dvc" / "tmp" / "site"))
-
-
-def _pull_clone(root: Path, dvc_file: Path, clone: Path) -> float:
-    """Seconds of `dvc pull` of the version `dvc_file` pins into `clone`, a fresh project with the same remote and an
-    empty cache: what a new machine does."""
-    from vidops.components import versioning
-
-    shutil.rmtree(clone, ignore_errors=True)
-    clone.mkdir(parents=True)
-    versioning.dvc(clone, "init", "--no-scm", "--quiet")
-    for name in ("config", "config.local"):  # the remote, its endpoint and keys
-        shutil.copy2(root / ".dvc" / name, clone / ".dvc" / name)
-    _own_hash_record(clone)
-    pinned = clone / dvc_file.relative_to(root)
-    pinned.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(dvc_file, pinned)
-    seconds, _ = _seconds(versioning.pull, clone, [pinned])
-    folder, expected = pinned.with_suffix(""), versioning.read_version(pinned.with_suffix("")).files
-    if (files := sum(1 for p in folder.rglob("*") if p.is_file())) != expected:
-        raise AssertionError(f"{folder}: dvc pull brought {files} files of the {expected} that {pinned} pins")
-    shutil.rmtree(clone)
-    return seconds
-
-
-def _push_elsewhere(root: Path, dvc_file: Path, jobs: int) -> float:
-    """Seconds of a push of the version with `jobs` parallel uploads to an empty prefix of the same S3 (then the
-    project's remote again)."""
-    from vidops.components import versioning
-    from vidops.flows.stack import BUCKET
-
-    keys = (os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"])  # project_store set them
-    versioning.set_remote(root, f"s3://{BUCKET}/jobs{jobs}", os.environ["AWS_ENDPOINT_URL"], keys)
-    try:
-        seconds, _ = _seconds(versioning.push, root, [dvc_file], jobs=jobs)
-    finally:
-        versioning.set_remote(root, versioning.local_url(BUCKET), os.environ["AWS_ENDPOINT_URL"], keys)
-    return seconds
-
-
-def _version_again(root: Path, folder: Path) -> dict[str, Rerun]:
-    """`dvc add` and `dvc push` after new clips joined the folder: the clips each stored or uploaded, and reused."""
-    from vidops.components import versioning
-
-    cache = root / ".dvc" / "cache" / "files" / "md5"
-    before = sum(1 for p in cache.glob("*/*") if p.suffix != ".dir")
-    add_s, version = _seconds(versioning.add, root, folder)
-    stored = sum(1 for p in cache.glob("*/*") if p.suffix != ".dir") - before
-    push_s, pushed = _seconds(versioning.push, root, [version.dvc_file])
-    uploaded = pushed - 1  # the new listing (`<md5>.dir`) is one of them
-    return {"dvc add": Rerun(add_s, stored, version.files - stored), "dvc push": Rerun(push_s, uploaded, version.files - uploaded)}
-
-
-def _seconds(call: Callable[..., T], *args: object, **kwargs: object) -> tuple[float, T]:
-    start = time.perf_counter()
-    result = call(*args, **kwargs)
-    return time.perf_counter() - start, result
 
 
 def report_versions(versions: Versions) -> list[str]:
@@ -327,7 +195,7 @@ def models(workdir: Path, sizes: tuple[int, ...]) -> tuple[dict[str, dict[int, f
     `auto` chooses and held in memory (the anchor); a small classifier trained for one epoch (the model's cost, not
     the data's: not timed), evaluated, registered and gated; then registered again and gated against itself as
     champion, both scored on the test clips."""
-    from vidops.flows import stages as stage
+    from vidops.components import stages as stage
 
     params = load_params(None, [*OVERRIDES, *SMALL_MODEL])
     timed: dict[str, dict[int, float]] = {"training input, an epoch": {}, "evaluate": {}, "gate": {}}
@@ -339,12 +207,12 @@ def models(workdir: Path, sizes: tuple[int, ...]) -> tuple[dict[str, dict[int, f
         if n == max(sizes):
             runs[f"auto {n}"] = training_input(layout.features(TASK), "auto")
             runs[f"memory {n}"] = training_input(layout.features(TASK), "memory")
-        stage.train_model(layout, params, TASK)
-        timed["evaluate"][n], _ = _timed(stage.evaluate_model, layout, params)
-        stage.register_model(layout, params, TASK)
-        stage.promote_model(layout, params, TASK)  # the first version: champion
-        stage.register_model(layout, params, TASK)
-        timed["gate"][n], _ = _timed(stage.promote_model, layout, params)
+        stage.train(layout, params, TASK)
+        timed["evaluate"][n], _ = _timed(stage.evaluate, layout, params)
+        stage.register(layout, params, TASK)
+        stage.promote(layout, params, TASK)  # the first version: champion
+        stage.register(layout, params, TASK)
+        timed["gate"][n], _ = _timed(stage.promote, layout, params)
     return timed, runs
 
 
@@ -356,8 +224,8 @@ def ucf101(workdir: Path, clips: int = UCF_CLIPS) -> tuple[dict[str, float], dic
     again with nothing new: the re-run's fixed part, which a larger dataset's first run dilutes."""
     from vidops.benchmarks.extract import write_ucf101_clips
     from vidops.components import versioning
-    from vidops.flows import stages as stage
-    from vidops.flows.stack import project_store
+    from vidops.components import stages as stage
+    from vidops.stack.seaweedfs import project_store
 
     params = load_params(None, [])
     added = max(1, round(ADDED * clips))
@@ -365,22 +233,22 @@ def ucf101(workdir: Path, clips: int = UCF_CLIPS) -> tuple[dict[str, float], dic
     classes = min(UCF_CLASSES, max(2, clips // 12))
     layout = _project(workdir / "ucf101", params, pool[:clips], classes, copies=True)
     folder = layout.raw(params.datasets.of(TASK))
-    per_clip = {"validate": _timed(stage.validate_dataset, layout, params)[0] / clips}
-    per_clip["extract"] = _timed(stage.extract_features, layout, params)[0] / clips
+    per_clip = {"validate": _timed(stage.validate, layout, params)[0] / clips}
+    per_clip["extract"] = _timed(stage.extract, layout, params)[0] / clips
     _dvc_project(layout.root)
     with project_store(layout):
         add, version = _seconds(versioning.add, layout.root, folder)
         per_clip["dvc add"], per_clip["dvc push"] = add / clips, _seconds(versioning.push, layout.root, [version.dvc_file])[0] / clips
         idle = {
-            "validate": _timed(stage.validate_dataset, layout, params)[0],
-            "extract": _timed(stage.extract_features, layout, params)[0],
+            "validate": _timed(stage.validate, layout, params)[0],
+            "extract": _timed(stage.extract, layout, params)[0],
             "dvc add": _seconds(versioning.add, layout.root, folder)[0],
             "dvc push": _seconds(versioning.push, layout.root, [version.dvc_file])[0],
         }
         _place(pool[clips:], folder, classes, copies=True)
-        seconds, validated = _timed(stage.validate_dataset, layout, params)
+        seconds, validated = _timed(stage.validate, layout, params)
         rerun = {"validate": Rerun(seconds, validated.probed, validated.reused)}
-        seconds, extracted = _timed(stage.extract_features, layout, params)
+        seconds, extracted = _timed(stage.extract, layout, params)
         rerun["extract"] = Rerun(seconds, extracted.extracted, extracted.reused)
         rerun |= _version_again(layout.root, folder)
     return per_clip, rerun, idle
@@ -413,105 +281,6 @@ def projections(per_clip: dict[str, float], stages: dict[str, dict[int, float]],
 def _duration(hours: float) -> str:
     """`hours` as a person reads them: minutes under one hour (UCF101's stages take minutes), else hours."""
     return f"{hours * 60:.0f} min" if hours < 1 else f"{hours:.1f} h"
-
-
-@dataclass(frozen=True)
-class InputRun:
-    """Two epochs of the classifier's training input alone, in a process of its own, under a memory budget."""
-
-    asked: str  # train.<task>.cache
-    cache: str  # the feed it gave: memory or none (streamed)
-    examples_per_s: float  # the second epoch's: the steady state, a cache filled
-    peak_mb: float  # the process's peak resident memory (VmHWM) above its state once TensorFlow ran a small feed
-    budget_mb: int
-    clips: int
-
-
-def training_input(features: Path, cache: str = "auto", budget_mb: int = INPUT_BUDGET_MB) -> InputRun:
-    """`_two_epochs` in a fresh spawned process, so its peak memory is its own."""
-    spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(1, mp_context=spawn) as pool:
-        return pool.submit(_two_epochs, features, cache, budget_mb).result()
-
-
-def _two_epochs(features: Path, cache: str, budget_mb: int) -> InputRun:
-    import tensorflow as tf  # noqa: F401  (imported before the baseline is read)
-
-    from vidops.components import inputs
-
-    params = load_params(None, [*OVERRIDES, f"train.{TASK}.memory_budget_mb={budget_mb}", f"train.{TASK}.cache={cache}"]).train.of(TASK)
-    split, held = inputs.carve_validation(inputs.open_split(features, "train", ("frames",)), params.validation_fraction)
-    # a few batches through a streamed feed first: TensorFlow's kernels, thread pools and tracing are not the input's memory
-    few = inputs.subset(split, np.arange(len(split.paths)) < 4 * params.batch_size)
-    warm, steps = inputs.classifier_dataset(few, params.batch_size, params.augment, params.seed, inputs.Feed("none", params.batch_size, 0))
-    for _ in warm.take(2 * steps):
-        pass
-    baseline = _reset_peak()
-    feed = inputs.split_feed(split, held, params)
-    data, steps = inputs.classifier_dataset(split, params.batch_size, params.augment, params.seed, feed)
-    batches = iter(data)
-    for _ in range(steps):  # the first epoch: reads every shard (and fills an in-memory cache)
-        next(batches)
-    start = time.perf_counter()
-    for _ in range(steps):
-        next(batches)
-    seconds = time.perf_counter() - start
-    peak = _status_kb("VmHWM") * 1024 - baseline
-    return InputRun(cache, feed.cache, steps * params.batch_size / seconds, peak / 1024**2, budget_mb, len(split.paths))
-
-
-def _reset_peak() -> int:
-    """Reset this process's peak resident memory (VmHWM) to what it holds now, and return that in bytes.
-
-    Not getrusage's ru_maxrss: Linux keeps that across exec, so a spawned process starts with its parent's peak.
-    """
-    Path("/proc/self/clear_refs").write_text("5")
-    return _status_kb("VmRSS") * 1024
-
-
-def _status_kb(field: str) -> int:
-    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(f"{field}:"))
-    return int(line.split()[1])
-
-
-def _timed(stage: Callable[[Layout, Params, Task], T], layout: Layout, params: Params) -> tuple[float, T]:
-    """Seconds of one stage on the project, and what it returned."""
-    return _seconds(stage, layout, params, TASK)
-
-
-def _pool(folder: Path, n: int) -> list[Path]:
-    """`n` generated clips (7 motions, generated once and kept), in a fixed order that mixes the motions."""
-    from vidops.components.generate import KINDS, MARKER, generate_dataset
-
-    per_class = math.ceil(n / len(KINDS[TASK].labels))
-    if not (folder / MARKER).is_file() or len(list(folder.glob("*/*.mp4"))) < per_class * len(KINDS[TASK].labels):
-        shutil.rmtree(folder, ignore_errors=True)
-        generate_dataset(folder, TASK, POOL.model_copy(update={"clips_per_class": per_class}))
-    clips = sorted(folder.glob("*/*.mp4"), key=lambda p: (p.stem.rsplit("_", 1)[-1], p.parent.name))
-    return clips[:n]
-
-
-def _project(root: Path, params: Params, clips: list[Path], classes: int, copies: bool = False) -> Layout:
-    """A fresh project whose dataset holds `clips` under `classes` labels: hard links to the pool, or `copies`."""
-    shutil.rmtree(root, ignore_errors=True)
-    layout = Layout(root)
-    _place(clips, layout.raw(params.datasets.of(TASK)), classes, copies)
-    return layout
-
-
-def _place(clips: list[Path], dataset: Path, classes: int, copies: bool = False) -> None:
-    """Put `clips` into `dataset` as <label>/<clip>, spreading them over `classes` labels by their order: hard links,
-    or `copies` where DVC versions the dataset. A user's clips are files of their own, and DVC (cache type copy)
-    replaces a file that is a hard link by a copy of its cache's: new inodes, so each tool would hash every clip again
-    on the re-run, which a user's dataset does not cost."""
-    present = sum(1 for p in dataset.glob("*/*") if p.is_file()) if dataset.is_dir() else 0
-    for i, clip in enumerate(clips, start=present):
-        target = dataset / f"class_{i % classes:02d}" / f"{clip.parent.name}_{clip.name}"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if copies:
-            shutil.copyfile(clip, target)
-        else:
-            os.link(clip, target)
 
 
 def exponent(timed: dict[int, float], low: int, high: int) -> float:

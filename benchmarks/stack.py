@@ -21,7 +21,10 @@ from prefect.cache_policies import NO_CACHE
 
 from vidops.components.layout import Layout
 from vidops.components.params import Task, load_params
-from vidops.flows import pipeline, stack
+from vidops.flows import pipeline
+from vidops.stack import services as stack
+from vidops.stack.folders import folder
+from vidops.stack.processes import _free_port
 
 TASK: Task = "classification"
 # a small dataset, in batches so that each flow run makes several task runs on Dask
@@ -90,7 +93,7 @@ def load(layout: Layout, roots: list[Path], timeout_s: float = 900) -> Load:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    logs = sorted((stack.folder(layout) / "logs").glob("*.log"))
+    logs = sorted((folder(layout) / "logs").glob("*.log"))
     offsets = {path: path.stat().st_size for path in logs}
     result = Load(store="")
     start = time.monotonic()
@@ -130,7 +133,7 @@ def run(workdir: Path, runs: int, database: str) -> list[Load]:
     dropped afterwards) and then against one on SQLite, each in a project folder of its own under `workdir`."""
     import secrets
 
-    from vidops.flows.postgres import Database
+    from vidops.stack.postgres import Database
 
     postgres = Database.parse(f"{database.rstrip('/')}/vidops_bench_{secrets.token_hex(3)}")
     done = []
@@ -138,7 +141,7 @@ def run(workdir: Path, runs: int, database: str) -> list[Load]:
         layout = Layout(workdir.resolve() / f"stack-{store}")
         shutil.rmtree(layout.root, ignore_errors=True)
         layout.root.mkdir(parents=True)
-        ports = stack.Ports(*(stack._free_port() for _ in range(3)))
+        ports = stack.Ports(*(_free_port() for _ in range(3)))
         roots = projects(workdir / f"load-{store}", runs)  # fresh copies: a store's load must not find the other's shards
         try:
             stack.up(layout, ports, db, workers=2)

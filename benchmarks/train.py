@@ -31,7 +31,10 @@ import numpy as np
 
 from vidops.components import inputs
 from vidops.components.layout import Layout
-from vidops.components.models import build_classifier, build_sync
+from vidops.components.tasks.classification.inputs import classifier_dataset
+from vidops.components.tasks.classification.model import build_classifier
+from vidops.components.tasks.sync.inputs import sync_dataset
+from vidops.components.tasks.sync.model import build_sync
 from vidops.components.params import Params, Task, load_params
 
 
@@ -54,7 +57,7 @@ class Throughput:
 def prepare(workdir: Path, config: BenchConfig, tasks: tuple[Task, ...] = ("classification", "sync")) -> tuple[Layout, Params]:
     """A project under `workdir` with the demo datasets of `tasks` generated, validated and extracted (reused when present)."""
     from vidops.components.generate import MARKER, generate_dataset
-    from vidops.flows import stages
+    from vidops.components import stages
 
     layout = Layout(workdir.resolve())
     sizes = [f"generate.{task}.clips_per_class={config.clips_per_class}" for task in ("classification", "sync")]
@@ -63,8 +66,8 @@ def prepare(workdir: Path, config: BenchConfig, tasks: tuple[Task, ...] = ("clas
         dataset = layout.raw(params.datasets.of(task))
         if not (dataset / MARKER).is_file():
             generate_dataset(dataset, task, params.generate.of(task))
-        stages.validate_dataset(layout, params, task)
-        stages.extract_features(layout, params, task)
+        stages.validate(layout, params, task)
+        stages.extract(layout, params, task)
     return layout, params
 
 
@@ -76,7 +79,7 @@ def run(workdir: Path, config: BenchConfig) -> list[Throughput]:
 def _classification(layout: Layout, params: Params, config: BenchConfig) -> Throughput:
     p = params.train.classification
     split = inputs.open_split(layout.features("classification"), "train", ("frames",))
-    pipelines = {feed: inputs.classifier_dataset(split, p.batch_size, p.augment, p.seed, _feed(feed, split))[0] for feed in "bcd"}
+    pipelines = {feed: classifier_dataset(split, p.batch_size, p.augment, p.seed, _feed(feed, split))[0] for feed in "bcd"}
     steps = max(1, len(split.paths) // p.batch_size)
     memory = _in_memory((inputs.in_memory(split, "frames"), split.labels), p.batch_size)
     shape = split.shapes["frames"]
@@ -92,7 +95,7 @@ def _classification(layout: Layout, params: Params, config: BenchConfig) -> Thro
 def _sync(layout: Layout, params: Params, config: BenchConfig) -> Throughput:
     p = params.train.sync
     split = inputs.open_split(layout.features("sync"), "train", ("frames", "audio"))
-    pipelines = {feed: inputs.sync_dataset(split, p, _feed(feed, split))[0] for feed in "bcd"}
+    pipelines = {feed: sync_dataset(split, p, _feed(feed, split))[0] for feed in "bcd"}
     steps = max(1, len(split.paths) * p.windows_per_clip // p.batch_size)
     memory = _in_memory(_materialise(pipelines["b"], steps), p.batch_size)  # the same kind of examples, drawn once
 

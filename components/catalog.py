@@ -1,11 +1,11 @@
-"""Catalog: probe every clip of a dataset with PyAV into a manifest table, one row per clip.
+"""Catalog: probe every clip of a dataset with PyAV into the catalog table, one row per clip.
 
 A dataset is a folder, in one of two forms (`dataset_manifest` tells which): its clips laid out
 `<label>/<clip>` (UCF101's layout), or listed by a `manifest.csv` at its top with columns path,
 label and optionally group and split, the paths relative to the folder and never outside it.
 `vidops validate` also takes such a CSV by any name; its folder is then the root.
 Probing runs in threads (PyAV and hashlib release the GIL) and is incremental: a file whose
-inode, size and mtime match the previous manifest keeps its row, unread.
+inode, size and mtime match the previous catalog table keeps its row, unread.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ PROBE_COLUMNS = (
 SOURCE_COLUMNS = ("path", "label", "group", "split")
 DATASET_MANIFEST = "manifest.csv"  # at a dataset folder's top: the clips it holds (SOURCE_COLUMNS), instead of <label>/<clip>
 CAPTION_COLUMNS = ("path", "caption")  # of a CAPTIONS_FILE: one row per caption, several per clip
-MANIFEST_COLUMNS = SOURCE_COLUMNS + PROBE_COLUMNS
+CATALOG_COLUMNS = SOURCE_COLUMNS + PROBE_COLUMNS
 PROBE_BATCH = 16  # clips a unit of probing work
 # nullable integers: an unreadable clip has no width, and that must not turn 96 into 96.0
 _INT_COLUMNS = {name: "Int64" for name in ("size_bytes", "mtime_ns", "inode", "video_streams", "width", "height", "rotation",
@@ -52,9 +52,9 @@ PHASH_FRACTIONS = (0.25, 0.5, 0.75)  # where in the clip the perceptual hash loo
 
 @dataclass(frozen=True)
 class Catalog:
-    manifest: pd.DataFrame
+    table: pd.DataFrame
     probed: int  # files opened with PyAV this time
-    reused: int  # rows carried over from the previous manifest
+    reused: int  # rows carried over from the previous catalog table
 
 
 def build_catalog(dataset: Path, previous: pd.DataFrame | None = None, workers: int = 4, mapper: Mapper = in_threads) -> Catalog:
@@ -71,14 +71,14 @@ def build_catalog(dataset: Path, previous: pd.DataFrame | None = None, workers: 
     for batch, rows in zip(batches, mapper(probe_batch, [(str(root), [jobs[i] for i in batch]) for batch in batches], workers), strict=True):
         results.update(zip(batch, rows, strict=True))
     # built as objects first: a None among ints would otherwise go through float64 and round nanosecond mtimes
-    manifest = pd.DataFrame([results[i][0] for i in range(len(jobs))], columns=list(MANIFEST_COLUMNS), dtype=object)
-    manifest = manifest.astype(_INT_COLUMNS).infer_objects()
+    table = pd.DataFrame([results[i][0] for i in range(len(jobs))], columns=list(CATALOG_COLUMNS), dtype=object)
+    table = table.astype(_INT_COLUMNS).infer_objects()
     reused = sum(was_reused for _, was_reused in results.values())
-    return Catalog(manifest, probed=len(results) - reused, reused=reused)
+    return Catalog(table, probed=len(results) - reused, reused=reused)
 
 
 def probe_batch(root: str, jobs: list[tuple[dict[str, Any], dict[str, Any] | None]]) -> list[tuple[dict[str, Any], bool]]:
-    """Each (source, its previous row or None) as a manifest row, and whether the previous row was reused (the file's
+    """Each (source, its previous row or None) as a table row, and whether the previous row was reused (the file's
     bytes are still the ones probed: `_same_content`). build_catalog keeps an unchanged file's row without a batch."""
     rows = []
     for source, old in jobs:
@@ -267,7 +267,7 @@ def _unchanged(path: str, old: dict[str, Any]) -> bool:
     another inode or mtime; one edited in place to the same size with its mtime set back is missed, as DVC misses it.
     """
     if any(pd.isna(old.get(key)) for key in ("size_bytes", "mtime_ns", "inode", "sha256")):
-        return False  # it could not be read last time, or an older manifest has no inode: look again
+        return False  # it could not be read last time, or an older table has no inode: look again
     try:
         stat = os.stat(path)
     except OSError:
@@ -425,13 +425,13 @@ def _chunks(text: str) -> list[str]:
     return [text[i : i + 16] for i in range(0, len(text), 16)]
 
 
-def assign_splits(manifest: pd.DataFrame, test_fraction: float) -> pd.DataFrame:
+def assign_splits(table: pd.DataFrame, test_fraction: float) -> pd.DataFrame:
     """Fill empty `split` cells: whole groups go to one split, about `test_fraction` of each label to test.
 
     Groups are taken in the order of their name's hash, so the split is deterministic and
-    does not depend on file order; a split given by the manifest is kept.
+    does not depend on file order; a split given by the dataset's manifest is kept.
     """
-    out = manifest.copy()
+    out = table.copy()
     todo = out["split"].isna() | (out["split"] == "")
     totals = out.groupby("label").size().to_dict()
     target = {label: max(1, round(n * test_fraction)) for label, n in totals.items()}
@@ -452,11 +452,8 @@ def assign_splits(manifest: pd.DataFrame, test_fraction: float) -> pd.DataFrame:
 
 def file_sha256(path: Path) -> str:
     """The file's SHA-256, read in blocks."""
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _seconds(value: int | None, time_base: Fraction | None) -> float | None:
@@ -467,10 +464,10 @@ def _rate(rate: Fraction | None) -> float | None:
     return float(rate) if rate else None
 
 
-def read_manifest(path: Path) -> pd.DataFrame:
-    """Read a manifest written by this module, with its integer columns restored."""
+def read_catalog(path: Path) -> pd.DataFrame:
+    """Read a catalog table (or the accepted clips' table) written by this module, with its integer columns restored."""
     if not path.is_file():
-        raise VidopsError(f"{path}: no manifest; run the validate stage first")
+        raise VidopsError(f"{path}: no catalog table; run the validate stage first")
     # integers parsed as such: through float64, a nanosecond mtime would lose its last digits
     text = {"group": str, "split": str, "phash": str, "sha256": str}
     return pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={**_INT_COLUMNS, **text})

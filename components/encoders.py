@@ -17,7 +17,7 @@ from typing import Any
 from vidops.components.errors import VidopsError
 from vidops.components.params import FrameEncoderParams, Task
 
-SMALL = "small"  # vidops's per-frame CNN (components/models.py), trained from scratch
+SMALL = "small"  # vidops's per-frame CNN (components/layers.py), trained from scratch
 NO_WEIGHTS = "none"
 IMAGENET = "imagenet"
 

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from vidops.components import audio
-from vidops.components.catalog import CAPTION_COLUMNS, read_captions_csv, read_manifest
+from vidops.components.catalog import CAPTION_COLUMNS, read_captions_csv, read_catalog
 from vidops.components.errors import VidopsError
 from vidops.components.io import atomic_path, read_arrays, records, write_csv, write_json
 from vidops.components.layout import CAPTIONS_FILE, INDEX, INDEX_TABLE, SHARDS
@@ -100,7 +100,8 @@ FEATURES_VERSION = 2
 
 def params_hash(params: ExtractParams) -> str:
     """What the shards depend on: every extraction param but how the work is spread, and the features' version."""
-    relevant = {**params.model_dump(mode="json", exclude={"workers", "batch_size"}), "version": FEATURES_VERSION}
+    relevant = {**params.model_dump(mode="json", exclude={"workers", "batch_size", "runs"}), "version": FEATURES_VERSION}
+    relevant["clips"] = params.runs  # under the name it had when shards were first named: they keep their names
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -166,7 +167,7 @@ def _read_flags(shard: Path, row: dict[str, Any]) -> bool:
 
 
 def extract_features(
-    dataset_dir: Path, accepted_manifest: Path, features_dir: Path, params: ExtractParams, progress: Progress | None = None,
+    dataset_dir: Path, accepted_table: Path, features_dir: Path, params: ExtractParams, progress: Progress | None = None,
     mapper: Mapper | None = None, captions: Path | None = None,
 ) -> FeatureSet:
     """Extract every accepted clip into `features_dir/clips/`, then write the index; drop shards of other params.
@@ -175,7 +176,7 @@ def extract_features(
     fewer than IN_PROCESS_CLIPS clips are left to extract). With `captions` (the
     accepted clips' CAPTIONS_FILE that validation writes), the extracted clips' captions go to `features_dir`/CAPTIONS_FILE.
     """
-    manifest = read_manifest(accepted_manifest)
+    manifest = read_catalog(accepted_table)
     if captions is not None and not captions.is_file():  # before any work
         raise VidopsError(f"{captions}: no captions of the accepted clips; run the validate stage first")
     caption_table = read_captions_csv(captions) if captions is not None else None

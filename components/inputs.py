@@ -1,14 +1,10 @@
-"""Input pipelines: tf.data over the extracted shards, augmented for training, plain for evaluation.
+"""Input pipelines every task builds on: tf.data over the extracted shards, and the augmentations they share.
 
-Shards are read in parallel (interleave), cached in memory when the split fits the training's
-memory budget (`Feed`), shuffled, augmented, batched and prefetched; a split that does not fit
-is streamed from the shards every epoch, its order drawn over the paths and a shuffle buffer
-sized to the budget. Every shard is read and checked once before training, so a missing or
-damaged shard, or NaNs in the audio, fail before the first epoch.
-
-Sync examples are made on the fly from each clip: a window of T frames, and the audio of
-T + 2K frames around it shifted by k in [-K, K]; the model finds where in that audio the
-window's sound is, so every clip with audio is training data for every k.
+Shards are read in parallel (interleave), cached in memory when the split fits the training's memory budget (`Feed`),
+shuffled and prefetched; a split that does not fit is streamed from the shards every epoch, its order drawn over the
+paths and a shuffle buffer sized to the budget. Every shard is read and checked once before training, so a missing or
+damaged shard, or NaNs in the audio, fail before the first epoch. A task's own batches (its examples, its
+augmentation) are its inputs.py.
 """
 
 from __future__ import annotations
@@ -27,22 +23,18 @@ from typing import Any, Literal
 
 import numpy as np
 
-from vidops.components.audio import STEPS_PER_FRAME
 from vidops.components.catalog import read_captions_csv
 from vidops.components.errors import VidopsError
 from vidops.components.extraction import usable_rows
 from vidops.components.io import read_arrays
 from vidops.components.layout import CAPTIONS_FILE, INDEX, SHARDS
-from vidops.components.params import CaptionerParams, FitParams, SyncParams
-from vidops.components.text import Vocabulary
+from vidops.components.params import FitParams
 
 IN_FLIGHT_BATCHES = 4  # a streamed input's batches being read, augmented or prefetched at once
 READ_CYCLE = 8  # shards read at once
 # the cache or shuffle buffer takes at most this share of what the batches in flight leave of the budget; the rest is
 # tf.data's own buffers and the allocator's slack (`vidops bench scale` measures the peak against the budget)
 HELD_SHARE = 0.5
-AUDIO_JITTER_STEPS = 2  # sync training: the audio moves by up to this many steps (10 ms each) either way
-EVAL_STARTS = 4  # sync evaluation: windows per clip and offset, evenly spaced over the clip
 DTYPES = {"frames": np.uint8, "audio": np.float32}  # of the shard arrays the models read
 
 
@@ -243,48 +235,6 @@ def _cache_file() -> Path:
     return folder / "clips"
 
 
-# --- classification ---------------------------------------------------------------------------
-
-
-def classifier_dataset(split: Split, batch_size: int, augment: bool, seed: int, feed: Feed | None = None) -> tuple[Any, int]:
-    """Training batches of (frames uint8 [B, N, S, S, 3], label), shuffled and, when `augment`, augmented; and batches per epoch."""
-    import tensorflow as tf
-
-    clips = read_split(split, ("frames",), feed, seed).repeat()
-    batches = clips.batch(batch_size, drop_remainder=True)
-    if augment:  # a batch at a time: per-clip ops on small tensors cost more in overhead than in arithmetic
-        flipped = tf.constant(flip_labels(split.names), tf.int32)
-        batches = batches.map(lambda frames, labels: augment_clips(frames, labels, flipped), num_parallel_calls=tf.data.AUTOTUNE)
-    return batches.prefetch(tf.data.AUTOTUNE), max(1, len(split.paths) // batch_size)
-
-
-def classifier_validation(split: Split, batch_size: int, feed: Feed | None = None) -> Any:
-    """Validation batches of (frames, label): every clip once, as it is (no augmentation)."""
-    import tensorflow as tf
-
-    return read_split(split, ("frames",), feed).batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
-def flip_labels(names: tuple[str, ...]) -> list[int]:
-    """The label of each class once the clip is mirrored left to right: `move_left` <-> `move_right`, others unchanged."""
-    swap = {"left": "right", "right": "left"}
-
-    def mirrored(name: str) -> str:
-        parts = name.replace("-", "_").split("_")
-        return "_".join(swap.get(part, part) for part in parts)
-
-    index = {name.replace("-", "_"): i for i, name in enumerate(names)}
-    return [index.get(mirrored(name), i) for i, name in enumerate(names)]
-
-
-def augment_clips(frames: Any, labels: Any, flipped: Any) -> tuple[Any, Any]:
-    """Per clip of the batch, one random crop (80-100% of the side), flip, brightness and contrast for all its frames alike."""
-    import tensorflow as tf
-
-    flip = tf.random.uniform(tf.shape(frames)[:1]) < 0.5
-    return jitter_colours(crop_clips(frames, flip)), tf.where(flip, tf.gather(flipped, labels), labels)
-
-
 def crop_clips(frames: Any, flip: Any = None) -> Any:
     """Per clip of the batch, one random crop (80-100% of the side) resized back, the same for all its frames, and
     flipped where `flip` says; float out.
@@ -312,187 +262,3 @@ def jitter_colours(x: Any) -> Any:
     contrast = tf.random.uniform(per_clip, 0.8, 1.2)
     shift = 128 * (1 - contrast) + tf.random.uniform(per_clip, -25.5, 25.5)
     return tf.dtypes.saturate_cast(tf.cast(x, tf.float32) * contrast + shift, tf.uint8)
-
-
-# --- sync ---------------------------------------------------------------------------------------
-
-
-def sync_dataset(split: Split, params: SyncParams, feed: Feed | None = None) -> tuple[Any, int]:
-    """Training batches of ({frames, audio}, {offset, in_sync}, weights); and batches per epoch, `windows_per_clip` random examples a clip.
-
-    The in-sync head sees k = 0 once in 2K + 1 examples; its weights balance the two answers.
-    """
-    import tensorflow as tf
-
-    window, max_offset, windows_per_clip, seed = params.window, params.max_offset, params.windows_per_clip, params.seed
-    clips = read_split(split, ("frames", "audio"), feed, seed).repeat()
-    balance = len(params.offsets) / 2  # weight of an in-sync example; an out-of-sync one gets a 2K-th of it
-
-    def windows(frames: Any, audio: Any, _: Any) -> Any:
-        def draw(_: Any) -> Any:
-            k = tf.random.uniform([], -max_offset, max_offset + 1, tf.int32)
-            n = tf.shape(frames)[0]
-            start = tf.random.uniform([], tf.maximum(0, max_offset - k), n - window - max_offset - k + 1, tf.int32)
-            jitter = tf.random.uniform([], -AUDIO_JITTER_STEPS, AUDIO_JITTER_STEPS + 1, tf.int32) if params.augment else 0
-            video, context = sync_window(frames, audio, start, k, params, jitter)
-            in_sync = tf.cast(k == 0, tf.float32)
-            weight = tf.where(k == 0, balance, balance / (2 * max_offset))
-            return {"frames": video, "audio": context}, {"offset": k + max_offset, "in_sync": in_sync}, {"offset": 1.0, "in_sync": weight}
-
-        return tf.data.Dataset.range(windows_per_clip).map(draw)
-
-    examples = clips.interleave(windows, cycle_length=8, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    batches = examples.shuffle(8 * windows_per_clip, seed=seed).batch(params.batch_size, drop_remainder=True)
-    if params.augment:
-        batches = batches.map(lambda x, y, w: ({**x, "frames": jitter_colours(x["frames"])}, y, w), num_parallel_calls=tf.data.AUTOTUNE)
-    return batches.prefetch(tf.data.AUTOTUNE), max(1, len(split.paths) * windows_per_clip // params.batch_size)
-
-
-def sync_validation(split: Split, params: SyncParams) -> Any:
-    """Validation batches shaped as `sync_dataset`'s, drawn without chance: every offset k once per clip, at one window.
-    Built a clip at a time each epoch, not held: a clip's 2K + 1 windows take several times the clip's own bytes."""
-    import tensorflow as tf
-
-    balance = len(params.offsets) / 2
-
-    def clips() -> Iterator[tuple[dict[str, np.ndarray], ...]]:
-        for path in split.paths:
-            arrays = read_arrays(path, ["frames", "audio"])
-            examples, offsets = sync_examples(arrays["frames"], arrays["audio"], params, starts=1)
-            in_sync = offsets == 0
-            yield (examples, {"offset": offsets + params.max_offset, "in_sync": in_sync.astype(np.float32)},
-                   {"offset": np.ones(len(offsets), np.float32), "in_sync": np.where(in_sync, balance, balance / (2 * params.max_offset)).astype(np.float32)})  # fmt: skip
-
-    frames, audio, each = split.shapes["frames"][1:], split.shapes["audio"][1:], tf.TensorSpec((None,), tf.float32)
-    signature = (
-        {"frames": tf.TensorSpec((None, params.window, *frames), tf.uint8), "audio": tf.TensorSpec((None, params.span, *audio), tf.float32)},
-        {"offset": tf.TensorSpec((None,), tf.int64), "in_sync": each},
-        {"offset": each, "in_sync": each},
-    )
-    examples = tf.data.Dataset.from_generator(clips, output_signature=signature).unbatch()
-    return examples.batch(params.batch_size).prefetch(tf.data.AUTOTUNE)
-
-
-def sync_window(frames: Any, audio: Any, start: Any, k: Any, params: SyncParams, jitter: Any = 0) -> tuple[Any, Any]:
-    """Frames [start, start + T) and the audio of frames [start - K + k, start + T + K + k), [T + 2K, 4, F].
-
-    The audio steps are taken `jitter` steps later (clamped to the clip): a sub-frame error
-    the model should shrug off.
-    """
-    import tensorflow as tf
-
-    n, features = tf.shape(audio)[0], tf.shape(audio)[2]
-    steps = tf.reshape(audio, [n * STEPS_PER_FRAME, features])
-    length = params.span * STEPS_PER_FRAME
-    first = tf.clip_by_value((start - params.max_offset + k) * STEPS_PER_FRAME + jitter, 0, n * STEPS_PER_FRAME - length)
-    context = tf.reshape(steps[first : first + length], [params.span, STEPS_PER_FRAME, features])
-    return frames[start : start + params.window], context
-
-
-def sync_examples(frames: np.ndarray, audio: np.ndarray, params: SyncParams, starts: int = EVAL_STARTS) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Evaluation examples of one clip: every offset k at `starts` evenly spaced windows; ({frames, audio}, k)."""
-    n, window, max_offset = len(frames), params.window, params.max_offset
-    pairs = [
-        (start, k)
-        for k in params.offsets
-        for start in np.unique(np.linspace(max(0, max_offset - k), n - window - max_offset - k, starts).round().astype(int))
-    ]
-    starts, offsets = zip(*pairs, strict=True)
-    return sync_windows(frames, audio, starts, offsets, params), np.array(offsets)
-
-
-def sync_windows(frames: np.ndarray, audio: np.ndarray, starts: Any, offsets: Any, params: SyncParams) -> dict[str, np.ndarray]:
-    """Numpy `sync_window` without jitter, for several (start, k): the model's {frames, audio} input."""
-    first = [s - params.max_offset + k for s, k in zip(starts, offsets, strict=True)]
-    return {
-        "frames": np.stack([frames[s : s + params.window] for s in starts]),
-        "audio": np.stack([audio[f : f + params.span] for f in first]),
-    }
-
-
-# --- captioning ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CaptionIds:
-    """Every clip's references as token ids: `ids[c, r]` is clip c's reference r ([max_length + 2], <start> to <pad>)."""
-
-    ids: np.ndarray  # int32 [clips, most references, max_length + 2]
-    counts: np.ndarray  # int32 [clips]: references each clip has
-
-
-def caption_ids(split: Split, captions: dict[str, list[str]], vocabulary: Vocabulary, max_length: int) -> CaptionIds:
-    """The references of the split's clips, encoded; a clip without any is an error naming it (validation quarantines them)."""
-    missing = [clip for clip in split.clips if not captions.get(clip)]
-    if missing:
-        raise VidopsError(f"{len(missing)} clip(s) of the features have no caption, e.g. {missing[0]}; re-run the validate and extract stages")
-    most = max((len(captions[clip]) for clip in split.clips), default=1)
-    ids = np.zeros((len(split.clips), most, max_length + 2), np.int32)
-    counts = np.zeros(len(split.clips), np.int32)
-    for c, clip in enumerate(split.clips):
-        for r, caption in enumerate(captions[clip]):
-            ids[c, r] = vocabulary.encode(caption, max_length)[0]
-        counts[c] = len(captions[clip])
-    return CaptionIds(ids, counts)
-
-
-def caption_dataset(split: Split, references: CaptionIds, params: CaptionerParams, feed: Feed | None = None) -> tuple[Any, int]:
-    """Training batches of ({frames, tokens}, next tokens): every (clip, reference) pair once an epoch, shuffled.
-
-    Teacher forcing: the decoder reads the reference from <start> and learns each next word.
-    A streamed feed shuffles the clips, then each clip's pairs with a batch of their neighbours'.
-    """
-    import tensorflow as tf
-
-    total = int(references.counts.sum())
-    if feed and feed.streamed:
-        pairs = _caption_pairs(split, references, feed, params.seed)
-        shuffled = pairs.shuffle(params.batch_size, seed=params.seed, reshuffle_each_iteration=True).repeat()
-    else:  # every pair in the shuffle buffer: `caption_feed` counts the copies of a clip's frames
-        shuffled = _caption_pairs(split, references, feed).shuffle(total, seed=params.seed, reshuffle_each_iteration=True).repeat()
-    batches = shuffled.batch(params.batch_size, drop_remainder=True)
-    if params.augment:  # crops only: a flip would swap left and right, and colour jitter the colour words
-        batches = batches.map(lambda x, y: ({**x, "frames": tf.dtypes.saturate_cast(crop_clips(x["frames"]), tf.uint8)}, y),
-                              num_parallel_calls=tf.data.AUTOTUNE)  # fmt: skip
-    if params.word_dropout:
-        batches = batches.map(lambda x, y: ({**x, "tokens": _drop_words(x["tokens"], params.word_dropout)}, y), num_parallel_calls=tf.data.AUTOTUNE)
-    return batches.prefetch(tf.data.AUTOTUNE), max(1, total // params.batch_size)
-
-
-def _drop_words(tokens: Any, rate: float) -> Any:
-    """The words the decoder reads (not what it learns to say), each <unk> with probability `rate` (word dropout, Bowman
-    et al. 2016): the next word must then come from the frames, not from the words before it, so a combination of
-    attributes never seen in training is still said as the frames show it."""
-    import tensorflow as tf
-
-    from vidops.components.text import END, UNK
-
-    dropped = (tf.random.uniform(tf.shape(tokens)) < rate) & (tokens > END)
-    return tf.where(dropped, tf.constant(UNK, tokens.dtype), tokens)
-
-
-def caption_validation(split: Split, references: CaptionIds, params: CaptionerParams, feed: Feed | None = None) -> Any:
-    """Validation batches of the same form: every (clip, reference) pair once, in order."""
-    import tensorflow as tf
-
-    return _caption_pairs(split, references, feed).batch(params.batch_size).prefetch(tf.data.AUTOTUNE)
-
-
-def caption_feed(split: Split, held: Split | None, references: CaptionIds, params: CaptionerParams) -> Feed:
-    """`split_feed` for the captioner, whose in-memory feed shuffles (clip, reference) pairs: a copy of the frames each."""
-    pairs = int(references.counts.sum()) + (round(len(held.paths) * references.counts.mean()) if held else 0)
-    return plan_feed(split.clip_bytes, pairs, params)
-
-
-def _caption_pairs(split: Split, references: CaptionIds, feed: Feed | None = None, seed: int | None = None) -> Any:
-    """({frames, tokens}, targets) for every reference of every clip, the clips held as `feed` says (shuffled with `seed`)."""
-    import tensorflow as tf
-
-    clips = read_split(split, ("frames",), feed, seed, extra=(references.ids, references.counts))
-
-    def expand(frames: Any, _: Any, ids: Any, count: Any) -> Any:
-        ids = ids[:count]
-        frames = tf.repeat(frames[None], count, axis=0)
-        return tf.data.Dataset.from_tensor_slices(({"frames": frames, "tokens": ids[:, :-1]}, ids[:, 1:]))
-
-    return clips.flat_map(expand)

@@ -12,13 +12,22 @@ INDEX = "index.json"  # data/features/<task>/: labels and params; written last: 
 # path, caption: one row per caption, several per clip. At a captioned dataset's top (the user's), in data/catalog/<task>/
 # (the accepted clips'), in data/features/<task>/ (the extracted clips', each path as index.csv's)
 CAPTIONS_FILE = "captions.csv"
+CATALOG = "catalog.csv"  # data/catalog/<task>/: every file of the dataset: its probe facts, checks, status, group and split
+FORMER_CATALOG = "manifest.csv"  # data/catalog/<task>/: the catalog table's name before (a dataset's own list is manifest.csv)
+ACCEPTED = "accepted.csv"  # data/catalog/<task>/: the clips that passed, with their split: what extraction reads
+QUARANTINE = "quarantine.csv"  # data/catalog/<task>/: one row per failed critical check per clip, with the reason
+WARNINGS = "warnings.csv"  # data/catalog/<task>/: the same for warnings (the clip is kept)
+REPORT = "validation.json"  # data/catalog/<task>/: the counts: accepted, warned, quarantined, by check
 MODEL_FILE = "model.keras"  # models/<task>/: the trained model
 LABELS_FILE = "labels.json"  # models/<task>/: its classes, in the order of its outputs
 HISTORY_FILE = "history.json"  # models/<task>/: loss and metrics per epoch
 RUN_FILE = "run.json"  # models/<task>/: the MLflow run the training reported to, live
+METRICS = "metrics.json"  # reports/<task>/: the held-out evaluation
+CONFUSION = "confusion.csv"  # reports/<task>/: actual, predicted: the format of `dvc plots`
 CURVES = "training.csv"  # reports/<task>/: loss and accuracy per epoch, for `dvc plots`
 REGISTRATION = "registration.json"  # reports/<task>/: the registered version
 PROMOTION = "promotion"  # reports/<task>/: the last gate's decision and scores
+DECISION = "promotion.json"  # reports/<task>/promotion/: the gate's decision, beside the scores it was made on
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Typed parameters: one pydantic model per params.yaml group, validated on load.
 
-The defaults here and in each task's spec (components/tasks/, for its per-task groups) are
-the embedded profile's (a demo that trains in minutes on 2 cores); the repository's
-params.yaml spells them out and a test keeps the two equal.
+The per-task groups (`extract.<task>`, `train.<task>`, ...) get a field for each task, typed and defaulted by its spec
+(components/tasks/<task>/). The defaults are the embedded profile's (a demo that trains in minutes on 2 cores); the
+repository's params.yaml spells them out and a test keeps the two equal.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class ExtractParams(_Group):
     sampler: Literal["uniform", "segments", "dense"] = "uniform"
     frames: int = Field(8, ge=2)  # per clip; for dense, per run of consecutive frames
     frame_interval: int = Field(1, ge=1)  # dense: step between the frames of a run
-    clips: int = Field(1, ge=1)  # dense: runs per clip
+    runs: int = Field(1, ge=1)  # dense: runs of consecutive frames per clip
     size: int = Field(48, ge=16)
     resize: Literal["squash", "crop", "letterbox"] = "squash"
     short_clips: Literal["pad", "skip"] = "pad"  # pad repeats the last frame, and flags the clip
@@ -77,6 +77,14 @@ class ExtractParams(_Group):
     seed: int = 0  # for the segments sampler's random offsets
     workers: int = Field(2, ge=1)  # processes
     batch_size: int = Field(8, ge=1)  # clips per unit of work
+
+    @model_validator(mode="before")
+    @classmethod
+    def _former_names(cls, data: Any) -> Any:
+        """`clips`, the former name of `runs`, as versions registered before the rename carry it."""
+        if isinstance(data, dict) and "clips" in data and "runs" not in data:
+            data = {("runs" if key == "clips" else key): value for key, value in data.items()}
+        return data
 
 
 class FitParams(_Group):
@@ -109,50 +117,6 @@ class FrameEncoderParams(FitParams):
     two_stream: bool = False  # the small encoder: the frame and its difference from the last through two CNNs of `filters`
 
 
-class ClassifierParams(FrameEncoderParams):
-    epochs: int = Field(60, ge=1)
-    patience: int = Field(16, ge=1)  # the demo's 35 validation clips: a shorter wait ended good runs on a noisy dip
-    temporal: Literal["conv", "lstm", "2plus1d"] = "conv"
-    filters: tuple[int, ...] = (8, 16, 32)
-
-
-class SyncParams(FrameEncoderParams):
-    window: int = Field(15, ge=2)  # T: video frames the model sees
-    max_offset: int = Field(15, ge=1)  # K: offsets -K..K frames, a (2K+1)-way class
-    units: int = Field(64, ge=1)  # LSTM
-    bidirectional: bool = True
-    windows_per_clip: int = Field(32, ge=1)  # random (window, offset) examples drawn from each clip per epoch
-    epochs: int = Field(12, ge=1)
-    batch_size: int = Field(32, ge=1)
-
-    @property
-    def span(self) -> int:
-        """The frames a window's audio covers: the window and K frames either side."""
-        return self.window + 2 * self.max_offset
-
-    @property
-    def offsets(self) -> tuple[int, ...]:
-        """The offsets the model tells apart, -K..K frames: its classes, in order."""
-        return tuple(range(-self.max_offset, self.max_offset + 1))
-
-
-class CaptionerParams(FrameEncoderParams):
-    filters: tuple[int, ...] = (16, 32, 64)
-    two_stream: bool = True  # its words name the shape apart from the motion: see models.frame_encoder
-    units: int = Field(128, ge=1)  # frame features, the decoder's LSTM and its attention
-    embedding: int = Field(64, ge=1)  # a word's vector
-    attention: Literal["additive", "dot"] = "additive"  # Bahdanau's or Luong's score of a frame for a word
-    dropout: float = Field(0.2, ge=0, lt=1)
-    word_dropout: float = Field(0.25, ge=0, lt=1)  # training: a word the decoder reads is <unk> this often, so it looks at the frames
-    max_length: int = Field(16, ge=1)  # words of a caption; a longer one is cut, and counted in the report
-    min_word_count: int = Field(1, ge=1)  # a training word seen fewer times becomes <unk>
-    beam_size: int = Field(3, ge=1)  # 1: greedy decoding
-    length_penalty: float = Field(0.6, ge=0)  # GNMT's alpha: a beam's log-probability over ((5 + words) / 6) ** alpha
-    epochs: int = Field(80, ge=1)
-    batch_size: int = Field(32, ge=1)
-    augment: bool = False  # random crops only: a flip would swap left and right, and colour jitter the colour words
-
-
 class ModelRegistryParams(_Group):
     model_name: str
     metric: str  # from reports/<task>/metrics.json; higher is better
@@ -179,7 +143,7 @@ S3Url = Annotated[str, Field(pattern=S3_URL)]
 class IngestParams(_Group):
     """`vidops run ingest`: clips landing under an S3 prefix join a dataset as a new DVC version."""
 
-    task: Task = "classification"  # the clips join datasets.<task>
+    task: Task | None = None  # the clips join datasets.<task>; None: the first of `tasks`
     landing: S3Url = "s3://vidops/landing"  # <landing>/<label>/<clip>
     processed: S3Url = "s3://vidops/processed"  # where landing objects go once the version holding them is pushed
     quarantine: S3Url = "s3://vidops/quarantine"  # where clips that failed validation go
@@ -190,7 +154,7 @@ class Params(_Group):
     """Every group of params.yaml. The per-task groups get their fields from the task specs: `params_model()` is the
     class to build (its defaults are params.yaml's), and `load_params` the way to read one."""
 
-    tasks: tuple[Task, ...] = Field(("classification", "sync", "captioning"), min_length=1)  # what `vidops run` trains
+    tasks: tuple[Task, ...] = Field(min_length=1)  # what `vidops run` trains; by default every task there is
     datasets: _PerTask  # the dataset each task learns from, by name: data/raw/<name>/
     generate: _PerTask  # of GenerateParams
     validation: ValidationParams = ValidationParams()
@@ -199,6 +163,11 @@ class Params(_Group):
     registry: RegistryParams
     runner: RunnerParams = RunnerParams()
     ingest: IngestParams = IngestParams()
+
+    @property
+    def ingest_task(self) -> Task:
+        """The task whose dataset ingest adds clips to."""
+        return self.ingest.task or self.tasks[0]
 
     def to_yaml_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -209,16 +178,23 @@ class Params(_Group):
 
     @model_validator(mode="after")
     def _tasks_can_work(self) -> Params:
-        """Tasks that have no spec, and combinations that would fail only after extraction (each task's `check`):
-        caught on load, naming the keys."""
+        """Tasks that have no spec, gate metrics a task does not write, and combinations that would fail only after
+        extraction (each task's `check`): caught on load, naming the keys."""
         from vidops.components import tasks  # the specs import this module's models
 
         known = tuple(type(self.train).model_fields)
-        for key, name in [*(("tasks", name) for name in self.tasks), ("ingest.task", self.ingest.task)]:
+        for key, name in [*(("tasks", name) for name in self.tasks), ("ingest.task", self.ingest_task)]:
             if name not in known:
                 raise ValueError(f"{key}: no task {name!r}; known tasks: {', '.join(known)}")
         for name in known:
-            tasks.spec(name).check(name, self.extract.of(name), self.train.of(name))
+            task = tasks.spec(name)
+            metric = self.registry.of(name).metric
+            if metric not in task.metrics:
+                raise ValueError(
+                    f"registry.{name}.metric: {metric!r} is not a metric the {name} task writes for every dataset; "
+                    f"gate on one of {', '.join(task.metrics)}"
+                )
+            task.check(name, self.extract.of(name), self.train.of(name))
         return self
 
 
@@ -238,6 +214,7 @@ def _params_model(specs: tuple[TaskSpec, ...]) -> type[Params]:
     return create_model(
         "Params",
         __base__=Params,
+        tasks=(tuple[Task, ...], Field(tuple(s.name for s in specs), min_length=1)),
         datasets=group("DatasetGroup", _PerTask, lambda d: d.dataset),
         generate=group("GenerateGroup", _PerTask, lambda d: d.generate),
         extract=group("ExtractGroup", _PerTask, lambda d: d.extract),
@@ -334,6 +311,9 @@ def _number(value: Any) -> Any:
     return value
 
 
+RENAMED = {"clips": "runs"}  # keys of an older params.yaml, and their names now
+
+
 def _describe(exc: ValidationError) -> str:
     """One line per problem, each naming the dotted key."""
     parts = []
@@ -343,5 +323,7 @@ def _describe(exc: ValidationError) -> str:
             continue
         key = ".".join(str(p) for p in err["loc"]) or "<root>"
         what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        if err["type"] == "extra_forbidden" and (renamed := RENAMED.get(str(err["loc"][-1]))):
+            what = f"renamed to {renamed}"
         parts.append(f"{key}: {what}")
     return "; ".join(parts)

@@ -7,8 +7,9 @@ champion by `registry.min_improvement`. The champion it replaces keeps `previous
 Every decision and its reason is recorded on the version, and the gate's scores are logged
 to its MLflow run. Aliases, not the deprecated stages.
 
-These functions read, decide and then move aliases; the caller holds the model's lock
-(`flows.profiles.registry_lock`) around them, so two decisions never interleave.
+These functions read, decide and then move aliases; the caller holds the model's lock around them, so two decisions
+never interleave: `file_lock` for the embedded store, which only this machine reaches, or the profile's
+(`vidops.stack.profiles.registry_lock`) for a store that several machines share.
 """
 
 from __future__ import annotations
@@ -16,20 +17,23 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from vidops.components.catalog import read_manifest
+from vidops.components.catalog import read_catalog
 from vidops.components.errors import VidopsError
 from vidops.components.extraction import extract_features, params_hash
 from vidops.components.io import write_csv, write_json
-from vidops.components.layout import INDEX, LABELS_FILE, MODEL_FILE
+from vidops.components.layout import DECISION, INDEX, LABELS_FILE, MODEL_FILE, Layout
 from vidops.components.params import ExtractParams, FitParams, ModelRegistryParams
-from vidops.components.registry import CHALLENGER, CHAMPION, EVALUATED, PREVIOUS, UNFINISHED, Tracking, alias, download_version, trusted_download
+from vidops.components.registry import CHALLENGER, CHAMPION, EVALUATED, PREVIOUS, alias
+from vidops.components.seal import UNFINISHED, download_version, trusted_download
+from vidops.components.tracking import Tracking
 from vidops.components.tasks import TaskSpec, spec
 
-DECISION = "promotion.json"  # the gate's decision, beside the scores it was made on
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,7 @@ class TestSet:
     """The held-out clips every version is scored on: the accepted test clips, extracted with `extract`."""
 
     dataset_dir: Path
-    accepted_manifest: Path
+    accepted_table: Path
     features_dir: Path
     extract: ExtractParams
 
@@ -137,7 +141,7 @@ def _train_params(task: TaskSpec, config: dict[str, Any]) -> FitParams:
 
 def _extract_test(test: TestSet, extract: ExtractParams, features_dir: Path) -> Path:
     """The test clips extracted with another version's params, into `features_dir`."""
-    manifest = read_manifest(test.accepted_manifest)
+    manifest = read_catalog(test.accepted_table)
     write_csv(features_dir / "test.csv", manifest[manifest["split"] == "test"])
     extract_features(test.dataset_dir, features_dir / "test.csv", features_dir, extract)
     return features_dir
@@ -223,3 +227,17 @@ def _evaluated(client: Any, name: str, version: str) -> None:
         raise VidopsError(f"model {name} version {version}: its {tags[UNFINISHED]} (tagged {UNFINISHED}); only whole versions are promoted")
     if EVALUATED not in tags:
         raise VidopsError(f"model {name} version {version} was never evaluated; only evaluated versions are promoted")
+
+
+@contextmanager
+def file_lock(layout: Layout, model_name: str, timeout_s: float = 1800) -> Iterator[None]:
+    """`model_name`'s lock as a file beside the project's embedded MLflow store (.vidops/locks/)."""
+    from filelock import FileLock, Timeout
+
+    (layout.state / "locks").mkdir(parents=True, exist_ok=True)
+    path = layout.state / "locks" / f"{model_name}.lock"
+    try:
+        with FileLock(path, timeout=timeout_s):
+            yield
+    except Timeout:
+        raise VidopsError(f"{path}: another promotion of {model_name} held the lock for {timeout_s:.0f} s") from None

@@ -24,11 +24,11 @@ def segments(n_frames: int, n: int, rng: np.random.Generator | None) -> np.ndarr
     return np.minimum(np.floor(edges[:-1] + rng.random(n) * np.diff(edges)).astype(np.int64), n_frames - 1)
 
 
-def dense(n_frames: int, clip_len: int, interval: int, n_clips: int) -> np.ndarray:
-    """`n_clips` runs of `clip_len` frames `interval` apart, their starts spread evenly over the clip."""
-    span = (clip_len - 1) * interval + 1
-    starts = np.linspace(0, max(n_frames - span, 0), n_clips).round().astype(np.int64)
-    return (starts[:, None] + np.arange(clip_len) * interval).reshape(-1)
+def dense(n_frames: int, run_length: int, interval: int, runs: int) -> np.ndarray:
+    """`runs` runs of `run_length` frames `interval` apart, their starts spread evenly over the clip."""
+    span = (run_length - 1) * interval + 1
+    starts = np.linspace(0, max(n_frames - span, 0), runs).round().astype(np.int64)
+    return (starts[:, None] + np.arange(run_length) * interval).reshape(-1)
 
 
 def sample_indices(n_frames: int, params: ExtractParams, rng: np.random.Generator | None) -> tuple[np.ndarray, bool]:
@@ -38,7 +38,7 @@ def sample_indices(n_frames: int, params: ExtractParams, rng: np.random.Generato
     elif params.sampler == "segments":
         wanted, needed = segments(n_frames, params.frames, rng), params.frames
     else:
-        wanted = dense(n_frames, params.frames, params.frame_interval, params.clips)
+        wanted = dense(n_frames, params.frames, params.frame_interval, params.runs)
         needed = (params.frames - 1) * params.frame_interval + 1
     if n_frames >= needed:
         return wanted, False

@@ -34,13 +34,13 @@ class VideoModel(mlflow.pyfunc.PythonModel):
     """Video in, prediction out; a bad video is a 400 that names what is wrong with it."""
 
     def load_context(self, context: Any) -> None:
-        from vidops.components.models import load_model
+        from vidops.components.layers import load_model
         from vidops.components.params import ExtractParams
-        from vidops.components.tasks import spec
+        from vidops.components.tasks import served
 
-        self.model = load_model(Path(context.artifacts["model"]))
         self.config = json.loads(Path(context.artifacts["config"]).read_text())
-        self.task = spec(self.config["task"])
+        self.task = served(self.config["task"], self.config.get("package", ""))
+        self.model = load_model(Path(context.artifacts["model"]), self.task.package)
         self.extract = ExtractParams.model_validate(self.config["extract"])
         self.train = self.task.train_params.model_validate(self.config["train"], strict=False)  # JSON lists for tuples
 

@@ -1,10 +1,11 @@
-"""Training: the classifier, the sync model and the captioner, fitted by one loop from tf.data pipelines over the shards.
+"""Training: the one loop every task's model is fitted by (`fit`), from tf.data pipelines over the shards.
 
-A validation split carved from the training groups (never from the test split) is scored after
-every epoch and drives early stopping. Each epoch ends with a checkpoint of the whole model
-(weights, optimizer state) and the epoch number, so a killed training resumes where it
-stopped; a finished one removes it; and with a call of `on_epoch`, which reports the epoch's
-metrics (to MLflow and the Prefect run's logs, in vidops's flows).
+A task's `train` prepares the device (`prepare_device`, first), carves its validation clips (`train_split`), builds its
+input pipelines and hands `fit` how to build and compile its model. A validation split carved from the training groups
+(never from the test split) is scored after every epoch and drives early stopping. Each epoch ends with a checkpoint
+of the whole model (weights, optimizer state) and the epoch number, so a killed training resumes where it stopped; a
+finished one removes it; and with a call of `on_epoch`, which reports the epoch's metrics (to MLflow and the Prefect
+run's logs, in vidops's flows).
 """
 
 from __future__ import annotations
@@ -18,15 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from vidops.components import cluster, encoders, inputs
 from vidops.components.errors import VidopsError
 from vidops.components.io import atomic_path, write_csv, write_json
 from vidops.components.layout import HISTORY_FILE, INDEX_TABLE, LABELS_FILE, MODEL_FILE
-from vidops.components.models import build_captioner, build_classifier, build_sync
-from vidops.components.params import CaptionerParams, ClassifierParams, FitParams, SyncParams
+from vidops.components.params import FitParams
 from vidops.components.tasks import TrainedModel
 
 CHECKPOINTS = "checkpoints"  # under the model folder, while a training runs
@@ -36,73 +35,9 @@ FINAL_RATE = 0.02
 EpochHook = Callable[[int, int, dict[str, float]], None]  # (epoch, of epochs, metrics): after every epoch
 
 
-def train_classifier(features_dir: Path, model_dir: Path, params: ClassifierParams, on_epoch: EpochHook | None = None) -> TrainedModel:
-    """Fit the classifier on the train split; write `model.keras`, `labels.json` and `history.json` under `model_dir`.
-
-    Resumes from `model_dir/checkpoints/` when it holds a checkpoint of the same params and data.
-    """
-    strategy = prepare_device(params)  # first: GPU settings cannot change once TensorFlow has made a tensor
-    split, held = _train_split(features_dir, ("frames",), params.validation_fraction)
-    missing = [name for i, name in enumerate(split.names) if not np.any(split.labels == i)]
-    if missing:
-        raise VidopsError(f"{features_dir}: no training clips for class(es) {', '.join(missing)}")
-    feed = inputs.split_feed(split, held, params)
-    data = inputs.classifier_dataset(split, params.batch_size, params.augment, params.seed, feed)
-    validation = inputs.classifier_validation(held, params.batch_size, feed) if held else None
-    frames, size = split.shapes["frames"][0], split.shapes["frames"][1]
-    model = _Model(
-        build=lambda: build_classifier(frames, size, len(split.names), params),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    return _fit(strategy, model, data, validation, split.names, features_dir, model_dir, params, on_epoch)
-
-
-def train_sync(features_dir: Path, model_dir: Path, params: SyncParams, on_epoch: EpochHook | None = None) -> TrainedModel:
-    """Fit the sync model on windows of the train split's clips, shifted against their audio; outputs as `train_classifier`."""
-    strategy = prepare_device(params)
-    split, held = _train_split(features_dir, ("frames", "audio"), params.validation_fraction)
-    frames = split.shapes["frames"][0]
-    if frames < params.span:
-        raise VidopsError(
-            f"{features_dir}: clips of {frames} frames are too short for train.sync.window + 2 x train.sync.max_offset"
-            f" = {params.span} frames; extract more frames or lower the window or the offset"
-        )
-    data = inputs.sync_dataset(split, params, inputs.split_feed(split, held, params))
-    validation = inputs.sync_validation(held, params) if held else None
-    offsets = tuple(str(k) for k in params.offsets)
-    model = _Model(
-        build=lambda: build_sync(split.shapes["frames"][1], split.shapes["audio"][2], params),
-        loss={"offset": "sparse_categorical_crossentropy", "in_sync": "binary_crossentropy"},
-        metrics={"offset": ["accuracy"], "in_sync": ["accuracy"]},
-    )
-    return _fit(strategy, model, data, validation, offsets, features_dir, model_dir, params, on_epoch)
-
-
-def train_captioner(features_dir: Path, model_dir: Path, params: CaptionerParams, on_epoch: EpochHook | None = None) -> TrainedModel:
-    """Fit the captioner on the train split's clips and their references; its labels are the vocabulary's tokens, built
-    from the training clips' captions only (the validation clips' words may be <unk>, as a user's will be)."""
-    from vidops.components.text import PAD, Vocabulary
-
-    strategy = prepare_device(params)
-    split, held = _train_split(features_dir, ("frames",), params.validation_fraction)
-    captions = inputs.read_captions(features_dir)
-    vocabulary = Vocabulary.build((c for clip in split.clips for c in captions.get(clip, ())), params.min_word_count)
-    references = inputs.caption_ids(split, captions, vocabulary, params.max_length)
-    feed = inputs.caption_feed(split, held, references, params)
-    data = inputs.caption_dataset(split, references, params, feed)
-    validation = inputs.caption_validation(held, inputs.caption_ids(held, captions, vocabulary, params.max_length), params, feed) if held else None
-    frames, size = split.shapes["frames"][0], split.shapes["frames"][1]
-    model = _Model(
-        build=lambda: build_captioner(frames, size, len(vocabulary), params),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=PAD),
-        metrics=[],
-    )
-    return _fit(strategy, model, data, validation, vocabulary.tokens, features_dir, model_dir, params, on_epoch)
-
-
-def _train_split(features_dir: Path, fields: tuple[str, ...], validation_fraction: float) -> tuple[inputs.Split, inputs.Split | None]:
-    """The checked train split, less the validation groups carved from it; an error before the first epoch when it holds no clip."""
+def train_split(features_dir: Path, fields: tuple[str, ...], validation_fraction: float) -> tuple[inputs.Split, inputs.Split | None]:
+    """The checked train split, less the validation groups carved from it (None when none can be spared); an error before
+    the first epoch when it holds no clip."""
     split = inputs.open_split(features_dir, "train", fields)
     if not split.paths:
         raise VidopsError(f"{features_dir}: the train split has no usable clips")
@@ -110,21 +45,30 @@ def _train_split(features_dir: Path, fields: tuple[str, ...], validation_fractio
 
 
 @dataclass(frozen=True)
-class _Model:
-    """How to build a model afresh, and what to compile it with."""
+class Recipe:
+    """How to build a task's model afresh, and what to compile it with."""
 
     build: Callable[[], keras.Model]
     loss: Any
     metrics: Any
 
 
-def _fit(
-    strategy: tf.distribute.Strategy, model: _Model, data: tuple[Any, int], validation: Any, labels: tuple[str, ...], features_dir: Path,
-    model_dir: Path, params: FitParams, on_epoch: EpochHook | None,
+def fit(
+    strategy: tf.distribute.Strategy,
+    recipe: Recipe,
+    data: tuple[Any, int],
+    validation: Any,
+    labels: tuple[str, ...],
+    features_dir: Path,
+    model_dir: Path,
+    params: FitParams,
+    on_epoch: EpochHook | None = None,
 ) -> TrainedModel:
-    """The loop both models share: resume or build, fit with checkpoints, save.
+    """Resume from `model_dir`'s checkpoint of the same params and shards, or build the model; fit it on `data` (batches
+    and steps per epoch) with a checkpoint after every epoch; save `model.keras`, `labels.json` (`labels`, in the order
+    of the model's outputs) and `history.json` under `model_dir`.
 
-    The schedule and early stopping watch the validation loss; the training loss only when no group could be held out.
+    The learning rate and early stopping watch the validation loss; the training loss when `validation` is None.
     """
     key = _run_key(features_dir, params)
     checkpoints = model_dir / CHECKPOINTS
@@ -134,12 +78,12 @@ def _fit(
         if state:
             fitted = keras.models.load_model(checkpoints / state["model"])  # compiled, with its optimizer's state
         else:
-            fitted = model.build()
+            fitted = recipe.build()
             xla = params.xla and bool(tf.config.list_physical_devices("GPU"))
             # the rate falls along a cosine to FINAL_RATE of its start over all the epochs' steps; the optimizer's step count
             # is in every checkpoint, so a resumed training carries on along the same curve
             rate = keras.optimizers.schedules.CosineDecay(params.learning_rate, params.epochs * data[1], alpha=FINAL_RATE)
-            fitted.compile(optimizer=keras.optimizers.Adam(rate), loss=model.loss, metrics=model.metrics, jit_compile=xla)
+            fitted.compile(optimizer=keras.optimizers.Adam(rate), loss=recipe.loss, metrics=recipe.metrics, jit_compile=xla)
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             # Keras 3's fit would reduce its first batch across the workers to build the model, which the strategy rejects
             # (keras-team/keras#20585): built here from one local batch, the model needs no build in fit
@@ -191,7 +135,7 @@ def prepare_device(params: FitParams) -> tf.distribute.Strategy:
 def _mend_keras_multi_worker() -> None:
     """Keras 3's fit reduces each step's logs across workers with `strategy.reduce("MEAN", value, axis=0)`, which
     MultiWorkerMirroredStrategy rejects for a scalar (keras-team/keras#20585; Keras 3.15, TF 2.21): reduce them over
-    the replicas alone. `_fit` mends the other failure, the first batch's reduction before fit builds the model."""
+    the replicas alone. `fit` mends the other failure, the first batch's reduction before fit builds the model."""
     from keras.src.backend.tensorflow import trainer
 
     reduce = trainer.reduce_per_replica

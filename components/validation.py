@@ -1,7 +1,7 @@
-"""Validation: a Great Expectations suite over the manifest; clips that fail are quarantined, never touched.
+"""Validation: a Great Expectations suite over the catalog table; clips that fail are quarantined, never touched.
 
 Facts that span several rows (duplicates, groups across splits) are computed here into
-columns of the manifest, so that every check is a GE expectation on a column, shown in
+columns of the catalog table, so that every check is a GE expectation on a column, shown in
 Data Docs. Each expectation is critical (the clip is quarantined) or a warning (reported,
 kept). A captioned task's captions (the dataset's captions.csv) are checked the same way: each
 clip's are summed up in columns of its row; a caption naming no clip is a finding of its own.
@@ -24,17 +24,14 @@ import numpy as np
 import pandas as pd
 
 from vidops.components import hashing, text
-from vidops.components.catalog import CAPTION_COLUMNS, Catalog, assign_splits, build_catalog, dataset_captions, read_manifest
+from vidops.components.catalog import CAPTION_COLUMNS, Catalog, assign_splits, build_catalog, dataset_captions, read_catalog
 from vidops.components.parallel import Mapper, in_threads
 from vidops.components.errors import VidopsError
 from vidops.components.io import atomic_path, write_csv, write_json
-from vidops.components.layout import CAPTIONS_FILE
+from vidops.components.layout import ACCEPTED, CAPTIONS_FILE, CATALOG, FORMER_CATALOG, QUARANTINE, REPORT, WARNINGS
 from vidops.components.params import Params, Task, ValidationParams
 from vidops.components.tasks import spec
 
-ACCEPTED = "accepted.csv"  # the clips that passed, with their split: what extraction reads
-MANIFEST = "manifest.csv"  # every clip, its probe, its status
-REPORT = "validation.json"  # the summary table
 FINDING_COLUMNS = ["path", "label", "severity", "check", "reason"]
 SUITE = "vidops_clips"
 KEPT_RUNS = 30  # Data Docs keep a page for each of the last runs
@@ -54,7 +51,7 @@ class Check:
 
 @dataclass(frozen=True)
 class Outcome:
-    """One expectation's result over the manifest: how many clips it looked at, how many failed it."""
+    """One expectation's result over the catalog table: how many clips it looked at, how many failed it."""
 
     check: Check
     clips: int
@@ -69,10 +66,10 @@ class ValidationSummary:
     quarantined: int
     labels: tuple[str, ...]
     by_reason: dict[str, int]  # failed check -> clips
-    probed: int  # files opened this time; the others kept their rows from the last manifest
+    probed: int  # files opened this time; the others kept their rows from the last catalog table
     reused: int
-    manifest: Path
-    accepted_manifest: Path
+    catalog: Path  # every file: its probe, checks, status and split
+    accepted_table: Path
     quarantine: Path
     report: Path
     data_docs: Path | None  # Data Docs' index.html
@@ -87,32 +84,32 @@ def validate_dataset(
     dataset: Path, catalog_dir: Path, checks: ValidationParams, docs_dir: Path | None = None, min_classes: int = 2, mapper: Mapper = in_threads,
     captioned: bool = False,
 ) -> ValidationSummary:
-    """Catalog `dataset`, run the suite, write manifest, findings, accepted list, the accepted clips' captions and report
+    """Catalog `dataset`, run the suite, write the catalog table, findings, accepted list, the accepted clips' captions and report
     under `catalog_dir`.
 
-    The previous manifest there makes probing incremental; its batches go through `mapper`. Data Docs go to `docs_dir` when given.
+    The previous catalog table there makes probing incremental; its batches go through `mapper`. Data Docs go to `docs_dir` when given.
     A `captioned` dataset's clips are checked with their captions (CAPTIONS_FILE; the file has no rows for another).
     Raises VidopsError when what is left cannot train a model (a class below its minimum), or captions it needs are not there.
     """
     captions = dataset_captions(dataset) if captioned else None  # read first: a missing file fails before any probing
-    previous = read_manifest(catalog_dir / MANIFEST) if (catalog_dir / MANIFEST).is_file() else None
-    catalog, manifest, findings = check_clips(dataset, checks, previous, docs_dir, mapper, captions)
-    critical, warned = set(manifest.loc[manifest["status"] == "quarantined", "path"]), set(manifest.loc[manifest["status"] == "warned", "path"])
-    accepted = assign_splits(manifest[manifest["status"] != "quarantined"], checks.test_fraction)
-    manifest.loc[accepted.index, "split"] = accepted["split"]
+    previous = previous_catalog(catalog_dir)
+    catalog, table, findings = check_clips(dataset, checks, previous, docs_dir, mapper, captions)
+    critical, warned = set(table.loc[table["status"] == "quarantined", "path"]), set(table.loc[table["status"] == "warned", "path"])
+    accepted = assign_splits(table[table["status"] != "quarantined"], checks.test_fraction)
+    table.loc[accepted.index, "split"] = accepted["split"]
 
-    paths = {name: catalog_dir / name for name in (MANIFEST, ACCEPTED, CAPTIONS_FILE, "quarantine.csv", "warnings.csv", REPORT)}
-    write_csv(paths[MANIFEST], manifest)
-    write_csv(paths["quarantine.csv"], findings[findings["severity"] == "critical"])
-    write_csv(paths["warnings.csv"], findings[findings["severity"] == "warning"])
+    paths = {name: catalog_dir / name for name in (CATALOG, ACCEPTED, CAPTIONS_FILE, QUARANTINE, WARNINGS, REPORT)}
+    write_csv(paths[CATALOG], table)
+    write_csv(paths[QUARANTINE], findings[findings["severity"] == "critical"])
+    write_csv(paths[WARNINGS], findings[findings["severity"] == "warning"])
     counts = accepted["label"].value_counts()
-    classes = sorted(label for label in manifest["label"].unique() if label)  # "": a label folder a link leads out of, no class
+    classes = sorted(label for label in table["label"].unique() if label)  # "": a label folder a link leads out of, no class
     short = {label: int(counts.get(label, 0)) for label in classes if counts.get(label, 0) < checks.min_clips_per_class}
     summary = ValidationSummary(
-        clips=len(manifest), accepted=len(accepted), warned=len(warned), quarantined=len(critical),
+        clips=len(table), accepted=len(accepted), warned=len(warned), quarantined=len(critical),
         labels=tuple(sorted(counts.index)), by_reason=findings.groupby("check")["path"].nunique().to_dict(),
-        probed=catalog.probed, reused=catalog.reused, manifest=paths[MANIFEST], accepted_manifest=paths[ACCEPTED],
-        quarantine=paths["quarantine.csv"], report=paths[REPORT],
+        probed=catalog.probed, reused=catalog.reused, catalog=paths[CATALOG], accepted_table=paths[ACCEPTED],
+        quarantine=paths[QUARANTINE], report=paths[REPORT],
         data_docs=docs_dir / "index.html" if docs_dir else None,
     )  # fmt: skip
     write_json(paths[REPORT], {
@@ -132,6 +129,15 @@ def validate_dataset(
     return summary
 
 
+def previous_catalog(catalog_dir: Path) -> pd.DataFrame | None:
+    """The last validation's catalog table in `catalog_dir` (under its former name, manifest.csv, before the rename), or
+    None: what makes probing incremental."""
+    for name in (CATALOG, FORMER_CATALOG):
+        if (catalog_dir / name).is_file():
+            return read_catalog(catalog_dir / name)
+    return None
+
+
 def validation_checks(params: Params, task: Task) -> ValidationParams:
     """The task's checks: a clip without sound is of no use to a task that needs audio (its spec says); a task whose
     extraction reads audio hears it stop early when the A/V durations are apart, which is worth a warning."""
@@ -145,22 +151,22 @@ def check_clips(
     captions: pd.DataFrame | None = None,
 ) -> tuple[Catalog, pd.DataFrame, pd.DataFrame]:
     """Probe and check every clip of `dataset`, with its `captions` (catalog.read_captions_csv's table) when given: its
-    catalog, the manifest with each clip's `status` (accepted, warned, quarantined), and the findings (one row per clip and
+    catalog, the catalog table with each clip's `status` (accepted, warned, quarantined), and the findings (one row per clip and
     failed check, and one per path that captions name and the dataset lacks). Data Docs go to `docs_dir` when given."""
     catalog = build_catalog(dataset, previous, checks.probe_workers, mapper)
-    manifest = derive_checks(catalog.manifest, checks)
+    table = derive_checks(catalog.table, checks)
     if captions is not None:
-        manifest = derive_caption_checks(manifest, captions, checks.max_caption_words)
-    findings, outcomes = run_suite(manifest, suite(checks, captioned=captions is not None))
-    orphans = caption_orphans(manifest, captions) if captions is not None else pd.DataFrame()
+        table = derive_caption_checks(table, captions, checks.max_caption_words)
+    findings, outcomes = run_suite(table, suite(checks, captioned=captions is not None))
+    orphans = caption_orphans(table, captions) if captions is not None else pd.DataFrame()
     if len(orphans):
         findings = pd.concat([findings, orphans], ignore_index=True)
     critical = set(findings.loc[findings["severity"] == "critical", "path"])
     warned = set(findings.loc[findings["severity"] == "warning", "path"]) - critical
-    manifest["status"] = np.where(manifest["path"].isin(critical), "quarantined", np.where(manifest["path"].isin(warned), "warned", "accepted"))
+    table["status"] = np.where(table["path"].isin(critical), "quarantined", np.where(table["path"].isin(warned), "warned", "accepted"))
     if docs_dir is not None:
-        write_data_docs(docs_dir, dataset, manifest, findings, outcomes)
-    return catalog, manifest, findings
+        write_data_docs(docs_dir, dataset, table, findings, outcomes)
+    return catalog, table, findings
 
 
 def suite(checks: ValidationParams, captioned: bool = False) -> list[Check]:
@@ -205,10 +211,10 @@ def suite(checks: ValidationParams, captioned: bool = False) -> list[Check]:
     return found
 
 
-def derive_checks(manifest: pd.DataFrame, checks: ValidationParams) -> pd.DataFrame:
+def derive_checks(table: pd.DataFrame, checks: ValidationParams) -> pd.DataFrame:
     """Add the derived columns: frame-count error, A/V durations apart, and those that compare rows: duplicates,
     label conflicts, group leaks, near-duplicates."""
-    out = manifest.copy()
+    out = table.copy()
     out["expected_frames"] = out["duration_s"] * out["fps_average"]
     out["frame_count_error"] = (out["frames"] - out["expected_frames"]).abs() / out["expected_frames"].clip(lower=1)
     # relative too: on a 1 s clip, audio 0.5 s short is half of it missing
@@ -238,10 +244,10 @@ def caption_problems(captions: pd.DataFrame, max_words: int) -> pd.Series:
     return pd.Series(np.where(words == 0, "empty_caption", np.where(words > max_words, "long_caption", "")), index=captions.index, dtype=object)
 
 
-def derive_caption_checks(manifest: pd.DataFrame, captions: pd.DataFrame, max_words: int) -> pd.DataFrame:
+def derive_caption_checks(table: pd.DataFrame, captions: pd.DataFrame, max_words: int) -> pd.DataFrame:
     """Add each clip's captions as columns: `captions` (how many are kept), `empty_caption` and `long_caption` (the
     lines dropped), `no_caption` (why none is left; null when one is)."""
-    out = manifest.copy()
+    out = table.copy()
     problem = caption_problems(captions, max_words)
     dropped = _lines_by_path(captions[problem != ""])
     out["captions"] = out["path"].map(captions.loc[problem == "", "path"].value_counts()).fillna(0).astype(int)
@@ -255,9 +261,9 @@ def derive_caption_checks(manifest: pd.DataFrame, captions: pd.DataFrame, max_wo
     return out
 
 
-def caption_orphans(manifest: pd.DataFrame, captions: pd.DataFrame) -> pd.DataFrame:
+def caption_orphans(table: pd.DataFrame, captions: pd.DataFrame) -> pd.DataFrame:
     """A warning finding for each path that captions name and that is no clip of the dataset (a typo, a clip removed)."""
-    stray = _lines_by_path(captions[~captions["path"].isin(set(manifest["path"]))])
+    stray = _lines_by_path(captions[~captions["path"].isin(set(table["path"]))])
     return pd.DataFrame([
         {"path": path, "label": "", "severity": "warning", "check": "caption_orphan",
          "reason": f"named on {lines} of {CAPTIONS_FILE}, but no clip of the dataset: its captions are ignored"}
@@ -281,9 +287,9 @@ def accepted_captions(captions: pd.DataFrame | None, accepted: pd.DataFrame, max
     return kept[list(CAPTION_COLUMNS)]
 
 
-def _hashed(manifest: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+def _hashed(table: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
     """The rows with a whole perceptual hash, and each one's 192 bits as three 64-bit words."""
-    rows = manifest[manifest["phash"].notna() & (manifest["phash"].astype(str).str.len() == 48)]
+    rows = table[table["phash"].notna() & (table["phash"].astype(str).str.len() == 48)]
     return rows, np.array([[int(h[i : i + 16], 16) for i in (0, 16, 32)] for h in rows["phash"]], dtype=np.uint64).reshape(-1, 3)
 
 
@@ -313,17 +319,17 @@ def twins_in(landed: pd.DataFrame, existing: pd.DataFrame, max_bits: int) -> dic
     return twins
 
 
-def _mark_near_duplicates(manifest: pd.DataFrame, max_bits: int) -> None:
+def _mark_near_duplicates(table: pd.DataFrame, max_bits: int) -> None:
     """Set `near_duplicate_of` on each clip whose perceptual hash is within `max_bits` of an earlier, different clip."""
-    rows, words = _hashed(manifest)
+    rows, words = _hashed(table)
     shas = rows["sha256"].to_numpy()
     for i, j in zip(*hashing.near_pairs(words, max_bits), strict=True):  # by j, then i: each clip's earliest look-alike first
         index = rows.index[j]
-        if shas[j] != shas[i] and manifest.at[index, "near_duplicate_of"] is None:
-            manifest.at[index, "near_duplicate_of"] = rows.iloc[i]["path"]
+        if shas[j] != shas[i] and table.at[index, "near_duplicate_of"] is None:
+            table.at[index, "near_duplicate_of"] = rows.iloc[i]["path"]
 
 
-def run_suite(manifest: pd.DataFrame, checks: list[Check]) -> tuple[pd.DataFrame, list[Outcome]]:
+def run_suite(table: pd.DataFrame, checks: list[Check]) -> tuple[pd.DataFrame, list[Outcome]]:
     """Run the checks as one GE suite: one finding row per (clip, failed check), and each check's outcome."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
@@ -334,7 +340,7 @@ def run_suite(manifest: pd.DataFrame, checks: list[Check]) -> tuple[pd.DataFrame
     stores = InMemoryStoreBackendDefaults(init_temp_docs_sites=False)
     context = gx.get_context(mode="ephemeral", project_config=DataContextConfig(store_backend_defaults=stores))
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    batch = context.data_sources.add_pandas("manifest").add_dataframe_asset("clips").add_batch_definition_whole_dataframe("all")
+    batch = context.data_sources.add_pandas("table").add_dataframe_asset("clips").add_batch_definition_whole_dataframe("all")
     suite = context.suites.add(gx.ExpectationSuite(name=SUITE))
     for check in checks:
         meta = {"check": check.name, "severity": check.severity, "reason": check.reason}
@@ -344,9 +350,9 @@ def run_suite(manifest: pd.DataFrame, checks: list[Check]) -> tuple[pd.DataFrame
         name="clips", validation_definitions=[definition],
         result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["path"]},
     ))  # fmt: skip
-    result = next(iter(checkpoint.run(batch_parameters={"dataframe": manifest}).run_results.values()))
+    result = next(iter(checkpoint.run(batch_parameters={"dataframe": table}).run_results.values()))
 
-    by_path = manifest.set_index("path")
+    by_path = table.set_index("path")
     findings, outcomes = [], []
     # results come back in the suite's order
     for outcome, check in zip(result.results, checks, strict=True):
@@ -356,11 +362,11 @@ def run_suite(manifest: pd.DataFrame, checks: list[Check]) -> tuple[pd.DataFrame
             clip = by_path.loc[hit["path"]]
             reason = check.reason.format(value=clip[column], **clip.to_dict())
             findings.append({"path": hit["path"], "label": clip["label"], "severity": check.severity, "check": check.name, "reason": reason})
-        outcomes.append(Outcome(check, int(outcome.result.get("element_count", len(manifest))), len(hits)))
+        outcomes.append(Outcome(check, int(outcome.result.get("element_count", len(table))), len(hits)))
     return pd.DataFrame(findings, columns=FINDING_COLUMNS), outcomes
 
 
-def write_data_docs(docs_dir: Path, dataset: Path, manifest: pd.DataFrame, findings: pd.DataFrame, outcomes: list[Outcome]) -> Path:
+def write_data_docs(docs_dir: Path, dataset: Path, table: pd.DataFrame, findings: pd.DataFrame, outcomes: list[Outcome]) -> Path:
     """This run's page under `docs_dir`/runs/, and `docs_dir`/index.html: the runs kept, newest first, then this run.
 
     The pages are whole in themselves (inline CSS, no scripts, nothing fetched), so they read the same offline.
@@ -368,8 +374,8 @@ def write_data_docs(docs_dir: Path, dataset: Path, manifest: pd.DataFrame, findi
     now = datetime.now(timezone.utc)
     run = {
         "id": now.strftime("%Y%m%dT%H%M%S%fZ"), "time": now.strftime("%Y-%m-%d %H:%M:%S UTC"), "dataset": str(dataset),
-        "status": run_status(findings), "clips": len(manifest), "accepted": int((manifest["status"] != "quarantined").sum()),
-        "warned": int((manifest["status"] == "warned").sum()), "quarantined": int((manifest["status"] == "quarantined").sum()),
+        "status": run_status(findings), "clips": len(table), "accepted": int((table["status"] != "quarantined").sum()),
+        "warned": int((table["status"] == "warned").sum()), "quarantined": int((table["status"] == "quarantined").sum()),
     }  # fmt: skip
     detail = _run_html(run, findings, outcomes)
     runs_file = docs_dir / "runs.json"

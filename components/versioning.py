@@ -9,10 +9,8 @@ environment, never into the committed `.dvc/config`.
 from __future__ import annotations
 
 import os
-import random
 import re
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -175,10 +173,13 @@ def push(root: Path, targets: list[Path], tries: int = 3, wait_s: float = 2.0, j
     DVC uploads a folder's files first and its listing (`<md5>.dir`) last, so a push that fails
     part-way leaves no version on the remote that names missing files; the next push sends what is left.
     """
+    from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
     url = require_remote(root)
     names = [str(t.relative_to(root)) for t in targets]
     half = "the remote holds no listing of a version whose files did not all arrive (DVC writes it last), so a later push completes it"
-    for attempt in range(1, tries + 1):
+
+    def once() -> int:
         try:
             done = dvc(root, "push", *_jobs(jobs), *names, check=False, watched=True)
         except ServerGone as exc:  # trying again cannot help
@@ -187,12 +188,26 @@ def push(root: Path, targets: list[Path], tries: int = 3, wait_s: float = 2.0, j
             return _transferred(done.stdout, "pushed")
         message = _message(done)
         if _denied(message):
-            raise VidopsError(f"dvc push to {url}: the S3 server refused the credentials ({message}); "
-                              "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or .dvc/config.local")  # fmt: skip
-        if attempt == tries:
-            raise VidopsError(f"dvc push to {url} failed {tries} times ({message}); {half}")
-        time.sleep(wait_s * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
-    raise AssertionError("tries >= 1")
+            raise VidopsError(
+                f"dvc push to {url}: the S3 server refused the credentials ({message}); "
+                "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or .dvc/config.local"
+            )
+        raise _PushFailed(message)
+
+    again = Retrying(
+        stop=stop_after_attempt(tries),
+        wait=wait_exponential_jitter(initial=wait_s, jitter=wait_s),
+        retry=retry_if_exception_type(_PushFailed),
+        reraise=True,
+    )
+    try:
+        return again(once)
+    except _PushFailed as exc:
+        raise VidopsError(f"dvc push to {url} failed {tries} times ({exc}); {half}") from None
+
+
+class _PushFailed(VidopsError):
+    """A push that failed in a way another try may mend (not refused credentials, not a server gone)."""
 
 
 def _transferred(summary: str, verb: str) -> int:
@@ -318,6 +333,12 @@ def commit(root: Path, version: DatasetVersion, message: str) -> str | None:
     if done.returncode != 0:
         raise VidopsError(f"git commit of {', '.join(paths)} in {root} failed: {(done.stderr or done.stdout).strip()}")
     return git("rev-parse", "HEAD").stdout.strip()
+
+
+def git_commit(root: Path) -> str | None:
+    """The commit checked out in `root`'s git repository; None outside git."""
+    done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def record_pipeline(root: Path, stages: list[str]) -> list[str]:

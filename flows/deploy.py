@@ -1,15 +1,16 @@
 """`vidops deploy` and `vidops serve`: the deployments of prefect.yaml, applied to a Prefect server or served in-process.
 
 prefect.yaml is the one description of the deployments (names, entrypoints, cron schedules,
-work pools). `deploy` checks it and the server first, so a typo or a server that is down is
-one clear line, then hands it to `prefect deploy --all`, which users of Prefect know.
+work pools, pull steps). `deploy` checks it and the server first, so a typo or a server that
+is down is one clear line, then applies each deployment through Prefect's Python API as
+`prefect deploy --all` does: `{{ $VAR }}` templates resolved from the environment, with
+VIDOPS_ROOT the project folder, and the file's pull steps stored with each deployment.
 `serve` runs the same deployments with their schedules in this process, without a worker.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,9 @@ import yaml
 
 from vidops.components.errors import VidopsError
 from vidops.components.layout import Layout
-from vidops.components.programs import program
 
 SPEC = "prefect.yaml"
 REPO_SPEC = Path(__file__).resolve().parent.parent / SPEC  # the checkout's, for projects without their own
-
-
 
 
 def spec_path(layout: Layout, spec: Path | None = None) -> Path:
@@ -31,7 +29,7 @@ def spec_path(layout: Layout, spec: Path | None = None) -> Path:
     if spec is not None:
         if not spec.is_file():
             raise VidopsError(f"{spec}: no such prefect.yaml")
-        return spec.resolve()  # `prefect deploy` runs in the project folder
+        return spec.resolve()  # `deploy` works in the project folder
     own = layout.root / SPEC
     return own if own.is_file() else REPO_SPEC
 
@@ -55,17 +53,49 @@ def deployments(path: Path) -> list[dict[str, Any]]:
 
 
 def deploy(layout: Layout, spec: Path | None = None) -> list[str]:
-    """Apply prefect.yaml's deployments (or `spec`'s) for the project at `layout.root`; their names (flow/deployment)."""
+    """Apply prefect.yaml's deployments (or `spec`'s) for the project at `layout.root`; their names (flow/deployment).
+
+    Each is the RunnerDeployment Prefect 3.9.1's `prefect deploy` builds (prefect/cli/deploy/_core.py), applied the
+    same way, in the project folder (where Prefect infers the version from git) with VIDOPS_ROOT set to it."""
+    from unittest import mock
+
+    import httpx
+    from prefect.cli.deploy._schedules import _schedule_config_to_deployment_schedule
+    from prefect.cli.deploy._storage import _PullStepStorage
+    from prefect.deployments.runner import DeploymentApplyError, RunnerDeployment
+    from prefect.exceptions import PrefectException
+    from prefect.flows import load_flow_from_entrypoint
+    from prefect.utilities.filesystem import tmpchdir
+    from prefect.utilities.templating import apply_values
+
     path = spec_path(layout, spec)
     found = deployments(path)
     api = _server()
     _ensure_pools(found)
-    env = {**os.environ, "VIDOPS_ROOT": str(layout.root)}  # the pull step: flow runs work in the project folder
-    done = subprocess.run([program("prefect"), "--no-prompt", "deploy", "--all", "--prefect-file", str(path)],
-                          cwd=layout.root, env=env, capture_output=True, text=True)  # fmt: skip
-    if done.returncode != 0:
-        raise VidopsError(f"prefect deploy against {api} failed:\n{(done.stdout + done.stderr).strip()[-2000:]}")
-    return [f"{d['entrypoint'].rsplit('.', 1)[-1]}/{d['name']}" for d in found]
+    top_pull = yaml.safe_load(path.read_text()).get("pull")
+    names = []
+    # VIDOPS_ROOT for the pull step (flow runs work in the project folder): Prefect's templating reads os.environ
+    with mock.patch.dict(os.environ, VIDOPS_ROOT=str(layout.root)), tmpchdir(str(layout.root)):
+        for d in found:
+            pull = apply_values(d.get("pull", top_pull) or [], {}, remove_notset=False)  # {{ $VAR }} from the environment; step outputs kept
+            config = apply_values(apply_values(d, os.environ, remove_notset=False), {}, skip_prefixes=["ctx."])  # as prefect deploy's two passes
+            pool = config.get("work_pool") or {}
+            try:
+                flow = load_flow_from_entrypoint(config["entrypoint"])
+                deployment = RunnerDeployment(
+                    name=config["name"], flow_name=flow.name, entrypoint=config["entrypoint"], description=config.get("description"),
+                    parameters=config.get("parameters") or {}, tags=config.get("tags") or [],
+                    version=config.get("version"), version_type=config.get("version_type"), storage=_PullStepStorage(pull),
+                    work_pool_name=pool.get("name"), work_queue_name=pool.get("work_queue_name"), job_variables=pool.get("job_variables") or {},
+                )  # fmt: skip
+                deployment._set_defaults_from_flow(flow)  # the flow's parameter schema, version and description
+                schedules = config.get("schedules")
+                deployment.apply(schedules=None if schedules is None else [_schedule_config_to_deployment_schedule(s) for s in schedules])
+            except (ValueError, ImportError, PrefectException, DeploymentApplyError, httpx.HTTPError) as exc:  # ValueError: a field pydantic rejects
+                reason = " ".join(str(exc).split())[:500]
+                raise VidopsError(f"deploying {d['name']} ({path}) to the Prefect server at {api} failed: {reason}") from None
+            names.append(deployment.full_name)
+    return names
 
 
 def serve(layout: Layout) -> None:

@@ -18,11 +18,11 @@ from prefect.cache_policies import NO_CACHE
 
 from vidops.components import ingest as landing
 from vidops.components import validation, versioning
-from vidops.components.catalog import build_catalog, read_manifest
+from vidops.components.catalog import build_catalog
 from vidops.components.io import write_json
 from vidops.components.layout import Layout
 from vidops.components.params import IngestParams, Params
-from vidops.flows import stages
+from vidops.components import stages
 from vidops.flows.pipeline import NETWORK, load_project
 
 
@@ -61,11 +61,11 @@ def check_landed(staging: Path, fetched: list[landing.LandingObject], layout: La
     """Validate the fetched clips with the dataset's checks, and against the whole dataset (content and perceptual hash:
     a copy of a clip there is refused, naming its twin); the quarantined ones, with their reasons."""
     checks = stages.validation_checks(params, task_name)
-    _, manifest, findings = validation.check_clips(staging, checks)
+    _, landed, findings = validation.check_clips(staging, checks)
     failed = findings[findings["severity"] == "critical"].groupby("path")["reason"].agg("; ".join).to_dict()
-    passed = manifest[manifest["status"] != "quarantined"]
-    last = layout.catalog(task_name) / validation.MANIFEST  # the last validation's probes: only what changed since is probed
-    existing = build_catalog(stages.dataset(layout, params, task_name), read_manifest(last) if last.is_file() else None).manifest
+    passed = landed[landed["status"] != "quarantined"]
+    last = validation.previous_catalog(layout.catalog(task_name))  # the last validation's probes: only what changed since is probed
+    existing = build_catalog(stages.dataset(layout, params, task_name), last).table
     failed |= validation.twins_in(passed, existing, checks.near_duplicate_bits)
     return {o.clip: failed.get(o.clip, "not read as a clip by the catalog") for o in fetched if o.clip not in set(passed["path"]) or o.clip in failed}
 
@@ -88,10 +88,10 @@ def move_landed(rule: IngestParams, objects: list[landing.LandingObject], quaran
 
 @flow(name="ingest")
 def ingest(root: str = ".", params_file: str | None = "params.yaml", overrides: list[str] | None = None) -> IngestResult:
-    """Take the clips under `ingest.landing` into `datasets.<ingest.task>` as a new DVC version pushed to the remote."""
+    """Take the clips under `ingest.landing` into `datasets.<ingest.task>` (default: the first of `tasks`) as a new DVC version pushed to the remote."""
     layout, params = load_project(root, params_file, overrides)
     rule = params.ingest
-    folder = stages.dataset(layout, params, rule.task)
+    folder = stages.dataset(layout, params, params.ingest_task)
     versioning.init(layout.root)
     result = IngestResult(str(folder.relative_to(layout.root)))
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -103,7 +103,7 @@ def ingest(root: str = ".", params_file: str | None = "params.yaml", overrides: 
             return result
         fetched = [o for o in listed if o.clip not in result.quarantined and o.clip not in result.skipped]
         if fetched:
-            result.quarantined |= check_landed(staging, fetched, layout, params, rule.task)
+            result.quarantined |= check_landed(staging, fetched, layout, params, params.ingest_task)
         accepted = [o.clip for o in fetched if o.clip not in result.quarantined]
         result.added, skipped = landing.add_clips(staging, accepted, folder)
         result.skipped |= skipped
@@ -115,10 +115,10 @@ def ingest(root: str = ".", params_file: str | None = "params.yaml", overrides: 
         move_landed(rule, done, result.quarantined)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    report = layout.reports(rule.task) / "ingest" / f"{stamp}.json"
+    report = layout.reports(params.ingest_task) / "ingest" / f"{stamp}.json"
     write_json(report, asdict(result))
     result.report = str(report)
-    create_markdown_artifact(ingest_report(result), key=f"ingest-{rule.task}", description=f"clips from {rule.landing}")
+    create_markdown_artifact(ingest_report(result), key=f"ingest-{params.ingest_task}", description=f"clips from {rule.landing}")
     return result
 
 

@@ -1,14 +1,15 @@
 """The Prefect flows: `training_pipeline` (for each task, validate -> extract -> train -> evaluate -> register,
 then `promotion`) and `promotion` (the gate, which a person can also run alone).
 
-Each task is a stage of `flows.stages` (the same functions `vidops stage` runs for DVC);
-the flow bodies only wire them.
+Each Prefect task runs a stage of `components.stages` (the functions `vidops stage` runs for DVC), under the stage's
+name; the flow bodies only wire them.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,20 +21,19 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import State
 from prefect.tasks import exponential_backoff
 
+from vidops.components import stages, tracking, versioning
+from vidops.components.errors import VidopsError
 from vidops.components.evaluation import Evaluation
 from vidops.components.extraction import FeatureSet
 from vidops.components.layout import Layout
 from vidops.components.parallel import Mapper
 from vidops.components.params import Params, Task, load_params
 from vidops.components.promotion import Decision
-from vidops.components.tasks import spec
 from vidops.components.registry import Registration
+from vidops.components.tasks import spec
 from vidops.components.validation import ValidationSummary
-from vidops.components import versioning
-from vidops.components.errors import VidopsError
-from vidops.flows import stages
-from vidops.flows.profiles import results_storage, tracking
 from vidops.flows.runners import mapper
+from vidops.stack.profiles import registry_lock
 
 
 def _send_vidops_logs_to_prefect() -> None:
@@ -77,9 +77,11 @@ def _inputs_and_code(stage: str) -> Any:
     return lambda context, inputs: stages.fingerprint(stage, inputs["layout"], inputs["params"], inputs["task"])
 
 
-def _stage(function: Any, stage: str, **options: Any) -> Any:
-    """A stage as a Prefect task run `<stage>-<task>`, its result persisted and cached by `stages.fingerprint`."""
-    return task(_logged(function, stage), cache_key_fn=_inputs_and_code(stage), persist_result=True, task_run_name=f"{stage}-{{task}}", **options)
+def _stage(stage: str, function: Any = None, **options: Any) -> Any:
+    """The stage (its function, or `function` wrapping it) as a Prefect task run `<stage>-<task>`, its result persisted
+    and cached by `stages.fingerprint`."""
+    run = _logged(function or stages.STAGES[stage], stage)
+    return task(run, name=stage, cache_key_fn=_inputs_and_code(stage), persist_result=True, task_run_name=f"{stage}-{{task}}", **options)
 
 
 def _logged(function: Any, stage: str) -> Any:
@@ -95,15 +97,16 @@ def _logged(function: Any, stage: str) -> Any:
     return run
 
 
-def extract_with_progress(layout: Layout, params: Params, task: Task) -> FeatureSet:
+def _extract_with_progress(layout: Layout, params: Params, task: Task) -> FeatureSet:
     """The extract stage, its batches spread by params.yaml's runner, with its progress shown in the Prefect UI."""
-    return stages.extract_features(layout, params, task, _progress(f"extraction-progress-{task}", f"{task}: clips extracted"), *_spread(params))
+    progress = _progress(f"extraction-progress-{task}", f"{task}: clips extracted")
+    return stages.extract(layout, params, task, progress, *_spread(params))
 
 
-def train_with_progress(layout: Layout, params: Params, task: Task) -> Any:
+def _train_with_progress(layout: Layout, params: Params, task: Task) -> Any:
     """The train stage, its MLflow run named after the task and the flow run, its epochs shown in the Prefect UI."""
     progress = _progress(f"training-progress-{task}", f"{task}: epochs trained")
-    return stages.train_model(layout, params, task, progress, run_name=f"{task}-{runtime.flow_run.name}")
+    return stages.train(layout, params, task, progress, run_name=f"{task}-{runtime.flow_run.name}")
 
 
 def _progress(key: str, what: str) -> stages.Progress:
@@ -123,9 +126,14 @@ def _progress(key: str, what: str) -> stages.Progress:
     return update
 
 
-def validate_on_runner(layout: Layout, params: Params, task: Task) -> ValidationSummary:
+def _validate_on_runner(layout: Layout, params: Params, task: Task) -> ValidationSummary:
     """The validate stage, its probing batches spread by params.yaml's runner."""
-    return stages.validate_dataset(layout, params, task, *_spread(params))
+    return stages.validate(layout, params, task, *_spread(params))
+
+
+def _promote_locked(layout: Layout, params: Params, task: Task, version: str | None = None) -> Decision:
+    """The gate, holding the model's lock where the profile keeps it (a Prefect concurrency limit on a shared store)."""
+    return stages.promote(layout, params, task, version, registry_lock)
 
 
 def _spread(params: Params) -> tuple[Mapper, ...]:
@@ -134,13 +142,14 @@ def _spread(params: Params) -> tuple[Mapper, ...]:
     return (found,) if found else ()
 
 
-validate_dataset = _stage(validate_on_runner, "validate")
-extract_features = _stage(extract_with_progress, "extract")
-train_model = _stage(train_with_progress, "train")
-evaluate_model = _stage(stages.evaluate_model, "evaluate")
-register_model = _stage(stages.register_model, "register", **NETWORK)
+# one Prefect task per stage, called by the stage's name (`validate.fn` is the stage's plain function)
+validate = _stage("validate", _validate_on_runner)
+extract = _stage("extract", _extract_with_progress)
+train = _stage("train", _train_with_progress)
+evaluate = _stage("evaluate")
+register = _stage("register", **NETWORK)
 # the gate reads the registry as it is now (a person may have promoted by hand): never from the cache
-promote_model = task(_logged(stages.promote_model, "promote"), cache_policy=NO_CACHE, task_run_name="promote-{task}", **NETWORK)
+promote = task(_logged(_promote_locked, "promote"), name="promote", cache_policy=NO_CACHE, task_run_name="promote-{task}", **NETWORK)
 
 
 def _cached(stage_task: Any, stage: str, layout: Layout, task: Task, refresh: bool, storage: Any) -> Any:
@@ -179,19 +188,19 @@ def training_pipeline(root: str = ".", params_file: str | None = "params.yaml", 
 
     done, storage = {}, results_storage(layout)
     for name in params.tasks:
-        summary = _cached(validate_dataset, "validate", layout, name, refresh, storage)(layout, params, name)
+        summary = _cached(validate, "validate", layout, name, refresh, storage)(layout, params, name)
         dataset = params.datasets.of(name)
         create_table_artifact(summary.table(), key=f"validation-summary-{name}", description=f"clips of {dataset}: see {summary.quarantine}")
-        _cached(extract_features, "extract", layout, name, refresh, storage)(layout, params, name)
-        _cached(train_model, "train", layout, name, refresh, storage)(layout, params, name)
-        scores = _cached(evaluate_model, "evaluate", layout, name, refresh, storage)(layout, params, name)
+        _cached(extract, "extract", layout, name, refresh, storage)(layout, params, name)
+        _cached(train, "train", layout, name, refresh, storage)(layout, params, name)
+        scores = _cached(evaluate, "evaluate", layout, name, refresh, storage)(layout, params, name)
         run_tag = {"vidops.prefect_flow_run_id": str(runtime.flow_run.id)}
-        registered = _cached(register_model, "register", layout, name, refresh, storage)(layout, params, name, run_tag)
+        registered = _cached(register, "register", layout, name, refresh, storage)(layout, params, name, run_tag)
         done[name] = (summary, scores, registered)
 
     decisions = promotion(root, params_file, overrides, {name: r.version for name, (_, _, r) in done.items()}, params)
     staged = record_dvc_lock(layout, params, params_file, overrides)
-    result = PipelineResult({name: TaskResult(*done[name], decisions[name]) for name in done}, tracking(layout).uri, staged)
+    result = PipelineResult({name: TaskResult(*done[name], decisions[name]) for name in done}, tracking.locate(layout).uri, staged)
     create_markdown_artifact(report(result), key="training-report", description="vidops training run")
     return result
 
@@ -233,9 +242,22 @@ def promotion(
         layout = Layout(Path(root).resolve())
     decisions = {}
     for name, version in (versions or dict.fromkeys(params.tasks)).items():
-        decisions[name] = promote_model(layout, params, name, version)
+        decisions[name] = promote(layout, params, name, version)
         create_markdown_artifact(promotion_report(decisions[name]), key=f"promotion-{name}", description=f"{name}: the gate's decision")
     return decisions
+
+
+def results_storage(layout: Layout) -> Any:
+    """Where Prefect keeps task results for the cache: VIDOPS_RESULTS (an s3:// URL in the stack profile, saved as
+    the block `vidops-results`; the S3 endpoint and keys come from the environment), else `.vidops/results/`."""
+    location = os.environ.get("VIDOPS_RESULTS")
+    if not location or "://" not in location:
+        return Path(location or layout.state / "results")
+    from prefect.filesystems import RemoteFileSystem
+
+    storage = RemoteFileSystem(basepath=location)
+    storage.save("vidops-results", overwrite=True)  # Prefect keeps a task's result storage server-side
+    return storage
 
 
 def load_project(root: str, params_file: str | None, overrides: list[str] | None) -> tuple[Layout, Params]:

@@ -95,6 +95,19 @@ def project(tmp_path: Path, tiny_dataset: Path, tiny_sync_dataset: Path, tiny_pa
     return layout
 
 
+@pytest.fixture
+def mlflow_at():
+    """`mlflow_at(store)` points MLflow's fluent API (models:/ URIs, start_run) at a store for the rest of the test; the
+    process's tracking URI and MLFLOW_TRACKING_URI come back afterwards (mlflow.set_tracking_uri exports it, and the
+    tests after this one would reach this store)."""
+    from contextlib import ExitStack
+
+    from vidops.components.tracking import Tracking, fluent_at
+
+    with ExitStack() as stack:
+        yield lambda store: stack.enter_context(fluent_at(store if isinstance(store, Tracking) else Tracking(store)))
+
+
 @pytest.fixture(scope="session")
 def prefect_api():
     """One temporary Prefect API for the whole session: it takes about 10 s to start."""
@@ -107,12 +120,12 @@ def prefect_api():
 @pytest.fixture(scope="session")
 def trained_project(tmp_path_factory: pytest.TempPathFactory, tiny_dataset: Path, tiny_sync_dataset: Path, tiny_params: Params) -> Layout:
     """A tiny project with both tasks taken through validate, extract, train and evaluate once; tests copy what they change."""
-    from vidops.flows import stages
+    from vidops.components import stages
 
     layout = Layout(tmp_path_factory.mktemp("trained"))
     shutil.copytree(tiny_dataset, layout.raw(tiny_params.datasets.classification))
     shutil.copytree(tiny_sync_dataset, layout.raw(tiny_params.datasets.sync))
     for task in tiny_params.tasks:
-        for stage in (stages.validate_dataset, stages.extract_features, stages.train_model, stages.evaluate_model):
+        for stage in (stages.validate, stages.extract, stages.train, stages.evaluate):
             stage(layout, tiny_params, task)
     return layout

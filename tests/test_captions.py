@@ -20,7 +20,8 @@ from vidops.components.layout import CAPTIONS_FILE, INDEX_TABLE, Layout
 from vidops.components.params import ExtractParams, FitParams, GenerateParams, ModelRegistryParams, ValidationParams, load_params
 from vidops.components.parallel import in_threads
 from vidops.components.tasks import TaskDefaults, TaskSpec
-from vidops.components.validation import ACCEPTED, validate_dataset
+from vidops.components.layout import ACCEPTED
+from vidops.components.validation import validate_dataset
 
 NAME = "described"  # a task whose clips need captions; only its data side runs here
 
@@ -81,9 +82,9 @@ def test_each_bad_caption_is_dropped_or_quarantined_for_its_reason_and_the_rest_
     (data / CAPTIONS_FILE).write_text(text.replace("\n", "\n\n", 1))  # a blank line after the header: skipped, lines still counted
     first_extra = len(captions) + 3  # the header, the blank line, the captions kept, then the extra rows
 
-    from vidops.flows import stages
+    from vidops.components import stages
 
-    summary = stages.validate_dataset(layout, params, NAME)
+    summary = stages.validate(layout, params, NAME)
     catalog = layout.catalog(NAME)
     quarantine = pd.read_csv(catalog / "quarantine.csv").groupby("path")["check"].apply(set)
     assert quarantine.to_dict() == {uncaptioned: {"no_caption"}, emptied: {"no_caption"}}
@@ -112,7 +113,7 @@ def test_each_bad_caption_is_dropped_or_quarantined_for_its_reason_and_the_rest_
     assert kept.to_dict("records") == captions.to_dict("records")  # the empty, long and orphan rows are gone, in the file's order
 
     (data / with_empty).write_bytes(b"changed since validation")  # accepted, but it fails extraction
-    result = stages.extract_features(layout, params, NAME, mapper=in_threads)
+    result = stages.extract(layout, params, NAME, mapper=in_threads)
     index = pd.read_csv(layout.features(NAME) / INDEX_TABLE, keep_default_na=False)
     by_clip = read_captions(layout.features(NAME))
     assert sum(result.clips.values()) == 18 and set(by_clip) == set(index.loc[index["status"] == "ok", "path"])
@@ -128,7 +129,7 @@ def test_each_bad_caption_is_dropped_or_quarantined_for_its_reason_and_the_rest_
 
 
 def test_a_captioned_task_without_captions_stops_before_probing_and_names_the_file(described, generated, tmp_path):
-    from vidops.flows import stages
+    from vidops.components import stages
 
     layout = Layout(tmp_path)
     params = load_params(None, [f"tasks=[{NAME}]"])
@@ -136,7 +137,7 @@ def test_a_captioned_task_without_captions_stops_before_probing_and_names_the_fi
     shutil.copytree(generated, data)
     (data / CAPTIONS_FILE).unlink()
     with pytest.raises(VidopsError, match=rf"{data}: this task needs captions and there is no {data / CAPTIONS_FILE}: a CSV with columns path, caption"):
-        stages.validate_dataset(layout, params, NAME)
+        stages.validate(layout, params, NAME)
     assert not layout.catalog(NAME).exists()
 
 

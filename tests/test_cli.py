@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vidops.cli import STAGE_NAMES
+from vidops.components.dependencies import NAMES as STAGE_NAMES
 
 
 # what TensorFlow's C++ side writes: absl's lines (I1129 20:41:07.123 ... or I0000 00:00:1795984118.2 ...) and its notice
@@ -143,7 +143,7 @@ def test_version_is_the_installed_distributions():
 def test_registration_and_decision_lines():
     from vidops.components.promotion import Decision
     from vidops.components.registry import Registration
-    from vidops.flows.stages import summary
+    from vidops.components.stages import summary
 
     registered = Registration("vidops-sync", "3", "abc123", "1")
     assert summary(registered, Path("/p"), "accuracy_within_1") == "vidops-sync version 3, MLflow run abc123"
@@ -152,7 +152,7 @@ def test_registration_and_decision_lines():
 
 
 def test_stage_names_match_the_stages():
-    from vidops.flows.stages import STAGES
+    from vidops.components.stages import STAGES
 
     assert tuple(STAGES) == STAGE_NAMES
 

@@ -21,7 +21,8 @@ from vidops.components.catalog import DATASET_MANIFEST, list_sources
 from vidops.components.errors import VidopsError
 from vidops.components.layout import Layout
 from vidops.components.params import Params, ValidationParams, load_params
-from vidops.components.validation import ACCEPTED, validate_dataset
+from vidops.components.layout import ACCEPTED
+from vidops.components.validation import validate_dataset
 from conftest import TINY
 from corpus import encode
 from test_versioning import s3, s3_client, use_remote  # noqa: F401 (s3: the SeaweedFS fixture)
@@ -56,11 +57,11 @@ def _listed_project(root: Path, generated: Path) -> tuple[Layout, Params, pd.Dat
 
 
 def test_a_manifest_dataset_goes_through_validate_extract_train_and_evaluate(tmp_path: Path, tiny_dataset: Path):
-    from vidops.flows import stages
+    from vidops.components import stages
 
     layout, params, manifest = _listed_project(tmp_path, tiny_dataset)
     before = _fingerprint(layout.raw("listed"))
-    for stage in (stages.validate_dataset, stages.extract_features, stages.train_model, stages.evaluate_model):
+    for stage in (stages.validate, stages.extract, stages.train, stages.evaluate):
         stage(layout, params, "classification")
 
     accepted = pd.read_csv(layout.catalog("classification") / ACCEPTED).set_index("path").sort_index()
@@ -109,7 +110,7 @@ def _changed(layout: Layout) -> bool:
 
 
 def test_the_dataset_param_naming_a_csv_says_to_make_it_a_folder(tmp_path: Path):
-    from vidops.flows import stages
+    from vidops.components import stages
 
     layout = Layout(tmp_path)
     layout.raw("clips.csv").parent.mkdir(parents=True)

@@ -14,8 +14,12 @@ import pytest
 from vidops.components import encoders, tasks, training
 from vidops.components.errors import VidopsError
 from vidops.components.layout import INDEX_TABLE, Layout
-from vidops.components.models import PerFrame, build_classifier, build_sync, load_model
-from vidops.components.params import ClassifierParams, SyncParams, load_params
+from vidops.components.layers import PerFrame, load_model
+from vidops.components.tasks.classification.model import build_classifier
+from vidops.components.tasks.sync.model import build_sync
+from vidops.components.params import load_params
+from vidops.components.tasks.classification.params import ClassifierParams
+from vidops.components.tasks.sync.params import SyncParams
 
 APP = "mobilenet_v3_small"  # cheap at 32 px
 
@@ -61,7 +65,7 @@ def test_a_weights_file_is_loaded_into_the_encoder(tmp_path):
 
 def test_new_content_in_the_same_weights_file_is_a_new_training_for_both_caches(project, tmp_path):
     """The stage's cache (Prefect) and the checkpoint's resume key see the file's content, not only its path."""
-    from vidops.flows import stages
+    from vidops.components import stages
 
     path = _weights_file(tmp_path)
     params = load_params(None, [f"train.classification.encoder={APP}", f"train.classification.encoder_weights={path}"])
@@ -100,12 +104,12 @@ def test_a_frozen_encoder_keeps_its_weights_through_training(trained_project, tm
 
 @pytest.mark.slow
 def test_the_sync_model_trains_with_an_application_encoder(project, tmp_path):
-    from vidops.flows import stages
+    from vidops.components import stages
 
     overrides = ["tasks=[sync]", "extract.sync.size=32", f"train.sync.encoder={APP}", "train.sync.epochs=1", "train.sync.validation_fraction=0.0"]
     params = load_params(project.root / "params.yaml", overrides)
-    stages.validate_dataset(project, params, "sync")
-    stages.extract_features(project, params, "sync")
+    stages.validate(project, params, "sync")
+    stages.extract(project, params, "sync")
     trained = tasks.spec("sync").train(project.features("sync"), tmp_path, params.train.sync)
     assert trained.epochs == 1 and np.isfinite(trained.history["loss"]).all()
     assert isinstance(_encoder(load_model(trained.path)), keras.Model)

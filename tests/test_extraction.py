@@ -18,7 +18,7 @@ from vidops.components.params import ExtractParams, load_params
 from vidops.components.sampling import ClipTooShort, dense, sample_indices, segments, uniform
 import faults
 from corpus import encode, encode_flash_and_click, encode_indexed, read_index
-from vidops.flows import stages
+from vidops.components import stages
 
 VFR_MS = [int(t) for t in np.cumsum(np.random.default_rng(0).integers(20, 80, 60)) - 20]
 
@@ -129,26 +129,26 @@ def test_extraction_is_incremental_and_keyed_by_content_and_params(project, tiny
 
     monkeypatch.setattr(extraction, "in_processes", in_processes)
     monkeypatch.setattr(extraction, "IN_PROCESS_CLIPS", 2)
-    stages.validate_dataset(project, tiny_params, "classification")
-    first = stages.extract_features(project, tiny_params, "classification")
+    stages.validate(project, tiny_params, "classification")
+    first = stages.extract(project, tiny_params, "classification")
     assert (first.extracted, first.reused, first.failed) == (21, 0, 0)
     assert pooled == [21]
     assert first.clips == {"train": 14, "test": 7}
-    again = stages.extract_features(project, tiny_params, "classification")
+    again = stages.extract(project, tiny_params, "classification")
     assert (again.extracted, again.reused) == (0, 21)
 
     damaged = sorted(project.features("classification").joinpath(SHARDS).glob("*.npz"))[0]
     damaged.write_bytes(damaged.read_bytes()[:100])  # a shard cut short is extracted again, not trusted
-    assert stages.extract_features(project, tiny_params, "classification").extracted == 1
+    assert stages.extract(project, tiny_params, "classification").extracted == 1
 
     encode(project.raw("demo") / "rotate" / "new.mp4", seed=42)
-    stages.validate_dataset(project, tiny_params, "classification")
-    one_more = stages.extract_features(project, tiny_params, "classification")
+    stages.validate(project, tiny_params, "classification")
+    one_more = stages.extract(project, tiny_params, "classification")
     assert (one_more.extracted, one_more.reused) == (1, 21)
     assert pooled == [21]  # a clip or two cost less than a worker's start: extracted in this process
 
     changed = load_params(project.root / "params.yaml", ["extract.classification.size=24"])
-    redone = stages.extract_features(project, changed, "classification")
+    redone = stages.extract(project, changed, "classification")
     assert (redone.extracted, redone.reused) == (22, 0)
     shards = list(project.features("classification").joinpath(SHARDS).glob("*.npz"))
     assert len(shards) == 22  # the old version's shards are gone
@@ -157,11 +157,11 @@ def test_extraction_is_incremental_and_keyed_by_content_and_params(project, tiny
 
 
 def test_a_failing_clip_is_recorded_and_the_rest_extracted(project, tiny_params):
-    stages.validate_dataset(project, tiny_params, "classification")
+    stages.validate(project, tiny_params, "classification")
     victim = project.raw("demo") / "zoom_in" / "zoom_in_000.mp4"
     data = victim.read_bytes()
     victim.write_bytes(data[: len(data) // 3])  # cut short after validation accepted it
-    result = stages.extract_features(project, tiny_params, "classification")
+    result = stages.extract(project, tiny_params, "classification")
     index = pd.read_csv(project.features("classification") / "index.csv", keep_default_na=False)
     failed = index.set_index("path").loc["zoom_in/zoom_in_000.mp4"]
     assert failed["status"] == "error" and "Invalid data" in failed["error"]
@@ -173,7 +173,7 @@ def test_a_failing_clip_is_recorded_and_the_rest_extracted(project, tiny_params)
 def test_a_killed_extraction_resumes_where_it_stopped(project, tiny_params):
     """`vidops stage extract` killed with -9 (its worker processes too) once shards are being written; the re-run keeps
     every whole shard and extracts the rest, and no shard is left twice or cut short."""
-    stages.validate_dataset(project, tiny_params, "classification")
+    stages.validate(project, tiny_params, "classification")
     features = project.features("classification")
     whole = lambda: sorted((features / SHARDS).glob("[!.]*.npz")) if (features / SHARDS).is_dir() else []  # noqa: E731
     command = faults.start("stage", "extract", "--task", "classification", "--root", str(project.root))
@@ -195,8 +195,8 @@ def test_a_killed_extraction_resumes_where_it_stopped(project, tiny_params):
 
 
 def test_the_tf_data_reader_yields_every_clip_with_its_label(project, tiny_params):
-    stages.validate_dataset(project, tiny_params, "classification")
-    stages.extract_features(project, tiny_params, "classification")
+    stages.validate(project, tiny_params, "classification")
+    stages.extract(project, tiny_params, "classification")
     features = project.features("classification")
     split = inputs.open_split(features, "test", ("frames",))
     frames = inputs.in_memory(split, "frames")
@@ -237,19 +237,19 @@ def test_a_rerun_trusts_unchanged_shards_without_opening_them_and_extracts_a_cha
     from vidops.components import extraction
     from vidops.components.parallel import in_threads
 
-    stages.validate_dataset(project, tiny_params, "classification")
-    first = stages.extract_features(project, tiny_params, "classification")
+    stages.validate(project, tiny_params, "classification")
+    first = stages.extract(project, tiny_params, "classification")
     features = project.features("classification")
     opened = []
     read_flags = extraction._read_flags
     monkeypatch.setattr(extraction, "_read_flags", lambda shard, row: opened.append(shard.name) or read_flags(shard, row))
-    again = stages.extract_features(project, tiny_params, "classification", mapper=in_threads)
+    again = stages.extract(project, tiny_params, "classification", mapper=in_threads)
     assert (again.extracted, again.reused, opened) == (0, first.extracted, [])  # every shard trusted by its size and mtime
     before = pd.read_csv(features / "index.csv", keep_default_na=False)
 
     damaged = features / SHARDS / before["shard"].iloc[0]
     damaged.write_bytes(damaged.read_bytes()[:300])  # another size: looked at again, found damaged, extracted anew
-    third = stages.extract_features(project, tiny_params, "classification", mapper=in_threads)
+    third = stages.extract(project, tiny_params, "classification", mapper=in_threads)
     assert (third.extracted, third.reused, opened) == (1, first.extracted - 1, [damaged.name])
     after = pd.read_csv(features / "index.csv", keep_default_na=False)
     assert after[["path", "shard", "status", "padded", "has_audio"]].equals(before[["path", "shard", "status", "padded", "has_audio"]])

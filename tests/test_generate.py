@@ -8,10 +8,17 @@ import pytest
 
 from vidops.components.catalog import DATASET_MANIFEST, SOURCE_COLUMNS
 from vidops.components.errors import VidopsError
-from vidops.components.generate import (
-    COLOURS, HELD_OUT_COMBINATIONS, MARKER, MOTIONS, SHAPES, SYNC_LABEL, TEMPLATES, VOCABULARY, WORDS, _motion_path, caption_attributes,
-    captioned_plan, generate_dataset,
-)  # fmt: skip
+from vidops.components.generate import MARKER, MOTIONS, SHAPES, generate_dataset, motion_path
+from vidops.components.tasks.captioning.generate import (
+    COLOURS,
+    HELD_OUT_COMBINATIONS,
+    TEMPLATES,
+    VOCABULARY,
+    WORDS,
+    caption_attributes,
+    captioned_plan,
+)
+from vidops.components.tasks.sync.generate import LABEL as SYNC_LABEL
 from vidops.components.layout import CAPTIONS_FILE
 from vidops.components.media import AUDIO_RATE
 from vidops.components.params import GenerateParams
@@ -55,7 +62,7 @@ def test_same_seed_same_frames_other_seed_other_frames(tmp_path: Path):
 )  # fmt: skip
 def test_each_class_is_a_motion_that_only_the_order_of_frames_shows(label: str, changes: str):
     t = np.arange(50) / 25
-    x, y, radius, angle = _motion_path(label, np.random.default_rng(0), 96, t)
+    x, y, radius, angle = motion_path(label, np.random.default_rng(0), 96, t)
     moving = {"x": x, "y": y, "radius": radius, "angle": angle}
     name, sign = changes.rstrip("+-"), changes[len(changes.rstrip("+-")) :]
     steps = np.diff(moving.pop(name))

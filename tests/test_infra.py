@@ -2,10 +2,12 @@
 specification's schema, the Kubernetes manifests against Kubernetes's schemas (strict: an unknown field fails), the
 Dockerfiles with hadolint. Each checker is shown to fail on a broken copy, so a pass means something."""
 
+import ast
 import re
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import yaml
@@ -94,9 +96,10 @@ def test_the_dockerfile_lints_clean_and_installs_as_the_readme_does(tmp_path: Pa
     assert result.returncode == 0, result.stdout
     text = DOCKERFILE.read_text()
     assert 'python3.11 -m venv /opt/vidops && /opt/vidops/bin/pip install --no-cache-dir -c constraints.txt ".${EXTRAS}"' in text
-    copied = set(re.findall(r"^COPY (\w+)/ \1/$", text, re.MULTILINE))
-    folders = set(pyproject["tool"]["setuptools"]["package-dir"].values())
+    copied = set(re.findall(r"^COPY ([\w/]+)/ \1/$", text, re.MULTILINE))
+    folders = set(_package_folders().values())
     assert copied == folders, f"the image copies {sorted(copied)}, the package is {sorted(folders)}"
+    assert re.search(r"^COPY pyproject.toml setup.py ", text, re.MULTILINE), "the image builds without setup.py's package list"
     assert re.search(r"^USER 10001$", text, re.MULTILINE), "the image runs as root"
     # the GPU workers' image is the same file with the gpu extra
     gpu = yaml.safe_load(COMPOSE.read_text())["services"]["worker-gpu"]["build"]
@@ -104,3 +107,23 @@ def test_the_dockerfile_lints_clean_and_installs_as_the_readme_does(tmp_path: Pa
     broken = tmp_path / "Dockerfile"
     broken.write_text(DOCKERFILE.read_text().replace("FROM python:3.11.7-slim-bookworm AS build", "FROM python:latest AS build"))
     assert _hadolint(broken).returncode != 0
+
+
+def _package_folders() -> dict[str, str]:
+    """setup.py's FOLDERS: each package of `vidops` and the folder it is."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    found = next(n for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "FOLDERS")
+    return ast.literal_eval(found.value)
+
+
+def test_the_built_distribution_holds_every_task_folder_without_a_list_of_them(tmp_path: Path):
+    """A wheel, as the image installs one: every package folder under vidops's folders is in it (a new task folder
+    needs no entry in any list), and the stack's package."""
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+                           capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = tmp_path.glob("vidops-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for task in (p.name for p in (ROOT / "components" / "tasks").iterdir() if (p / "__init__.py").is_file()):
+        assert f"vidops/components/tasks/{task}/spec.py" in names, task
+    assert {"vidops/stack/services.py", "vidops/commands/pipeline.py", "vidops/flows/pipeline.py"} <= names

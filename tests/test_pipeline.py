@@ -10,7 +10,7 @@ from prefect.client.schemas.filters import LogFilter
 
 from vidops.components.registry import CHAMPION
 from vidops.flows.pipeline import training_pipeline
-from vidops.flows.profiles import tracking
+from vidops.components import tracking
 
 TASKS = ("classification", "sync")
 
@@ -35,7 +35,7 @@ def test_training_pipeline_trains_both_models_registers_champions_and_a_second_r
     second = training_pipeline(root=str(project.root), overrides=["train.classification.epochs=1", "tasks=[classification]"])
     assert list(second.tasks) == ["classification"]
 
-    client = MlflowClient(tracking(project).uri)
+    client = MlflowClient(tracking.locate(project).uri)
     for task, runs in (("classification", 2), ("sync", 1)):
         name = tiny_params.registry.of(task).model_name
         versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
@@ -124,9 +124,9 @@ def test_only_what_the_network_did_is_retried():
     from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
     from prefect.states import Completed, Failed
 
-    from vidops.flows.pipeline import NETWORK, register_model, transient
+    from vidops.flows.pipeline import NETWORK, register, transient
 
-    assert register_model.retries == NETWORK["retries"] == 3 and register_model.retry_jitter_factor == 0.5
+    assert register.retries == NETWORK["retries"] == 3 and register.retry_jitter_factor == 0.5
     assert transient(None, None, Failed(data=ConnectionRefusedError(111, "Connection refused")))
     assert transient(None, None, Failed(data=MlflowException("API request to http://127.0.0.1:5000 failed: Max retries exceeded with url")))
     assert transient(None, None, Failed(data=MlflowException("busy", error_code=TEMPORARILY_UNAVAILABLE)))
@@ -144,12 +144,12 @@ def test_only_what_the_network_did_is_retried():
 def test_a_cached_registration_counts_only_while_the_registry_holds_its_version(tmp_path):
     from vidops.components.io import write_json
     from vidops.components.layout import Layout
-    from vidops.flows import stages
+    from vidops.components import stages
 
     layout = Layout(tmp_path)
     write_json(layout.reports("classification") / "registration.json", {"model_name": "vidops-classifier", "version": "1", "run_id": "r", "experiment_id": "1"})
     assert not stages.outputs_present("register", layout, "classification")  # a reset (here: empty) registry: register again
-    client = MlflowClient(tracking(layout).uri)
+    client = MlflowClient(tracking.locate(layout).uri)
     client.create_registered_model("vidops-classifier")
     client.create_model_version("vidops-classifier", source=(tmp_path / "model").as_uri())
     assert stages.outputs_present("register", layout, "classification")

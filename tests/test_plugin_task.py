@@ -1,142 +1,150 @@
-"""A task vidops does not ship, defined in this file alone (its spec, its params and a two-layer model), goes through
-validate, extract, train, evaluate, register and the gate: the specs are the one place that knows a task."""
+"""A task vidops does not ship, in a folder of its own (tests/colour_task/) and found as an installed package is, by an
+entry point of the group `vidops.tasks`, goes through every stage, the registry, the gate and serving, with no edit
+anywhere else: the specs are the one place that knows a task. And each way a task can be wrong is named at start."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
-from typing import Any
 
-import mlflow
-import numpy as np
-import pandas as pd
 import pytest
 from mlflow import MlflowClient
-from pydantic import Field
 
-from vidops.components import tasks
+from vidops.components import tasks, tracking
 from vidops.components.errors import VidopsError
-from vidops.components.layout import HISTORY_FILE, LABELS_FILE, MODEL_FILE, Layout
-from vidops.components.params import ExtractParams, FitParams, GenerateParams, ModelRegistryParams, load_params
+from vidops.components.layout import DECISION, Layout
+from vidops.components.params import load_params
 from vidops.components.registry import CHAMPION, EVALUATED
-from vidops.components.tasks import TaskDefaults, TaskSpec
 
-NAME = "colour"  # which motion a clip shows, told by its mean colour alone: a weak model, which is all this needs
-
-
-class ColourParams(FitParams):
-    units: int = Field(8, ge=1)
-    epochs: int = Field(2, ge=1)
+NAME = "colour"
+HERE = Path(__file__).resolve().parent
 
 
-def build(frames: int, size: int, classes: int, params: ColourParams) -> Any:
-    """Two layers over the clip's mean colour."""
-    import keras
-
-    inputs = keras.Input((frames, size, size, 3), dtype="uint8", name="frames")
-    x = keras.layers.GlobalAveragePooling3D()(keras.layers.Rescaling(1 / 255)(inputs))
-    x = keras.layers.Dense(params.units, activation="relu")(x)
-    return keras.Model(inputs, keras.layers.Dense(classes, activation="softmax", name="probabilities")(x))
-
-
-def train(features_dir: Path, model_dir: Path, params: ColourParams, on_epoch: Any = None) -> Any:
-    import keras
-
-    from vidops.components import inputs
-    from vidops.components.io import write_json
-    from vidops.components.tasks import TrainedModel
-
-    split = inputs.open_split(features_dir, "train", ("frames",))
-    frames = inputs.in_memory(split, "frames")
-    model = build(*frames.shape[1:3], len(split.names), params)
-    model.compile(optimizer=keras.optimizers.Adam(params.learning_rate), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    history = model.fit(frames, split.labels, epochs=params.epochs, batch_size=params.batch_size, verbose=0).history
-    for epoch in range(params.epochs):
-        if on_epoch:
-            on_epoch(epoch, params.epochs, {name: float(values[epoch]) for name, values in history.items()})
-    model_dir.mkdir(parents=True, exist_ok=True)
-    model.save(model_dir / MODEL_FILE)
-    write_json(model_dir / LABELS_FILE, list(split.names))
-    write_json(model_dir / HISTORY_FILE, history)
-    return TrainedModel(model_dir / MODEL_FILE, split.names, params.epochs, 0, history)
-
-
-def evaluate(model_dir: Path, features_dir: Path, reports_dir: Path, params: ColourParams) -> Any:
-    from vidops.components.evaluation import evaluate_classifier
-
-    return evaluate_classifier(model_dir, features_dir, reports_dir)
-
-
-def predict(model: Any, clip: Any, labels: list[str], params: ColourParams) -> dict[str, Any]:
-    probabilities = model.predict(clip.frames[None], verbose=0)[0]
-    return {"label": labels[int(np.argmax(probabilities))], "probability": float(np.max(probabilities))}
-
-
-SPEC = TaskSpec(
-    NAME,
-    TaskDefaults(
-        dataset="demo-colour",
-        extract=ExtractParams(frames=4, size=16, audio="none"),
-        train=ColourParams(),
-        registry=ModelRegistryParams(model_name="vidops-colour", metric="accuracy", floor=0.0),
-        generate=GenerateParams(clips_per_class=3, duration_s=1.0, size=48),
-    ),
-    train=train,
-    evaluate=evaluate,
-    headline=lambda metrics: f"accuracy {metrics['accuracy']:.3f}",
-    input_example=lambda clip, params: clip["frames"][None],
-    predict=predict,
-    demo="classification",  # the demo generator's moving shapes
-)
+def _install(site: Path, entry: str, name: str = NAME) -> None:
+    """A distribution's metadata in `site`, naming `entry` as a task: what `pip install` of a task package leaves."""
+    info = site / f"vidops_{name}_task-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vidops-{name}-task\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[vidops.tasks]\n{name} = {entry}\n")
 
 
 @pytest.fixture
-def colour_task():
-    tasks.register(SPEC)
-    yield SPEC
-    tasks.unregister(NAME)
+def installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """colour_task installed as a package: its metadata on sys.path (its code, tests/, is there already)."""
+    site = tmp_path / "site"
+    _install(site, "colour_task:SPEC")
+    monkeypatch.syspath_prepend(str(site))
+    assert NAME in tasks.discover()
+    yield tasks.spec(NAME)
+    monkeypatch.undo()
+    tasks.discover()
 
 
-def test_a_task_defined_only_here_is_trained_evaluated_registered_and_gated(colour_task, tmp_path, monkeypatch):
+def test_a_task_in_its_own_package_is_trained_evaluated_registered_gated_and_served(installed, tmp_path: Path):
+    from vidops.components import stages
     from vidops.components.generate import generate_dataset
-    from vidops.flows import stages
-    from vidops.flows.profiles import tracking
+    from vidops.components.serving import encode
 
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    layout = Layout(tmp_path)
-    params = load_params(None, [f"tasks=[{NAME}]", f"train.{NAME}.units=4"])  # params.yaml groups of a task the file never knew
-    assert params.train.of(NAME) == ColourParams(units=4) and params.registry.of(NAME).model_name == "vidops-colour"
-    generate_dataset(layout.raw(params.datasets.of(NAME)), colour_task.demo, params.generate.of(NAME))
+    layout = Layout(tmp_path / "project")
+    params = load_params(None, [f"tasks=[{NAME}]", f"train.{NAME}.units=4"])  # params.yaml groups of a task vidops never knew
+    assert params.train.of(NAME).units == 4 and params.registry.of(NAME).model_name == "vidops-colour"
+    generate_dataset(layout.raw(params.datasets.of(NAME)), NAME, params.generate.of(NAME))
 
-    summary = stages.validate_dataset(layout, params, NAME)
-    assert summary.accepted == 21
-    stages.extract_features(layout, params, NAME)
-    trained = stages.train_model(layout, params, NAME)
+    assert stages.validate(layout, params, NAME).accepted == 21
+    stages.extract(layout, params, NAME)
+    trained = stages.train(layout, params, NAME)
     assert trained.path == layout.model(NAME) and trained.epochs == 2
-    scores = stages.evaluate_model(layout, params, NAME)
-    assert 0 <= scores.metrics["accuracy"] <= 1
-    registered = stages.register_model(layout, params, NAME)
-    decision = stages.promote_model(layout, params, NAME)
+    assert (layout.models(NAME) / "history.json").is_file() and not (layout.models(NAME) / "checkpoints").exists()  # training.fit's
+    scores = stages.evaluate(layout, params, NAME)
+    registered = stages.register(layout, params, NAME)
+    decision = stages.promote(layout, params, NAME)
 
     assert (registered.model_name, registered.version) == ("vidops-colour", "1")
     assert decision.champion and decision.score == pytest.approx(scores.metrics["accuracy"])
-    client = MlflowClient(tracking(layout).uri)
+    client = MlflowClient(tracking.locate(layout).uri)
     version = client.get_model_version_by_alias("vidops-colour", CHAMPION)
     assert version.tags[EVALUATED] == f"accuracy={scores.metrics['accuracy']}" and version.tags["vidops.task"] == NAME
-    assert json.loads(layout.promotion(NAME).joinpath("promotion.json").read_text())["decision"] == CHAMPION
-    assert client.get_run(registered.run_id).data.params[f"train.{NAME}.units"] == "4"
-    assert colour_task.source == Path(__file__)  # this file keys the task's cached stages, as a built-in spec's module does
+    assert json.loads((layout.promotion(NAME) / DECISION).read_text())["decision"] == CHAMPION
+    curve = client.get_metric_history(registered.run_id, "train_loss")
+    assert [m.step for m in curve] == [0, 1]  # the epoch hook reported each epoch live
+    assert installed.code == HERE / "colour_task"  # its folder keys its cached stages, as a built-in task's does
 
-    monkeypatch.setenv("VIDOPS_SERVE_PATHS", "1")
-    mlflow.set_tracking_uri(tracking(layout).uri)
-    served = mlflow.pyfunc.load_model(f"models:/vidops-colour@{CHAMPION}")
+    # the served model carries the task's code: it loads where neither the entry point nor tests/ is on the path
     clip = next(layout.raw(params.datasets.of(NAME)).glob("rotate/*.mp4"))
-    answer = served.predict(pd.DataFrame({"video": [str(clip)]})).iloc[0]
+    served = subprocess.run(
+        [sys.executable, "-c", SERVE, f"models:/vidops-colour@{CHAMPION}", encode(clip)],
+        capture_output=True,
+        text=True,
+        env=_without_tests_on_the_path(tracking.locate(layout).uri),
+        cwd=tmp_path,
+    )
+    assert served.returncode == 0, served.stderr[-2000:]
+    answer = json.loads(served.stdout.strip().splitlines()[-1])
     assert answer["label"] in trained.labels and 0 < answer["probability"] <= 1
 
 
+SERVE = textwrap.dedent(
+    """
+    import json, sys
+    import mlflow, pandas as pd
+    assert "colour_task" not in sys.modules
+    model = mlflow.pyfunc.load_model(sys.argv[1])
+    print(json.dumps(model.predict(pd.DataFrame({"video": [sys.argv[2]]})).iloc[0].to_dict()))
+    """
+)
+
+
+def _without_tests_on_the_path(tracking_uri: str) -> dict[str, str]:
+    import os
+
+    return {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "MLFLOW_TRACKING_URI": tracking_uri}
+
+
 def test_a_task_without_a_spec_is_an_error_that_lists_the_known_tasks():
-    with pytest.raises(VidopsError, match=r"tasks: no task 'colour'; known tasks: captioning, classification, sync"):
+    with pytest.raises(VidopsError, match=r"tasks: no task 'colour'; known tasks: classification, sync, captioning"):
         load_params(None, [f"tasks=[{NAME}]"])
-    with pytest.raises(VidopsError, match=r"no task 'colour'; known tasks: captioning, classification, sync"):
+    with pytest.raises(VidopsError, match=r"no task 'colour'; known tasks: classification, sync, captioning"):
         tasks.spec(NAME)
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("colour_task.missing:SPEC", r"entry point colour = colour_task.missing:SPEC \(group vidops.tasks\) failed to import"),
+        ("colour_task.params:ColourParams", r"colour_task.params:ColourParams .*SPEC is a ModelMetaclass, not a vidops.components.tasks.TaskSpec"),
+        ("vidops.components.tasks.sync:SPEC", r"task 'sync' is defined twice: by vidops.components.tasks.sync and by entry point"),
+    ],
+)
+def test_an_entry_point_that_cannot_be_a_task_is_named_at_start(source, message, tmp_path, monkeypatch):
+    _install(tmp_path, source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        with pytest.raises(VidopsError, match=message):
+            tasks.discover()
+        cli = subprocess.run([sys.executable, "-m", "vidops", "--help"], capture_output=True, text=True, env=_with_path(tmp_path))
+        assert cli.returncode == 1 and "vidops: error:" in cli.stderr and "Traceback" not in cli.stderr
+    finally:
+        monkeypatch.undo()
+        tasks.discover()
+
+
+def _with_path(site: Path) -> dict[str, str]:
+    import os
+
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(HERE)])}
+
+
+def test_a_spec_whose_gate_metric_it_does_not_write_or_a_missing_function_is_named():
+    from colour_task.spec import SPEC
+
+    wrong_metric = SPEC.__class__(**{**vars(SPEC), "name": "colour2", "metrics": ("macro_f1",)})
+    with pytest.raises(VidopsError, match=r"task 'colour2' .*default gate metric 'accuracy' is not among the metrics its evaluate writes"):
+        tasks.register(wrong_metric)
+    no_train = SPEC.__class__(**{**vars(SPEC), "name": "colour3", "train": None})
+    with pytest.raises(VidopsError, match=r"task 'colour3' .*: train must be functions"):
+        tasks.register(no_train)
+    with pytest.raises(VidopsError, match=r"registry.classification.metric: 'f1' is not a metric the classification task writes"):
+        load_params(None, ["registry.classification.metric=f1"])

@@ -21,7 +21,7 @@ from vidops.benchmarks import stack as bench
 from vidops.cli import _credentials_refused
 from vidops.components.errors import VidopsError
 from vidops.components.layout import Layout
-from vidops.flows.postgres import SERVICES, Database
+from vidops.stack.postgres import SERVICES, Database
 
 POSTGRES = "postgresql://postgres@127.0.0.1:5432"
 
@@ -112,7 +112,7 @@ def test_two_workers_train_one_model_together_as_a_kubernetes_indexed_job_would(
     assert said[1][0].startswith("train classification: 2 epochs") and "models/classification/model.keras" in said[1][0]
     assert "models/classification.worker-1/model.keras" in said[0][0]
     assert (chief / "run.json").is_file() and not (other / "run.json").exists()  # the chief's training is the one MLflow knows
-    check = ("import sys, numpy as np; from vidops.components.models import load_model;"
+    check = ("import sys, numpy as np; from vidops.components.layers import load_model;"
              "a, b = (load_model(p).get_weights() for p in sys.argv[1:]);"
              "print(len(a), all(np.array_equal(x, y) for x, y in zip(a, b, strict=True)))")  # fmt: skip
     compared = subprocess.run([sys.executable, "-c", check, str(chief / "model.keras"), str(other / "model.keras")], capture_output=True, text=True, env=clean)

@@ -1,12 +1,15 @@
 """The files a user runs by hand: dvc.yaml's stages, params.yaml, the README's two commands, and CI running the second."""
 
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
 
 from vidops.components.params import load_params
-from vidops.cli import STAGE_NAMES
+from vidops.components.dependencies import NAMES as STAGE_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,14 +32,28 @@ def test_every_dvc_stage_runs_a_vidops_stage_per_task_and_reads_real_params():
                 assert dep.startswith(("data/", "models/", "reports/")) or (REPO / dep).exists(), dep
 
 
-def test_dvc_and_the_prefect_cache_see_the_same_code_and_params_of_each_stage():
-    from vidops.flows.stages import DEPENDS
+def test_dvc_yaml_is_what_the_stage_table_derives_and_lists_every_module_a_stage_imports():
+    """dvc.yaml comes from components.dependencies, as the Prefect cache key does: `vidops dvc-yaml --check` passes, and
+    the train stage's code holds the modules training.py imports (cluster, io, layout), which a list by hand missed."""
+    from vidops.components import dependencies, tasks
 
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    for name, depends in DEPENDS.items():
-        code = {dep for dep in stages[name]["do"]["deps"] if dep.startswith("components/")}
-        assert code == {f"components/{module.replace('{task}', '${key}')}.py" for module in depends.code}, name
-        assert set(stages[name]["do"]["params"]) == {key.replace("{task}", "${key}") for key in depends.params}, name
+    checked = subprocess.run([sys.executable, "-m", "vidops", "dvc-yaml", "--check", "--root", str(REPO)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+    train = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]["do"]["deps"]
+    assert {"components/training.py", "components/cluster.py", "components/io.py", "components/layout.py"} <= set(train)
+    assert "components/tasks/${key}" in train and "components/validation.py" not in train  # nor what training never imports
+    classification = {str(p.relative_to(REPO)) for p in dependencies.code(dependencies.stage("train"), [tasks.spec("classification")])}
+    assert {"components/tasks/classification/train.py", "components/tasks/classification/model.py"} <= classification
+    assert "components/tasks/classification/evaluation.py" not in classification  # changing the evaluation keeps the training
+
+
+def test_a_changed_dvc_yaml_fails_the_check_and_names_the_command(tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO / "components", repo / "components", ignore=shutil.ignore_patterns("__pycache__"))
+    (repo / "vidops").mkdir()
+    (repo / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text().replace("components/cluster.py\n", "", 1))
+    checked = subprocess.run([sys.executable, "-m", "vidops", "dvc-yaml", "--check", "--root", str(repo)], capture_output=True, text=True)
+    assert checked.returncode == 1 and "not what `vidops dvc-yaml` writes" in checked.stderr
 
 
 def test_readme_quickstart_has_two_commands_and_ci_runs_the_test_one():

@@ -14,12 +14,14 @@ from mlflow import MlflowClient
 from vidops.components import evaluation, inputs
 from vidops.components.errors import VidopsError
 from vidops.components.layout import MODEL_FILE, Layout
-from vidops.components.models import build_classifier
+from vidops.components.tasks.classification.model import build_classifier
 from vidops.components.promotion import promote, rollback
-from vidops.components.registry import CHALLENGER, CHAMPION, PREVIOUS, fluent_at, register_model
-from vidops.components.validation import REPORT
-from vidops.flows import stages
-from vidops.flows.profiles import registry_key, tracking
+from vidops.components.registry import CHALLENGER, CHAMPION, PREVIOUS, register_model
+from vidops.components.tracking import fluent_at
+from vidops.components.layout import REPORT
+from vidops.components import stages
+from vidops.components import tracking
+from vidops.components.seal import registry_key
 
 NAME = "vidops-classifier"
 TASK = "classification"
@@ -59,7 +61,7 @@ def _memorise(model, features: Path) -> None:
 
 def _register(project: Layout, params, tmp_path: Path, change, logged_accuracy: float | None = None) -> str:
     """The trained classifier changed (or replaced) by `change`, evaluated and registered as a new version (the challenger)."""
-    from vidops.components.models import load_model
+    from vidops.components.layers import load_model
 
     folder = Path(tmp_path / f"variant-{len(list(tmp_path.glob('variant-*')))}")
     shutil.copytree(project.models(TASK), folder / "model")
@@ -70,12 +72,12 @@ def _register(project: Layout, params, tmp_path: Path, change, logged_accuracy: 
     if logged_accuracy is not None:  # what the run logs, not what the gate measures
         metrics.write_text(json.dumps({**json.loads(metrics.read_text()), "accuracy": logged_accuracy}))
     registered = register_model(folder / "model", project.features(TASK), project.raw(params.datasets.of(TASK)), metrics,
-                                project.catalog(TASK) / REPORT, params, TASK, tracking(project), {}, registry_key=registry_key(project))  # fmt: skip
+                                project.catalog(TASK) / REPORT, params, TASK, tracking.locate(project), {}, registry_key=registry_key(project))  # fmt: skip
     return registered.version
 
 
 def _aliases(project: Layout) -> dict[str, str]:
-    client = MlflowClient(tracking(project).uri)
+    client = MlflowClient(tracking.locate(project).uri)
     found = {}
     for alias in (CHAMPION, PREVIOUS, CHALLENGER):
         try:
@@ -86,28 +88,28 @@ def _aliases(project: Layout) -> dict[str, str]:
 
 
 def _tags(project: Layout, version: str) -> dict[str, str]:
-    return MlflowClient(tracking(project).uri).get_model_version(NAME, version).tags
+    return MlflowClient(tracking.locate(project).uri).get_model_version(NAME, version).tags
 
 
 def test_the_gate_scores_both_on_the_same_clips_and_crowns_only_a_better_model(project, tiny_params, tmp_path):
     constant = _register(project, tiny_params, tmp_path, _constant)
-    first = stages.promote_model(project, tiny_params, TASK)
+    first = stages.promote(project, tiny_params, TASK)
     assert (first.version, first.champion) == (constant, True) and "first model to pass the floor" in first.reason
 
     same = _register(project, tiny_params, tmp_path, _constant)
-    tie = stages.promote_model(project, tiny_params, TASK)
+    tie = stages.promote(project, tiny_params, TASK)
     assert (tie.version, tie.champion, tie.champion_version) == (same, False, constant)
     assert tie.score == tie.champion_score and f"does not beat champion v{constant}" in tie.reason
 
     # logged as worse than it is: the gate measures it again, on the same clips as the champion
     better = _register(project, tiny_params, tmp_path, _memorise, logged_accuracy=0.0)
-    won = stages.promote_model(project, tiny_params, TASK)
+    won = stages.promote(project, tiny_params, TASK)
     assert (won.version, won.champion, won.score) == (better, True, 1.0)
     assert won.champion_score == tie.score and "beats champion" in won.reason
     assert _aliases(project) == {CHAMPION: better, PREVIOUS: constant, CHALLENGER: better}
 
     worse = _register(project, tiny_params, tmp_path, _constant, logged_accuracy=1.0)
-    lost = stages.promote_model(project, tiny_params, TASK)
+    lost = stages.promote(project, tiny_params, TASK)
     assert not lost.champion and lost.champion_score == 1.0 and f"does not beat champion v{better} (1.0000" in lost.reason
     assert _tags(project, worse)["vidops.decision"] == "not promoted" and _tags(project, worse)["vidops.reason"] == lost.reason
     assert _aliases(project)[CHAMPION] == better
@@ -115,7 +117,7 @@ def test_the_gate_scores_both_on_the_same_clips_and_crowns_only_a_better_model(p
     decision = json.loads((project.reports(TASK) / "promotion" / "promotion.json").read_text())
     assert decision["version"] == worse and decision["champion_score"] == 1.0
     assert (project.reports(TASK) / "promotion" / f"v{better}" / "confusion.csv").is_file()
-    client = MlflowClient(tracking(project).uri)
+    client = MlflowClient(tracking.locate(project).uri)
     logged = {a.path for a in client.list_artifacts(client.get_model_version(NAME, worse).run_id, "promotion")}
     assert {"promotion/promotion.json", f"promotion/v{worse}", f"promotion/v{better}"} <= logged
 
@@ -124,11 +126,11 @@ def test_the_floor_holds_and_promote_and_rollback_move_the_aliases(project, tiny
     floored = tiny_params.model_copy(update={"registry": tiny_params.registry.model_copy(update={
         "classification": tiny_params.registry.classification.model_copy(update={"floor": 0.9})})})  # fmt: skip
     low = _register(project, floored, tmp_path, _constant)
-    refused = stages.promote_model(project, floored, TASK)
+    refused = stages.promote(project, floored, TASK)
     assert not refused.champion and "below the floor 0.9" in refused.reason and CHAMPION not in _aliases(project)
     high = _register(project, floored, tmp_path, _memorise)
-    assert stages.promote_model(project, floored, TASK).champion
-    found = tracking(project)
+    assert stages.promote(project, floored, TASK).champion
+    found = tracking.locate(project)
 
     assert promote(found, NAME, low, "a person knows better") == low
     assert _aliases(project) == {CHAMPION: low, PREVIOUS: high, CHALLENGER: high}
@@ -136,7 +138,7 @@ def test_the_floor_holds_and_promote_and_rollback_move_the_aliases(project, tiny
     assert rollback(found, NAME, f"v{low} misbehaves in production") == high
     assert _aliases(project) == {CHAMPION: high, PREVIOUS: low, CHALLENGER: high}
     assert _tags(project, low)["vidops.reason"] == f"v{low} misbehaves in production"
-    again = stages.promote_model(project, floored, TASK)
+    again = stages.promote(project, floored, TASK)
     assert again.champion and again.decision == "already champion"
 
     with pytest.raises(VidopsError, match="model vidops-classifier has no version 9"):
@@ -150,30 +152,30 @@ def test_the_floor_holds_and_promote_and_rollback_move_the_aliases(project, tiny
     with pytest.raises(VidopsError, match=f"version {unevaluated.version} was never evaluated"):
         promote(found, NAME, str(unevaluated.version), "untested")
     with pytest.raises(VidopsError, match="never evaluated"):
-        stages.promote_model(project, floored, TASK, str(unevaluated.version))
+        stages.promote(project, floored, TASK, str(unevaluated.version))
 
 
 def test_a_champion_of_other_extraction_params_is_scored_on_the_same_clips_extracted_its_way(project, tiny_params, tmp_path):
     champion = _register(project, tiny_params, tmp_path, _memorise)
-    assert stages.promote_model(project, tiny_params, TASK).champion
+    assert stages.promote(project, tiny_params, TASK).champion
     changed = tiny_params.model_copy(update={"extract": tiny_params.extract.model_copy(update={
         "classification": tiny_params.extract.classification.model_copy(update={"size": 40})})})  # fmt: skip
-    stages.extract_features(project, changed, TASK)  # the project moved on: its test clips are now 40 x 40
+    stages.extract(project, changed, TASK)  # the project moved on: its test clips are now 40 x 40
     p = changed.extract.classification
     untrained = lambda model, features: build_classifier(p.frames, p.size, 7, changed.train.classification)  # noqa: E731
     challenger = _register(project, changed, tmp_path, untrained)
-    decision = stages.promote_model(project, changed, TASK)
+    decision = stages.promote(project, changed, TASK)
     assert decision.version == challenger and not decision.champion
     assert decision.champion_version == champion and decision.champion_score == 1.0  # at 32 x 32, as it was trained
 
 
 def _gate(root: str, params, version: str):
-    return stages.promote_model(Layout(Path(root)), params, TASK, version)
+    return stages.promote(Layout(Path(root)), params, TASK, version)
 
 
 def test_two_promotions_at_the_same_time_leave_one_champion_and_both_decisions(project, tiny_params, tmp_path):
     base = _register(project, tiny_params, tmp_path, _constant)
-    assert stages.promote_model(project, tiny_params, TASK).champion
+    assert stages.promote(project, tiny_params, TASK).champion
     a = _register(project, tiny_params, tmp_path, _memorise)
     b = _register(project, tiny_params, tmp_path, _memorise)
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -189,7 +191,7 @@ def test_two_promotions_at_the_same_time_leave_one_champion_and_both_decisions(p
 def test_with_an_mlflow_server_the_lock_is_a_prefect_concurrency_limit_of_one(prefect_api, tmp_path, monkeypatch):
     from prefect.client.orchestration import get_client
 
-    from vidops.flows.profiles import registry_lock
+    from vidops.stack.profiles import registry_lock
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # a server: shared by machines, so the lock is Prefect's
     layout = Layout(tmp_path)

@@ -23,8 +23,9 @@ import faults
 from vidops.components.errors import VidopsError
 from vidops.components.generate import MOTIONS
 from vidops.components.layout import Layout
-from vidops.components.registry import CHALLENGER, CHAMPION, EVALUATED, Tracking, register_model
-from vidops.components.validation import REPORT
+from vidops.components.registry import CHALLENGER, CHAMPION, EVALUATED, register_model
+from vidops.components.tracking import Tracking
+from vidops.components.layout import REPORT
 
 
 @pytest.fixture
@@ -65,9 +66,9 @@ def test_a_registered_version_is_the_challenger_with_its_evaluation_params_data_
     assert [m.step for m in epochs] == list(range(tiny_params.train.classification.epochs))
 
 
-def test_the_keras_model_is_logged_with_its_signature_and_input_example(trained_project, tiny_params, tracking):
+def test_the_keras_model_is_logged_with_its_signature_and_input_example(trained_project, tiny_params, tracking, mlflow_at):
     registered = _register(trained_project, tiny_params, tracking)
-    mlflow.set_tracking_uri(tracking.uri)
+    mlflow_at(tracking)
     uri = f"runs:/{registered.run_id}/keras_model"
     p = tiny_params.extract.classification
     assert mlflow.models.get_model_info(uri).signature.inputs.to_dict()[0]["tensor-spec"] == {"dtype": "uint8", "shape": (-1, p.frames, p.size, p.size, 3)}
@@ -76,11 +77,11 @@ def test_the_keras_model_is_logged_with_its_signature_and_input_example(trained_
     assert mlflow.keras.load_model(uri).predict(example.astype(np.uint8), verbose=0).shape == (1, 7)
 
 
-def test_the_registered_model_takes_a_video_path_or_its_bytes(trained_project, tiny_params, tracking, monkeypatch):
+def test_the_registered_model_takes_a_video_path_or_its_bytes(trained_project, tiny_params, tracking, monkeypatch, mlflow_at):
     from vidops.components.serving import SERVE_PATHS, encode
 
     _register(trained_project, tiny_params, tracking)
-    mlflow.set_tracking_uri(tracking.uri)
+    mlflow_at(tracking)
     model = mlflow.pyfunc.load_model(f"models:/vidops-classifier@{CHALLENGER}")
     clip = sorted(trained_project.raw("demo").glob("rotate/*.mp4"))[0]
     monkeypatch.delenv(SERVE_PATHS, raising=False)
@@ -153,12 +154,12 @@ print(label, sys.modules["vidops"].__file__, *model.metadata.get_input_schema().
 """
 
 
-def test_the_sync_model_registers_under_its_own_name_and_answers_with_an_offset(trained_project, tiny_params, tracking, monkeypatch):
+def test_the_sync_model_registers_under_its_own_name_and_answers_with_an_offset(trained_project, tiny_params, tracking, monkeypatch, mlflow_at):
     monkeypatch.setenv("VIDOPS_SERVE_PATHS", "1")  # it predicts on a path, as `vidops predict` does
     registered = _register(trained_project, tiny_params, tracking, task="sync")
     assert registered.model_name == "vidops-sync"
     assert MlflowClient(tracking.uri).get_model_version("vidops-sync", registered.version).tags[EVALUATED].startswith("accuracy_within_1=")
-    mlflow.set_tracking_uri(tracking.uri)
+    mlflow_at(tracking)
     keras_uri = f"runs:/{registered.run_id}/keras_model"
     specs = {spec["name"]: spec["tensor-spec"] for spec in mlflow.models.get_model_info(keras_uri).signature.inputs.to_dict()}
     assert specs["frames"] == {"dtype": "uint8", "shape": (-1, -1, 16, 16, 3)}  # any window length
@@ -177,7 +178,7 @@ def _mlflow_server(home: Path, port: int) -> dict:
     """A real `mlflow server` on 127.0.0.1:`port`, its store a sqlite file in `home` and its artifacts proxied into
     `home`/artifacts, started in a session of its own (its uvicorn process with it; no job workers, which registration
     does not use and which slow its start on 2 cores); its record for _stop."""
-    from vidops.flows.stack import _http, _start
+    from vidops.stack.processes import _http, _start
 
     argv = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
             "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}", "--artifacts-destination", str(home / "artifacts")]  # fmt: skip
@@ -201,10 +202,11 @@ def test_an_mlflow_server_killed_during_registration_leaves_no_half_version_in_u
     and promote refuse it; with the server back, the re-run registers a whole version (sealed, then the challenger)
     into the same run and deletes the half one."""
     from vidops.components.promotion import TestSet, gate, promote
-    from vidops.components.registry import CHALLENGER, ORIGIN, UNFINISHED, alias, open_training_run, trusted_download
-    from vidops.flows.profiles import registry_key
-    from vidops.flows.stack import _free_port, _stop
-    from vidops.flows.stages import _lineage
+    from vidops.components.registry import CHALLENGER, alias
+    from vidops.components.seal import ORIGIN, UNFINISHED, registry_key, trusted_download
+    from vidops.components.stages import lineage_tags
+    from vidops.components.tracking import open_training_run
+    from vidops.stack.processes import _free_port, _stop
 
     project = Layout(tmp_path / "project")
     shutil.copytree(trained_project.root, project.root, ignore=shutil.ignore_patterns(".vidops"))
@@ -214,7 +216,7 @@ def test_an_mlflow_server_killed_during_registration_leaves_no_half_version_in_u
     served, name, task, key = Tracking(url), "vidops-classifier", "classification", registry_key(project)
     try:
         # the training's run, as `vidops stage train` opens it on the server and records it for the registration
-        run = open_training_run(served, tiny_params, task, "classification-stage", _lineage(project, tiny_params, task), project.raw("demo"),
+        run = open_training_run(served, tiny_params, task, "classification-stage", lineage_tags(project, tiny_params, task), project.raw("demo"),
                                 project.catalog(task) / "accepted.csv")  # fmt: skip
         (project.models(task) / "run.json").write_text(json.dumps({"tracking_uri": url, "run_id": run.run_id}))
         env = faults.cli_env(MLFLOW_TRACKING_URI=url, MLFLOW_HTTP_REQUEST_MAX_RETRIES="1", MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1",
@@ -259,8 +261,8 @@ def test_s3_killed_while_mlflow_uploads_a_model_leaves_no_version_and_a_rerun_af
     """The registry's experiment keeps its artifacts in the project's S3 (as one the stack made): `vidops stage register`
     starts SeaweedFS for them, which is killed (-9) once the first artifact is there. The command fails naming the S3;
     no version exists of the half-uploaded model, whose run is FAILED; the re-run (SeaweedFS started again) registers."""
-    from vidops.components.registry import ORIGIN, UNFINISHED
-    from vidops.flows.stack import ARTIFACTS
+    from vidops.components.seal import ORIGIN, UNFINISHED
+    from vidops.stack.seaweedfs import ARTIFACTS
 
     project = Layout(tmp_path / "project")
     shutil.copytree(trained_project.root, project.root, ignore=shutil.ignore_patterns(".vidops"))

@@ -19,7 +19,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from vidops.components.errors import VidopsError
 from vidops.components.params import RunnerParams
-from vidops.flows import stages
+from vidops.components import stages
 from vidops.flows.runners import mapper, task_runner
 
 
@@ -81,8 +81,8 @@ def test_a_local_dask_cluster_of_two_workers_probes_and_extracts_every_batch(pre
     def extraction() -> tuple:
         from prefect import runtime
 
-        stages.validate_dataset(project, params, "classification", mapper(params.runner))
-        return stages.extract_features(project, params, "classification", None, mapper(params.runner)), runtime.flow_run.id
+        stages.validate(project, params, "classification", mapper(params.runner))
+        return stages.extract(project, params, "classification", None, mapper(params.runner)), runtime.flow_run.id
 
     with temporary_settings({PREFECT_API_URL: prefect_on_postgres}):
         features, run_id = extraction()

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from vidops.benchmarks import scale
 from vidops.components.layout import Layout
-from vidops.components.promotion import DECISION
+from vidops.components.layout import DECISION
 
 
 def test_the_scale_bench_measures_each_part_and_a_rerun_works_on_the_new_clips_only(tmp_path: Path, monkeypatch):

@@ -14,10 +14,11 @@ import pytest
 import yaml
 
 from vidops.components.promotion import promote
-from vidops.components.registry import Tracking, register_model
-from vidops.flows.profiles import registry_key
+from vidops.components.registry import register_model
+from vidops.components.tracking import Tracking
+from vidops.components.seal import registry_key
 from vidops.components.serving import encode
-from vidops.components.validation import REPORT
+from vidops.components.layout import REPORT
 
 pytestmark = pytest.mark.slow
 
@@ -122,18 +123,17 @@ mlflow.models.set_model(Planted())
 """
 
 
-def test_a_planted_or_altered_version_is_refused_before_any_of_its_code_runs(registered, tmp_path, monkeypatch):
+def test_a_planted_or_altered_version_is_refused_before_any_of_its_code_runs(registered, tmp_path, monkeypatch, mlflow_at):
     import mlflow
     from mlflow import MlflowClient
 
-    from vidops.components.registry import ORIGIN
+    from vidops.components.seal import ORIGIN
 
     client = MlflowClient(f"sqlite:///{registered / '.vidops' / 'mlflow.db'}")
     sealed = client.get_model_version_by_alias("vidops-classifier", "champion")
     code, marker = tmp_path / "planted.py", tmp_path / "ran"
     code.write_text(PLANTED.replace("MARKER", repr(str(marker))))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", client.tracking_uri)  # set_tracking_uri exports it too: restored after the test
-    mlflow.set_tracking_uri(client.tracking_uri)
+    mlflow_at(client.tracking_uri)
     planted = mlflow.pyfunc.log_model(name="model", python_model=str(code), registered_model_name="vidops-classifier")
     version = str(planted.registered_model_version)
     marker.unlink()  # MLflow runs a model's code once as it logs it

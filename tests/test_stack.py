@@ -170,7 +170,7 @@ def _assert_closed_to_strangers(state: Path, env: dict[str, str]) -> None:
 
     # SeaweedFS: S3 wants its keys; the filer and volume server want a JWT that only SeaweedFS signs; the master refuses
     # every client that is not one of its own parts (an anonymous `/col/delete` would drop the bucket's data)
-    from vidops.flows.stack import _flag
+    from vidops.stack.seaweedfs import _flag
 
     s3 = json.loads((state / "stack" / "stack.json").read_text())["services"][0]
     master, volume, filer = (f"http://127.0.0.1:{_flag(process['argv'], '-port')}" for process in (*s3["parts"], s3))
@@ -282,9 +282,9 @@ def test_one_registry_for_the_project_whichever_profile_is_up(project, monkeypat
     """A champion registered on the embedded profile is the stack's, loadable through its server; versions registered
     through the stack (into the embedded profile's experiment, and into one the stack made, whose artifacts are in the
     project's S3) are the embedded profile's after `down`, and load with the S3 vidops starts for them."""
-    from vidops.components.registry import Tracking
-    from vidops.flows.profiles import embedded_tracking
-    from vidops.flows.stack import _serving, project_store, registry_store
+    from vidops.components.tracking import Tracking
+    from vidops.components.tracking import embedded as embedded_tracking
+    from vidops.stack.seaweedfs import _serving, project_store, registry_store
 
     for name in [k for k in os.environ if k.startswith(("MLFLOW_", "PREFECT_", "AWS_"))]:
         monkeypatch.delenv(name)
@@ -338,10 +338,9 @@ def _register(tracking, experiment: str, slope: float) -> str:
     import numpy as np
     from sklearn.linear_model import LinearRegression
 
-    from vidops.components.registry import _experiment_id
+    from vidops.components.tracking import experiment_id, fluent_at
 
-    mlflow.set_tracking_uri(tracking.uri)
-    with mlflow.start_run(experiment_id=_experiment_id(experiment, tracking)):
+    with fluent_at(tracking), mlflow.start_run(experiment_id=experiment_id(experiment, tracking)):
         model = LinearRegression().fit(np.array([[0.0], [1.0]]), np.array([0.0, slope]))
         return str(mlflow.sklearn.log_model(model, name="model", registered_model_name=MODEL).registered_model_version)
 
@@ -351,8 +350,10 @@ def _predict(tracking, model_uri: str) -> float:
     import mlflow
     import numpy as np
 
-    mlflow.set_tracking_uri(tracking.uri)
-    return round(float(mlflow.pyfunc.load_model(model_uri).predict(np.array([[1.0]]))[0]), 6)
+    from vidops.components.tracking import fluent_at
+
+    with fluent_at(tracking):
+        return round(float(mlflow.pyfunc.load_model(model_uri).predict(np.array([[1.0]]))[0]), 6)
 
 
 def _artifact_location(tracking, name: str) -> str:

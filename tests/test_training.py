@@ -14,10 +14,15 @@ from mlflow import MlflowClient
 
 from vidops.components import inputs
 from vidops.components.errors import VidopsError
-from vidops.components.evaluation import evaluate_classifier
-from vidops.components.models import OffsetPairs, build_classifier, build_sync
-from vidops.components.params import ClassifierParams, SyncParams, load_params
-from vidops.components.training import CHECKPOINTS, train_classifier, train_sync
+from vidops.components.tasks.classification.evaluation import evaluate_classifier
+from vidops.components.tasks.classification.model import build_classifier
+from vidops.components.tasks.sync.model import OffsetPairs, build_sync
+from vidops.components.params import load_params
+from vidops.components.tasks.classification.params import ClassifierParams
+from vidops.components.tasks.sync.params import SyncParams
+from vidops.components.tasks.classification.train import train_classifier
+from vidops.components.tasks.sync.train import train_sync
+from vidops.components.training import CHECKPOINTS
 import faults
 from conftest import TINY
 
@@ -116,7 +121,7 @@ def test_the_sync_validation_is_every_offset_of_every_held_clip_built_a_clip_at_
 
 
 def test_per_class_scores_are_precision_recall_and_f1():
-    from vidops.components.evaluation import per_class_scores
+    from vidops.components.tasks.classification.evaluation import per_class_scores
 
     scores = per_class_scores(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), ["a", "b"])
     assert scores == pytest.approx({"precision_a": 1, "recall_a": 0.5, "f1_a": 2 / 3, "precision_b": 2 / 3, "recall_b": 1, "f1_b": 0.8})
@@ -277,11 +282,11 @@ def test_every_feed_gives_every_clip_once_an_epoch_in_a_new_order(trained_projec
 
 
 def test_a_memory_budget_smaller_than_the_batches_in_flight_is_refused_before_any_work(trained_project, tiny_params):
-    from vidops.flows import stages
+    from vidops.components import stages
 
     params = load_params(None, [*TINY, "train.classification.memory_budget_mb=1", "train.classification.batch_size=64"])
     with pytest.raises(VidopsError, match=r"^train.classification.memory_budget_mb: 1 MB cannot hold"):
-        stages.train_model(trained_project, params, "classification")
+        stages.train(trained_project, params, "classification")
 
 
 def test_mirroring_swaps_left_and_right_classes_only():

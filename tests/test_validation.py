@@ -12,7 +12,8 @@ import pytest
 from vidops.components.catalog import assign_splits, build_catalog, list_sources, probe_clip
 from vidops.components.errors import VidopsError
 from vidops.components.params import ValidationParams, load_params
-from vidops.components.validation import ACCEPTED, MANIFEST, validate_dataset, validation_checks
+from vidops.components.layout import ACCEPTED, CATALOG
+from vidops.components.validation import validate_dataset, validation_checks
 from corpus import audio_only, encode, truncated
 
 VFR_MS = [0, 40, 80, 100, 180, 200, 260, 300, 380, 400, 440, 520, 540, 600, 640, 700, 760, 800, 840, 900, 960, 1000, 1040, 1100, 1160]
@@ -220,7 +221,7 @@ def test_probing_is_incremental(tmp_path: Path, tiny_dataset: Path):
     encode(data / "rotate" / "new.mp4", seed=6)
     changed = validate_dataset(data, tmp_path / "catalog", ValidationParams())
     assert (changed.probed, changed.reused) == (3, 20)
-    row = pd.read_csv(tmp_path / "catalog" / MANIFEST).set_index("path").loc["rotate/rotate_000.mp4"]
+    row = pd.read_csv(tmp_path / "catalog" / CATALOG).set_index("path").loc["rotate/rotate_000.mp4"]
     assert row["frames"] == 25 and row["width"] == 64
     # moved in over an old clip, its size and mtime kept (cp -p, rsync -t): another inode, so probed again
     clip, other = data / "rotate" / "rotate_001.mp4", data / "rotate" / "new.mp4"

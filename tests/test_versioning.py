@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from vidops.components import versioning
 from vidops.components.errors import VidopsError
 from vidops.components.layout import Layout
-from vidops.flows.stack import project_s3
+from vidops.stack.seaweedfs import project_s3
 import faults
 from corpus import encode
 
@@ -59,7 +59,8 @@ def test_a_port_taken_before_seaweedfs_binds_it_is_tried_again_and_the_cause_is_
     SeaweedFS binds it. The start picks other ports; when every pick is taken, the error says which port and why."""
     import socket
 
-    from vidops.flows import stack
+    from vidops.stack import seaweedfs
+    from vidops.stack.folders import s3_folder
 
     listeners = []
 
@@ -70,23 +71,23 @@ def test_a_port_taken_before_seaweedfs_binds_it_is_tried_again_and_the_cause_is_
         listeners.append(listener)
         return listener.getsockname()[1]
 
-    real, picks = stack._free_port, []
+    real, picks = seaweedfs._free_port, []
 
     def first_taken(grpc_too: bool = False) -> int:
         picks.append(grpc_too)
         return taken() if len(picks) in (2, 3) else real(grpc_too)  # after the S3 port's pick: the master's, then the volume's
 
-    monkeypatch.setattr(stack, "_free_port", first_taken)
+    monkeypatch.setattr(seaweedfs, "_free_port", first_taken)  # where project_s3 and _seaweedfs pick their ports
     try:
         with project_s3(Layout(tmp_path / "once")) as env:
             assert s3_client(env).head_bucket(Bucket="vidops")["ResponseMetadata"]["HTTPStatusCode"] == 200
-        monkeypatch.setattr(stack, "_free_port", taken)  # every port it picks: taken
+        monkeypatch.setattr(seaweedfs, "_free_port", taken)  # every port it picks: taken
         with pytest.raises(VidopsError, match=r"(?s)s3-master did not start .*127\.0\.0\.1:\d+: bind: address already in use"), project_s3(Layout(tmp_path / "never")):
             pass
     finally:
         for listener in listeners:
             listener.close()
-    assert not (stack.s3_folder(Layout(tmp_path / "never")) / stack.S3_RECORD).exists()
+    assert not (s3_folder(Layout(tmp_path / "never")) / seaweedfs.S3_RECORD).exists()
 
 
 @pytest.mark.slow
@@ -300,7 +301,9 @@ def test_the_ingest_flow_takes_landed_clips_into_a_new_pushed_dataset_version(pr
 
 
 def test_the_remote_keys_and_every_file_of_secrets_are_readable_by_their_owner_alone(tmp_path):
-    from vidops.flows.stack import ENV_FILE, SECRETS, Ports, _env, _mlflow_env, _seaweedfs, _write_env, folder, s3_folder
+    from vidops.stack.folders import folder, s3_folder
+    from vidops.stack.seaweedfs import _seaweedfs
+    from vidops.stack.services import ENV_FILE, SECRETS, Ports, _env, _mlflow_env, _write_env
 
     project = Layout(tmp_path / "project")
     project.root.mkdir()
@@ -381,8 +384,9 @@ def test_a_killed_command_leaves_no_s3_running_and_the_next_one_clears_an_orphan
     import signal
     import tempfile
 
-    from vidops.cli import version_datasets
-    from vidops.flows.stack import _alive, project_store
+    from vidops.commands.pipeline import version_datasets
+    from vidops.stack.processes import _alive
+    from vidops.stack.seaweedfs import project_store
 
     project = Layout(tmp_path / "project")
     _bulky(project, tiny_dataset, tiny_params)
@@ -425,8 +429,8 @@ def test_s3_stopped_during_a_push_is_named_and_a_rerun_after_its_restart_complet
     and the remote; the restarted server holds no listing of the half-pushed version; a re-run completes it."""
     import signal
 
-    from vidops.cli import version_datasets
-    from vidops.flows.stack import project_store
+    from vidops.commands.pipeline import version_datasets
+    from vidops.stack.seaweedfs import project_store
 
     project = Layout(tmp_path / "project")
     _bulky(project, tiny_dataset, tiny_params)

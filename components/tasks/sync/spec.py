@@ -12,21 +12,20 @@ import numpy as np
 
 from vidops.components import encoders
 from vidops.components.errors import VidopsError
-from vidops.components.params import ExtractParams, GenerateParams, ModelRegistryParams, SyncParams, Task
-from vidops.components.tasks import TaskDefaults, TaskSpec, register
+from vidops.components.params import ExtractParams, GenerateParams, ModelRegistryParams, Task
+from vidops.components.tasks import TaskDefaults, TaskSpec, TrainedModel
+from vidops.components.tasks.sync.generate import generate
+from vidops.components.tasks.sync.params import SyncParams
 
-NAME = "sync"
 
+def train(features_dir: Path, model_dir: Path, params: SyncParams, on_epoch: Any = None) -> TrainedModel:
+    from vidops.components.tasks.sync.train import train_sync  # TensorFlow: in the training process only
 
-def train(features_dir: Path, model_dir: Path, params: SyncParams, on_epoch: Any = None) -> Any:
-    from vidops.components.training import train_sync
-
-    encoders.check_weights(NAME, params)  # a weights file that does not fit: named before any epoch
     return train_sync(features_dir, model_dir, params, on_epoch)
 
 
 def evaluate(model_dir: Path, features_dir: Path, reports_dir: Path, params: SyncParams) -> Any:
-    from vidops.components.evaluation import evaluate_sync
+    from vidops.components.tasks.sync.evaluation import evaluate_sync
 
     return evaluate_sync(model_dir, features_dir, reports_dir, params)
 
@@ -41,14 +40,14 @@ def headline(metrics: dict[str, Any]) -> str:
 
 def input_example(clip: dict[str, np.ndarray], params: SyncParams) -> dict[str, np.ndarray]:
     """One in-sync window of the clip, with its audio."""
-    from vidops.components.inputs import sync_windows
+    from vidops.components.tasks.sync.inputs import sync_windows
 
     return sync_windows(clip["frames"], clip["audio"], [params.max_offset], [0], params)
 
 
 def predict(model: Any, clip: Any, labels: list[str], params: SyncParams) -> dict[str, Any]:
     """The offset of the audio against the video, in frames (positive: the sound comes late), over every window of the clip."""
-    from vidops.components.inputs import sync_windows
+    from vidops.components.tasks.sync.inputs import sync_windows
 
     starts = range(0, len(clip.frames) - params.span + 1, params.window)
     if not starts:
@@ -74,27 +73,35 @@ def check(name: Task, extract: ExtractParams, train: SyncParams) -> None:
         )
 
 
-SPEC = register(
-    TaskSpec(
-        NAME,
-        TaskDefaults(
-            dataset="demo-sync",
-            # every frame of a 4 s run, for windows shifted against the audio
-            extract=ExtractParams(sampler="dense", frames=100, size=32, short_clips="skip"),
-            train=SyncParams(),
-            registry=ModelRegistryParams(model_name="vidops-sync", metric="accuracy_within_1", floor=0.5),
-            generate=GenerateParams(clips_per_class=64, duration_s=4.0),
-        ),
-        train=train,
-        evaluate=evaluate,
-        headline=headline,
-        input_example=input_example,
-        predict=predict,
-        check=check,
-        preflight=encoders.check_weights_present,
-        needs_audio=True,  # it learns from sound
-        min_classes=1,  # and not from labels
-        labelled=False,  # its classes are the offsets -K..K
-        demo=NAME,  # a talking mouth whose audio follows it
-    )
+SPEC = TaskSpec(
+    name="sync",
+    defaults=TaskDefaults(
+        dataset="demo-sync",
+        # every frame of a 4 s run, for windows shifted against the audio
+        extract=ExtractParams(sampler="dense", frames=100, size=32, short_clips="skip"),
+        train=SyncParams(),
+        registry=ModelRegistryParams(model_name="vidops-sync", metric="accuracy_within_1", floor=0.5),
+        generate=GenerateParams(clips_per_class=64, duration_s=4.0),
+    ),
+    train=train,
+    evaluate=evaluate,
+    metrics=("accuracy", "accuracy_within_1", "in_sync_accuracy"),
+    headline=headline,
+    input_example=input_example,
+    predict=predict,
+    check=check,
+    preflight=encoders.check_weights_present,
+    needs_audio=True,  # it learns from sound
+    min_classes=1,  # and not from labels
+    labelled=False,  # its classes are the offsets -K..K
+    generate=generate,  # a talking mouth whose audio follows it
+    order=2,
+    curves=("loss", "offset_accuracy", "in_sync_accuracy"),
+    plots={
+        "sync accuracy within 1 frame against context length": {
+            "template": "linear",
+            "x": "frames",
+            "y": {"context.csv": "accuracy_within_1"},
+        }
+    },
 )

@@ -136,7 +136,7 @@ def checks(rows: tuple[int, ...]) -> dict[int, float]:
 
 def synthetic_manifest(n: int, seed: int = 0) -> pd.DataFrame:
     """A catalog manifest of `n` probed clips, as `catalog.build_catalog` writes it, with one in a hundred flawed."""
-    from vidops.components.catalog import MANIFEST_COLUMNS
+    from vidops.components.catalog import CATALOG_COLUMNS
 
     rng = np.random.default_rng(seed)
     labels = [f"class_{i % CLASSES:02d}" for i in range(n)]
@@ -145,7 +145,7 @@ def synthetic_manifest(n: int, seed: int = 0) -> pd.DataFrame:
               "fps_nominal": 25.0, "fps_average": 25.0, "vfr": False, "duration_s": 2.0, "frames_stream": 50, "frames": 50,
               "keyframe_interval": 50, "audio_codec": "aac", "sample_rate": 16000, "channels": 1, "audio_duration_s": 2.0,
               "av_diff_s": 0.0, "decode_error": None}  # fmt: skip
-    manifest = pd.DataFrame([probed] * n, columns=list(MANIFEST_COLUMNS))
+    manifest = pd.DataFrame([probed] * n, columns=list(CATALOG_COLUMNS))
     manifest["path"] = [f"{label}/clip_{i:06d}.mp4" for i, label in enumerate(labels)]
     manifest["label"], manifest["group"], manifest["split"] = labels, manifest["path"].str.removesuffix(".mp4"), ""
     manifest["sha256"] = [f"{a:016x}{b:016x}" for a, b in rng.integers(0, 2**63, (n, 2))]

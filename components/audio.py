@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from threadpoolctl import ThreadpoolController
 
 STEP_RATE = 100  # feature steps per second
-STEPS_PER_FRAME = 4  # at 25 fps (DESIGN.md, "The models")
+STEPS_PER_FRAME = 4  # 100 audio steps a second at 25 video frames a second
 _HOP, _WINDOW, _FFT = AUDIO_RATE // STEP_RATE, 400, 512  # 10 ms hop, 25 ms window
 N_MELS, N_MFCC = 40, 13
 # Codec frames decoded before each stretch and dropped: what the MDCT overlap (AAC, MP3) and MP3's bit reservoir

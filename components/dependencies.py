@@ -44,17 +44,17 @@ MODEL_MODULE = "model"  # a task's module of its Keras model and layers, which l
 
 @dataclass(frozen=True)
 class Output:
-    """A file or folder a stage leaves; `whole`, inside a folder, is written last and says the folder is complete."""
+    """A file or folder a stage leaves; `whole`, files inside a folder, say the folder is complete (the last written)."""
 
     path: Callable[[Layout, Task], Path]
     kind: str = "outs"  # dvc.yaml's: outs, metrics or plots
     cache: bool = True  # DVC keeps it in its cache (False: git keeps it, as metrics and plots are)
     plot: dict[str, str] | None = None  # dvc.yaml's plot options; {task} stands for the task
-    whole: str | None = None
+    whole: tuple[str, ...] = ()
 
     def present(self, layout: Layout, task: Task) -> bool:
         path = self.path(layout, task)
-        return (path / self.whole).is_file() if self.whole else path.exists()
+        return all((path / name).is_file() for name in self.whole) if self.whole else path.exists()
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ STAGES = (
         None,
         ("datasets.{task}", "extract.{task}"),
         lambda L, t, d: [L.raw(d), L.catalog(t) / ACCEPTED, L.catalog(t) / CAPTIONS_FILE],
-        (Output(lambda L, t: L.features(t), whole=INDEX),),
+        (Output(lambda L, t: L.features(t), whole=(CAPTIONS_FILE, INDEX)),),
     ),
     Stage(
         "train",
@@ -102,7 +102,7 @@ STAGES = (
         ("train.{task}",),
         lambda L, t, d: [L.features(t)],
         (
-            Output(lambda L, t: L.models(t), whole=MODEL_FILE),
+            Output(lambda L, t: L.models(t), whole=(MODEL_FILE,)),
             Output(lambda L, t: L.curves(t), "plots", False, {"template": "linear", "x": "epoch", "y": "loss", "title": "{task} training loss"}),
         ),
     ),
@@ -201,7 +201,7 @@ def _file(module: str, tops: frozenset[str]) -> Path | None:
     """The source file of `module` when it is under one of `tops` (vidops, a task's package), found without importing it;
     None for a library's module or a name that is not a module."""
     parts = module.split(".")
-    if parts[0] not in tops:
+    if parts[0] not in tops or module == "vidops":  # vidops's own __init__ is a docstring, and no folder of a project's
         return None
     depth = 2 if parts[0] == "vidops" and len(parts) > 1 else 1  # vidops.components, vidops.flows: each its own folder
     folder = _folder(".".join(parts[:depth]))

@@ -5,7 +5,7 @@ re-run with the same params extracts nothing, a new clip extracts only itself, a
 params extract everything again. A batch of clips is the unit of work: `extract_batch` is a
 plain picklable function, run over processes here and wherever the flow's task runner sends it.
 The index (index.csv, then index.json) is written last and lists every clip with its status; a
-captioned task's captions of the clips extracted go beside it, keyed by the index's paths.
+captioned task's captions of the clips extracted go beside it, keyed by the index's paths (no rows for another task).
 """
 
 from __future__ import annotations
@@ -206,10 +206,10 @@ def extract_features(
             progress(len(rows), len(jobs))
     index = pd.DataFrame([rows[i] for i in range(len(jobs))], columns=list(INDEX_COLUMNS))
     write_csv(features_dir / INDEX_TABLE, index)
-    if caption_table is None:
-        (features_dir / CAPTIONS_FILE).unlink(missing_ok=True)  # of a task that had captions once
-    else:
-        write_csv(features_dir / CAPTIONS_FILE, extracted_captions(caption_table, index))
+    # written for every task (no rows for one without captions), as validation writes the accepted clips': the
+    # features are whole when it and the index are there
+    captions_table = pd.DataFrame(columns=list(CAPTION_COLUMNS)) if caption_table is None else extracted_captions(caption_table, index)
+    write_csv(features_dir / CAPTIONS_FILE, captions_table)
     for stale in set(p.name for p in shard_dir.glob("*.npz")) - set(index["shard"]):
         (shard_dir / stale).unlink()  # another params version, or a clip no longer accepted
     usable = index[index["status"] == "ok"]

@@ -12,7 +12,7 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-AUDIO_RATE = 16_000  # Hz, mono: the sync model's audio rate (DESIGN.md, "The models")
+AUDIO_RATE = 16_000  # Hz, mono: the audio every task's features are computed from
 _AAC_FRAME = 1024  # samples per AAC frame
 
 

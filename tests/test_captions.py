@@ -16,7 +16,7 @@ from vidops.components.catalog import read_captions_csv
 from vidops.components.errors import VidopsError
 from vidops.components.generate import generate_dataset
 from vidops.components.inputs import read_captions
-from vidops.components.layout import CAPTIONS_FILE, INDEX_TABLE, Layout
+from vidops.components.layout import CAPTIONS_FILE, CATALOG, INDEX_TABLE, Layout
 from vidops.components.params import ExtractParams, FitParams, GenerateParams, ModelRegistryParams, ValidationParams, load_params
 from vidops.components.parallel import in_threads
 from vidops.components.tasks import TaskDefaults, TaskSpec
@@ -36,16 +36,17 @@ SPEC = TaskSpec(
         dataset="demo-described",
         extract=ExtractParams(frames=4, size=16, audio="none", workers=1),
         train=FitParams(),
-        registry=ModelRegistryParams(model_name="vidops-described", metric="attribute_accuracy", floor=0.0),
+        registry=ModelRegistryParams(model_name="vidops-described", metric="cider_d", floor=0.0),
         generate=GenerateParams(clips_per_class=3, size=32, duration_s=0.6),
     ),
     train=untrained,
     evaluate=untrained,
+    metrics=("cider_d",),
     headline=untrained,
     input_example=untrained,
     predict=untrained,
     captioned=True,
-    demo="captioning",
+    generate=tasks.spec("captioning").generate,
 )
 
 
@@ -119,8 +120,7 @@ def test_each_bad_caption_is_dropped_or_quarantined_for_its_reason_and_the_rest_
     assert sum(result.clips.values()) == 18 and set(by_clip) == set(index.loc[index["status"] == "ok", "path"])
     assert by_clip == kept[kept["path"] != with_empty].groupby("path", sort=False)["caption"].apply(list).to_dict()
 
-    extract = stages.DEPENDS["extract"]
-    assert layout.features(NAME) / CAPTIONS_FILE in extract.outputs(layout, NAME)
+    assert stages.outputs_present("extract", layout, NAME)
     before = stages.fingerprint("extract", layout, params, NAME)
     (catalog / CAPTIONS_FILE).write_text(kept.iloc[1:].to_csv(index=False))  # one caption fewer: extraction's input changed
     assert stages.fingerprint("extract", layout, params, NAME) != before
@@ -144,7 +144,7 @@ def test_a_captioned_task_without_captions_stops_before_probing_and_names_the_fi
 def test_a_task_without_captions_ignores_them_and_its_catalog_lists_none(generated, tmp_path):
     validate_dataset(generated, tmp_path / "catalog", ValidationParams())
     assert _captions(tmp_path / "catalog").empty
-    assert "no_caption" not in pd.read_csv(tmp_path / "catalog" / "manifest.csv").columns
+    assert "no_caption" not in pd.read_csv(tmp_path / "catalog" / CATALOG).columns
 
 
 def test_captions_are_read_strictly(tmp_path: Path):

@@ -156,7 +156,7 @@ def test_listed_files_that_are_missing_or_outside_the_folder_are_quarantined_wit
     assert sorted(reasons.index) == sorted(bad)
     for path, why in bad.items():
         assert re.search(why, reasons[path]), (path, reasons[path])
-    accepted = pd.read_csv(summary.accepted_manifest)
+    accepted = pd.read_csv(summary.accepted_table)
     assert sorted(accepted["path"]) == ["clips/a/1.mp4", "clips/a/2.mp4", "clips/b/1.mp4", "clips/b/2.mp4"]  # in their normal form
     assert _fingerprint(listed_folder) == before  # nothing in the input deleted or changed
     assert (tmp_path / "outside.mp4").is_file()

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from vidops.components import evaluation, inputs
+from vidops.components import inputs
+from vidops.components.tasks.classification.evaluation import evaluate_classifier
 from vidops.components.errors import VidopsError
 from vidops.components.layout import MODEL_FILE, Layout
 from vidops.components.tasks.classification.model import build_classifier
@@ -68,7 +69,7 @@ def _register(project: Layout, params, tmp_path: Path, change, logged_accuracy: 
     model = load_model(folder / "model" / MODEL_FILE)
     model = change(model, project.features(TASK)) or model
     model.save(folder / "model" / MODEL_FILE)
-    metrics = evaluation.evaluate_classifier(folder / "model", project.features(TASK), folder / "reports").metrics_path
+    metrics = evaluate_classifier(folder / "model", project.features(TASK), folder / "reports").metrics_path
     if logged_accuracy is not None:  # what the run logs, not what the gate measures
         metrics.write_text(json.dumps({**json.loads(metrics.read_text()), "accuracy": logged_accuracy}))
     registered = register_model(folder / "model", project.features(TASK), project.raw(params.datasets.of(TASK)), metrics,

@@ -110,7 +110,7 @@ class _Said(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def test_the_served_model_is_logged_from_code_without_a_pickle_or_a_cloudpickle_warning(trained_project, tiny_params, tracking, tmp_path, monkeypatch):
+def test_the_served_model_is_logged_from_code_without_a_pickle_or_a_cloudpickle_warning(trained_project, tiny_params, tracking, tmp_path, monkeypatch, mlflow_at):
     monkeypatch.setenv("VIDOPS_SERVE_PATHS", "1")  # it predicts on a path, as `vidops predict` does
     said = _Said()
     mlflow_logger = logging.getLogger("mlflow")  # MLflow's loggers do not propagate to the root logger, which caplog watches
@@ -124,6 +124,7 @@ def test_the_served_model_is_logged_from_code_without_a_pickle_or_a_cloudpickle_
     heard = said.messages + [str(w.message) for w in warned]
     assert not [message for message in heard if "cloudpickle" in message.lower()]
 
+    mlflow_at(tracking)  # models:/ resolves through the process's registry, not the tracking_uri argument
     folder = Path(mlflow.artifacts.download_artifacts(f"models:/vidops-classifier/{registered.version}", dst_path=str(tmp_path / "served"), tracking_uri=tracking.uri))
     files = [path for path in folder.rglob("*") if path.is_file()]
     assert not (folder / "python_model.pkl").exists()

@@ -13,6 +13,9 @@ import yaml
 from mlflow import MlflowClient
 
 from vidops.components import inputs
+from vidops.components.tasks.classification import evaluation as classifier_evaluation
+from vidops.components.tasks.classification import inputs as classifier_inputs
+from vidops.components.tasks.sync import inputs as sync_inputs
 from vidops.components.errors import VidopsError
 from vidops.components.tasks.classification.evaluation import evaluate_classifier
 from vidops.components.tasks.classification.model import build_classifier
@@ -47,13 +50,13 @@ def test_the_candidate_of_the_true_offset_pairs_each_frame_with_its_own_sound(k:
     window, max_offset = params.window, params.max_offset
     frames = np.arange(n, dtype=np.float32)
     audio = np.repeat(frames[:, None, None], 4, axis=1)  # [n, 4 steps, 1 feature]: every step says its frame
-    video, context = inputs.sync_window(frames, audio, start, k, params)
+    video, context = sync_inputs.sync_window(frames, audio, start, k, params)
     pairs = OffsetPairs(max_offset)([np.asarray(video)[None, :, None], np.asarray(context)[None, :, 0, :]])
     pairs = np.asarray(pairs).reshape(2 * max_offset + 1, window, 2)
     matching = [c for c in range(2 * max_offset + 1) if np.array_equal(pairs[c, :, 0], pairs[c, :, 1])]
     assert matching == [k + max_offset]
 
-    examples, offsets = inputs.sync_examples(frames[:, None], audio, params)  # evaluation's windows agree
+    examples, offsets = sync_inputs.sync_examples(frames[:, None], audio, params)  # evaluation's windows agree
     for video, context in zip(examples["frames"][offsets == k], examples["audio"][offsets == k]):
         assert np.array_equal(context[max_offset : max_offset + window, 0, 0] - k, video[:, 0])
 
@@ -82,7 +85,7 @@ def test_both_models_train_evaluate_and_write_their_outputs(trained_project, tin
     assert classification["test_clips"] == 7 and classification["chance"] == pytest.approx(1 / 7)
     assert 0 <= classification["macro_f1"] <= 1 and {"precision_rotate", "recall_rotate", "f1_rotate"} <= set(classification)
     sync = json.loads((trained_project.reports("sync") / "metrics.json").read_text())
-    assert sync["test_clips"] == 1 and sync["examples"] == 7 * inputs.EVAL_STARTS  # every offset -3..3, 4 windows each
+    assert sync["test_clips"] == 1 and sync["examples"] == 7 * sync_inputs.EVAL_STARTS  # every offset -3..3, 4 windows each
     assert sync["chance"] == pytest.approx(1 / 7) and 0 <= sync["accuracy"] <= sync["accuracy_within_1"] <= 1
     assert json.loads((trained_project.models("sync") / "labels.json").read_text()) == [str(k) for k in range(-3, 4)]
     context = pd.read_csv(trained_project.reports("sync") / "context.csv")
@@ -90,17 +93,17 @@ def test_both_models_train_evaluate_and_write_their_outputs(trained_project, tin
 
 
 def test_evaluation_holds_a_few_test_clips_at_a_time_and_scores_as_one_read_does(trained_project, tiny_params, tmp_path, monkeypatch):
-    from vidops.components import evaluation
+    from vidops.components.tasks.sync.evaluation import evaluate_sync
 
     models, features = trained_project.models("classification"), trained_project.features("classification")
     whole = json.loads(evaluate_classifier(models, features, tmp_path / "whole").metrics_path.read_text())
     held, in_memory = [], inputs.in_memory
     monkeypatch.setattr(inputs, "in_memory", lambda split, field: held.append(len(split.paths)) or in_memory(split, field))
-    monkeypatch.setattr(evaluation, "CLIPS_A_READ", 2)
+    monkeypatch.setattr(classifier_evaluation, "CLIPS_A_READ", 2)
     chunked = json.loads(evaluate_classifier(models, features, tmp_path / "chunked").metrics_path.read_text())
     assert held == [2, 2, 2, 1] and chunked == pytest.approx(whole)  # the 7 test clips, 2 at a time
 
-    sync = evaluation.evaluate_sync(trained_project.models("sync"), trained_project.features("sync"), tmp_path / "sync", tiny_params.train.sync)
+    sync = evaluate_sync(trained_project.models("sync"), trained_project.features("sync"), tmp_path / "sync", tiny_params.train.sync)
     assert held == [2, 2, 2, 1]  # the sync model's clips are read one by one, never as a split
     assert json.loads(sync.metrics_path.read_text()) == pytest.approx(json.loads((trained_project.reports("sync") / "metrics.json").read_text()))
 
@@ -109,9 +112,9 @@ def test_the_sync_validation_is_every_offset_of_every_held_clip_built_a_clip_at_
     from vidops.components.io import read_arrays
 
     split, params = inputs.open_split(trained_project.features("sync"), "train", ("frames", "audio")), tiny_params.train.sync
-    batches = list(inputs.sync_validation(split, params).as_numpy_iterator())
+    batches = list(sync_inputs.sync_validation(split, params).as_numpy_iterator())
     assert all(len(x["frames"]) == params.batch_size for x, _, _ in batches[:-1])
-    expected = [inputs.sync_examples(*read_arrays(path, ["frames", "audio"]).values(), params, starts=1) for path in split.paths]
+    expected = [sync_inputs.sync_examples(*read_arrays(path, ["frames", "audio"]).values(), params, starts=1) for path in split.paths]
     for field in ("frames", "audio"):
         assert np.array_equal(np.concatenate([x[field] for x, _, _ in batches]), np.concatenate([e[field] for e, _ in expected]))
     offsets = np.concatenate([y["offset"] for _, y, _ in batches]) - params.max_offset
@@ -291,7 +294,7 @@ def test_a_memory_budget_smaller_than_the_batches_in_flight_is_refused_before_an
 
 def test_mirroring_swaps_left_and_right_classes_only():
     names = ("move_down", "move_left", "move_right", "rotate", "turn-left", "turn-right")
-    assert inputs.flip_labels(names) == [0, 2, 1, 3, 5, 4]
+    assert classifier_inputs.flip_labels(names) == [0, 2, 1, 3, 5, 4]
 
 
 def test_augmentation_keeps_shape_and_type_and_mirrors_the_label_with_the_frames():
@@ -301,7 +304,7 @@ def test_augmentation_keeps_shape_and_type_and_mirrors_the_label_with_the_frames
     frames[..., :8, :] = 255  # bright on the left half
     flipped = tf.constant([1, 0], tf.int32)  # class 0 mirrored is class 1
     tf.random.set_seed(0)
-    out, labels = inputs.augment_clips(tf.constant(frames), tf.zeros(64, tf.int32), flipped)
+    out, labels = classifier_inputs.augment_clips(tf.constant(frames), tf.zeros(64, tf.int32), flipped)
     out, labels = out.numpy(), labels.numpy()
     assert out.shape == frames.shape and out.dtype == np.uint8
     left_brighter = out[..., :8, :].mean(axis=(1, 2, 3, 4)) > out[..., 8:, :].mean(axis=(1, 2, 3, 4))

@@ -83,7 +83,7 @@ def test_every_good_clip_is_accepted_and_every_defect_quarantined_for_its_reason
     before = _fingerprint(data)
     summary = validate_dataset(data, tmp_path / "catalog", ValidationParams(), tmp_path / "docs")
 
-    manifest = pd.read_csv(summary.manifest)
+    manifest = pd.read_csv(summary.catalog)
     quarantine = pd.read_csv(summary.quarantine)
     verdicts = manifest.set_index("path")["status"]
     assert set(verdicts.index) == set(expected)
@@ -93,7 +93,7 @@ def test_every_good_clip_is_accepted_and_every_defect_quarantined_for_its_reason
         else:
             failed = set(quarantine.loc[quarantine["path"] == path, "check"])
             assert check in failed, (path, failed)
-    accepted = pd.read_csv(summary.accepted_manifest)
+    accepted = pd.read_csv(summary.accepted_table)
     assert set(accepted["path"]) == {p for p, check in expected.items() if check is None}
     assert _fingerprint(data) == before  # nothing moved, deleted or changed
     assert summary.data_docs is not None and summary.data_docs.is_file()
@@ -212,11 +212,11 @@ def test_probing_is_incremental(tmp_path: Path, tiny_dataset: Path):
     shutil.copytree(tiny_dataset, data)
     (data / "rotate" / "empty.mp4").write_bytes(b"")  # unreadable rows are looked at again each time
     first = validate_dataset(data, tmp_path / "catalog", ValidationParams())
-    written = first.manifest.read_text()
+    written = first.catalog.read_text()
     again = validate_dataset(data, tmp_path / "catalog", ValidationParams())
     assert (first.probed, first.reused) == (22, 0)
     assert (again.probed, again.reused) == (1, 21)
-    assert again.manifest.read_text() == written  # reused rows read back as they were written: no 96.0, no lost NA
+    assert again.catalog.read_text() == written  # reused rows read back as they were written: no 96.0, no lost NA
     encode(data / "rotate" / "rotate_000.mp4", seed=5)  # new content under an old name
     encode(data / "rotate" / "new.mp4", seed=6)
     changed = validate_dataset(data, tmp_path / "catalog", ValidationParams())
@@ -257,7 +257,7 @@ def test_manifest_csv_with_groups_splits_and_a_path_outside_the_root(tmp_path: P
     summary = validate_dataset(data / "clips.csv", tmp_path / "catalog", ValidationParams())
     quarantine = pd.read_csv(summary.quarantine)
     assert "path is outside the dataset root" in quarantine.set_index("path").loc["../../etc/passwd", "reason"]
-    accepted = pd.read_csv(summary.accepted_manifest)
+    accepted = pd.read_csv(summary.accepted_table)
     assert accepted["group"].str.fullmatch(r"g0\d").all()  # UCF101-style groups from the file names
     assert (accepted.groupby("group")["split"].nunique() == 1).all()  # no group in two splits
     assert set(accepted.loc[accepted["split"] == "test", "label"]) == {"run", "walk"}
@@ -277,7 +277,7 @@ def test_a_given_split_that_leaks_a_group_quarantines_its_test_side(tmp_path: Pa
 
 
 def test_splits_are_stratified_deterministic_and_group_aware(tiny_dataset: Path):
-    manifest = build_catalog(tiny_dataset).manifest
+    manifest = build_catalog(tiny_dataset).table
     split = assign_splits(manifest, 0.25)
     assert (split.groupby("label")["split"].apply(lambda s: (s == "test").sum()) == 1).all()
     shuffled = assign_splits(manifest.sample(frac=1, random_state=0), 0.25)

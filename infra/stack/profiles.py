@@ -1,4 +1,4 @@
-"""Profiles: where Prefect and MLflow live for a command (DESIGN.md, "Profiles"), and what follows from it.
+"""Profiles: where Prefect and MLflow live for a command (docs/ARCHITECTURE.md, "Profiles"), and what follows from it.
 
 The embedded profile needs nothing running: Prefect's ephemeral API and an MLflow sqlite store, both under
 `<project>/.vidops/`. When PREFECT_API_URL and MLFLOW_TRACKING_URI are set (the stack's env file, a cluster's

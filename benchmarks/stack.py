@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prefect import flow, task
+from prefect import flow
 from prefect.cache_policies import NO_CACHE
 
 from vidops.components.layout import Layout
@@ -42,10 +42,9 @@ DATABASE_ERROR = re.compile(r"database is locked|OperationalError|InterfaceError
 def stack_load(root: str, overrides: list[str]) -> None:
     """Validate and extract the project at `root`'s classification clips, each stage a task run, their batches on Dask."""
     layout, params = pipeline.load_project(root, None, overrides)
-    validate = task(pipeline.validate_on_runner, name="validate", task_run_name="validate", cache_policy=NO_CACHE, persist_result=False)
-    extract = task(pipeline.extract_with_progress, name="extract", task_run_name="extract", cache_policy=NO_CACHE, persist_result=False)
-    validate(layout, params, TASK)
-    extract(layout, params, TASK)
+    uncached = {"cache_policy": NO_CACHE, "persist_result": False}
+    pipeline.validate.with_options(task_run_name="validate", **uncached)(layout, params, TASK)
+    pipeline.extract.with_options(task_run_name="extract", **uncached)(layout, params, TASK)
 
 
 @dataclass

@@ -345,8 +345,9 @@ def dvc_yaml(repository: Path, specs: Iterable[Any]) -> str:
             options = {**({"cache": False} if not output.cache else {}), **plot}
             do.setdefault(output.kind, []).append({entry: options} if options else entry)
         stages[found.name] = {"foreach": "${datasets}", "do": do}
-    curves = {str(relative.curves(s.name)): list(s.curves) for s in specs}
-    plots = [{"training curves": {"template": "linear", "x": "epoch", "y": curves}}]
+    # the train stage plots every task's loss; a task that records more curves gets them drawn together here
+    curves = {str(relative.curves(s.name)): list(s.curves) for s in specs if tuple(s.curves) != ("loss",)}
+    plots = [{"training curves": {"template": "linear", "x": "epoch", "y": curves}}] if curves else []
     for s in specs:  # a task's own plots, their files under reports/<task>/
         for title, plot in s.plots.items():
             y = {str(relative.reports(s.name) / name): columns for name, columns in plot["y"].items()}

@@ -23,7 +23,8 @@ from typing import Any
 
 import pandas as pd
 
-from vidops.components.catalog import dataset_manifest, file_sha256, list_sources
+from vidops.components.catalog import dataset_manifest, list_sources
+from vidops.components.probe import file_sha256
 from vidops.components.errors import VidopsError
 from vidops.components.io import atomic_path
 

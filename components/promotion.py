@@ -111,7 +111,7 @@ def _against(
 def score_version(tracking: Tracking, name: str, version: str, test: TestSet, reports_dir: Path, registry_key: bytes | None = None) -> dict[str, float]:
     """Evaluate a registered version on `test` with its task's evaluation: its Keras model, its labels, its extraction
     and train params (the test clips are extracted again when its extraction differs from the project's). Writes the
-    evaluation's files to `reports_dir`. With `registry_key`, only a version vidops sealed (`registry.trusted_download`)
+    evaluation's files to `reports_dir`. With `registry_key`, only a version vidops sealed (`seal.trusted_download`)
     is loaded."""
     with tempfile.TemporaryDirectory() as tmp:
         if registry_key is not None:

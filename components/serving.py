@@ -58,7 +58,7 @@ class VideoModel(mlflow.pyfunc.PythonModel):
             raise _bad_request(str(exc)) from None
 
     def _features(self, path: Path) -> Any:
-        from vidops.components.catalog import probe_clip
+        from vidops.components.probe import probe_clip
         from vidops.components.extraction import extract_clip
         from vidops.components.sampling import ClipTooShort
 

@@ -19,7 +19,7 @@ from vidops.components.params import Params, load_params  # noqa: E402
 # The files whose tests take longest (CI, 2026-12-01: 590 to 190 s each), first: `--dist loadfile` hands a worker the
 # next file in collection order as it finishes one, so a long file collected last (test_versioning.py, alphabetically)
 # kept one worker busy for minutes after the others ran out of work.
-LONGEST_FIRST = ("test_versioning.py", "test_stack.py", "test_cli.py", "test_demo.py", "test_production.py",
+LONGEST_FIRST = ("test_versioning.py", "test_project_s3.py", "test_stack.py", "test_cli.py", "test_demo.py", "test_production.py",
                  "test_promotion.py", "test_serving.py", "test_encoders.py", "test_pipeline.py")  # fmt: skip
 
 

@@ -102,7 +102,7 @@ def test_sparse_frames_decode_only_the_audio_around_them_for_the_whole_track_s_f
 
 def test_ucf101_shaped_clips_probe_as_such_and_their_mp3_in_avi_extracts_like_the_whole_track(tmp_path: Path):
     from vidops.benchmarks.extract import write_ucf101_clips
-    from vidops.components.catalog import probe_clip
+    from vidops.components.probe import probe_clip
 
     clip, = write_ucf101_clips(tmp_path, 1, seconds=2.0, workers=1)
     probe = probe_clip(clip)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from vidops.components.catalog import assign_splits, build_catalog, list_sources, probe_clip
+from vidops.components.catalog import assign_splits, build_catalog, list_sources
+from vidops.components.probe import probe_clip
 from vidops.components.errors import VidopsError
 from vidops.components.params import ValidationParams, load_params
 from vidops.components.layout import ACCEPTED, CATALOG

@@ -91,7 +91,9 @@ class TaskSpec:
     # where it comes among the tasks when params.yaml names none (ties by name): the demo's order, and the task a command
     # such as `vidops validate` takes when none is named
     order: int = 100
-    curves: tuple[str, ...] = ("loss",)  # the columns of training.csv that dvc.yaml's training-curves plot draws
+    # the columns of training.csv that dvc.yaml draws: its train stage plots the loss of every task, and a task with more
+    # curves gets them drawn together in the training-curves plot
+    curves: tuple[str, ...] = ("loss",)
     # dvc.yaml's plots of the task's own reports: title -> DVC's plot options, `y` naming files under reports/<task>/
     plots: Mapping[str, dict[str, Any]] = field(default_factory=dict)
 

@@ -76,7 +76,7 @@ def validate_dataset(args: argparse.Namespace) -> None:
 def sample_video(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from vidops.components.catalog import probe_clip
+    from vidops.components.probe import probe_clip
     from vidops.components.extraction import ClipFeatures, extract_clip
     from vidops.components.io import atomic_path
 
@@ -101,7 +101,7 @@ def sample_video(args: argparse.Namespace) -> None:
 
 
 def inspect_videos(args: argparse.Namespace) -> None:
-    from vidops.components.catalog import probe_clip
+    from vidops.components.probe import probe_clip
 
     for video in args.videos:
         if not video.exists() and not video.is_symlink():

@@ -26,7 +26,6 @@ from typing import Any, Literal
 
 import av
 import numpy as np
-
 from vidops.components.extraction import extract_clip
 from vidops.components.media import _is_avcc_h264, _unreferenced_h264, mux_audio, only_stream
 from vidops.components.params import ExtractParams
@@ -63,7 +62,10 @@ def make_clips(folder: Path, config: BenchConfig) -> list[Path]:
     if config.corpus == "short-gop":
         return write_ucf101_clips(folder / "short-gop", config.clips, config.clip_seconds, config.workers)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = [folder / f"clip_{i:03d}_{config.width}x{config.height}_{config.clip_seconds:g}s.mp4" for i in range(config.clips)]
+    paths = [
+        folder / f"clip_{i:03d}_{config.width}x{config.height}_{config.clip_seconds:g}s.mp4"
+        for i in range(config.clips)
+    ]
     todo = [p for p in paths if not p.is_file()]
     with ProcessPoolExecutor(config.workers) as pool:
         list(pool.map(_make_clip, todo, [config] * len(todo)))
@@ -122,7 +124,9 @@ def write_ucf101_clip(path: Path, seed: int, seconds: float = 7.0) -> Path:
         tone = (0.1 * np.sin(np.arange(int(44_100 * seconds)) * rng.uniform(0.02, 0.2))).astype(np.float32)
         packets = []
         for start in range(0, len(tone), 1152):  # MP3's frame
-            chunk = av.AudioFrame.from_ndarray(np.stack([tone[start : start + 1152]] * 2), format="fltp", layout="stereo")
+            chunk = av.AudioFrame.from_ndarray(
+                np.stack([tone[start : start + 1152]] * 2), format="fltp", layout="stereo"
+            )
             chunk.sample_rate, chunk.pts = 44_100, start
             packets += sound.encode(chunk)
         packets += sound.encode()
@@ -162,7 +166,11 @@ def plan_limit(path: Path, n_frames: int, frames: int) -> LimitPlan:
         stream = container.streams.video[0]
         skippable = _is_avcc_h264(stream)
         time_base = float(stream.time_base)  # read while open: a closed container's streams answer None
-        packets = [(p.pts, p.is_keyframe, skippable and _unreferenced_h264(bytes(p))) for p in container.demux(stream) if p.size]
+        packets = [
+            (p.pts, p.is_keyframe, skippable and _unreferenced_h264(bytes(p)))
+            for p in container.demux(stream)
+            if p.size
+        ]
     pts = np.sort([p for p, _, _ in packets])
     keyframes = np.sort([p for p, key, _ in packets if key])
     wanted = sorted(set(int(pts[i]) for i in uniform(n_frames, frames)))
@@ -174,7 +182,9 @@ def plan_limit(path: Path, n_frames: int, frames: int) -> LimitPlan:
         else:
             runs.append((keyframe, {target}))
     skip = frozenset(p for p, _, unreferenced in packets if unreferenced) - set(wanted)
-    return LimitPlan(path, tuple((k, frozenset(t)) for k, t in runs), skip, _audio_plan(path, [p * time_base for p in wanted]))
+    return LimitPlan(
+        path, tuple((k, frozenset(t)) for k, t in runs), skip, _audio_plan(path, [p * time_base for p in wanted])
+    )
 
 
 def _audio_plan(path: Path, times: list[float]) -> tuple[tuple[float, float], ...]:
@@ -187,7 +197,9 @@ def _audio_plan(path: Path, times: list[float]) -> tuple[tuple[float, float], ..
             return ()
         codec = container.streams.audio[0].codec_context
         preroll = PREROLL_FRAMES * codec.frame_size / codec.sample_rate
-    steps = np.unique((np.round(np.asarray(times) * STEP_RATE).astype(np.int64)[:, None] + np.arange(STEPS_PER_FRAME)).ravel())
+    steps = np.unique(
+        (np.round(np.asarray(times) * STEP_RATE).astype(np.int64)[:, None] + np.arange(STEPS_PER_FRAME)).ravel()
+    )
     half = _WINDOW / 2 / (_HOP * STEP_RATE)  # half a window, in seconds
     return tuple((lo / STEP_RATE - half - preroll, hi / STEP_RATE + half) for lo, hi in _stretches(steps, preroll))
 
@@ -208,7 +220,9 @@ def decoder_limit(plan: LimitPlan) -> None:
                 if not left:
                     break
             if left:  # a limit that skipped wanted frames would flatter it
-                raise RuntimeError(f"{plan.path}: the limit's run from pts {keyframe} did not decode pts {sorted(left)}")
+                raise RuntimeError(
+                    f"{plan.path}: the limit's run from pts {keyframe} did not decode pts {sorted(left)}"
+                )
 
 
 def decoder_limit_with_audio(plan: LimitPlan) -> None:
@@ -229,8 +243,21 @@ def decoder_limit_with_audio(plan: LimitPlan) -> None:
 def ffmpeg_full_decode(path: Path, size: int) -> None:
     import imageio_ffmpeg
 
-    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-an", "-vf", f"scale={size}:{size}",
-               "-pix_fmt", "rgb24", "-f", "rawvideo", "-"]  # fmt: skip
+    command = [
+        imageio_ffmpeg.get_ffmpeg_exe(),
+        "-v",
+        "error",
+        "-i",
+        str(path),
+        "-an",
+        "-vf",
+        f"scale={size}:{size}",
+        "-pix_fmt",
+        "rgb24",
+        "-f",
+        "rawvideo",
+        "-",
+    ]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
 
 
@@ -284,7 +311,12 @@ def run(folder: Path, config: BenchConfig) -> dict[str, float]:
     plans = [plan_limit(path, n, config.frames) for path, n in counted]
     w, s, n = config.workers, config.size, config.frames
     # warm the page cache, and the libraries' first-call set-up (swscale's took 0.2 s) here, where the workers fork from
-    for work, args in ((decoder_limit_with_audio, (plans[0],)), (naive_decode, (paths[0], s, n)), (vidops_sparse, (counted[0], s, n)), (vidops_dense, (counted[0], s, n))):
+    for work, args in (
+        (decoder_limit_with_audio, (plans[0],)),
+        (naive_decode, (paths[0], s, n)),
+        (vidops_sparse, (counted[0], s, n)),
+        (vidops_dense, (counted[0], s, n)),
+    ):
         work(*args)
     return {
         "l_decoder_limit": timed(decoder_limit, plans, w),
@@ -300,7 +332,9 @@ def run(folder: Path, config: BenchConfig) -> dict[str, float]:
 
 def report(t: dict[str, float], config: BenchConfig) -> str:
     shape = "%dx%d" % (UCF101_SIZE if config.corpus == "short-gop" else (config.width, config.height))
-    lines = [f"{config.corpus}: {config.clips} clips of {config.clip_seconds:g} s {shape}, {config.frames} frames at {config.size}px, {config.workers} workers"]
+    lines = [
+        f"{config.corpus}: {config.clips} clips of {config.clip_seconds:g} s {shape}, {config.frames} frames at {config.size}px, {config.workers} workers"
+    ]
     lines += [f"  {name:<28} {seconds:8.2f} s" for name, seconds in t.items()]
     a, c = t["a_ffmpeg_full_decode"], t["c_vidops_sparse"]
     sparse_target = f"target <= {SHORT_GOP_SPARSE_OVER_FFMPEG}" if config.corpus == "short-gop" else "target <= 0.5"

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-
 from vidops.components.layout import Layout
 from vidops.components.params import Task, load_params
 
@@ -28,7 +27,9 @@ TASKS: tuple[Task, ...] = ("classification", "sync")
 @dataclass(frozen=True)
 class BenchConfig:
     clips_per_class: int | None = None  # None: the demo's (params.yaml's generate.<task>.clips_per_class)
-    epochs: int | None = None  # None: the demo's; fewer makes a quicker, harsher measure (Prefect's cost is mostly fixed)
+    epochs: int | None = (
+        None  # None: the demo's; fewer makes a quicker, harsher measure (Prefect's cost is mostly fixed)
+    )
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,9 @@ class Timings:
 def run(workdir: Path, config: BenchConfig) -> Timings:
     from vidops.components.generate import MARKER, generate_dataset
 
-    overrides = [f"generate.{task}.clips_per_class={config.clips_per_class}" for task in TASKS if config.clips_per_class]
+    overrides = [
+        f"generate.{task}.clips_per_class={config.clips_per_class}" for task in TASKS if config.clips_per_class
+    ]
     overrides += [f"train.{task}.epochs={config.epochs}" for task in TASKS if config.epochs]
     params = load_params(None, overrides)
     data = Layout(workdir.resolve() / "data-source")
@@ -83,19 +86,20 @@ def run(workdir: Path, config: BenchConfig) -> Timings:
 
 def _warm_up() -> None:
     """Start Prefect's API (and import what both sides import) before the clock starts."""
-    from prefect import flow
-
     import vidops.components.layers  # noqa: F401  TensorFlow's import, paid by neither side
+    from prefect import flow
 
     flow(lambda: None, name="vidops-bench-warm-up")()
 
 
 def report(t: Timings, config: BenchConfig) -> str:
-    return "\n".join([
-        f"pipeline: both tasks, clips per class {config.clips_per_class or 'as the demo'}, epochs {config.epochs or 'as the demo'}",
-        "| | seconds | ratio | target |",
-        "|---|---|---|---|",
-        f"| a plain loop of the stage functions | {t.plain:.1f} | 1 | |",
-        f"| b training_pipeline through Prefect | {t.prefect:.1f} | b/a {t.prefect / t.plain:.3f} | <= 1.15 |",
-        f"| c the same flow again, unchanged | {t.cached:.1f} | c/b {t.cached / t.prefect:.3f} | <= 0.05 |",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            f"pipeline: both tasks, clips per class {config.clips_per_class or 'as the demo'}, epochs {config.epochs or 'as the demo'}",
+            "| | seconds | ratio | target |",
+            "|---|---|---|---|",
+            f"| a plain loop of the stage functions | {t.plain:.1f} | 1 | |",
+            f"| b training_pipeline through Prefect | {t.prefect:.1f} | b/a {t.prefect / t.plain:.3f} | <= 1.15 |",
+            f"| c the same flow again, unchanged | {t.cached:.1f} | c/b {t.cached / t.prefect:.3f} | <= 0.05 |",
+        ]
+    )

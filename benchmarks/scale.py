@@ -36,10 +36,20 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from vidops.benchmarks.scale_data import Versions, _dvc_project, _version_again, versions
 from vidops.benchmarks.scale_input import InputRun, training_input
-from vidops.benchmarks.scale_projects import ADDED, CLASSES, OVERRIDES, TASK, Rerun, _place, _pool, _project, _seconds, _timed
+from vidops.benchmarks.scale_projects import (
+    ADDED,
+    CLASSES,
+    OVERRIDES,
+    TASK,
+    Rerun,
+    _place,
+    _pool,
+    _project,
+    _seconds,
+    _timed,
+)
 from vidops.components.hashing import near_pairs, pairwise
 from vidops.components.layout import Layout
 from vidops.components.params import load_params
@@ -62,8 +72,12 @@ class Scale:
     versions: Versions | None = None  # dvc add, push and pull
     inputs: dict[str, InputRun] = field(default_factory=dict)  # "<cache> <N>" -> the training input's run
     ucf101: dict[str, float] = field(default_factory=dict)  # stage -> seconds per UCF101-shaped clip
-    ucf101_rerun: dict[str, Rerun] = field(default_factory=dict)  # stage -> the UCF101-shaped set's re-run after adding ADDED
-    ucf101_idle: dict[str, float] = field(default_factory=dict)  # stage -> seconds of its re-run with nothing new: its fixed part
+    ucf101_rerun: dict[str, Rerun] = field(
+        default_factory=dict
+    )  # stage -> the UCF101-shaped set's re-run after adding ADDED
+    ucf101_idle: dict[str, float] = field(
+        default_factory=dict
+    )  # stage -> seconds of its re-run with nothing new: its fixed part
     ucf101_clips: int = UCF_CLIPS
 
 
@@ -124,7 +138,9 @@ def checks(rows: tuple[int, ...]) -> dict[int, float]:
     from vidops.components import validation
 
     settings = load_params(None, OVERRIDES).validation
-    validation.run_suite(validation.derive_checks(synthetic_manifest(100), settings), validation.suite(settings))  # GE's imports, first context
+    validation.run_suite(
+        validation.derive_checks(synthetic_manifest(100), settings), validation.suite(settings)
+    )  # GE's imports, first context
     timed = {}
     for n in rows:
         manifest = synthetic_manifest(n)
@@ -140,11 +156,32 @@ def synthetic_manifest(n: int, seed: int = 0) -> pd.DataFrame:
 
     rng = np.random.default_rng(seed)
     labels = [f"class_{i % CLASSES:02d}" for i in range(n)]
-    probed = {"size_bytes": 70_000, "mtime_ns": 1, "readable": True, "error": None, "container": "mov,mp4,m4a,3gp,3g2,mj2",
-              "video_streams": 1, "video_codec": "h264", "pix_fmt": "yuv420p", "width": 96, "height": 96, "rotation": 0,
-              "fps_nominal": 25.0, "fps_average": 25.0, "vfr": False, "duration_s": 2.0, "frames_stream": 50, "frames": 50,
-              "keyframe_interval": 50, "audio_codec": "aac", "sample_rate": 16000, "channels": 1, "audio_duration_s": 2.0,
-              "av_diff_s": 0.0, "decode_error": None}  # fmt: skip
+    probed = {
+        "size_bytes": 70_000,
+        "mtime_ns": 1,
+        "readable": True,
+        "error": None,
+        "container": "mov,mp4,m4a,3gp,3g2,mj2",
+        "video_streams": 1,
+        "video_codec": "h264",
+        "pix_fmt": "yuv420p",
+        "width": 96,
+        "height": 96,
+        "rotation": 0,
+        "fps_nominal": 25.0,
+        "fps_average": 25.0,
+        "vfr": False,
+        "duration_s": 2.0,
+        "frames_stream": 50,
+        "frames": 50,
+        "keyframe_interval": 50,
+        "audio_codec": "aac",
+        "sample_rate": 16000,
+        "channels": 1,
+        "audio_duration_s": 2.0,
+        "av_diff_s": 0.0,
+        "decode_error": None,
+    }
     manifest = pd.DataFrame([probed] * n, columns=list(CATALOG_COLUMNS))
     manifest["path"] = [f"{label}/clip_{i:06d}.mp4" for i, label in enumerate(labels)]
     manifest["label"], manifest["group"], manifest["split"] = labels, manifest["path"].str.removesuffix(".mp4"), ""
@@ -163,7 +200,9 @@ def stages(workdir: Path, sizes: tuple[int, ...]) -> tuple[dict[str, dict[int, f
     largest = max(sizes)
     added = max(1, round(ADDED * largest))
     pool = _pool(workdir / "pool", largest + added)
-    classes = min(CLASSES, max(2, min(sizes) // 5))  # 50, unless the smallest dataset would leave a class short of clips
+    classes = min(
+        CLASSES, max(2, min(sizes) // 5)
+    )  # 50, unless the smallest dataset would leave a class short of clips
     timed: dict[str, dict[int, float]] = {"validate": {}, "extract": {}}
     rerun: dict[str, Rerun] = {}
     for n in sizes:
@@ -181,11 +220,17 @@ def stages(workdir: Path, sizes: tuple[int, ...]) -> tuple[dict[str, dict[int, f
 
 def report_versions(versions: Versions) -> list[str]:
     """The DVC part's lines: seconds per 1,000 clips and the growth exponent, the re-runs, the push by --jobs."""
-    lines = [line for name, timed in versions.timed.items() for line in _series(name, timed, versions.rerun.get(name), per_thousand=True)]
+    lines = [
+        line
+        for name, timed in versions.timed.items()
+        for line in _series(name, timed, versions.rerun.get(name), per_thousand=True)
+    ]
     pushed = versions.timed["dvc push"]
     largest = max(pushed)
     tried = "".join(f", {jobs} jobs {seconds:.1f} s" for jobs, seconds in sorted(versions.push_jobs.items()))
-    lines.append(f"dvc push of N={largest:,} by --jobs: DVC's default ({4 * (os.cpu_count() or 1)}) {pushed[largest]:.1f} s{tried}")
+    lines.append(
+        f"dvc push of N={largest:,} by --jobs: DVC's default ({4 * (os.cpu_count() or 1)}) {pushed[largest]:.1f} s{tried}"
+    )
     return lines
 
 
@@ -223,8 +268,8 @@ def ucf101(workdir: Path, clips: int = UCF_CLIPS) -> tuple[dict[str, float], dic
     stage again after ADDED new clips joined: the re-run a user's dataset of such clips costs; and, before them, each
     again with nothing new: the re-run's fixed part, which a larger dataset's first run dilutes."""
     from vidops.benchmarks.extract import write_ucf101_clips
-    from vidops.components import versioning
     from vidops.components import stages as stage
+    from vidops.components import versioning
     from vidops.stack.seaweedfs import project_store
 
     params = load_params(None, [])
@@ -238,7 +283,10 @@ def ucf101(workdir: Path, clips: int = UCF_CLIPS) -> tuple[dict[str, float], dic
     _dvc_project(layout.root)
     with project_store(layout):
         add, version = _seconds(versioning.add, layout.root, folder)
-        per_clip["dvc add"], per_clip["dvc push"] = add / clips, _seconds(versioning.push, layout.root, [version.dvc_file])[0] / clips
+        per_clip["dvc add"], per_clip["dvc push"] = (
+            add / clips,
+            _seconds(versioning.push, layout.root, [version.dvc_file])[0] / clips,
+        )
         idle = {
             "validate": _timed(stage.validate, layout, params)[0],
             "extract": _timed(stage.extract, layout, params)[0],
@@ -257,10 +305,15 @@ def ucf101(workdir: Path, clips: int = UCF_CLIPS) -> tuple[dict[str, float], dic
 # datasets projected from the UCF101-shaped clips' costs: clips, and each clip's cost against a UCF101 clip's (its length)
 PROJECTED = {"UCF101": (13_320, 1.0), "Kinetics-400": (240_000, 10 / 7)}
 PARALLEL = ("validate", "extract")  # the stages whose batches Dask spreads over workers
-WORKERS, WORKER_EFFICIENCY = 8, 0.7  # 8 Dask workers of this machine's kind; 1 -> 2 workers measured 1.4x (bench extract)
+WORKERS, WORKER_EFFICIENCY = (
+    8,
+    0.7,
+)  # 8 Dask workers of this machine's kind; 1 -> 2 workers measured 1.4x (bench extract)
 
 
-def projections(per_clip: dict[str, float], stages: dict[str, dict[int, float]], measured: int = UCF_CLIPS) -> list[str]:
+def projections(
+    per_clip: dict[str, float], stages: dict[str, dict[int, float]], measured: int = UCF_CLIPS
+) -> list[str]:
     """Hours of each stage for the PROJECTED datasets on this machine and on WORKERS Dask workers: the UCF101-shaped
     clips' seconds per clip, times the clips, times (N / measured N) ** (exponent - 1) with the stage's growth exponent
     between the two largest small-clip sizes (never below 1: what amortised there is not counted twice)."""
@@ -274,7 +327,9 @@ def projections(per_clip: dict[str, float], stages: dict[str, dict[int, float]],
             wide = hours * 2 / (WORKERS * WORKER_EFFICIENCY) if name in PARALLEL else hours
             here, spread = here + hours, spread + wide
             parts.append(f"{name} {_duration(hours)} ({_duration(wide)})")
-        lines.append(f"projected {dataset} ({n:,} clips): {', '.join(parts)}; in all {_duration(here)} here, {_duration(spread)} on {WORKERS} Dask workers")
+        lines.append(
+            f"projected {dataset} ({n:,} clips): {', '.join(parts)}; in all {_duration(here)} here, {_duration(spread)} on {WORKERS} Dask workers"
+        )
     return lines
 
 
@@ -291,12 +346,16 @@ def exponent(timed: dict[int, float], low: int, high: int) -> float:
 def _series(name: str, timed: dict[int, float], again: Rerun | None, per_thousand: bool = False) -> list[str]:
     """A stage's lines: its cost per clip (ms) or per 1,000 clips (s) at each N, the growth exponents, and its re-run."""
     ns = sorted(timed)
-    costs = ", ".join(f"N={n:,} {1000 * timed[n] / n:.2f} s" if per_thousand else f"N={n:,} {1000 * timed[n] / n:.1f} ms" for n in ns)
+    costs = ", ".join(
+        f"N={n:,} {1000 * timed[n] / n:.2f} s" if per_thousand else f"N={n:,} {1000 * timed[n] / n:.1f} ms" for n in ns
+    )
     growth = ", ".join(f"{exponent(timed, a, b):.2f} ({a:,} -> {b:,})" for a, b in zip(ns, ns[1:], strict=False))
     lines = [f"{name}, per {'1,000 clips' if per_thousand else 'clip'}: {costs}; growth exponent {growth}"]
     if again:
-        lines.append(f"{name} after adding {ADDED:.0%} new clips to N={ns[-1]:,}: {again.seconds:.1f} s, "
-                     f"{again.seconds / timed[ns[-1]]:.3f}x the first run ({again.done} clips done, {again.reused:,} reused)")  # fmt: skip
+        lines.append(
+            f"{name} after adding {ADDED:.0%} new clips to N={ns[-1]:,}: {again.seconds:.1f} s, "
+            f"{again.seconds / timed[ns[-1]]:.3f}x the first run ({again.done} clips done, {again.reused:,} reused)"
+        )
     return lines
 
 
@@ -326,8 +385,10 @@ def report(scale: Scale) -> str:
     ]
     sizes = sorted(scale.checks)
     per_thousand = ", ".join(f"{n:,} rows {1000 * scale.checks[n] / n:.3f} s" for n in sizes)
-    lines.append(f"checks (derived + GE suite), per 1,000 rows: {per_thousand}; growth exponent "
-                 f"{exponent(scale.checks, sizes[-2], sizes[-1]):.2f} ({sizes[-2]:,} -> {sizes[-1]:,})")  # fmt: skip
+    lines.append(
+        f"checks (derived + GE suite), per 1,000 rows: {per_thousand}; growth exponent "
+        f"{exponent(scale.checks, sizes[-2], sizes[-1]):.2f} ({sizes[-2]:,} -> {sizes[-1]:,})"
+    )
     for name, timed in scale.stages.items():
         lines += _series(name, timed, scale.rerun.get(name))
     if scale.versions:
@@ -338,15 +399,24 @@ def report(scale: Scale) -> str:
         lines.append(line)
     for name, run in scale.inputs.items():
         under = "under" if run.peak_mb < run.budget_mb else "OVER"
-        lines.append(f"training input, cache {run.asked} at N={int(name.split()[-1]):,} ({run.clips:,} training clips): fed {run.cache}, "
-                     f"{run.examples_per_s:,.0f} examples/s, peak {run.peak_mb:.1f} MB, {under} the {run.budget_mb} MB budget")  # fmt: skip
+        lines.append(
+            f"training input, cache {run.asked} at N={int(name.split()[-1]):,} ({run.clips:,} training clips): fed {run.cache}, "
+            f"{run.examples_per_s:,.0f} examples/s, peak {run.peak_mb:.1f} MB, {under} the {run.budget_mb} MB budget"
+        )
     if scale.ucf101:
         n = scale.ucf101_clips
-        lines.append(f"UCF101-shaped clips ({n:,}), per clip: " + ", ".join(f"{k} {1000 * v:.0f} ms" for k, v in scale.ucf101.items()))
+        lines.append(
+            f"UCF101-shaped clips ({n:,}), per clip: "
+            + ", ".join(f"{k} {1000 * v:.0f} ms" for k, v in scale.ucf101.items())
+        )
         for name, again in scale.ucf101_rerun.items():
-            lines.append(f"UCF101-shaped {name} after adding {ADDED:.0%} new clips to {n:,}: {again.seconds:.1f} s, "
-                         f"{again.seconds / (scale.ucf101[name] * n):.3f}x the first run ({again.done} clips done, {again.reused:,} reused)")  # fmt: skip
-        if line := _data_path_rerun({name: {n: seconds * n} for name, seconds in scale.ucf101.items()}, scale.ucf101_rerun):
+            lines.append(
+                f"UCF101-shaped {name} after adding {ADDED:.0%} new clips to {n:,}: {again.seconds:.1f} s, "
+                f"{again.seconds / (scale.ucf101[name] * n):.3f}x the first run ({again.done} clips done, {again.reused:,} reused)"
+            )
+        if line := _data_path_rerun(
+            {name: {n: seconds * n} for name, seconds in scale.ucf101.items()}, scale.ucf101_rerun
+        ):
             lines.append("UCF101-shaped, " + line)
         if scale.ucf101_idle:
             lines.append(_fixed_part(scale.ucf101_idle))

@@ -118,4 +118,7 @@ def _version_again(root: Path, folder: Path) -> dict[str, Rerun]:
     stored = sum(1 for p in cache.glob("*/*") if p.suffix != ".dir") - before
     push_s, pushed = _seconds(versioning.push, root, [version.dvc_file])
     uploaded = pushed - 1  # the new listing (`<md5>.dir`) is one of them
-    return {"dvc add": Rerun(add_s, stored, version.files - stored), "dvc push": Rerun(push_s, uploaded, version.files - uploaded)}
+    return {
+        "dvc add": Rerun(add_s, stored, version.files - stored),
+        "dvc push": Rerun(push_s, uploaded, version.files - uploaded),
+    }

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from vidops.benchmarks.scale_projects import OVERRIDES, TASK
 from vidops.components.params import load_params
 
@@ -38,15 +37,18 @@ def training_input(features: Path, cache: str = "auto", budget_mb: int = INPUT_B
 
 def _two_epochs(features: Path, cache: str, budget_mb: int) -> InputRun:
     import tensorflow as tf  # noqa: F401  (imported before the baseline is read)
-
     from vidops.components import inputs
     from vidops.components.tasks.classification.inputs import classifier_dataset
 
-    params = load_params(None, [*OVERRIDES, f"train.{TASK}.memory_budget_mb={budget_mb}", f"train.{TASK}.cache={cache}"]).train.of(TASK)
+    params = load_params(
+        None, [*OVERRIDES, f"train.{TASK}.memory_budget_mb={budget_mb}", f"train.{TASK}.cache={cache}"]
+    ).train.of(TASK)
     split, held = inputs.carve_validation(inputs.open_split(features, "train", ("frames",)), params.validation_fraction)
     # a few batches through a streamed feed first: TensorFlow's kernels, thread pools and tracing are not the input's memory
     few = inputs.subset(split, np.arange(len(split.paths)) < 4 * params.batch_size)
-    warm, steps = classifier_dataset(few, params.batch_size, params.augment, params.seed, inputs.Feed("none", params.batch_size, 0))
+    warm, steps = classifier_dataset(
+        few, params.batch_size, params.augment, params.seed, inputs.Feed("none", params.batch_size, 0)
+    )
     for _ in warm.take(2 * steps):
         pass
     baseline = _reset_peak()

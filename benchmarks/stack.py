@@ -18,7 +18,6 @@ from pathlib import Path
 
 from prefect import flow
 from prefect.cache_policies import NO_CACHE
-
 from vidops.components.layout import Layout
 from vidops.components.params import Task, load_params
 from vidops.flows import pipeline
@@ -28,14 +27,24 @@ from vidops.stack.processes import _free_port
 
 TASK: Task = "classification"
 # a small dataset, in batches so that each flow run makes several task runs on Dask
-OVERRIDES = ["runner.kind=dask", "generate.classification.clips_per_class=2", "generate.classification.size=48",
-             "generate.classification.duration_s=1.0", "extract.classification.size=32", "extract.classification.frames=4",
-             "extract.classification.batch_size=4", "extract.classification.workers=1", "validation.probe_workers=1"]  # fmt: skip
+OVERRIDES = [
+    "runner.kind=dask",
+    "generate.classification.clips_per_class=2",
+    "generate.classification.size=48",
+    "generate.classification.duration_s=1.0",
+    "extract.classification.size=32",
+    "extract.classification.frames=4",
+    "extract.classification.batch_size=4",
+    "extract.classification.workers=1",
+    "validation.probe_workers=1",
+]
 ENTRYPOINT = "vidops.benchmarks.stack.stack_load"
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 SETTLE_S = 60  # the most the load waits, after its flow runs end, for their task runs' last states to be recorded
 # what a store says when it cannot keep up: SQLite's lock, and any database error SQLAlchemy or asyncpg reports
-DATABASE_ERROR = re.compile(r"database is locked|OperationalError|InterfaceError|DBAPIError|TooManyConnections|deadlock detected")
+DATABASE_ERROR = re.compile(
+    r"database is locked|OperationalError|InterfaceError|DBAPIError|TooManyConnections|deadlock detected"
+)
 
 
 @flow(name="stack-load")
@@ -53,7 +62,9 @@ class Load:
 
     store: str
     runs: dict[str, str] = field(default_factory=dict)  # flow run id -> final state
-    task_runs: dict[str, Counter] = field(default_factory=dict)  # flow run id -> task run states, as the API recorded them
+    task_runs: dict[str, Counter] = field(
+        default_factory=dict
+    )  # flow run id -> task run states, as the API recorded them
     errors: list[str] = field(default_factory=list)  # the stack's log lines naming a database error during the load
     seconds: float = 0.0
 
@@ -63,8 +74,10 @@ class Load:
 
     def line(self) -> str:
         recorded = sorted(sum(c.values()) for c in self.task_runs.values())
-        return (f"{self.store:10} {self.completed}/{len(self.runs)} flow runs completed, task runs recorded per run "
-                f"{recorded[0] if recorded else 0}-{recorded[-1] if recorded else 0}, {len(self.errors)} log lines of database errors, {self.seconds:.0f} s")  # fmt: skip
+        return (
+            f"{self.store:10} {self.completed}/{len(self.runs)} flow runs completed, task runs recorded per run "
+            f"{recorded[0] if recorded else 0}-{recorded[-1] if recorded else 0}, {len(self.errors)} log lines of database errors, {self.seconds:.0f} s"
+        )
 
 
 def projects(workdir: Path, runs: int) -> list[Path]:
@@ -101,7 +114,12 @@ def load(layout: Layout, roots: list[Path], timeout_s: float = 900) -> Load:
     with temporary_settings(settings), get_client(sync_client=True) as client:
         flow_id = client.create_flow(stack_load)
         deployment = client.create_deployment(flow_id, "load", entrypoint=ENTRYPOINT, work_pool_name=stack.POOL)
-        ids = [client.create_flow_run_from_deployment(deployment, parameters={"root": str(root), "overrides": OVERRIDES}).id for root in roots]
+        ids = [
+            client.create_flow_run_from_deployment(
+                deployment, parameters={"root": str(root), "overrides": OVERRIDES}
+            ).id
+            for root in roots
+        ]
         deadline = time.monotonic() + timeout_s
         while True:
             states = {str(i): client.read_flow_run(i).state_type.value for i in ids}
@@ -141,7 +159,9 @@ def run(workdir: Path, runs: int, database: str) -> list[Load]:
         shutil.rmtree(layout.root, ignore_errors=True)
         layout.root.mkdir(parents=True)
         ports = stack.Ports(*(_free_port() for _ in range(3)))
-        roots = projects(workdir / f"load-{store}", runs)  # fresh copies: a store's load must not find the other's shards
+        roots = projects(
+            workdir / f"load-{store}", runs
+        )  # fresh copies: a store's load must not find the other's shards
         try:
             stack.up(layout, ports, db, workers=2)
             result = load(layout, roots)

@@ -28,14 +28,13 @@ from typing import Any
 
 import keras
 import numpy as np
-
 from vidops.components import inputs
 from vidops.components.layout import Layout
+from vidops.components.params import Params, Task, load_params
 from vidops.components.tasks.classification.inputs import classifier_dataset
 from vidops.components.tasks.classification.model import build_classifier
 from vidops.components.tasks.sync.inputs import sync_dataset
 from vidops.components.tasks.sync.model import build_sync
-from vidops.components.params import Params, Task, load_params
 
 
 @dataclass(frozen=True)
@@ -54,10 +53,12 @@ class Throughput:
     rates: dict[str, float]  # feed -> examples per second
 
 
-def prepare(workdir: Path, config: BenchConfig, tasks: tuple[Task, ...] = ("classification", "sync")) -> tuple[Layout, Params]:
+def prepare(
+    workdir: Path, config: BenchConfig, tasks: tuple[Task, ...] = ("classification", "sync")
+) -> tuple[Layout, Params]:
     """A project under `workdir` with the demo datasets of `tasks` generated, validated and extracted (reused when present)."""
-    from vidops.components.generate import MARKER, generate_dataset
     from vidops.components import stages
+    from vidops.components.generate import MARKER, generate_dataset
 
     layout = Layout(workdir.resolve())
     sizes = [f"generate.{task}.clips_per_class={config.clips_per_class}" for task in ("classification", "sync")]
@@ -79,7 +80,9 @@ def run(workdir: Path, config: BenchConfig) -> list[Throughput]:
 def _classification(layout: Layout, params: Params, config: BenchConfig) -> Throughput:
     p = params.train.classification
     split = inputs.open_split(layout.features("classification"), "train", ("frames",))
-    pipelines = {feed: classifier_dataset(split, p.batch_size, p.augment, p.seed, _feed(feed, split))[0] for feed in "bcd"}
+    pipelines = {
+        feed: classifier_dataset(split, p.batch_size, p.augment, p.seed, _feed(feed, split))[0] for feed in "bcd"
+    }
     steps = max(1, len(split.paths) // p.batch_size)
     memory = _in_memory((inputs.in_memory(split, "frames"), split.labels), p.batch_size)
     shape = split.shapes["frames"]
@@ -101,7 +104,10 @@ def _sync(layout: Layout, params: Params, config: BenchConfig) -> Throughput:
 
     def model() -> keras.Model:
         built = build_sync(split.shapes["frames"][1], split.shapes["audio"][2], p)
-        built.compile(optimizer=keras.optimizers.Adam(p.learning_rate), loss={"offset": "sparse_categorical_crossentropy", "in_sync": "binary_crossentropy"})
+        built.compile(
+            optimizer=keras.optimizers.Adam(p.learning_rate),
+            loss={"offset": "sparse_categorical_crossentropy", "in_sync": "binary_crossentropy"},
+        )
         return built
 
     return Throughput("sync", _rates(model, {"a": memory, **pipelines}, steps, config, p.batch_size))
@@ -109,13 +115,19 @@ def _sync(layout: Layout, params: Params, config: BenchConfig) -> Throughput:
 
 def _feed(name: str, split: inputs.Split) -> inputs.Feed:
     """b: in memory; c: streamed; d: cached on disk; c and d with a shuffle buffer of FEW clips."""
-    return inputs.Feed("memory", len(split.paths), 0) if name == "b" else inputs.Feed("none" if name == "c" else "disk", FEW, 0)
+    return (
+        inputs.Feed("memory", len(split.paths), 0)
+        if name == "b"
+        else inputs.Feed("none" if name == "c" else "disk", FEW, 0)
+    )
 
 
 def _materialise(pipeline: Any, steps: int) -> tuple[dict[str, np.ndarray], ...]:
     """`steps` batches of the pipeline as arrays: (inputs, targets, weights), each a dict by name."""
     batches = list(pipeline.take(steps).as_numpy_iterator())
-    return tuple({key: np.concatenate([batch[part][key] for batch in batches]) for key in batches[0][part]} for part in range(3))
+    return tuple(
+        {key: np.concatenate([batch[part][key] for batch in batches]) for key in batches[0][part]} for part in range(3)
+    )
 
 
 def _in_memory(examples: Any, batch_size: int) -> Any:
@@ -126,7 +138,9 @@ def _in_memory(examples: Any, batch_size: int) -> Any:
     return memory.shuffle(1024, seed=0).repeat().batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
-def _rates(model: Callable[[], keras.Model], feeds: dict[str, Any], steps: int, config: BenchConfig, batch_size: int) -> dict[str, float]:
+def _rates(
+    model: Callable[[], keras.Model], feeds: dict[str, Any], steps: int, config: BenchConfig, batch_size: int
+) -> dict[str, float]:
     """Examples a second through `model.fit` from each feed, each with a model of its own."""
     runs = {name: (model(), data) for name, data in feeds.items()}
     for fitted, data in runs.values():
@@ -168,16 +182,26 @@ def compare_encoders(workdir: Path, config: BenchConfig, encoder: str, epochs: i
 
 def encoders_report(runs: list[EncoderRun], config: BenchConfig) -> str:
     anchor = runs[0]
-    lines = [f"vidops bench train --encoder: the classifier on the demo data ({config.clips_per_class} clips per class), trained and scored on its test split", ""]
+    lines = [
+        f"vidops bench train --encoder: the classifier on the demo data ({config.clips_per_class} clips per class), trained and scored on its test split",
+        "",
+    ]
     lines.append(f"  {'encoder':<22}{'accuracy':>10}{'epochs':>8}{'seconds':>10}{'time / small':>14}")
     for r in runs:
-        lines.append(f"  {r.encoder:<22}{r.accuracy:>10.3f}{r.epochs:>8}{r.seconds:>10.1f}{r.seconds / anchor.seconds:>14.2f}")
+        lines.append(
+            f"  {r.encoder:<22}{r.accuracy:>10.3f}{r.epochs:>8}{r.seconds:>10.1f}{r.seconds / anchor.seconds:>14.2f}"
+        )
     return "\n".join(lines)
 
 
 def report(results: list[Throughput], config: BenchConfig) -> str:
-    lines = [f"vidops bench train: runs of {config.batches} batches after a warm-up epoch, best of 3; examples per second", ""]
-    lines.append(f"  {'task':<16}{'tensors (a)':>12}{'cached (b)':>12}{'streamed (c)':>14}{'disk (d)':>10}{'b/a':>7}{'c/b':>7}{'d/b':>7}")
+    lines = [
+        f"vidops bench train: runs of {config.batches} batches after a warm-up epoch, best of 3; examples per second",
+        "",
+    ]
+    lines.append(
+        f"  {'task':<16}{'tensors (a)':>12}{'cached (b)':>12}{'streamed (c)':>14}{'disk (d)':>10}{'b/a':>7}{'c/b':>7}{'d/b':>7}"
+    )
     for r in results:
         a, b, c, d = (r.rates[feed] for feed in FEEDS)
         lines.append(f"  {r.task:<16}{a:>12.1f}{b:>12.1f}{c:>14.1f}{d:>10.1f}{b / a:>7.2f}{c / b:>7.2f}{d / b:>7.2f}")

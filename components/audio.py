@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 import av
 import numpy as np
-
 from vidops.components.media import AUDIO_RATE, only_stream
 
 if TYPE_CHECKING:
@@ -98,12 +97,18 @@ def frame_audio(container: Any, frame_times: np.ndarray, kind: str) -> FrameAudi
     with only_stream(container, stream):
         for lo, hi in _stretches(wanted, preroll):
             lo_sample, hi_sample = lo * _HOP - _WINDOW // 2, hi * _HOP + _WINDOW // 2
-            samples, offset, at_end = _decode_stretch(container, stream, start, lo_sample, hi_sample, preroll, resampler)
+            samples, offset, at_end = _decode_stretch(
+                container, stream, start, lo_sample, hi_sample, preroll, resampler
+            )
             these = wanted[(wanted >= lo) & (wanted <= hi)]
             if at_end:  # the steps `features` has for a track of this many samples
                 these = these[these <= (offset + len(samples)) // _HOP]
             padded = np.pad(samples, (_WINDOW, _WINDOW))  # zeros past the track's ends, as `features` pads it
-            windows.append(np.lib.stride_tricks.sliding_window_view(padded, _WINDOW)[these * _HOP - _WINDOW // 2 - offset + _WINDOW])
+            windows.append(
+                np.lib.stride_tricks.sliding_window_view(padded, _WINDOW)[
+                    these * _HOP - _WINDOW // 2 - offset + _WINDOW
+                ]
+            )
             steps.append(these)
     centres = np.concatenate(steps) if steps else np.zeros(0, np.int64)
     if not len(centres):  # every frame before the audio starts or after it ends
@@ -137,8 +142,16 @@ def _first_frame_time(container: Any, stream: Any) -> float | None:
     return None
 
 
-def _decode_stretch(container: Any, stream: Any, start: float, lo: int, hi: int, preroll: float, resampler: _Resampler,
-                   from_start: bool = False) -> tuple[np.ndarray, int, bool]:  # fmt: skip
+def _decode_stretch(
+    container: Any,
+    stream: Any,
+    start: float,
+    lo: int,
+    hi: int,
+    preroll: float,
+    resampler: _Resampler,
+    from_start: bool = False,
+) -> tuple[np.ndarray, int, bool]:
     """16 kHz mono samples covering sample `lo` to `hi` of the track (numbered from its first, at time `start`), decoded
     from `preroll` seconds before: the samples, the number of the first of them, and whether the track ended before `hi`."""
     _seek(container, stream, None if from_start else start + lo / AUDIO_RATE - preroll)
@@ -149,7 +162,9 @@ def _decode_stretch(container: Any, stream: Any, start: float, lo: int, hi: int,
             if frame.time is None:
                 continue
             first = round((float(frame.time) - start) * AUDIO_RATE)
-            if first > max(lo, 0) and not from_start:  # the seek landed past the stretch: read from the track's start instead
+            if (
+                first > max(lo, 0) and not from_start
+            ):  # the seek landed past the stretch: read from the track's start instead
                 return _decode_stretch(container, stream, start, lo, hi, preroll, resampler, from_start=True)
         for out in resampler.push(frame):
             chunks.append(out[stale:])
@@ -208,7 +223,9 @@ def _seek(container: Any, stream: Any, seconds: float | None) -> None:
     """
     first = float((stream.start_time or 0) * stream.time_base)
     try:
-        container.seek(int((seconds if seconds is not None else first - 1.0) / stream.time_base), stream=stream, backward=True)
+        container.seek(
+            int((seconds if seconds is not None else first - 1.0) / stream.time_base), stream=stream, backward=True
+        )
     except av.FFmpegError:
         container.seek(stream.start_time or 0, stream=stream, backward=True)
     stream.codec_context.flush_buffers()
@@ -235,8 +252,8 @@ def silence(kind: str) -> np.ndarray:
 
 def _mel_filters() -> np.ndarray:
     """HTK mel filterbank, 0 to 8 kHz, [N_MELS, FFT bins]."""
-    mel = lambda hz: 2595 * np.log10(1 + hz / 700)  # noqa: E731
-    hz = lambda m: 700 * (10 ** (m / 2595) - 1)  # noqa: E731
+    mel = lambda hz: 2595 * np.log10(1 + hz / 700)
+    hz = lambda m: 700 * (10 ** (m / 2595) - 1)
     edges = hz(np.linspace(mel(0), mel(AUDIO_RATE / 2), N_MELS + 2))
     bins = np.fft.rfftfreq(_FFT, 1 / AUDIO_RATE)
     lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]

@@ -10,9 +10,7 @@ inode, size and mtime match the previous catalog table keeps its row, unread.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import os
 import posixpath
 import re
@@ -21,21 +19,36 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pandas as pd
-
 from vidops.components.errors import VidopsError
 from vidops.components.io import records
-from vidops.components.layout import CAPTIONS_FILE
 from vidops.components.parallel import Mapper, in_threads
 from vidops.components.probe import PROBE_COLUMNS, file_sha256, probe_clip
 
 SOURCE_COLUMNS = ("path", "label", "group", "split")
-DATASET_MANIFEST = "manifest.csv"  # at a dataset folder's top: the clips it holds (SOURCE_COLUMNS), instead of <label>/<clip>
-CAPTION_COLUMNS = ("path", "caption")  # of a CAPTIONS_FILE: one row per caption, several per clip
+DATASET_MANIFEST = (
+    "manifest.csv"  # at a dataset folder's top: the clips it holds (SOURCE_COLUMNS), instead of <label>/<clip>
+)
 CATALOG_COLUMNS = SOURCE_COLUMNS + PROBE_COLUMNS
+FINDING_COLUMNS = ("path", "label", "severity", "check", "reason")  # of quarantine.csv and warnings.csv: a failed check
 PROBE_BATCH = 16  # clips a unit of probing work
 # nullable integers: an unreadable clip has no width, and that must not turn 96 into 96.0
-_INT_COLUMNS = {name: "Int64" for name in ("size_bytes", "mtime_ns", "inode", "video_streams", "width", "height", "rotation",
-                                            "frames_stream", "frames", "keyframe_interval", "sample_rate", "channels")}  # fmt: skip
+_INT_COLUMNS = {
+    name: "Int64"
+    for name in (
+        "size_bytes",
+        "mtime_ns",
+        "inode",
+        "video_streams",
+        "width",
+        "height",
+        "rotation",
+        "frames_stream",
+        "frames",
+        "keyframe_interval",
+        "sample_rate",
+        "channels",
+    )
+}
 _UCF_GROUP = re.compile(r"_(g\d+)_c\d+", re.IGNORECASE)  # v_ApplyEyeMakeup_g08_c01.avi: person/scene group g08
 
 
@@ -46,7 +59,9 @@ class Catalog:
     reused: int  # rows carried over from the previous catalog table
 
 
-def build_catalog(dataset: Path, previous: pd.DataFrame | None = None, workers: int = 4, mapper: Mapper = in_threads) -> Catalog:
+def build_catalog(
+    dataset: Path, previous: pd.DataFrame | None = None, workers: int = 4, mapper: Mapper = in_threads
+) -> Catalog:
     """Probe every clip of `dataset` (folder or manifest CSV), in batches through `mapper`; reuse `previous` rows of unchanged files."""
     root, sources = list_sources(dataset)
     # the previous rows as plain dicts, once: a pandas lookup per clip cost about 1 s of a re-run at 4,000 clips
@@ -57,7 +72,9 @@ def build_catalog(dataset: Path, previous: pd.DataFrame | None = None, workers: 
     results = {i: kept for i, (source, old) in enumerate(jobs) if (kept := _kept(str(root), source, old))}
     todo = [i for i in range(len(jobs)) if i not in results]
     batches = [todo[i : i + PROBE_BATCH] for i in range(0, len(todo), PROBE_BATCH)]
-    for batch, rows in zip(batches, mapper(probe_batch, [(str(root), [jobs[i] for i in batch]) for batch in batches], workers), strict=True):
+    for batch, rows in zip(
+        batches, mapper(probe_batch, [(str(root), [jobs[i] for i in batch]) for batch in batches], workers), strict=True
+    ):
         results.update(zip(batch, rows, strict=True))
     # built as objects first: a None among ints would otherwise go through float64 and round nanosecond mtimes
     table = pd.DataFrame([results[i][0] for i in range(len(jobs))], columns=list(CATALOG_COLUMNS), dtype=object)
@@ -66,7 +83,9 @@ def build_catalog(dataset: Path, previous: pd.DataFrame | None = None, workers: 
     return Catalog(table, probed=len(results) - reused, reused=reused)
 
 
-def probe_batch(root: str, jobs: list[tuple[dict[str, Any], dict[str, Any] | None]]) -> list[tuple[dict[str, Any], bool]]:
+def probe_batch(
+    root: str, jobs: list[tuple[dict[str, Any], dict[str, Any] | None]]
+) -> list[tuple[dict[str, Any], bool]]:
     """Each (source, its previous row or None) as a table row, and whether the previous row was reused (the file's
     bytes are still the ones probed: `_same_content`). build_catalog keeps an unchanged file's row without a batch."""
     rows = []
@@ -99,7 +118,9 @@ def list_sources(dataset: Path) -> tuple[Path, list[dict[str, Any]]]:
     if listing is not None:
         return listing.parent, _sources_from_csv(listing)
     if not dataset.is_dir():
-        raise VidopsError(f"{dataset}: no such dataset (expected a folder of <label>/<clip> files, a folder with a {DATASET_MANIFEST}, or a manifest CSV)")
+        raise VidopsError(
+            f"{dataset}: no such dataset (expected a folder of <label>/<clip> files, a folder with a {DATASET_MANIFEST}, or a manifest CSV)"
+        )
     root = dataset.resolve()
     labels = sorted(label for label in dataset.iterdir() if label.is_dir() and not label.name.startswith("."))
     # a label folder that a link leads out of the root is never walked: one row says so, and nothing in it is opened
@@ -108,13 +129,19 @@ def list_sources(dataset: Path) -> tuple[Path, list[dict[str, Any]]]:
     # 0.3 s a re-run at 4,000 clips. Directory entries, not Path objects: their type needs no stat of its own.
     files = sorted(
         (label.name, entry.name, _outside(root, Path(entry.path)) if entry.is_symlink() else None)
-        for label in labels if not away[label]
-        for entry in os.scandir(label) if not entry.name.startswith(".") and (entry.is_file() or entry.is_symlink())
-    )  # fmt: skip
+        for label in labels
+        if not away[label]
+        for entry in os.scandir(label)
+        if not entry.name.startswith(".") and (entry.is_file() or entry.is_symlink())
+    )
     if not files and not any(away.values()):
-        raise VidopsError(f"{dataset}: no clips found (expected <label>/<clip> files inside, or a {DATASET_MANIFEST} listing them)")
+        raise VidopsError(
+            f"{dataset}: no clips found (expected <label>/<clip> files inside, or a {DATASET_MANIFEST} listing them)"
+        )
     sources = [_source(f"{label}/{name}", label, None, None, problem) for label, name, problem in files]
-    return dataset, sources + [_source(label.name, "", None, None, why) for label, why in away.items() if why]  # no class
+    return dataset, sources + [
+        _source(label.name, "", None, None, why) for label, why in away.items() if why
+    ]  # no class
 
 
 def _outside(root: Path, path: Path) -> str | None:
@@ -136,7 +163,9 @@ def _sources_from_csv(csv: Path) -> list[dict[str, Any]]:
     table.columns = [str(c).strip() for c in table.columns]
     missing = {"path", "label"} - set(table.columns)
     if missing:
-        raise VidopsError(f"{csv}: missing column(s) {', '.join(sorted(missing))}; expected path, label[, group, split]")
+        raise VidopsError(
+            f"{csv}: missing column(s) {', '.join(sorted(missing))}; expected path, label[, group, split]"
+        )
     if table.empty:
         raise VidopsError(f"{csv}: the manifest lists no clips")
     line = pd.Series(range(2, len(table) + 2), index=table.index)  # the file's line of each row, after the header
@@ -152,69 +181,19 @@ def _sources_from_csv(csv: Path) -> list[dict[str, Any]]:
     twice = table["path"][table["path"].duplicated(keep=False)]
     if len(twice):
         lines = twice.groupby(twice).groups
-        shown = "; ".join(f"{path} (lines {', '.join(str(line[i]) for i in rows)})" for path, rows in list(lines.items())[:5])
+        shown = "; ".join(
+            f"{path} (lines {', '.join(str(line[i]) for i in rows)})" for path, rows in list(lines.items())[:5]
+        )
         raise VidopsError(f"{csv}: path(s) listed more than once: {shown}")
     root = csv.parent.resolve()
-    group, split = table.get("group", pd.Series("", index=table.index)), table.get("split", pd.Series("", index=table.index))
+    group, split = (
+        table.get("group", pd.Series("", index=table.index)),
+        table.get("split", pd.Series("", index=table.index)),
+    )
     return [
         _source(path, label, group[i] or None, split[i] or None, _listed_file_problem(root, path, csv.name))
         for i, path, label in zip(table.index, table["path"], table["label"], strict=True)
     ]
-
-
-def dataset_captions(dataset: Path) -> pd.DataFrame:
-    """The captions of a dataset's clips, from the CAPTIONS_FILE at its top (beside its manifest CSV): `read_captions_csv`'s
-    table. A dataset without one is an error naming the file it needs."""
-    listing = dataset_manifest(dataset)
-    file = (listing.parent if listing is not None else dataset) / CAPTIONS_FILE
-    if not file.is_file():
-        raise VidopsError(
-            f"{dataset}: this task needs captions and there is no {file}: a CSV with columns {', '.join(CAPTION_COLUMNS)}, one row "
-            f"per caption (several per clip), each path the clip's relative to {file.parent}"
-        )
-    return read_captions_csv(file)
-
-
-def read_captions_csv(path: Path) -> pd.DataFrame:
-    """A CAPTIONS_FILE as a table of path (in normal form, as a manifest's), caption (stripped) and line (the file's line
-    of the row); blank lines are skipped. A file that is not UTF-8 CSV with both columns is an error naming it and the
-    line at fault."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise VidopsError(f"{path}: cannot read the captions: {exc.strerror}") from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise VidopsError(f"{path}: not UTF-8 text: line {line} holds the byte {data[exc.start]:#04x}; save it as UTF-8") from None
-    reader = csv.reader(io.StringIO(text, newline=""))
-    rows, header, start = [], None, 1
-    try:
-        for cells in reader:
-            line, start = start, reader.line_num + 1  # a quoted caption may span lines: a row is told by its first
-            if not any(cell.strip() for cell in cells):
-                continue
-            if header is None:
-                header = [cell.strip() for cell in cells]
-                missing = [column for column in CAPTION_COLUMNS if column not in header]
-                if missing:
-                    raise VidopsError(f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(CAPTION_COLUMNS)}")
-                continue
-            if len(cells) > len(header):
-                raise VidopsError(f"{path}: line {line} has {len(cells)} fields where the header has {len(header)} (quote a caption that holds a comma)")
-            row = dict(zip(header, cells + [""] * (len(header) - len(cells)), strict=True))
-            rows.append({"path": row["path"].strip(), "caption": row["caption"].strip(), "line": line})
-    except csv.Error as exc:
-        raise VidopsError(f"{path}: not a readable CSV at line {reader.line_num}: {exc}") from None
-    if header is None:
-        raise VidopsError(f"{path}: empty; expected a header {','.join(CAPTION_COLUMNS)} and a row per caption")
-    table = pd.DataFrame(rows, columns=["path", "caption", "line"])
-    no_path = table.loc[table["path"] == "", "line"]
-    if len(no_path):
-        raise VidopsError(f"{path}: empty path on line(s) {', '.join(map(str, no_path[:10]))}")
-    table["path"] = [posixpath.normpath(p) for p in table["path"]]  # as the manifest's, so the two compare
-    return table
 
 
 def _listed_file_problem(root: Path, path: str, listing: str) -> str | None:
@@ -295,7 +274,9 @@ def assign_splits(table: pd.DataFrame, test_fraction: float) -> pd.DataFrame:
     chosen = {}
     for group in sorted(per_group, key=lambda g: hashlib.sha256(str(g).encode()).hexdigest()):
         counts = per_group[group]
-        fits = all(in_test[label] + n <= target[label] and in_test[label] + n < totals[label] for label, n in counts.items())
+        fits = all(
+            in_test[label] + n <= target[label] and in_test[label] + n < totals[label] for label, n in counts.items()
+        )
         chosen[group] = "test" if fits else "train"
         for label, n in counts.items() if fits else ():
             in_test[label] += n

@@ -36,8 +36,12 @@ def worker() -> Worker | None:
     cluster, task = config.get("cluster") or {}, config.get("task") or {}
     kind, index = task.get("type"), task.get("index")
     if not cluster.get("worker") and not cluster.get("chief"):
-        raise VidopsError('TF_CONFIG: its cluster names no workers; expected {"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": N}}')
+        raise VidopsError(
+            'TF_CONFIG: its cluster names no workers; expected {"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": N}}'
+        )
     if kind not in ("worker", "chief") or not isinstance(index, int) or not 0 <= index < len(cluster.get(kind) or []):
-        raise VidopsError(f"TF_CONFIG: its task {task} is not one of its cluster's ({', '.join(f'{k}: {len(v)}' for k, v in cluster.items())})")
+        raise VidopsError(
+            f"TF_CONFIG: its task {task} is not one of its cluster's ({', '.join(f'{k}: {len(v)}' for k, v in cluster.items())})"
+        )
     chief = kind == "chief" or (not cluster.get("chief") and index == 0)
     return Worker(index, len(cluster.get("worker") or []) + len(cluster.get("chief") or []), chief)

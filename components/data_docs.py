@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import html
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-
 from vidops.components.io import atomic_path, write_json
 
 SUITE = "vidops_clips"  # the expectation suite's name, as GE reports it
@@ -23,17 +22,24 @@ if TYPE_CHECKING:
 KEPT_RUNS = 30  # Data Docs keep a page for each of the last runs
 
 
-def write_data_docs(docs_dir: Path, dataset: Path, table: pd.DataFrame, findings: pd.DataFrame, outcomes: list[Outcome]) -> Path:
+def write_data_docs(
+    docs_dir: Path, dataset: Path, table: pd.DataFrame, findings: pd.DataFrame, outcomes: list[Outcome]
+) -> Path:
     """This run's page under `docs_dir`/runs/, and `docs_dir`/index.html: the runs kept, newest first, then this run.
 
     The pages are whole in themselves (inline CSS, no scripts, nothing fetched), so they read the same offline.
     """
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     run = {
-        "id": now.strftime("%Y%m%dT%H%M%S%fZ"), "time": now.strftime("%Y-%m-%d %H:%M:%S UTC"), "dataset": str(dataset),
-        "status": run_status(findings), "clips": len(table), "accepted": int((table["status"] != "quarantined").sum()),
-        "warned": int((table["status"] == "warned").sum()), "quarantined": int((table["status"] == "quarantined").sum()),
-    }  # fmt: skip
+        "id": now.strftime("%Y%m%dT%H%M%S%fZ"),
+        "time": now.strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "dataset": str(dataset),
+        "status": run_status(findings),
+        "clips": len(table),
+        "accepted": int((table["status"] != "quarantined").sum()),
+        "warned": int((table["status"] == "warned").sum()),
+        "quarantined": int((table["status"] == "quarantined").sum()),
+    }
     detail = _run_html(run, findings, outcomes)
     runs_file = docs_dir / "runs.json"
     earlier = json.loads(runs_file.read_text()) if runs_file.is_file() else []
@@ -48,8 +54,10 @@ def write_data_docs(docs_dir: Path, dataset: Path, table: pd.DataFrame, findings
         f'<td class="n">{r["clips"]}</td><td class="n">{r["accepted"]}</td><td class="n">{r["warned"]}</td><td class="n">{r["quarantined"]}</td></tr>'
         for r in runs
     )
-    index = (f"<h2>Runs</h2><table><tr><th>run</th><th>status</th><th>dataset</th><th>clips</th><th>accepted</th>"
-             f"<th>with warnings</th><th>quarantined</th></tr>{rows}</table><h2>Last run</h2>{detail}")  # fmt: skip
+    index = (
+        f"<h2>Runs</h2><table><tr><th>run</th><th>status</th><th>dataset</th><th>clips</th><th>accepted</th>"
+        f"<th>with warnings</th><th>quarantined</th></tr>{rows}</table><h2>Last run</h2>{detail}"
+    )
     with atomic_path(docs_dir / "index.html") as tmp:
         tmp.write_text(_page("Validation", index))
     return docs_dir / "index.html"
@@ -66,20 +74,27 @@ def _run_html(run: dict[str, Any], findings: pd.DataFrame, outcomes: list[Outcom
     """One run: its counts, each expectation's outcome, each finding."""
     checks = "".join(
         f"<tr><td>{o.check.name}</td><td>{o.check.severity}</td><td><code>{o.check.expectation}"
-        f"({html.escape(', '.join(f'{k}={v!r}' for k, v in o.check.kwargs.items()))})</code></td><td class=\"n\">{o.clips}</td>"
-        f"<td class=\"n\">{o.failed}</td><td>{_status('passed' if not o.failed else 'failed' if o.check.severity == 'critical' else 'warning')}</td></tr>"
+        f'({html.escape(", ".join(f"{k}={v!r}" for k, v in o.check.kwargs.items()))})</code></td><td class="n">{o.clips}</td>'
+        f'<td class="n">{o.failed}</td><td>{_status("passed" if not o.failed else "failed" if o.check.severity == "critical" else "warning")}</td></tr>'
         for o in outcomes
     )
     found = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(f[c]))}</td>" for c in ("path", "label", "severity", "check", "reason")) + "</tr>"
+        "<tr>"
+        + "".join(f"<td>{html.escape(str(f[c]))}</td>" for c in ("path", "label", "severity", "check", "reason"))
+        + "</tr>"
         for f in findings.to_dict("records")
     )
     return (
         f"<p>{_status(run['status'])} &nbsp; suite <code>{SUITE}</code> over <code>{html.escape(run['dataset'])}</code>, {run['time']}</p>"
         f"<p>{run['clips']} clips: {run['accepted']} accepted ({run['warned']} with warnings), {run['quarantined']} quarantined</p>"
         f"<h3>Expectations</h3><table><tr><th>check</th><th>severity</th><th>expectation</th><th>clips</th><th>failed</th><th>result</th></tr>{checks}</table>"
-        f"<h3>Findings</h3>" + (f"<table><tr><th>clip</th><th>label</th><th>severity</th><th>check</th><th>reason</th></tr>{found}</table>" if found else "<p>none</p>")
-    )  # fmt: skip
+        f"<h3>Findings</h3>"
+        + (
+            f"<table><tr><th>clip</th><th>label</th><th>severity</th><th>check</th><th>reason</th></tr>{found}</table>"
+            if found
+            else "<p>none</p>"
+        )
+    )
 
 
 def _status(word: str) -> str:

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
 from vidops.components.text import END, PAD, START, Vocabulary
 
 CLIPS_A_CALL = 64  # clips decoded together: beam_size x this many prefixes a decoder call
@@ -34,7 +33,9 @@ def encode_frames(model: Any, frames: np.ndarray) -> np.ndarray:
     return np.asarray(model.get_layer("encoder").predict(frames, batch_size=CLIPS_A_CALL, verbose=0), np.float32)
 
 
-def captions(model: Any, features: np.ndarray, vocabulary: Vocabulary, beam_size: int, max_length: int, alpha: float) -> list[list[Caption]]:
+def captions(
+    model: Any, features: np.ndarray, vocabulary: Vocabulary, beam_size: int, max_length: int, alpha: float
+) -> list[list[Caption]]:
     """For each clip's frame features (`encode_frames`'s [clips, N, units]), its beam's captions, best first."""
     decoder = model.get_layer("decoder")
     out: list[list[Caption]] = []
@@ -43,7 +44,9 @@ def captions(model: Any, features: np.ndarray, vocabulary: Vocabulary, beam_size
     return out
 
 
-def beam_search(decoder: Any, features: np.ndarray, vocabulary: Vocabulary, beam_size: int, max_length: int, alpha: float) -> list[list[Caption]]:
+def beam_search(
+    decoder: Any, features: np.ndarray, vocabulary: Vocabulary, beam_size: int, max_length: int, alpha: float
+) -> list[list[Caption]]:
     """Beam search over `features` [B, N, U]: at each step every live beam's words are extended by every token, and the
     `beam_size` best by length-normalised log-probability survive; a beam that said <end> is kept as it is."""
     clips, k, size = len(features), beam_size, len(vocabulary)
@@ -54,7 +57,9 @@ def beam_search(decoder: Any, features: np.ndarray, vocabulary: Vocabulary, beam
     words = np.zeros((clips, k), np.int32)  # words said so far, <end> not counted
     done = np.zeros((clips, k), bool)
     for said in range(max_length + 1):
-        logits = np.asarray(decoder({"features": repeated, "tokens": tokens.reshape(clips * k, -1)}, training=False))[:, -1]
+        logits = np.asarray(decoder({"features": repeated, "tokens": tokens.reshape(clips * k, -1)}, training=False))[
+            :, -1
+        ]
         step = _log_softmax(logits.astype(np.float64)).reshape(clips, k, size)
         step[..., PAD] = step[..., START] = -np.inf  # never said
         if said == 0:  # a caption says at least one word
@@ -64,7 +69,11 @@ def beam_search(decoder: Any, features: np.ndarray, vocabulary: Vocabulary, beam
         step[done] = -np.inf
         step[done, PAD] = 0.0  # a finished beam carries on unchanged
         total = logp[..., None] + step  # [B, k, V]
-        length = words[..., None] + np.where(done[..., None], 0, 1) - (np.arange(size) == END)[None, None, :] * ~done[..., None]
+        length = (
+            words[..., None]
+            + np.where(done[..., None], 0, 1)
+            - (np.arange(size) == END)[None, None, :] * ~done[..., None]
+        )
         ranked = total / length_penalty(np.maximum(length, 1), alpha)
         best = np.argsort(-ranked.reshape(clips, -1), axis=1, kind="stable")[:, :k]
         beam, token = best // size, best % size
@@ -78,7 +87,9 @@ def beam_search(decoder: Any, features: np.ndarray, vocabulary: Vocabulary, beam
     return [_ranked(tokens[c], logp[c], words[c], vocabulary, alpha) for c in range(clips)]
 
 
-def _ranked(tokens: np.ndarray, logp: np.ndarray, words: np.ndarray, vocabulary: Vocabulary, alpha: float) -> list[Caption]:
+def _ranked(
+    tokens: np.ndarray, logp: np.ndarray, words: np.ndarray, vocabulary: Vocabulary, alpha: float
+) -> list[Caption]:
     scores = logp / length_penalty(np.maximum(words, 1), alpha)
     order = [i for i in np.argsort(-scores, kind="stable") if np.isfinite(scores[i])]
     return [Caption(vocabulary.decode(tokens[i]), float(scores[i]), float(logp[i])) for i in order]

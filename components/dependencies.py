@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from vidops.components.layout import (
     ACCEPTED,
     CAPTIONS_FILE,
@@ -82,7 +81,9 @@ STAGES = (
         (
             Output(lambda L, t: L.catalog(t) / CATALOG),
             Output(lambda L, t: L.catalog(t) / ACCEPTED),
-            Output(lambda L, t: L.catalog(t) / CAPTIONS_FILE),  # written for every task (no rows for one without captions)
+            Output(
+                lambda L, t: L.catalog(t) / CAPTIONS_FILE
+            ),  # written for every task (no rows for one without captions)
             Output(lambda L, t: L.catalog(t) / QUARANTINE),
             Output(lambda L, t: L.catalog(t) / REPORT, "metrics", cache=False),
         ),
@@ -103,7 +104,12 @@ STAGES = (
         lambda L, t, d: [L.features(t)],
         (
             Output(lambda L, t: L.models(t), whole=(MODEL_FILE,)),
-            Output(lambda L, t: L.curves(t), "plots", False, {"template": "linear", "x": "epoch", "y": "loss", "title": "{task} training loss"}),
+            Output(
+                lambda L, t: L.curves(t),
+                "plots",
+                False,
+                {"template": "linear", "x": "epoch", "y": "loss", "title": "{task} training loss"},
+            ),
         ),
     ),
     Stage(
@@ -114,7 +120,12 @@ STAGES = (
         lambda L, t, d: [L.models(t), L.features(t)],
         (
             Output(lambda L, t: L.reports(t) / METRICS, "metrics", cache=False),
-            Output(lambda L, t: L.reports(t) / CONFUSION, "plots", False, {"template": "confusion", "x": "actual", "y": "predicted"}),
+            Output(
+                lambda L, t: L.reports(t) / CONFUSION,
+                "plots",
+                False,
+                {"template": "confusion", "x": "actual", "y": "predicted"},
+            ),
         ),
     ),
     Stage(
@@ -154,7 +165,10 @@ def code(stage: Stage, tasks: Iterable[Any]) -> list[Path]:
 
     roots = [f"vidops.components.{module}" for module in stage.runs]
     files = {Path(registry.__file__)}  # the registry that finds the task
-    tops, shallow = {"vidops"}, set()  # shallow: modules whose top-level imports alone count (their functions' are others')
+    tops, shallow = (
+        {"vidops"},
+        set(),
+    )  # shallow: modules whose top-level imports alone count (their functions' are others')
     for task in tasks if stage.uses is not None else ():
         tops.add(task.package.split(".")[0])
         for module in {task.package, task.train.__module__}:
@@ -210,7 +224,10 @@ def _file(module: str, tops: frozenset[str]) -> Path | None:
     if isinstance(folder, str):  # a module of one file
         return Path(folder) if len(parts) == depth else None
     rest = parts[depth:]
-    for candidate in (folder.joinpath(*rest, "__init__.py"), folder.joinpath(*rest).with_suffix(".py") if rest else None):
+    for candidate in (
+        folder.joinpath(*rest, "__init__.py"),
+        folder.joinpath(*rest).with_suffix(".py") if rest else None,
+    ):
         if candidate is not None and candidate.is_file():
             return candidate
     return None

@@ -29,11 +29,37 @@ from typing import Any, NoReturn
 from vidops.components.errors import VidopsError
 
 # what DVC's add, push, pull, checkout and commit import, found with `python -X importtime`; a child imports the rest
-PRELOAD = ("dvc.cli", "dvc.cli.parser", "dvc.repo", "dvc.repo.index", "dvc.repo.add", "dvc.repo.push", "dvc.repo.fetch",
-           "dvc.repo.checkout", "dvc.repo.commit", "dvc.repo.datasets", "dvc.repo.open_repo", "dvc.output", "dvc.stage",
-           "dvc.data_cloud", "dvc_data.index", "dvc_data.index.push", "dvc_data.index.fetch", "dvc_data.hashfile.build",
-           "dvc_data.hashfile.status", "dvc_render.vega_templates", "dvc_s3", "s3fs", "aiobotocore.session", "botocore.session",
-           "scmrepo.git", "dulwich.repo", "dulwich.client", "psutil", "ruamel.yaml")  # fmt: skip
+PRELOAD = (
+    "dvc.cli",
+    "dvc.cli.parser",
+    "dvc.repo",
+    "dvc.repo.index",
+    "dvc.repo.add",
+    "dvc.repo.push",
+    "dvc.repo.fetch",
+    "dvc.repo.checkout",
+    "dvc.repo.commit",
+    "dvc.repo.datasets",
+    "dvc.repo.open_repo",
+    "dvc.output",
+    "dvc.stage",
+    "dvc.data_cloud",
+    "dvc_data.index",
+    "dvc_data.index.push",
+    "dvc_data.index.fetch",
+    "dvc_data.hashfile.build",
+    "dvc_data.hashfile.status",
+    "dvc_render.vega_templates",
+    "dvc_s3",
+    "s3fs",
+    "aiobotocore.session",
+    "botocore.session",
+    "scmrepo.git",
+    "dulwich.repo",
+    "dulwich.client",
+    "psutil",
+    "ruamel.yaml",
+)
 
 
 class Stopped(VidopsError):
@@ -44,8 +70,13 @@ _lock = threading.Lock()
 _helper: subprocess.Popen[bytes] | None = None
 
 
-def run(cwd: Path, args: Sequence[str], env: Mapping[str, str],
-        stop: Callable[[], str | None] | None = None, poll_s: float = 0.5) -> subprocess.CompletedProcess[str]:  # fmt: skip
+def run(
+    cwd: Path,
+    args: Sequence[str],
+    env: Mapping[str, str],
+    stop: Callable[[], str | None] | None = None,
+    poll_s: float = 0.5,
+) -> subprocess.CompletedProcess[str]:
     """Run `dvc ARGS` in `cwd` with the environment `env`; its exit code and output. `stop`, asked every `poll_s` while
     the command runs, may return a reason to kill it (as kill -9 would): then Stopped, with the reason."""
     with _lock, tempfile.TemporaryDirectory(prefix="vidops-dvc-") as tmp:  # its output: readable by this user alone
@@ -64,7 +95,9 @@ def run(cwd: Path, args: Sequence[str], env: Mapping[str, str],
                     os.kill(pid, signal.SIGKILL)
             _drop(helper)
             raise
-        except BaseException:  # Ctrl-C, SIGTERM, a failing `stop`: as a `dvc` process run by Popen, the command ends first
+        except (
+            BaseException
+        ):  # Ctrl-C, SIGTERM, a failing `stop`: as a `dvc` process run by Popen, the command ends first
             try:
                 with suppress(VidopsError):
                     _reply(helper)
@@ -79,7 +112,9 @@ def _started() -> subprocess.Popen[bytes]:
     global _helper
     if _helper is None or _helper.poll() is not None:
         # unbuffered: a reply is read up to its newline and no further, so `select` sees the next one
-        _helper = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        _helper = subprocess.Popen(
+            [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0
+        )
     return _helper
 
 
@@ -121,8 +156,10 @@ def _drop(helper: subprocess.Popen[bytes]) -> None:
 
 def _gone(helper: subprocess.Popen[bytes]) -> VidopsError:
     _drop(helper)
-    return VidopsError(f"the process that runs DVC's commands (pid {helper.pid}) stopped (exit code {helper.wait(timeout=10)}); "
-                       "the command may not have finished: run it again")  # fmt: skip
+    return VidopsError(
+        f"the process that runs DVC's commands (pid {helper.pid}) stopped (exit code {helper.wait(timeout=10)}); "
+        "the command may not have finished: run it again"
+    )
 
 
 def _read(path: Path) -> str:
@@ -153,8 +190,11 @@ def _child(request: dict[str, Any], replies: int) -> NoReturn:
     try:
         os.close(replies)  # the caller sees the helper's end, not a child's
         signal.signal(signal.SIGINT, signal.default_int_handler)  # as in the `dvc` script: DVC says "interrupted"
-        for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, request["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
-                                (2, request["err"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)):  # fmt: skip
+        for fd, path, flags in (
+            (0, os.devnull, os.O_RDONLY),
+            (1, request["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
+            (2, request["err"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
+        ):
             opened = os.open(path, flags, 0o600)
             os.dup2(opened, fd)
             os.close(opened)

@@ -49,13 +49,21 @@ def check_params(task: Task, params: FrameEncoderParams, size: int) -> None:
         raise ValueError(f"{key}.encoder: no encoder {encoder!r}; known encoders: {', '.join(ENCODERS)}")
     if encoder == SMALL:
         if weights != NO_WEIGHTS:
-            raise ValueError(f"{key}.encoder_weights: the small encoder learns from scratch; weights apply to a Keras application ({', '.join(APPLICATIONS)})")
+            raise ValueError(
+                f"{key}.encoder_weights: the small encoder learns from scratch; weights apply to a Keras application ({', '.join(APPLICATIONS)})"
+            )
     elif size < APPLICATIONS[encoder].min_size:
-        raise ValueError(f"{key}.encoder: {encoder} needs frames of at least {APPLICATIONS[encoder].min_size} px, but they are {size} px; raise the extract size")
+        raise ValueError(
+            f"{key}.encoder: {encoder} needs frames of at least {APPLICATIONS[encoder].min_size} px, but they are {size} px; raise the extract size"
+        )
     if weights not in (NO_WEIGHTS, IMAGENET) and not weights.endswith(".h5"):
-        raise ValueError(f"{key}.encoder_weights: expected none, imagenet or the path of a .weights.h5 file, got {weights!r}")
+        raise ValueError(
+            f"{key}.encoder_weights: expected none, imagenet or the path of a .weights.h5 file, got {weights!r}"
+        )
     if params.freeze_encoder and weights == NO_WEIGHTS:
-        raise ValueError(f"{key}.freeze_encoder: freezing an encoder without weights keeps it random; set encoder_weights, or freeze_encoder: false")
+        raise ValueError(
+            f"{key}.freeze_encoder: freezing an encoder without weights keeps it random; set encoder_weights, or freeze_encoder: false"
+        )
 
 
 def check_weights_present(task: Task, params: FrameEncoderParams) -> None:
@@ -106,8 +114,12 @@ def check_weights(task: Task, params: FrameEncoderParams) -> None:
         application(encoder, None, weights)
     except VidopsError:
         raise
-    except Exception as exc:  # Keras says what did not fit in its own words: a ValueError, an OSError for a file that is not HDF5
-        raise VidopsError(f"{key}.encoder_weights: {weights} does not fit {encoder}: {exc}".replace("\n", " ")) from None
+    except (
+        Exception
+    ) as exc:  # Keras says what did not fit in its own words: a ValueError, an OSError for a file that is not HDF5
+        raise VidopsError(
+            f"{key}.encoder_weights: {weights} does not fit {encoder}: {exc}".replace("\n", " ")
+        ) from None
 
 
 def application(encoder: str, size: int | None, weights: str) -> Any:
@@ -123,7 +135,9 @@ def application(encoder: str, size: int | None, weights: str) -> Any:
         raise VidopsError(f"{encoder} needs frames of at least {app.min_size} px, got {size} px")
     constructor = getattr(keras.applications, app.constructor)
     # imagenet: Keras takes its cached file (checked present first) and adds the preprocessing those weights were trained with
-    model = constructor(include_top=False, weights=IMAGENET if weights == IMAGENET else None, input_shape=(size, size, 3))
+    model = constructor(
+        include_top=False, weights=IMAGENET if weights == IMAGENET else None, input_shape=(size, size, 3)
+    )
     if weights == NO_WEIGHTS:
         for layer in model.layers:
             if isinstance(layer, keras.layers.BatchNormalization):

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-
 from vidops.components import inputs
 from vidops.components.errors import VidopsError
 from vidops.components.io import atomic_path, write_csv, write_json
@@ -26,7 +25,9 @@ class Evaluation:
     metrics: dict[str, float]
     metrics_path: Path
     confusion_path: Path
-    samples_path: Path | None = None  # a markdown table of test clips and what the model said of them, for the run's report
+    samples_path: Path | None = (
+        None  # a markdown table of test clips and what the model said of them, for the run's report
+    )
 
 
 def load_trained(model_dir: Path, package: str | None = None) -> tuple[Any, list[str]]:
@@ -46,7 +47,9 @@ def held_out(features_dir: Path, fields: tuple[str, ...]) -> inputs.Split:
     return split
 
 
-def write_report(reports_dir: Path, metrics: dict[str, Any], actual: list[Any], predicted: list[Any], classes: list[str]) -> Evaluation:
+def write_report(
+    reports_dir: Path, metrics: dict[str, Any], actual: list[Any], predicted: list[Any], classes: list[str]
+) -> Evaluation:
     """metrics.json; the confusion pairs as CSV (for `dvc plots`) and as a matrix image (for MLflow)."""
     write_json(reports_dir / METRICS, metrics)
     pairs = pd.DataFrame({"actual": actual, "predicted": predicted})

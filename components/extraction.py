@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
 from vidops.components import audio
-from vidops.components.catalog import CAPTION_COLUMNS, read_captions_csv, read_catalog
+from vidops.components.captions import CAPTION_COLUMNS, read_captions_csv
+from vidops.components.catalog import read_catalog
 from vidops.components.errors import VidopsError
 from vidops.components.io import atomic_path, read_arrays, records, write_csv, write_json
 from vidops.components.layout import CAPTIONS_FILE, INDEX, INDEX_TABLE, SHARDS
@@ -36,7 +36,19 @@ from vidops.components.sampling import ClipTooShort, sample_indices
 SPLITS = ("train", "test")
 # Failures of the machine, not of a clip: they stop the stage (nothing is cached), where a clip's own decoding error
 # is recorded in the index and the stage goes on. A full disk, once, cost two clips silently.
-MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM, errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+MACHINE_ERRNOS = frozenset(
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EROFS,
+        errno.EIO,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EMFILE,
+        errno.ENFILE,
+        errno.ENOMEM,
+    }
+)
 Progress = Callable[[int, int], None]
 
 
@@ -67,8 +79,21 @@ class ClipJob:
 # Fewer clips to extract than this are extracted in this process: a worker's start (importing PyAV, numpy and pandas,
 # 1-3 s on 2 cores) costs more than a re-run's handful of new clips (13-36 ms each at the bench's sizes) takes.
 IN_PROCESS_CLIPS = 64
-INDEX_COLUMNS = ("path", "label", "group", "split", "sha256", "shard", "status", "error", "padded", "has_audio", "reused",
-                 "shard_bytes", "shard_mtime_ns")  # fmt: skip
+INDEX_COLUMNS = (
+    "path",
+    "label",
+    "group",
+    "split",
+    "sha256",
+    "shard",
+    "status",
+    "error",
+    "padded",
+    "has_audio",
+    "reused",
+    "shard_bytes",
+    "shard_mtime_ns",
+)
 
 
 @dataclass(frozen=True)
@@ -89,8 +114,14 @@ def extract_clip(path: Path, n_frames: int, params: ExtractParams, seed: int | N
     with open_clip(path) as container:  # once for video and audio
         decoded = decode_frames(container, path, indices, params.size, params.resize, dense=params.sampler == "dense")
         none = params.audio == "none"
-        sound = audio.silent_frames(len(indices), kind, False) if none else audio.frame_audio(container, decoded.times, kind)
-    return ClipFeatures(decoded.frames, decoded.indices, decoded.times, sound.features, sound.ok, sound.has_audio, padded)
+        sound = (
+            audio.silent_frames(len(indices), kind, False)
+            if none
+            else audio.frame_audio(container, decoded.times, kind)
+        )
+    return ClipFeatures(
+        decoded.frames, decoded.indices, decoded.times, sound.features, sound.ok, sound.has_audio, padded
+    )
 
 
 # bumped when the same params give other shards, so a re-run extracts again instead of mixing the two.
@@ -100,7 +131,10 @@ FEATURES_VERSION = 2
 
 def params_hash(params: ExtractParams) -> str:
     """What the shards depend on: every extraction param but how the work is spread, and the features' version."""
-    relevant = {**params.model_dump(mode="json", exclude={"workers", "batch_size", "runs"}), "version": FEATURES_VERSION}
+    relevant = {
+        **params.model_dump(mode="json", exclude={"workers", "batch_size", "runs"}),
+        "version": FEATURES_VERSION,
+    }
     relevant["clips"] = params.runs  # under the name it had when shards were first named: they keep their names
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -110,8 +144,17 @@ def extract_batch(jobs: list[ClipJob], params: ExtractParams, shard_dir: str) ->
     rows = []
     for job in jobs:
         target = Path(shard_dir) / job.shard
-        row = {**job.row, "shard": job.shard, "status": "ok", "error": "", "padded": False, "has_audio": False, "reused": False,
-               "shard_bytes": 0, "shard_mtime_ns": 0}  # fmt: skip
+        row = {
+            **job.row,
+            "shard": job.shard,
+            "status": "ok",
+            "error": "",
+            "padded": False,
+            "has_audio": False,
+            "reused": False,
+            "shard_bytes": 0,
+            "shard_mtime_ns": 0,
+        }
         try:
             if target.is_file():
                 row.update(reused=_read_flags(target, row))
@@ -126,8 +169,10 @@ def extract_batch(jobs: list[ClipJob], params: ExtractParams, shard_dir: str) ->
             row.update(status="skipped", error=str(exc))
         except (ValueError, OSError, EOFError) as exc:  # PyAV's errors are OSError and ValueError subclasses
             if isinstance(exc, OSError) and exc.errno in MACHINE_ERRNOS:  # the same clip would fail again next time
-                raise VidopsError(f"{job.path}: extraction stopped: {os.strerror(exc.errno)} (not the clip's fault: free space,"
-                                  f" fix the permissions or the disk, then run it again)") from None  # fmt: skip
+                raise VidopsError(
+                    f"{job.path}: extraction stopped: {os.strerror(exc.errno)} (not the clip's fault: free space,"
+                    f" fix the permissions or the disk, then run it again)"
+                ) from None
             row.update(status="error", error=getattr(exc, "strerror", None) or str(exc))
         rows.append(row)
     return rows
@@ -150,8 +195,14 @@ def _kept_shards(index_table: Path, shard_dir: Path) -> dict[str, dict[str, Any]
         except OSError:
             continue
         if (str(stat.st_size), str(stat.st_mtime_ns)) == (row["shard_bytes"], row["shard_mtime_ns"]):
-            kept[row["shard"]] = {"status": "ok", "error": "", "padded": row["padded"] == "True", "has_audio": row["has_audio"] == "True",
-                                  "shard_bytes": stat.st_size, "shard_mtime_ns": stat.st_mtime_ns}  # fmt: skip
+            kept[row["shard"]] = {
+                "status": "ok",
+                "error": "",
+                "padded": row["padded"] == "True",
+                "has_audio": row["has_audio"] == "True",
+                "shard_bytes": stat.st_size,
+                "shard_mtime_ns": stat.st_mtime_ns,
+            }
     return kept
 
 
@@ -167,8 +218,13 @@ def _read_flags(shard: Path, row: dict[str, Any]) -> bool:
 
 
 def extract_features(
-    dataset_dir: Path, accepted_table: Path, features_dir: Path, params: ExtractParams, progress: Progress | None = None,
-    mapper: Mapper | None = None, captions: Path | None = None,
+    dataset_dir: Path,
+    accepted_table: Path,
+    features_dir: Path,
+    params: ExtractParams,
+    progress: Progress | None = None,
+    mapper: Mapper | None = None,
+    captions: Path | None = None,
 ) -> FeatureSet:
     """Extract every accepted clip into `features_dir/clips/`, then write the index; drop shards of other params.
 
@@ -188,14 +244,20 @@ def extract_features(
     root = str(dataset_dir)
     jobs = [
         ClipJob(
-            path=os.path.join(root, row["path"]), shard=f"{row['sha256'][:20]}-{version}.npz", frames=int(row["frames"]),
+            path=os.path.join(root, row["path"]),
+            shard=f"{row['sha256'][:20]}-{version}.npz",
+            frames=int(row["frames"]),
             seed=_clip_seed(params.seed, row["sha256"]) if row["split"] == "train" else None,
             row={key: row[key] for key in ("path", "label", "group", "split", "sha256")},
-        )  # fmt: skip
+        )
         for row in records(manifest, ["path", "label", "group", "split", "sha256", "frames"])
     ]
     kept = _kept_shards(features_dir / INDEX_TABLE, shard_dir)
-    rows = {i: {**job.row, "shard": job.shard, **kept[job.shard], "reused": True} for i, job in enumerate(jobs) if job.shard in kept}
+    rows = {
+        i: {**job.row, "shard": job.shard, **kept[job.shard], "reused": True}
+        for i, job in enumerate(jobs)
+        if job.shard in kept
+    }
     todo = [i for i in range(len(jobs)) if i not in rows]
     batches = [todo[i : i + params.batch_size] for i in range(0, len(todo), params.batch_size)]
     work = [([jobs[i] for i in batch], params, str(shard_dir)) for batch in batches]
@@ -208,15 +270,28 @@ def extract_features(
     write_csv(features_dir / INDEX_TABLE, index)
     # written for every task (no rows for one without captions), as validation writes the accepted clips': the
     # features are whole when it and the index are there
-    captions_table = pd.DataFrame(columns=list(CAPTION_COLUMNS)) if caption_table is None else extracted_captions(caption_table, index)
+    captions_table = (
+        pd.DataFrame(columns=list(CAPTION_COLUMNS))
+        if caption_table is None
+        else extracted_captions(caption_table, index)
+    )
     write_csv(features_dir / CAPTIONS_FILE, captions_table)
     for stale in set(p.name for p in shard_dir.glob("*.npz")) - set(index["shard"]):
         (shard_dir / stale).unlink()  # another params version, or a clip no longer accepted
     usable = index[index["status"] == "ok"]
     clips = {split: int((usable["split"] == split).sum()) for split in SPLITS}
-    write_json(features_dir / INDEX, {"labels": list(labels), "params": params.model_dump(mode="json"), "params_hash": version, "clips": clips})
-    return FeatureSet(features_dir, labels, clips, int((~index["reused"] & (index["status"] == "ok")).sum()),
-                      int(index["reused"].sum()), int((index["status"] != "ok").sum()))  # fmt: skip
+    write_json(
+        features_dir / INDEX,
+        {"labels": list(labels), "params": params.model_dump(mode="json"), "params_hash": version, "clips": clips},
+    )
+    return FeatureSet(
+        features_dir,
+        labels,
+        clips,
+        int((~index["reused"] & (index["status"] == "ok")).sum()),
+        int(index["reused"].sum()),
+        int((index["status"] != "ok").sum()),
+    )
 
 
 def extracted_captions(captions: pd.DataFrame, index: pd.DataFrame) -> pd.DataFrame:

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from vidops.components.errors import VidopsError
 from vidops.components.params import GenerateParams, Task
 
@@ -49,7 +48,9 @@ def generate_dataset(out_dir: Path, task: Task, params: GenerateParams) -> Gener
 
     write = spec(task).generate
     if write is None:
-        raise VidopsError(f"task {task} has no demo data; put its dataset in data/raw/<name>/ and name it in datasets.{task}")
+        raise VidopsError(
+            f"task {task} has no demo data; put its dataset in data/raw/<name>/ and name it in datasets.{task}"
+        )
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise VidopsError(f"{out_dir}: exists and is not an empty folder; generate writes only into a new or empty one")
     partial = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
@@ -118,7 +119,9 @@ def shape_mask(shape: str, size: int, cx: float, cy: float, radius: float, angle
     return (u / radius) ** 2 + (v / (0.5 * radius)) ** 2 <= 1
 
 
-def motion_path(label: str, rng: np.random.Generator, size: int, t: np.ndarray, look: Look = Look()) -> tuple[np.ndarray, ...]:
+def motion_path(
+    label: str, rng: np.random.Generator, size: int, t: np.ndarray, look: Look = Look()
+) -> tuple[np.ndarray, ...]:
     """Centre x, centre y, radius and angle of the shape at times `t` for one of MOTIONS."""
     duration = float(t[-1]) if len(t) > 1 else 1.0
     radius0 = rng.uniform(0.1, 0.18) * size * look.scale

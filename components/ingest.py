@@ -22,14 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-
 from vidops.components.catalog import dataset_manifest, list_sources
-from vidops.components.probe import file_sha256
 from vidops.components.errors import VidopsError
 from vidops.components.io import atomic_path
+from vidops.components.probe import file_sha256
 
 BLOCK = 8 * 2**20  # bytes read at a time
-ALREADY_IN = "already in the dataset"  # a landed clip byte-identical to one the dataset has: done with, like an added one
+ALREADY_IN = (
+    "already in the dataset"  # a landed clip byte-identical to one the dataset has: done with, like an added one
+)
 
 
 @dataclass(frozen=True)
@@ -81,11 +82,17 @@ def list_landing(client: Any, url: str) -> list[LandingObject]:
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             found += page.get("Contents", [])
     except ClientError as exc:
-        raise VidopsError(f"{url}: cannot list the landing prefix: {exc.response['Error'].get('Code')}: {exc.response['Error'].get('Message')}") from None
+        raise VidopsError(
+            f"{url}: cannot list the landing prefix: {exc.response['Error'].get('Code')}: {exc.response['Error'].get('Message')}"
+        ) from None
     except BotoCoreError as exc:
         raise OSError(f"{url}: cannot list the landing prefix: {exc}") from None  # the network's: a task may retry it
     found.sort(key=lambda o: (o["LastModified"], o["Key"]))
-    return [LandingObject(o["Key"], o["Key"][len(prefix) :], int(o["Size"]), o["ETag"].strip('"')) for o in found if not o["Key"].endswith("/")]
+    return [
+        LandingObject(o["Key"], o["Key"][len(prefix) :], int(o["Size"]), o["ETag"].strip('"'))
+        for o in found
+        if not o["Key"].endswith("/")
+    ]
 
 
 def download(client: Any, bucket: str, landed: LandingObject, folder: Path) -> Path:
@@ -103,12 +110,18 @@ def download(client: Any, bucket: str, landed: LandingObject, folder: Path) -> P
                 raise Changed(f"s3://{bucket}/{landed.key}: gone since it was listed") from None
             raise
         except BotoCoreError as exc:
-            raise OSError(f"s3://{bucket}/{landed.key}: download failed: {exc}") from exc  # the network's: a task may retry it
+            raise OSError(
+                f"s3://{bucket}/{landed.key}: download failed: {exc}"
+            ) from exc  # the network's: a task may retry it
         size = tmp.stat().st_size
         if size != landed.size:
-            raise Changed(f"s3://{bucket}/{landed.key}: {size} bytes downloaded, {landed.size} listed: it changed since it was listed")
+            raise Changed(
+                f"s3://{bucket}/{landed.key}: {size} bytes downloaded, {landed.size} listed: it changed since it was listed"
+            )
         if _etag(client, bucket, landed, tmp) != landed.etag:
-            raise Changed(f"s3://{bucket}/{landed.key}: its checksum is not the listed ETag {landed.etag}: it changed since it was listed")
+            raise Changed(
+                f"s3://{bucket}/{landed.key}: its checksum is not the listed ETag {landed.etag}: it changed since it was listed"
+            )
     return path
 
 
@@ -118,7 +131,10 @@ def _etag(client: Any, bucket: str, landed: LandingObject, path: Path) -> str:
     multipart = re.fullmatch(r"[0-9a-f]{32}-(\d+)", landed.etag)
     if not multipart:
         return _part_md5s(path, [path.stat().st_size])[0].hex()
-    sizes = [client.head_object(Bucket=bucket, Key=landed.key, PartNumber=n)["ContentLength"] for n in range(1, int(multipart.group(1)) + 1)]
+    sizes = [
+        client.head_object(Bucket=bucket, Key=landed.key, PartNumber=n)["ContentLength"]
+        for n in range(1, int(multipart.group(1)) + 1)
+    ]
     parts = _part_md5s(path, sizes)
     return f"{hashlib.md5(b''.join(parts), usedforsecurity=False).hexdigest()}-{len(parts)}"
 
@@ -199,4 +215,3 @@ def _exists(client: Any, bucket: str, key: str) -> bool:
         return True
     except ClientError:
         return False
-

@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-
-from vidops.components.catalog import read_captions_csv
+from vidops.components.captions import read_captions_csv
 from vidops.components.errors import VidopsError
 from vidops.components.extraction import usable_rows
 from vidops.components.io import read_arrays
@@ -46,7 +45,9 @@ class Split:
     labels: np.ndarray  # int32, one per shard
     names: tuple[str, ...]  # class names, in label order
     shapes: dict[str, tuple[int, ...]]  # field -> shape of one clip's array, the same in every shard
-    groups: tuple[str, ...] = ()  # each clip's group (a person, a scene, a source video): clips of a group stay together
+    groups: tuple[
+        str, ...
+    ] = ()  # each clip's group (a person, a scene, a source video): clips of a group stay together
     clips: tuple[str, ...] = ()  # each clip's path in its dataset, as the index lists it
 
     @property
@@ -67,12 +68,16 @@ def open_split(features_dir: Path, split: str, fields: tuple[str, ...]) -> Split
     names = tuple(json.loads((features_dir / INDEX).read_text())["labels"])
     paths = [features_dir / SHARDS / shard for shard in rows["shard"]]
     labels = rows["label"].map({name: i for i, name in enumerate(names)}).to_numpy(np.int32)
-    groups = tuple(rows["group"] if "group" in rows else rows["path"])  # an index from before groups were kept: each clip its own
+    groups = tuple(
+        rows["group"] if "group" in rows else rows["path"]
+    )  # an index from before groups were kept: each clip its own
     with ThreadPoolExecutor(8) as pool:
         shapes = list(pool.map(lambda path: _check_shard(path, fields), paths))
     for path, shape in zip(paths, shapes, strict=True):
         if shape != shapes[0]:
-            raise VidopsError(f"{path}: arrays of shape {shape}, but {paths[0].name} has {shapes[0]}; re-run the extract stage")
+            raise VidopsError(
+                f"{path}: arrays of shape {shape}, but {paths[0].name} has {shapes[0]}; re-run the extract stage"
+            )
     return Split(tuple(paths), labels, names, shapes[0] if shapes else {}, groups, tuple(rows["path"]))
 
 
@@ -80,7 +85,9 @@ def read_captions(features_dir: Path) -> dict[str, list[str]]:
     """The captions of each extracted clip, by its path in the index (index.csv's `path`), in the file's order."""
     file = features_dir / CAPTIONS_FILE
     if not file.is_file():
-        raise VidopsError(f"{file}: no captions beside the features; the extract stage writes them for a task whose spec is captioned")
+        raise VidopsError(
+            f"{file}: no captions beside the features; the extract stage writes them for a task whose spec is captioned"
+        )
     table = read_captions_csv(file)
     captions: dict[str, list[str]] = {}
     for path, caption in zip(table["path"], table["caption"], strict=True):
@@ -93,8 +100,10 @@ def carve_validation(split: Split, fraction: float) -> tuple[Split, Split | None
     for validation; never a class's last group. None when no group can be spared (a tiny split)."""
     held: set[str] = set()
     for label in np.unique(split.labels):
-        groups = sorted({g for g, l in zip(split.groups, split.labels, strict=True) if l == label},
-                        key=lambda g: hashlib.sha256(f"validation:{g}".encode()).hexdigest())  # fmt: skip
+        groups = sorted(
+            {g for g, l in zip(split.groups, split.labels, strict=True) if l == label},
+            key=lambda g: hashlib.sha256(f"validation:{g}".encode()).hexdigest(),
+        )
         held.update(groups[: min(round(len(groups) * fraction), len(groups) - 1)])
     if not held:
         return split, None
@@ -105,8 +114,15 @@ def carve_validation(split: Split, fraction: float) -> tuple[Split, Split | None
 def subset(split: Split, mask: np.ndarray) -> Split:
     """The clips of `split` where `mask` is true."""
     keep = np.flatnonzero(mask)
-    pick = lambda values: tuple(values[i] for i in keep)  # noqa: E731
-    return Split(pick(split.paths), split.labels[keep], split.names, split.shapes, pick(split.groups), pick(split.clips) if split.clips else ())
+    pick = lambda values: tuple(values[i] for i in keep)
+    return Split(
+        pick(split.paths),
+        split.labels[keep],
+        split.names,
+        split.shapes,
+        pick(split.groups),
+        pick(split.clips) if split.clips else (),
+    )
 
 
 def _check_shard(path: Path, fields: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
@@ -191,7 +207,13 @@ def split_feed(split: Split, held: Split | None, params: FitParams) -> Feed:
     return plan_feed(split.clip_bytes, len(split.paths) + (len(held.paths) if held else 0), params)
 
 
-def read_split(split: Split, fields: tuple[str, ...], feed: Feed | None = None, seed: int | None = None, extra: tuple[Any, ...] = ()) -> Any:
+def read_split(
+    split: Split,
+    fields: tuple[str, ...],
+    feed: Feed | None = None,
+    seed: int | None = None,
+    extra: tuple[Any, ...] = (),
+) -> Any:
     """A tf.data pipeline of (fields..., label, *extra) per clip: parallel interleaved reads, held as `feed` says (in
     memory when no feed is given); shuffled with `seed`, else in the split's order. `extra` are per-clip arrays that
     travel with the clip (the captioner's references).
@@ -248,7 +270,9 @@ def crop_clips(frames: Any, flip: Any = None) -> Any:
     batch, n, size = shape[0], shape[1], shape[2]
     side = tf.random.uniform([batch], 0.8, 1.0)
     top, left = tf.random.uniform([batch]) * (1 - side), tf.random.uniform([batch]) * (1 - side)
-    x1, x2 = (left, left + side) if flip is None else (tf.where(flip, left + side, left), tf.where(flip, left, left + side))
+    x1, x2 = (
+        (left, left + side) if flip is None else (tf.where(flip, left + side, left), tf.where(flip, left, left + side))
+    )
     boxes = tf.repeat(tf.stack([top, x1, top + side, x2], axis=1), n, axis=0)  # the clip's box for each of its frames
     flat = tf.reshape(frames, tf.concat([[batch * n], shape[2:]], 0))
     return tf.reshape(tf.image.crop_and_resize(flat, boxes, tf.range(batch * n), tf.stack([size, size])), shape)

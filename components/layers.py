@@ -15,7 +15,6 @@ from typing import Any
 import keras
 import tensorflow as tf
 from keras import layers, ops
-
 from vidops.components import encoders
 from vidops.components.params import FrameEncoderParams
 

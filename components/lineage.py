@@ -46,7 +46,9 @@ def lineage(tracking: Tracking, model_uri: str) -> Lineage:
     except MlflowException as exc:
         if refused_credentials(exc):  # not "not in the registry": the command line names the variables to set
             raise
-        raise VidopsError(f"{model_uri}: not in the registry at {tracking.uri}: {exc.message.splitlines()[0]}") from None
+        raise VidopsError(
+            f"{model_uri}: not in the registry at {tracking.uri}: {exc.message.splitlines()[0]}"
+        ) from None
     return Lineage(name, str(version.version), tuple(version.aliases), version.run_id, {**run_tags, **version.tags})
 
 
@@ -57,15 +59,21 @@ def registered_version(tracking: Tracking, model_uri: str) -> tuple[str, Any]:
 
     found = re.fullmatch(r"models:/([^/@]+)(?:/(\d+)|@([\w-]+))", model_uri)
     if not found:
-        raise VidopsError(f"{model_uri}: not a registered model URI such as models:/vidops-classifier@champion or models:/vidops-classifier/3")
+        raise VidopsError(
+            f"{model_uri}: not a registered model URI such as models:/vidops-classifier@champion or models:/vidops-classifier/3"
+        )
     name, number, alias_name = found.groups()
     client = MlflowClient(tracking.uri)
     try:
-        return name, client.get_model_version(name, number) if number else client.get_model_version_by_alias(name, alias_name)
+        return name, client.get_model_version(name, number) if number else client.get_model_version_by_alias(
+            name, alias_name
+        )
     except MlflowException as exc:
         if refused_credentials(exc):  # not "not in the registry": the command line names the variables to set
             raise
-        raise VidopsError(f"{model_uri}: not in the registry at {tracking.uri}: {exc.message.splitlines()[0]}") from None
+        raise VidopsError(
+            f"{model_uri}: not in the registry at {tracking.uri}: {exc.message.splitlines()[0]}"
+        ) from None
 
 
 def recorded_tags(task: Task, root: Path, dataset: Path, accepted: Path, params: dict[str, Any]) -> dict[str, str]:

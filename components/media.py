@@ -37,7 +37,12 @@ def write_clip(path: Path, frames: Iterable[np.ndarray], fps: int, audio: np.nda
             mux_audio(container, sound, audio)
 
 
-def mux_audio(container: av.container.OutputContainer, stream: av.audio.stream.AudioStream, audio: np.ndarray, first_sample: int = 0) -> None:
+def mux_audio(
+    container: av.container.OutputContainer,
+    stream: av.audio.stream.AudioStream,
+    audio: np.ndarray,
+    first_sample: int = 0,
+) -> None:
     """Encode mono float audio in [-1, 1] at 16 kHz into `stream`, starting at sample `first_sample`, then flush it."""
     samples = np.clip(audio, -1.0, 1.0).astype(np.float32)
     for start in range(0, len(samples), _AAC_FRAME):
@@ -68,8 +73,14 @@ def open_clip(path: Path) -> av.container.InputContainer:
     return av.open(str(path))
 
 
-def decode_frames(container: av.container.InputContainer, path: Path, indices: np.ndarray, size: int, resize: str = "squash",
-                  dense: bool = False) -> Frames:  # fmt: skip
+def decode_frames(
+    container: av.container.InputContainer,
+    path: Path,
+    indices: np.ndarray,
+    size: int,
+    resize: str = "squash",
+    dense: bool = False,
+) -> Frames:
     """Decode exactly the frames at `indices` (0-based, in presentation order) of the open clip at `path`, upright and resized.
 
     Sparse reads seek to the keyframe before each wanted frame when that skips decoding, and
@@ -86,14 +97,18 @@ def decode_frames(container: av.container.InputContainer, path: Path, indices: n
             raise ValueError(f"{path}: frame {int(indices.max())} wanted, the clip has {len(pts)}")
         wanted = sorted(set(int(pts[i]) for i in indices))
         container.seek(0, stream=stream, backward=True)  # back from the demux pass
-        frames = _decode_dense(container, stream, wanted) if dense else _decode_sparse(container, stream, wanted, keyframes)
+        frames = (
+            _decode_dense(container, stream, wanted) if dense else _decode_sparse(container, stream, wanted, keyframes)
+        )
         # one scaler for the clip: a new one per frame (what frame.to_ndarray does) cost 10x the scaling itself
         scaler = VideoReformatter()
         decoded = {p: _upright(frame, size, resize, scaler) for p, frame in frames}
     time_base = stream.time_base
     missing = [p for p in wanted if p not in decoded]
     if missing:
-        raise ValueError(f"{path}: {len(missing)} of {len(wanted)} wanted frames did not decode (first at pts {missing[0]})")
+        raise ValueError(
+            f"{path}: {len(missing)} of {len(wanted)} wanted frames did not decode (first at pts {missing[0]})"
+        )
     chosen = [int(pts[i]) for i in indices]
     times = np.array([float(p * time_base) for p in chosen])
     return Frames(np.stack([decoded[p] for p in chosen]), np.asarray(indices, dtype=np.int64), times)
@@ -113,7 +128,9 @@ def only_stream(container: Any, stream: Any) -> Iterator[None]:
             other.discard = discard
 
 
-def _timeline(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> tuple[np.ndarray, np.ndarray]:
+def _timeline(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream
+) -> tuple[np.ndarray, np.ndarray]:
     """Every frame's pts in presentation order, and the keyframes' pts, from one demux pass (no decoding)."""
     pts, keyframes = [], []
     for packet in container.demux(stream):
@@ -137,7 +154,9 @@ def _decode_dense(container: Any, stream: Any, wanted: list[int]) -> Iterator[tu
             return
 
 
-def _decode_sparse(container: Any, stream: Any, wanted: list[int], keyframes: np.ndarray) -> Iterator[tuple[int, av.VideoFrame]]:
+def _decode_sparse(
+    container: Any, stream: Any, wanted: list[int], keyframes: np.ndarray
+) -> Iterator[tuple[int, av.VideoFrame]]:
     """(pts, frame) of each wanted frame, seeking past stretches without one and skipping unreferenced frames."""
     targets, found = set(wanted), set()
     skippable = _is_avcc_h264(stream)

@@ -12,14 +12,18 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
-Mapper = Callable[[Callable[..., Any], list[tuple[Any, ...]], int], Iterator[Any]]  # (function, calls, workers) -> results
+Mapper = Callable[
+    [Callable[..., Any], list[tuple[Any, ...]], int], Iterator[Any]
+]  # (function, calls, workers) -> results
 
 
 def in_processes(function: Callable[..., Any], calls: list[tuple[Any, ...]], workers: int) -> Iterator[Any]:
     """Spawned processes (not forked: the caller may hold threads, Prefect's, that a fork would copy mid-flight)."""
     if workers == 1 or len(calls) <= 1:
         return in_this_process(function, calls, workers)
-    return _pool(ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")), function, calls)
+    return _pool(
+        ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")), function, calls
+    )
 
 
 def in_this_process(function: Callable[..., Any], calls: list[tuple[Any, ...]], workers: int) -> Iterator[Any]:

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
-
 from vidops.components.errors import VidopsError
 
 if TYPE_CHECKING:
@@ -93,8 +92,12 @@ class FitParams(_Group):
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(16, ge=1)
     learning_rate: float = Field(2e-3, gt=0)  # the first epoch's; it falls along a cosine to 2 % of it by the last
-    patience: int = Field(8, ge=1)  # epochs without a lower validation loss before stopping early (not before half the epochs)
-    validation_fraction: float = Field(0.15, ge=0, lt=1)  # of each class's training groups, held out to drive early stopping
+    patience: int = Field(
+        8, ge=1
+    )  # epochs without a lower validation loss before stopping early (not before half the epochs)
+    validation_fraction: float = Field(
+        0.15, ge=0, lt=1
+    )  # of each class's training groups, held out to drive early stopping
     augment: bool = True  # random changes to the training examples; never to evaluation's
     seed: int = 0
     deterministic: bool = False  # deterministic TensorFlow ops: repeatable, slower
@@ -104,17 +107,25 @@ class FitParams(_Group):
     # (the shuffle buffer sized to the budget); memory always holds them; disk streams the first epoch into one file and
     # reads it after (under TMPDIR, for shards on a slow or remote disk); none streams every epoch
     cache: Literal["auto", "memory", "disk", "none"] = "auto"
-    memory_budget_mb: int = Field(4096, ge=1)  # the most the training input holds: cached clips, shuffle buffer, batches in flight
+    memory_budget_mb: int = Field(
+        4096, ge=1
+    )  # the most the training input holds: cached clips, shuffle buffer, batches in flight
 
 
 class FrameEncoderParams(FitParams):
     """Fit params of a model that sees every frame through the swappable frame encoder (components/encoders.py)."""
 
-    encoder: str = "small"  # small (the per-frame CNN of `filters`) | a Keras application: mobilenet_v3_small, efficientnet_b0
-    encoder_weights: str = "none"  # a Keras application's: none | imagenet (from Keras's cache only) | path of a .weights.h5 file
+    encoder: str = (
+        "small"  # small (the per-frame CNN of `filters`) | a Keras application: mobilenet_v3_small, efficientnet_b0
+    )
+    encoder_weights: str = (
+        "none"  # a Keras application's: none | imagenet (from Keras's cache only) | path of a .weights.h5 file
+    )
     freeze_encoder: bool = False  # keep the loaded weights as they are (batch norm in inference mode)
     filters: tuple[int, ...] = (16, 32)  # the small encoder: one conv block each
-    two_stream: bool = False  # the small encoder: the frame and its difference from the last through two CNNs of `filters`
+    two_stream: bool = (
+        False  # the small encoder: the frame and its difference from the last through two CNNs of `filters`
+    )
 
 
 class ModelRegistryParams(_Group):
@@ -126,7 +137,9 @@ class ModelRegistryParams(_Group):
 class RegistryParams(_PerTask):
     experiment: str = "vidops"
     min_improvement: float = Field(0.0, ge=0)  # a new version becomes champion only if it beats the champion by more
-    register_experiments: bool = False  # `dvc exp run`: register (and gate) each experiment's model, or only report its metrics
+    register_experiments: bool = (
+        False  # `dvc exp run`: register (and gate) each experiment's model, or only report its metrics
+    )
 
 
 class RunnerParams(_Group):
@@ -208,7 +221,9 @@ def params_model() -> type[Params]:
 @functools.cache
 def _params_model(specs: tuple[TaskSpec, ...]) -> type[Params]:
     def group(name: str, base: type[_Group], default: Any) -> Any:
-        model = create_model(name, __base__=base, **{s.name: (type(default(s.defaults)), default(s.defaults)) for s in specs})
+        model = create_model(
+            name, __base__=base, **{s.name: (type(default(s.defaults)), default(s.defaults)) for s in specs}
+        )
         return (model, model())
 
     return create_model(
@@ -300,7 +315,9 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
-        raise VidopsError(f"override {item!r}: {raw!r} is not a value YAML can read ({str(exc).splitlines()[0]})") from None
+        raise VidopsError(
+            f"override {item!r}: {raw!r} is not a value YAML can read ({str(exc).splitlines()[0]})"
+        ) from None
     node[leaf] = _number(value)
 
 

@@ -14,11 +14,34 @@ import numpy as np
 # What each row holds. `frames` is the stream's count where the packets agree with it,
 # else the count of packets; `decode_error` is empty when the first and last frames decode.
 PROBE_COLUMNS = (
-    "size_bytes", "mtime_ns", "inode", "sha256", "readable", "error", "container", "video_streams", "video_codec",
-    "pix_fmt", "width", "height", "rotation", "fps_nominal", "fps_average", "vfr", "duration_s", "frames_stream",
-    "frames", "keyframe_interval", "audio_codec", "sample_rate", "channels", "audio_duration_s", "av_diff_s",
-    "decode_error", "phash",
-)  # fmt: skip
+    "size_bytes",
+    "mtime_ns",
+    "inode",
+    "sha256",
+    "readable",
+    "error",
+    "container",
+    "video_streams",
+    "video_codec",
+    "pix_fmt",
+    "width",
+    "height",
+    "rotation",
+    "fps_nominal",
+    "fps_average",
+    "vfr",
+    "duration_s",
+    "frames_stream",
+    "frames",
+    "keyframe_interval",
+    "audio_codec",
+    "sample_rate",
+    "channels",
+    "audio_duration_s",
+    "av_diff_s",
+    "decode_error",
+    "phash",
+)
 PHASH_FRACTIONS = (0.25, 0.5, 0.75)  # where in the clip the perceptual hash looks
 
 
@@ -58,17 +81,27 @@ def _read_header(path: Path) -> dict[str, Any]:
         if container.streams.audio:
             audio = container.streams.audio[0]
             audio_s = _seconds(audio.duration, audio.time_base)
-            facts.update(audio_codec=audio.codec_context.name, sample_rate=audio.rate, channels=audio.channels, audio_duration_s=audio_s)
+            facts.update(
+                audio_codec=audio.codec_context.name,
+                sample_rate=audio.rate,
+                channels=audio.channels,
+                audio_duration_s=audio_s,
+            )
         if not container.streams.video:
             return facts
         video = container.streams.video[0]
         codec = video.codec_context
         duration = _seconds(video.duration, video.time_base) or (container.duration or 0) / av.time_base
         facts.update(
-            video_codec=codec.name, pix_fmt=codec.pix_fmt, width=codec.width, height=codec.height,
-            fps_nominal=_rate(video.base_rate or video.guessed_rate), fps_average=_rate(video.average_rate),
-            duration_s=duration, frames_stream=video.frames or None,
-        )  # fmt: skip
+            video_codec=codec.name,
+            pix_fmt=codec.pix_fmt,
+            width=codec.width,
+            height=codec.height,
+            fps_nominal=_rate(video.base_rate or video.guessed_rate),
+            fps_average=_rate(video.average_rate),
+            duration_s=duration,
+            frames_stream=video.frames or None,
+        )
         if facts.get("audio_duration_s") is not None:
             facts["av_diff_s"] = abs(facts["audio_duration_s"] - duration)
         return facts
@@ -90,7 +123,11 @@ def _scan_packets(path: Path, header: dict[str, Any]) -> dict[str, Any]:
     deltas = np.diff(np.sort(pts)) if count > 2 else np.array([1])
     vfr = bool(deltas.mean() > 0 and deltas.std() / deltas.mean() > 0.05)
     stream_count = header["frames_stream"]
-    return {"frames": stream_count if stream_count == count else count, "keyframe_interval": int(gaps.max()), "vfr": vfr}
+    return {
+        "frames": stream_count if stream_count == count else count,
+        "keyframe_interval": int(gaps.max()),
+        "vfr": vfr,
+    }
 
 
 def _decode_samples(path: Path, facts: dict[str, Any]) -> dict[str, Any]:
@@ -114,7 +151,9 @@ def _decode_samples(path: Path, facts: dict[str, Any]) -> dict[str, Any]:
         if last is None:
             out["decode_error"] = "the last frames do not decode (truncated file?)"
         elif span and (last - start) < 0.9 * span * (1 - 1 / max(facts["frames"] or 1, 1)):
-            out["decode_error"] = f"decoding stops at {float((last - start) * video.time_base):.2f} s of {facts['duration_s']:.2f} s (truncated file?)"
+            out["decode_error"] = (
+                f"decoding stops at {float((last - start) * video.time_base):.2f} s of {facts['duration_s']:.2f} s (truncated file?)"
+            )
     return out
 
 

@@ -15,5 +15,7 @@ def program(name: str) -> str:
     here = Path(sys.executable).parent / name
     found = str(here) if here.is_file() else shutil.which(name)
     if found is None:
-        raise VidopsError(f"{name}: not found next to {sys.executable} nor on PATH; install vidops into this environment")
+        raise VidopsError(
+            f"{name}: not found next to {sys.executable} nor on PATH; install vidops into this environment"
+        )
     return found

@@ -31,9 +31,8 @@ from vidops.components.layout import DECISION, INDEX, LABELS_FILE, MODEL_FILE, L
 from vidops.components.params import ExtractParams, FitParams, ModelRegistryParams
 from vidops.components.registry import CHALLENGER, CHAMPION, EVALUATED, PREVIOUS, alias
 from vidops.components.seal import UNFINISHED, download_version, trusted_download
-from vidops.components.tracking import Tracking
 from vidops.components.tasks import TaskSpec, spec
-
+from vidops.components.tracking import Tracking
 
 
 @dataclass(frozen=True)
@@ -64,7 +63,13 @@ class Incomparable(VidopsError):
 
 
 def gate(
-    tracking: Tracking, name: str, version: str | None, rule: ModelRegistryParams, margin: float, test: TestSet, reports_dir: Path,
+    tracking: Tracking,
+    name: str,
+    version: str | None,
+    rule: ModelRegistryParams,
+    margin: float,
+    test: TestSet,
+    reports_dir: Path,
     registry_key: bytes | None = None,
 ) -> Decision:
     """Score `version` (default: the challenger) and the champion on `test`; crown `version` if it passes
@@ -76,24 +81,45 @@ def gate(
     current = alias(client, name, CHAMPION)
     metric = rule.metric
     if current is not None and str(current.version) == version:
-        return _record(client, name, Decision(name, version, True, "already champion", f"v{version} is already champion", metric, None), reports_dir)
+        return _record(
+            client,
+            name,
+            Decision(name, version, True, "already champion", f"v{version} is already champion", metric, None),
+            reports_dir,
+        )
     try:
         score = score_version(tracking, name, version, test, reports_dir / f"v{version}", registry_key)[metric]
     except Incomparable as exc:
-        return _record(client, name, Decision(name, version, False, "not promoted", str(exc), metric, None), reports_dir)
+        return _record(
+            client, name, Decision(name, version, False, "not promoted", str(exc), metric, None), reports_dir
+        )
     if score < rule.floor:
-        decision = Decision(name, version, False, "not promoted", f"{metric} {score:.4f} is below the floor {rule.floor}", metric, score)
+        decision = Decision(
+            name, version, False, "not promoted", f"{metric} {score:.4f} is below the floor {rule.floor}", metric, score
+        )
     elif current is None:
-        decision = Decision(name, version, True, CHAMPION, f"first model to pass the floor: {metric} {score:.4f}", metric, score)
+        decision = Decision(
+            name, version, True, CHAMPION, f"first model to pass the floor: {metric} {score:.4f}", metric, score
+        )
     else:
-        decision = _against(tracking, name, version, score, str(current.version), metric, margin, test, reports_dir, registry_key)
+        decision = _against(
+            tracking, name, version, score, str(current.version), metric, margin, test, reports_dir, registry_key
+        )
     if decision.champion:
         _move_champion(client, name, version)
     return _record(client, name, decision, reports_dir)
 
 
 def _against(
-    tracking: Tracking, name: str, version: str, score: float, champion: str, metric: str, margin: float, test: TestSet, reports_dir: Path,
+    tracking: Tracking,
+    name: str,
+    version: str,
+    score: float,
+    champion: str,
+    metric: str,
+    margin: float,
+    test: TestSet,
+    reports_dir: Path,
     registry_key: bytes | None,
 ) -> Decision:
     """The decision between `version` and the champion, both scored on the same clips."""
@@ -108,7 +134,9 @@ def _against(
     return Decision(name, version, won, CHAMPION if won else "not promoted", reason, metric, score, champion, best)
 
 
-def score_version(tracking: Tracking, name: str, version: str, test: TestSet, reports_dir: Path, registry_key: bytes | None = None) -> dict[str, float]:
+def score_version(
+    tracking: Tracking, name: str, version: str, test: TestSet, reports_dir: Path, registry_key: bytes | None = None
+) -> dict[str, float]:
     """Evaluate a registered version on `test` with its task's evaluation: its Keras model, its labels, its extraction
     and train params (the test clips are extracted again when its extraction differs from the project's). Writes the
     evaluation's files to `reports_dir`. With `registry_key`, only a version vidops sealed (`seal.trusted_download`)
@@ -124,7 +152,11 @@ def score_version(tracking: Tracking, name: str, version: str, test: TestSet, re
         shutil.copy(served / "artifacts" / MODEL_FILE, model_dir / MODEL_FILE)
         write_json(model_dir / LABELS_FILE, config["labels"])
         extract = ExtractParams.model_validate(config["extract"])
-        features = test.features_dir if params_hash(extract) == params_hash(test.extract) else _extract_test(test, extract, Path(tmp) / "features")
+        features = (
+            test.features_dir
+            if params_hash(extract) == params_hash(test.extract)
+            else _extract_test(test, extract, Path(tmp) / "features")
+        )
         known = json.loads((features / INDEX).read_text())["labels"]
         task = spec(config["task"])
         if task.labelled and known != config["labels"]:
@@ -135,7 +167,9 @@ def score_version(tracking: Tracking, name: str, version: str, test: TestSet, re
 def _train_params(task: TaskSpec, config: dict[str, Any]) -> FitParams:
     """The version's train params; a version registered before its config held them kept only the sync window and
     offset, at the config's top."""
-    given = config.get("train") or {key: value for key, value in config.items() if key in task.train_params.model_fields}
+    given = config.get("train") or {
+        key: value for key, value in config.items() if key in task.train_params.model_fields
+    }
     return task.train_params.model_validate(given, strict=False)  # JSON has lists where the params have tuples
 
 
@@ -224,7 +258,9 @@ def _evaluated(client: Any, name: str, version: str) -> None:
     except MlflowException:
         raise VidopsError(f"model {name} has no version {version}") from None
     if UNFINISHED in tags:
-        raise VidopsError(f"model {name} version {version}: its {tags[UNFINISHED]} (tagged {UNFINISHED}); only whole versions are promoted")
+        raise VidopsError(
+            f"model {name} version {version}: its {tags[UNFINISHED]} (tagged {UNFINISHED}); only whole versions are promoted"
+        )
     if EVALUATED not in tags:
         raise VidopsError(f"model {name} version {version} was never evaluated; only evaluated versions are promoted")
 

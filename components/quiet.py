@@ -32,7 +32,9 @@ def quiet_libraries() -> None:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")  # for child processes; this one's filters are set here
     warnings.simplefilter("ignore")
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # Prefect's console shows its warnings (tf.function retracing)
+    logging.getLogger("tensorflow").setLevel(
+        logging.ERROR
+    )  # Prefect's console shows its warnings (tf.function retracing)
     if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietTensorFlow) for f in sys.meta_path):
         sys.meta_path.insert(0, _QuietTensorFlow())
 
@@ -44,7 +46,9 @@ class _QuietTensorFlow(importlib.abc.MetaPathFinder):
     level is read, so TF_CPP_MIN_LOG_LEVEL cannot stop those lines; only their file descriptor can.
     """
 
-    found = False  # once: this finder stays in sys.meta_path (removing it could skip a finder in another thread's import)
+    found = (
+        False  # once: this finder stays in sys.meta_path (removing it could skip a finder in another thread's import)
+    )
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
         if name != "tensorflow" or self.found:

@@ -16,19 +16,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from vidops.components.errors import Unreachable, VidopsError
 from vidops.components.io import read_arrays
 from vidops.components.layout import ACCEPTED, HISTORY_FILE, LABELS_FILE, MODEL_FILE, SHARDS
 from vidops.components.params import Params, Task
 from vidops.components.seal import UNFINISHED, seal_version
 from vidops.components.tasks import spec
-from vidops.components.tracking import REGISTERED, Tracking, TrainingRun, answering, fluent_at, open_training_run, training_run
+from vidops.components.tracking import (
+    REGISTERED,
+    Tracking,
+    TrainingRun,
+    answering,
+    fluent_at,
+    open_training_run,
+    training_run,
+)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"  # the newest registered version
 PREVIOUS = "previous-champion"  # where `vidops rollback` moves the champion back to
-EVALUATED = "vidops.metric"  # a version's tag: its champion metric from its own evaluation; only such versions are promoted
+EVALUATED = (
+    "vidops.metric"  # a version's tag: its champion metric from its own evaluation; only such versions are promoted
+)
 
 
 @dataclass(frozen=True)
@@ -67,8 +76,23 @@ def register_model(
         live = training_run(model_dir, tracking)
         # the training's own run, which has its curves already; else (trained elsewhere, or registered once) a new one
         accepted = validation_report.with_name(ACCEPTED)
-        training = live or open_training_run(tracking, params, task, f"{task}-registration", tags, dataset_dir, accepted)
-        logged = _log_run(training, live is not None, model, model_dir, features_dir, dataset_dir, metrics_path, history, validation_report, params, task, tags)
+        training = live or open_training_run(
+            tracking, params, task, f"{task}-registration", tags, dataset_dir, accepted
+        )
+        logged = _log_run(
+            training,
+            live is not None,
+            model,
+            model_dir,
+            features_dir,
+            dataset_dir,
+            metrics_path,
+            history,
+            validation_report,
+            params,
+            task,
+            tags,
+        )
     if not register:
         return Registration(name, None, logged.run_id, logged.experiment_id)
     metric = params.registry.of(task).metric
@@ -85,8 +109,20 @@ class _Logged:
     model_uri: str  # the served model logged to the run: models:/<logged model id>
 
 
-def _log_run(training: TrainingRun, live: bool, model: Any, model_dir: Path, features_dir: Path, dataset_dir: Path, metrics_path: Path,
-             history: dict[str, list[float]], validation_report: Path, params: Params, task: Task, tags: dict[str, str]) -> _Logged:  # fmt: skip
+def _log_run(
+    training: TrainingRun,
+    live: bool,
+    model: Any,
+    model_dir: Path,
+    features_dir: Path,
+    dataset_dir: Path,
+    metrics_path: Path,
+    history: dict[str, list[float]],
+    validation_report: Path,
+    params: Params,
+    task: Task,
+    tags: dict[str, str],
+) -> _Logged:
     """Everything of the model into its run: metrics, curves, reports, the Keras model and the served model (not registered)."""
     import mlflow
 
@@ -116,7 +152,9 @@ def _log_run(training: TrainingRun, live: bool, model: Any, model_dir: Path, fea
     return _Logged(run.info.run_id, run.info.experiment_id, info.model_uri)
 
 
-def _register_whole(tracking: Tracking, model_uri: str, name: str, run_id: str, tags: dict[str, str], registry_key: bytes | None) -> str:
+def _register_whole(
+    tracking: Tracking, model_uri: str, name: str, run_id: str, tags: dict[str, str], registry_key: bytes | None
+) -> str:
     """Register the logged served model as a new version of `name`, whole or not at all: the version is made carrying
     UNFINISHED, then sealed (its files downloaded as the store holds them), tagged (lineage, its evaluation), cleared of
     UNFINISHED, and only then made the challenger. When a step fails (a server gone, Ctrl-C) the version is deleted; when
@@ -134,10 +172,14 @@ def _register_whole(tracking: Tracking, model_uri: str, name: str, run_id: str, 
             began = f"registration from run {run_id} began {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} and has not finished"
             # not awaited: an open-source store makes a version READY as it creates it, and one request less leaves fewer
             # ways to lose the number of a version the server made
-            version = str(mlflow.register_model(model_uri, name, await_registration_for=0, tags={UNFINISHED: began}).version)
+            version = str(
+                mlflow.register_model(model_uri, name, await_registration_for=0, tags={UNFINISHED: began}).version
+            )
     except Unreachable as exc:  # the server may have made the version and not lived to say which
-        raise Unreachable(f"{exc}; a version it may have made is tagged {UNFINISHED}: never loaded, gated or promoted, and the next "
-                          "registration from this run deletes it") from None  # fmt: skip
+        raise Unreachable(
+            f"{exc}; a version it may have made is tagged {UNFINISHED}: never loaded, gated or promoted, and the next "
+            "registration from this run deletes it"
+        ) from None
     try:
         with answering(tracking, f"registering {name} version {version}"):
             if registry_key is not None:
@@ -145,7 +187,9 @@ def _register_whole(tracking: Tracking, model_uri: str, name: str, run_id: str, 
             for key, value in tags.items():  # the version carries its lineage too: `vidops lineage` reads it from there
                 client.set_model_version_tag(name, version, key, value)
             client.delete_model_version_tag(name, version, UNFINISHED)
-            client.set_registered_model_alias(name, CHALLENGER, version)  # last: only a whole version is ever the challenger
+            client.set_registered_model_alias(
+                name, CHALLENGER, version
+            )  # last: only a whole version is ever the challenger
             client.set_tag(run_id, REGISTERED, version)
     except BaseException as exc:
         try:
@@ -159,20 +203,23 @@ def _register_whole(tracking: Tracking, model_uri: str, name: str, run_id: str, 
     return version
 
 
-def _log_served_model(model_dir: Path, features_dir: Path, dataset_dir: Path, params: Params, task: Task, tmp: Path) -> Any:
+def _log_served_model(
+    model_dir: Path, features_dir: Path, dataset_dir: Path, params: Params, task: Task, tmp: Path
+) -> Any:
     """The pyfunc that takes videos, with the task's extraction and train params (registered by `_register_whole`).
     Logged from code (`MODEL_CODE`), not as a pickle, which MLflow warns about at every registration."""
     import mlflow
     import pandas as pd
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
-
     from vidops.components.extraction import usable_rows
     from vidops.components.serving import MODEL_CODE, VIDEO, encode
 
     config = {
         "task": task,
-        "package": spec(task).package,  # where the served model finds a task that is not vidops's own: the code it carries
+        "package": spec(
+            task
+        ).package,  # where the served model finds a task that is not vidops's own: the code it carries
         "labels": json.loads((model_dir / LABELS_FILE).read_text()),
         "extract": params.extract.of(task).model_dump(mode="json"),
         "train": params.train.of(task).model_dump(mode="json"),
@@ -194,8 +241,9 @@ def _served_code(tmp: Path, task: Task) -> list[Path]:
     """The code a served model carries: the `vidops` package with `components/` alone in it, and a task's own package
     when it is not in there (MLflow puts each folder's parent on `sys.path` when it loads the model, where neither
     vidops nor the task's package need be installed)."""
-    import vidops
     import vidops.components
+
+    import vidops
 
     package = tmp / "vidops"
     package.mkdir()
@@ -222,10 +270,14 @@ def _signature(model: Any) -> Any:
 
     def specs(tensors: Any) -> Any:
         named = tensors.items() if isinstance(tensors, dict) else [(t.name, t) for t in tensors]
-        return Schema([TensorSpec(np.dtype(t.dtype), tuple(-1 if d is None else d for d in t.shape), n) for n, t in named])
+        return Schema(
+            [TensorSpec(np.dtype(t.dtype), tuple(-1 if d is None else d for d in t.shape), n) for n, t in named]
+        )
 
     outputs = model.output if isinstance(model.output, dict) else {"probabilities": model.output}
-    return ModelSignature(inputs=specs(model.input if isinstance(model.input, dict) else model.inputs), outputs=specs(outputs))
+    return ModelSignature(
+        inputs=specs(model.input if isinstance(model.input, dict) else model.inputs), outputs=specs(outputs)
+    )
 
 
 def _input_example(features_dir: Path, task: Task, params: Params) -> Any:

@@ -56,15 +56,21 @@ def trusted_download(tracking: Tracking, name: str, version: str, key: bytes, ds
         with answering(tracking, f"reading models:/{name}/{version}"):
             tags = MlflowClient(tracking.uri).get_model_version(name, version).tags
     except MlflowException as exc:
-        raise VidopsError(f"models:/{name}/{version}: not in the registry at {tracking.uri}: {exc.message.splitlines()[0]}") from None
+        raise VidopsError(
+            f"models:/{name}/{version}: not in the registry at {tracking.uri}: {exc.message.splitlines()[0]}"
+        ) from None
     if UNFINISHED in tags:
-        raise VidopsError(f"models:/{name}/{version}: its {tags[UNFINISHED]} (it is tagged {UNFINISHED}); refusing to load it, register the model again")
+        raise VidopsError(
+            f"models:/{name}/{version}: its {tags[UNFINISHED]} (it is tagged {UNFINISHED}); refusing to load it, register the model again"
+        )
     recorded = tags.get(ORIGIN)
     with answering(tracking, f"downloading models:/{name}/{version}"):
         folder = download_version(tracking, name, version, dst)
     if recorded is None or not hmac.compare_digest(recorded, _seal(key, name, version, folder)):
         why = f"it has no {ORIGIN} tag" if recorded is None else "its files are not the ones sealed at registration"
-        raise VidopsError(f"models:/{name}/{version}: not a version this project's vidops registered ({why}); refusing to load it")
+        raise VidopsError(
+            f"models:/{name}/{version}: not a version this project's vidops registered ({why}); refusing to load it"
+        )
     return folder
 
 
@@ -73,7 +79,11 @@ def download_version(tracking: Tracking, name: str, version: str, dst: Path) -> 
     import mlflow
 
     with fluent_at(tracking):  # models:/ resolves through the process's registry, not the tracking_uri argument
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dst), tracking_uri=tracking.uri))
+        return Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{name}/{version}", dst_path=str(dst), tracking_uri=tracking.uri
+            )
+        )
 
 
 def _seal(key: bytes, name: str, version: str, folder: Path) -> str:

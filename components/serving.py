@@ -22,7 +22,6 @@ from typing import Any
 
 import mlflow
 import pandas as pd
-
 from vidops.components.errors import VidopsError
 
 VIDEO = "video"  # the input column: the file's bytes in base64, or a path where SERVE_PATHS allows it
@@ -58,8 +57,8 @@ class VideoModel(mlflow.pyfunc.PythonModel):
             raise _bad_request(str(exc)) from None
 
     def _features(self, path: Path) -> Any:
-        from vidops.components.probe import probe_clip
         from vidops.components.extraction import extract_clip
+        from vidops.components.probe import probe_clip
         from vidops.components.sampling import ClipTooShort
 
         probe = probe_clip(path)

@@ -22,7 +22,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from vidops.components import catalog, cluster, dependencies, evaluation, extraction, inputs, promotion, registry, tracking, validation
+from vidops.components import (
+    catalog,
+    cluster,
+    dependencies,
+    evaluation,
+    extraction,
+    inputs,
+    promotion,
+    registry,
+    tracking,
+    validation,
+)
 from vidops.components.errors import VidopsError
 from vidops.components.io import write_json
 from vidops.components.layout import ACCEPTED, CAPTIONS_FILE, DECISION, METRICS, REPORT, RUN_FILE, Layout
@@ -51,17 +62,29 @@ def validate(layout: Layout, params: Params, task: Task, mapper: Mapper = in_thr
 
 
 def extract(
-    layout: Layout, params: Params, task: Task, progress: extraction.Progress | None = None, mapper: Mapper | None = None
+    layout: Layout,
+    params: Params,
+    task: Task,
+    progress: extraction.Progress | None = None,
+    mapper: Mapper | None = None,
 ) -> extraction.FeatureSet:
     """Frames and aligned audio of every accepted clip, one shard a clip, and their index."""
     catalog_dir = layout.catalog(task)
     captions = catalog_dir / CAPTIONS_FILE if spec(task).captioned else None
     return extraction.extract_features(
-        dataset(layout, params, task), catalog_dir / ACCEPTED, layout.features(task), params.extract.of(task), progress, mapper, captions
+        dataset(layout, params, task),
+        catalog_dir / ACCEPTED,
+        layout.features(task),
+        params.extract.of(task),
+        progress,
+        mapper,
+        captions,
     )
 
 
-def train(layout: Layout, params: Params, task: Task, progress: Progress | None = None, run_name: str | None = None) -> TrainedModel:
+def train(
+    layout: Layout, params: Params, task: Task, progress: Progress | None = None, run_name: str | None = None
+) -> TrainedModel:
     """Train the task's model in a process of its own, reporting each epoch live to an MLflow run opened first
     (named `run_name`, default `<task>-<DVC experiment or "stage">`), to the `vidops` log and to `progress`."""
     fit, features = params.train.of(task), layout.features(task)
@@ -77,7 +100,9 @@ def train(layout: Layout, params: Params, task: Task, progress: Progress | None 
     if abandoned := tracking.end_abandoned_run(layout.models(task), store):
         log.info("train %s: MLflow run %s of a training that did not finish (killed) ended as KILLED", task, abandoned)
     tags = lineage_tags(layout, params, task)
-    run = tracking.open_training_run(store, params, task, name, tags, dataset(layout, params, task), layout.catalog(task) / ACCEPTED)
+    run = tracking.open_training_run(
+        store, params, task, name, tags, dataset(layout, params, task), layout.catalog(task) / ACCEPTED
+    )
     write_json(layout.models(task) / RUN_FILE, asdict(run))
     log.info("train %s: MLflow run %s (%s)", task, name, run.run_id)
     try:
@@ -98,7 +123,13 @@ def _end(run: tracking.TrainingRun, task: Task, failed: bool = False) -> None:
     try:
         run.end(failed)
     except Exception as exc:
-        log.warning("train %s: MLflow run %s could not be ended %s: %s", task, run.run_id, "FAILED" if failed else "FINISHED", exc)
+        log.warning(
+            "train %s: MLflow run %s could not be ended %s: %s",
+            task,
+            run.run_id,
+            "FAILED" if failed else "FINISHED",
+            exc,
+        )
 
 
 @dataclass(frozen=True)
@@ -112,17 +143,30 @@ class _EpochReport:
         try:
             if self.run:
                 self.run.log_epoch(epoch, epochs, metrics)
-        except Exception as exc:  # a tracking server's hiccup must not cost the training; registration logs the curves again
+        except (
+            Exception
+        ) as exc:  # a tracking server's hiccup must not cost the training; registration logs the curves again
             metrics = {**metrics, "not_logged": f"MLflow: {exc}"}
         self.queue.put((epoch, epochs, metrics))
 
 
-def _train_reporting(train: Callable[..., T], features: Path, models: Path, params: Any, run: tracking.TrainingRun | None, task: Task, progress: Progress | None) -> T:
+def _train_reporting(
+    train: Callable[..., T],
+    features: Path,
+    models: Path,
+    params: Any,
+    run: tracking.TrainingRun | None,
+    task: Task,
+    progress: Progress | None,
+) -> T:
     """`train` in a fresh (spawned) process (TensorFlow keeps a GPU's memory until its process exits), its epochs
     logged here as they end."""
     spawn = multiprocessing.get_context("spawn")
     # the initializer runs before `train` is unpickled, so TensorFlow loads as quietly there as here
-    with spawn.Manager() as manager, ProcessPoolExecutor(max_workers=1, mp_context=spawn, initializer=quiet_libraries) as pool:
+    with (
+        spawn.Manager() as manager,
+        ProcessPoolExecutor(max_workers=1, mp_context=spawn, initializer=quiet_libraries) as pool,
+    ):
         epochs = manager.Queue()
         future = pool.submit(train, features, models, params, _EpochReport(run, epochs))
         while not _drain(epochs, future, task, progress):
@@ -174,16 +218,22 @@ def register(layout: Layout, params: Params, task: Task, tags: dict[str, str] | 
     return registered
 
 
-def promote(layout: Layout, params: Params, task: Task, version: str | None = None, lock: Lock | None = None) -> promotion.Decision:
+def promote(
+    layout: Layout, params: Params, task: Task, version: str | None = None, lock: Lock | None = None
+) -> promotion.Decision:
     """The gate: score `version` (default: the challenger) and the champion on this project's test clips and crown the
     better one, holding the model's `lock` (the profile's; the embedded store's file lock by default); the scores and
     decision go to reports/<task>/promotion/."""
     rule, store = params.registry.of(task), tracking.locate(layout)
     if lock is None:
         if not store.uri.startswith("sqlite:"):  # other machines reach this store: a file lock here would not stop them
-            raise VidopsError(f"the registry at {store.uri} is shared: the gate needs the stack's lock (vidops.stack.profiles)")
+            raise VidopsError(
+                f"the registry at {store.uri} is shared: the gate needs the stack's lock (vidops.stack.profiles)"
+            )
         lock = promotion.file_lock
-    test = promotion.TestSet(dataset(layout, params, task), layout.catalog(task) / ACCEPTED, layout.features(task), params.extract.of(task))
+    test = promotion.TestSet(
+        dataset(layout, params, task), layout.catalog(task) / ACCEPTED, layout.features(task), params.extract.of(task)
+    )
     reports = layout.promotion(task)
     with lock(layout, rule.model_name):
         shutil.rmtree(reports, ignore_errors=True)  # this decision's scores only
@@ -192,7 +242,9 @@ def promote(layout: Layout, params: Params, task: Task, version: str | None = No
             skipped = promotion.Decision(rule.model_name, "", False, "not gated", why, rule.metric, None)
             write_json(reports / DECISION, asdict(skipped))
             return skipped
-        return promotion.gate(store, rule.model_name, version, rule, params.registry.min_improvement, test, reports, registry_key(layout))
+        return promotion.gate(
+            store, rule.model_name, version, rule, params.registry.min_improvement, test, reports, registry_key(layout)
+        )
 
 
 STAGES = {name: getattr(sys.modules[__name__], name) for name in dependencies.NAMES}  # the stage functions, by name
@@ -214,7 +266,9 @@ def dataset(layout: Layout, params: Params, task: Task) -> Path:
             f"data/raw/<name>/, the CSV as <name>/{catalog.DATASET_MANIFEST} with paths relative to it, and set datasets.{task}: <name>"
         )
     if not folder.is_dir():
-        raise VidopsError(f"{folder}: no such dataset (datasets.{task} in params.yaml); add it, or leave {task} out of tasks")
+        raise VidopsError(
+            f"{folder}: no such dataset (datasets.{task} in params.yaml); add it, or leave {task} out of tasks"
+        )
     return folder
 
 
@@ -239,9 +293,16 @@ def summary(result: object, root: Path, metric: str) -> str:
             splits = ", ".join(f"{n} {split}" for split, n in sorted(f.clips.items(), reverse=True))
             return f"{sum(f.clips.values())} clips of {len(f.labels)} classes ({splits}): {f.extracted} extracted, {f.reused} reused, {f.failed} failed; {at(f.root)}"
         case TrainedModel() as t:
-            shown = sorted((k for k, v in t.history.items() if v and (k == "loss" or k.endswith("accuracy"))), key=lambda k: (k != "loss", k))
+            shown = sorted(
+                (k for k, v in t.history.items() if v and (k == "loss" or k.endswith("accuracy"))),
+                key=lambda k: (k != "loss", k),
+            )
             resumed = f" (resumed at epoch {t.resumed_from})" if t.resumed_from else ""
-            return f"{t.epochs} epochs{resumed}, final " + ", ".join(f"{k} {t.history[k][-1]:.3f}" for k in shown) + f"; {at(t.path)}"
+            return (
+                f"{t.epochs} epochs{resumed}, final "
+                + ", ".join(f"{k} {t.history[k][-1]:.3f}" for k in shown)
+                + f"; {at(t.path)}"
+            )
         case evaluation.Evaluation() as e:
             return f"{metric} {e.metrics[metric]:.3f} on {e.metrics['test_clips']} test clips; {at(e.metrics_path)}"
         case registry.Registration(version=None) as r:
@@ -261,7 +322,9 @@ def outputs_present(name: str, layout: Layout, task: Task) -> bool:
     if name != "register":
         return True
     recorded = json.loads(layout.registration(task).read_text())
-    return recorded["version"] is None or registry.has_version(tracking.locate(layout), recorded["model_name"], recorded["version"])
+    return recorded["version"] is None or registry.has_version(
+        tracking.locate(layout), recorded["model_name"], recorded["version"]
+    )
 
 
 def fingerprint(name: str, layout: Layout, params: Params, task: Task) -> str:

@@ -13,7 +13,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from vidops.components.errors import VidopsError
 
 SPECIALS = ("<pad>", "<unk>", "<start>", "<end>")  # ids 0, 1, 2, 3 in every vocabulary
@@ -43,13 +42,19 @@ class Vocabulary:
     def __post_init__(self) -> None:
         tokens = tuple(self.tokens)
         if tokens[: len(SPECIALS)] != SPECIALS:
-            raise VidopsError(f"vocabulary: it must start with {SPECIALS} (ids 0 to {len(SPECIALS) - 1}), not {tokens[: len(SPECIALS)]}; was it built by Vocabulary.build?")
+            raise VidopsError(
+                f"vocabulary: it must start with {SPECIALS} (ids 0 to {len(SPECIALS) - 1}), not {tokens[: len(SPECIALS)]}; was it built by Vocabulary.build?"
+            )
         duplicates = sorted(token for token, count in Counter(tokens).items() if count > 1)
         if duplicates:
-            raise VidopsError(f"vocabulary: tokens {duplicates[:10]} appear more than once; each token must have one id")
+            raise VidopsError(
+                f"vocabulary: tokens {duplicates[:10]} appear more than once; each token must have one id"
+            )
         malformed = [token for token in tokens[len(SPECIALS) :] if words(token) != [token]]
         if malformed:
-            raise VidopsError(f"vocabulary: tokens {malformed[:10]} are not words as text.words() makes them; captions could never reach them")
+            raise VidopsError(
+                f"vocabulary: tokens {malformed[:10]} are not words as text.words() makes them; captions could never reach them"
+            )
         object.__setattr__(self, "tokens", tokens)
         object.__setattr__(self, "_ids", {token: i for i, token in enumerate(tokens)})
 
@@ -58,13 +63,19 @@ class Vocabulary:
         """The vocabulary of the training captions: words seen at least `min_count` times, the most frequent first, at
         most `max_size` tokens in all (specials included); any other word will be encoded as <unk>."""
         if max_size is not None and max_size <= len(SPECIALS):
-            raise VidopsError(f"max_size={max_size}: the vocabulary holds the {len(SPECIALS)} special tokens and at least one word; set max_size above {len(SPECIALS)}")
+            raise VidopsError(
+                f"max_size={max_size}: the vocabulary holds the {len(SPECIALS)} special tokens and at least one word; set max_size above {len(SPECIALS)}"
+            )
         counts = Counter(word for caption in captions for word in words(caption))
-        kept = sorted((word for word, count in counts.items() if count >= min_count), key=lambda word: (-counts[word], word))
+        kept = sorted(
+            (word for word, count in counts.items() if count >= min_count), key=lambda word: (-counts[word], word)
+        )
         if not kept:
             most = max(counts.values(), default=0)
             found = f"{len(counts)} distinct words, the most frequent seen {most} times"
-            raise VidopsError(f"min_count={min_count}: no word of the training captions qualifies ({found}); lower min_count or check the captions")
+            raise VidopsError(
+                f"min_count={min_count}: no word of the training captions qualifies ({found}); lower min_count or check the captions"
+            )
         limit = None if max_size is None else max_size - len(SPECIALS)
         return cls(SPECIALS + tuple(kept[:limit]))
 
@@ -95,7 +106,9 @@ class Vocabulary:
             if i == END:
                 break
             if not 0 <= i < len(self.tokens):
-                raise VidopsError(f"token id {i} is outside this vocabulary of {len(self.tokens)} tokens; the model was trained with another vocabulary")
+                raise VidopsError(
+                    f"token id {i} is outside this vocabulary of {len(self.tokens)} tokens; the model was trained with another vocabulary"
+                )
             if i not in (START, PAD):
                 out.append(self.tokens[i])
         return " ".join(out)
@@ -159,16 +172,24 @@ def cider_d(hypotheses: Sequence[str], references: Sequence[Sequence[str]], sigm
 
 
 def _ngram_counts(caption_words: list[str]) -> Counter[tuple[str, ...]]:
-    return Counter(tuple(caption_words[i : i + n]) for n in range(1, CIDER_N + 1) for i in range(len(caption_words) - n + 1))
+    return Counter(
+        tuple(caption_words[i : i + n]) for n in range(1, CIDER_N + 1) for i in range(len(caption_words) - n + 1)
+    )
 
 
 def _check_corpus(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> None:
     if isinstance(hypotheses, str) or any(isinstance(clip, str) for clip in references):
-        raise VidopsError("caption metrics: pass a list of hypotheses and, per clip, a list of reference captions, not bare strings")
+        raise VidopsError(
+            "caption metrics: pass a list of hypotheses and, per clip, a list of reference captions, not bare strings"
+        )
     if len(hypotheses) == 0:  # not `not hypotheses`: a numpy array of captions has no truth value
         raise VidopsError("caption metrics: the corpus is empty; there is nothing to score")
     if len(hypotheses) != len(references):
-        raise VidopsError(f"caption metrics: {len(hypotheses)} hypotheses but {len(references)} reference lists; give one list of references per hypothesis")
+        raise VidopsError(
+            f"caption metrics: {len(hypotheses)} hypotheses but {len(references)} reference lists; give one list of references per hypothesis"
+        )
     empty = [i for i, clip in enumerate(references) if len(clip) == 0]
     if empty:
-        raise VidopsError(f"caption metrics: clips {empty[:10]} have no reference caption; every clip needs at least one")
+        raise VidopsError(
+            f"caption metrics: clips {empty[:10]} have no reference caption; every clip needs at least one"
+        )

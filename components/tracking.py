@@ -20,7 +20,9 @@ from vidops.components.errors import Unreachable
 from vidops.components.layout import RUN_FILE, Layout
 from vidops.components.params import Params, Task
 
-REGISTERED = "vidops.registered"  # a run's tag once a model of it is registered: the next registration opens a run of its own
+REGISTERED = (
+    "vidops.registered"  # a run's tag once a model of it is registered: the next registration opens a run of its own
+)
 
 
 @dataclass(frozen=True)
@@ -57,8 +59,13 @@ class TrainingRun:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        named = {name if name.startswith("val_") or name == "learning_rate" else f"train_{name}": value for name, value in metrics.items()}
-        MlflowClient(self.tracking_uri).log_batch(self.run_id, metrics=[Metric(k, v, now, epoch) for k, v in named.items()], synchronous=True)
+        named = {
+            name if name.startswith("val_") or name == "learning_rate" else f"train_{name}": value
+            for name, value in metrics.items()
+        }
+        MlflowClient(self.tracking_uri).log_batch(
+            self.run_id, metrics=[Metric(k, v, now, epoch) for k, v in named.items()], synchronous=True
+        )
 
     def end(self, failed: bool = False) -> None:
         from mlflow import MlflowClient
@@ -87,7 +94,13 @@ def fluent_at(tracking: Tracking) -> Iterator[None]:
 
 
 def open_training_run(
-    tracking: Tracking, params: Params, task: Task, run_name: str, tags: dict[str, str], dataset_dir: Path, accepted: Path
+    tracking: Tracking,
+    params: Params,
+    task: Task,
+    run_name: str,
+    tags: dict[str, str],
+    dataset_dir: Path,
+    accepted: Path,
 ) -> TrainingRun:
     """Start the task's MLflow run before training: named `run_name`, with the task's params, its lineage tags and the
     dataset as the run's input (name, DVC version as digest, the accepted clips)."""
@@ -97,16 +110,24 @@ def open_training_run(
 
     client = MlflowClient(tracking.uri)
     tree = params.to_yaml_dict()
-    logged = {group: {task: tree[group][task]} for group in ("datasets", "extract", "train")}  # this task's, not the other's
+    logged = {
+        group: {task: tree[group][task]} for group in ("datasets", "extract", "train")
+    }  # this task's, not the other's
     with answering(tracking, f"opening the {task} training's run"), fluent_at(tracking):
-        run = client.create_run(experiment_id(params.registry.experiment, tracking), run_name=run_name, tags={"vidops.task": task, **tags})
+        run = client.create_run(
+            experiment_id(params.registry.experiment, tracking), run_name=run_name, tags={"vidops.task": task, **tags}
+        )
         with mlflow.start_run(run_id=run.info.run_id):
             mlflow.log_params(flatten(logged))
             version = tags.get("vidops.dataset_version", "").removesuffix(".dir")
             clips = pd.read_csv(accepted, dtype=str, keep_default_na=False)[["path", "label", "group", "split"]]
-            with warnings.catch_warnings():  # MLflow 3.17 registers its local source class twice, then warns that a path fits both
+            with (
+                warnings.catch_warnings()
+            ):  # MLflow 3.17 registers its local source class twice, then warns that a path fits both
                 warnings.simplefilter("ignore", UserWarning)
-                data = mlflow.data.from_pandas(clips, source=str(dataset_dir), name=dataset_dir.name, digest=version or None)
+                data = mlflow.data.from_pandas(
+                    clips, source=str(dataset_dir), name=dataset_dir.name, digest=version or None
+                )
             mlflow.log_input(data, context="training")
         # the block above ended the run FINISHED: it runs until the training ends it (TrainingRun.end), and a training
         # killed on the way leaves it RUNNING, which the next one ends as KILLED (a killed training looked finished)
@@ -186,7 +207,8 @@ def answering(tracking: Tracking, doing: str) -> Iterator[None]:
 def _silent(exc: BaseException, tracking: Tracking) -> tuple[str | None, str]:
     """(the service that did not answer, how), or (None, "") for any other failure. The causes are read too: MLflow
     re-raises a refused connection as "Failed to get logged model ... may have been deleted"."""
-    from botocore.exceptions import ConnectionError as NoConnection, HTTPClientError
+    from botocore.exceptions import ConnectionError as NoConnection
+    from botocore.exceptions import HTTPClientError
     from mlflow.exceptions import MlflowException
     from requests.exceptions import ConnectionError as Refused
 

@@ -20,7 +20,6 @@ from typing import Any
 
 import keras
 import tensorflow as tf
-
 from vidops.components import cluster, encoders, inputs
 from vidops.components.errors import VidopsError
 from vidops.components.io import atomic_path, write_csv, write_json
@@ -35,7 +34,9 @@ FINAL_RATE = 0.02
 EpochHook = Callable[[int, int, dict[str, float]], None]  # (epoch, of epochs, metrics): after every epoch
 
 
-def train_split(features_dir: Path, fields: tuple[str, ...], validation_fraction: float) -> tuple[inputs.Split, inputs.Split | None]:
+def train_split(
+    features_dir: Path, fields: tuple[str, ...], validation_fraction: float
+) -> tuple[inputs.Split, inputs.Split | None]:
     """The checked train split, less the validation groups carved from it (None when none can be spared); an error before
     the first epoch when it holds no clip."""
     split = inputs.open_split(features_dir, "train", fields)
@@ -82,8 +83,12 @@ def fit(
             xla = params.xla and bool(tf.config.list_physical_devices("GPU"))
             # the rate falls along a cosine to FINAL_RATE of its start over all the epochs' steps; the optimizer's step count
             # is in every checkpoint, so a resumed training carries on along the same curve
-            rate = keras.optimizers.schedules.CosineDecay(params.learning_rate, params.epochs * data[1], alpha=FINAL_RATE)
-            fitted.compile(optimizer=keras.optimizers.Adam(rate), loss=recipe.loss, metrics=recipe.metrics, jit_compile=xla)
+            rate = keras.optimizers.schedules.CosineDecay(
+                params.learning_rate, params.epochs * data[1], alpha=FINAL_RATE
+            )
+            fitted.compile(
+                optimizer=keras.optimizers.Adam(rate), loss=recipe.loss, metrics=recipe.metrics, jit_compile=xla
+            )
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             # Keras 3's fit would reduce its first batch across the workers to build the model, which the strategy rejects
             # (keras-team/keras#20585): built here from one local batch, the model needs no build in fit
@@ -96,13 +101,25 @@ def fit(
     # stopped at epoch 43 with 0.93 reaches 1.00 at 60; stopping from the start ended one at 0.143).
     watched = "val_loss" if validation is not None else "loss"
     callbacks = [
-        keras.callbacks.EarlyStopping(monitor=watched, patience=params.patience, restore_best_weights=True,
-                                      start_from_epoch=max(params.patience, params.epochs // 2)),  # fmt: skip
+        keras.callbacks.EarlyStopping(
+            monitor=watched,
+            patience=params.patience,
+            restore_best_weights=True,
+            start_from_epoch=max(params.patience, params.epochs // 2),
+        ),
         _Checkpoint(checkpoints, key, history, params.epochs, on_epoch),
     ]
     batches, steps = data
-    fitted.fit(batches, steps_per_epoch=steps, validation_data=validation, epochs=params.epochs, initial_epoch=start, shuffle=False, verbose=0,
-               callbacks=callbacks)  # fmt: skip
+    fitted.fit(
+        batches,
+        steps_per_epoch=steps,
+        validation_data=validation,
+        epochs=params.epochs,
+        initial_epoch=start,
+        shuffle=False,
+        verbose=0,
+        callbacks=callbacks,
+    )
     with atomic_path(model_dir / MODEL_FILE) as tmp:
         fitted.save(tmp)
     write_json(model_dir / LABELS_FILE, list(labels))
@@ -144,7 +161,9 @@ def _mend_keras_multi_worker() -> None:
 
     def mended(values: Any, strategy: Any, reduction: str) -> Any:
         if reduction in ("auto", "mean") and trainer._collective_all_reduce_multi_worker(strategy):
-            per_replica = lambda v: strategy.reduce("MEAN", v, axis=None) if isinstance(v, tf.distribute.DistributedValues) else v  # noqa: E731
+            per_replica = lambda v: (
+                strategy.reduce("MEAN", v, axis=None) if isinstance(v, tf.distribute.DistributedValues) else v
+            )
             return tf.nest.map_structure(per_replica, values)
         return reduce(values, strategy, reduction)
 
@@ -161,7 +180,9 @@ def _run_key(features_dir: Path, params: FitParams) -> str:
     return digest.hexdigest()[:16]
 
 
-CHECKPOINT_STATE = "state.json"  # models/<task>/checkpoints/: the last whole checkpoint: its epoch, history and model file
+CHECKPOINT_STATE = (
+    "state.json"  # models/<task>/checkpoints/: the last whole checkpoint: its epoch, history and model file
+)
 
 
 def _read_state(checkpoints: Path, key: str) -> dict[str, Any] | None:
@@ -181,7 +202,9 @@ class _Checkpoint(keras.callbacks.Callback):
     state is written: a training killed between the two writes resumes from the last epoch whose state is whole (with a
     single model.keras, it resumed the newer model under the older epoch and history)."""
 
-    def __init__(self, folder: Path, key: str, history: dict[str, list[float]], epochs: int, on_epoch: EpochHook | None) -> None:
+    def __init__(
+        self, folder: Path, key: str, history: dict[str, list[float]], epochs: int, on_epoch: EpochHook | None
+    ) -> None:
         super().__init__()
         self.folder, self.key, self.history, self.epochs, self.on_epoch = folder, key, history, epochs, on_epoch
 
@@ -189,12 +212,17 @@ class _Checkpoint(keras.callbacks.Callback):
         metrics = {name: float(value) for name, value in (logs or {}).items()}
         for name, value in metrics.items():
             self.history.setdefault(name, []).append(value)
-        metrics["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))  # the schedule's, now
+        metrics["learning_rate"] = float(
+            keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+        )  # the schedule's, now
         saved = f"model-{epoch + 1}.keras"
         with atomic_path(self.folder / saved) as tmp:
             self.model.save(tmp)
         # written second: a state file always describes a whole checkpoint
-        write_json(self.folder / CHECKPOINT_STATE, {"key": self.key, "epoch": epoch + 1, "history": self.history, "model": saved})
+        write_json(
+            self.folder / CHECKPOINT_STATE,
+            {"key": self.key, "epoch": epoch + 1, "history": self.history, "model": saved},
+        )
         for older in self.folder.glob("model-*.keras"):
             if older.name != saved:
                 older.unlink(missing_ok=True)
@@ -210,4 +238,3 @@ def write_curves(history: dict[str, list[float]], path: Path) -> Path:
     curves.insert(0, "epoch", range(len(curves)))
     write_csv(path, curves)
     return path
-

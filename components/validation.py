@@ -19,18 +19,17 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-
-from vidops.components import hashing, text
-from vidops.components.catalog import CAPTION_COLUMNS, Catalog, assign_splits, build_catalog, dataset_captions, read_catalog
-from vidops.components.parallel import Mapper, in_threads
+from vidops.components import hashing
+from vidops.components.captions import accepted_captions, caption_orphans, dataset_captions, derive_caption_checks
+from vidops.components.catalog import FINDING_COLUMNS, Catalog, assign_splits, build_catalog, read_catalog
 from vidops.components.data_docs import SUITE, write_data_docs
 from vidops.components.errors import VidopsError
 from vidops.components.io import write_csv, write_json
 from vidops.components.layout import ACCEPTED, CAPTIONS_FILE, CATALOG, FORMER_CATALOG, QUARANTINE, REPORT, WARNINGS
+from vidops.components.parallel import Mapper, in_threads
 from vidops.components.params import Params, Task, ValidationParams
 from vidops.components.tasks import spec
 
-FINDING_COLUMNS = ["path", "label", "severity", "check", "reason"]
 Severity = Literal["critical", "warning"]
 
 
@@ -72,12 +71,20 @@ class ValidationSummary:
 
     def table(self) -> list[dict[str, Any]]:
         """The summary as rows (what, clips), for the CLI, MLflow and the Prefect UI."""
-        rows = [{"what": k, "clips": v} for k, v in (("accepted", self.accepted), ("warned", self.warned), ("quarantined", self.quarantined))]
+        rows = [
+            {"what": k, "clips": v}
+            for k, v in (("accepted", self.accepted), ("warned", self.warned), ("quarantined", self.quarantined))
+        ]
         return rows + [{"what": f"failed {check}", "clips": n} for check, n in sorted(self.by_reason.items())]
 
 
 def validate_dataset(
-    dataset: Path, catalog_dir: Path, checks: ValidationParams, docs_dir: Path | None = None, min_classes: int = 2, mapper: Mapper = in_threads,
+    dataset: Path,
+    catalog_dir: Path,
+    checks: ValidationParams,
+    docs_dir: Path | None = None,
+    min_classes: int = 2,
+    mapper: Mapper = in_threads,
     captioned: bool = False,
 ) -> ValidationSummary:
     """Catalog `dataset`, run the suite, write the catalog table, findings, accepted list, the accepted clips' captions and report
@@ -90,7 +97,10 @@ def validate_dataset(
     captions = dataset_captions(dataset) if captioned else None  # read first: a missing file fails before any probing
     previous = previous_catalog(catalog_dir)
     catalog, table, findings = check_clips(dataset, checks, previous, docs_dir, mapper, captions)
-    critical, warned = set(table.loc[table["status"] == "quarantined", "path"]), set(table.loc[table["status"] == "warned", "path"])
+    critical, warned = (
+        set(table.loc[table["status"] == "quarantined", "path"]),
+        set(table.loc[table["status"] == "warned", "path"]),
+    )
     accepted = assign_splits(table[table["status"] != "quarantined"], checks.test_fraction)
     table.loc[accepted.index, "split"] = accepted["split"]
 
@@ -99,19 +109,37 @@ def validate_dataset(
     write_csv(paths[QUARANTINE], findings[findings["severity"] == "critical"])
     write_csv(paths[WARNINGS], findings[findings["severity"] == "warning"])
     counts = accepted["label"].value_counts()
-    classes = sorted(label for label in table["label"].unique() if label)  # "": a label folder a link leads out of, no class
+    classes = sorted(
+        label for label in table["label"].unique() if label
+    )  # "": a label folder a link leads out of, no class
     short = {label: int(counts.get(label, 0)) for label in classes if counts.get(label, 0) < checks.min_clips_per_class}
     summary = ValidationSummary(
-        clips=len(table), accepted=len(accepted), warned=len(warned), quarantined=len(critical),
-        labels=tuple(sorted(counts.index)), by_reason=findings.groupby("check")["path"].nunique().to_dict(),
-        probed=catalog.probed, reused=catalog.reused, catalog=paths[CATALOG], accepted_table=paths[ACCEPTED],
-        quarantine=paths[QUARANTINE], report=paths[REPORT],
+        clips=len(table),
+        accepted=len(accepted),
+        warned=len(warned),
+        quarantined=len(critical),
+        labels=tuple(sorted(counts.index)),
+        by_reason=findings.groupby("check")["path"].nunique().to_dict(),
+        probed=catalog.probed,
+        reused=catalog.reused,
+        catalog=paths[CATALOG],
+        accepted_table=paths[ACCEPTED],
+        quarantine=paths[QUARANTINE],
+        report=paths[REPORT],
         data_docs=docs_dir / "index.html" if docs_dir else None,
-    )  # fmt: skip
-    write_json(paths[REPORT], {
-        "dataset": str(dataset), "clips": summary.clips, "accepted": summary.accepted, "warned": summary.warned,
-        "quarantined": summary.quarantined, "by_reason": summary.by_reason, "classes_below_minimum": short,
-    })  # fmt: skip
+    )
+    write_json(
+        paths[REPORT],
+        {
+            "dataset": str(dataset),
+            "clips": summary.clips,
+            "accepted": summary.accepted,
+            "warned": summary.warned,
+            "quarantined": summary.quarantined,
+            "by_reason": summary.by_reason,
+            "classes_below_minimum": short,
+        },
+    )
     if short or len(counts) < min_classes:
         for stale in (ACCEPTED, CAPTIONS_FILE):  # an old accepted list must not outlive a failed validation
             paths[stale].unlink(missing_ok=True)
@@ -139,11 +167,20 @@ def validation_checks(params: Params, task: Task) -> ValidationParams:
     extraction reads audio hears it stop early when the A/V durations are apart, which is worth a warning."""
     checks = params.validation
     uses_audio = params.extract.of(task).audio != "none"
-    return checks.model_copy(update={"require_audio": checks.require_audio or spec(task).needs_audio, "warn_av_diff": checks.warn_av_diff and uses_audio})
+    return checks.model_copy(
+        update={
+            "require_audio": checks.require_audio or spec(task).needs_audio,
+            "warn_av_diff": checks.warn_av_diff and uses_audio,
+        }
+    )
 
 
 def check_clips(
-    dataset: Path, checks: ValidationParams, previous: pd.DataFrame | None = None, docs_dir: Path | None = None, mapper: Mapper = in_threads,
+    dataset: Path,
+    checks: ValidationParams,
+    previous: pd.DataFrame | None = None,
+    docs_dir: Path | None = None,
+    mapper: Mapper = in_threads,
     captions: pd.DataFrame | None = None,
 ) -> tuple[Catalog, pd.DataFrame, pd.DataFrame]:
     """Probe and check every clip of `dataset`, with its `captions` (catalog.read_captions_csv's table) when given: its
@@ -159,7 +196,9 @@ def check_clips(
         findings = pd.concat([findings, orphans], ignore_index=True)
     critical = set(findings.loc[findings["severity"] == "critical", "path"])
     warned = set(findings.loc[findings["severity"] == "warning", "path"]) - critical
-    table["status"] = np.where(table["path"].isin(critical), "quarantined", np.where(table["path"].isin(warned), "warned", "accepted"))
+    table["status"] = np.where(
+        table["path"].isin(critical), "quarantined", np.where(table["path"].isin(warned), "warned", "accepted")
+    )
     if docs_dir is not None:
         write_data_docs(docs_dir, dataset, table, findings, outcomes)
     return catalog, table, findings
@@ -171,39 +210,115 @@ def suite(checks: ValidationParams, captioned: bool = False) -> list[Check]:
     between = "ExpectColumnValuesToBeBetween"
     empty = "ExpectColumnValuesToBeNull"
     found = [
-        Check("readable", "ExpectColumnValuesToBeInSet", {"column": "readable", "value_set": [True]}, "critical", "unreadable: {error}"),
-        Check("one_video_stream", between, {"column": "video_streams", "min_value": 1, "max_value": 1}, "critical", "{value} video streams; exactly one is needed"),
-        Check("duration", between, {"column": "duration_s", "min_value": c.min_duration_s, "max_value": c.max_duration_s}, "critical",
-              f"duration {{value:.2f}} s is outside [{c.min_duration_s}, {c.max_duration_s}] s"),
-        Check("fps", between, {"column": "fps_average", "min_value": c.min_fps, "max_value": c.max_fps}, "critical",
-              f"frame rate {{value:.2f}} fps is outside [{c.min_fps}, {c.max_fps}] fps"),
-        Check("width", between, {"column": "width", "min_value": c.min_width, "max_value": c.max_width}, "critical",
-              f"width {{value}} px is outside [{c.min_width}, {c.max_width}] px"),
-        Check("height", between, {"column": "height", "min_value": c.min_height, "max_value": c.max_height}, "critical",
-              f"height {{value}} px is outside [{c.min_height}, {c.max_height}] px"),
-        Check("frame_count", between, {"column": "frame_count_error", "max_value": c.frame_count_tolerance}, "critical",
-              "{frames} frames where duration x fps says {expected_frames:.0f}: the container's count is wrong"),
-        Check("duplicate", empty, {"column": "duplicate_of"}, "critical", "byte-identical to {value} (same label): a duplicate"),
-        Check("label_conflict", empty, {"column": "label_conflict"}, "critical", "byte-identical to a clip labelled {value}: label conflict"),
-        Check("group_leak", empty, {"column": "group_leak"}, "critical", "group {group} is also in the {value} split: it would leak"),
-        Check("near_duplicate", empty, {"column": "near_duplicate_of"}, "warning", "looks like {value} (perceptual hash)"),
-    ]  # fmt: skip
-    apart = (f"audio {{audio_duration_s:.2f}} s and video {{duration_s:.2f}} s differ by {{value:.2f}} s"
-             f" (allowed: the lesser of {c.max_av_diff_s} s and {c.max_av_diff_fraction:.0%} of the video)")  # fmt: skip
+        Check(
+            "readable",
+            "ExpectColumnValuesToBeInSet",
+            {"column": "readable", "value_set": [True]},
+            "critical",
+            "unreadable: {error}",
+        ),
+        Check(
+            "one_video_stream",
+            between,
+            {"column": "video_streams", "min_value": 1, "max_value": 1},
+            "critical",
+            "{value} video streams; exactly one is needed",
+        ),
+        Check(
+            "duration",
+            between,
+            {"column": "duration_s", "min_value": c.min_duration_s, "max_value": c.max_duration_s},
+            "critical",
+            f"duration {{value:.2f}} s is outside [{c.min_duration_s}, {c.max_duration_s}] s",
+        ),
+        Check(
+            "fps",
+            between,
+            {"column": "fps_average", "min_value": c.min_fps, "max_value": c.max_fps},
+            "critical",
+            f"frame rate {{value:.2f}} fps is outside [{c.min_fps}, {c.max_fps}] fps",
+        ),
+        Check(
+            "width",
+            between,
+            {"column": "width", "min_value": c.min_width, "max_value": c.max_width},
+            "critical",
+            f"width {{value}} px is outside [{c.min_width}, {c.max_width}] px",
+        ),
+        Check(
+            "height",
+            between,
+            {"column": "height", "min_value": c.min_height, "max_value": c.max_height},
+            "critical",
+            f"height {{value}} px is outside [{c.min_height}, {c.max_height}] px",
+        ),
+        Check(
+            "frame_count",
+            between,
+            {"column": "frame_count_error", "max_value": c.frame_count_tolerance},
+            "critical",
+            "{frames} frames where duration x fps says {expected_frames:.0f}: the container's count is wrong",
+        ),
+        Check(
+            "duplicate",
+            empty,
+            {"column": "duplicate_of"},
+            "critical",
+            "byte-identical to {value} (same label): a duplicate",
+        ),
+        Check(
+            "label_conflict",
+            empty,
+            {"column": "label_conflict"},
+            "critical",
+            "byte-identical to a clip labelled {value}: label conflict",
+        ),
+        Check(
+            "group_leak",
+            empty,
+            {"column": "group_leak"},
+            "critical",
+            "group {group} is also in the {value} split: it would leak",
+        ),
+        Check(
+            "near_duplicate", empty, {"column": "near_duplicate_of"}, "warning", "looks like {value} (perceptual hash)"
+        ),
+    ]
+    apart = (
+        f"audio {{audio_duration_s:.2f}} s and video {{duration_s:.2f}} s differ by {{value:.2f}} s"
+        f" (allowed: the lesser of {c.max_av_diff_s} s and {c.max_av_diff_fraction:.0%} of the video)"
+    )
     if c.require_audio:
         found += [
-            Check("audio_present", "ExpectColumnValuesToNotBeNull", {"column": "audio_codec"}, "critical", "no audio stream; this task needs audio"),
+            Check(
+                "audio_present",
+                "ExpectColumnValuesToNotBeNull",
+                {"column": "audio_codec"},
+                "critical",
+                "no audio stream; this task needs audio",
+            ),
             Check("av_sync", empty, {"column": "av_apart_s"}, "critical", apart),
-        ]  # fmt: skip
+        ]
     elif c.warn_av_diff:
         found.append(Check("av_sync", empty, {"column": "av_apart_s"}, "warning", apart))
     if captioned:  # the columns of derive_caption_checks
         found += [
             Check("no_caption", empty, {"column": "no_caption"}, "critical", "{value}"),
-            Check("empty_caption", empty, {"column": "empty_caption"}, "warning", f"empty caption on {{value}} of {CAPTIONS_FILE}: dropped"),
-            Check("long_caption", empty, {"column": "long_caption"}, "warning",
-                  f"caption over {c.max_caption_words} words on {{value}} of {CAPTIONS_FILE}: dropped"),
-        ]  # fmt: skip
+            Check(
+                "empty_caption",
+                empty,
+                {"column": "empty_caption"},
+                "warning",
+                f"empty caption on {{value}} of {CAPTIONS_FILE}: dropped",
+            ),
+            Check(
+                "long_caption",
+                empty,
+                {"column": "long_caption"},
+                "warning",
+                f"caption over {c.max_caption_words} words on {{value}} of {CAPTIONS_FILE}: dropped",
+            ),
+        ]
     return found
 
 
@@ -217,7 +332,9 @@ def derive_checks(table: pd.DataFrame, checks: ValidationParams) -> pd.DataFrame
     allowed = np.minimum(checks.max_av_diff_s, checks.max_av_diff_fraction * out["duration_s"])
     out["av_apart_s"] = out["av_diff_s"].where(out["av_diff_s"] > allowed)
     out["duplicate_of"] = out["label_conflict"] = out["group_leak"] = out["near_duplicate_of"] = None
-    shared = out[out["sha256"].notna() & out["sha256"].duplicated(keep=False)]  # by rows, not groups: linear in the clips
+    shared = out[
+        out["sha256"].notna() & out["sha256"].duplicated(keep=False)
+    ]  # by rows, not groups: linear in the clips
     for _, same in shared.groupby("sha256"):
         labels = set(same["label"])
         for index, row in same.iterrows():
@@ -233,60 +350,12 @@ def derive_checks(table: pd.DataFrame, checks: ValidationParams) -> pd.DataFrame
     return out
 
 
-def caption_problems(captions: pd.DataFrame, max_words: int) -> pd.Series:
-    """Why each caption row is dropped: empty_caption (no word: blank, or punctuation only), long_caption (over
-    `max_words` words), or "" for one kept. Words are counted as the captioner reads them (text.words)."""
-    words = captions["caption"].map(lambda caption: len(text.words(caption)))
-    return pd.Series(np.where(words == 0, "empty_caption", np.where(words > max_words, "long_caption", "")), index=captions.index, dtype=object)
-
-
-def derive_caption_checks(table: pd.DataFrame, captions: pd.DataFrame, max_words: int) -> pd.DataFrame:
-    """Add each clip's captions as columns: `captions` (how many are kept), `empty_caption` and `long_caption` (the
-    lines dropped), `no_caption` (why none is left; null when one is)."""
-    out = table.copy()
-    problem = caption_problems(captions, max_words)
-    dropped = _lines_by_path(captions[problem != ""])
-    out["captions"] = out["path"].map(captions.loc[problem == "", "path"].value_counts()).fillna(0).astype(int)
-    out["empty_caption"] = out["path"].map(_lines_by_path(captions[problem == "empty_caption"]))
-    out["long_caption"] = out["path"].map(_lines_by_path(captions[problem == "long_caption"], words=True))
-    out["no_caption"] = [
-        None if n else f"every caption of it in {CAPTIONS_FILE} is dropped ({dropped[path]})" if path in dropped
-        else f"no caption in {CAPTIONS_FILE}"
-        for path, n in zip(out["path"], out["captions"], strict=True)
-    ]  # fmt: skip
-    return out
-
-
-def caption_orphans(table: pd.DataFrame, captions: pd.DataFrame) -> pd.DataFrame:
-    """A warning finding for each path that captions name and that is no clip of the dataset (a typo, a clip removed)."""
-    stray = _lines_by_path(captions[~captions["path"].isin(set(table["path"]))])
-    return pd.DataFrame([
-        {"path": path, "label": "", "severity": "warning", "check": "caption_orphan",
-         "reason": f"named on {lines} of {CAPTIONS_FILE}, but no clip of the dataset: its captions are ignored"}
-        for path, lines in stray.items()
-    ], columns=FINDING_COLUMNS)  # fmt: skip
-
-
-def _lines_by_path(rows: pd.DataFrame, words: bool = False) -> dict[str, str]:
-    """Each path among caption `rows` and its lines: "line 4", "lines 4, 9"; with `words`, each caption's length too."""
-    found: dict[str, list[str]] = {}
-    for path, line, caption in zip(rows["path"], rows["line"], rows["caption"], strict=True):
-        found.setdefault(path, []).append(f"{line} ({len(text.words(caption))} words)" if words else str(line))
-    return {path: ("line " if len(lines) == 1 else "lines ") + ", ".join(lines) for path, lines in found.items()}
-
-
-def accepted_captions(captions: pd.DataFrame | None, accepted: pd.DataFrame, max_words: int) -> pd.DataFrame:
-    """The captions kept of the `accepted` clips (path, caption), in the file's order; none without `captions`."""
-    if captions is None:
-        return pd.DataFrame(columns=list(CAPTION_COLUMNS))
-    kept = captions[(caption_problems(captions, max_words) == "") & captions["path"].isin(set(accepted["path"]))]
-    return kept[list(CAPTION_COLUMNS)]
-
-
 def _hashed(table: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
     """The rows with a whole perceptual hash, and each one's 192 bits as three 64-bit words."""
     rows = table[table["phash"].notna() & (table["phash"].astype(str).str.len() == 48)]
-    return rows, np.array([[int(h[i : i + 16], 16) for i in (0, 16, 32)] for h in rows["phash"]], dtype=np.uint64).reshape(-1, 3)
+    return rows, np.array(
+        [[int(h[i : i + 16], 16) for i in (0, 16, 32)] for h in rows["phash"]], dtype=np.uint64
+    ).reshape(-1, 3)
 
 
 def twins_in(landed: pd.DataFrame, existing: pd.DataFrame, max_bits: int) -> dict[str, str]:
@@ -319,7 +388,9 @@ def _mark_near_duplicates(table: pd.DataFrame, max_bits: int) -> None:
     """Set `near_duplicate_of` on each clip whose perceptual hash is within `max_bits` of an earlier, different clip."""
     rows, words = _hashed(table)
     shas = rows["sha256"].to_numpy()
-    for i, j in zip(*hashing.near_pairs(words, max_bits), strict=True):  # by j, then i: each clip's earliest look-alike first
+    for i, j in zip(
+        *hashing.near_pairs(words, max_bits), strict=True
+    ):  # by j, then i: each clip's earliest look-alike first
         index = rows.index[j]
         if shas[j] != shas[i] and table.at[index, "near_duplicate_of"] is None:
             table.at[index, "near_duplicate_of"] = rows.iloc[i]["path"]
@@ -330,22 +401,33 @@ def run_suite(table: pd.DataFrame, checks: list[Check]) -> tuple[pd.DataFrame, l
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
     import great_expectations.expectations as gxe
-    from great_expectations.data_context.types.base import DataContextConfig, InMemoryStoreBackendDefaults, ProgressBarsConfig
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
 
     # no docs site of GE's own (the default makes one in a temporary folder, and logs it): Data Docs are write_data_docs'
     stores = InMemoryStoreBackendDefaults(init_temp_docs_sites=False)
     context = gx.get_context(mode="ephemeral", project_config=DataContextConfig(store_backend_defaults=stores))
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    batch = context.data_sources.add_pandas("table").add_dataframe_asset("clips").add_batch_definition_whole_dataframe("all")
+    batch = (
+        context.data_sources.add_pandas("table")
+        .add_dataframe_asset("clips")
+        .add_batch_definition_whole_dataframe("all")
+    )
     suite = context.suites.add(gx.ExpectationSuite(name=SUITE))
     for check in checks:
         meta = {"check": check.name, "severity": check.severity, "reason": check.reason}
         suite.add_expectation(getattr(gxe, check.expectation)(**check.kwargs, meta=meta))
     definition = context.validation_definitions.add(gx.ValidationDefinition(name="clips", data=batch, suite=suite))
-    checkpoint = context.checkpoints.add(gx.Checkpoint(
-        name="clips", validation_definitions=[definition],
-        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["path"]},
-    ))  # fmt: skip
+    checkpoint = context.checkpoints.add(
+        gx.Checkpoint(
+            name="clips",
+            validation_definitions=[definition],
+            result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["path"]},
+        )
+    )
     result = next(iter(checkpoint.run(batch_parameters={"dataframe": table}).run_results.values()))
 
     by_path = table.set_index("path")
@@ -357,8 +439,14 @@ def run_suite(table: pd.DataFrame, checks: list[Check]) -> tuple[pd.DataFrame, l
         for hit in hits:
             clip = by_path.loc[hit["path"]]
             reason = check.reason.format(value=clip[column], **clip.to_dict())
-            findings.append({"path": hit["path"], "label": clip["label"], "severity": check.severity, "check": check.name, "reason": reason})
+            findings.append(
+                {
+                    "path": hit["path"],
+                    "label": clip["label"],
+                    "severity": check.severity,
+                    "check": check.name,
+                    "reason": reason,
+                }
+            )
         outcomes.append(Outcome(check, int(outcome.result.get("element_count", len(table))), len(hits)))
-    return pd.DataFrame(findings, columns=FINDING_COLUMNS), outcomes
-
-
+    return pd.DataFrame(findings, columns=list(FINDING_COLUMNS)), outcomes

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-
 from vidops.components import dvc_launcher
 from vidops.components.errors import VidopsError
 from vidops.components.io import atomic_path, write_text
@@ -72,7 +71,9 @@ def dvc(root: Path, *args: str, check: bool = True, watched: bool = False) -> su
     is stopped, with ServerGone, when a `watching` check says the server is gone."""
     shown = " ".join("***" if i and args[i - 1] in SECRETS else arg for i, arg in enumerate(args))
     try:  # DVC writes a version's listing last: a command killed part-way leaves nothing half-done that passes for whole
-        done = dvc_launcher.run(root, args, {**os.environ, "DVC_NO_ANALYTICS": "1"}, stop=_server_gone if watched and _watches else None)
+        done = dvc_launcher.run(
+            root, args, {**os.environ, "DVC_NO_ANALYTICS": "1"}, stop=_server_gone if watched and _watches else None
+        )
     except dvc_launcher.Stopped as exc:
         raise ServerGone(f"dvc {shown} in {root} was stopped: {exc}", str(exc)) from None
     if check and done.returncode != 0:
@@ -227,7 +228,9 @@ def pull(root: Path, targets: list[Path] | None = None, jobs: int | None = None)
     downloads (default: DVC's, 4 per core)."""
     url = require_remote(root)
     try:
-        done = dvc(root, "pull", *_jobs(jobs), *(str(t.relative_to(root)) for t in targets or []), check=False, watched=True)
+        done = dvc(
+            root, "pull", *_jobs(jobs), *(str(t.relative_to(root)) for t in targets or []), check=False, watched=True
+        )
     except ServerGone as exc:
         raise VidopsError(f"dvc pull from {url} stopped: {exc.reason}") from None
     if done.returncode != 0:
@@ -270,7 +273,9 @@ def current_version(root: Path, folder: Path) -> str:
         from dvc.repo import Repo
 
         with Repo(str(root)) as repo:
-            _, _, obj = build(repo.cache.local, repo.fs.abspath(str(folder)), repo.fs, "md5", ignore=repo.dvcignore, dry_run=True)
+            _, _, obj = build(
+                repo.cache.local, repo.fs.abspath(str(folder)), repo.fs, "md5", ignore=repo.dvcignore, dry_run=True
+            )
     else:
         _, _, obj = build(HashFileDB(MemoryFileSystem(), "/odb"), str(folder), LocalFileSystem(), "md5", dry_run=True)
     return obj.hash_info.value
@@ -285,7 +290,9 @@ def unversioned(root: Path, folder: Path) -> list[str]:
     if not folder.is_dir():
         return []
     with Repo(str(root)) as repo:
-        _, _, tree = build(repo.cache.local, repo.fs.abspath(str(folder)), repo.fs, "md5", ignore=repo.dvcignore, dry_run=True)
+        _, _, tree = build(
+            repo.cache.local, repo.fs.abspath(str(folder)), repo.fs, "md5", ignore=repo.dvcignore, dry_run=True
+        )
         return sorted("/".join(key) for key, _, hash_info in tree if not repo.cache.local.exists(hash_info.value))
 
 
@@ -299,9 +306,11 @@ def checkout(root: Path, folder: Path, md5: str, force: bool = False) -> Dataset
     lost = [] if force else unversioned(root, folder)
     if lost:
         shown = ", ".join(lost[:10]) + (f" and {len(lost) - 10} more" if len(lost) > 10 else "")
-        raise VidopsError(f"{folder}: {len(lost)} file(s) there are in no DVC version, and checking out {md5} would delete or "
-                          f"overwrite them: {shown}; `dvc add {folder.relative_to(root)}` keeps them as a version first, "
-                          "or --force replaces them")  # fmt: skip
+        raise VidopsError(
+            f"{folder}: {len(lost)} file(s) there are in no DVC version, and checking out {md5} would delete or "
+            f"overwrite them: {shown}; `dvc add {folder.relative_to(root)}` keeps them as a version first, "
+            "or --force replaces them"
+        )
     dvc_file = folder.with_name(folder.name + ".dvc")
     before = dvc_file.read_text() if dvc_file.is_file() else None
     with atomic_path(dvc_file) as tmp:
@@ -316,18 +325,22 @@ def checkout(root: Path, folder: Path, md5: str, force: bool = False) -> Dataset
         else:
             with atomic_path(dvc_file) as tmp:
                 tmp.write_text(before)
-        raise VidopsError(f"{folder}: version {md5} could not be checked out, {dvc_file} keeps its old pin "
-                          f"(`dvc checkout {target}` restores that one): {exc}") from None  # fmt: skip
+        raise VidopsError(
+            f"{folder}: version {md5} could not be checked out, {dvc_file} keeps its old pin "
+            f"(`dvc checkout {target}` restores that one): {exc}"
+        ) from None
     return read_version(folder)
 
 
 def commit(root: Path, version: DatasetVersion, message: str) -> str | None:
     """Commit the version's .dvc file (and the .gitignore DVC keeps beside it) when `root` is in a git repository;
     the commit's hash, None outside git."""
-    git = lambda *args: subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)  # noqa: E731
+    git = lambda *args: subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
     if git("rev-parse", "--is-inside-work-tree").returncode != 0:
         return None
-    paths = [str(p.relative_to(root)) for p in (version.dvc_file, version.dvc_file.with_name(".gitignore")) if p.exists()]
+    paths = [
+        str(p.relative_to(root)) for p in (version.dvc_file, version.dvc_file.with_name(".gitignore")) if p.exists()
+    ]
     added = git("add", "--", *paths)
     done = git("commit", "--quiet", "-m", message, "--", *paths) if added.returncode == 0 else added
     if done.returncode != 0:
@@ -357,5 +370,7 @@ def stage_in_git(root: Path) -> list[str]:
     # .gitignore keeps data's clips and shards out; DVC's own .gitignore keeps .dvc/config.local's keys out
     paths = [name for name in ("dvc.lock", "data", "reports", ".dvc/config", ".dvcignore") if (root / name).exists()]
     subprocess.run(["git", "add", "--all", "--", *paths], cwd=root, capture_output=True, check=True)
-    staged = subprocess.run(["git", "diff", "--cached", "--name-only", "--", *paths], cwd=root, capture_output=True, text=True, check=True)
+    staged = subprocess.run(
+        ["git", "diff", "--cached", "--name-only", "--", *paths], cwd=root, capture_output=True, text=True, check=True
+    )
     return staged.stdout.split()

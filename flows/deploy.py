@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from vidops.components.errors import VidopsError
 from vidops.components.layout import Layout
 
@@ -48,7 +47,9 @@ def deployments(path: Path) -> list[dict[str, Any]]:
             try:
                 CronSchedule(cron=schedule.get("cron", ""), timezone=schedule.get("timezone"))
             except ValidationError:
-                raise VidopsError(f"{path}: deployment {deployment['name']}: schedule {schedule.get('cron')!r} is not a cron string such as '0 2 * * *'") from None
+                raise VidopsError(
+                    f"{path}: deployment {deployment['name']}: schedule {schedule.get('cron')!r} is not a cron string such as '0 2 * * *'"
+                ) from None
     return found
 
 
@@ -77,23 +78,47 @@ def deploy(layout: Layout, spec: Path | None = None) -> list[str]:
     # VIDOPS_ROOT for the pull step (flow runs work in the project folder): Prefect's templating reads os.environ
     with mock.patch.dict(os.environ, VIDOPS_ROOT=str(layout.root)), tmpchdir(str(layout.root)):
         for d in found:
-            pull = apply_values(d.get("pull", top_pull) or [], {}, remove_notset=False)  # {{ $VAR }} from the environment; step outputs kept
-            config = apply_values(apply_values(d, os.environ, remove_notset=False), {}, skip_prefixes=["ctx."])  # as prefect deploy's two passes
+            pull = apply_values(
+                d.get("pull", top_pull) or [], {}, remove_notset=False
+            )  # {{ $VAR }} from the environment; step outputs kept
+            config = apply_values(
+                apply_values(d, os.environ, remove_notset=False), {}, skip_prefixes=["ctx."]
+            )  # as prefect deploy's two passes
             pool = config.get("work_pool") or {}
             try:
                 flow = load_flow_from_entrypoint(config["entrypoint"])
                 deployment = RunnerDeployment(
-                    name=config["name"], flow_name=flow.name, entrypoint=config["entrypoint"], description=config.get("description"),
-                    parameters=config.get("parameters") or {}, tags=config.get("tags") or [],
-                    version=config.get("version"), version_type=config.get("version_type"), storage=_PullStepStorage(pull),
-                    work_pool_name=pool.get("name"), work_queue_name=pool.get("work_queue_name"), job_variables=pool.get("job_variables") or {},
-                )  # fmt: skip
+                    name=config["name"],
+                    flow_name=flow.name,
+                    entrypoint=config["entrypoint"],
+                    description=config.get("description"),
+                    parameters=config.get("parameters") or {},
+                    tags=config.get("tags") or [],
+                    version=config.get("version"),
+                    version_type=config.get("version_type"),
+                    storage=_PullStepStorage(pull),
+                    work_pool_name=pool.get("name"),
+                    work_queue_name=pool.get("work_queue_name"),
+                    job_variables=pool.get("job_variables") or {},
+                )
                 deployment._set_defaults_from_flow(flow)  # the flow's parameter schema, version and description
                 schedules = config.get("schedules")
-                deployment.apply(schedules=None if schedules is None else [_schedule_config_to_deployment_schedule(s) for s in schedules])
-            except (ValueError, ImportError, PrefectException, DeploymentApplyError, httpx.HTTPError) as exc:  # ValueError: a field pydantic rejects
+                deployment.apply(
+                    schedules=None
+                    if schedules is None
+                    else [_schedule_config_to_deployment_schedule(s) for s in schedules]
+                )
+            except (
+                ValueError,
+                ImportError,
+                PrefectException,
+                DeploymentApplyError,
+                httpx.HTTPError,
+            ) as exc:  # ValueError: a field pydantic rejects
                 reason = " ".join(str(exc).split())[:500]
-                raise VidopsError(f"deploying {d['name']} ({path}) to the Prefect server at {api} failed: {reason}") from None
+                raise VidopsError(
+                    f"deploying {d['name']} ({path}) to the Prefect server at {api} failed: {reason}"
+                ) from None
             names.append(deployment.full_name)
     return names
 
@@ -108,7 +133,14 @@ def serve(layout: Layout) -> None:
     for d in deployments(spec_path(layout)):
         flow = load_flow_from_entrypoint(d["entrypoint"])
         crons = [s["cron"] for s in d.get("schedules") or []]
-        runners.append(flow.to_deployment(name=d["name"], cron=crons or None, parameters=d.get("parameters") or {}, description=d.get("description")))
+        runners.append(
+            flow.to_deployment(
+                name=d["name"],
+                cron=crons or None,
+                parameters=d.get("parameters") or {},
+                description=d.get("description"),
+            )
+        )
     serve_all(*runners)
 
 
@@ -121,10 +153,15 @@ def _server() -> str:
         with urllib.request.urlopen(f"{api.rstrip('/')}/health", timeout=10):
             return api
     except OSError as exc:
-        raise VidopsError(f"the Prefect server at {api} does not answer ({getattr(exc, 'reason', exc)}); `vidops stack status` shows the stack's") from None
+        raise VidopsError(
+            f"the Prefect server at {api} does not answer ({getattr(exc, 'reason', exc)}); `vidops stack status` shows the stack's"
+        ) from None
 
 
-POOLS = {"vidops-process": "process", "vidops-kubernetes-gpu": "kubernetes"}  # a pool named elsewhere is made a process pool
+POOLS = {
+    "vidops-process": "process",
+    "vidops-kubernetes-gpu": "kubernetes",
+}  # a pool named elsewhere is made a process pool
 GPU_RESOURCE = "nvidia.com/gpu"  # what NVIDIA's device plugin makes schedulable
 CLIENT_ENV = ("vidops-config", "vidops-client")  # infra/kubernetes/base's ConfigMap and Secret of a client's variables
 
@@ -159,12 +196,19 @@ def gpu_job_template() -> dict[str, Any]:
     pod = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
     pod["containers"][0]["resources"]["limits"][GPU_RESOURCE] = "{{ gpus }}"
     job = template["job_configuration"]["job_manifest"]["spec"]
-    for key in ("completions", "parallelism"):  # prefect-kubernetes puts these Job fields in the pod, where Kubernetes drops them
+    for key in (
+        "completions",
+        "parallelism",
+    ):  # prefect-kubernetes puts these Job fields in the pod, where Kubernetes drops them
         job[key] = pod.pop(key)
     config, secret = CLIENT_ENV
     pod["containers"][0]["envFrom"] = [{"configMapRef": {"name": config}}, {"secretRef": {"name": secret}}]
     pod["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
     template["variables"]["properties"]["gpus"] = {
-        "title": "GPUs", "type": "integer", "default": 1, "minimum": 0, "description": f"{GPU_RESOURCE} the flow run's container is limited to",
-    }  # fmt: skip
+        "title": "GPUs",
+        "type": "integer",
+        "default": 1,
+        "minimum": 0,
+        "description": f"{GPU_RESOURCE} the flow run's container is limited to",
+    }
     return template

@@ -16,11 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, runtime, task
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 from prefect.states import State
 from prefect.tasks import exponential_backoff
-
 from vidops.components import stages, tracking, versioning
 from vidops.components.errors import VidopsError
 from vidops.components.evaluation import Evaluation
@@ -56,12 +60,19 @@ def transient(task: Any, task_run: Any, state: State) -> bool:
 
     try:
         state.result()
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError):  # the disk's answer: the same next time
+    except (
+        FileNotFoundError,
+        IsADirectoryError,
+        NotADirectoryError,
+        PermissionError,
+    ):  # the disk's answer: the same next time
         return False
     except OSError:  # connection refused or reset, timeouts: requests' errors are OSErrors too
         return True
     except MlflowException as exc:  # MLflow's client already retried the request itself
-        return exc.error_code in ("TEMPORARILY_UNAVAILABLE", "RESOURCE_EXHAUSTED") or "Max retries exceeded" in exc.message
+        return (
+            exc.error_code in ("TEMPORARILY_UNAVAILABLE", "RESOURCE_EXHAUSTED") or "Max retries exceeded" in exc.message
+        )
     except Exception:
         return False
     return False
@@ -69,7 +80,12 @@ def transient(task: Any, task_run: Any, state: State) -> bool:
 
 # Tasks that talk to MLflow (and its S3) retry a transient failure with exponential backoff and jitter;
 # pure compute does not retry: the same input fails the same way.
-NETWORK = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=10), "retry_jitter_factor": 0.5, "retry_condition_fn": transient}
+NETWORK = {
+    "retries": 3,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=10),
+    "retry_jitter_factor": 0.5,
+    "retry_condition_fn": transient,
+}
 
 
 def _inputs_and_code(stage: str) -> Any:
@@ -81,7 +97,14 @@ def _stage(stage: str, function: Any = None, **options: Any) -> Any:
     """The stage (its function, or `function` wrapping it) as a Prefect task run `<stage>-<task>`, its result persisted
     and cached by `stages.fingerprint`."""
     run = _logged(function or stages.STAGES[stage], stage)
-    return task(run, name=stage, cache_key_fn=_inputs_and_code(stage), persist_result=True, task_run_name=f"{stage}-{{task}}", **options)
+    return task(
+        run,
+        name=stage,
+        cache_key_fn=_inputs_and_code(stage),
+        persist_result=True,
+        task_run_name=f"{stage}-{{task}}",
+        **options,
+    )
 
 
 def _logged(function: Any, stage: str) -> Any:
@@ -114,7 +137,9 @@ def _progress(key: str, what: str) -> stages.Progress:
     from tqdm import tqdm
 
     artifact = create_progress_artifact(0.0, key=key, description=f"{what} (%)")
-    bar = tqdm(desc=what, file=sys.stderr, disable=None, leave=False)  # disable=None: no bar when stderr is not a terminal
+    bar = tqdm(
+        desc=what, file=sys.stderr, disable=None, leave=False
+    )  # disable=None: no bar when stderr is not a terminal
 
     def update(done: int, total: int) -> None:
         update_progress_artifact(artifact, 100 * done / total)
@@ -149,7 +174,13 @@ train = _stage("train", _train_with_progress)
 evaluate = _stage("evaluate")
 register = _stage("register", **NETWORK)
 # the gate reads the registry as it is now (a person may have promoted by hand): never from the cache
-promote = task(_logged(_promote_locked, "promote"), name="promote", cache_policy=NO_CACHE, task_run_name="promote-{task}", **NETWORK)
+promote = task(
+    _logged(_promote_locked, "promote"),
+    name="promote",
+    cache_policy=NO_CACHE,
+    task_run_name="promote-{task}",
+    **NETWORK,
+)
 
 
 def _cached(stage_task: Any, stage: str, layout: Layout, task: Task, refresh: bool, storage: Any) -> Any:
@@ -171,11 +202,15 @@ class TaskResult:
 class PipelineResult:
     tasks: dict[str, TaskResult]
     tracking_uri: str
-    staged: list[str] | None = None  # what went to dvc.lock and git's index for a baseline commit; None: dvc.lock not updated
+    staged: list[str] | None = (
+        None  # what went to dvc.lock and git's index for a baseline commit; None: dvc.lock not updated
+    )
 
 
 @flow(name="training_pipeline")
-def training_pipeline(root: str = ".", params_file: str | None = "params.yaml", overrides: list[str] | None = None, refresh: bool = False) -> PipelineResult:
+def training_pipeline(
+    root: str = ".", params_file: str | None = "params.yaml", overrides: list[str] | None = None, refresh: bool = False
+) -> PipelineResult:
     """Train, evaluate and register the models (`tasks` in params.yaml) of the project at `root`, then gate them.
 
     `params_file` is relative to `root` (None: the defaults); `overrides` are `KEY.PATH=VALUE` strings.
@@ -190,7 +225,11 @@ def training_pipeline(root: str = ".", params_file: str | None = "params.yaml", 
     for name in params.tasks:
         summary = _cached(validate, "validate", layout, name, refresh, storage)(layout, params, name)
         dataset = params.datasets.of(name)
-        create_table_artifact(summary.table(), key=f"validation-summary-{name}", description=f"clips of {dataset}: see {summary.quarantine}")
+        create_table_artifact(
+            summary.table(),
+            key=f"validation-summary-{name}",
+            description=f"clips of {dataset}: see {summary.quarantine}",
+        )
         _cached(extract, "extract", layout, name, refresh, storage)(layout, params, name)
         _cached(train, "train", layout, name, refresh, storage)(layout, params, name)
         scores = _cached(evaluate, "evaluate", layout, name, refresh, storage)(layout, params, name)
@@ -200,21 +239,28 @@ def training_pipeline(root: str = ".", params_file: str | None = "params.yaml", 
 
     decisions = promotion(root, params_file, overrides, {name: r.version for name, (_, _, r) in done.items()}, params)
     staged = record_dvc_lock(layout, params, params_file, overrides)
-    result = PipelineResult({name: TaskResult(*done[name], decisions[name]) for name in done}, tracking.locate(layout).uri, staged)
+    result = PipelineResult(
+        {name: TaskResult(*done[name], decisions[name]) for name in done}, tracking.locate(layout).uri, staged
+    )
     create_markdown_artifact(report(result), key="training-report", description="vidops training run")
     return result
 
 
 @task(cache_policy=NO_CACHE, task_run_name="record-dvc-lock")
-def record_dvc_lock(layout: Layout, params: Params, params_file: str | None, overrides: list[str] | None) -> list[str] | None:
+def record_dvc_lock(
+    layout: Layout, params: Params, params_file: str | None, overrides: list[str] | None
+) -> list[str] | None:
     """Tell DVC what this run produced (dvc.lock), so `dvc status` is clean and `dvc repro` has nothing to do; only when
     the run read exactly what `dvc repro` reads: the project's dvc.yaml and params.yaml, without overrides."""
     why_not = (
-        "the project has no dvc.yaml" if not (layout.root / "dvc.yaml").is_file() or not versioning.is_repo(layout.root)
-        else f"this run's overrides ({', '.join(overrides)}) are not in params.yaml" if overrides
-        else f"this run read {params_file}, dvc.yaml reads params.yaml" if params_file != "params.yaml"
+        "the project has no dvc.yaml"
+        if not (layout.root / "dvc.yaml").is_file() or not versioning.is_repo(layout.root)
+        else f"this run's overrides ({', '.join(overrides)}) are not in params.yaml"
+        if overrides
+        else f"this run read {params_file}, dvc.yaml reads params.yaml"
+        if params_file != "params.yaml"
         else None
-    )  # fmt: skip
+    )
     if why_not:
         stages.log.info("dvc.lock not updated: %s", why_not)
         return None
@@ -230,7 +276,10 @@ def record_dvc_lock(layout: Layout, params: Params, params_file: str | None, ove
 
 @flow(name="promotion")
 def promotion(
-    root: str = ".", params_file: str | None = "params.yaml", overrides: list[str] | None = None, versions: dict[str, str | None] | None = None,
+    root: str = ".",
+    params_file: str | None = "params.yaml",
+    overrides: list[str] | None = None,
+    versions: dict[str, str | None] | None = None,
     params: Params | None = None,
 ) -> dict[str, Decision]:
     """Gate each task's challenger (or the version `versions` names for the task) against its champion, on the
@@ -243,7 +292,9 @@ def promotion(
     decisions = {}
     for name, version in (versions or dict.fromkeys(params.tasks)).items():
         decisions[name] = promote(layout, params, name, version)
-        create_markdown_artifact(promotion_report(decisions[name]), key=f"promotion-{name}", description=f"{name}: the gate's decision")
+        create_markdown_artifact(
+            promotion_report(decisions[name]), key=f"promotion-{name}", description=f"{name}: the gate's decision"
+        )
     return decisions
 
 
@@ -266,7 +317,6 @@ def load_project(root: str, params_file: str | None, overrides: list[str] | None
     return layout, load_params(layout.root / params_file if params_file else None, overrides or ())
 
 
-
 def report(result: PipelineResult) -> str:
     """The run's markdown summary, for the Prefect UI."""
     lines = ["# vidops training run"]
@@ -280,15 +330,27 @@ def report(result: PipelineResult) -> str:
             f"- champion: {'yes' if r.decision.champion else 'no'}: {r.decision.reason}",
         ]
         if r.evaluation.samples_path and r.evaluation.samples_path.is_file():
-            lines += ["", f"Test clips and what the model said (`{r.evaluation.samples_path}`):", "", r.evaluation.samples_path.read_text()]
+            lines += [
+                "",
+                f"Test clips and what the model said (`{r.evaluation.samples_path}`):",
+                "",
+                r.evaluation.samples_path.read_text(),
+            ]
     return "\n".join(lines)
 
 
 def promotion_report(d: Decision) -> str:
     """The gate's decision as markdown, for the Prefect UI."""
-    score = lambda value: "" if value is None else f"{value:.4f}"  # noqa: E731
-    lines = [f"# {d.model_name} v{d.version}: {d.decision}", "", d.reason, "", f"| | version | {d.metric} on the same test clips |", "|---|---|---|",
-             f"| challenger | v{d.version} | {score(d.score)} |"]  # fmt: skip
+    score = lambda value: "" if value is None else f"{value:.4f}"
+    lines = [
+        f"# {d.model_name} v{d.version}: {d.decision}",
+        "",
+        d.reason,
+        "",
+        f"| | version | {d.metric} on the same test clips |",
+        "|---|---|---|",
+        f"| challenger | v{d.version} | {score(d.score)} |",
+    ]
     if d.champion_version:
         lines.append(f"| champion before | v{d.champion_version} | {score(d.champion_score)} |")
     return "\n".join(lines)

@@ -19,7 +19,6 @@ from functools import cache
 from typing import Any
 
 from prefect import task
-
 from vidops.components.errors import VidopsError
 from vidops.components.parallel import Mapper
 from vidops.components.params import RunnerParams
@@ -39,7 +38,9 @@ def task_runner(runner: RunnerParams, workers: int) -> Any:
     if runner.address:
         _answers(runner.address)
         return DaskTaskRunner(address=runner.address)
-    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None})
+    return DaskTaskRunner(
+        cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
+    )
 
 
 def mapper(runner: RunnerParams) -> Mapper | None:
@@ -61,7 +62,9 @@ def mapper(runner: RunnerParams) -> Mapper | None:
                 if runner.kind == "dask" and not runner.address:  # a scheduler's own workers live on and send theirs
                     for worker, failed in pool.client.run(_send_reports, on_error="return").items():
                         if isinstance(failed, Exception):
-                            log.warning("Dask worker %s could not send its task run states to Prefect: %s", worker, failed)
+                            log.warning(
+                                "Dask worker %s could not send its task run states to Prefect: %s", worker, failed
+                            )
 
     return run
 
@@ -89,4 +92,6 @@ def _answers(address: str) -> None:
     try:
         Client(address, timeout="10s").close()
     except (OSError, TimeoutError) as exc:
-        raise VidopsError(f"runner.address: the Dask scheduler at {address} does not answer ({exc}); start it, or leave the address out for a local cluster") from None
+        raise VidopsError(
+            f"runner.address: the Dask scheduler at {address} does not answer ({exc}); start it, or leave the address out for a local cluster"
+        ) from None

@@ -12,15 +12,25 @@ import yaml
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from vidops.components.generate import generate_dataset  # noqa: E402
-from vidops.components.layout import Layout  # noqa: E402
-from vidops.components.params import Params, load_params  # noqa: E402
+from vidops.components.generate import generate_dataset
+from vidops.components.layout import Layout
+from vidops.components.params import Params, load_params
 
 # The files whose tests take longest (CI, 2026-12-01: 590 to 190 s each), first: `--dist loadfile` hands a worker the
 # next file in collection order as it finishes one, so a long file collected last (test_versioning.py, alphabetically)
 # kept one worker busy for minutes after the others ran out of work.
-LONGEST_FIRST = ("test_versioning.py", "test_project_s3.py", "test_stack.py", "test_cli.py", "test_demo.py", "test_production.py",
-                 "test_promotion.py", "test_serving.py", "test_encoders.py", "test_pipeline.py")  # fmt: skip
+LONGEST_FIRST = (
+    "test_versioning.py",
+    "test_project_s3.py",
+    "test_stack.py",
+    "test_cli.py",
+    "test_demo.py",
+    "test_production.py",
+    "test_promotion.py",
+    "test_serving.py",
+    "test_encoders.py",
+    "test_pipeline.py",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -76,7 +86,9 @@ def tiny_params() -> Params:
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory, tiny_params: Params) -> Path:
     """A generated classification dataset; tests copy it before changing anything."""
-    return generate_dataset(tmp_path_factory.mktemp("generated") / "demo", "classification", tiny_params.generate.classification).root
+    return generate_dataset(
+        tmp_path_factory.mktemp("generated") / "demo", "classification", tiny_params.generate.classification
+    ).root
 
 
 @pytest.fixture(scope="session")
@@ -118,7 +130,9 @@ def prefect_api():
 
 
 @pytest.fixture(scope="session")
-def trained_project(tmp_path_factory: pytest.TempPathFactory, tiny_dataset: Path, tiny_sync_dataset: Path, tiny_params: Params) -> Layout:
+def trained_project(
+    tmp_path_factory: pytest.TempPathFactory, tiny_dataset: Path, tiny_sync_dataset: Path, tiny_params: Params
+) -> Layout:
     """A tiny project with both tasks taken through validate, extract, train and evaluate once; tests copy what they change."""
     from vidops.components import stages
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import av
 import numpy as np
-
 from vidops.components.media import AUDIO_RATE, mux_audio
 
 
@@ -42,7 +41,11 @@ def encode(
         sound = out.add_stream("aac", rate=AUDIO_RATE, layout="mono") if audio_s else None
         base = rng.integers(0, 255, (height // 4 + 1, width // 4 + 1, 3), dtype=np.uint8)
         for i in range(frames):
-            image = images[i] if images is not None else np.roll(np.kron(base, np.ones((4, 4, 1), np.uint8))[:height, :width], i, axis=1)
+            image = (
+                images[i]
+                if images is not None
+                else np.roll(np.kron(base, np.ones((4, 4, 1), np.uint8))[:height, :width], i, axis=1)
+            )
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
             if frame_times_ms is not None:
                 frame.pts, frame.time_base = frame_times_ms[i], Fraction(1, 1000)
@@ -101,7 +104,13 @@ def encode_flash_and_click(path: Path, flash: int, audio_delay_frames: int = 0, 
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
         sound = out.add_stream("aac", rate=AUDIO_RATE, layout="mono")
         for i in range(frames):
-            out.mux(video.encode(av.VideoFrame.from_ndarray(np.full((height, width, 3), 255 * (i == flash), np.uint8), format="rgb24")))
+            out.mux(
+                video.encode(
+                    av.VideoFrame.from_ndarray(
+                        np.full((height, width, 3), 255 * (i == flash), np.uint8), format="rgb24"
+                    )
+                )
+            )
         out.mux(video.encode())
         mux_audio(out, sound, samples, first_sample=audio_delay_frames * AUDIO_RATE // fps)
     return path

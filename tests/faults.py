@@ -19,7 +19,11 @@ T = TypeVar("T")
 def cli_env(**extra: str) -> dict[str, str]:
     """A user's environment: none of the test session's MLflow, Prefect or S3 variables (mlflow.set_tracking_uri exports
     MLFLOW_TRACKING_URI for the rest of the session), the venv's programs on PATH, as in an activated venv."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "PREFECT_")) and k != "TF_CPP_MIN_LOG_LEVEL"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AWS_", "MLFLOW_", "PREFECT_")) and k != "TF_CPP_MIN_LOG_LEVEL"
+    }
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     return {**env, **extra}
 
@@ -27,19 +31,33 @@ def cli_env(**extra: str) -> dict[str, str]:
 def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """`vidops ARGS` in a session (and process group) of its own: killing the group kills what it started in it
     (DVC, the spawned training and extraction processes), not the test."""
-    return subprocess.Popen([sys.executable, "-m", "vidops", *args], env=env or cli_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "vidops", *args],
+        env=env or cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def run(*args: str, env: dict[str, str] | None = None, timeout_s: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vidops", *args], env=env or cli_env(), capture_output=True, text=True, timeout=timeout_s)
+    return subprocess.run(
+        [sys.executable, "-m", "vidops", *args], env=env or cli_env(), capture_output=True, text=True, timeout=timeout_s
+    )
 
 
 class Ended(AssertionError):
     """The command ended before the moment a fault was to be injected."""
 
 
-def until(found: Callable[[], T], what: str, process: subprocess.Popen | None = None, timeout_s: float = 300, every_s: float = 0.05) -> T:
+def until(
+    found: Callable[[], T],
+    what: str,
+    process: subprocess.Popen | None = None,
+    timeout_s: float = 300,
+    every_s: float = 0.05,
+) -> T:
     """Poll `found` until it returns something true, and return that; fail naming `what` when `process` ends first or
     the (generous) time is up."""
     deadline = time.monotonic() + timeout_s
@@ -90,7 +108,11 @@ def s3_of(project: Path) -> dict[str, str] | None:
     record, keys = project / ".vidops" / "s3" / "running.json", project / ".vidops" / "s3" / "keys.json"
     if not record.is_file():
         return None
-    return {**json.loads(keys.read_text()), "AWS_ENDPOINT_URL": json.loads(record.read_text())["url"], "AWS_DEFAULT_REGION": "us-east-1"}
+    return {
+        **json.loads(keys.read_text()),
+        "AWS_ENDPOINT_URL": json.loads(record.read_text())["url"],
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
 
 
 def s3_client(env: dict[str, str]):
@@ -98,9 +120,13 @@ def s3_client(env: dict[str, str]):
     from botocore.config import Config
 
     return boto3.session.Session().client(
-        "s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        region_name=env["AWS_DEFAULT_REGION"], config=Config(retries={"max_attempts": 1}, connect_timeout=5, read_timeout=30),
-    )  # fmt: skip
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env["AWS_DEFAULT_REGION"],
+        config=Config(retries={"max_attempts": 1}, connect_timeout=5, read_timeout=30),
+    )
 
 
 def keys(client, prefix: str) -> list[str]:

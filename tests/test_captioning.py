@@ -13,7 +13,6 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-
 from vidops.components import inputs, stages, text, tracking
 from vidops.components.generate import generate_dataset
 from vidops.components.layout import CAPTIONS_FILE, LABELS_FILE, METRICS, Layout
@@ -43,7 +42,9 @@ SMALL = [
 ]
 
 
-def test_the_captioner_is_trained_scored_against_its_baselines_registered_gated_and_served(tmp_path, monkeypatch, mlflow_at):
+def test_the_captioner_is_trained_scored_against_its_baselines_registered_gated_and_served(
+    tmp_path, monkeypatch, mlflow_at
+):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     layout = Layout(tmp_path)
     params = load_params(None, SMALL)
@@ -60,17 +61,26 @@ def test_the_captioner_is_trained_scored_against_its_baselines_registered_gated_
     metrics = json.loads((layout.reports(NAME) / METRICS).read_text())
     assert metrics == pytest.approx(scores.metrics, nan_ok=True)
     assert metrics["captions_over_max_length"] > 0 and metrics["unseen_combination_clips"] > 0
-    for name in ("attribute_accuracy", "attribute_accuracy_unseen_combinations"):  # the demo's words: its attributes scored
-        assert all(0 <= metrics[f"{name}{suffix}"] <= 1 for suffix in ("", "_most_frequent", "_nearest_neighbour")), name
+    for name in (
+        "attribute_accuracy",
+        "attribute_accuracy_unseen_combinations",
+    ):  # the demo's words: its attributes scored
+        assert all(0 <= metrics[f"{name}{suffix}"] <= 1 for suffix in ("", "_most_frequent", "_nearest_neighbour")), (
+            name
+        )
     # the most frequent baseline is the most frequent training caption, scored against each test clip's references
     captions = inputs.read_captions(layout.features(NAME))
     test, train = (inputs.open_split(layout.features(NAME), split, ("frames",)) for split in ("test", "train"))
     references = [[" ".join(words(c)) for c in captions[clip]] for clip in test.clips]
     most_frequent = Counter(" ".join(words(c)) for clip in train.clips for c in captions[clip]).most_common(1)[0][0]
     assert metrics["bleu4_most_frequent"] == pytest.approx(text.bleu4([most_frequent] * len(test.clips), references))
-    assert metrics["cider_d_most_frequent"] == pytest.approx(text.cider_d([most_frequent] * len(test.clips), references))
+    assert metrics["cider_d_most_frequent"] == pytest.approx(
+        text.cider_d([most_frequent] * len(test.clips), references)
+    )
     samples = (layout.reports(NAME) / SAMPLES_TABLE).read_text()
-    assert samples.startswith("| clip | references | said |") and (layout.reports(NAME) / "samples.png").stat().st_size > 0
+    assert (
+        samples.startswith("| clip | references | said |") and (layout.reports(NAME) / "samples.png").stat().st_size > 0
+    )
 
     registered = stages.register(layout, params, NAME)
     decision = stages.promote(layout, params, NAME)
@@ -87,7 +97,9 @@ def test_the_captioner_is_trained_scored_against_its_baselines_registered_gated_
     answers = [served.predict(pd.DataFrame({"video": [encode(dataset / clip)]})).iloc[0] for clip in test.clips]
     # the evaluation's BLEU-4 and CIDEr-D are those of the captions the served model says for the test clips
     said = [answer["caption"] for answer in answers]
-    assert metrics["bleu4"] == pytest.approx(text.bleu4(said, references)) and metrics["cider_d"] == pytest.approx(text.cider_d(said, references))
+    assert metrics["bleu4"] == pytest.approx(text.bleu4(said, references)) and metrics["cider_d"] == pytest.approx(
+        text.cider_d(said, references)
+    )
     answer = answers[0]
     assert isinstance(answer["caption"], str) and answer["caption"]
     assert set(answer["caption"].split()) <= set(vocabulary) - set(SPECIALS) | {"<unk>"}
@@ -114,7 +126,9 @@ LEARNS = [  # enough for the colour, which the frames alone tell, in about half 
 
 
 @pytest.mark.slow
-def test_a_caption_dataset_in_other_words_is_learnt_beats_its_baseline_and_is_gated_on_a_metric_it_has(tmp_path, monkeypatch):
+def test_a_caption_dataset_in_other_words_is_learnt_beats_its_baseline_and_is_gated_on_a_metric_it_has(
+    tmp_path, monkeypatch
+):
     """A user's captions that use none of the demo's words: the captioner learns the colour they name from the frames
     (CIDEr-D above the most frequent caption's), no attribute accuracy is claimed, and the gate scores CIDEr-D."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -122,7 +136,11 @@ def test_a_caption_dataset_in_other_words_is_learnt_beats_its_baseline_and_is_ga
     params = load_params(None, [*SMALL, *LEARNS])
     dataset = layout.raw(params.datasets.of(NAME))
     generate_dataset(dataset, NAME, params.generate.of(NAME))
-    rows = [{"path": c.path, "caption": t.format(FRENCH[c.colour])} for c in captioned_plan(params.generate.of(NAME)) for t in IN_FRENCH]
+    rows = [
+        {"path": c.path, "caption": t.format(FRENCH[c.colour])}
+        for c in captioned_plan(params.generate.of(NAME))
+        for t in IN_FRENCH
+    ]
     pd.DataFrame(rows).to_csv(dataset / CAPTIONS_FILE, index=False)
     assert not {w for row in rows for w in words(row["caption"])} & set(VOCABULARY)
 
@@ -131,7 +149,10 @@ def test_a_caption_dataset_in_other_words_is_learnt_beats_its_baseline_and_is_ga
     metrics = stages.evaluate(layout, params, NAME).metrics
     assert not [name for name in metrics if name.startswith(("attribute_accuracy", "unseen"))], metrics
     assert metrics["cider_d"] > metrics["cider_d_most_frequent"], metrics
-    assert not (layout.reports(NAME) / "confusion.png").exists() and pd.read_csv(layout.reports(NAME) / "confusion.csv").empty
+    assert (
+        not (layout.reports(NAME) / "confusion.png").exists()
+        and pd.read_csv(layout.reports(NAME) / "confusion.csv").empty
+    )
 
     registered = stages.register(layout, params, NAME)
     decision = stages.promote(layout, params, NAME)

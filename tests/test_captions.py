@@ -10,17 +10,22 @@ from typing import Any
 
 import pandas as pd
 import pytest
-
 from vidops.components import tasks
-from vidops.components.catalog import read_captions_csv
+from vidops.components.captions import read_captions_csv
 from vidops.components.errors import VidopsError
 from vidops.components.generate import generate_dataset
 from vidops.components.inputs import read_captions
-from vidops.components.layout import CAPTIONS_FILE, CATALOG, INDEX_TABLE, Layout
-from vidops.components.params import ExtractParams, FitParams, GenerateParams, ModelRegistryParams, ValidationParams, load_params
+from vidops.components.layout import ACCEPTED, CAPTIONS_FILE, CATALOG, INDEX_TABLE, Layout
 from vidops.components.parallel import in_threads
+from vidops.components.params import (
+    ExtractParams,
+    FitParams,
+    GenerateParams,
+    ModelRegistryParams,
+    ValidationParams,
+    load_params,
+)
 from vidops.components.tasks import TaskDefaults, TaskSpec
-from vidops.components.layout import ACCEPTED
 from vidops.components.validation import validate_dataset
 
 NAME = "described"  # a task whose clips need captions; only its data side runs here
@@ -67,20 +72,38 @@ def _captions(root: Path) -> pd.DataFrame:
     return pd.read_csv(root / CAPTIONS_FILE, dtype=str, keep_default_na=False)
 
 
-def test_each_bad_caption_is_dropped_or_quarantined_for_its_reason_and_the_rest_reach_the_features(described, generated, tmp_path):
+def test_each_bad_caption_is_dropped_or_quarantined_for_its_reason_and_the_rest_reach_the_features(
+    described, generated, tmp_path
+):
     layout = Layout(tmp_path)
     params = load_params(None, [f"tasks=[{NAME}]", "validation.max_caption_words=12"])
     data = layout.raw(SPEC.defaults.dataset)
     shutil.copytree(generated, data)
     captions = _captions(data)
-    uncaptioned, emptied, with_empty, with_long = "move_left/move_left_000.mp4", "rotate/rotate_001.mp4", "zoom_in/zoom_in_002.mp4", "move_up/move_up_000.mp4"
+    uncaptioned, emptied, with_empty, with_long = (
+        "move_left/move_left_000.mp4",
+        "rotate/rotate_001.mp4",
+        "zoom_in/zoom_in_002.mp4",
+        "move_up/move_up_000.mp4",
+    )
     captions = captions[~captions["path"].isin([uncaptioned, emptied])]
-    extra = pd.DataFrame({
-        "path": [emptied, with_empty, with_empty, with_long, "move_up/gone.mp4", "move_up/gone.mp4"],
-        "caption": ["  ", "", "?! -", " ".join(["a red square moves up."] * 3), "a red square moves up", "the red box rises"],
-    })  # fmt: skip
+    extra = pd.DataFrame(
+        {
+            "path": [emptied, with_empty, with_empty, with_long, "move_up/gone.mp4", "move_up/gone.mp4"],
+            "caption": [
+                "  ",
+                "",
+                "?! -",
+                " ".join(["a red square moves up."] * 3),
+                "a red square moves up",
+                "the red box rises",
+            ],
+        }
+    )
     text = pd.concat([captions, extra]).to_csv(index=False)
-    (data / CAPTIONS_FILE).write_text(text.replace("\n", "\n\n", 1))  # a blank line after the header: skipped, lines still counted
+    (data / CAPTIONS_FILE).write_text(
+        text.replace("\n", "\n\n", 1)
+    )  # a blank line after the header: skipped, lines still counted
     first_extra = len(captions) + 3  # the header, the blank line, the captions kept, then the extra rows
 
     from vidops.components import stages
@@ -97,8 +120,14 @@ def test_each_bad_caption_is_dropped_or_quarantined_for_its_reason_and_the_rest_
     assert found == {
         (emptied, "empty_caption"): f"empty caption on line {first_extra} of {CAPTIONS_FILE}: dropped",
         # punctuation only is no word, as the captioner reads words (text.words)
-        (with_empty, "empty_caption"): f"empty caption on lines {first_extra + 1}, {first_extra + 2} of {CAPTIONS_FILE}: dropped",
-        (with_long, "long_caption"): f"caption over 12 words on line {first_extra + 3} (15 words) of {CAPTIONS_FILE}: dropped",
+        (
+            with_empty,
+            "empty_caption",
+        ): f"empty caption on lines {first_extra + 1}, {first_extra + 2} of {CAPTIONS_FILE}: dropped",
+        (
+            with_long,
+            "long_caption",
+        ): f"caption over 12 words on line {first_extra + 3} (15 words) of {CAPTIONS_FILE}: dropped",
         ("move_up/gone.mp4", "caption_orphan"): (
             f"named on lines {first_extra + 4}, {first_extra + 5} of {CAPTIONS_FILE}, but no clip of the dataset: its captions are ignored"
         ),
@@ -111,7 +140,9 @@ def test_each_bad_caption_is_dropped_or_quarantined_for_its_reason_and_the_rest_
     kept = _captions(catalog)
     assert tuple(kept.columns) == ("path", "caption")
     assert set(kept["path"]) == set(accepted["path"])  # every accepted clip has a caption, and only they do
-    assert kept.to_dict("records") == captions.to_dict("records")  # the empty, long and orphan rows are gone, in the file's order
+    assert kept.to_dict("records") == captions.to_dict(
+        "records"
+    )  # the empty, long and orphan rows are gone, in the file's order
 
     (data / with_empty).write_bytes(b"changed since validation")  # accepted, but it fails extraction
     result = stages.extract(layout, params, NAME, mapper=in_threads)
@@ -122,7 +153,9 @@ def test_each_bad_caption_is_dropped_or_quarantined_for_its_reason_and_the_rest_
 
     assert stages.outputs_present("extract", layout, NAME)
     before = stages.fingerprint("extract", layout, params, NAME)
-    (catalog / CAPTIONS_FILE).write_text(kept.iloc[1:].to_csv(index=False))  # one caption fewer: extraction's input changed
+    (catalog / CAPTIONS_FILE).write_text(
+        kept.iloc[1:].to_csv(index=False)
+    )  # one caption fewer: extraction's input changed
     assert stages.fingerprint("extract", layout, params, NAME) != before
     (layout.features(NAME) / CAPTIONS_FILE).unlink()
     assert not stages.outputs_present("extract", layout, NAME)
@@ -136,7 +169,10 @@ def test_a_captioned_task_without_captions_stops_before_probing_and_names_the_fi
     data = layout.raw(SPEC.defaults.dataset)
     shutil.copytree(generated, data)
     (data / CAPTIONS_FILE).unlink()
-    with pytest.raises(VidopsError, match=rf"{data}: this task needs captions and there is no {data / CAPTIONS_FILE}: a CSV with columns path, caption"):
+    with pytest.raises(
+        VidopsError,
+        match=rf"{data}: this task needs captions and there is no {data / CAPTIONS_FILE}: a CSV with columns path, caption",
+    ):
         stages.validate(layout, params, NAME)
     assert not layout.catalog(NAME).exists()
 
@@ -149,7 +185,7 @@ def test_a_task_without_captions_ignores_them_and_its_catalog_lists_none(generat
 
 def test_captions_are_read_strictly(tmp_path: Path):
     file = tmp_path / CAPTIONS_FILE
-    file.write_bytes("path,caption\n\na.mp4,a red square rises\n./b.mp4,\"the blue oval, it spins\"\n\n".encode())
+    file.write_bytes(b'path,caption\n\na.mp4,a red square rises\n./b.mp4,"the blue oval, it spins"\n\n')
     table = read_captions_csv(file)
     assert table.to_dict("records") == [
         {"path": "a.mp4", "caption": "a red square rises", "line": 3},

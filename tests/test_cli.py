@@ -10,9 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from vidops.components.dependencies import NAMES as STAGE_NAMES
-
 
 # what TensorFlow's C++ side writes: absl's lines (I1129 20:41:07.123 ... or I0000 00:00:1795984118.2 ...) and its notice
 TENSORFLOW_LINE = re.compile(r"^([IWEF]\d{4} \d\d:\d\d:\d\d|WARNING: All log messages before absl)", re.MULTILINE)
@@ -21,8 +19,14 @@ TENSORFLOW_LINE = re.compile(r"^([IWEF]\d{4} \d\d:\d\d:\d\d|WARNING: All log mes
 def vidops(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """The command as a user runs it: without the test session's TF_CPP_MIN_LOG_LEVEL (conftest.py sets it)."""
     # nor MLFLOW_TRACKING_URI, which mlflow.set_tracking_uri exports for the rest of the session, in any test before
-    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "VIDOPS_VERBOSE", "MLFLOW_TRACKING_URI")}
-    return subprocess.run([sys.executable, "-m", "vidops", *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("TF_CPP_MIN_LOG_LEVEL", "VIDOPS_VERBOSE", "MLFLOW_TRACKING_URI")
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "vidops", *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env
+    )
 
 
 def _one_line_error(result: subprocess.CompletedProcess) -> str:
@@ -76,7 +80,9 @@ def test_validate_prints_the_summary_and_exits_zero_on_a_usable_dataset(tmp_path
     (data / "rotate" / "garbage.mp4").write_text("not a video")
     result = vidops("validate", "data", "--report", "report", cwd=tmp_path)  # both relative to where the user is
     assert result.returncode == 0, result.stderr
-    assert re.search(r"accepted\s+21\n\s+warned\s+0\n\s+quarantined\s+1\n\s+failed readable\s+1", result.stdout), result.stdout
+    assert re.search(r"accepted\s+21\n\s+warned\s+0\n\s+quarantined\s+1\n\s+failed readable\s+1", result.stdout), (
+        result.stdout
+    )
     assert (tmp_path / "report" / "accepted.csv").is_file()
     assert (tmp_path / "report" / "data_docs" / "index.html").is_file()
 
@@ -147,8 +153,21 @@ def test_registration_and_decision_lines():
 
     registered = Registration("vidops-sync", "3", "abc123", "1")
     assert summary(registered, Path("/p"), "accuracy_within_1") == "vidops-sync version 3, MLflow run abc123"
-    decided = Decision("vidops-sync", "3", False, "not promoted", "0.41 does not beat the champion's 0.52", "accuracy_within_1", 0.41, "2", 0.52)
-    assert summary(decided, Path("/p"), "accuracy_within_1") == "vidops-sync version 3: not promoted: 0.41 does not beat the champion's 0.52"
+    decided = Decision(
+        "vidops-sync",
+        "3",
+        False,
+        "not promoted",
+        "0.41 does not beat the champion's 0.52",
+        "accuracy_within_1",
+        0.41,
+        "2",
+        0.52,
+    )
+    assert (
+        summary(decided, Path("/p"), "accuracy_within_1")
+        == "vidops-sync version 3: not promoted: 0.41 does not beat the champion's 0.52"
+    )
 
 
 def test_stage_names_match_the_stages():
@@ -159,7 +178,9 @@ def test_stage_names_match_the_stages():
 
 def test_sample_saves_what_the_model_sees(tmp_path: Path, tiny_dataset: Path):
     clip = next(tiny_dataset.rglob("*.mp4"))
-    result = vidops("sample", str(clip), "--frames", "5", "--size", "40", "--out", str(tmp_path / "seen.npz"), cwd=tmp_path)
+    result = vidops(
+        "sample", str(clip), "--frames", "5", "--size", "40", "--out", str(tmp_path / "seen.npz"), cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     with np.load(tmp_path / "seen.npz") as seen:
         assert seen["frames"].shape == (5, 40, 40, 3)
@@ -171,7 +192,9 @@ def test_sample_saves_what_the_model_sees(tmp_path: Path, tiny_dataset: Path):
     with np.load(tmp_path / "default.npz") as seen:  # without flags, what the project's first task extracts
         assert seen["frames"].shape == (8, 24, 24, 3)
     (tmp_path / "broken.mp4").write_text("nope")
-    assert "unreadable" in _one_line_error(vidops("sample", str(tmp_path / "broken.mp4"), "--out", str(tmp_path / "x.npz")))
+    assert "unreadable" in _one_line_error(
+        vidops("sample", str(tmp_path / "broken.mp4"), "--out", str(tmp_path / "x.npz"))
+    )
 
 
 def test_bench_extract_prints_its_ratios(tmp_path: Path):
@@ -179,7 +202,14 @@ def test_bench_extract_prints_its_ratios(tmp_path: Path):
     assert result.returncode == 0, result.stderr
     for corpus in ("long-gop", "short-gop"):  # each corpus's ratios follow its heading
         block = result.stdout.split(f"{corpus}:")[1]
-        for line in ("sparse / limit (c/l)", "sparse / limit with audio", "sparse / ffmpeg (c/a)", "dense / ffmpeg (d/a)", "sparse / naive (c/b)", "1 -> 2 workers speed-up"):
+        for line in (
+            "sparse / limit (c/l)",
+            "sparse / limit with audio",
+            "sparse / ffmpeg (c/a)",
+            "dense / ffmpeg (d/a)",
+            "sparse / naive (c/b)",
+            "1 -> 2 workers speed-up",
+        ):
             assert re.search(re.escape(line) + r"\s+\d+\.\d\d", block), result.stdout
 
 
@@ -193,7 +223,9 @@ def test_bench_train_prints_its_ratios(tmp_path: Path):
 
 @pytest.mark.slow
 def test_bench_train_compares_a_frame_encoder_with_small(tmp_path: Path):
-    result = vidops("bench", "train", "--workdir", str(tmp_path), "--clips", "4", "--epochs", "1", "--encoder", "mobilenet_v3_small")
+    result = vidops(
+        "bench", "train", "--workdir", str(tmp_path), "--clips", "4", "--epochs", "1", "--encoder", "mobilenet_v3_small"
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     for encoder in ("small", "mobilenet_v3_small"):
         assert re.search(encoder + r"\s+\d\.\d{3}\s+1\s+\d+\.\d\s+\d+\.\d\d", result.stdout), result.stdout

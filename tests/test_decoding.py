@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-
 from vidops.components.decoding import beam_search, length_penalty
 from vidops.components.text import END, START, Vocabulary
 
@@ -37,7 +36,9 @@ TRAP = {
     (): {A: 0.5, B: 0.4, C: 0.1},
     (A,): {A: 0.3, B: 0.3, C: 0.1, END: 0.3},
     (B,): {END: 0.9, C: 0.1},
-    (A, A): {END: 1.0}, (A, B): {END: 1.0}, (A, C): {END: 1.0},  # fmt: skip
+    (A, A): {END: 1.0},
+    (A, B): {END: 1.0},
+    (A, C): {END: 1.0},
 }
 
 
@@ -55,13 +56,21 @@ def test_a_beam_finds_the_likelier_caption_that_greedy_decoding_misses() -> None
 def test_the_length_penalty_lets_a_longer_caption_win() -> None:
     # "c" then <end>: log 0.5; "a b c" then <end>: log(0.45 x 0.9 x 0.9 x 0.9) = log 0.33. With alpha 0 the short one
     # wins; with a strong penalty the long one's per-length score wins.
-    table = {(): {C: 0.5, A: 0.45, B: 0.05}, (C,): {END: 1.0}, (A,): {B: 0.9, END: 0.1}, (A, B): {C: 0.9, END: 0.1}, (A, B, C): {END: 0.9, A: 0.1}}
+    table = {
+        (): {C: 0.5, A: 0.45, B: 0.05},
+        (C,): {END: 1.0},
+        (A,): {B: 0.9, END: 0.1},
+        (A, B): {C: 0.9, END: 0.1},
+        (A, B, C): {END: 0.9, A: 0.1},
+    }
     features = np.zeros((1, 2, 4), np.float32)
     short = beam_search(TableDecoder(table), features, VOCABULARY, beam_size=3, max_length=6, alpha=0.0)[0]
     long = beam_search(TableDecoder(table), features, VOCABULARY, beam_size=3, max_length=6, alpha=2.0)[0]
     assert short[0].text == "c"
     assert long[0].text == "a b c"
-    assert long[0].score == pytest.approx(math.log(0.45 * 0.9 * 0.9 * 0.9) / length_penalty(np.array(3.0), 2.0), abs=1e-4)
+    assert long[0].score == pytest.approx(
+        math.log(0.45 * 0.9 * 0.9 * 0.9) / length_penalty(np.array(3.0), 2.0), abs=1e-4
+    )
 
 
 def test_clips_are_decoded_apart_and_a_caption_stops_at_max_length() -> None:

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow import MlflowClient
-
 from vidops.components import versioning
 from vidops.components.params import dump_params, load_params
 
@@ -44,7 +43,11 @@ REDUCED = [
     "registry.sync.floor=0.0",
     "registry.captioning.floor=0.0",
 ]
-MODELS = {"vidops-classifier": "demo", "vidops-sync": "demo-sync", "vidops-captioner": "demo-captions"}  # each task's model and dataset
+MODELS = {
+    "vidops-classifier": "demo",
+    "vidops-sync": "demo-sync",
+    "vidops-captioner": "demo-captions",
+}  # each task's model and dataset
 
 
 def _run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -54,10 +57,14 @@ def _run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Complete
 
 
 def _git(root: Path, *args: str) -> str:
-    return _run(["git", "-c", "user.name=vidops", "-c", "user.email=ci@vidops.invalid", *args], root, os.environ.copy()).stdout
+    return _run(
+        ["git", "-c", "user.name=vidops", "-c", "user.email=ci@vidops.invalid", *args], root, os.environ.copy()
+    ).stdout
 
 
-def test_the_demo_leaves_champions_and_a_dvc_project_in_step_with_the_flow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_the_demo_leaves_champions_and_a_dvc_project_in_step_with_the_flow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     # a clone as the README's user has it: vidops's code, dvc.yaml and .gitignore, here with a reduced params.yaml
     root = tmp_path / "clone"
     shutil.copytree(REPO / "components", root / "components", ignore=shutil.ignore_patterns("__pycache__"))
@@ -71,13 +78,17 @@ def test_the_demo_leaves_champions_and_a_dvc_project_in_step_with_the_flow(tmp_p
     for name in [k for k in os.environ if k.startswith(("MLFLOW_", "PREFECT_"))]:  # the embedded profile
         monkeypatch.delenv(name)
     monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)  # conftest.py's; a user's shell has none
-    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")  # `vidops`, `dvc`: an activated venv
+    monkeypatch.setenv(
+        "PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    )  # `vidops`, `dvc`: an activated venv
     env = os.environ.copy()
     demo = [sys.executable, "-m", "vidops", "demo"]
 
     first = _run(demo, root, env)
     assert first.stdout.count("now champion") == len(MODELS), first.stdout
-    assert "Finished in state" not in first.stderr and "cuInit" not in first.stderr, first.stderr  # those are in the Prefect UI, or --verbose
+    assert "Finished in state" not in first.stderr and "cuInit" not in first.stderr, (
+        first.stderr
+    )  # those are in the Prefect UI, or --verbose
     client = MlflowClient(f"sqlite:///{root / '.vidops' / 'mlflow.db'}")
     for name, dataset in MODELS.items():
         champion = client.get_model_version_by_alias(name, "champion")
@@ -103,10 +114,16 @@ def test_the_demo_leaves_champions_and_a_dvc_project_in_step_with_the_flow(tmp_p
     experiment = versioning.dvc(root, "exp", "run", "-S", "train.classification.epochs=2")
     assert experiment.returncode == 0, (experiment.stdout + experiment.stderr)[-4000:]
     ran = {line.split("'")[1] for line in experiment.stdout.splitlines() if line.startswith("Running stage")}
-    assert ran == {f"{stage}@classification" for stage in ("train", "evaluate", "register", "promote")}, experiment.stdout
+    assert ran == {f"{stage}@classification" for stage in ("train", "evaluate", "register", "promote")}, (
+        experiment.stdout
+    )
     assert {name: len(client.search_model_versions(f"name='{name}'")) for name in versions} == versions
     assert str(client.get_model_version_by_alias("vidops-classifier", "champion").version) == "1"
-    changed = [line for line, was in zip((root / "params.yaml").read_text().splitlines(), params_before, strict=True) if line != was]
+    changed = [
+        line
+        for line, was in zip((root / "params.yaml").read_text().splitlines(), params_before, strict=True)
+        if line != was
+    ]
     assert changed == ["    epochs: 2"]  # DVC's rewrite of params.yaml keeps its form
     assert "reports/classification/metrics.json" in versioning.dvc(root, "metrics", "diff").stdout
 

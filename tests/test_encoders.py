@@ -10,15 +10,14 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-
 from vidops.components import encoders, tasks, training
 from vidops.components.errors import VidopsError
-from vidops.components.layout import INDEX_TABLE, Layout
 from vidops.components.layers import PerFrame, load_model
-from vidops.components.tasks.classification.model import build_classifier
-from vidops.components.tasks.sync.model import build_sync
+from vidops.components.layout import INDEX_TABLE, Layout
 from vidops.components.params import load_params
+from vidops.components.tasks.classification.model import build_classifier
 from vidops.components.tasks.classification.params import ClassifierParams
+from vidops.components.tasks.sync.model import build_sync
 from vidops.components.tasks.sync.params import SyncParams
 
 APP = "mobilenet_v3_small"  # cheap at 32 px
@@ -59,7 +58,10 @@ def test_an_encoder_trained_from_scratch_gets_the_small_encoders_batch_norm_mome
 def test_a_weights_file_is_loaded_into_the_encoder(tmp_path):
     path = _weights_file(tmp_path)
     expected = encoders.application(APP, None, str(path)).get_weights()
-    assert _same(_encoder(build_sync(32, 40, SyncParams(encoder=APP, encoder_weights=str(path), units=8))).get_weights(), expected)
+    assert _same(
+        _encoder(build_sync(32, 40, SyncParams(encoder=APP, encoder_weights=str(path), units=8))).get_weights(),
+        expected,
+    )
     assert not _same(_encoder(build_sync(32, 40, SyncParams(encoder=APP, units=8))).get_weights(), expected)
 
 
@@ -72,10 +74,16 @@ def test_new_content_in_the_same_weights_file_is_a_new_training_for_both_caches(
     features = project.features("classification")
     features.mkdir(parents=True)
     (features / INDEX_TABLE).write_text("path,label,split,shard,status\n")
-    before = stages.fingerprint("train", project, params, "classification"), training._run_key(features, params.train.classification)
+    before = (
+        stages.fingerprint("train", project, params, "classification"),
+        training._run_key(features, params.train.classification),
+    )
     keras.utils.set_random_seed(8)
     encoders.application(APP, None, encoders.NO_WEIGHTS).save_weights(path)  # other weights, the same path
-    after = stages.fingerprint("train", project, params, "classification"), training._run_key(features, params.train.classification)
+    after = (
+        stages.fingerprint("train", project, params, "classification"),
+        training._run_key(features, params.train.classification),
+    )
     assert before[0] != after[0] and before[1] != after[1]
 
 
@@ -99,14 +107,22 @@ def test_a_frozen_encoder_keeps_its_weights_through_training(trained_project, tm
     path = _weights_file(tmp_path)
     params = ClassifierParams(encoder=APP, encoder_weights=str(path), freeze_encoder=True, **FAST)
     trained = tasks.spec("classification").train(trained_project.features("classification"), tmp_path / "model", params)
-    assert _same(_encoder(load_model(trained.path)).get_weights(), encoders.application(APP, None, str(path)).get_weights())
+    assert _same(
+        _encoder(load_model(trained.path)).get_weights(), encoders.application(APP, None, str(path)).get_weights()
+    )
 
 
 @pytest.mark.slow
 def test_the_sync_model_trains_with_an_application_encoder(project, tmp_path):
     from vidops.components import stages
 
-    overrides = ["tasks=[sync]", "extract.sync.size=32", f"train.sync.encoder={APP}", "train.sync.epochs=1", "train.sync.validation_fraction=0.0"]
+    overrides = [
+        "tasks=[sync]",
+        "extract.sync.size=32",
+        f"train.sync.encoder={APP}",
+        "train.sync.epochs=1",
+        "train.sync.validation_fraction=0.0",
+    ]
     params = load_params(project.root / "params.yaml", overrides)
     stages.validate(project, params, "sync")
     stages.extract(project, params, "sync")
@@ -129,12 +145,30 @@ def test_the_final_layers_stay_float32_under_mixed_precision():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["train.classification.encoder=resnet9"], r"train\.classification\.encoder: no encoder 'resnet9'; known encoders: small, mobilenet_v3_small, efficientnet_b0"),
-        ([f"train.sync.encoder={APP}", "extract.sync.size=24"], rf"train\.sync\.encoder: {APP} needs frames of at least 32 px, but they are 24 px"),
-        (["train.classification.encoder_weights=imagenet"], r"train\.classification\.encoder_weights: the small encoder learns from scratch"),
-        ([f"train.classification.encoder={APP}", "train.classification.encoder_weights=weights.npz"], r"train\.classification\.encoder_weights: expected none, imagenet or the path of a \.weights\.h5 file"),
-        ([f"train.classification.encoder={APP}", "train.classification.freeze_encoder=true"], r"train\.classification\.freeze_encoder: freezing an encoder without weights"),
-        ([f"train.classification.encoder={APP}", "train.classification.temporal=2plus1d"], r"train\.classification\.temporal: 2plus1d builds its own"),
+        (
+            ["train.classification.encoder=resnet9"],
+            r"train\.classification\.encoder: no encoder 'resnet9'; known encoders: small, mobilenet_v3_small, efficientnet_b0",
+        ),
+        (
+            [f"train.sync.encoder={APP}", "extract.sync.size=24"],
+            rf"train\.sync\.encoder: {APP} needs frames of at least 32 px, but they are 24 px",
+        ),
+        (
+            ["train.classification.encoder_weights=imagenet"],
+            r"train\.classification\.encoder_weights: the small encoder learns from scratch",
+        ),
+        (
+            [f"train.classification.encoder={APP}", "train.classification.encoder_weights=weights.npz"],
+            r"train\.classification\.encoder_weights: expected none, imagenet or the path of a \.weights\.h5 file",
+        ),
+        (
+            [f"train.classification.encoder={APP}", "train.classification.freeze_encoder=true"],
+            r"train\.classification\.freeze_encoder: freezing an encoder without weights",
+        ),
+        (
+            [f"train.classification.encoder={APP}", "train.classification.temporal=2plus1d"],
+            r"train\.classification\.temporal: 2plus1d builds its own",
+        ),
     ],
 )
 def test_encoder_params_that_cannot_work_are_named_on_load(overrides: list[str], message: str):
@@ -144,8 +178,13 @@ def test_encoder_params_that_cannot_work_are_named_on_load(overrides: list[str],
 
 def test_imagenet_weights_that_keras_has_not_cached_are_refused_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # an empty cache: this machine never downloaded them
-    params = load_params(None, [f"train.classification.encoder={APP}", "train.classification.encoder_weights=imagenet"]).train.classification
-    with pytest.raises(VidopsError, match=r"train\.classification\.encoder_weights: imagenet weights for mobilenet_v3_small are not in Keras's cache") as caught:
+    params = load_params(
+        None, [f"train.classification.encoder={APP}", "train.classification.encoder_weights=imagenet"]
+    ).train.classification
+    with pytest.raises(
+        VidopsError,
+        match=r"train\.classification\.encoder_weights: imagenet weights for mobilenet_v3_small are not in Keras's cache",
+    ) as caught:
         tasks.spec("classification").preflight("classification", params)
     assert "pass a local .weights.h5 file" in str(caught.value)
     assert str(tmp_path / "models" / encoders.APPLICATIONS[APP].imagenet_file) in str(caught.value)
@@ -153,7 +192,9 @@ def test_imagenet_weights_that_keras_has_not_cached_are_refused_before_any_work(
 
 def test_a_missing_weights_file_is_named(tmp_path):
     params = ClassifierParams(encoder=APP, encoder_weights=str(tmp_path / "nope.weights.h5"))
-    with pytest.raises(VidopsError, match=r"train\.classification\.encoder_weights: no weights file .*nope\.weights\.h5"):
+    with pytest.raises(
+        VidopsError, match=r"train\.classification\.encoder_weights: no weights file .*nope\.weights\.h5"
+    ):
         tasks.spec("classification").preflight("classification", params)
 
 

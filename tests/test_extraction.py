@@ -3,22 +3,19 @@
 import json
 from pathlib import Path
 
+import faults
 import numpy as np
 import pandas as pd
 import pytest
-
-from vidops.components import audio
+from corpus import encode, encode_flash_and_click, encode_indexed, read_index
+from vidops.components import audio, extraction, inputs, stages
 from vidops.components.audio import STEPS_PER_FRAME
 from vidops.components.errors import VidopsError
-from vidops.components import extraction, inputs
 from vidops.components.extraction import SHARDS, extract_clip, extract_features
 from vidops.components.media import read_frames
 from vidops.components.parallel import in_this_process
 from vidops.components.params import ExtractParams, load_params
 from vidops.components.sampling import ClipTooShort, dense, sample_indices, segments, uniform
-import faults
-from corpus import encode, encode_flash_and_click, encode_indexed, read_index
-from vidops.components import stages
 
 VFR_MS = [int(t) for t in np.cumsum(np.random.default_rng(0).integers(20, 80, 60)) - 20]
 
@@ -33,7 +30,9 @@ def indexed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "short gop, b-frames": encode_indexed(d / "bfr.mp4", 60, options={"g": "12", "bf": "4", "b_strategy": "0"}),
         "vfr": encode_indexed(d / "vfr.mp4", 60, frame_times_ms=VFR_MS),
         "xvid avi": encode_indexed(d / "x.avi", 60, codec="mpeg4", container="avi", options={"bf": "2"}),
-        "vp9 webm": encode_indexed(d / "x.webm", 60, codec="libvpx-vp9", container="webm", options={"deadline": "realtime", "cpu-used": "8"}),
+        "vp9 webm": encode_indexed(
+            d / "x.webm", 60, codec="libvpx-vp9", container="webm", options={"deadline": "realtime", "cpu-used": "8"}
+        ),
     }
 
 
@@ -92,7 +91,11 @@ def test_sparse_frames_decode_only_the_audio_around_them_for_the_whole_track_s_f
     clip = encode(tmp_path / "minute.mp4", fps=5, frames=300, audio_s=60.0)
     decoded = []
     push = audio._Resampler.push
-    monkeypatch.setattr(audio._Resampler, "push", lambda self, frame: decoded.append(frame.samples / frame.sample_rate) or push(self, frame))
+    monkeypatch.setattr(
+        audio._Resampler,
+        "push",
+        lambda self, frame: decoded.append(frame.samples / frame.sample_rate) or push(self, frame),
+    )
     features = extract_clip(clip, 300, ExtractParams(frames=4, size=32))
     assert 0 < sum(decoded) < 2.0
     samples, start = audio.decode_audio(clip)
@@ -104,13 +107,22 @@ def test_ucf101_shaped_clips_probe_as_such_and_their_mp3_in_avi_extracts_like_th
     from vidops.benchmarks.extract import write_ucf101_clips
     from vidops.components.probe import probe_clip
 
-    clip, = write_ucf101_clips(tmp_path, 1, seconds=2.0, workers=1)
+    (clip,) = write_ucf101_clips(tmp_path, 1, seconds=2.0, workers=1)
     probe = probe_clip(clip)
-    assert probe["readable"] and (probe["video_codec"], probe["frames"], probe["keyframe_interval"], probe["vfr"]) == ("mpeg4", 50, 25, False)
+    assert probe["readable"] and (probe["video_codec"], probe["frames"], probe["keyframe_interval"], probe["vfr"]) == (
+        "mpeg4",
+        50,
+        25,
+        False,
+    )
     features = extract_clip(clip, 50, ExtractParams(frames=8, size=32))
     samples, start = audio.decode_audio(clip)
     whole, ok = audio.align(audio.features(samples, "logmel"), start, features.times, "logmel")
-    assert features.has_audio and np.allclose(features.audio, whole, atol=0.15) and features.audio_ok.tolist() == ok.tolist()
+    assert (
+        features.has_audio
+        and np.allclose(features.audio, whole, atol=0.15)
+        and features.audio_ok.tolist() == ok.tolist()
+    )
 
 
 def test_a_clip_without_audio_is_flagged_not_an_error(tmp_path: Path):
@@ -175,20 +187,24 @@ def test_a_killed_extraction_resumes_where_it_stopped(project, tiny_params):
     every whole shard and extracts the rest, and no shard is left twice or cut short."""
     stages.validate(project, tiny_params, "classification")
     features = project.features("classification")
-    whole = lambda: sorted((features / SHARDS).glob("[!.]*.npz")) if (features / SHARDS).is_dir() else []  # noqa: E731
+    whole = lambda: sorted((features / SHARDS).glob("[!.]*.npz")) if (features / SHARDS).is_dir() else []
     command = faults.start("stage", "extract", "--task", "classification", "--root", str(project.root))
     faults.until(whole, "a first shard", command)
     faults.kill_group(command)
     assert faults.group_gone(command.pid), "a worker of the killed extraction lives on"
     kept = whole()
-    assert 0 < len(kept) < 21 and not (features / "index.json").exists()  # killed part-way: no index, nothing passes for whole
+    assert (
+        0 < len(kept) < 21 and not (features / "index.json").exists()
+    )  # killed part-way: no index, nothing passes for whole
 
     again = faults.run("stage", "extract", "--task", "classification", "--root", str(project.root))
     assert again.returncode == 0, again.stderr
     assert f": {21 - len(kept)} extracted, {len(kept)} reused, 0 failed;" in again.stdout, again.stdout
     index = pd.read_csv(features / "index.csv", keep_default_na=False)
     assert json.loads((features / "index.json").read_text())["clips"] == {"train": 14, "test": 7}
-    assert sorted(p.name for p in (features / SHARDS).iterdir()) == sorted(index["shard"]) and len(index) == 21  # no temporary file, none twice
+    assert (
+        sorted(p.name for p in (features / SHARDS).iterdir()) == sorted(index["shard"]) and len(index) == 21
+    )  # no temporary file, none twice
     for shard in index["shard"]:
         with np.load(features / SHARDS / shard) as arrays:
             assert arrays["frames"].shape == (4, 32, 32, 3), shard  # every shard loads, whole
@@ -219,9 +235,17 @@ def test_a_full_disk_stops_extraction_with_its_cause_and_the_rerun_completes(tra
 
     features = tmp_path / "features"
     features.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(features)], capture_output=True).returncode != 0:
+    if (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(features)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("a small tmpfs cannot be mounted here (not root, or no mount permission)")
-    dataset, accepted = trained_project.raw(tiny_params.datasets.classification), trained_project.catalog("classification") / "accepted.csv"
+    dataset, accepted = (
+        trained_project.raw(tiny_params.datasets.classification),
+        trained_project.catalog("classification") / "accepted.csv",
+    )
     params = tiny_params.extract.classification
     try:
         with pytest.raises(VidopsError, match="extraction stopped: No space left on device .not the clip's fault"):
@@ -229,11 +253,15 @@ def test_a_full_disk_stops_extraction_with_its_cause_and_the_rerun_completes(tra
         assert not (features / "index.json").exists()  # no index: nothing passes for a whole extraction
     finally:
         subprocess.run(["umount", str(features)], check=True)
-    done = extract_features(dataset, accepted, features, params, mapper=in_threads)  # space again: the same call completes
+    done = extract_features(
+        dataset, accepted, features, params, mapper=in_threads
+    )  # space again: the same call completes
     assert done.failed == 0 and sum(done.clips.values()) == len(pd.read_csv(accepted))
 
 
-def test_a_rerun_trusts_unchanged_shards_without_opening_them_and_extracts_a_changed_one_again(project, tiny_params, monkeypatch):
+def test_a_rerun_trusts_unchanged_shards_without_opening_them_and_extracts_a_changed_one_again(
+    project, tiny_params, monkeypatch
+):
     from vidops.components import extraction
     from vidops.components.parallel import in_threads
 
@@ -242,9 +270,15 @@ def test_a_rerun_trusts_unchanged_shards_without_opening_them_and_extracts_a_cha
     features = project.features("classification")
     opened = []
     read_flags = extraction._read_flags
-    monkeypatch.setattr(extraction, "_read_flags", lambda shard, row: opened.append(shard.name) or read_flags(shard, row))
+    monkeypatch.setattr(
+        extraction, "_read_flags", lambda shard, row: opened.append(shard.name) or read_flags(shard, row)
+    )
     again = stages.extract(project, tiny_params, "classification", mapper=in_threads)
-    assert (again.extracted, again.reused, opened) == (0, first.extracted, [])  # every shard trusted by its size and mtime
+    assert (again.extracted, again.reused, opened) == (
+        0,
+        first.extracted,
+        [],
+    )  # every shard trusted by its size and mtime
     before = pd.read_csv(features / "index.csv", keep_default_na=False)
 
     damaged = features / SHARDS / before["shard"].iloc[0]
@@ -252,6 +286,8 @@ def test_a_rerun_trusts_unchanged_shards_without_opening_them_and_extracts_a_cha
     third = stages.extract(project, tiny_params, "classification", mapper=in_threads)
     assert (third.extracted, third.reused, opened) == (1, first.extracted - 1, [damaged.name])
     after = pd.read_csv(features / "index.csv", keep_default_na=False)
-    assert after[["path", "shard", "status", "padded", "has_audio"]].equals(before[["path", "shard", "status", "padded", "has_audio"]])
+    assert after[["path", "shard", "status", "padded", "has_audio"]].equals(
+        before[["path", "shard", "status", "padded", "has_audio"]]
+    )
     with np.load(damaged) as arrays:
         assert arrays["frames"].shape == (4, 32, 32, 3)  # whole again

@@ -5,10 +5,12 @@ import av
 import numpy as np
 import pandas as pd
 import pytest
-
 from vidops.components.catalog import DATASET_MANIFEST, SOURCE_COLUMNS
 from vidops.components.errors import VidopsError
 from vidops.components.generate import MARKER, MOTIONS, SHAPES, generate_dataset, motion_path
+from vidops.components.layout import CAPTIONS_FILE
+from vidops.components.media import AUDIO_RATE
+from vidops.components.params import GenerateParams
 from vidops.components.tasks.captioning.generate import (
     COLOURS,
     HELD_OUT_COMBINATIONS,
@@ -19,9 +21,6 @@ from vidops.components.tasks.captioning.generate import (
     captioned_plan,
 )
 from vidops.components.tasks.sync.generate import LABEL as SYNC_LABEL
-from vidops.components.layout import CAPTIONS_FILE
-from vidops.components.media import AUDIO_RATE
-from vidops.components.params import GenerateParams
 
 
 def _decode_all(path: Path) -> np.ndarray:
@@ -57,9 +56,16 @@ def test_same_seed_same_frames_other_seed_other_frames(tmp_path: Path):
 
 @pytest.mark.parametrize(
     ("label", "changes"),
-    [("move_left", "x-"), ("move_right", "x+"), ("move_up", "y-"), ("move_down", "y+"),
-     ("rotate", "angle"), ("zoom_in", "radius+"), ("zoom_out", "radius-")],
-)  # fmt: skip
+    [
+        ("move_left", "x-"),
+        ("move_right", "x+"),
+        ("move_up", "y-"),
+        ("move_down", "y+"),
+        ("rotate", "angle"),
+        ("zoom_in", "radius+"),
+        ("zoom_out", "radius-"),
+    ],
+)
 def test_each_class_is_a_motion_that_only_the_order_of_frames_shows(label: str, changes: str):
     t = np.arange(50) / 25
     x, y, radius, angle = motion_path(label, np.random.default_rng(0), 96, t)
@@ -107,13 +113,18 @@ def test_captioned_clips_are_listed_by_a_manifest_and_each_has_two_to_four_capti
     manifest = pd.read_csv(captioned / DATASET_MANIFEST, dtype=str, keep_default_na=False)
     assert tuple(manifest.columns) == SOURCE_COLUMNS and len(manifest) == 7 * CAPTIONED.clips_per_class
     assert sorted(str(p.relative_to(captioned)) for p in captioned.rglob("*.mp4")) == sorted(manifest["path"])
-    assert (manifest["path"].str.split("/").str[0] == manifest["label"]).all() and set(manifest["label"]) == set(MOTIONS)
+    assert (manifest["path"].str.split("/").str[0] == manifest["label"]).all() and set(manifest["label"]) == set(
+        MOTIONS
+    )
     assert (manifest["group"] == manifest["path"].str.removesuffix(".mp4")).all()  # each clip its own group
     captions = pd.read_csv(captioned / CAPTIONS_FILE, dtype=str, keep_default_na=False)
     assert tuple(captions.columns) == ("path", "caption") and set(captions["path"]) == set(manifest["path"])
     assert captions.groupby("path").size().between(2, 4).all()
     assert not captions.duplicated().any()  # a clip's captions are worded apart
-    shown = {clip.path: {"shape": clip.shape, "colour": clip.colour, "motion": clip.label} for clip in captioned_plan(CAPTIONED)}
+    shown = {
+        clip.path: {"shape": clip.shape, "colour": clip.colour, "motion": clip.label}
+        for clip in captioned_plan(CAPTIONED)
+    }
     for path, caption in zip(captions["path"], captions["caption"], strict=True):
         assert caption_attributes(caption) == shown[path], caption
 
@@ -125,9 +136,13 @@ def test_held_out_combinations_are_whole_and_leave_every_attribute_value_in_trai
     assert set(manifest["split"]) == {"", "test"}
     held = set(manifest.loc[manifest["split"] == "test", "combination"])
     assert len(held) == round(HELD_OUT_COMBINATIONS * manifest["combination"].nunique()) > 0
-    assert (manifest.loc[manifest["combination"].isin(held), "split"] == "test").all()  # whole: no clip of theirs in train
+    assert (
+        manifest.loc[manifest["combination"].isin(held), "split"] == "test"
+    ).all()  # whole: no clip of theirs in train
     train = manifest[manifest["split"] == ""]
-    assert {value for combination in train["combination"] for value in combination} == set(SHAPES) | set(COLOURS) | set(MOTIONS)
+    assert {value for combination in train["combination"] for value in combination} == set(SHAPES) | set(COLOURS) | set(
+        MOTIONS
+    )
 
 
 def test_the_full_plan_holds_out_a_tenth_of_the_140_combinations_two_per_motion():
@@ -136,7 +151,9 @@ def test_the_full_plan_holds_out_a_tenth_of_the_140_combinations_two_per_motion(
     held = {clip.combination for clip in plan if clip.split == "test"}
     assert len(combinations) == 140 and len(held) == 14
     assert sorted(motion for _, _, motion in held) == sorted(MOTIONS * 2)
-    assert {clip.combination: clip.split for clip in plan} == {clip.combination: clip.split for clip in plan[::-1]}  # whole
+    assert {clip.combination: clip.split for clip in plan} == {
+        clip.combination: clip.split for clip in plan[::-1]
+    }  # whole
     assert captioned_plan(GenerateParams(clips_per_class=80, seed=1)) != plan
 
 

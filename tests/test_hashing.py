@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from vidops.components.hashing import near_pairs, pairwise
 
 

@@ -11,7 +11,6 @@ import zipfile
 from pathlib import Path
 
 import yaml
-
 from vidops.flows.deploy import CLIENT_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,14 +41,27 @@ def _hadolint(path: Path) -> subprocess.CompletedProcess:
 def test_the_compose_file_follows_the_compose_specification(tmp_path: Path):
     assert _compose(COMPOSE).returncode == 0, _compose(COMPOSE).stdout
     broken = tmp_path / "compose.yaml"
-    broken.write_text(COMPOSE.read_text().replace("    restart: unless-stopped\n", "    restart: unless-stopped\n    replicas: two\n", 1))
+    broken.write_text(
+        COMPOSE.read_text().replace(
+            "    restart: unless-stopped\n", "    restart: unless-stopped\n    replicas: two\n", 1
+        )
+    )
     assert _compose(broken).returncode != 0
 
 
 def test_the_compose_stack_publishes_only_on_loopback_and_takes_every_secret_from_the_env_file():
     spec = yaml.safe_load(COMPOSE.read_text())
     services = spec["services"]
-    assert {"postgres", "prefect-server", "mlflow", "seaweedfs", "worker", "worker-gpu", "dask-scheduler", "dask-worker"} <= set(services)
+    assert {
+        "postgres",
+        "prefect-server",
+        "mlflow",
+        "seaweedfs",
+        "worker",
+        "worker-gpu",
+        "dask-scheduler",
+        "dask-worker",
+    } <= set(services)
     for name, service in services.items():
         for port in service.get("ports", []):
             assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond the host's loopback"
@@ -58,9 +70,18 @@ def test_the_compose_stack_publishes_only_on_loopback_and_takes_every_secret_fro
     required = set(re.findall(r"\$\{([A-Z0-9_]+):\?set \1 in infra/compose/\.env", COMPOSE.read_text()))
     example = INFRA / "compose" / ".env.example"
     listed = {line.split("=", 1)[0] for line in example.read_text().splitlines() if line and not line.startswith("#")}
-    assert required == {"POSTGRES_PASSWORD", "PREFECT_AUTH_STRING", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_FLASK_SECRET_KEY", "S3_ACCESS_KEY", "S3_SECRET_KEY"}
+    assert required == {
+        "POSTGRES_PASSWORD",
+        "PREFECT_AUTH_STRING",
+        "MLFLOW_ADMIN_PASSWORD",
+        "MLFLOW_FLASK_SECRET_KEY",
+        "S3_ACCESS_KEY",
+        "S3_SECRET_KEY",
+    }
     assert required <= listed
-    assert _check("git", "-C", ROOT, "check-ignore", "-q", "infra/compose/.env").returncode == 0, "infra/compose/.env must not be committed"
+    assert _check("git", "-C", ROOT, "check-ignore", "-q", "infra/compose/.env").returncode == 0, (
+        "infra/compose/.env must not be committed"
+    )
     assert services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
 
 
@@ -73,7 +94,9 @@ def test_the_kubernetes_manifests_validate_against_kubernetes_s_schemas(tmp_path
     broken.write_text((KUBERNETES / "base" / "dask.yaml").read_text().replace("replicas: 4", "replicas: four"))
     assert _kubernetes(broken).returncode != 0
     unknown = tmp_path / "unknown.yaml"
-    unknown.write_text((KUBERNETES / "base" / "dask.yaml").read_text().replace("  replicas: 4", "  replicas: 4\n  gpus: 1"))
+    unknown.write_text(
+        (KUBERNETES / "base" / "dask.yaml").read_text().replace("  replicas: 4", "  replicas: 4\n  gpus: 1")
+    )
     assert _kubernetes(unknown).returncode != 0
 
 
@@ -95,17 +118,27 @@ def test_the_dockerfile_lints_clean_and_installs_as_the_readme_does(tmp_path: Pa
     result = _hadolint(DOCKERFILE)
     assert result.returncode == 0, result.stdout
     text = DOCKERFILE.read_text()
-    assert 'python3.11 -m venv /opt/vidops && /opt/vidops/bin/pip install --no-cache-dir -c constraints.txt ".${EXTRAS}"' in text
+    assert (
+        'python3.11 -m venv /opt/vidops && /opt/vidops/bin/pip install --no-cache-dir -c constraints.txt ".${EXTRAS}"'
+        in text
+    )
     copied = set(re.findall(r"^COPY ([\w/]+)/ \1/$", text, re.MULTILINE))
     folders = set(_package_folders().values())
     assert copied == folders, f"the image copies {sorted(copied)}, the package is {sorted(folders)}"
-    assert re.search(r"^COPY pyproject.toml setup.py ", text, re.MULTILINE), "the image builds without setup.py's package list"
+    assert re.search(r"^COPY pyproject.toml setup.py ", text, re.MULTILINE), (
+        "the image builds without setup.py's package list"
+    )
     assert re.search(r"^USER 10001$", text, re.MULTILINE), "the image runs as root"
     # the GPU workers' image is the same file with the gpu extra
     gpu = yaml.safe_load(COMPOSE.read_text())["services"]["worker-gpu"]["build"]
-    assert gpu["args"] == {"EXTRAS": "[gpu]"} and "tensorflow[and-cuda]==2.21.0" in pyproject["project"]["optional-dependencies"]["gpu"]
+    assert (
+        gpu["args"] == {"EXTRAS": "[gpu]"}
+        and "tensorflow[and-cuda]==2.21.0" in pyproject["project"]["optional-dependencies"]["gpu"]
+    )
     broken = tmp_path / "Dockerfile"
-    broken.write_text(DOCKERFILE.read_text().replace("FROM python:3.11.7-slim-bookworm AS build", "FROM python:latest AS build"))
+    broken.write_text(
+        DOCKERFILE.read_text().replace("FROM python:3.11.7-slim-bookworm AS build", "FROM python:latest AS build")
+    )
     assert _hadolint(broken).returncode != 0
 
 
@@ -119,8 +152,23 @@ def _package_folders() -> dict[str, str]:
 def test_the_built_distribution_holds_every_task_folder_without_a_list_of_them(tmp_path: Path):
     """A wheel, as the image installs one: every package folder under vidops's folders is in it (a new task folder
     needs no entry in any list), and the stack's package."""
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
-                           capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert built.returncode == 0, built.stderr[-2000:]
     (wheel,) = tmp_path.glob("vidops-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())

@@ -1,7 +1,6 @@
 from pathlib import Path
 
 import pytest
-
 from vidops.components.errors import VidopsError
 from vidops.components.params import load_params
 
@@ -13,7 +12,9 @@ def test_repository_params_yaml_spells_out_the_defaults():
 
 
 def test_overrides_reach_nested_keys_and_parse_yaml_values():
-    params = load_params(None, ["train.classification.epochs=3", "train.classification.filters=[4, 8]", "datasets.classification=ucf"])
+    params = load_params(
+        None, ["train.classification.epochs=3", "train.classification.filters=[4, 8]", "datasets.classification=ucf"]
+    )
     assert params.train.classification.epochs == 3
     assert params.train.classification.filters == (4, 8)
     assert params.datasets.classification == "ucf"
@@ -58,7 +59,10 @@ def test_missing_file_and_bad_override_are_errors(tmp_path: Path):
 
 
 def test_a_sync_window_that_cannot_fit_is_named_on_load():
-    with pytest.raises(VidopsError, match=r"train\.sync\.window \+ 2 x train\.sync\.max_offset = 75 frames, but extract\.sync\.frames is 50"):
+    with pytest.raises(
+        VidopsError,
+        match=r"train\.sync\.window \+ 2 x train\.sync\.max_offset = 75 frames, but extract\.sync\.frames is 50",
+    ):
         load_params(None, ["train.sync.window=15", "train.sync.max_offset=30", "extract.sync.frames=50"])
     with pytest.raises(VidopsError, match=r"extract\.sync\.sampler: the sync model needs consecutive frames"):
         load_params(None, ["extract.sync.sampler=uniform"])
@@ -67,7 +71,9 @@ def test_a_sync_window_that_cannot_fit_is_named_on_load():
 def test_each_task_has_its_own_group_in_every_stage():
     params = load_params(None)
     for task in ("classification", "sync"):
-        assert params.datasets.of(task) and params.extract.of(task) and params.train.of(task) and params.registry.of(task)
+        assert (
+            params.datasets.of(task) and params.extract.of(task) and params.train.of(task) and params.registry.of(task)
+        )
     assert params.registry.of("sync").model_name != params.registry.of("classification").model_name
 
 
@@ -75,16 +81,23 @@ def test_each_task_has_its_own_group_in_every_stage():
 def test_dvc_exp_run_set_changes_only_the_value_it_sets_in_params_yaml(source, tmp_path):
     """`dvc exp run -S` rewrites params.yaml through DVC's own YAML writer: the file keeps its form and comments."""
     from dvc.utils.hydra import apply_overrides
-
     from vidops.components.params import dump_params
 
     path = tmp_path / "params.yaml"
-    path.write_text((Path(__file__).parents[1] / "params.yaml").read_text() if source == "repository" else dump_params(load_params(None)))
+    path.write_text(
+        (Path(__file__).parents[1] / "params.yaml").read_text()
+        if source == "repository"
+        else dump_params(load_params(None))
+    )
     before = path.read_text().splitlines()
     apply_overrides(str(path), ["train.classification.epochs=5", "train.sync.filters=[8,16]"])
     after = path.read_text().splitlines()
     changed = [(old, new) for old, new in zip(before, after, strict=True) if old != new]
-    assert len(before) == len(after) and [new.split("#")[0].strip() for _, new in changed] == ["epochs: 5", "- 8", "- 16"], changed
+    assert len(before) == len(after) and [new.split("#")[0].strip() for _, new in changed] == [
+        "epochs: 5",
+        "- 8",
+        "- 16",
+    ], changed
 
 
 def test_each_task_gets_its_own_audio_checks():
@@ -94,14 +107,20 @@ def test_each_task_gets_its_own_audio_checks():
     sync, classification = validation_checks(params, "sync"), validation_checks(params, "classification")
     assert (sync.require_audio, classification.require_audio, classification.warn_av_diff) == (True, False, True)
     assert classification.max_av_diff_fraction == 0.3
-    assert not validation_checks(load_params(None, ["extract.classification.audio=none"]), "classification").warn_av_diff
+    assert not validation_checks(
+        load_params(None, ["extract.classification.audio=none"]), "classification"
+    ).warn_av_diff
     assert not validation_checks(load_params(None, ["validation.warn_av_diff=false"]), "classification").warn_av_diff
     with pytest.raises(VidopsError, match=r"validation\.max_av_diff_fraction: Input should be less than or equal to 1"):
         load_params(None, ["validation.max_av_diff_fraction=1.5"])
 
 
 def test_set_reads_numbers_as_a_user_writes_them_and_names_a_value_yaml_cannot_read():
-    assert load_params(None, ["train.classification.learning_rate=1e-3"]).train.classification.learning_rate == 0.001  # YAML 1.1: a string
+    assert (
+        load_params(None, ["train.classification.learning_rate=1e-3"]).train.classification.learning_rate == 0.001
+    )  # YAML 1.1: a string
     assert load_params(None, ["train.sync.learning_rate=2.5E-4"]).train.sync.learning_rate == 0.00025
-    with pytest.raises(VidopsError, match=r"override 'train.classification.filters=\[8, 16': '\[8, 16' is not a value YAML can read"):
+    with pytest.raises(
+        VidopsError, match=r"override 'train.classification.filters=\[8, 16': '\[8, 16' is not a value YAML can read"
+    ):
         load_params(None, ["train.classification.filters=[8, 16"])

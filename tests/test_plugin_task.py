@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
-
 from vidops.components import tasks, tracking
 from vidops.components.errors import VidopsError
 from vidops.components.layout import DECISION, Layout
@@ -49,7 +48,9 @@ def test_a_task_in_its_own_package_is_trained_evaluated_registered_gated_and_ser
     from vidops.components.serving import encode
 
     layout = Layout(tmp_path / "project")
-    params = load_params(None, [f"tasks=[{NAME}]", f"train.{NAME}.units=4"])  # params.yaml groups of a task vidops never knew
+    params = load_params(
+        None, [f"tasks=[{NAME}]", f"train.{NAME}.units=4"]
+    )  # params.yaml groups of a task vidops never knew
     assert params.train.of(NAME).units == 4 and params.registry.of(NAME).model_name == "vidops-colour"
     generate_dataset(layout.raw(params.datasets.of(NAME)), NAME, params.generate.of(NAME))
 
@@ -57,7 +58,9 @@ def test_a_task_in_its_own_package_is_trained_evaluated_registered_gated_and_ser
     stages.extract(layout, params, NAME)
     trained = stages.train(layout, params, NAME)
     assert trained.path == layout.model(NAME) and trained.epochs == 2
-    assert (layout.models(NAME) / "history.json").is_file() and not (layout.models(NAME) / "checkpoints").exists()  # training.fit's
+    assert (layout.models(NAME) / "history.json").is_file() and not (
+        layout.models(NAME) / "checkpoints"
+    ).exists()  # training.fit's
     scores = stages.evaluate(layout, params, NAME)
     registered = stages.register(layout, params, NAME)
     decision = stages.promote(layout, params, NAME)
@@ -113,9 +116,18 @@ def test_a_task_without_a_spec_is_an_error_that_lists_the_known_tasks():
 @pytest.mark.parametrize(
     ("source", "message"),
     [
-        ("colour_task.missing:SPEC", r"entry point colour = colour_task.missing:SPEC \(group vidops.tasks\) failed to import"),
-        ("colour_task.params:ColourParams", r"colour_task.params:ColourParams .*SPEC is a ModelMetaclass, not a vidops.components.tasks.TaskSpec"),
-        ("vidops.components.tasks.sync:SPEC", r"task 'sync' is defined twice: by vidops.components.tasks.sync and by entry point"),
+        (
+            "colour_task.missing:SPEC",
+            r"entry point colour = colour_task.missing:SPEC \(group vidops.tasks\) failed to import",
+        ),
+        (
+            "colour_task.params:ColourParams",
+            r"colour_task.params:ColourParams .*SPEC is a ModelMetaclass, not a vidops.components.tasks.TaskSpec",
+        ),
+        (
+            "vidops.components.tasks.sync:SPEC",
+            r"task 'sync' is defined twice: by vidops.components.tasks.sync and by entry point",
+        ),
     ],
 )
 def test_an_entry_point_that_cannot_be_a_task_is_named_at_start(source, message, tmp_path, monkeypatch):
@@ -124,7 +136,9 @@ def test_an_entry_point_that_cannot_be_a_task_is_named_at_start(source, message,
     try:
         with pytest.raises(VidopsError, match=message):
             tasks.discover()
-        cli = subprocess.run([sys.executable, "-m", "vidops", "--help"], capture_output=True, text=True, env=_with_path(tmp_path))
+        cli = subprocess.run(
+            [sys.executable, "-m", "vidops", "--help"], capture_output=True, text=True, env=_with_path(tmp_path)
+        )
         assert cli.returncode == 1 and "vidops: error:" in cli.stderr and "Traceback" not in cli.stderr
     finally:
         monkeypatch.undo()
@@ -141,10 +155,15 @@ def test_a_spec_whose_gate_metric_it_does_not_write_or_a_missing_function_is_nam
     from colour_task.spec import SPEC
 
     wrong_metric = SPEC.__class__(**{**vars(SPEC), "name": "colour2", "metrics": ("macro_f1",)})
-    with pytest.raises(VidopsError, match=r"task 'colour2' .*default gate metric 'accuracy' is not among the metrics its evaluate writes"):
+    with pytest.raises(
+        VidopsError,
+        match=r"task 'colour2' .*default gate metric 'accuracy' is not among the metrics its evaluate writes",
+    ):
         tasks.register(wrong_metric)
     no_train = SPEC.__class__(**{**vars(SPEC), "name": "colour3", "train": None})
     with pytest.raises(VidopsError, match=r"task 'colour3' .*: train must be functions"):
         tasks.register(no_train)
-    with pytest.raises(VidopsError, match=r"registry.classification.metric: 'f1' is not a metric the classification task writes"):
+    with pytest.raises(
+        VidopsError, match=r"registry.classification.metric: 'f1' is not a metric the classification task writes"
+    ):
         load_params(None, ["registry.classification.metric=f1"])

@@ -7,9 +7,8 @@ import sys
 from pathlib import Path
 
 import yaml
-
-from vidops.components.params import load_params
 from vidops.components.dependencies import NAMES as STAGE_NAMES
+from vidops.components.params import load_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,14 +36,22 @@ def test_dvc_yaml_is_what_the_stage_table_derives_and_lists_every_module_a_stage
     the train stage's code holds the modules training.py imports (cluster, io, layout), which a list by hand missed."""
     from vidops.components import dependencies, tasks
 
-    checked = subprocess.run([sys.executable, "-m", "vidops", "dvc-yaml", "--check", "--root", str(REPO)], capture_output=True, text=True)
+    checked = subprocess.run(
+        [sys.executable, "-m", "vidops", "dvc-yaml", "--check", "--root", str(REPO)], capture_output=True, text=True
+    )
     assert checked.returncode == 0, checked.stderr
     train = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]["do"]["deps"]
     assert {"components/training.py", "components/cluster.py", "components/io.py", "components/layout.py"} <= set(train)
-    assert "components/tasks/${key}" in train and "components/validation.py" not in train  # nor what training never imports
-    classification = {str(p.relative_to(REPO)) for p in dependencies.code(dependencies.stage("train"), [tasks.spec("classification")])}
+    assert (
+        "components/tasks/${key}" in train and "components/validation.py" not in train
+    )  # nor what training never imports
+    classification = {
+        str(p.relative_to(REPO)) for p in dependencies.code(dependencies.stage("train"), [tasks.spec("classification")])
+    }
     assert {"components/tasks/classification/train.py", "components/tasks/classification/model.py"} <= classification
-    assert "components/tasks/classification/evaluation.py" not in classification  # changing the evaluation keeps the training
+    assert (
+        "components/tasks/classification/evaluation.py" not in classification
+    )  # changing the evaluation keeps the training
 
 
 def test_a_changed_dvc_yaml_fails_the_check_and_names_the_command(tmp_path):
@@ -52,7 +59,9 @@ def test_a_changed_dvc_yaml_fails_the_check_and_names_the_command(tmp_path):
     shutil.copytree(REPO / "components", repo / "components", ignore=shutil.ignore_patterns("__pycache__"))
     (repo / "vidops").mkdir()
     (repo / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text().replace("components/cluster.py\n", "", 1))
-    checked = subprocess.run([sys.executable, "-m", "vidops", "dvc-yaml", "--check", "--root", str(repo)], capture_output=True, text=True)
+    checked = subprocess.run(
+        [sys.executable, "-m", "vidops", "dvc-yaml", "--check", "--root", str(repo)], capture_output=True, text=True
+    )
     assert checked.returncode == 1 and "not what `vidops dvc-yaml` writes" in checked.stderr
 
 

@@ -10,18 +10,19 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import faults
 import pytest
 import yaml
-
+from test_versioning import _dvc, remote_key, s3_client
 from vidops.components import versioning
 from vidops.components.errors import VidopsError
 from vidops.components.layout import Layout
 from vidops.stack.seaweedfs import project_s3
-import faults
-from test_versioning import _dvc, remote_key, s3_client
 
 
-def test_a_port_taken_before_seaweedfs_binds_it_is_tried_again_and_the_cause_is_named_when_every_try_fails(tmp_path, monkeypatch):
+def test_a_port_taken_before_seaweedfs_binds_it_is_tried_again_and_the_cause_is_named_when_every_try_fails(
+    tmp_path, monkeypatch
+):
     """The race no check can close: a port found free is taken by another program (here a listener of the test's) before
     SeaweedFS binds it. The start picks other ports; when every pick is taken, the error says which port and why."""
     import socket
@@ -42,14 +43,21 @@ def test_a_port_taken_before_seaweedfs_binds_it_is_tried_again_and_the_cause_is_
 
     def first_taken(grpc_too: bool = False) -> int:
         picks.append(grpc_too)
-        return taken() if len(picks) in (2, 3) else real(grpc_too)  # after the S3 port's pick: the master's, then the volume's
+        return (
+            taken() if len(picks) in (2, 3) else real(grpc_too)
+        )  # after the S3 port's pick: the master's, then the volume's
 
     monkeypatch.setattr(seaweedfs, "_free_port", first_taken)  # where project_s3 and _seaweedfs pick their ports
     try:
         with project_s3(Layout(tmp_path / "once")) as env:
             assert s3_client(env).head_bucket(Bucket="vidops")["ResponseMetadata"]["HTTPStatusCode"] == 200
         monkeypatch.setattr(seaweedfs, "_free_port", taken)  # every port it picks: taken
-        with pytest.raises(VidopsError, match=r"(?s)s3-master did not start .*127\.0\.0\.1:\d+: bind: address already in use"), project_s3(Layout(tmp_path / "never")):
+        with (
+            pytest.raises(
+                VidopsError, match=r"(?s)s3-master did not start .*127\.0\.0\.1:\d+: bind: address already in use"
+            ),
+            project_s3(Layout(tmp_path / "never")),
+        ):
             pass
     finally:
         for listener in listeners:
@@ -72,12 +80,22 @@ def test_the_remote_keys_and_every_file_of_secrets_are_readable_by_their_owner_a
     _seaweedfs(s3_folder(project), 9, env)
     _mlflow_env(folder(project), env, None)
     _write_env(folder(project) / ENV_FILE, env)
-    holders = {s3_folder(project) / "keys.json": "AWS_SECRET_ACCESS_KEY", s3_folder(project) / "s3.json": "AWS_SECRET_ACCESS_KEY",
-               folder(project) / ENV_FILE: "MLFLOW_TRACKING_PASSWORD", folder(project) / SECRETS: "PREFECT_API_AUTH_STRING"}  # fmt: skip
+    holders = {
+        s3_folder(project) / "keys.json": "AWS_SECRET_ACCESS_KEY",
+        s3_folder(project) / "s3.json": "AWS_SECRET_ACCESS_KEY",
+        folder(project) / ENV_FILE: "MLFLOW_TRACKING_PASSWORD",
+        folder(project) / SECRETS: "PREFECT_API_AUTH_STRING",
+    }
     for secret, name in holders.items():
         assert env[name].split(":")[-1] in secret.read_text() and secret.stat().st_mode & 0o777 == 0o600, secret
-    for secret in (s3_folder(project) / "security.toml", folder(project) / "mlflow-auth.ini", folder(project) / "mlflow-auth.db"):
-        assert secret.stat().st_mode & 0o777 == 0o600, secret  # SeaweedFS's signing keys; MLflow's users and their password hashes
+    for secret in (
+        s3_folder(project) / "security.toml",
+        folder(project) / "mlflow-auth.ini",
+        folder(project) / "mlflow-auth.db",
+    ):
+        assert secret.stat().st_mode & 0o777 == 0o600, (
+            secret
+        )  # SeaweedFS's signing keys; MLflow's users and their password hashes
 
 
 def _started_s3(project: Layout, command: subprocess.Popen, timeout_s: float = 120) -> dict:
@@ -88,7 +106,9 @@ def _started_s3(project: Layout, command: subprocess.Popen, timeout_s: float = 1
     deadline = time.monotonic() + timeout_s
     while not record.is_file():
         if command.poll() is not None:
-            raise AssertionError(f"the command ended ({command.returncode}) before its S3 was up: {command.communicate()[1]}")
+            raise AssertionError(
+                f"the command ended ({command.returncode}) before its S3 was up: {command.communicate()[1]}"
+            )
         assert time.monotonic() < deadline, "the command hung before its S3 was up"
         time.sleep(0.05)
     return json.loads(record.read_text())
@@ -109,7 +129,9 @@ def _remote_is_the_cache(project: Layout) -> None:
     """While the project's S3 is up: the remote holds every object of the DVC cache once, byte for byte, and nothing else
     (no stray temporary object, no unfinished multipart upload), and `dvc status -c` agrees."""
     cache = project.root / ".dvc" / "cache"
-    expected = {f"dvc/{path.relative_to(cache).as_posix()}": path for path in (cache / "files").rglob("*") if path.is_file()}
+    expected = {
+        f"dvc/{path.relative_to(cache).as_posix()}": path for path in (cache / "files").rglob("*") if path.is_file()
+    }
     client = faults.s3_client(faults.s3_of(project.root))
     remote = faults.keys(client, "")
     assert len(remote) == len(set(remote)) and sorted(remote) == sorted(expected)
@@ -124,15 +146,21 @@ def test_a_killed_command_leaves_no_s3_running_and_the_next_one_clears_an_orphan
     import signal
     import tempfile
 
-    from vidops.commands.pipeline import version_datasets
     from vidops.stack.processes import _alive
     from vidops.stack.seaweedfs import project_store
+
+    from vidops.commands.pipeline import version_datasets
 
     project = Layout(tmp_path / "project")
     _bulky(project, tiny_dataset, tiny_params)
     push = ("data", "push", "--root", str(project.root))
-    sockets = lambda service: [p for process in (service, *service["parts"]) for arg in process["argv"] if ".grpc=" in arg  # noqa: E731
-                               for p in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-{arg.split('=', 1)[1]}.sock")]  # fmt: skip
+    sockets = lambda service: [
+        p
+        for process in (service, *service["parts"])
+        for arg in process["argv"]
+        if ".grpc=" in arg
+        for p in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-{arg.split('=', 1)[1]}.sock")
+    ]
 
     # SIGTERM: the command unwinds, stops its S3 and removes its sockets
     command = faults.start(*push)
@@ -169,8 +197,9 @@ def test_s3_stopped_during_a_push_is_named_and_a_rerun_after_its_restart_complet
     and the remote; the restarted server holds no listing of the half-pushed version; a re-run completes it."""
     import signal
 
-    from vidops.commands.pipeline import version_datasets
     from vidops.stack.seaweedfs import project_store
+
+    from vidops.commands.pipeline import version_datasets
 
     project = Layout(tmp_path / "project")
     _bulky(project, tiny_dataset, tiny_params)
@@ -181,8 +210,13 @@ def test_s3_stopped_during_a_push_is_named_and_a_rerun_after_its_restart_complet
     os.kill(s3["pid"], signal.SIGKILL)
     _, err = command.communicate(timeout=600)
     assert command.returncode == 1 and len(err.strip().splitlines()) == 1, err
-    assert err.startswith(f"vidops: error: the project's S3 (SeaweedFS at {s3['url']}, pid {s3['pid']}) stopped while the command ran"), err
-    assert "dvc push to s3://vidops/dvc stopped: the S3 server went away; the remote holds no listing" in err and not (project.state / "s3" / "running.json").exists()
+    assert err.startswith(
+        f"vidops: error: the project's S3 (SeaweedFS at {s3['url']}, pid {s3['pid']}) stopped while the command ran"
+    ), err
+    assert (
+        "dvc push to s3://vidops/dvc stopped: the S3 server went away; the remote holds no listing" in err
+        and not (project.state / "s3" / "running.json").exists()
+    )
 
     version = versioning.read_version(project.raw("demo"))
     with project_store(project):  # SeaweedFS again, on the same data

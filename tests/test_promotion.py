@@ -10,19 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mlflow import MlflowClient
-
-from vidops.components import inputs
-from vidops.components.tasks.classification.evaluation import evaluate_classifier
+from vidops.components import inputs, stages, tracking
 from vidops.components.errors import VidopsError
-from vidops.components.layout import MODEL_FILE, Layout
-from vidops.components.tasks.classification.model import build_classifier
+from vidops.components.layout import MODEL_FILE, REPORT, Layout
 from vidops.components.promotion import promote, rollback
 from vidops.components.registry import CHALLENGER, CHAMPION, PREVIOUS, register_model
-from vidops.components.tracking import fluent_at
-from vidops.components.layout import REPORT
-from vidops.components import stages
-from vidops.components import tracking
 from vidops.components.seal import registry_key
+from vidops.components.tasks.classification.evaluation import evaluate_classifier
+from vidops.components.tasks.classification.model import build_classifier
+from vidops.components.tracking import fluent_at
 
 NAME = "vidops-classifier"
 TASK = "classification"
@@ -52,7 +48,7 @@ def _memorise(model, features: Path) -> None:
         layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
     keras.utils.set_random_seed(0)
-    right = lambda: np.mean(np.argmax(model.predict(frames, verbose=0), axis=1) == split.labels)  # noqa: E731
+    right = lambda: np.mean(np.argmax(model.predict(frames, verbose=0), axis=1) == split.labels)
     for _ in range(4):  # a few clips can take longer to fit from some starting weights
         model.fit(frames, split.labels, epochs=60, batch_size=len(frames), verbose=0)
         if right() == 1.0:
@@ -72,8 +68,18 @@ def _register(project: Layout, params, tmp_path: Path, change, logged_accuracy: 
     metrics = evaluate_classifier(folder / "model", project.features(TASK), folder / "reports").metrics_path
     if logged_accuracy is not None:  # what the run logs, not what the gate measures
         metrics.write_text(json.dumps({**json.loads(metrics.read_text()), "accuracy": logged_accuracy}))
-    registered = register_model(folder / "model", project.features(TASK), project.raw(params.datasets.of(TASK)), metrics,
-                                project.catalog(TASK) / REPORT, params, TASK, tracking.locate(project), {}, registry_key=registry_key(project))  # fmt: skip
+    registered = register_model(
+        folder / "model",
+        project.features(TASK),
+        project.raw(params.datasets.of(TASK)),
+        metrics,
+        project.catalog(TASK) / REPORT,
+        params,
+        TASK,
+        tracking.locate(project),
+        {},
+        registry_key=registry_key(project),
+    )
     return registered.version
 
 
@@ -111,8 +117,13 @@ def test_the_gate_scores_both_on_the_same_clips_and_crowns_only_a_better_model(p
 
     worse = _register(project, tiny_params, tmp_path, _constant, logged_accuracy=1.0)
     lost = stages.promote(project, tiny_params, TASK)
-    assert not lost.champion and lost.champion_score == 1.0 and f"does not beat champion v{better} (1.0000" in lost.reason
-    assert _tags(project, worse)["vidops.decision"] == "not promoted" and _tags(project, worse)["vidops.reason"] == lost.reason
+    assert (
+        not lost.champion and lost.champion_score == 1.0 and f"does not beat champion v{better} (1.0000" in lost.reason
+    )
+    assert (
+        _tags(project, worse)["vidops.decision"] == "not promoted"
+        and _tags(project, worse)["vidops.reason"] == lost.reason
+    )
     assert _aliases(project)[CHAMPION] == better
 
     decision = json.loads((project.reports(TASK) / "promotion" / "promotion.json").read_text())
@@ -124,8 +135,13 @@ def test_the_gate_scores_both_on_the_same_clips_and_crowns_only_a_better_model(p
 
 
 def test_the_floor_holds_and_promote_and_rollback_move_the_aliases(project, tiny_params, tmp_path):
-    floored = tiny_params.model_copy(update={"registry": tiny_params.registry.model_copy(update={
-        "classification": tiny_params.registry.classification.model_copy(update={"floor": 0.9})})})  # fmt: skip
+    floored = tiny_params.model_copy(
+        update={
+            "registry": tiny_params.registry.model_copy(
+                update={"classification": tiny_params.registry.classification.model_copy(update={"floor": 0.9})}
+            )
+        }
+    )
     low = _register(project, floored, tmp_path, _constant)
     refused = stages.promote(project, floored, TASK)
     assert not refused.champion and "below the floor 0.9" in refused.reason and CHAMPION not in _aliases(project)
@@ -156,14 +172,21 @@ def test_the_floor_holds_and_promote_and_rollback_move_the_aliases(project, tiny
         stages.promote(project, floored, TASK, str(unevaluated.version))
 
 
-def test_a_champion_of_other_extraction_params_is_scored_on_the_same_clips_extracted_its_way(project, tiny_params, tmp_path):
+def test_a_champion_of_other_extraction_params_is_scored_on_the_same_clips_extracted_its_way(
+    project, tiny_params, tmp_path
+):
     champion = _register(project, tiny_params, tmp_path, _memorise)
     assert stages.promote(project, tiny_params, TASK).champion
-    changed = tiny_params.model_copy(update={"extract": tiny_params.extract.model_copy(update={
-        "classification": tiny_params.extract.classification.model_copy(update={"size": 40})})})  # fmt: skip
+    changed = tiny_params.model_copy(
+        update={
+            "extract": tiny_params.extract.model_copy(
+                update={"classification": tiny_params.extract.classification.model_copy(update={"size": 40})}
+            )
+        }
+    )
     stages.extract(project, changed, TASK)  # the project moved on: its test clips are now 40 x 40
     p = changed.extract.classification
-    untrained = lambda model, features: build_classifier(p.frames, p.size, 7, changed.train.classification)  # noqa: E731
+    untrained = lambda model, features: build_classifier(p.frames, p.size, 7, changed.train.classification)
     challenger = _register(project, changed, tmp_path, untrained)
     decision = stages.promote(project, changed, TASK)
     assert decision.version == challenger and not decision.champion
@@ -191,15 +214,20 @@ def test_two_promotions_at_the_same_time_leave_one_champion_and_both_decisions(p
 
 def test_with_an_mlflow_server_the_lock_is_a_prefect_concurrency_limit_of_one(prefect_api, tmp_path, monkeypatch):
     from prefect.client.orchestration import get_client
-
     from vidops.stack.profiles import registry_lock
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # a server: shared by machines, so the lock is Prefect's
+    monkeypatch.setenv(
+        "MLFLOW_TRACKING_URI", "http://127.0.0.1:9"
+    )  # a server: shared by machines, so the lock is Prefect's
     layout = Layout(tmp_path)
-    with registry_lock(layout, "vidops-classifier"):
-        with pytest.raises(VidopsError, match="vidops-registry-vidops-classifier: another promotion of vidops-classifier held it"):
-            with registry_lock(layout, "vidops-classifier", timeout_s=2):
-                pass
+    with (
+        registry_lock(layout, "vidops-classifier"),
+        pytest.raises(
+            VidopsError, match="vidops-registry-vidops-classifier: another promotion of vidops-classifier held it"
+        ),
+        registry_lock(layout, "vidops-classifier", timeout_s=2),
+    ):
+        pass
     with registry_lock(layout, "vidops-classifier", timeout_s=5):  # released
         pass
     with get_client(sync_client=True) as client:

@@ -16,10 +16,9 @@ import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
-
+from vidops.components import stages
 from vidops.components.errors import VidopsError
 from vidops.components.params import RunnerParams
-from vidops.components import stages
 from vidops.flows.runners import mapper, task_runner
 
 
@@ -48,12 +47,20 @@ def prefect_on_postgres(tmp_path_factory):
     database = f"vidops_test_{uuid.uuid4().hex[:12]}"
     _postgres(f"CREATE DATABASE {database}")
     port, home = _free_port(), tmp_path_factory.mktemp("prefect-server")
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}, "PREFECT_HOME": str(home),
-           "PREFECT_API_DATABASE_CONNECTION_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database}",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}  # fmt: skip
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database}",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
     prefect = Path(sys.executable).parent / "prefect"
     log = (home / "server.log").open("wb")
-    server = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}/api"
     try:
         deadline = time.monotonic() + 120
@@ -111,7 +118,7 @@ def _batch_runs(run_id, name: str, expected: int) -> list:
     while True:
         with get_client(sync_client=True) as client:
             runs = [t for t in client.read_task_runs() if t.name == name and str(t.flow_run_id) == str(run_id)]
-        if len(runs) >= expected and all(t.state.is_final() for t in runs) or time.monotonic() > deadline:
+        if (len(runs) >= expected and all(t.state.is_final() for t in runs)) or time.monotonic() > deadline:
             return runs
         time.sleep(1)
 
@@ -120,5 +127,7 @@ def test_a_dask_scheduler_that_does_not_answer_is_named():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with pytest.raises(VidopsError, match=f"runner.address: the Dask scheduler at tcp://127.0.0.1:{port} does not answer"):
+    with pytest.raises(
+        VidopsError, match=f"runner.address: the Dask scheduler at tcp://127.0.0.1:{port} does not answer"
+    ):
         task_runner(RunnerParams(kind="dask", address=f"tcp://127.0.0.1:{port}"), 2)

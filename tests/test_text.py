@@ -4,7 +4,6 @@ import math
 
 import numpy as np
 import pytest
-
 from vidops.components.errors import VidopsError
 from vidops.components.text import END, PAD, SPECIALS, START, UNK, Vocabulary, bleu4, cider_d, words
 
@@ -16,7 +15,7 @@ TRAINING = ["A man is cooking.", "A man slices an onion!", "The woman is cooking
     [
         ("Left.", ["left"]),
         ("  A man,   is\tcooking!\n", ["a", "man", "is", "cooking"]),
-        ("well-known (really) \"chef\"...", ["well", "known", "really", "chef"]),
+        ('well-known (really) "chef"...', ["well", "known", "really", "chef"]),
         ("Don't touch the man's hat", ["dont", "touch", "the", "mans", "hat"]),
         ("don\u2019t", ["dont"]),
         ("Émile CAFÉ naïve", ["émile", "café", "naïve"]),
@@ -36,7 +35,20 @@ def test_vocabulary_orders_words_by_count_then_alphabet() -> None:
     assert vocabulary.tokens[:4] == SPECIALS == ("<pad>", "<unk>", "<start>", "<end>")
     assert (PAD, UNK, START, END) == (0, 1, 2, 3)
     # a: 3, cooking/is/man: 2, then the words seen once, alphabetically
-    assert vocabulary.tokens[4:] == ("a", "cooking", "is", "man", "an", "dog", "onion", "pasta", "runs", "slices", "the", "woman")
+    assert vocabulary.tokens[4:] == (
+        "a",
+        "cooking",
+        "is",
+        "man",
+        "an",
+        "dog",
+        "onion",
+        "pasta",
+        "runs",
+        "slices",
+        "the",
+        "woman",
+    )
     assert len(vocabulary) == 16
 
 
@@ -134,9 +146,13 @@ def test_bleu4_matches_sacrebleu_with_equal_reference_counts() -> None:
 
 def test_bleu4_hand_checkable_cases() -> None:
     references = [["a man is cooking pasta in the kitchen"], ["the dog runs in the big green park"]]
-    assert bleu4(["a man is cooking pasta in the kitchen", "the dog runs in the big green park"], references) == pytest.approx(100)
+    assert bleu4(
+        ["a man is cooking pasta in the kitchen", "the dog runs in the big green park"], references
+    ) == pytest.approx(100)
     # the same words, capitals and punctuation aside
-    assert bleu4(["A man is cooking pasta in the kitchen.", "The dog runs, in the big green park!"], references) == pytest.approx(100)
+    assert bleu4(
+        ["A man is cooking pasta in the kitchen.", "The dog runs, in the big green park!"], references
+    ) == pytest.approx(100)
     # nothing in common: 0
     assert bleu4(["two birds fly", "a car drives"], references) == 0
     # the words reversed: every unigram matches (16 of 16) and no bigram, trigram or 4-gram does (0 of 14, 12, 10);
@@ -150,11 +166,19 @@ def test_bleu4_with_varying_numbers_of_references() -> None:
     import sacrebleu
 
     hypotheses = ["a man is cooking", "a dog"]
-    references = [["a man is cooking", "someone cooks", "a person is making food", "a man cooks food"], ["a dog is running on the grass"]]
+    references = [
+        ["a man is cooking", "someone cooks", "a person is making food", "a man cooks food"],
+        ["a dog is running on the grass"],
+    ]
     score = bleu4(hypotheses, references)
     # clip 2's missing references are None in sacreBLEU's streams: left out. An empty string would be a reference of
     # length 0, the closest to the 2-word hypothesis, and would lift the brevity penalty.
-    streams = [["a man is cooking", "a dog is running on the grass"], ["someone cooks", None], ["a person is making food", None], ["a man cooks food", None]]
+    streams = [
+        ["a man is cooking", "a dog is running on the grass"],
+        ["someone cooks", None],
+        ["a person is making food", None],
+        ["a man cooks food", None],
+    ]
     assert score == pytest.approx(sacrebleu.corpus_bleu(hypotheses, streams).score)
     with_empty = [[ref if ref is not None else "" for ref in stream] for stream in streams]
     assert score < sacrebleu.corpus_bleu(hypotheses, with_empty).score
@@ -214,7 +238,10 @@ def test_cider_d_prefers_the_closer_hypothesis() -> None:
 
 def test_cider_d_length_penalty() -> None:
     references = [["a dog runs on the grass"], ["a cat sleeps on the sofa"]]
-    long = ["a dog runs on the grass grass grass", "a cat sleeps on the sofa sofa sofa"]  # 2 words more than its reference
+    long = [
+        "a dog runs on the grass grass grass",
+        "a cat sleeps on the sofa sofa sofa",
+    ]  # 2 words more than its reference
     unpenalised = cider_d(long, references, sigma=1e9)
     # every comparison is 2 words off, so the penalty is one factor: exp(-2^2 / (2 sigma^2))
     assert cider_d(long, references, sigma=1.0) == pytest.approx(unpenalised * math.exp(-2), rel=1e-9)

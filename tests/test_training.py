@@ -5,29 +5,28 @@ import re
 import shutil
 from pathlib import Path
 
+import faults
 import keras
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import TINY
 from mlflow import MlflowClient
-
 from vidops.components import inputs
+from vidops.components.errors import VidopsError
+from vidops.components.params import load_params
 from vidops.components.tasks.classification import evaluation as classifier_evaluation
 from vidops.components.tasks.classification import inputs as classifier_inputs
-from vidops.components.tasks.sync import inputs as sync_inputs
-from vidops.components.errors import VidopsError
 from vidops.components.tasks.classification.evaluation import evaluate_classifier
 from vidops.components.tasks.classification.model import build_classifier
-from vidops.components.tasks.sync.model import OffsetPairs, build_sync
-from vidops.components.params import load_params
 from vidops.components.tasks.classification.params import ClassifierParams
-from vidops.components.tasks.sync.params import SyncParams
 from vidops.components.tasks.classification.train import train_classifier
+from vidops.components.tasks.sync import inputs as sync_inputs
+from vidops.components.tasks.sync.model import OffsetPairs, build_sync
+from vidops.components.tasks.sync.params import SyncParams
 from vidops.components.tasks.sync.train import train_sync
 from vidops.components.training import CHECKPOINTS
-import faults
-from conftest import TINY
 
 
 @pytest.mark.parametrize("temporal", ["conv", "lstm", "2plus1d"])
@@ -65,7 +64,13 @@ def test_the_sync_model_takes_any_window_length_and_gives_offsets_and_in_sync():
     params = SyncParams(window=4, max_offset=3, filters=(4,), units=8)
     model = build_sync(16, 40, params)
     for window in (4, 7):
-        out = model.predict({"frames": np.zeros((2, window, 16, 16, 3), np.uint8), "audio": np.zeros((2, window + 6, 4, 40), np.float32)}, verbose=0)
+        out = model.predict(
+            {
+                "frames": np.zeros((2, window, 16, 16, 3), np.uint8),
+                "audio": np.zeros((2, window + 6, 4, 40), np.float32),
+            },
+            verbose=0,
+        )
         assert out["offset"].shape == (2, 7) and np.allclose(out["offset"].sum(axis=1), 1, atol=1e-5)
         assert out["in_sync"].shape == (2, 1)
 
@@ -83,51 +88,75 @@ def test_both_models_train_evaluate_and_write_their_outputs(trained_project, tin
         assert (reports / "confusion.png").read_bytes()[:4] == b"\x89PNG"
     classification = json.loads((trained_project.reports("classification") / "metrics.json").read_text())
     assert classification["test_clips"] == 7 and classification["chance"] == pytest.approx(1 / 7)
-    assert 0 <= classification["macro_f1"] <= 1 and {"precision_rotate", "recall_rotate", "f1_rotate"} <= set(classification)
+    assert 0 <= classification["macro_f1"] <= 1 and {"precision_rotate", "recall_rotate", "f1_rotate"} <= set(
+        classification
+    )
     sync = json.loads((trained_project.reports("sync") / "metrics.json").read_text())
-    assert sync["test_clips"] == 1 and sync["examples"] == 7 * sync_inputs.EVAL_STARTS  # every offset -3..3, 4 windows each
+    assert (
+        sync["test_clips"] == 1 and sync["examples"] == 7 * sync_inputs.EVAL_STARTS
+    )  # every offset -3..3, 4 windows each
     assert sync["chance"] == pytest.approx(1 / 7) and 0 <= sync["accuracy"] <= sync["accuracy_within_1"] <= 1
     assert json.loads((trained_project.models("sync") / "labels.json").read_text()) == [str(k) for k in range(-3, 4)]
     context = pd.read_csv(trained_project.reports("sync") / "context.csv")
     assert context.to_dict("list") == {"frames": [4], "accuracy_within_1": [sync["accuracy_within_1_at_4"]]}
 
 
-def test_evaluation_holds_a_few_test_clips_at_a_time_and_scores_as_one_read_does(trained_project, tiny_params, tmp_path, monkeypatch):
+def test_evaluation_holds_a_few_test_clips_at_a_time_and_scores_as_one_read_does(
+    trained_project, tiny_params, tmp_path, monkeypatch
+):
     from vidops.components.tasks.sync.evaluation import evaluate_sync
 
     models, features = trained_project.models("classification"), trained_project.features("classification")
     whole = json.loads(evaluate_classifier(models, features, tmp_path / "whole").metrics_path.read_text())
     held, in_memory = [], inputs.in_memory
-    monkeypatch.setattr(inputs, "in_memory", lambda split, field: held.append(len(split.paths)) or in_memory(split, field))
+    monkeypatch.setattr(
+        inputs, "in_memory", lambda split, field: held.append(len(split.paths)) or in_memory(split, field)
+    )
     monkeypatch.setattr(classifier_evaluation, "CLIPS_A_READ", 2)
     chunked = json.loads(evaluate_classifier(models, features, tmp_path / "chunked").metrics_path.read_text())
     assert held == [2, 2, 2, 1] and chunked == pytest.approx(whole)  # the 7 test clips, 2 at a time
 
-    sync = evaluate_sync(trained_project.models("sync"), trained_project.features("sync"), tmp_path / "sync", tiny_params.train.sync)
+    sync = evaluate_sync(
+        trained_project.models("sync"), trained_project.features("sync"), tmp_path / "sync", tiny_params.train.sync
+    )
     assert held == [2, 2, 2, 1]  # the sync model's clips are read one by one, never as a split
-    assert json.loads(sync.metrics_path.read_text()) == pytest.approx(json.loads((trained_project.reports("sync") / "metrics.json").read_text()))
+    assert json.loads(sync.metrics_path.read_text()) == pytest.approx(
+        json.loads((trained_project.reports("sync") / "metrics.json").read_text())
+    )
 
 
 def test_the_sync_validation_is_every_offset_of_every_held_clip_built_a_clip_at_a_time(trained_project, tiny_params):
     from vidops.components.io import read_arrays
 
-    split, params = inputs.open_split(trained_project.features("sync"), "train", ("frames", "audio")), tiny_params.train.sync
+    split, params = (
+        inputs.open_split(trained_project.features("sync"), "train", ("frames", "audio")),
+        tiny_params.train.sync,
+    )
     batches = list(sync_inputs.sync_validation(split, params).as_numpy_iterator())
     assert all(len(x["frames"]) == params.batch_size for x, _, _ in batches[:-1])
-    expected = [sync_inputs.sync_examples(*read_arrays(path, ["frames", "audio"]).values(), params, starts=1) for path in split.paths]
+    expected = [
+        sync_inputs.sync_examples(*read_arrays(path, ["frames", "audio"]).values(), params, starts=1)
+        for path in split.paths
+    ]
     for field in ("frames", "audio"):
-        assert np.array_equal(np.concatenate([x[field] for x, _, _ in batches]), np.concatenate([e[field] for e, _ in expected]))
+        assert np.array_equal(
+            np.concatenate([x[field] for x, _, _ in batches]), np.concatenate([e[field] for e, _ in expected])
+        )
     offsets = np.concatenate([y["offset"] for _, y, _ in batches]) - params.max_offset
     assert np.array_equal(offsets, np.concatenate([k for _, k in expected]))
     in_sync = np.concatenate([w["in_sync"] for _, _, w in batches])
-    assert np.allclose(in_sync[offsets == 0], len(params.offsets) / 2) and np.allclose(in_sync[offsets != 0], 0.5 * len(params.offsets) / (2 * params.max_offset))
+    assert np.allclose(in_sync[offsets == 0], len(params.offsets) / 2) and np.allclose(
+        in_sync[offsets != 0], 0.5 * len(params.offsets) / (2 * params.max_offset)
+    )
 
 
 def test_per_class_scores_are_precision_recall_and_f1():
     from vidops.components.tasks.classification.evaluation import per_class_scores
 
     scores = per_class_scores(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), ["a", "b"])
-    assert scores == pytest.approx({"precision_a": 1, "recall_a": 0.5, "f1_a": 2 / 3, "precision_b": 2 / 3, "recall_b": 1, "f1_b": 0.8})
+    assert scores == pytest.approx(
+        {"precision_a": 1, "recall_a": 0.5, "f1_a": 2 / 3, "precision_b": 2 / 3, "recall_b": 1, "f1_b": 0.8}
+    )
 
 
 def test_loss_falls_on_a_small_learnable_set(trained_project, tmp_path):
@@ -142,7 +171,9 @@ def test_evaluate_without_a_model_is_an_error(tmp_path):
         evaluate_classifier(tmp_path / "models", tmp_path / "features", tmp_path / "reports")
 
 
-def test_a_training_stopped_between_a_model_and_its_state_resumes_from_the_last_whole_checkpoint(trained_project, tmp_path, monkeypatch):
+def test_a_training_stopped_between_a_model_and_its_state_resumes_from_the_last_whole_checkpoint(
+    trained_project, tmp_path, monkeypatch
+):
     """Exactly the model, optimizer and history of the last whole checkpoint are resumed, when the stop came after
     epoch 2's model was written and before its state was (the real kill -9 is test_a_killed_training_stage_...)."""
     from vidops.components import training
@@ -173,13 +204,21 @@ def test_a_training_stopped_between_a_model_and_its_state_resumes_from_the_last_
         with pytest.raises(Killed):
             train_classifier(features, models, three)
     state = json.loads((models / CHECKPOINTS / "state.json").read_text())
-    assert state["epoch"] == 1 and len(state["history"]["loss"]) == 1 and (models / CHECKPOINTS / "model-2.keras").is_file()
+    assert (
+        state["epoch"] == 1
+        and len(state["history"]["loss"]) == 1
+        and (models / CHECKPOINTS / "model-2.keras").is_file()
+    )
     saved = keras.models.load_model(models / CHECKPOINTS / state["model"])
     assert int(saved.optimizer.iterations) == 3  # 14 clips make 3 whole batches of 4 an epoch: epoch 1's, not epoch 2's
 
     original_fit = keras.Model.fit
     with monkeypatch.context() as patch:
-        patch.setattr(keras.Model, "fit", lambda self, *a, **k: original_fit(self, *a, **{**k, "callbacks": [*k["callbacks"], RecordStart()]}))
+        patch.setattr(
+            keras.Model,
+            "fit",
+            lambda self, *a, **k: original_fit(self, *a, **{**k, "callbacks": [*k["callbacks"], RecordStart()]}),
+        )
         resumed = train_classifier(features, models, three)
     assert resumed.resumed_from == 1 and resumed.epochs == 3 and len(resumed.history["loss"]) == 3
     assert resumed.history["loss"][:1] == state["history"]["loss"]
@@ -194,7 +233,16 @@ def test_a_killed_training_stage_resumes_from_its_last_checkpoint(trained_projec
     shutil.copytree(trained_project.root, project, ignore=shutil.ignore_patterns(".vidops", "models"))
     (project / "params.yaml").write_text(yaml.safe_dump(tiny_params.to_yaml_dict()))
     checkpoints = project / "models" / "classification" / CHECKPOINTS
-    train = ("stage", "train", "--task", "classification", "--root", str(project), "--set", "train.classification.epochs=6")
+    train = (
+        "stage",
+        "train",
+        "--task",
+        "classification",
+        "--root",
+        str(project),
+        "--set",
+        "train.classification.epochs=6",
+    )
     command = faults.start(*train)
     faults.until(lambda: (checkpoints / "state.json").is_file(), "a first checkpoint", command)
     faults.kill_group(command)
@@ -208,12 +256,19 @@ def test_a_killed_training_stage_resumes_from_its_last_checkpoint(trained_projec
 
     again = faults.run(*train)
     assert again.returncode == 0, again.stderr
-    assert re.match(rf"train classification: \d+ epochs \(resumed at epoch {state['epoch']}\)", again.stdout), again.stdout
+    assert re.match(rf"train classification: \d+ epochs \(resumed at epoch {state['epoch']}\)", again.stdout), (
+        again.stdout
+    )
     history = json.loads((project / "models" / "classification" / "history.json").read_text())
     assert history["loss"][: state["epoch"]] == state["history"]["loss"]  # the epochs before the kill, kept
     assert not checkpoints.exists()
     assert store.get_run(killed_run).info.status == "KILLED"  # not RUNNING for ever in the UI
-    assert store.get_run(json.loads((project / "models" / "classification" / "run.json").read_text())["run_id"]).info.status == "FINISHED"
+    assert (
+        store.get_run(
+            json.loads((project / "models" / "classification" / "run.json").read_text())["run_id"]
+        ).info.status
+        == "FINISHED"
+    )
 
 
 def test_a_class_without_training_clips_fails_before_any_epoch(trained_project, tmp_path):
@@ -237,7 +292,10 @@ def _first_train_shard(features):
     [
         (lambda shard: shard.unlink(), "shard listed in the index is missing"),
         (lambda shard: shard.write_bytes(shard.read_bytes()[:300]), "shard is damaged"),
-        (lambda shard: np.savez(shard, **{**np.load(shard), "audio": np.full_like(np.load(shard)["audio"], np.nan)}), "audio features hold NaN"),
+        (
+            lambda shard: np.savez(shard, **{**np.load(shard), "audio": np.full_like(np.load(shard)["audio"], np.nan)}),
+            "audio features hold NaN",
+        ),
     ],
 )
 def test_a_bad_shard_fails_before_any_epoch_and_names_the_shard(trained_project, tmp_path, damage, message):
@@ -252,21 +310,31 @@ def test_a_bad_shard_fails_before_any_epoch_and_names_the_shard(trained_project,
 
 def test_a_window_and_offset_longer_than_the_clips_fail_before_any_epoch(trained_project, tmp_path):
     too_long = SyncParams(window=10, max_offset=6, filters=(4,), units=8)  # 22 frames; the shards hold 20
-    with pytest.raises(VidopsError, match="clips of 20 frames are too short for train.sync.window \\+ 2 x train.sync.max_offset = 22"):
+    with pytest.raises(
+        VidopsError, match="clips of 20 frames are too short for train.sync.window \\+ 2 x train.sync.max_offset = 22"
+    ):
         train_sync(trained_project.features("sync"), tmp_path / "model", too_long)
-
 
 
 def test_the_feed_holds_the_clips_in_memory_when_they_fit_the_budget_and_streams_them_when_not():
     params = ClassifierParams(memory_budget_mb=10, batch_size=4)
     mb = 1024**2
-    fits = inputs.plan_feed(mb // 10, 30, params)  # 3 MB of clips, 2.4 MB in flight: 7.6 MB left, half of it to hold clips
+    fits = inputs.plan_feed(
+        mb // 10, 30, params
+    )  # 3 MB of clips, 2.4 MB in flight: 7.6 MB left, half of it to hold clips
     assert (fits.cache, fits.shuffle) == ("memory", 30)
     streamed = inputs.plan_feed(mb // 10, 40, params)
-    assert streamed.cache == "none" and streamed.shuffle == (100 - (4 * 4 + 8)) // 2 == 38  # what the budget leaves for the buffer
-    assert inputs.plan_feed(mb // 10, 5000, params.model_copy(update={"cache": "memory"})).cache == "memory"  # asked for
+    assert (
+        streamed.cache == "none" and streamed.shuffle == (100 - (4 * 4 + 8)) // 2 == 38
+    )  # what the budget leaves for the buffer
+    assert (
+        inputs.plan_feed(mb // 10, 5000, params.model_copy(update={"cache": "memory"})).cache == "memory"
+    )  # asked for
     assert inputs.plan_feed(mb // 10, 30, params.model_copy(update={"cache": "disk"})).cache == "disk"
-    with pytest.raises(VidopsError, match=r"train.sync.memory_budget_mb: 10 MB cannot hold .* \(4 batches of 64 clips of 0.1 MB.* lower train.sync.batch_size"):
+    with pytest.raises(
+        VidopsError,
+        match=r"train.sync.memory_budget_mb: 10 MB cannot hold .* \(4 batches of 64 clips of 0.1 MB.* lower train.sync.batch_size",
+    ):
         inputs.plan_feed(mb // 10, 5000, params.model_copy(update={"batch_size": 64}), "train.sync")
 
 
@@ -320,8 +388,13 @@ def test_the_captioners_augmentation_crops_but_never_flips_or_recolours():
     tf.random.set_seed(0)
     out = tf.dtypes.saturate_cast(inputs.crop_clips(tf.constant(frames)), tf.uint8).numpy()
     assert out.shape == frames.shape
-    assert (out[..., :4, 0].min(axis=(1, 2, 3)) == 200).all() and (out[..., 12:, 0].max(axis=(1, 2, 3)) == 0).all()  # never mirrored
-    assert (out[..., 1:].max() == 0) and set(np.unique(out[..., 0])) - {0, 200}  # colours kept; the edge moved, somewhere resampled
+    assert (out[..., :4, 0].min(axis=(1, 2, 3)) == 200).all() and (
+        out[..., 12:, 0].max(axis=(1, 2, 3)) == 0
+    ).all()  # never mirrored
+    assert (out[..., 1:].max() == 0) and set(np.unique(out[..., 0])) - {
+        0,
+        200,
+    }  # colours kept; the edge moved, somewhere resampled
 
 
 def test_validation_is_carved_from_whole_training_groups_and_never_takes_a_class_last_group():
@@ -342,7 +415,9 @@ def test_validation_is_carved_from_whole_training_groups_and_never_takes_a_class
 def test_training_watches_validation_and_reports_every_epoch(trained_project, tmp_path):
     reported = []
     params = ClassifierParams(filters=(4,), epochs=3, batch_size=4, validation_fraction=0.5, patience=5)
-    trained = train_classifier(trained_project.features("classification"), tmp_path, params, lambda *epoch: reported.append(epoch))
+    trained = train_classifier(
+        trained_project.features("classification"), tmp_path, params, lambda *epoch: reported.append(epoch)
+    )
     assert [(epoch, of) for epoch, of, _ in reported] == [(0, 3), (1, 3), (2, 3)]
     assert all({"loss", "accuracy", "val_loss", "val_accuracy"} <= set(metrics) for _, _, metrics in reported)
     assert len(trained.history["val_loss"]) == 3
@@ -351,8 +426,14 @@ def test_training_watches_validation_and_reports_every_epoch(trained_project, tm
 def test_a_tf_config_that_cannot_work_is_named(monkeypatch):
     from vidops.components.training import prepare_device
 
-    for config, said in (("{workers", "TF_CONFIG: not JSON"), ('{"cluster": {}}', "its cluster names no workers"),
-                         ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}}', "not one of its cluster's \\(worker: 1\\)")):  # fmt: skip
+    for config, said in (
+        ("{workers", "TF_CONFIG: not JSON"),
+        ('{"cluster": {}}', "its cluster names no workers"),
+        (
+            '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}}',
+            "not one of its cluster's \\(worker: 1\\)",
+        ),
+    ):
         monkeypatch.setenv("TF_CONFIG", config)
         with pytest.raises(VidopsError, match=said):
             prepare_device(ClassifierParams())

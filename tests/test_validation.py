@@ -8,20 +8,49 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from vidops.components.catalog import assign_splits, build_catalog, list_sources
-from vidops.components.probe import probe_clip
-from vidops.components.errors import VidopsError
-from vidops.components.params import ValidationParams, load_params
-from vidops.components.layout import ACCEPTED, CATALOG
-from vidops.components.validation import validate_dataset, validation_checks
 from corpus import audio_only, encode, truncated
+from vidops.components.catalog import assign_splits, build_catalog, list_sources
+from vidops.components.errors import VidopsError
+from vidops.components.layout import ACCEPTED, CATALOG
+from vidops.components.params import ValidationParams, load_params
+from vidops.components.probe import probe_clip
+from vidops.components.validation import validate_dataset, validation_checks
 
-VFR_MS = [0, 40, 80, 100, 180, 200, 260, 300, 380, 400, 440, 520, 540, 600, 640, 700, 760, 800, 840, 900, 960, 1000, 1040, 1100, 1160]
+VFR_MS = [
+    0,
+    40,
+    80,
+    100,
+    180,
+    200,
+    260,
+    300,
+    380,
+    400,
+    440,
+    520,
+    540,
+    600,
+    640,
+    700,
+    760,
+    800,
+    840,
+    900,
+    960,
+    1000,
+    1040,
+    1100,
+    1160,
+]
 
 
 def _fingerprint(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -30,13 +59,18 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, st
     root = tmp_path_factory.mktemp("corpus")
     data = root / "dataset"
     outside = encode(root / "elsewhere" / "linked.mp4", seed=99)
-    faststart = encode(root / "source" / "faststart.mp4", frames=50, seed=98, container_options={"movflags": "+faststart"})
+    faststart = encode(
+        root / "source" / "faststart.mp4", frames=50, seed=98, container_options={"movflags": "+faststart"}
+    )
     moov_last = encode(root / "source" / "plain.mp4", seed=97)
     a, b = data / "a", data / "b"
     expected: dict[str, str | None] = {
         "a/h264.mp4": encode(a / "h264.mp4", seed=1) and None,
         "a/xvid.avi": encode(a / "xvid.avi", "mpeg4", "avi", seed=2, options={"vtag": "XVID"}) and None,
-        "a/vp9.webm": encode(a / "vp9.webm", "libvpx-vp9", "webm", seed=3, options={"deadline": "realtime", "cpu-used": "8"}) and None,
+        "a/vp9.webm": encode(
+            a / "vp9.webm", "libvpx-vp9", "webm", seed=3, options={"deadline": "realtime", "cpu-used": "8"}
+        )
+        and None,
         "a/h264.mkv": encode(a / "h264.mkv", container="matroska", seed=4) and None,
         "b/h264.mov": encode(b / "h264.mov", container="mov", seed=5) and None,
         "b/mjpeg.avi": encode(b / "mjpeg.avi", "mjpeg", "avi", pix_fmt="yuvj420p", seed=6) and None,
@@ -72,7 +106,9 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, st
     shutil.copy(a / "xvid.avi", b / "h264-under-b.mp4")  # the same bytes under two labels
     expected["a/xvid.avi"] = "label_conflict"
     (a / "symlinked.mp4").symlink_to(outside)
-    expected["a/symlinked.mp4"] = "readable"  # a link out of the root: quarantined, never opened (a manifest's rule too)
+    expected["a/symlinked.mp4"] = (
+        "readable"  # a link out of the root: quarantined, never opened (a manifest's rule too)
+    )
     (data / "etc").symlink_to(outside.parent, target_is_directory=True)  # a label folder leading out: never walked
     expected["etc"] = "readable"
     (a / "dangling-link.mp4").symlink_to(data / "nowhere.mp4")  # inside the root, to nothing
@@ -109,7 +145,10 @@ def test_reasons_are_precise(corpus, tmp_path: Path):
     assert "audio only: aac" in reasons["a/audio-only.m4a"]
     assert "truncated" in reasons["b/mdat-cut-short.mp4"]
     assert "broken symlink" in reasons["a/dangling-link.mp4"]
-    assert "path is outside the dataset root" in reasons["a/symlinked.mp4"] and "a symbolic link leads to" in reasons["etc"]
+    assert (
+        "path is outside the dataset root" in reasons["a/symlinked.mp4"]
+        and "a symbolic link leads to" in reasons["etc"]
+    )
     assert "duration 0.04 s is outside [0.5, 600.0] s" in reasons["b/one-frame.mp4"]
     assert "width 7680 px is outside [32, 4096] px" in reasons["b/8k.mp4"]
     assert "byte-identical to a/h264.mp4 (same label)" in reasons["a/z-copy-of-h264.mp4"]
@@ -170,7 +209,9 @@ def half_audio(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_audio_half_as_long_as_the_video_warns_where_extraction_uses_audio(half_audio: Path, tmp_path: Path):
     params = load_params()  # extract.classification.audio is logmel
-    summary = validate_dataset(half_audio, tmp_path / "c", validation_checks(params, "classification"), tmp_path / "docs")
+    summary = validate_dataset(
+        half_audio, tmp_path / "c", validation_checks(params, "classification"), tmp_path / "docs"
+    )
     assert (summary.accepted, summary.warned, summary.quarantined) == (8, 2, 0)
     warnings = pd.read_csv(tmp_path / "c" / "warnings.csv").set_index("path")
     assert set(warnings.index) == {"x/half.mp4", "y/half.mp4"}
@@ -199,7 +240,9 @@ def test_data_docs_work_offline_list_each_run_and_fail_only_for_critical_finding
     index = last.data_docs.read_text()
     assert not re.search(r"https?://", index)  # no stylesheet, script or font from a CDN
     assert "<script" not in index and "<link" not in index
-    runs = re.findall(r'<tr><td><a href="(runs/[^"]+\.html)">[^<]+</a></td><td><span class="s \w+">([^<]+)</span>', index)
+    runs = re.findall(
+        r'<tr><td><a href="(runs/[^"]+\.html)">[^<]+</a></td><td><span class="s \w+">([^<]+)</span>', index
+    )
     assert [status for _, status in runs] == ["failed", "passed with warnings"]  # newest first
     for page, _ in runs:
         assert (docs / page).is_file()
@@ -240,7 +283,10 @@ def test_probing_is_incremental(tmp_path: Path, tiny_dataset: Path):
         shutil.copyfile(path, copy)
         os.replace(copy, path)
     relinked = validate_dataset(data, tmp_path / "catalog", ValidationParams())
-    assert (relinked.probed, relinked.reused) == (1, 22)  # the same bytes under a new inode and mtime: hashed, not probed
+    assert (relinked.probed, relinked.reused) == (
+        1,
+        22,
+    )  # the same bytes under a new inode and mtime: hashed, not probed
 
 
 def test_manifest_csv_with_groups_splits_and_a_path_outside_the_root(tmp_path: Path):
@@ -270,7 +316,14 @@ def test_a_given_split_that_leaks_a_group_quarantines_its_test_side(tmp_path: Pa
     for label in ("a", "b"):
         for i in range(4):
             encode(data / f"{label}{i}.mp4", seed=len(rows))
-            rows.append({"path": f"{label}{i}.mp4", "label": label, "group": f"{label}{i // 2}", "split": "test" if i in (1, 3) else "train"})
+            rows.append(
+                {
+                    "path": f"{label}{i}.mp4",
+                    "label": label,
+                    "group": f"{label}{i // 2}",
+                    "split": "test" if i in (1, 3) else "train",
+                }
+            )
     (data / "clips.csv").write_text(pd.DataFrame(rows).to_csv(index=False))
     summary = validate_dataset(data / "clips.csv", tmp_path / "catalog", ValidationParams())
     quarantine = pd.read_csv(summary.quarantine)
@@ -313,13 +366,21 @@ def test_a_class_below_its_minimum_fails_and_says_which(tmp_path: Path, tiny_dat
 def test_a_landed_clip_is_told_from_the_dataset_by_content_and_perceptual_hash():
     from vidops.components.validation import twins_in
 
-    h = lambda words: "".join(f"{w:016x}" for w in words)  # noqa: E731  (192 bits as the catalog writes them)
-    existing = pd.DataFrame({"path": ["a/old.mp4", "b/other.mp4"], "sha256": ["s1", "s2"], "phash": [h((1, 2, 3)), h((2**64 - 1, 0, 2**64 - 1))]})
-    landed = pd.DataFrame({
-        "path": ["a/copy.mp4", "a/reencoded.mp4", "b/new.mp4", "a/old.mp4"],
-        "sha256": ["s1", "s9", "s8", "s1"],
-        "phash": [h((1, 2, 3)), h((1, 2, 3 ^ 0b111)), h((0, 2**64 - 1, 2**64 - 1)), h((1, 2, 3))],
-    })  # fmt: skip
+    h = lambda words: "".join(f"{w:016x}" for w in words)
+    existing = pd.DataFrame(
+        {
+            "path": ["a/old.mp4", "b/other.mp4"],
+            "sha256": ["s1", "s2"],
+            "phash": [h((1, 2, 3)), h((2**64 - 1, 0, 2**64 - 1))],
+        }
+    )
+    landed = pd.DataFrame(
+        {
+            "path": ["a/copy.mp4", "a/reencoded.mp4", "b/new.mp4", "a/old.mp4"],
+            "sha256": ["s1", "s9", "s8", "s1"],
+            "phash": [h((1, 2, 3)), h((1, 2, 3 ^ 0b111)), h((0, 2**64 - 1, 2**64 - 1)), h((1, 2, 3))],
+        }
+    )
     twins = twins_in(landed, existing, max_bits=6)
     assert twins == {
         "a/copy.mp4": "byte-identical to a/old.mp4, already in the dataset",

@@ -87,7 +87,10 @@ def _credentials_refused(exc: BaseException) -> str | None:
                 f"the MLflow server at {os.environ.get('MLFLOW_TRACKING_URI')} refused this client's credentials: "
                 f"set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD ({STACK_ENV})"
             )
-        if isinstance(seen, ClientError) and seen.response.get("Error", {}).get("Code") in ("InvalidAccessKeyId", "SignatureDoesNotMatch"):
+        if isinstance(seen, ClientError) and seen.response.get("Error", {}).get("Code") in (
+            "InvalidAccessKeyId",
+            "SignatureDoesNotMatch",
+        ):
             return (
                 f"the S3 at {os.environ.get('AWS_ENDPOINT_URL') or 'AWS'} refused this client's keys: "
                 f"set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY ({STACK_ENV})"

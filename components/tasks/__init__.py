@@ -18,14 +18,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
 from vidops.components.errors import VidopsError
 from vidops.components.params import ExtractParams, FitParams, GenerateParams, ModelRegistryParams, Task
 
 if TYPE_CHECKING:
     from vidops.components.generate import DemoData
 
-ENTRY_POINTS = "vidops.tasks"  # an installed package's task: `[project.entry-points."vidops.tasks"] name = "package:SPEC"`
+ENTRY_POINTS = (
+    "vidops.tasks"  # an installed package's task: `[project.entry-points."vidops.tasks"] name = "package:SPEC"`
+)
 
 
 @dataclass(frozen=True)
@@ -198,7 +199,9 @@ def _add(found: tuple[TaskSpec, str]) -> None:
     task, source = found
     _check(task, source)
     if task.name in _SPECS:
-        raise VidopsError(f"task {task.name!r} is defined twice: by {_SPECS[task.name].package} and by {source}; rename one")
+        raise VidopsError(
+            f"task {task.name!r} is defined twice: by {_SPECS[task.name].package} and by {source}; rename one"
+        )
     _SPECS[task.name] = task
 
 
@@ -209,7 +212,9 @@ def _load(module: str, where: str) -> tuple[TaskSpec, str]:
     except Exception as exc:
         raise VidopsError(f"{where}: the task folder failed to import: {type(exc).__name__}: {exc}") from exc
     if not hasattr(found, "SPEC"):
-        raise VidopsError(f"{where}: a task folder defines SPEC, its TaskSpec, in its __init__.py (docs/ADDING-A-TASK.md)")
+        raise VidopsError(
+            f"{where}: a task folder defines SPEC, its TaskSpec, in its __init__.py (docs/ADDING-A-TASK.md)"
+        )
     return found.SPEC, where
 
 
@@ -230,11 +235,15 @@ def _check(task: Any, source: str) -> None:
         raise VidopsError(f"{source}: SPEC is a {type(task).__name__}, not a vidops.components.tasks.TaskSpec")
     missing = [f.name for f in fields(task) if f.name in REQUIRED and not callable(getattr(task, f.name))]
     if missing:
-        raise VidopsError(f"task {task.name!r} ({source}): {', '.join(missing)} must be functions (docs/ADDING-A-TASK.md)")
+        raise VidopsError(
+            f"task {task.name!r} ({source}): {', '.join(missing)} must be functions (docs/ADDING-A-TASK.md)"
+        )
     if task.defaults.registry.metric not in task.metrics:
         raise VidopsError(
             f"task {task.name!r} ({source}): its default gate metric {task.defaults.registry.metric!r} is not among the metrics its "
             f"evaluate writes for every dataset ({', '.join(task.metrics)})"
         )
     if not isinstance(task.defaults.train, FitParams):
-        raise VidopsError(f"task {task.name!r} ({source}): defaults.train is a {type(task.defaults.train).__name__}, not FitParams")
+        raise VidopsError(
+            f"task {task.name!r} ({source}): defaults.train is a {type(task.defaults.train).__name__}, not FitParams"
+        )

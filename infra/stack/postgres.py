@@ -44,7 +44,9 @@ class Database:
             raise VidopsError(f"--database {shown}: takes no ?options or #fragment")
         prefix = parts.path.strip("/") or "vidops"
         if not PREFIX.fullmatch(prefix):
-            raise VidopsError(f"--database {shown}: the prefix {prefix!r} must be lower-case letters, digits and _ (databases {prefix}_prefect, ...)")
+            raise VidopsError(
+                f"--database {shown}: the prefix {prefix!r} must be lower-case letters, digits and _ (databases {prefix}_prefect, ...)"
+            )
         try:
             port = parts.port or 5432
         except ValueError:
@@ -71,17 +73,28 @@ class Database:
 
     def prefect_env(self) -> dict[str, str]:
         """Prefect's server settings for this database (Prefect builds its asyncpg URL from them)."""
-        env = {"PREFECT_SERVER_DATABASE_DRIVER": "postgresql+asyncpg", "PREFECT_SERVER_DATABASE_HOST": self.host,
-               "PREFECT_SERVER_DATABASE_PORT": str(self.port), "PREFECT_SERVER_DATABASE_USER": self.user,
-               "PREFECT_SERVER_DATABASE_NAME": self.name("prefect")}  # fmt: skip
+        env = {
+            "PREFECT_SERVER_DATABASE_DRIVER": "postgresql+asyncpg",
+            "PREFECT_SERVER_DATABASE_HOST": self.host,
+            "PREFECT_SERVER_DATABASE_PORT": str(self.port),
+            "PREFECT_SERVER_DATABASE_USER": self.user,
+            "PREFECT_SERVER_DATABASE_NAME": self.name("prefect"),
+        }
         return {**env, "PREFECT_SERVER_DATABASE_PASSWORD": self.password} if self.password else env
 
     def _maintenance(self) -> Any:
         """A connection to the server's `postgres` database, in autocommit (CREATE and DROP DATABASE run outside a transaction)."""
         import psycopg
 
-        return psycopg.connect(host=self.host, port=self.port, user=self.user, password=self.password, dbname="postgres",
-                               connect_timeout=10, autocommit=True)  # fmt: skip
+        return psycopg.connect(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            password=self.password,
+            dbname="postgres",
+            connect_timeout=10,
+            autocommit=True,
+        )
 
     def ensure(self) -> list[str]:
         """Make each of the stack's databases that is missing; the names of those made. A server that does not answer, or
@@ -98,8 +111,10 @@ class Database:
                 return made
         except psycopg.Error as exc:
             said = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-            raise VidopsError(f"PostgreSQL at {self.server}: {said}; check the server, the user, and the password "
-                              "(in the URL, PGPASSWORD or ~/.pgpass)") from None  # fmt: skip
+            raise VidopsError(
+                f"PostgreSQL at {self.server}: {said}; check the server, the user, and the password "
+                "(in the URL, PGPASSWORD or ~/.pgpass)"
+            ) from None
 
     def drop(self) -> None:
         """Drop the stack's databases (its servers stopped first): what a benchmark made and no longer needs."""
@@ -107,7 +122,9 @@ class Database:
 
         with self._maintenance() as connection:
             for service in SERVICES:
-                connection.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.name(service))))
+                connection.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.name(service)))
+                )
 
 
 def _without_password(url: str) -> str:

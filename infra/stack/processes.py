@@ -18,17 +18,32 @@ from pathlib import Path
 from typing import TypeVar
 
 import psutil
-
 from vidops.components.errors import VidopsError
 
 
-def _start(home: Path, name: str, argv: list[str], env: dict[str, str], url: str, ready: Callable[[str], bool], timeout_s: float = 120) -> dict:
+def _start(
+    home: Path,
+    name: str,
+    argv: list[str],
+    env: dict[str, str],
+    url: str,
+    ready: Callable[[str], bool],
+    timeout_s: float = 120,
+) -> dict:
     """Start `argv` in its own session, logging to logs/<name>.log; wait until `ready(url)`."""
     (home / "logs").mkdir(exist_ok=True)
     log = home / "logs" / f"{name}.log"
     with log.open("ab") as out:
         written = out.tell()  # the log is appended to across starts: this start's lines follow
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=home, start_new_session=True)
+        process = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=home,
+            start_new_session=True,
+        )
     service = {"name": name, "pid": process.pid, "argv": argv, "url": url, "log": str(log)}
     deadline = time.monotonic() + timeout_s
     port = urllib.parse.urlsplit(url).port if url.startswith("http") else None
@@ -40,7 +55,9 @@ def _start(home: Path, name: str, argv: list[str], env: dict[str, str], url: str
                 lines.seek(written)
                 said = lines.read().decode(errors="replace")
             taken = ADDRESS_IN_USE.search(said)
-            last = said.split("\ngoroutine ", 1)[0].strip().splitlines()[-5:]  # a Go program's last words precede its stack dump
+            last = (
+                said.split("\ngoroutine ", 1)[0].strip().splitlines()[-5:]
+            )  # a Go program's last words precede its stack dump
             message = f"{name} did not start ({log}):\n  " + "\n  ".join(last)
             raise PortTaken(message, int(taken[1])) if taken else VidopsError(message)
         time.sleep(0.5)
@@ -58,7 +75,9 @@ class PortTaken(VidopsError):
 # Go's "listen tcp 127.0.0.1:8333: bind: address already in use"; uvicorn's "... ('127.0.0.1', 4200): address already in use"
 ADDRESS_IN_USE = re.compile(r"127\.0\.0\.1'?[:,] ?(\d+)\)?: (?:bind: )?address already in use")
 T = TypeVar("T")
-PORT_TRIES = 3  # a port found free is taken by another program before the server binds it: rare, never three times running
+PORT_TRIES = (
+    3  # a port found free is taken by another program before the server binds it: rare, never three times running
+)
 
 
 def _again_if_taken(start: Callable[[], T], retry: Callable[[int], bool] = lambda port: True) -> T:
@@ -78,8 +97,10 @@ def _listens(group: int, port: int) -> bool:
     `port`: one of its TCP sockets (IPv4 or IPv6) is in LISTEN there."""
     for pid in psutil.pids():
         try:
-            if os.getpgid(pid) == group and any(connection.status == psutil.CONN_LISTEN and connection.laddr.port == port
-                                                for connection in psutil.Process(pid).net_connections(kind="tcp")):  # fmt: skip
+            if os.getpgid(pid) == group and any(
+                connection.status == psutil.CONN_LISTEN and connection.laddr.port == port
+                for connection in psutil.Process(pid).net_connections(kind="tcp")
+            ):
                 return True
         except (OSError, psutil.Error):  # gone, or not ours to read
             continue
@@ -156,7 +177,7 @@ def _running(process: dict) -> bool:
     except psutil.Error:  # gone (a zombie's cmdline is gone too), or not ours to read
         return False
     arguments = process["argv"][1:]  # a script's cmdline starts with its interpreter
-    return state != psutil.STATUS_ZOMBIE and cmdline[-len(arguments):] == arguments
+    return state != psutil.STATUS_ZOMBIE and cmdline[-len(arguments) :] == arguments
 
 
 def _free(port: int) -> bool:

@@ -36,11 +36,15 @@ def activate(layout: Layout) -> None:
         if not {"PREFECT_API_AUTH_STRING", "PREFECT_SERVER_API_AUTH_STRING"} & set(os.environ):
             # the temporary API that Prefect starts for this command (on a free port) serves this process and its
             # children only: it refuses any request without this string, which lives in their environment alone
-            os.environ["PREFECT_SERVER_API_AUTH_STRING"] = os.environ["PREFECT_API_AUTH_STRING"] = f"vidops:{secrets.token_urlsafe(24)}"
+            os.environ["PREFECT_SERVER_API_AUTH_STRING"] = os.environ["PREFECT_API_AUTH_STRING"] = (
+                f"vidops:{secrets.token_urlsafe(24)}"
+            )
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # Prefect gives its temporary API 20 s (counting only its own sleeps) to answer; a busy machine needs longer
     os.environ.setdefault(EPHEMERAL_STARTUP, "180")
-    if not os.environ.get(VERBOSE):  # the runs' INFO lines go to the Prefect UI (the API handler); the terminal shows warnings
+    if not os.environ.get(
+        VERBOSE
+    ):  # the runs' INFO lines go to the Prefect UI (the API handler); the terminal shows warnings
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     quiet_libraries()
 
@@ -71,7 +75,9 @@ def registry_lock(layout: Layout, model_name: str, timeout_s: float = 1800) -> I
         slot = concurrency(name, occupy=1, timeout_seconds=timeout_s, strict=True)
         slot.__enter__()
     except TimeoutError:
-        raise VidopsError(f"Prefect concurrency limit {name}: another promotion of {model_name} held it for {timeout_s:.0f} s") from None
+        raise VidopsError(
+            f"Prefect concurrency limit {name}: another promotion of {model_name} held it for {timeout_s:.0f} s"
+        ) from None
     try:
         yield
     finally:

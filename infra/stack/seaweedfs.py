@@ -24,7 +24,6 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 
 import psutil
-
 from vidops.components import tracking, versioning
 from vidops.components.errors import VidopsError
 from vidops.components.io import write_json, write_text
@@ -64,9 +63,11 @@ def project_s3(layout: Layout) -> Iterator[dict[str, str]]:
         return _start_s3(layout, port, {**os.environ, **env}), env
 
     service, env = _again_if_taken(on_a_free_port)
-    write_json(home / S3_RECORD, {**service, "owner": os.getpid()})  # what a later start needs to find an orphan: pid, argv
+    write_json(
+        home / S3_RECORD, {**service, "owner": os.getpid()}
+    )  # what a later start needs to find an orphan: pid, argv
     _serving[home] = env
-    gone = lambda: None if _alive(service) else "the S3 server went away"  # noqa: E731
+    gone = lambda: None if _alive(service) else "the S3 server went away"
     try:
         _point_dvc(layout, env)
         with versioning.watching(gone):
@@ -75,8 +76,10 @@ def project_s3(layout: Layout) -> Iterator[dict[str, str]]:
         if _alive(service):
             raise
         # what failed was the server, not the command: say so first, with where its last words are
-        raise VidopsError(f"the project's S3 (SeaweedFS at {service['url']}, pid {service['pid']}) stopped while the command ran"
-                          f" (its log: {service['log']}): {exc}") from None  # fmt: skip
+        raise VidopsError(
+            f"the project's S3 (SeaweedFS at {service['url']}, pid {service['pid']}) stopped while the command ran"
+            f" (its log: {service['log']}): {exc}"
+        ) from None
     finally:
         del _serving[home]
         _stop([service])
@@ -92,7 +95,9 @@ def _clear_orphan(home: Path) -> None:
     recorded = json.loads(path.read_text())
     owner_alive = psutil.pid_exists(recorded["owner"])
     if _alive(recorded) and owner_alive:
-        raise VidopsError(f"{home}: the project's S3 is in use by another vidops command (pid {recorded['owner']}); try again when it ends")
+        raise VidopsError(
+            f"{home}: the project's S3 is in use by another vidops command (pid {recorded['owner']}); try again when it ends"
+        )
     _stop([recorded])
     path.unlink(missing_ok=True)
 
@@ -128,7 +133,12 @@ def _artifacts_in_s3(layout: Layout) -> bool:
         return False
     try:
         with closing(sqlite3.connect(f"{store.as_uri()}?mode=ro", uri=True)) as db:
-            return db.execute("SELECT 1 FROM experiments WHERE artifact_location LIKE ? LIMIT 1", (f"{ARTIFACTS}/%",)).fetchone() is not None
+            return (
+                db.execute(
+                    "SELECT 1 FROM experiments WHERE artifact_location LIKE ? LIMIT 1", (f"{ARTIFACTS}/%",)
+                ).fetchone()
+                is not None
+            )
     except sqlite3.Error:  # a store MLflow has not made its tables in yet
         return False
 
@@ -153,7 +163,11 @@ def _s3_env(layout: Layout, endpoint: str) -> dict[str, str]:
     _adopt_stack_s3(layout)
     keys = s3_folder(layout) / "keys.json"
     if not keys.is_file():
-        write_json(keys, {"AWS_ACCESS_KEY_ID": "vidops" + secrets.token_hex(6), "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(30)}, secret=True)
+        write_json(
+            keys,
+            {"AWS_ACCESS_KEY_ID": "vidops" + secrets.token_hex(6), "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(30)},
+            secret=True,
+        )
     return {**json.loads(keys.read_text()), "AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1"}
 
 
@@ -171,7 +185,12 @@ def _point_dvc(layout: Layout, env: dict[str, str]) -> None:
     """A DVC project's default remote, when it is the project's own bucket, gets this server's endpoint and keys
     (in .dvc/config.local, which git ignores); a remote elsewhere (AWS S3) is left alone."""
     if versioning.is_repo(layout.root) and versioning.remote_url(layout.root) in (None, versioning.local_url(BUCKET)):
-        versioning.set_remote(layout.root, versioning.local_url(BUCKET), env["AWS_ENDPOINT_URL"], (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]))
+        versioning.set_remote(
+            layout.root,
+            versioning.local_url(BUCKET),
+            env["AWS_ENDPOINT_URL"],
+            (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]),
+        )
 
 
 def _start_s3(layout: Layout, port: int, env: dict[str, str]) -> dict:
@@ -200,8 +219,13 @@ def _bucket(env: dict[str, str]) -> Callable[[str], bool]:
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
-    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                          aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name=env["AWS_DEFAULT_REGION"])  # fmt: skip
+    client = boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env["AWS_DEFAULT_REGION"],
+    )
 
     def ready(url: str) -> bool:
         try:
@@ -223,11 +247,16 @@ def _seaweedfs(home: Path, s3_port: int, env: dict[str, str]) -> tuple[list[str]
     a client could otherwise write, delete or read anything) wants a TLS certificate signed by a CA only SeaweedFS holds
     (security.toml, read from the working folder; keys and certificates new at each start). The data folder is the one
     `weed server` used."""
-    identity = {"name": "vidops", "credentials": [{"accessKey": env["AWS_ACCESS_KEY_ID"], "secretKey": env["AWS_SECRET_ACCESS_KEY"]}],
-                "actions": ["Admin", "Read", "Write", "List", "Tagging"]}  # fmt: skip
+    identity = {
+        "name": "vidops",
+        "credentials": [{"accessKey": env["AWS_ACCESS_KEY_ID"], "secretKey": env["AWS_SECRET_ACCESS_KEY"]}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+    }
     write_json(home / "s3.json", {"identities": [identity]}, secret=True)
-    jwt = "".join(f'[jwt.{name}]\nkey = "{secrets.token_urlsafe(32)}"\nexpires_after_seconds = 60\n'
-                  for name in ("signing", "signing.read", "filer_signing", "filer_signing.read"))
+    jwt = "".join(
+        f'[jwt.{name}]\nkey = "{secrets.token_urlsafe(32)}"\nexpires_after_seconds = 60\n'
+        for name in ("signing", "signing.read", "filer_signing", "filer_signing.read")
+    )
     write_text(home / "security.toml", jwt + _grpc_tls(home / "tls"), secret=True)
     data = home / "data"
     data.mkdir(exist_ok=True)
@@ -235,16 +264,34 @@ def _seaweedfs(home: Path, s3_port: int, env: dict[str, str]) -> tuple[list[str]
     # each gRPC port is its HTTP port + 10000, as SeaweedFS assumes where an address names one port only (the S3
     # gateway finds its filer so: with another gRPC port it waits for it forever)
     master, volume, filer = (_free_port(grpc_too=True) for _ in range(3))
-    ports = lambda port: [f"-port={port}", f"-port.grpc={port + GRPC_OFFSET}"]  # noqa: E731
+    ports = lambda port: [f"-port={port}", f"-port.grpc={port + GRPC_OFFSET}"]
     return (
         [weed, "master", f"-mdir={data}", *loopback, *ports(master), "-whiteList=@", "-telemetry=false"],
         [weed, "volume", f"-dir={data}", *loopback, *ports(volume), f"-master=127.0.0.1:{master}", "-preStopSeconds=0"],
-        [weed, "filer", f"-defaultStoreDir={data}", *loopback, *ports(filer), f"-master=127.0.0.1:{master}",
-         "-s3", f"-s3.port={s3_port}", f"-s3.port.grpc={_free_port()}", f"-s3.config={home / 's3.json'}", "-s3.port.iceberg=0", "-s3.port.lance=0"],
-    )  # fmt: skip
+        [
+            weed,
+            "filer",
+            f"-defaultStoreDir={data}",
+            *loopback,
+            *ports(filer),
+            f"-master=127.0.0.1:{master}",
+            "-s3",
+            f"-s3.port={s3_port}",
+            f"-s3.port.grpc={_free_port()}",
+            f"-s3.config={home / 's3.json'}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+        ],
+    )
 
 
-GRPC_PARTS = ("master", "volume", "filer", "s3", "client")  # security.toml's [grpc.<part>]: "client" is how a part calls another
+GRPC_PARTS = (
+    "master",
+    "volume",
+    "filer",
+    "s3",
+    "client",
+)  # security.toml's [grpc.<part>]: "client" is how a part calls another
 
 
 def _grpc_tls(folder: Path) -> str:
@@ -257,32 +304,56 @@ def _grpc_tls(folder: Path) -> str:
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     folder.mkdir(mode=0o700, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
-    name = lambda cn: x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])  # noqa: E731
+    now = datetime.datetime.now(datetime.UTC)
+    name = lambda cn: x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
     ca_key = ec.generate_private_key(ec.SECP256R1())
 
     def certificate(cn: str, key: ec.EllipticCurvePrivateKey, ca: bool) -> x509.Certificate:
-        builder = (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(name("vidops seaweedfs ca"))
-                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=3650))
-                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))  # fmt: skip
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name(cn))
+            .issuer_name(name("vidops seaweedfs ca"))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
         if ca:
-            usage = x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                  key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False)  # fmt: skip
+            usage = x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            )
             builder = builder.add_extension(usage, critical=True)
         else:
-            builder = (builder.add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-                       .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))  # fmt: skip
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
+            ).add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                critical=False,
+            )
         return builder.sign(ca_key, hashes.SHA256())
 
-    pem = lambda cert: cert.public_bytes(serialization.Encoding.PEM).decode()  # noqa: E731
+    pem = lambda cert: cert.public_bytes(serialization.Encoding.PEM).decode()
     write_text(folder / "ca.crt", pem(certificate("vidops seaweedfs ca", ca_key, ca=True)))
     sections = [f'[grpc]\nca = "{folder / "ca.crt"}"\n']
     for part in GRPC_PARTS:
         key = ec.generate_private_key(ec.SECP256R1())
         write_text(folder / f"{part}.crt", pem(certificate(part, key, ca=False)))
-        write_text(folder / f"{part}.key", key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                             serialization.NoEncryption()).decode(), secret=True)  # fmt: skip
+        write_text(
+            folder / f"{part}.key",
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            ).decode(),
+            secret=True,
+        )
         sections.append(f'[grpc.{part}]\ncert = "{folder / f"{part}.crt"}"\nkey = "{folder / f"{part}.key"}"\n')
     return "".join(sections)
 

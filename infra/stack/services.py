@@ -42,7 +42,10 @@ POOL = "vidops-process"  # the process work pool the stack's worker serves
 ENV_FILE = "env"
 SECRETS = "secrets.json"  # the Prefect auth string and MLflow's admin password: made once, kept across restarts
 MLFLOW_USER = "vidops"
-DATABASE_URLS = ("PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_CONNECTION_URL")  # a caller's would win over ours
+DATABASE_URLS = (
+    "PREFECT_SERVER_DATABASE_CONNECTION_URL",
+    "PREFECT_API_DATABASE_CONNECTION_URL",
+)  # a caller's would win over ours
 
 
 @dataclass(frozen=True)
@@ -58,12 +61,16 @@ def up(layout: Layout, ports: Ports, database: Database | None = None, workers: 
     under the project. Their URLs by name."""
     home = folder(layout)
     if _record(home):
-        raise VidopsError(f"{home / RECORD}: the stack is already up (`vidops stack status`); `vidops stack down` first")
+        raise VidopsError(
+            f"{home / RECORD}: the stack is already up (`vidops stack status`); `vidops stack down` first"
+        )
     if workers < 1:
         raise VidopsError(f"--workers {workers}: the stack needs at least one worker")
     for name, port in asdict(ports).items():
         if not _free(port):
-            raise VidopsError(f"port {port} on 127.0.0.1 ({name}) is taken by another program; stop it or pick another with --{name}-port")
+            raise VidopsError(
+                f"port {port} on 127.0.0.1 ({name}) is taken by another program; stop it or pick another with --{name}-port"
+            )
     if database:
         database.ensure()
     home.mkdir(parents=True, exist_ok=True)
@@ -75,15 +82,31 @@ def up(layout: Layout, ports: Ports, database: Database | None = None, workers: 
         mlflow_env = _mlflow_env(home, env, database)
         if database:
             _migrate_mlflow(home, store, mlflow_env)
-        started["mlflow"] = _start(home, "mlflow", _mlflow_server(ports.mlflow, store), mlflow_env, env["MLFLOW_TRACKING_URI"], _http("/health"))
+        started["mlflow"] = _start(
+            home,
+            "mlflow",
+            _mlflow_server(ports.mlflow, store),
+            mlflow_env,
+            env["MLFLOW_TRACKING_URI"],
+            _http("/health"),
+        )
         _check_mlflow_login(home, env, database)
         prefect = [program("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(ports.prefect)]
         origin = f"http://127.0.0.1:{ports.prefect}"
         # the UI asks its settings for the API it talks to, which is PREFECT_SERVER_API_PORT's (4200) unless told
-        server_env = {**env, "PREFECT_HOME": str(home / "prefect"), "PREFECT_SERVER_UI_API_URL": env["PREFECT_API_URL"],
-                      "PREFECT_SERVER_API_AUTH_STRING": env["PREFECT_API_AUTH_STRING"], "PREFECT_SERVER_CORS_ALLOWED_ORIGINS": origin,
-                      **(database.prefect_env() if database else {})}  # fmt: skip
-        for client_only in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", *DATABASE_URLS):  # not a client of itself; no other store
+        server_env = {
+            **env,
+            "PREFECT_HOME": str(home / "prefect"),
+            "PREFECT_SERVER_UI_API_URL": env["PREFECT_API_URL"],
+            "PREFECT_SERVER_API_AUTH_STRING": env["PREFECT_API_AUTH_STRING"],
+            "PREFECT_SERVER_CORS_ALLOWED_ORIGINS": origin,
+            **(database.prefect_env() if database else {}),
+        }
+        for client_only in (
+            "PREFECT_API_URL",
+            "PREFECT_API_AUTH_STRING",
+            *DATABASE_URLS,
+        ):  # not a client of itself; no other store
             server_env.pop(client_only, None)
         started["prefect"] = _start(home, "prefect", prefect, server_env, origin, _http("/api/health"))
         for n in range(1, workers + 1):
@@ -155,7 +178,19 @@ def _env(layout: Layout, ports: Ports) -> dict[str, str]:
 
 
 def _write_env(path: Path, env: dict[str, str]) -> None:
-    names = ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "VIDOPS_RESULTS", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    names = (
+        "PREFECT_API_URL",
+        "PREFECT_API_AUTH_STRING",
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD",
+        "VIDOPS_RESULTS",
+        "AWS_ENDPOINT_URL",
+        "MLFLOW_S3_ENDPOINT_URL",
+        "AWS_DEFAULT_REGION",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+    )
     with atomic_path(path) as tmp:
         write_text(tmp, "".join(f"{name}={env[name]}\n" for name in names), secret=True)  # it holds every credential
 
@@ -166,8 +201,11 @@ def _secrets(home: Path) -> dict[str, str]:
     its auth string."""
     path = home / SECRETS
     kept = json.loads(path.read_text()) if path.is_file() else {}
-    made = {"prefect_auth_string": f"vidops:{secrets.token_urlsafe(24)}", "mlflow_password": secrets.token_urlsafe(24),
-            "mlflow_flask_key": secrets.token_urlsafe(32)}  # fmt: skip
+    made = {
+        "prefect_auth_string": f"vidops:{secrets.token_urlsafe(24)}",
+        "mlflow_password": secrets.token_urlsafe(24),
+        "mlflow_flask_key": secrets.token_urlsafe(32),
+    }
     if set(made) - set(kept):
         kept = {**made, **kept}
         write_json(path, kept, secret=True)
@@ -178,9 +216,27 @@ def _mlflow_server(port: int, store: str) -> list[str]:
     """MLflow's server with its basic-auth app on the store `store`, answering only its own address (no DNS rebinding,
     no other origin)."""
     hosts = [f"127.0.0.1:{port}", f"localhost:{port}"]
-    return [program("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--app-name", "basic-auth",
-            "--allowed-hosts", ",".join(hosts), "--cors-allowed-origins", ",".join(f"http://{host}" for host in hosts),
-            "--backend-store-uri", store, "--default-artifact-root", ARTIFACTS, "--no-serve-artifacts"]  # fmt: skip
+    return [
+        program("mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--app-name",
+        "basic-auth",
+        "--allowed-hosts",
+        ",".join(hosts),
+        "--cors-allowed-origins",
+        ",".join(f"http://{host}" for host in hosts),
+        "--backend-store-uri",
+        store,
+        "--default-artifact-root",
+        ARTIFACTS,
+        "--no-serve-artifacts",
+    ]
 
 
 def _mlflow_env(home: Path, env: dict[str, str], database: Database | None) -> dict[str, str]:
@@ -191,13 +247,24 @@ def _mlflow_env(home: Path, env: dict[str, str], database: Database | None) -> d
         users = database.uri("mlflow_auth")
     else:
         path = home / "mlflow-auth.db"
-        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # the password hashes: the owner's alone, before SQLite makes it
+        os.close(
+            os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+        )  # the password hashes: the owner's alone, before SQLite makes it
         path.chmod(0o600)  # made by an older vidops
         users = f"sqlite:///{path}"
-    write_text(config, f"[mlflow]\ndefault_permission = NO_PERMISSIONS\ndatabase_uri = {users}\n"
-                       f"admin_username = {MLFLOW_USER}\nauthorization_function = mlflow.server.auth:authenticate_request_basic_auth\n", secret=True)  # fmt: skip
-    return {**env, "MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_AUTH_ADMIN_PASSWORD": env["MLFLOW_TRACKING_PASSWORD"],
-            "MLFLOW_FLASK_SERVER_SECRET_KEY": _secrets(home)["mlflow_flask_key"], **(database.password_env() if database else {})}
+    write_text(
+        config,
+        f"[mlflow]\ndefault_permission = NO_PERMISSIONS\ndatabase_uri = {users}\n"
+        f"admin_username = {MLFLOW_USER}\nauthorization_function = mlflow.server.auth:authenticate_request_basic_auth\n",
+        secret=True,
+    )
+    return {
+        **env,
+        "MLFLOW_AUTH_CONFIG_PATH": str(config),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": env["MLFLOW_TRACKING_PASSWORD"],
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": _secrets(home)["mlflow_flask_key"],
+        **(database.password_env() if database else {}),
+    }
 
 
 def _migrate_mlflow(home: Path, store: str, env: dict[str, str]) -> None:
@@ -207,7 +274,9 @@ def _migrate_mlflow(home: Path, store: str, env: dict[str, str]) -> None:
     log = home / "logs" / "mlflow.log"
     with log.open("ab") as out:
         written = out.tell()
-        done = subprocess.run([program("mlflow"), "db", "upgrade", store], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=home)
+        done = subprocess.run(
+            [program("mlflow"), "db", "upgrade", store], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=home
+        )
     if done.returncode:
         with log.open("rb") as lines:
             lines.seek(written)
@@ -221,21 +290,29 @@ LOGIN_TIMEOUT_S = 120
 def _check_mlflow_login(home: Path, env: dict[str, str], database: Database | None) -> None:
     """The kept password opens MLflow (its auth database could be older than secrets.json)."""
     login = _basic(MLFLOW_USER + ":" + env["MLFLOW_TRACKING_PASSWORD"])
-    request = urllib.request.Request(env["MLFLOW_TRACKING_URI"] + "/api/2.0/mlflow/experiments/search?max_results=1", headers=login)
+    request = urllib.request.Request(
+        env["MLFLOW_TRACKING_URI"] + "/api/2.0/mlflow/experiments/search?max_results=1", headers=login
+    )
     try:
         # the auth app's first answer hashes the admin's password (PBKDF2): seconds on a busy machine
         urllib.request.urlopen(request, timeout=LOGIN_TIMEOUT_S).close()
     except TimeoutError:
-        raise VidopsError(f"MLflow at {env['MLFLOW_TRACKING_URI']} did not answer the admin's login within {LOGIN_TIMEOUT_S} s "
-                          f"(its log: {home / 'logs' / 'mlflow.log'})") from None  # fmt: skip
+        raise VidopsError(
+            f"MLflow at {env['MLFLOW_TRACKING_URI']} did not answer the admin's login within {LOGIN_TIMEOUT_S} s "
+            f"(its log: {home / 'logs' / 'mlflow.log'})"
+        ) from None
     except urllib.error.HTTPError as exc:
         if exc.code != 401:
             raise
         if database:
-            raise VidopsError(f"{database.uri('mlflow_auth')}: MLflow refused the admin password kept in {home / SECRETS}; its users were "
-                              "made with another one: put that one in secrets.json, or set this one with MLflow's update-password API") from None  # fmt: skip
-        raise VidopsError(f"{home / 'mlflow-auth.db'}: MLflow refused the admin password kept in {home / SECRETS}; the auth database was "
-                          "made with another one: remove both files to make a new account") from None  # fmt: skip
+            raise VidopsError(
+                f"{database.uri('mlflow_auth')}: MLflow refused the admin password kept in {home / SECRETS}; its users were "
+                "made with another one: put that one in secrets.json, or set this one with MLflow's update-password API"
+            ) from None
+        raise VidopsError(
+            f"{home / 'mlflow-auth.db'}: MLflow refused the admin password kept in {home / SECRETS}; the auth database was "
+            "made with another one: remove both files to make a new account"
+        ) from None
 
 
 def _basic(credentials: str) -> dict[str, str]:
@@ -249,7 +326,10 @@ def _pool_ready(env: dict[str, str], name: str) -> Callable[[str], bool]:
 
     def ready(url: str) -> bool:
         try:
-            with urllib.request.urlopen(urllib.request.Request(f"{env['PREFECT_API_URL']}/work_pools/{POOL}/workers/filter", b"{}", headers), timeout=2) as r:
+            with urllib.request.urlopen(
+                urllib.request.Request(f"{env['PREFECT_API_URL']}/work_pools/{POOL}/workers/filter", b"{}", headers),
+                timeout=2,
+            ) as r:
                 return name in {worker["name"] for worker in json.loads(r.read())}
         except OSError:
             return False

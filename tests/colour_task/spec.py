@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from vidops.components.params import ExtractParams, GenerateParams, ModelRegistryParams
 from vidops.components.tasks import TaskDefaults, TaskSpec, TrainedModel
 from vidops.components.tasks.classification.generate import generate

@@ -6,9 +6,13 @@ import argparse
 from typing import Any
 
 
-def add(commands: Any, project: argparse.ArgumentParser, params: argparse.ArgumentParser, overrides: argparse.ArgumentParser) -> None:
+def add(
+    commands: Any, project: argparse.ArgumentParser, params: argparse.ArgumentParser, overrides: argparse.ArgumentParser
+) -> None:
     bench = commands.add_parser(
-        "bench", parents=[project], help="benchmarks that print ratios against an anchor timed in the same run (data: <root>/.vidops/bench)"
+        "bench",
+        parents=[project],
+        help="benchmarks that print ratios against an anchor timed in the same run (data: <root>/.vidops/bench)",
     )
     bench.add_argument("name", choices=["extract", "train", "pipeline", "stack", "scale"])
     bench.add_argument(
@@ -16,7 +20,11 @@ def add(commands: Any, project: argparse.ArgumentParser, params: argparse.Argume
         type=int,
         help="extract: clips (24); train: clips per class (24); pipeline: clips per class (the demo's); scale: the largest dataset (4000)",
     )
-    bench.add_argument("--epochs", type=int, help="pipeline: training epochs of both models; train --encoder: of the classifier (default: the demo's)")
+    bench.add_argument(
+        "--epochs",
+        type=int,
+        help="pipeline: training epochs of both models; train --encoder: of the classifier (default: the demo's)",
+    )
     bench.add_argument("--seconds", type=float, help="extract: seconds a clip (default: 10 long-GOP, 7 short-GOP)")
     bench.add_argument(
         "--corpus",
@@ -25,9 +33,14 @@ def add(commands: Any, project: argparse.ArgumentParser, params: argparse.Argume
         help="extract: x264-default clips with one keyframe each, UCF101-shaped XviD clips with one every 25 frames, or both",
     )
     bench.add_argument("--workers", type=int, default=2, help="extract: worker processes")
-    bench.add_argument("--ucf101-clips", type=int, help="scale: UCF101-shaped clips, and 1%% more for the re-run (default: 300)")
+    bench.add_argument(
+        "--ucf101-clips", type=int, help="scale: UCF101-shaped clips, and 1%% more for the re-run (default: 300)"
+    )
     bench.add_argument("--batches", type=int, default=60, help="train: timed batches")
-    bench.add_argument("--encoder", help="train: instead, the classifier with this frame encoder against small: accuracy and training time")
+    bench.add_argument(
+        "--encoder",
+        help="train: instead, the classifier with this frame encoder against small: accuracy and training time",
+    )
     bench.add_argument("--runs", type=int, default=8, help="stack: flow runs submitted at once (default: 8)")
     bench.add_argument(
         "--database",
@@ -43,14 +56,20 @@ def run_bench(args: argparse.Namespace) -> None:
         from vidops.benchmarks import extract
 
         for corpus in extract.CORPORA if args.corpus == "both" else (args.corpus,):
-            config = extract.BenchConfig(clips=args.clips or 24, seconds=args.seconds, corpus=corpus, workers=args.workers)
+            config = extract.BenchConfig(
+                clips=args.clips or 24, seconds=args.seconds, corpus=corpus, workers=args.workers
+            )
             print(extract.report(extract.run(where / "extract", config), config))
     elif args.name == "train":
         from vidops.benchmarks import train
 
         trained = train.BenchConfig(clips_per_class=args.clips or 24, batches=args.batches)
         if args.encoder:
-            print(train.encoders_report(train.compare_encoders(where / "train", trained, args.encoder, args.epochs), trained))
+            print(
+                train.encoders_report(
+                    train.compare_encoders(where / "train", trained, args.encoder, args.epochs), trained
+                )
+            )
         else:
             print(train.report(train.run(where / "train", trained), trained))
     elif args.name == "scale":

@@ -13,12 +13,20 @@ from vidops.components.errors import VidopsError
 from vidops.components.layout import Layout
 
 
-def add(commands: Any, project: argparse.ArgumentParser, params: argparse.ArgumentParser, overrides: argparse.ArgumentParser) -> None:
+def add(
+    commands: Any, project: argparse.ArgumentParser, params: argparse.ArgumentParser, overrides: argparse.ArgumentParser
+) -> None:
     validate = commands.add_parser(
         "validate", parents=[project, params], help="catalog and validate a dataset; exit 0 when it is usable"
     )
-    validate.add_argument("dataset", type=Path, help="folder of <label>/<clip> files, or a manifest CSV (path, label[, group, split])")
-    validate.add_argument("--task", choices=tasks.names(), help="check the clips as this task's (default: the first in params.yaml's tasks)")
+    validate.add_argument(
+        "dataset", type=Path, help="folder of <label>/<clip> files, or a manifest CSV (path, label[, group, split])"
+    )
+    validate.add_argument(
+        "--task",
+        choices=tasks.names(),
+        help="check the clips as this task's (default: the first in params.yaml's tasks)",
+    )
     validate.add_argument(
         "--report",
         type=Path,
@@ -27,10 +35,16 @@ def add(commands: Any, project: argparse.ArgumentParser, params: argparse.Argume
     validate.set_defaults(handler=validate_dataset)
 
     sample = commands.add_parser(
-        "sample", parents=[project, params, overrides], help="save what the model sees of one video: frames, indices, times, aligned audio"
+        "sample",
+        parents=[project, params, overrides],
+        help="save what the model sees of one video: frames, indices, times, aligned audio",
     )
     sample.add_argument("video", type=Path)
-    sample.add_argument("--task", choices=tasks.names(), help="extract as this task's model sees (default: the first in params.yaml's tasks)")
+    sample.add_argument(
+        "--task",
+        choices=tasks.names(),
+        help="extract as this task's model sees (default: the first in params.yaml's tasks)",
+    )
     sample.add_argument("--frames", type=int, help="default: extract.<task>.frames")
     sample.add_argument("--size", type=int, help="default: extract.<task>.size")
     sample.add_argument("--out", type=Path, required=True, help="an .npz file")
@@ -41,7 +55,9 @@ def add(commands: Any, project: argparse.ArgumentParser, params: argparse.Argume
     inspect.set_defaults(handler=inspect_videos)
 
     data = commands.add_parser(
-        "data", parents=[project, params], help="the datasets in DVC: version and push them to the S3 remote, pull them, set the remote"
+        "data",
+        parents=[project, params],
+        help="the datasets in DVC: version and push them to the S3 remote, pull them, set the remote",
     )
     data.add_argument("action", choices=["push", "pull", "remote"])
     data.add_argument("url", nargs="?", help="remote: the S3 URL, e.g. s3://my-bucket/datasets")
@@ -49,11 +65,19 @@ def add(commands: Any, project: argparse.ArgumentParser, params: argparse.Argume
     data.set_defaults(handler=dataset_versions)
 
     lineage = commands.add_parser(
-        "lineage", parents=[project], help="where a registered model came from: run, flow run, commit, params, dataset version"
+        "lineage",
+        parents=[project],
+        help="where a registered model came from: run, flow run, commit, params, dataset version",
     )
     lineage.add_argument("model_uri", help="models:/NAME/VERSION or models:/NAME@ALIAS")
-    lineage.add_argument("--checkout", action="store_true", help="also check out that dataset version with DVC (changes data/raw/<dataset>)")
-    lineage.add_argument("--force", action="store_true", help="with --checkout: replace files of the dataset that are in no DVC version")
+    lineage.add_argument(
+        "--checkout",
+        action="store_true",
+        help="also check out that dataset version with DVC (changes data/raw/<dataset>)",
+    )
+    lineage.add_argument(
+        "--force", action="store_true", help="with --checkout: replace files of the dataset that are in no DVC version"
+    )
     lineage.set_defaults(handler=model_lineage)
 
 
@@ -65,7 +89,9 @@ def validate_dataset(args: argparse.Namespace) -> None:
     task = args.task or params.tasks[0]
     report = args.report.resolve() if args.report else None  # relative to where the user is, as the shell completed it
     catalog, docs = (report, report / "data_docs") if report else (layout.catalog(task), layout.data_docs(task))
-    summary = validate_dataset(args.dataset, catalog, validation_checks(params, task), docs, captioned=tasks.spec(task).captioned)
+    summary = validate_dataset(
+        args.dataset, catalog, validation_checks(params, task), docs, captioned=tasks.spec(task).captioned
+    )
     print(f"{summary.clips} clips ({summary.probed} probed, {summary.reused} unchanged since the last run)")
     for row in summary.table():
         print(f"  {row['what']:<24} {row['clips']:>6}")
@@ -76,13 +102,17 @@ def validate_dataset(args: argparse.Namespace) -> None:
 def sample_video(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from vidops.components.probe import probe_clip
     from vidops.components.extraction import ClipFeatures, extract_clip
     from vidops.components.io import atomic_path
+    from vidops.components.probe import probe_clip
 
     root = args.root.resolve()
     task = args.task or load(root, args.params, args.overrides).tasks[0]
-    flags = [f"extract.{task}.{key}={value}" for key, value in (("frames", args.frames), ("size", args.size)) if value is not None]
+    flags = [
+        f"extract.{task}.{key}={value}"
+        for key, value in (("frames", args.frames), ("size", args.size))
+        if value is not None
+    ]
     params = load(root, args.params, [*flags, *args.overrides]).extract.of(task)
     probe = probe_clip(args.video)
     if not probe["readable"]:
@@ -126,7 +156,9 @@ def dataset_versions(args: argparse.Namespace) -> None:
     elif args.action == "push":
         for version in version_datasets(layout, load(layout.root, args.params, [])):
             where = versioning.remote_url(layout.root)
-            print(f"{version.path.relative_to(layout.root)}: version {version.md5} ({version.files} files) pushed to {where}")
+            print(
+                f"{version.path.relative_to(layout.root)}: version {version.md5} ({version.files} files) pushed to {where}"
+            )
     else:
         versioning.require_remote(layout.root)  # before any server starts
         with project_store(layout):
@@ -142,7 +174,10 @@ def model_lineage(args: argparse.Namespace) -> None:
     layout = Layout(args.root.resolve())
     found = lineage(registry(layout.root), args.model_uri)
     t = found.tags
-    print(f"model     {found.model_name} version {found.version}" + (f" ({', '.join(found.aliases)})" if found.aliases else ""))
+    print(
+        f"model     {found.model_name} version {found.version}"
+        + (f" ({', '.join(found.aliases)})" if found.aliases else "")
+    )
     print(f"run       MLflow run {found.run_id}")
     print(f"flow run  {t.get('vidops.prefect_flow_run_id', '(not run through Prefect)')}")
     print(f"code      git commit {t.get('mlflow.source.git.commit', '(the project was not in git)')}")

@@ -20,8 +20,12 @@ if TYPE_CHECKING:  # importing it loads MLflow's client
     from vidops.components.tracking import Tracking
 
 
-def add(commands: Any, project: argparse.ArgumentParser, params: argparse.ArgumentParser, overrides: argparse.ArgumentParser) -> None:
-    promote = commands.add_parser("promote", parents=[project], help="make a registered version champion, by a person's decision")
+def add(
+    commands: Any, project: argparse.ArgumentParser, params: argparse.ArgumentParser, overrides: argparse.ArgumentParser
+) -> None:
+    promote = commands.add_parser(
+        "promote", parents=[project], help="make a registered version champion, by a person's decision"
+    )
     promote.add_argument("model", help="registered model name, e.g. vidops-classifier")
     promote.add_argument("--version", help="default: the challenger")
     promote.add_argument("--reason", required=True, help="why; recorded on the version")
@@ -33,7 +37,9 @@ def add(commands: Any, project: argparse.ArgumentParser, params: argparse.Argume
     rollback.set_defaults(handler=roll_back)
 
     predict = commands.add_parser(
-        "predict", parents=[project], help="what a registered model says of videos, e.g. models:/vidops-classifier@champion"
+        "predict",
+        parents=[project],
+        help="what a registered model says of videos, e.g. models:/vidops-classifier@champion",
     )
     predict.add_argument("model_uri")
     predict.add_argument("videos", type=Path, nargs="+")
@@ -80,7 +86,9 @@ def predict_videos(args: argparse.Namespace) -> None:
             raise VidopsError(f"{video}: no such file")
     os.environ["VIDOPS_SERVE_PATHS"] = "1"  # components.serving.SERVE_PATHS: this process reads the user's own files
     with tempfile.TemporaryDirectory() as tmp:
-        source = args.model_uri  # a folder or runs:/ URI is the user's to trust; a registered version must carry vidops's seal
+        source = (
+            args.model_uri
+        )  # a folder or runs:/ URI is the user's to trust; a registered version must carry vidops's seal
         if args.model_uri.startswith(("models:/", "runs:/")):
             mlflow.set_tracking_uri(registry(args.root).uri)
         if args.model_uri.startswith("models:/"):
@@ -89,7 +97,11 @@ def predict_videos(args: argparse.Namespace) -> None:
 
             found = registry(args.root)
             name, version = registered_version(found, args.model_uri)
-            source = str(trusted_download(found, name, str(version.version), registry_key(Layout(args.root.resolve())), Path(tmp)))
+            source = str(
+                trusted_download(
+                    found, name, str(version.version), registry_key(Layout(args.root.resolve())), Path(tmp)
+                )
+            )
         try:
             model = mlflow.pyfunc.load_model(source)
         except MlflowException as exc:

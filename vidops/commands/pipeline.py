@@ -18,9 +18,13 @@ if TYPE_CHECKING:  # importing them starts Prefect
     from vidops.flows.pipeline import PipelineResult
 
 
-def add(commands: Any, project: argparse.ArgumentParser, params: argparse.ArgumentParser, overrides: argparse.ArgumentParser) -> None:
+def add(
+    commands: Any, project: argparse.ArgumentParser, params: argparse.ArgumentParser, overrides: argparse.ArgumentParser
+) -> None:
     demo = commands.add_parser(
-        "demo", parents=[project, overrides], help="generate a dataset and run the whole pipeline on the embedded profile"
+        "demo",
+        parents=[project, overrides],
+        help="generate a dataset and run the whole pipeline on the embedded profile",
     )
     demo.add_argument("--refresh", action="store_true", help="run every stage again, ignoring cached results")
     demo.set_defaults(handler=demo_pipeline, stack_env=False, models=True)  # the embedded profile, whatever is up
@@ -30,14 +34,24 @@ def add(commands: Any, project: argparse.ArgumentParser, params: argparse.Argume
         parents=[project, params, overrides],
         help="run a Prefect flow: the training pipeline (default), the promotion gate alone, or ingest",
     )
-    run.add_argument("flow", nargs="?", choices=["training_pipeline", "promotion", "ingest"], default="training_pipeline")
-    run.add_argument("--task", choices=tasks.names(), help="promotion: gate this task's model only (default: every task in params.yaml)")
+    run.add_argument(
+        "flow", nargs="?", choices=["training_pipeline", "promotion", "ingest"], default="training_pipeline"
+    )
+    run.add_argument(
+        "--task",
+        choices=tasks.names(),
+        help="promotion: gate this task's model only (default: every task in params.yaml)",
+    )
     run.add_argument("--version", help="promotion: the version to gate (default: the challenger); needs --task")
-    run.add_argument("--refresh", action="store_true", help="training_pipeline: run every stage again, ignoring cached results")
+    run.add_argument(
+        "--refresh", action="store_true", help="training_pipeline: run every stage again, ignoring cached results"
+    )
     run.set_defaults(handler=run_flow, models=True)
 
     stage = commands.add_parser(
-        "stage", parents=[project, params, overrides], help="run one pipeline stage without Prefect (what dvc.yaml calls)"
+        "stage",
+        parents=[project, params, overrides],
+        help="run one pipeline stage without Prefect (what dvc.yaml calls)",
     )
     stage.add_argument("name", choices=dependencies.NAMES)
     stage.add_argument("--task", choices=tasks.names(), required=True)
@@ -48,16 +62,22 @@ def add(commands: Any, project: argparse.ArgumentParser, params: argparse.Argume
     )
     generate.add_argument("dir", type=Path)
     generate.add_argument(
-        "--task", choices=[t.name for t in tasks.specs() if t.generate], help="default: the first in params.yaml's tasks"
+        "--task",
+        choices=[t.name for t in tasks.specs() if t.generate],
+        help="default: the first in params.yaml's tasks",
     )
     generate.add_argument("--clips-per-class", type=int, help="default: generate.<task>.clips_per_class")
     generate.add_argument("--seed", type=int, help="default: generate.<task>.seed")
     generate.set_defaults(handler=generate_demo)
 
     dvc_yaml = commands.add_parser(
-        "dvc-yaml", parents=[project], help="write dvc.yaml's stages from the stages' code, params and files (--check: compare)"
+        "dvc-yaml",
+        parents=[project],
+        help="write dvc.yaml's stages from the stages' code, params and files (--check: compare)",
     )
-    dvc_yaml.add_argument("--check", action="store_true", help="exit 1, writing nothing, when dvc.yaml is not what it would write")
+    dvc_yaml.add_argument(
+        "--check", action="store_true", help="exit 1, writing nothing, when dvc.yaml is not what it would write"
+    )
     dvc_yaml.set_defaults(handler=write_dvc_yaml)
 
 
@@ -82,15 +102,23 @@ def demo_pipeline(args: argparse.Namespace) -> None:
             print(f"generating the demo {task} dataset in {dataset} ...")
             generate_dataset(dataset, task, params.generate.of(task))
     for version in version_datasets(layout, params):  # DVC, pushed to the project's own S3 (.vidops/s3/)
-        print(f"versioned {version.path.relative_to(layout.root)} as {version.md5} ({version.files} files), pushed to the DVC remote")
+        print(
+            f"versioned {version.path.relative_to(layout.root)} as {version.md5} ({version.files} files), pushed to the DVC remote"
+        )
     result = _training_pipeline(layout, PARAMS_FILE, args.overrides, args.refresh)
-    if result.staged is not None:  # dvc.lock records the run: its outputs go to the remote too, so a clone can `dvc pull` them
+    if (
+        result.staged is not None
+    ):  # dvc.lock records the run: its outputs go to the remote too, so a clone can `dvc pull` them
         with project_store(layout):
             versioning.push(layout.root, [])
         remote = versioning.remote_url(layout.root)
-        print(f"\nDVC:              dvc.lock records this run (`dvc status` is clean); its outputs are pushed to {remote}")
+        print(
+            f"\nDVC:              dvc.lock records this run (`dvc status` is clean); its outputs are pushed to {remote}"
+        )
         if result.staged:
-            print(f"baseline:         git commit -m 'vidops demo: datasets, dvc.lock, metrics'  ({len(result.staged)} files staged)")
+            print(
+                f"baseline:         git commit -m 'vidops demo: datasets, dvc.lock, metrics'  ({len(result.staged)} files staged)"
+            )
 
 
 def version_datasets(layout: Layout, params: Params) -> list[DatasetVersion]:
@@ -121,7 +149,9 @@ def run_flow(args: argparse.Namespace) -> None:
     from vidops.flows.pipeline import promotion
 
     chosen = [args.task] if args.task else params.tasks
-    for task, decision in promotion(str(layout.root), present, args.overrides, {task: args.version for task in chosen}).items():
+    for task, decision in promotion(
+        str(layout.root), present, args.overrides, {task: args.version for task in chosen}
+    ).items():
         print(f"{task}: {decision.model_name} version {decision.version}: {decision.decision}: {decision.reason}")
 
 
@@ -141,7 +171,11 @@ def _ingest(layout: Layout, params_file: str, overrides: list[str]) -> None:
     for clip, why in {**result.quarantined, **result.skipped}.items():
         print(f"  {clip}: {why}")
     if result.version:
-        print(f"dataset version {result.version}" + (f", commit {result.commit}" if result.commit else "") + f"; report {result.report}")
+        print(
+            f"dataset version {result.version}"
+            + (f", commit {result.commit}" if result.commit else "")
+            + f"; report {result.report}"
+        )
 
 
 def _training_pipeline(layout: Layout, params_file: str, overrides: list[str], refresh: bool) -> PipelineResult:
@@ -157,16 +191,24 @@ def _print_result(layout: Layout, result: PipelineResult) -> None:
     for task, outcome in result.tasks.items():
         s, m, r, d = outcome.summary, outcome.evaluation.metrics, outcome.registration, outcome.decision
         print(f"\n{task}")
-        print(f"  clips:            {s.accepted} accepted, {s.warned} of them with warnings, {s.quarantined} quarantined ({s.quarantine})")
+        print(
+            f"  clips:            {s.accepted} accepted, {s.warned} of them with warnings, {s.quarantined} quarantined ({s.quarantine})"
+        )
         print(f"  evaluation:       {tasks.spec(task).headline(m)}")
-        print(f"  registered model: {r.model_name} version {r.version}; {'now champion' if d.champion else 'not champion'}: {d.reason}")
-        print(f"  MLflow run:       {r.run_id} (live during training: loss and accuracy, training and validation, each epoch)")
+        print(
+            f"  registered model: {r.model_name} version {r.version}; {'now champion' if d.champion else 'not champion'}: {d.reason}"
+        )
+        print(
+            f"  MLflow run:       {r.run_id} (live during training: loss and accuracy, training and validation, each epoch)"
+        )
         print(f"  metrics:          {outcome.evaluation.metrics_path}")
         print(f"  Data Docs:        {s.data_docs}")
     print(f"\nMLflow:           {result.tracking_uri}")
     if result.tracking_uri.startswith("sqlite:"):
         print(f"MLflow UI:        mlflow ui --backend-store-uri {result.tracking_uri}  (then http://127.0.0.1:5000)")
-        print(f"Prefect UI:       PREFECT_HOME={layout.state / 'prefect'} prefect server start  (then http://127.0.0.1:4200)")
+        print(
+            f"Prefect UI:       PREFECT_HOME={layout.state / 'prefect'} prefect server start  (then http://127.0.0.1:4200)"
+        )
 
 
 def run_stage(args: argparse.Namespace) -> None:

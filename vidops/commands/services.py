@@ -11,7 +11,9 @@ from vidops.commands.shared import ensure_writable
 from vidops.components.layout import Layout
 
 
-def add(commands: Any, project: argparse.ArgumentParser, params: argparse.ArgumentParser, overrides: argparse.ArgumentParser) -> None:
+def add(
+    commands: Any, project: argparse.ArgumentParser, params: argparse.ArgumentParser, overrides: argparse.ArgumentParser
+) -> None:
     stack = commands.add_parser(
         "stack",
         parents=[project],
@@ -19,7 +21,9 @@ def add(commands: Any, project: argparse.ArgumentParser, params: argparse.Argume
     )
     stack.add_argument("action", choices=["up", "down", "status"])
     for name, port in (("prefect", 4200), ("mlflow", 5000), ("s3", 8333)):
-        stack.add_argument(f"--{name}-port", type=int, default=port, help=f"up: the {name} port on 127.0.0.1 (default: {port})")
+        stack.add_argument(
+            f"--{name}-port", type=int, default=port, help=f"up: the {name} port on 127.0.0.1 (default: {port})"
+        )
     stack.add_argument(
         "--database",
         metavar="URL",
@@ -27,7 +31,9 @@ def add(commands: Any, project: argparse.ArgumentParser, params: argparse.Argume
         "PREFIX_prefect, PREFIX_mlflow, PREFIX_mlflow_auth, made when missing; the password from PGPASSWORD); "
         "default: SQLite under .vidops/",
     )
-    stack.add_argument("--workers", type=int, default=1, help="up: Prefect process workers polling the pool (default: 1)")
+    stack.add_argument(
+        "--workers", type=int, default=1, help="up: Prefect process workers polling the pool (default: 1)"
+    )
     stack.set_defaults(handler=run_stack)
 
     deploy = commands.add_parser(
@@ -35,11 +41,15 @@ def add(commands: Any, project: argparse.ArgumentParser, params: argparse.Argume
         parents=[project],
         help="apply prefect.yaml's deployments (nightly training, ingest, on-demand promotion) to the Prefect server",
     )
-    deploy.add_argument("--spec", type=Path, help="another prefect.yaml, e.g. infra/kubernetes/prefect.yaml (the cluster's GPU pool)")
+    deploy.add_argument(
+        "--spec", type=Path, help="another prefect.yaml, e.g. infra/kubernetes/prefect.yaml (the cluster's GPU pool)"
+    )
     deploy.set_defaults(handler=deploy_flows)
 
     serve = commands.add_parser(
-        "serve", parents=[project], help="run prefect.yaml's deployments with their schedules in this process, without a worker"
+        "serve",
+        parents=[project],
+        help="run prefect.yaml's deployments with their schedules in this process, without a worker",
     )
     serve.set_defaults(handler=serve_flows, models=True)
 
@@ -54,11 +64,15 @@ def run_stack(args: argparse.Namespace) -> None:
     if args.action == "up":
         ensure_writable(layout.state)
         database = Database.parse(args.database) if args.database else None
-        for name, url in stack.up(layout, stack.Ports(args.prefect_port, args.mlflow_port, args.s3_port), database, args.workers).items():
+        for name, url in stack.up(
+            layout, stack.Ports(args.prefect_port, args.mlflow_port, args.s3_port), database, args.workers
+        ).items():
             print(f"{name:8} {url}")
         env_file = folder(layout) / stack.ENV_FILE
         registry = tracking.embedded(layout).uri.removeprefix("sqlite:///")
-        print(f"vidops commands with --root {layout.root} now use the stack; for other tools: set -a; . {env_file}; set +a")
+        print(
+            f"vidops commands with --root {layout.root} now use the stack; for other tools: set -a; . {env_file}; set +a"
+        )
         print(
             f"the UIs ask for credentials, kept in {env_file} (mode 600): Prefect's login takes PREFECT_API_AUTH_STRING, "
             "MLflow's MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
@@ -71,7 +85,9 @@ def run_stack(args: argparse.Namespace) -> None:
             return
         print(f"MLflow serves the project's one registry, {registry}")
         if (former := folder(layout) / "mlflow.db").is_file():
-            print(f"a registry kept by an older vidops stays in {former}: mlflow ui --backend-store-uri sqlite:///{former}")
+            print(
+                f"a registry kept by an older vidops stays in {former}: mlflow ui --backend-store-uri sqlite:///{former}"
+            )
     elif args.action == "down":
         stopped = stack.down(layout)
         print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from vidops.components import decoding, inputs, text
 from vidops.components.evaluation import CLIPS_A_READ, Evaluation, held_out, load_trained, write_report
 from vidops.components.io import atomic_path, read_arrays
@@ -38,7 +37,9 @@ def evaluate_captioner(model_dir: Path, features_dir: Path, reports_dir: Path, p
     training_references = [[_normal(c) for c in captions[clip]] for clip in train.clips]
 
     def encoded(split: inputs.Split) -> np.ndarray:
-        return np.concatenate([decoding.encode_frames(model, f) for f in inputs.in_chunks(split, "frames", CLIPS_A_READ)])
+        return np.concatenate(
+            [decoding.encode_frames(model, f) for f in inputs.in_chunks(split, "frames", CLIPS_A_READ)]
+        )
 
     features = encoded(test)  # once: the captions and the nearest neighbours both start here
     beams = decoding.captions(model, features, vocabulary, params.beam_size, params.max_length, params.length_penalty)
@@ -51,7 +52,10 @@ def evaluate_captioner(model_dir: Path, features_dir: Path, reports_dir: Path, p
     over = sum(len(words(c)) > params.max_length for cs in captions.values() for c in cs)
     metrics: dict[str, Any] = {"test_clips": len(test.clips), "captions_over_max_length": over}
     for suffix, hypotheses in said.items():
-        metrics |= {f"bleu4{suffix}": text.bleu4(hypotheses, references), f"cider_d{suffix}": text.cider_d(hypotheses, references)}
+        metrics |= {
+            f"bleu4{suffix}": text.bleu4(hypotheses, references),
+            f"cider_d{suffix}": text.cider_d(hypotheses, references),
+        }
     attributes, pairs = _attribute_scores(references, training_references, said)
     metrics |= attributes
     _samples(reports_dir, test, references, beams)
@@ -85,7 +89,11 @@ def _attribute_scores(
         for name, clips in (("seen", scored & ~unseen), ("unseen", unseen)):
             if clips.any():  # a split with no such clip has no figure, rather than a null one
                 metrics[f"attribute_accuracy_{name}_combinations{suffix}"] = float(right[clips].mean())
-    pairs = [(t[key], caption_attributes(h).get(key, "(none)")) for t, h in zip(truth, said[""], strict=True) for key in sorted(t)]
+    pairs = [
+        (t[key], caption_attributes(h).get(key, "(none)"))
+        for t, h in zip(truth, said[""], strict=True)
+        for key in sorted(t)
+    ]
     return metrics, pairs
 
 
@@ -117,7 +125,9 @@ def _samples(reports_dir: Path, test: inputs.Split, references: list[list[str]],
     clips = test.clips
     picks = sorted(set(np.linspace(0, len(clips) - 1, min(SAMPLES, len(clips))).round().astype(int)))
     rows = ["| clip | references | said | also in the beam |", "|---|---|---|---|"]
-    figure, axes = plt.subplots(len(picks), 2, figsize=(12, 1.6 * len(picks)), squeeze=False, gridspec_kw={"width_ratios": [2, 3]})
+    figure, axes = plt.subplots(
+        len(picks), 2, figsize=(12, 1.6 * len(picks)), squeeze=False, gridspec_kw={"width_ratios": [2, 3]}
+    )
     for row, i in zip(axes, picks, strict=True):
         others = "; ".join(f"{b.text} ({b.score:.2f})" for b in beams[i][1:])
         rows.append(f"| `{clips[i]}` | {'<br>'.join(references[i])} | **{beams[i][0].text}** | {others} |")

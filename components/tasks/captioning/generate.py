@@ -12,15 +12,21 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from vidops.components.catalog import CAPTION_COLUMNS, DATASET_MANIFEST, SOURCE_COLUMNS
+from vidops.components.captions import CAPTION_COLUMNS
+from vidops.components.catalog import DATASET_MANIFEST, SOURCE_COLUMNS
 from vidops.components.generate import MOTIONS, SHAPES, DemoData, Look, frames_and_samples, moving_shape
 from vidops.components.layout import CAPTIONS_FILE
 from vidops.components.media import write_clip
 from vidops.components.params import GenerateParams
 
 # Named colours far apart in RGB and from the grey background (_grey_background), so a small CNN tells them at 48 px
-COLOURS = {"red": (215, 40, 40), "green": (40, 185, 60), "blue": (45, 90, 235), "yellow": (235, 215, 45), "white": (245, 245, 245)}
+COLOURS = {
+    "red": (215, 40, 40),
+    "green": (40, 185, 60),
+    "blue": (45, 90, 235),
+    "yellow": (235, 215, 45),
+    "white": (245, 245, 245),
+}
 COLOUR_JITTER = 20  # per channel, either way: a colour is a small range, not one value
 # The captions name the shape, so the shapes are larger and near upright (a square turned 45 degrees reads as a diamond)
 CAPTIONED_LOOK = Look(scale=1.4, tilt=np.deg2rad(15))
@@ -28,7 +34,12 @@ CAPTIONED_LOOK = Look(scale=1.4, tilt=np.deg2rad(15))
 # (_captions) and for reading them back (caption_attributes), so the two cannot drift apart.
 WORDS: dict[str, dict[str, tuple[str, ...]]] = {
     "colour": {name: (name,) for name in COLOURS},
-    "shape": {"square": ("square", "box"), "triangle": ("triangle",), "cross": ("cross", "plus sign"), "ellipse": ("ellipse", "oval")},
+    "shape": {
+        "square": ("square", "box"),
+        "triangle": ("triangle",),
+        "cross": ("cross", "plus sign"),
+        "ellipse": ("ellipse", "oval"),
+    },
     "motion": {
         "move_left": ("moves to the left", "slides left", "goes to the left", "is moving leftwards"),
         "move_right": ("moves to the right", "slides right", "goes to the right", "is moving rightwards"),
@@ -42,7 +53,9 @@ WORDS: dict[str, dict[str, tuple[str, ...]]] = {
 TEMPLATES = ("a {colour} {shape} {motion}", "the {colour} {shape} {motion}")
 CAPTIONS_PER_CLIP = (2, 4)  # fewest and most, each clip's number drawn between
 HELD_OUT_COMBINATIONS = 0.1  # of the (shape, colour, motion) combinations with clips: all their clips are test clips
-_PLAN_STREAM = 7919  # the seed sequence [seed, _PLAN_STREAM] chooses the combinations; a clip's own is [seed, label, clip]
+_PLAN_STREAM = (
+    7919  # the seed sequence [seed, _PLAN_STREAM] chooses the combinations; a clip's own is [seed, label, clip]
+)
 
 
 def _words(text: str) -> list[str]:
@@ -116,7 +129,9 @@ def generate(folder: Path, params: GenerateParams) -> DemoData:
         frames = _render(clip, rng, params.size, n_frames, params.fps)
         write_clip(folder / clip.path, frames, params.fps, 0.02 * rng.standard_normal(n_samples))
         # each clip its own group: the hash split holds clips out one by one, the held-out combinations are whole already
-        manifest.append({"path": clip.path, "label": clip.label, "group": clip.path.removesuffix(".mp4"), "split": clip.split})
+        manifest.append(
+            {"path": clip.path, "label": clip.label, "group": clip.path.removesuffix(".mp4"), "split": clip.split}
+        )
     pd.DataFrame(manifest, columns=list(SOURCE_COLUMNS)).to_csv(folder / DATASET_MANIFEST, index=False)
     pd.DataFrame(captions, columns=list(CAPTION_COLUMNS)).to_csv(folder / CAPTIONS_FILE, index=False)
     return DemoData(MOTIONS, len(plan))

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
 from vidops.components.errors import VidopsError
 from vidops.components.inputs import Feed, Split, crop_clips, plan_feed, read_split
 from vidops.components.tasks.captioning.params import CaptionerParams
@@ -26,7 +25,9 @@ def caption_ids(split: Split, captions: dict[str, list[str]], vocabulary: Vocabu
     """The references of the split's clips, encoded; a clip without any is an error naming it (validation quarantines them)."""
     missing = [clip for clip in split.clips if not captions.get(clip)]
     if missing:
-        raise VidopsError(f"{len(missing)} clip(s) of the features have no caption, e.g. {missing[0]}; re-run the validate and extract stages")
+        raise VidopsError(
+            f"{len(missing)} clip(s) of the features have no caption, e.g. {missing[0]}; re-run the validate and extract stages"
+        )
     most = max((len(captions[clip]) for clip in split.clips), default=1)
     ids = np.zeros((len(split.clips), most, max_length + 2), np.int32)
     counts = np.zeros(len(split.clips), np.int32)
@@ -37,7 +38,9 @@ def caption_ids(split: Split, captions: dict[str, list[str]], vocabulary: Vocabu
     return CaptionIds(ids, counts)
 
 
-def caption_dataset(split: Split, references: CaptionIds, params: CaptionerParams, feed: Feed | None = None) -> tuple[Any, int]:
+def caption_dataset(
+    split: Split, references: CaptionIds, params: CaptionerParams, feed: Feed | None = None
+) -> tuple[Any, int]:
     """Training batches of ({frames, tokens}, next tokens): every (clip, reference) pair once an epoch, shuffled.
 
     Teacher forcing: the decoder reads the reference from <start> and learns each next word.
@@ -50,13 +53,22 @@ def caption_dataset(split: Split, references: CaptionIds, params: CaptionerParam
         pairs = _caption_pairs(split, references, feed, params.seed)
         shuffled = pairs.shuffle(params.batch_size, seed=params.seed, reshuffle_each_iteration=True).repeat()
     else:  # every pair in the shuffle buffer: `caption_feed` counts the copies of a clip's frames
-        shuffled = _caption_pairs(split, references, feed).shuffle(total, seed=params.seed, reshuffle_each_iteration=True).repeat()
+        shuffled = (
+            _caption_pairs(split, references, feed)
+            .shuffle(total, seed=params.seed, reshuffle_each_iteration=True)
+            .repeat()
+        )
     batches = shuffled.batch(params.batch_size, drop_remainder=True)
     if params.augment:  # crops only: a flip would swap left and right, and colour jitter the colour words
-        batches = batches.map(lambda x, y: ({**x, "frames": tf.dtypes.saturate_cast(crop_clips(x["frames"]), tf.uint8)}, y),
-                              num_parallel_calls=tf.data.AUTOTUNE)  # fmt: skip
+        batches = batches.map(
+            lambda x, y: ({**x, "frames": tf.dtypes.saturate_cast(crop_clips(x["frames"]), tf.uint8)}, y),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
     if params.word_dropout:
-        batches = batches.map(lambda x, y: ({**x, "tokens": _drop_words(x["tokens"], params.word_dropout)}, y), num_parallel_calls=tf.data.AUTOTUNE)
+        batches = batches.map(
+            lambda x, y: ({**x, "tokens": _drop_words(x["tokens"], params.word_dropout)}, y),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
     return batches.prefetch(tf.data.AUTOTUNE), max(1, total // params.batch_size)
 
 
@@ -65,7 +77,6 @@ def _drop_words(tokens: Any, rate: float) -> Any:
     et al. 2016): the next word must then come from the frames, not from the words before it, so a combination of
     attributes never seen in training is still said as the frames show it."""
     import tensorflow as tf
-
     from vidops.components.text import END, UNK
 
     dropped = (tf.random.uniform(tf.shape(tokens)) < rate) & (tokens > END)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import keras
 from keras import layers
-
 from vidops.components.layers import OverSpace, frame_encoder
 from vidops.components.tasks.captioning.params import CaptionerParams
 
@@ -34,7 +33,9 @@ def build_captioner(frames: int, size: int, vocabulary: int, params: CaptionerPa
 
     seen = keras.Input((frames, params.units), name="features")
     tokens = keras.Input((None,), dtype="int32", name="tokens")
-    words = layers.Embedding(vocabulary, params.embedding)(tokens)  # no mask: the loss skips <pad>, and the LSTM reads forwards
+    words = layers.Embedding(vocabulary, params.embedding)(
+        tokens
+    )  # no mask: the loss skips <pad>, and the LSTM reads forwards
     said = layers.LSTM(params.units, return_sequences=True)(words)
     attention = layers.AdditiveAttention() if params.attention == "additive" else layers.Attention()
     context = attention([said, seen])  # [B, L, units]: each step's weighted frames
@@ -43,4 +44,6 @@ def build_captioner(frames: int, size: int, vocabulary: int, params: CaptionerPa
     decoder = keras.Model({"features": seen, "tokens": tokens}, logits, name="decoder")
 
     inputs = {"frames": video, "tokens": keras.Input((None,), dtype="int32", name="tokens")}
-    return keras.Model(inputs, decoder({"features": encoder(inputs["frames"]), "tokens": inputs["tokens"]}), name="captioner")
+    return keras.Model(
+        inputs, decoder({"features": encoder(inputs["frames"]), "tokens": inputs["tokens"]}), name="captioner"
+    )

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field
-
 from vidops.components.params import FrameEncoderParams
 
 
@@ -16,7 +15,9 @@ class CaptionerParams(FrameEncoderParams):
     embedding: int = Field(64, ge=1)  # a word's vector
     attention: Literal["additive", "dot"] = "additive"  # Bahdanau's or Luong's score of a frame for a word
     dropout: float = Field(0.2, ge=0, lt=1)
-    word_dropout: float = Field(0.25, ge=0, lt=1)  # training: a word the decoder reads is <unk> this often, so it looks at the frames
+    word_dropout: float = Field(
+        0.25, ge=0, lt=1
+    )  # training: a word the decoder reads is <unk> this often, so it looks at the frames
     max_length: int = Field(16, ge=1)  # words of a caption; a longer one is cut, and counted in the report
     min_word_count: int = Field(1, ge=1)  # a training word seen fewer times becomes <unk>
     beam_size: int = Field(3, ge=1)  # 1: greedy decoding

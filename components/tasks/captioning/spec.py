@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from vidops.components import encoders
 from vidops.components.params import ExtractParams, GenerateParams, ModelRegistryParams, Task
 from vidops.components.tasks import TaskDefaults, TaskSpec, TrainedModel

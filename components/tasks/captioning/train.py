@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import keras
-
 from vidops.components import encoders, inputs, training
 from vidops.components.tasks import TrainedModel
 from vidops.components.tasks.captioning.inputs import caption_dataset, caption_feed, caption_ids, caption_validation
@@ -36,4 +35,6 @@ def train_captioner(
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=PAD),
         metrics=[],
     )
-    return training.fit(strategy, recipe, data, validation, vocabulary.tokens, features_dir, model_dir, params, on_epoch)
+    return training.fit(
+        strategy, recipe, data, validation, vocabulary.tokens, features_dir, model_dir, params, on_epoch
+    )

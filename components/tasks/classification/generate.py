@@ -6,8 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
-from vidops.components.generate import MOTIONS, SHAPES, DemoData, background, contrasting_colour, frames_and_samples, moving_shape
+from vidops.components.generate import (
+    MOTIONS,
+    SHAPES,
+    DemoData,
+    background,
+    contrasting_colour,
+    frames_and_samples,
+    moving_shape,
+)
 from vidops.components.media import write_clip
 from vidops.components.params import GenerateParams
 

@@ -8,7 +8,9 @@ from typing import Any
 from vidops.components.inputs import Feed, Split, crop_clips, jitter_colours, read_split
 
 
-def classifier_dataset(split: Split, batch_size: int, augment: bool, seed: int, feed: Feed | None = None) -> tuple[Any, int]:
+def classifier_dataset(
+    split: Split, batch_size: int, augment: bool, seed: int, feed: Feed | None = None
+) -> tuple[Any, int]:
     """Training batches of (frames uint8 [B, N, S, S, 3], label), shuffled and, when `augment`, augmented; and batches per epoch."""
     import tensorflow as tf
 
@@ -16,7 +18,9 @@ def classifier_dataset(split: Split, batch_size: int, augment: bool, seed: int, 
     batches = clips.batch(batch_size, drop_remainder=True)
     if augment:  # a batch at a time: per-clip ops on small tensors cost more in overhead than in arithmetic
         flipped = tf.constant(flip_labels(split.names), tf.int32)
-        batches = batches.map(lambda frames, labels: augment_clips(frames, labels, flipped), num_parallel_calls=tf.data.AUTOTUNE)
+        batches = batches.map(
+            lambda frames, labels: augment_clips(frames, labels, flipped), num_parallel_calls=tf.data.AUTOTUNE
+        )
     return batches.prefetch(tf.data.AUTOTUNE), max(1, len(split.paths) // batch_size)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import keras
 from keras import layers
-
 from vidops.components.layers import OverSpace, conv_block, frame_encoder
 from vidops.components.tasks.classification.params import ClassifierParams
 

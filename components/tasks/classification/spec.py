@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from vidops.components import encoders
 from vidops.components.params import ExtractParams, GenerateParams, ModelRegistryParams, Task
 from vidops.components.tasks import TaskDefaults, TaskSpec, TrainedModel
@@ -15,7 +14,9 @@ from vidops.components.tasks.classification.params import ClassifierParams
 
 
 def train(features_dir: Path, model_dir: Path, params: ClassifierParams, on_epoch: Any = None) -> TrainedModel:
-    from vidops.components.tasks.classification.train import train_classifier  # TensorFlow: in the training process only
+    from vidops.components.tasks.classification.train import (
+        train_classifier,
+    )  # TensorFlow: in the training process only
 
     return train_classifier(features_dir, model_dir, params, on_epoch)
 
@@ -27,7 +28,9 @@ def evaluate(model_dir: Path, features_dir: Path, reports_dir: Path, params: Cla
 
 
 def headline(metrics: dict[str, Any]) -> str:
-    return f"accuracy {metrics['accuracy']:.3f} on {metrics['test_clips']} held-out clips (chance {metrics['chance']:.3f})"
+    return (
+        f"accuracy {metrics['accuracy']:.3f} on {metrics['test_clips']} held-out clips (chance {metrics['chance']:.3f})"
+    )
 
 
 def input_example(clip: dict[str, np.ndarray], params: ClassifierParams) -> np.ndarray:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
 from vidops.components import encoders, inputs, training
 from vidops.components.errors import VidopsError
 from vidops.components.tasks import TrainedModel

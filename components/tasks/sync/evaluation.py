@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
 from vidops.components import inputs
 from vidops.components.evaluation import Evaluation, held_out, load_trained, write_report
 from vidops.components.io import read_arrays, write_csv
@@ -31,9 +30,14 @@ def evaluate_sync(model_dir: Path, features_dir: Path, reports_dir: Path, params
     split = held_out(features_dir, ("frames", "audio"))
     lengths = [n for n in CONTEXT_LENGTHS if n < params.window]
     (t, p, s), *shorter = _offsets(model, split, [params, *(params.model_copy(update={"window": n}) for n in lengths)])
-    by_length = {n: float(np.mean(np.abs(predicted - truth) <= 1)) for n, (truth, predicted, _) in zip(lengths, shorter, strict=True)}
+    by_length = {
+        n: float(np.mean(np.abs(predicted - truth) <= 1))
+        for n, (truth, predicted, _) in zip(lengths, shorter, strict=True)
+    }
     by_length[params.window] = float(np.mean(np.abs(p - t) <= 1))
-    write_csv(reports_dir / CONTEXT, pd.DataFrame({"frames": list(by_length), "accuracy_within_1": list(by_length.values())}))
+    write_csv(
+        reports_dir / CONTEXT, pd.DataFrame({"frames": list(by_length), "accuracy_within_1": list(by_length.values())})
+    )
     error = np.abs(p - t)
     metrics = {
         "accuracy": float(np.mean(error == 0)),
@@ -46,10 +50,14 @@ def evaluate_sync(model_dir: Path, features_dir: Path, reports_dir: Path, params
         "examples": len(t),
         **{f"accuracy_within_1_at_{n}": value for n, value in by_length.items()},
     }
-    return write_report(reports_dir, metrics, [int(k) for k in t], [int(k) for k in p], [str(k) for k in params.offsets])
+    return write_report(
+        reports_dir, metrics, [int(k) for k in t], [int(k) for k in p], [str(k) for k in params.offsets]
+    )
 
 
-def _offsets(model: Any, split: inputs.Split, windows: list[SyncParams]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def _offsets(
+    model: Any, split: inputs.Split, windows: list[SyncParams]
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """For each of `windows`: true offsets, predicted offsets and in-sync answers over every clip's evaluation windows
     of its `window` frames; the clips read one at a time."""
     found: list[tuple[list[np.ndarray], ...]] = [([], [], []) for _ in windows]
@@ -61,4 +69,7 @@ def _offsets(model: Any, split: inputs.Split, windows: list[SyncParams]) -> list
             truth.append(offsets)
             predicted.append(np.asarray(params.offsets)[np.argmax(out["offset"], axis=1)])
             in_sync.append(out["in_sync"][:, 0] > 0.5)
-    return [(np.concatenate(truth), np.concatenate(predicted), np.concatenate(in_sync)) for truth, predicted, in_sync in found]
+    return [
+        (np.concatenate(truth), np.concatenate(predicted), np.concatenate(in_sync))
+        for truth, predicted, in_sync in found
+    ]

@@ -7,7 +7,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-
 from vidops.components.generate import DemoData, frames_and_samples
 from vidops.components.media import AUDIO_RATE, write_clip
 from vidops.components.params import GenerateParams
@@ -46,7 +45,9 @@ def speech_envelope(rng: np.random.Generator, duration_s: float) -> Callable[[np
     return envelope
 
 
-def talking(rng: np.random.Generator, size: int, n_frames: int, fps: int, n_samples: int) -> tuple[Iterator[np.ndarray], np.ndarray]:
+def talking(
+    rng: np.random.Generator, size: int, n_frames: int, fps: int, n_samples: int
+) -> tuple[Iterator[np.ndarray], np.ndarray]:
     """A talking mouth's frames and its voice, both following one speech envelope."""
     envelope = speech_envelope(rng, n_samples / AUDIO_RATE)
     audio_t = np.arange(n_samples) / AUDIO_RATE

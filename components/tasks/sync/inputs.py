@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-
 from vidops.components.audio import STEPS_PER_FRAME
 from vidops.components.inputs import Feed, Split, jitter_colours, read_split
 from vidops.components.io import read_arrays
@@ -34,18 +33,26 @@ def sync_dataset(split: Split, params: SyncParams, feed: Feed | None = None) -> 
             k = tf.random.uniform([], -max_offset, max_offset + 1, tf.int32)
             n = tf.shape(frames)[0]
             start = tf.random.uniform([], tf.maximum(0, max_offset - k), n - window - max_offset - k + 1, tf.int32)
-            jitter = tf.random.uniform([], -AUDIO_JITTER_STEPS, AUDIO_JITTER_STEPS + 1, tf.int32) if params.augment else 0
+            jitter = (
+                tf.random.uniform([], -AUDIO_JITTER_STEPS, AUDIO_JITTER_STEPS + 1, tf.int32) if params.augment else 0
+            )
             video, context = sync_window(frames, audio, start, k, params, jitter)
             in_sync = tf.cast(k == 0, tf.float32)
             weight = tf.where(k == 0, balance, balance / (2 * max_offset))
-            return {"frames": video, "audio": context}, {"offset": k + max_offset, "in_sync": in_sync}, {"offset": 1.0, "in_sync": weight}
+            return (
+                {"frames": video, "audio": context},
+                {"offset": k + max_offset, "in_sync": in_sync},
+                {"offset": 1.0, "in_sync": weight},
+            )
 
         return tf.data.Dataset.range(windows_per_clip).map(draw)
 
     examples = clips.interleave(windows, cycle_length=8, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     batches = examples.shuffle(8 * windows_per_clip, seed=seed).batch(params.batch_size, drop_remainder=True)
     if params.augment:
-        batches = batches.map(lambda x, y, w: ({**x, "frames": jitter_colours(x["frames"])}, y, w), num_parallel_calls=tf.data.AUTOTUNE)
+        batches = batches.map(
+            lambda x, y, w: ({**x, "frames": jitter_colours(x["frames"])}, y, w), num_parallel_calls=tf.data.AUTOTUNE
+        )
     return batches.prefetch(tf.data.AUTOTUNE), max(1, len(split.paths) * windows_per_clip // params.batch_size)
 
 
@@ -61,12 +68,21 @@ def sync_validation(split: Split, params: SyncParams) -> Any:
             arrays = read_arrays(path, ["frames", "audio"])
             examples, offsets = sync_examples(arrays["frames"], arrays["audio"], params, starts=1)
             in_sync = offsets == 0
-            yield (examples, {"offset": offsets + params.max_offset, "in_sync": in_sync.astype(np.float32)},
-                   {"offset": np.ones(len(offsets), np.float32), "in_sync": np.where(in_sync, balance, balance / (2 * params.max_offset)).astype(np.float32)})  # fmt: skip
+            yield (
+                examples,
+                {"offset": offsets + params.max_offset, "in_sync": in_sync.astype(np.float32)},
+                {
+                    "offset": np.ones(len(offsets), np.float32),
+                    "in_sync": np.where(in_sync, balance, balance / (2 * params.max_offset)).astype(np.float32),
+                },
+            )
 
     frames, audio, each = split.shapes["frames"][1:], split.shapes["audio"][1:], tf.TensorSpec((None,), tf.float32)
     signature = (
-        {"frames": tf.TensorSpec((None, params.window, *frames), tf.uint8), "audio": tf.TensorSpec((None, params.span, *audio), tf.float32)},
+        {
+            "frames": tf.TensorSpec((None, params.window, *frames), tf.uint8),
+            "audio": tf.TensorSpec((None, params.span, *audio), tf.float32),
+        },
         {"offset": tf.TensorSpec((None,), tf.int64), "in_sync": each},
         {"offset": each, "in_sync": each},
     )
@@ -85,24 +101,32 @@ def sync_window(frames: Any, audio: Any, start: Any, k: Any, params: SyncParams,
     n, features = tf.shape(audio)[0], tf.shape(audio)[2]
     steps = tf.reshape(audio, [n * STEPS_PER_FRAME, features])
     length = params.span * STEPS_PER_FRAME
-    first = tf.clip_by_value((start - params.max_offset + k) * STEPS_PER_FRAME + jitter, 0, n * STEPS_PER_FRAME - length)
+    first = tf.clip_by_value(
+        (start - params.max_offset + k) * STEPS_PER_FRAME + jitter, 0, n * STEPS_PER_FRAME - length
+    )
     context = tf.reshape(steps[first : first + length], [params.span, STEPS_PER_FRAME, features])
     return frames[start : start + params.window], context
 
 
-def sync_examples(frames: np.ndarray, audio: np.ndarray, params: SyncParams, starts: int = EVAL_STARTS) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def sync_examples(
+    frames: np.ndarray, audio: np.ndarray, params: SyncParams, starts: int = EVAL_STARTS
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Evaluation examples of one clip: every offset k at `starts` evenly spaced windows; ({frames, audio}, k)."""
     n, window, max_offset = len(frames), params.window, params.max_offset
     pairs = [
         (start, k)
         for k in params.offsets
-        for start in np.unique(np.linspace(max(0, max_offset - k), n - window - max_offset - k, starts).round().astype(int))
+        for start in np.unique(
+            np.linspace(max(0, max_offset - k), n - window - max_offset - k, starts).round().astype(int)
+        )
     ]
     starts, offsets = zip(*pairs, strict=True)
     return sync_windows(frames, audio, starts, offsets, params), np.array(offsets)
 
 
-def sync_windows(frames: np.ndarray, audio: np.ndarray, starts: Any, offsets: Any, params: SyncParams) -> dict[str, np.ndarray]:
+def sync_windows(
+    frames: np.ndarray, audio: np.ndarray, starts: Any, offsets: Any, params: SyncParams
+) -> dict[str, np.ndarray]:
     """Numpy `sync_window` without jitter, for several (start, k): the model's {frames, audio} input."""
     first = [s - params.max_offset + k for s, k in zip(starts, offsets, strict=True)]
     return {

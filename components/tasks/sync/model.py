@@ -7,7 +7,6 @@ from typing import Any
 
 import keras
 from keras import layers, ops
-
 from vidops.components.layers import OverSpace, frame_encoder
 from vidops.components.tasks.sync.params import SyncParams
 
@@ -54,7 +53,9 @@ class OffsetPairs(layers.Layer):
     def call(self, inputs: list[Any]) -> Any:
         visual, sound = inputs
         window = ops.shape(visual)[1]
-        shifted = [sound[:, 2 * self.max_offset - c : 2 * self.max_offset - c + window] for c in range(2 * self.max_offset + 1)]
+        shifted = [
+            sound[:, 2 * self.max_offset - c : 2 * self.max_offset - c + window] for c in range(2 * self.max_offset + 1)
+        ]
         audio = ops.stack(shifted, axis=1)
         video = ops.broadcast_to(ops.expand_dims(visual, 1), ops.shape(audio)[:3] + (ops.shape(visual)[2],))
         pairs = ops.concatenate([video, audio], axis=-1)

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from vidops.components import encoders
 from vidops.components.errors import VidopsError
 from vidops.components.params import ExtractParams, GenerateParams, ModelRegistryParams, Task

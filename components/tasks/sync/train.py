@@ -12,7 +12,9 @@ from vidops.components.tasks.sync.model import build_sync
 from vidops.components.tasks.sync.params import SyncParams
 
 
-def train_sync(features_dir: Path, model_dir: Path, params: SyncParams, on_epoch: training.EpochHook | None = None) -> TrainedModel:
+def train_sync(
+    features_dir: Path, model_dir: Path, params: SyncParams, on_epoch: training.EpochHook | None = None
+) -> TrainedModel:
     """Fit the sync model; its labels are the offsets -K..K; outputs as every task's (`training.fit`)."""
     encoders.check_weights("sync", params)  # a weights file that does not fit: named before any epoch
     strategy = training.prepare_device(params)

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import av
 import numpy as np
+
 from vidops.components.extraction import extract_clip
 from vidops.components.media import _is_avcc_h264, _unreferenced_h264, mux_audio, only_stream
 from vidops.components.params import ExtractParams
@@ -130,8 +131,8 @@ def write_ucf101_clip(path: Path, seed: int, seconds: float = 7.0) -> Path:
             chunk.sample_rate, chunk.pts = 44_100, start
             packets += sound.encode(chunk)
         packets += sound.encode()
-        # LAME's first packet starts 1105 samples early; AVI cannot say so, and shifting the whole file for it
-        # left a hole after the first video frame (which then read as variable frame rate)
+        # LAME's first packet starts early (its encoder delay); AVI cannot say so, and shifting the whole file for it
+        # would leave a hole after the first video frame (which would then read as variable frame rate)
         early = packets[0].pts or 0
         for packet in packets:
             packet.pts, packet.dts = packet.pts - early, packet.dts - early
@@ -227,7 +228,8 @@ def decoder_limit(plan: LimitPlan) -> None:
 
 def decoder_limit_with_audio(plan: LimitPlan) -> None:
     """The limit, plus decoding the audio packets the features need (`plan.audio`) and nothing else: not resampled, no
-    features computed. Sparse extraction with audio does this decoding too, so it is the limit it is measured against."""
+    features computed. Sparse extraction with audio does this decoding too, so it is the limit it is measured
+    against."""
     decoder_limit(plan)
     with av.open(str(plan.path)) as container:
         stream = container.streams.audio[0]
@@ -310,7 +312,8 @@ def run(folder: Path, config: BenchConfig) -> dict[str, float]:
     counted = _with_frame_counts(paths)
     plans = [plan_limit(path, n, config.frames) for path, n in counted]
     w, s, n = config.workers, config.size, config.frames
-    # warm the page cache, and the libraries' first-call set-up (swscale's took 0.2 s) here, where the workers fork from
+    # warm the page cache, and the libraries' first-call set-up (swscale's is large enough to skew a timing:
+    # benchmarks/README.md) here, where the workers fork from
     for work, args in (
         (decoder_limit_with_audio, (plans[0],)),
         (naive_decode, (paths[0], s, n)),
@@ -331,16 +334,19 @@ def run(folder: Path, config: BenchConfig) -> dict[str, float]:
 
 
 def report(t: dict[str, float], config: BenchConfig) -> str:
-    shape = "%dx%d" % (UCF101_SIZE if config.corpus == "short-gop" else (config.width, config.height))
+    width, height = UCF101_SIZE if config.corpus == "short-gop" else (config.width, config.height)
+    shape = f"{width}x{height}"
     lines = [
-        f"{config.corpus}: {config.clips} clips of {config.clip_seconds:g} s {shape}, {config.frames} frames at {config.size}px, {config.workers} workers"
+        f"{config.corpus}: {config.clips} clips of {config.clip_seconds:g} s {shape}, {config.frames} frames at "
+        f"{config.size}px, {config.workers} workers"
     ]
     lines += [f"  {name:<28} {seconds:8.2f} s" for name, seconds in t.items()]
     a, c = t["a_ffmpeg_full_decode"], t["c_vidops_sparse"]
     sparse_target = f"target <= {SHORT_GOP_SPARSE_OVER_FFMPEG}" if config.corpus == "short-gop" else "target <= 0.5"
     lines += [
         f"  sparse / limit (c/l)         {c / t['l_decoder_limit']:8.2f}   target <= {SPARSE_OVER_LIMIT}",
-        f"  sparse / limit with audio    {c / t['la_decoder_limit_with_audio']:8.2f}   (c/la: the same streams decoded)",
+        f"  sparse / limit with audio    {c / t['la_decoder_limit_with_audio']:8.2f}"
+        "   (c/la: the same streams decoded)",
         f"  frames only / limit          {t['c_vidops_sparse_frames_only'] / t['l_decoder_limit']:8.2f}",
         f"  sparse / ffmpeg (c/a)        {c / a:8.2f}   {sparse_target}",
         f"  dense / ffmpeg (d/a)         {t['d_vidops_dense'] / a:8.2f}   target <= 1.1",

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
 from vidops.components.layout import Layout
 from vidops.components.params import Task, load_params
 
@@ -27,9 +28,8 @@ TASKS: tuple[Task, ...] = ("classification", "sync")
 @dataclass(frozen=True)
 class BenchConfig:
     clips_per_class: int | None = None  # None: the demo's (params.yaml's generate.<task>.clips_per_class)
-    epochs: int | None = (
-        None  # None: the demo's; fewer makes a quicker, harsher measure (Prefect's cost is mostly fixed)
-    )
+    # None: the demo's; fewer makes a quicker, harsher measure (Prefect's cost is mostly fixed)
+    epochs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -86,8 +86,9 @@ def run(workdir: Path, config: BenchConfig) -> Timings:
 
 def _warm_up() -> None:
     """Start Prefect's API (and import what both sides import) before the clock starts."""
-    import vidops.components.layers  # noqa: F401  TensorFlow's import, paid by neither side
     from prefect import flow
+
+    import vidops.components.layers  # noqa: F401  TensorFlow's import, paid by neither side
 
     flow(lambda: None, name="vidops-bench-warm-up")()
 
@@ -95,7 +96,8 @@ def _warm_up() -> None:
 def report(t: Timings, config: BenchConfig) -> str:
     return "\n".join(
         [
-            f"pipeline: both tasks, clips per class {config.clips_per_class or 'as the demo'}, epochs {config.epochs or 'as the demo'}",
+            f"pipeline: both tasks, clips per class {config.clips_per_class or 'as the demo'}, "
+            f"epochs {config.epochs or 'as the demo'}",
             "| | seconds | ratio | target |",
             "|---|---|---|---|",
             f"| a plain loop of the stage functions | {t.plain:.1f} | 1 | |",

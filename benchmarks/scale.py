@@ -21,13 +21,14 @@ The parts, each against an anchor or a smaller size measured in the same run:
       validated, extracted, added and pushed, then each again with nothing new (a re-run's fixed part)
       and after 1% more join (the data path's re-run against its first run), and from their cost per
       clip projections for UCF101 and Kinetics-400 on this machine and on 8 Dask workers.
-The growth exponent of a linear stage is 1; above ~1.15 between 1,000 and 4,000, something grows faster than the data.
-This module runs the parts and prints the report; the versions part is in scale_data, the training input in scale_input,
-and the generated projects they share in scale_projects.
+The growth exponent of a linear stage is 1; above ~1.15 between 1,000 and 4,000, something grows faster than the
+data. This module runs the parts and prints the report; the versions part is in scale_data, the training input in
+scale_input, and the generated projects they share in scale_projects.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import time
@@ -36,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from vidops.benchmarks.scale_data import Versions, _dvc_project, _version_again, versions
 from vidops.benchmarks.scale_input import InputRun, training_input
 from vidops.benchmarks.scale_projects import (
@@ -72,12 +74,10 @@ class Scale:
     versions: Versions | None = None  # dvc add, push and pull
     inputs: dict[str, InputRun] = field(default_factory=dict)  # "<cache> <N>" -> the training input's run
     ucf101: dict[str, float] = field(default_factory=dict)  # stage -> seconds per UCF101-shaped clip
-    ucf101_rerun: dict[str, Rerun] = field(
-        default_factory=dict
-    )  # stage -> the UCF101-shaped set's re-run after adding ADDED
-    ucf101_idle: dict[str, float] = field(
-        default_factory=dict
-    )  # stage -> seconds of its re-run with nothing new: its fixed part
+    # stage -> the UCF101-shaped set's re-run after adding ADDED
+    ucf101_rerun: dict[str, Rerun] = field(default_factory=dict)
+    # stage -> seconds of its re-run with nothing new: its fixed part
+    ucf101_idle: dict[str, float] = field(default_factory=dict)
     ucf101_clips: int = UCF_CLIPS
 
 
@@ -119,7 +119,8 @@ def _flips(rng: np.random.Generator, n: int, low: int, high: int) -> np.ndarray:
 
 
 def near_duplicates(n: int, max_bits: int = 6) -> tuple[float, float, int]:
-    """Seconds of multi-index hashing and of the pairwise scan over `n` clustered hashes; they must find the same pairs."""
+    """Seconds of multi-index hashing and of the pairwise scan over `n` clustered hashes; they must find the same
+    pairs."""
     words = clustered_hashes(n)
     start = time.perf_counter()
     found = near_pairs(words, max_bits)
@@ -133,14 +134,14 @@ def near_duplicates(n: int, max_bits: int = 6) -> tuple[float, float, int]:
 
 
 def checks(rows: tuple[int, ...]) -> dict[int, float]:
-    """Seconds of the derived checks and the suite on a synthetic manifest of each size (the first, small, warms GE up)."""
+    """Seconds of the derived checks and the suite on a synthetic manifest of each size (the first, small, warms GE
+    up)."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     from vidops.components import validation
 
     settings = load_params(None, OVERRIDES).validation
-    validation.run_suite(
-        validation.derive_checks(synthetic_manifest(100), settings), validation.suite(settings)
-    )  # GE's imports, first context
+    # GE's imports, first context
+    validation.run_suite(validation.derive_checks(synthetic_manifest(100), settings), validation.suite(settings))
     timed = {}
     for n in rows:
         manifest = synthetic_manifest(n)
@@ -193,16 +194,16 @@ def synthetic_manifest(n: int, seed: int = 0) -> pd.DataFrame:
 
 
 def stages(workdir: Path, sizes: tuple[int, ...]) -> tuple[dict[str, dict[int, float]], dict[str, Rerun]]:
-    """Validate and extract each size's dataset in a fresh project; then the largest again after adding ADDED new clips."""
+    """Validate and extract each size's dataset in a fresh project; then the largest again after adding ADDED new
+    clips."""
     from vidops.components import stages as stage
 
     params = load_params(None, OVERRIDES)
     largest = max(sizes)
     added = max(1, round(ADDED * largest))
     pool = _pool(workdir / "pool", largest + added)
-    classes = min(
-        CLASSES, max(2, min(sizes) // 5)
-    )  # 50, unless the smallest dataset would leave a class short of clips
+    # 50, unless the smallest dataset would leave a class short of clips
+    classes = min(CLASSES, max(2, min(sizes) // 5))
     timed: dict[str, dict[int, float]] = {"validate": {}, "extract": {}}
     rerun: dict[str, Rerun] = {}
     for n in sizes:
@@ -229,7 +230,8 @@ def report_versions(versions: Versions) -> list[str]:
     largest = max(pushed)
     tried = "".join(f", {jobs} jobs {seconds:.1f} s" for jobs, seconds in sorted(versions.push_jobs.items()))
     lines.append(
-        f"dvc push of N={largest:,} by --jobs: DVC's default ({4 * (os.cpu_count() or 1)}) {pushed[largest]:.1f} s{tried}"
+        f"dvc push of N={largest:,} by --jobs: DVC's default ({4 * (os.cpu_count() or 1)}) "
+        f"{pushed[largest]:.1f} s{tried}"
     )
     return lines
 
@@ -302,13 +304,13 @@ def ucf101(workdir: Path, clips: int = UCF_CLIPS) -> tuple[dict[str, float], dic
     return per_clip, rerun, idle
 
 
-# datasets projected from the UCF101-shaped clips' costs: clips, and each clip's cost against a UCF101 clip's (its length)
+# datasets projected from the UCF101-shaped clips' costs: clips, and each clip's cost against a UCF101 clip's (its
+# length)
 PROJECTED = {"UCF101": (13_320, 1.0), "Kinetics-400": (240_000, 10 / 7)}
 PARALLEL = ("validate", "extract")  # the stages whose batches Dask spreads over workers
-WORKERS, WORKER_EFFICIENCY = (
-    8,
-    0.7,
-)  # 8 Dask workers of this machine's kind; 1 -> 2 workers measured 1.4x (bench extract)
+# 8 Dask workers of this machine's kind; a worker added does not add a whole worker's speed (`vidops bench extract`'s
+# 1 -> 2 workers, benchmarks/README.md)
+WORKERS, WORKER_EFFICIENCY = 8, 0.7
 
 
 def projections(
@@ -328,7 +330,8 @@ def projections(
             here, spread = here + hours, spread + wide
             parts.append(f"{name} {_duration(hours)} ({_duration(wide)})")
         lines.append(
-            f"projected {dataset} ({n:,} clips): {', '.join(parts)}; in all {_duration(here)} here, {_duration(spread)} on {WORKERS} Dask workers"
+            f"projected {dataset} ({n:,} clips): {', '.join(parts)}; in all {_duration(here)} here, "
+            f"{_duration(spread)} on {WORKERS} Dask workers"
         )
     return lines
 
@@ -344,12 +347,13 @@ def exponent(timed: dict[int, float], low: int, high: int) -> float:
 
 
 def _series(name: str, timed: dict[int, float], again: Rerun | None, per_thousand: bool = False) -> list[str]:
-    """A stage's lines: its cost per clip (ms) or per 1,000 clips (s) at each N, the growth exponents, and its re-run."""
+    """A stage's lines: its cost per clip (ms) or per 1,000 clips (s) at each N, the growth exponents, and its
+    re-run."""
     ns = sorted(timed)
     costs = ", ".join(
         f"N={n:,} {1000 * timed[n] / n:.2f} s" if per_thousand else f"N={n:,} {1000 * timed[n] / n:.1f} ms" for n in ns
     )
-    growth = ", ".join(f"{exponent(timed, a, b):.2f} ({a:,} -> {b:,})" for a, b in zip(ns, ns[1:], strict=False))
+    growth = ", ".join(f"{exponent(timed, a, b):.2f} ({a:,} -> {b:,})" for a, b in itertools.pairwise(ns))
     lines = [f"{name}, per {'1,000 clips' if per_thousand else 'clip'}: {costs}; growth exponent {growth}"]
     if again:
         lines.append(
@@ -367,7 +371,10 @@ def _data_path_rerun(timed: dict[str, dict[int, float]], rerun: dict[str, Rerun]
         return None
     first = sum(timed[name][max(timed[name])] for name in names)
     again = sum(rerun[name].seconds for name in names)
-    return f"the data path ({' + '.join(names)}) after adding {ADDED:.0%} new clips: {again:.1f} s, {again / first:.3f}x the first run's {first:.1f} s"
+    return (
+        f"the data path ({' + '.join(names)}) after adding {ADDED:.0%} new clips: {again:.1f} s, "
+        f"{again / first:.3f}x the first run's {first:.1f} s"
+    )
 
 
 def _fixed_part(idle: dict[str, float]) -> str:
@@ -400,7 +407,8 @@ def report(scale: Scale) -> str:
     for name, run in scale.inputs.items():
         under = "under" if run.peak_mb < run.budget_mb else "OVER"
         lines.append(
-            f"training input, cache {run.asked} at N={int(name.split()[-1]):,} ({run.clips:,} training clips): fed {run.cache}, "
+            f"training input, cache {run.asked} at N={int(name.split()[-1]):,} ({run.clips:,} training clips): "
+            f"fed {run.cache}, "
             f"{run.examples_per_s:,.0f} examples/s, peak {run.peak_mb:.1f} MB, {under} the {run.budget_mb} MB budget"
         )
     if scale.ucf101:
@@ -412,7 +420,8 @@ def report(scale: Scale) -> str:
         for name, again in scale.ucf101_rerun.items():
             lines.append(
                 f"UCF101-shaped {name} after adding {ADDED:.0%} new clips to {n:,}: {again.seconds:.1f} s, "
-                f"{again.seconds / (scale.ucf101[name] * n):.3f}x the first run ({again.done} clips done, {again.reused:,} reused)"
+                f"{again.seconds / (scale.ucf101[name] * n):.3f}x the first run "
+                f"({again.done} clips done, {again.reused:,} reused)"
             )
         if line := _data_path_rerun(
             {name: {n: seconds * n} for name, seconds in scale.ucf101.items()}, scale.ucf101_rerun

@@ -1,4 +1,5 @@
-"""`vidops bench scale`'s training input: the classifier's input over an epoch, in a process of its own, under a memory budget."""
+"""`vidops bench scale`'s training input: the classifier's input over an epoch, in a process of its own, under a memory
+budget."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from vidops.benchmarks.scale_projects import OVERRIDES, TASK
 from vidops.components.params import load_params
 
-# the training input's budget: the largest dataset's clips (~64 MB of frames at N = 4,000) do not fit, the smaller ones do
+# the training input's budget: the largest dataset's clips do not fit, the smaller ones do (benchmarks/README.md)
 INPUT_BUDGET_MB = 64
 
 
@@ -37,6 +39,7 @@ def training_input(features: Path, cache: str = "auto", budget_mb: int = INPUT_B
 
 def _two_epochs(features: Path, cache: str, budget_mb: int) -> InputRun:
     import tensorflow as tf  # noqa: F401  (imported before the baseline is read)
+
     from vidops.components import inputs
     from vidops.components.tasks.classification.inputs import classifier_dataset
 
@@ -44,7 +47,8 @@ def _two_epochs(features: Path, cache: str, budget_mb: int) -> InputRun:
         None, [*OVERRIDES, f"train.{TASK}.memory_budget_mb={budget_mb}", f"train.{TASK}.cache={cache}"]
     ).train.of(TASK)
     split, held = inputs.carve_validation(inputs.open_split(features, "train", ("frames",)), params.validation_fraction)
-    # a few batches through a streamed feed first: TensorFlow's kernels, thread pools and tracing are not the input's memory
+    # a few batches through a streamed feed first: TensorFlow's kernels, thread pools and tracing are not the input's
+    # memory
     few = inputs.subset(split, np.arange(len(split.paths)) < 4 * params.batch_size)
     warm, steps = classifier_dataset(
         few, params.batch_size, params.augment, params.seed, inputs.Feed("none", params.batch_size, 0)

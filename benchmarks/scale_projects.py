@@ -1,4 +1,5 @@
-"""The projects `vidops bench scale` measures: a pool of generated clips, fresh projects of them, and the timing of a stage."""
+"""The projects `vidops bench scale` measures: a pool of generated clips, fresh projects of them, and the timing of a
+stage."""
 
 from __future__ import annotations
 

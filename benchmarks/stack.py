@@ -1,4 +1,5 @@
-"""`vidops bench stack`: many flow runs at once against the stack, with Prefect and MLflow on PostgreSQL, then on SQLite.
+"""`vidops bench stack`: many flow runs at once against the stack, with Prefect and MLflow on PostgreSQL, then on
+SQLite.
 
 Each store gets a stack of its own (`vidops stack up`, two process workers) and the same load: `runs` flow runs of
 `stack_load` submitted together, each validating and extracting a small generated dataset in a project folder of its
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from prefect import flow
 from prefect.cache_policies import NO_CACHE
+
 from vidops.components.layout import Layout
 from vidops.components.params import Task, load_params
 from vidops.flows import pipeline
@@ -49,7 +51,8 @@ DATABASE_ERROR = re.compile(
 
 @flow(name="stack-load")
 def stack_load(root: str, overrides: list[str]) -> None:
-    """Validate and extract the project at `root`'s classification clips, each stage a task run, their batches on Dask."""
+    """Validate and extract the project at `root`'s classification clips, each stage a task run, their batches on
+    Dask."""
     layout, params = pipeline.load_project(root, None, overrides)
     uncached = {"cache_policy": NO_CACHE, "persist_result": False}
     pipeline.validate.with_options(task_run_name="validate", **uncached)(layout, params, TASK)
@@ -62,9 +65,8 @@ class Load:
 
     store: str
     runs: dict[str, str] = field(default_factory=dict)  # flow run id -> final state
-    task_runs: dict[str, Counter] = field(
-        default_factory=dict
-    )  # flow run id -> task run states, as the API recorded them
+    # flow run id -> task run states, as the API recorded them
+    task_runs: dict[str, Counter] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)  # the stack's log lines naming a database error during the load
     seconds: float = 0.0
 
@@ -76,7 +78,8 @@ class Load:
         recorded = sorted(sum(c.values()) for c in self.task_runs.values())
         return (
             f"{self.store:10} {self.completed}/{len(self.runs)} flow runs completed, task runs recorded per run "
-            f"{recorded[0] if recorded else 0}-{recorded[-1] if recorded else 0}, {len(self.errors)} log lines of database errors, {self.seconds:.0f} s"
+            f"{recorded[0] if recorded else 0}-{recorded[-1] if recorded else 0}, "
+            f"{len(self.errors)} log lines of database errors, {self.seconds:.0f} s"
         )
 
 
@@ -159,9 +162,8 @@ def run(workdir: Path, runs: int, database: str) -> list[Load]:
         shutil.rmtree(layout.root, ignore_errors=True)
         layout.root.mkdir(parents=True)
         ports = stack.Ports(*(_free_port() for _ in range(3)))
-        roots = projects(
-            workdir / f"load-{store}", runs
-        )  # fresh copies: a store's load must not find the other's shards
+        # fresh copies: a store's load must not find the other's shards
+        roots = projects(workdir / f"load-{store}", runs)
         try:
             stack.up(layout, ports, db, workers=2)
             result = load(layout, roots)

@@ -28,6 +28,7 @@ from typing import Any
 
 import keras
 import numpy as np
+
 from vidops.components import inputs
 from vidops.components.layout import Layout
 from vidops.components.params import Params, Task, load_params
@@ -56,7 +57,8 @@ class Throughput:
 def prepare(
     workdir: Path, config: BenchConfig, tasks: tuple[Task, ...] = ("classification", "sync")
 ) -> tuple[Layout, Params]:
-    """A project under `workdir` with the demo datasets of `tasks` generated, validated and extracted (reused when present)."""
+    """A project under `workdir` with the demo datasets of `tasks` generated, validated and extracted (reused when
+    present)."""
     from vidops.components import stages
     from vidops.components.generate import MARKER, generate_dataset
 
@@ -163,11 +165,12 @@ class EncoderRun:
 
 
 def compare_encoders(workdir: Path, config: BenchConfig, encoder: str, epochs: int | None) -> list[EncoderRun]:
-    """The classifier trained and scored as the train and evaluate stages do, with `small` (the anchor) and with `encoder`."""
+    """The classifier trained and scored as the train and evaluate stages do, with `small` (the anchor) and with
+    `encoder`."""
     from vidops.components.encoders import SMALL
     from vidops.components.tasks import spec
 
-    layout, params = prepare(workdir, config, ("classification",))
+    layout, _ = prepare(workdir, config, ("classification",))
     classifier, features, runs = spec("classification"), layout.features("classification"), []
     for name in (SMALL, encoder):
         sets = [f"train.classification.encoder={name}", *([f"train.classification.epochs={epochs}"] if epochs else [])]
@@ -183,7 +186,8 @@ def compare_encoders(workdir: Path, config: BenchConfig, encoder: str, epochs: i
 def encoders_report(runs: list[EncoderRun], config: BenchConfig) -> str:
     anchor = runs[0]
     lines = [
-        f"vidops bench train --encoder: the classifier on the demo data ({config.clips_per_class} clips per class), trained and scored on its test split",
+        f"vidops bench train --encoder: the classifier on the demo data ({config.clips_per_class} clips per class), "
+        "trained and scored on its test split",
         "",
     ]
     lines.append(f"  {'encoder':<22}{'accuracy':>10}{'epochs':>8}{'seconds':>10}{'time / small':>14}")
@@ -200,7 +204,8 @@ def report(results: list[Throughput], config: BenchConfig) -> str:
         "",
     ]
     lines.append(
-        f"  {'task':<16}{'tensors (a)':>12}{'cached (b)':>12}{'streamed (c)':>14}{'disk (d)':>10}{'b/a':>7}{'c/b':>7}{'d/b':>7}"
+        f"  {'task':<16}{'tensors (a)':>12}{'cached (b)':>12}{'streamed (c)':>14}{'disk (d)':>10}"
+        f"{'b/a':>7}{'c/b':>7}{'d/b':>7}"
     )
     for r in results:
         a, b, c, d = (r.rates[feed] for feed in FEEDS)

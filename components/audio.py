@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import av
 import numpy as np
+
 from vidops.components.media import AUDIO_RATE, only_stream
 
 if TYPE_CHECKING:
@@ -54,8 +55,8 @@ def features(samples: np.ndarray, kind: str) -> np.ndarray:
 def _window_features(windows: np.ndarray, kind: str) -> np.ndarray:
     """The features of each row of `windows` [K, 400]."""
     power = np.abs(np.fft.rfft(windows * np.hanning(_WINDOW), _FFT)) ** 2
-    # one BLAS thread for these small products: OpenBLAS's own threads spin after them, which made a clip's audio
-    # features cost 2.4x their CPU time (19.5 ms against 8 on 2 cores) and slowed the other extraction worker
+    # one BLAS thread for these small products: OpenBLAS's own threads spin after them, which costs CPU time well
+    # beyond the work and slows the other extraction worker (measured: benchmarks/README.md)
     with _blas().limit(limits=1, user_api="blas"):
         log_mel = np.log(power @ _MEL.T + 1e-6).astype(np.float32)
         return log_mel if kind == "logmel" else (log_mel @ _DCT.T).astype(np.float32)
@@ -64,7 +65,7 @@ def _window_features(windows: np.ndarray, kind: str) -> np.ndarray:
 @functools.cache
 def _blas() -> ThreadpoolController:
     """threadpoolctl's handle on the BLAS numpy loaded, found once: finding it walks every library the process has
-    loaded, 2.3 ms a call, about 15% of a UCF101 clip's extraction when each clip's features did it twice."""
+    loaded, a cost that weighs on a clip's extraction when paid at each use (measured: benchmarks/README.md)."""
     from threadpoolctl import ThreadpoolController
 
     return ThreadpoolController()
@@ -130,7 +131,9 @@ def _stretches(steps: np.ndarray, gap_s: float) -> list[tuple[int, int]]:
     if not len(steps):
         return []
     breaks = np.flatnonzero(np.diff(steps) > gap_s * STEP_RATE + _WINDOW / _HOP)
-    return [(int(steps[a]), int(steps[b])) for a, b in zip(np.r_[0, breaks + 1], np.r_[breaks, len(steps) - 1])]
+    # a stretch's first and last: one more than the breaks each
+    starts, ends = np.r_[0, breaks + 1], np.r_[breaks, len(steps) - 1]
+    return [(int(steps[a]), int(steps[b])) for a, b in zip(starts, ends, strict=True)]
 
 
 def _first_frame_time(container: Any, stream: Any) -> float | None:
@@ -153,7 +156,8 @@ def _decode_stretch(
     from_start: bool = False,
 ) -> tuple[np.ndarray, int, bool]:
     """16 kHz mono samples covering sample `lo` to `hi` of the track (numbered from its first, at time `start`), decoded
-    from `preroll` seconds before: the samples, the number of the first of them, and whether the track ended before `hi`."""
+    from `preroll` seconds before: the samples, the number of the first of them, and whether the track ended before
+    `hi`."""
     _seek(container, stream, None if from_start else start + lo / AUDIO_RATE - preroll)
     stale = resampler.stale()
     first, chunks, have = None, [], 0
@@ -162,9 +166,8 @@ def _decode_stretch(
             if frame.time is None:
                 continue
             first = round((float(frame.time) - start) * AUDIO_RATE)
-            if (
-                first > max(lo, 0) and not from_start
-            ):  # the seek landed past the stretch: read from the track's start instead
+            # the seek landed past the stretch: read from the track's start instead
+            if first > max(lo, 0) and not from_start:
                 return _decode_stretch(container, stream, start, lo, hi, preroll, resampler, from_start=True)
         for out in resampler.push(frame):
             chunks.append(out[stale:])
@@ -185,7 +188,8 @@ def _decode_stretch(
 
 class _Resampler:
     """16 kHz mono float32 from decoded frames: one converter for all of a clip's stretches, since building one
-    cost about 10 ms, more than decoding a stretch. Output sample k is input second k / 16000 of all frames pushed."""
+    costs more than decoding a stretch (measured: benchmarks/README.md). Output sample k is input second k / 16000 of
+    all frames pushed."""
 
     def __init__(self) -> None:
         self._converter: av.AudioResampler | None = None

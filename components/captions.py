@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from vidops.components import text
 from vidops.components.catalog import FINDING_COLUMNS, dataset_manifest
 from vidops.components.errors import VidopsError
@@ -19,22 +20,23 @@ CAPTION_COLUMNS = ("path", "caption")  # of a CAPTIONS_FILE: one row per caption
 
 
 def dataset_captions(dataset: Path) -> pd.DataFrame:
-    """The captions of a dataset's clips, from the CAPTIONS_FILE at its top (beside its manifest CSV): `read_captions_csv`'s
-    table. A dataset without one is an error naming the file it needs."""
+    """The captions of a dataset's clips, from the CAPTIONS_FILE at its top (beside its manifest CSV):
+    `read_captions_csv`'s table. A dataset without one is an error naming the file it needs."""
     listing = dataset_manifest(dataset)
     file = (listing.parent if listing is not None else dataset) / CAPTIONS_FILE
     if not file.is_file():
         raise VidopsError(
-            f"{dataset}: this task needs captions and there is no {file}: a CSV with columns {', '.join(CAPTION_COLUMNS)}, one row "
+            f"{dataset}: this task needs captions and there is no {file}: "
+            f"a CSV with columns {', '.join(CAPTION_COLUMNS)}, one row "
             f"per caption (several per clip), each path the clip's relative to {file.parent}"
         )
     return read_captions_csv(file)
 
 
 def read_captions_csv(path: Path) -> pd.DataFrame:
-    """A CAPTIONS_FILE as a table of path (in normal form, as a manifest's), caption (stripped) and line (the file's line
-    of the row); blank lines are skipped. A file that is not UTF-8 CSV with both columns is an error naming it and the
-    line at fault."""
+    """A CAPTIONS_FILE as a table of path (in normal form, as a manifest's), caption (stripped) and line (the file's
+    line of the row); blank lines are skipped. A file that is not UTF-8 CSV with both columns is an error naming it and
+    the line at fault."""
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -63,7 +65,8 @@ def read_captions_csv(path: Path) -> pd.DataFrame:
                 continue
             if len(cells) > len(header):
                 raise VidopsError(
-                    f"{path}: line {line} has {len(cells)} fields where the header has {len(header)} (quote a caption that holds a comma)"
+                    f"{path}: line {line} has {len(cells)} fields where the header has {len(header)} "
+                    "(quote a caption that holds a comma)"
                 )
             row = dict(zip(header, cells + [""] * (len(header) - len(cells)), strict=True))
             rows.append({"path": row["path"].strip(), "caption": row["caption"].strip(), "line": line})
@@ -111,7 +114,8 @@ def derive_caption_checks(table: pd.DataFrame, captions: pd.DataFrame, max_words
 
 
 def caption_orphans(table: pd.DataFrame, captions: pd.DataFrame) -> pd.DataFrame:
-    """A warning finding for each path that captions name and that is no clip of the dataset (a typo, a clip removed)."""
+    """A warning finding for each path that captions name and that is no clip of the dataset (a typo, a clip
+    removed)."""
     stray = _lines_by_path(captions[~captions["path"].isin(set(table["path"]))])
     return pd.DataFrame(
         [

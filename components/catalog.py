@@ -19,15 +19,15 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pandas as pd
+
 from vidops.components.errors import VidopsError
 from vidops.components.io import records
 from vidops.components.parallel import Mapper, in_threads
 from vidops.components.probe import PROBE_COLUMNS, file_sha256, probe_clip
 
 SOURCE_COLUMNS = ("path", "label", "group", "split")
-DATASET_MANIFEST = (
-    "manifest.csv"  # at a dataset folder's top: the clips it holds (SOURCE_COLUMNS), instead of <label>/<clip>
-)
+# at a dataset folder's top: the clips it holds (SOURCE_COLUMNS), instead of <label>/<clip>
+DATASET_MANIFEST = "manifest.csv"
 CATALOG_COLUMNS = SOURCE_COLUMNS + PROBE_COLUMNS
 FINDING_COLUMNS = ("path", "label", "severity", "check", "reason")  # of quarantine.csv and warnings.csv: a failed check
 PROBE_BATCH = 16  # clips a unit of probing work
@@ -62,13 +62,15 @@ class Catalog:
 def build_catalog(
     dataset: Path, previous: pd.DataFrame | None = None, workers: int = 4, mapper: Mapper = in_threads
 ) -> Catalog:
-    """Probe every clip of `dataset` (folder or manifest CSV), in batches through `mapper`; reuse `previous` rows of unchanged files."""
+    """Probe every clip of `dataset` (folder or manifest CSV), in batches through `mapper`; reuse `previous` rows of
+    unchanged files."""
     root, sources = list_sources(dataset)
-    # the previous rows as plain dicts, once: a pandas lookup per clip cost about 1 s of a re-run at 4,000 clips
+    # the previous rows as plain dicts, once: a pandas lookup per clip weighs on a re-run (measured:
+    # benchmarks/README.md)
     known = {row["path"]: row for row in records(previous)} if previous is not None else {}
     jobs = [(source, known.get(source["path"])) for source in sources]
     # an unchanged file keeps its row here, after one stat: only the others go out in batches (a re-run's work units,
-    # and the flow's task runs, are the new clips', and 4,000 unchanged rows cost no thread pool)
+    # and the flow's task runs, are the new clips', and unchanged rows cost no thread pool)
     results = {i: kept for i, (source, old) in enumerate(jobs) if (kept := _kept(str(root), source, old))}
     todo = [i for i in range(len(jobs)) if i not in results]
     batches = [todo[i : i + PROBE_BATCH] for i in range(0, len(todo), PROBE_BATCH)]
@@ -119,14 +121,15 @@ def list_sources(dataset: Path) -> tuple[Path, list[dict[str, Any]]]:
         return listing.parent, _sources_from_csv(listing)
     if not dataset.is_dir():
         raise VidopsError(
-            f"{dataset}: no such dataset (expected a folder of <label>/<clip> files, a folder with a {DATASET_MANIFEST}, or a manifest CSV)"
+            f"{dataset}: no such dataset (expected a folder of <label>/<clip> files, "
+            f"a folder with a {DATASET_MANIFEST}, or a manifest CSV)"
         )
     root = dataset.resolve()
     labels = sorted(label for label in dataset.iterdir() if label.is_dir() and not label.name.startswith("."))
     # a label folder that a link leads out of the root is never walked: one row says so, and nothing in it is opened
     away = {label: _outside(root, label) for label in labels}
-    # a file in a folder that stays inside leads out only through a link of its own: resolving every path cost about
-    # 0.3 s a re-run at 4,000 clips. Directory entries, not Path objects: their type needs no stat of its own.
+    # a file in a folder that stays inside leads out only through a link of its own: resolving every path weighs on a
+    # re-run (measured: benchmarks/README.md). Directory entries, not Path objects: their type needs no stat of its own.
     files = sorted(
         (label.name, entry.name, _outside(root, Path(entry.path)) if entry.is_symlink() else None)
         for label in labels
@@ -139,9 +142,8 @@ def list_sources(dataset: Path) -> tuple[Path, list[dict[str, Any]]]:
             f"{dataset}: no clips found (expected <label>/<clip> files inside, or a {DATASET_MANIFEST} listing them)"
         )
     sources = [_source(f"{label}/{name}", label, None, None, problem) for label, name, problem in files]
-    return dataset, sources + [
-        _source(label.name, "", None, None, why) for label, why in away.items() if why
-    ]  # no class
+    # and a row for each label folder a link leads out of, of no class
+    return dataset, sources + [_source(label.name, "", None, None, why) for label, why in away.items() if why]
 
 
 def _outside(root: Path, path: Path) -> str | None:
@@ -215,7 +217,7 @@ def _listed_file_problem(root: Path, path: str, listing: str) -> str | None:
 def _source(path: str, label: str, group: str | None, split: str | None, problem: str | None) -> dict[str, Any]:
     if group is None:  # UCF101's group in the name, else the clip alone (its path without the suffix)
         stem, suffix = posixpath.splitext(path)
-        stem = path if suffix == "." else stem  # "clip." has no suffix to pathlib, which named groups before
+        stem = path if suffix == "." else stem  # "clip." has no suffix to pathlib, whose group names are kept
         found = _UCF_GROUP.search(posixpath.basename(stem))
         group = found.group(1).lower() if found else stem
     return {"path": path, "label": label, "group": group, "split": split, "problem": problem}
@@ -229,10 +231,12 @@ def _kept(root: str, source: dict[str, Any], old: dict[str, Any] | None) -> tupl
 
 
 def _unchanged(path: str, old: dict[str, Any]) -> bool:
-    """The file is the one probed last time: the same inode, size and modification time, as DVC's own state cache judges.
+    """The file is the one probed last time: the same inode, size and modification time, as DVC's own state cache
+    judges.
 
-    Not its content hash: that read every byte of the dataset on every run. A file written anew, copied or moved in has
-    another inode or mtime; one edited in place to the same size with its mtime set back is missed, as DVC misses it.
+    Not its content hash: that would read every byte of the dataset on every run. A file written anew, copied or moved
+    in has another inode or mtime; one edited in place to the same size with its mtime set back is missed, as DVC
+    misses it.
     """
     if any(pd.isna(old.get(key)) for key in ("size_bytes", "mtime_ns", "inode", "sha256")):
         return False  # it could not be read last time, or an older table has no inode: look again
@@ -247,7 +251,7 @@ def _same_content(path: Path, old: dict[str, Any]) -> dict[str, int] | None:
     """The file's new inode, size and mtime when its bytes are still the ones probed last time (the same sha256), else
     None. A dataset rewritten with the same clips leaves such files (`dvc checkout` of another version and back, a
     copy tool, `dvc add` of clips that are hard links: DVC, cache type copy, replaces each by a copy of its cache's),
-    and a hash (about 1 ms for a UCF101 clip) spares probing it again (about 30)."""
+    and a hash, far cheaper than a probe, spares probing it again (measured: benchmarks/README.md)."""
     try:
         stat = path.stat()
         if pd.isna(old.get("sha256")) or stat.st_size != old.get("size_bytes") or file_sha256(path) != old["sha256"]:

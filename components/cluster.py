@@ -1,4 +1,5 @@
-"""Where this process stands in a multi-worker training, from TF_CONFIG (as a Kubernetes indexed Job, or a person, sets it).
+"""Where this process stands in a multi-worker training, from TF_CONFIG (as a Kubernetes indexed Job, or a person, sets
+it).
 
 With TF_CONFIG naming a cluster, `training.prepare_device` trains under MultiWorkerMirroredStrategy: every worker runs
 the same training and their gradients are averaged at each step, so every worker ends with the same weights. The chief
@@ -37,11 +38,13 @@ def worker() -> Worker | None:
     kind, index = task.get("type"), task.get("index")
     if not cluster.get("worker") and not cluster.get("chief"):
         raise VidopsError(
-            'TF_CONFIG: its cluster names no workers; expected {"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": N}}'
+            'TF_CONFIG: its cluster names no workers; expected {"cluster": {"worker": ["host:port", ...]}, '
+            '"task": {"type": "worker", "index": N}}'
         )
     if kind not in ("worker", "chief") or not isinstance(index, int) or not 0 <= index < len(cluster.get(kind) or []):
         raise VidopsError(
-            f"TF_CONFIG: its task {task} is not one of its cluster's ({', '.join(f'{k}: {len(v)}' for k, v in cluster.items())})"
+            f"TF_CONFIG: its task {task} is not one of its cluster's "
+            f"({', '.join(f'{k}: {len(v)}' for k, v in cluster.items())})"
         )
     chief = kind == "chief" or (not cluster.get("chief") and index == 0)
     return Worker(index, len(cluster.get("worker") or []) + len(cluster.get("chief") or []), chief)

@@ -1,22 +1,43 @@
-"""Data Docs: vidops's own static pages of the validation suite's results, one file each, inline CSS and no scripts, so
-they read the same offline (Great Expectations' own load their CSS and scripts from a CDN): the runs kept, newest first,
-then the last run's expectations and findings."""
+"""Data Docs: the suite's expectations (`Check`) and their results (`Outcome`), and vidops's own static pages of them,
+one file each, inline CSS and no scripts, so they read the same offline (Great Expectations' own load their CSS and
+scripts from a CDN): the runs kept, newest first, then the last run's expectations and findings."""
 
 from __future__ import annotations
 
 import html
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
 
 import pandas as pd
+
 from vidops.components.io import atomic_path, write_json
 
 SUITE = "vidops_clips"  # the expectation suite's name, as GE reports it
 
-if TYPE_CHECKING:
-    from vidops.components.validation import Outcome
+Severity = Literal["critical", "warning"]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One expectation: its short name, a GE expectation class and its arguments, its severity, the reason per clip."""
+
+    name: str
+    expectation: str
+    kwargs: dict[str, Any]
+    severity: Severity
+    reason: str  # formatted with the clip's row: {value} is the checked column's value
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One expectation's result over the catalog table: how many clips it looked at, how many failed it."""
+
+    check: Check
+    clips: int
+    failed: int
 
 
 KEPT_RUNS = 30  # Data Docs keep a page for each of the last runs
@@ -50,8 +71,10 @@ def write_data_docs(
         tmp.write_text(_page(f"Validation {run['time']}", '<p><a href="../index.html">All runs</a></p>' + detail))
     write_json(runs_file, runs)
     rows = "".join(
-        f'<tr><td><a href="runs/{r["id"]}.html">{r["time"]}</a></td><td>{_status(r["status"])}</td><td>{html.escape(r["dataset"])}</td>'
-        f'<td class="n">{r["clips"]}</td><td class="n">{r["accepted"]}</td><td class="n">{r["warned"]}</td><td class="n">{r["quarantined"]}</td></tr>'
+        f'<tr><td><a href="runs/{r["id"]}.html">{r["time"]}</a></td><td>{_status(r["status"])}</td>'
+        f"<td>{html.escape(r['dataset'])}</td>"
+        f'<td class="n">{r["clips"]}</td><td class="n">{r["accepted"]}</td><td class="n">{r["warned"]}</td>'
+        f'<td class="n">{r["quarantined"]}</td></tr>'
         for r in runs
     )
     index = (
@@ -74,8 +97,10 @@ def _run_html(run: dict[str, Any], findings: pd.DataFrame, outcomes: list[Outcom
     """One run: its counts, each expectation's outcome, each finding."""
     checks = "".join(
         f"<tr><td>{o.check.name}</td><td>{o.check.severity}</td><td><code>{o.check.expectation}"
-        f'({html.escape(", ".join(f"{k}={v!r}" for k, v in o.check.kwargs.items()))})</code></td><td class="n">{o.clips}</td>'
-        f'<td class="n">{o.failed}</td><td>{_status("passed" if not o.failed else "failed" if o.check.severity == "critical" else "warning")}</td></tr>'
+        f"({html.escape(', '.join(f'{k}={v!r}' for k, v in o.check.kwargs.items()))})</code></td>"
+        f'<td class="n">{o.clips}</td><td class="n">{o.failed}</td>'
+        f"<td>{_status('passed' if not o.failed else 'failed' if o.check.severity == 'critical' else 'warning')}"
+        "</td></tr>"
         for o in outcomes
     )
     found = "".join(
@@ -85,8 +110,10 @@ def _run_html(run: dict[str, Any], findings: pd.DataFrame, outcomes: list[Outcom
         for f in findings.to_dict("records")
     )
     return (
-        f"<p>{_status(run['status'])} &nbsp; suite <code>{SUITE}</code> over <code>{html.escape(run['dataset'])}</code>, {run['time']}</p>"
-        f"<p>{run['clips']} clips: {run['accepted']} accepted ({run['warned']} with warnings), {run['quarantined']} quarantined</p>"
+        f"<p>{_status(run['status'])} &nbsp; suite <code>{SUITE}</code> over "
+        f"<code>{html.escape(run['dataset'])}</code>, {run['time']}</p>"
+        f"<p>{run['clips']} clips: {run['accepted']} accepted ({run['warned']} with warnings), "
+        f"{run['quarantined']} quarantined</p>"
         f"<h3>Expectations</h3><table><tr><th>check</th><th>severity</th><th>expectation</th><th>clips</th><th>failed</th><th>result</th></tr>{checks}</table>"
         f"<h3>Findings</h3>"
         + (
@@ -101,11 +128,19 @@ def _status(word: str) -> str:
     return f'<span class="s {word.split()[-1]}">{word}</span>'
 
 
-STYLE = """body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:75em;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1.5em;width:100%}th,td{border-bottom:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top}
-th{background:#f3f3f3}td.n{text-align:right}code{font-size:13px}.s{border-radius:3px;padding:.1em .5em;font-weight:600;white-space:nowrap}
-.passed{background:#d8f0d8;color:#185c18}.warnings,.warning{background:#fbeec0;color:#6b4c00}.failed{background:#f8d4d4;color:#8a1414}"""
+STYLE = (
+    "body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:75em;padding:0 1em;color:#222}\n"
+    "table{border-collapse:collapse;margin:.5em 0 1.5em;width:100%}"
+    "th,td{border-bottom:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top}\n"
+    "th{background:#f3f3f3}td.n{text-align:right}code{font-size:13px}"
+    ".s{border-radius:3px;padding:.1em .5em;font-weight:600;white-space:nowrap}\n"
+    ".passed{background:#d8f0d8;color:#185c18}.warnings,.warning{background:#fbeec0;color:#6b4c00}"
+    ".failed{background:#f8d4d4;color:#8a1414}"
+)
 
 
 def _page(title: str, body: str) -> str:
-    return f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title} · Data Docs · vidops</title><style>{STYLE}</style></head><body><h1>{title}</h1>{body}</body></html>\n'
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title} · Data Docs · vidops</title>'
+        f"<style>{STYLE}</style></head><body><h1>{title}</h1>{body}</body></html>\n"
+    )

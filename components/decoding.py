@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from vidops.components.text import END, PAD, START, Vocabulary
 
 CLIPS_A_CALL = 64  # clips decoded together: beam_size x this many prefixes a decoder call

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from vidops.components.layout import (
     ACCEPTED,
     CAPTIONS_FILE,
@@ -43,7 +44,8 @@ MODEL_MODULE = "model"  # a task's module of its Keras model and layers, which l
 
 @dataclass(frozen=True)
 class Output:
-    """A file or folder a stage leaves; `whole`, files inside a folder, say the folder is complete (the last written)."""
+    """A file or folder a stage leaves; `whole`, files inside a folder, say the folder is complete (the last
+    written)."""
 
     path: Callable[[Layout, Task], Path]
     kind: str = "outs"  # dvc.yaml's: outs, metrics or plots
@@ -81,9 +83,8 @@ STAGES = (
         (
             Output(lambda L, t: L.catalog(t) / CATALOG),
             Output(lambda L, t: L.catalog(t) / ACCEPTED),
-            Output(
-                lambda L, t: L.catalog(t) / CAPTIONS_FILE
-            ),  # written for every task (no rows for one without captions)
+            # written for every task (no rows for one without captions)
+            Output(lambda L, t: L.catalog(t) / CAPTIONS_FILE),
             Output(lambda L, t: L.catalog(t) / QUARANTINE),
             Output(lambda L, t: L.catalog(t) / REPORT, "metrics", cache=False),
         ),
@@ -165,10 +166,8 @@ def code(stage: Stage, tasks: Iterable[Any]) -> list[Path]:
 
     roots = [f"vidops.components.{module}" for module in stage.runs]
     files = {Path(registry.__file__)}  # the registry that finds the task
-    tops, shallow = (
-        {"vidops"},
-        set(),
-    )  # shallow: modules whose top-level imports alone count (their functions' are others')
+    # shallow: modules whose top-level imports alone count (their functions' are others')
+    tops, shallow = {"vidops"}, set()
     for task in tasks if stage.uses is not None else ():
         tops.add(task.package.split(".")[0])
         for module in {task.package, task.train.__module__}:
@@ -212,8 +211,8 @@ def _closure(roots: tuple[str, ...], tops: frozenset[str], shallow: frozenset[st
 
 
 def _file(module: str, tops: frozenset[str]) -> Path | None:
-    """The source file of `module` when it is under one of `tops` (vidops, a task's package), found without importing it;
-    None for a library's module or a name that is not a module."""
+    """The source file of `module` when it is under one of `tops` (vidops, a task's package), found without importing
+    it; None for a library's module or a name that is not a module."""
     parts = module.split(".")
     if parts[0] not in tops or module == "vidops":  # vidops's own __init__ is a docstring, and no folder of a project's
         return None

@@ -1,8 +1,8 @@
 """DVC's commands, each a process forked from a helper that has imported DVC once.
 
-A `dvc` command line spends 0.4 to 1 s importing DVC (its commands, s3fs, botocore) before it does anything, and vidops
-runs several a flow run (add, push, commit, checkout): a re-run that adds 1% of clips paid that for every command. Here
-a helper process (one a vidops process, started at its first DVC command) imports DVC, then forks a child for each
+A `dvc` command line spends a long while importing DVC (its commands, s3fs, botocore) before it does anything, and
+vidops runs several a flow run (add, push, commit, checkout), each paying it again (measured: benchmarks/README.md).
+Here a helper process (one a vidops process, started at its first DVC command) imports DVC, then forks a child for each
 command, which runs DVC's own entry point (`dvc.cli.main`, what the `dvc` script runs) in the caller's folder with the
 caller's environment. A command stays a process of its own: it can be killed as a `dvc` process can, and nothing of one
 command is left for the next. The helper runs one command at a time; DVC locks a project against a second one anyway.
@@ -95,9 +95,8 @@ def run(
                     os.kill(pid, signal.SIGKILL)
             _drop(helper)
             raise
-        except (
-            BaseException
-        ):  # Ctrl-C, SIGTERM, a failing `stop`: as a `dvc` process run by Popen, the command ends first
+        except BaseException:
+            # Ctrl-C, SIGTERM, a failing `stop`: as a `dvc` process run by Popen, the command ends first
             try:
                 with suppress(VidopsError):
                     _reply(helper)
@@ -167,7 +166,8 @@ def _read(path: Path) -> str:
 
 
 def serve() -> None:
-    """The helper: import DVC, then for each request on stdin fork a child that runs it; reply its pid, then its code."""
+    """The helper: import DVC, then for each request on stdin fork a child that runs it; reply its pid, then its
+    code."""
     replies = os.dup(1)
     os.dup2(2, 1)  # what DVC's imports print goes to stderr, not into the replies
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the command (its child), not the helper of the next
@@ -206,14 +206,12 @@ def _child(request: dict[str, Any], replies: int) -> NoReturn:
         code = main(request["args"])
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
-    except BaseException:  # noqa: BLE001: named in the command's stderr, as DVC's own script would
+    except BaseException:  # any other failure: named in the command's stderr, as DVC's own script would
         traceback.print_exc()
     finally:
         for stream in (sys.stdout, sys.stderr):
-            try:
+            with suppress(Exception):  # a closed stream has nothing left to lose
                 stream.flush()
-            except Exception:  # noqa: BLE001, S110: a closed stream has nothing left to lose
-                pass
         os._exit(code)
 
 

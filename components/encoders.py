@@ -37,24 +37,27 @@ APPLICATIONS = {
 }
 ENCODERS = (SMALL, *APPLICATIONS)
 # Batch norm's moving-average momentum for an application trained from scratch: Keras's default, as the small
-# encoder's. MobileNetV3's own 0.999 leaves the inference statistics near their start after the demo's ~1,300 steps,
-# and an untrained MobileNetV3 in inference mode gives all but zero features.
+# encoder's. MobileNetV3's own 0.999 leaves the inference statistics near their start after a training as short as the
+# demo's, and an untrained MobileNetV3 in inference mode gives all but zero features.
 SCRATCH_MOMENTUM = 0.99
 
 
 def check_params(task: Task, params: FrameEncoderParams, size: int) -> None:
-    """A ValueError naming the key when `train.<task>`'s encoder params cannot work together or with frames of `size` px."""
+    """A ValueError naming the key when `train.<task>`'s encoder params cannot work together or with frames of `size`
+    px."""
     key, encoder, weights = f"train.{task}", params.encoder, params.encoder_weights
     if encoder not in ENCODERS:
         raise ValueError(f"{key}.encoder: no encoder {encoder!r}; known encoders: {', '.join(ENCODERS)}")
     if encoder == SMALL:
         if weights != NO_WEIGHTS:
             raise ValueError(
-                f"{key}.encoder_weights: the small encoder learns from scratch; weights apply to a Keras application ({', '.join(APPLICATIONS)})"
+                f"{key}.encoder_weights: the small encoder learns from scratch; weights apply to a Keras application "
+                f"({', '.join(APPLICATIONS)})"
             )
     elif size < APPLICATIONS[encoder].min_size:
         raise ValueError(
-            f"{key}.encoder: {encoder} needs frames of at least {APPLICATIONS[encoder].min_size} px, but they are {size} px; raise the extract size"
+            f"{key}.encoder: {encoder} needs frames of at least {APPLICATIONS[encoder].min_size} px, "
+            f"but they are {size} px; raise the extract size"
         )
     if weights not in (NO_WEIGHTS, IMAGENET) and not weights.endswith(".h5"):
         raise ValueError(
@@ -62,7 +65,8 @@ def check_params(task: Task, params: FrameEncoderParams, size: int) -> None:
         )
     if params.freeze_encoder and weights == NO_WEIGHTS:
         raise ValueError(
-            f"{key}.freeze_encoder: freezing an encoder without weights keeps it random; set encoder_weights, or freeze_encoder: false"
+            f"{key}.freeze_encoder: freezing an encoder without weights keeps it random; "
+            "set encoder_weights, or freeze_encoder: false"
         )
 
 
@@ -81,9 +85,11 @@ def check_weights_present(task: Task, params: FrameEncoderParams) -> None:
         cached = keras_cache() / app.imagenet_file
         if not cached.is_file():
             raise VidopsError(
-                f"{key}.encoder_weights: imagenet weights for {encoder} are not in Keras's cache ({cached}), and vidops does not"
-                f" download them: pass a local .weights.h5 file as {key}.encoder_weights, or fill the cache on a machine with network"
-                f" (python -c 'import keras; keras.applications.{app.constructor}(include_top=False)') and copy {app.imagenet_file} there"
+                f"{key}.encoder_weights: imagenet weights for {encoder} are not in Keras's cache ({cached}), and "
+                f"vidops does not download them: pass a local .weights.h5 file as {key}.encoder_weights, or fill the "
+                "cache on a machine with network "
+                f"(python -c 'import keras; keras.applications.{app.constructor}(include_top=False)') and copy "
+                f"{app.imagenet_file} there"
             )
     elif not Path(weights).is_file():
         raise VidopsError(f"{key}.encoder_weights: no weights file {weights}")
@@ -104,8 +110,8 @@ def keras_cache() -> Path:
 
 
 def check_weights(task: Task, params: FrameEncoderParams) -> None:
-    """`check_weights_present`, then the weights loaded into the encoder: a VidopsError naming the key and file when they do
-    not fit. It builds the encoder, so it belongs in the training process, before the first epoch."""
+    """`check_weights_present`, then the weights loaded into the encoder: a VidopsError naming the key and file when
+    they do not fit. It builds the encoder, so it belongs in the training process, before the first epoch."""
     check_weights_present(task, params)
     key, encoder, weights = f"train.{task}", params.encoder, params.encoder_weights
     if encoder == SMALL or weights in (NO_WEIGHTS, IMAGENET):
@@ -114,9 +120,8 @@ def check_weights(task: Task, params: FrameEncoderParams) -> None:
         application(encoder, None, weights)
     except VidopsError:
         raise
-    except (
-        Exception
-    ) as exc:  # Keras says what did not fit in its own words: a ValueError, an OSError for a file that is not HDF5
+    except Exception as exc:
+        # Keras says what did not fit in its own words: a ValueError, an OSError for a file that is not HDF5
         raise VidopsError(
             f"{key}.encoder_weights: {weights} does not fit {encoder}: {exc}".replace("\n", " ")
         ) from None
@@ -134,7 +139,8 @@ def application(encoder: str, size: int | None, weights: str) -> Any:
     if size is not None and size < app.min_size:
         raise VidopsError(f"{encoder} needs frames of at least {app.min_size} px, got {size} px")
     constructor = getattr(keras.applications, app.constructor)
-    # imagenet: Keras takes its cached file (checked present first) and adds the preprocessing those weights were trained with
+    # imagenet: Keras takes its cached file (checked present first) and adds the preprocessing those weights were
+    # trained with
     model = constructor(
         include_top=False, weights=IMAGENET if weights == IMAGENET else None, input_shape=(size, size, 3)
     )

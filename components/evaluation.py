@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
 from vidops.components import inputs
 from vidops.components.errors import VidopsError
 from vidops.components.io import atomic_path, write_csv, write_json
@@ -25,13 +26,13 @@ class Evaluation:
     metrics: dict[str, float]
     metrics_path: Path
     confusion_path: Path
-    samples_path: Path | None = (
-        None  # a markdown table of test clips and what the model said of them, for the run's report
-    )
+    # a markdown table of test clips and what the model said of them, for the run's report
+    samples_path: Path | None = None
 
 
 def load_trained(model_dir: Path, package: str | None = None) -> tuple[Any, list[str]]:
-    """The trained Keras model under `model_dir` (its task's `package` registers the task's own layers) and its labels."""
+    """The trained Keras model under `model_dir` (its task's `package` registers the task's own layers) and its
+    labels."""
     from vidops.components.layers import load_model
 
     if not (model_dir / MODEL_FILE).is_file():

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from vidops.components import audio
 from vidops.components.captions import CAPTION_COLUMNS, read_captions_csv
 from vidops.components.catalog import read_catalog
@@ -35,7 +36,7 @@ from vidops.components.sampling import ClipTooShort, sample_indices
 
 SPLITS = ("train", "test")
 # Failures of the machine, not of a clip: they stop the stage (nothing is cached), where a clip's own decoding error
-# is recorded in the index and the stage goes on. A full disk, once, cost two clips silently.
+# is recorded in the index and the stage goes on: a full disk must not cost clips silently.
 MACHINE_ERRNOS = frozenset(
     {
         errno.ENOSPC,
@@ -74,11 +75,11 @@ class ClipJob:
     row: dict[str, Any]  # path, label, split, sha256, for the index
 
 
+# Fewer clips to extract than this are extracted in this process: a worker's start (importing PyAV, numpy and pandas)
+# costs more than a re-run's handful of new clips takes (measured: benchmarks/README.md).
+IN_PROCESS_CLIPS = 64
 # index.csv's columns: the clip (as the manifest has it), its shard, how its extraction went, and the shard's size and
 # mtime when it was written (a re-run trusts an unchanged shard without opening it)
-# Fewer clips to extract than this are extracted in this process: a worker's start (importing PyAV, numpy and pandas,
-# 1-3 s on 2 cores) costs more than a re-run's handful of new clips (13-36 ms each at the bench's sizes) takes.
-IN_PROCESS_CLIPS = 64
 INDEX_COLUMNS = (
     "path",
     "label",
@@ -125,7 +126,7 @@ def extract_clip(path: Path, n_frames: int, params: ExtractParams, seed: int | N
 
 
 # bumped when the same params give other shards, so a re-run extracts again instead of mixing the two.
-# 2: audio features decoded around the sampled frames, not from the whole track (equal but for a clip's first steps)
+# 2: audio features decoded around the sampled frames
 FEATURES_VERSION = 2
 
 
@@ -179,9 +180,10 @@ def extract_batch(jobs: list[ClipJob], params: ExtractParams, shard_dir: str) ->
 
 
 def _kept_shards(index_table: Path, shard_dir: Path) -> dict[str, dict[str, Any]]:
-    """The index fields of each shard the last index lists as extracted and whose file is unchanged since (the same size
-    and mtime, as DVC's state judges a file): their clips need no worker, which would open every shard to read its flags
-    (about 3 s of a re-run at 4,000 clips). A shard written anew, damaged or replaced has another size or mtime."""
+    """The index fields of each shard the last index lists as extracted and whose file is unchanged since (the same
+    size and mtime, as DVC's state judges a file): their clips need no worker, which would open every shard to read its
+    flags, a cost that weighs on a re-run (measured: benchmarks/README.md). A shard written anew, damaged or replaced
+    has another size or mtime."""
     try:
         old = pd.read_csv(index_table, keep_default_na=False, dtype=str)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
@@ -229,8 +231,8 @@ def extract_features(
     """Extract every accepted clip into `features_dir/clips/`, then write the index; drop shards of other params.
 
     Batches of `params.batch_size` clips go through `mapper` (default: `params.workers` processes, or this process when
-    fewer than IN_PROCESS_CLIPS clips are left to extract). With `captions` (the
-    accepted clips' CAPTIONS_FILE that validation writes), the extracted clips' captions go to `features_dir`/CAPTIONS_FILE.
+    fewer than IN_PROCESS_CLIPS clips are left to extract). With `captions` (the accepted clips' CAPTIONS_FILE that
+    validation writes), the extracted clips' captions go to `features_dir`/CAPTIONS_FILE.
     """
     manifest = read_catalog(accepted_table)
     if captions is not None and not captions.is_file():  # before any work

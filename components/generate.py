@@ -15,20 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from vidops.components.errors import VidopsError
 from vidops.components.params import GenerateParams, Task
 
 MOTIONS = ("move_left", "move_right", "move_up", "move_down", "rotate", "zoom_in", "zoom_out")
 SHAPES = ("square", "triangle", "cross", "ellipse")  # none looks the same after a small rotation
 MARKER = "generator.json"  # at a generated dataset's top: the task and the params it was made with
-
-
-@dataclass(frozen=True)
-class DemoData:
-    """What a task's `generate` wrote: its labels (the clips' folders) and how many clips."""
-
-    labels: tuple[str, ...]
-    clips: int
 
 
 @dataclass(frozen=True)
@@ -44,7 +37,7 @@ def generate_dataset(out_dir: Path, task: Task, params: GenerateParams) -> Gener
     The clips go into a hidden sibling folder that is renamed into place only when all are done, so an interrupted
     run never leaves a folder that looks complete.
     """
-    from vidops.components.tasks import spec
+    from vidops.components.tasks import spec  # the tasks import this module's drawing
 
     write = spec(task).generate
     if write is None:

@@ -10,6 +10,8 @@ which costs the square of their number, and every such pair is a near pair anywa
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 WORD_BITS = 64
@@ -51,7 +53,7 @@ def pairwise(words: np.ndarray, max_bits: int) -> tuple[np.ndarray, np.ndarray]:
 def _chunks(bits: int, parts: int) -> list[tuple[int, int]]:
     """`parts` runs of consecutive bit positions covering 0..bits, as even as can be."""
     edges = np.linspace(0, bits, parts + 1).round().astype(int)
-    return list(zip(edges[:-1], edges[1:], strict=True))
+    return list(itertools.pairwise(edges))
 
 
 def _chunk_keys(chunk: np.ndarray) -> np.ndarray:

@@ -22,15 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
 from vidops.components.catalog import dataset_manifest, list_sources
 from vidops.components.errors import VidopsError
 from vidops.components.io import atomic_path
 from vidops.components.probe import file_sha256
 
 BLOCK = 8 * 2**20  # bytes read at a time
-ALREADY_IN = (
-    "already in the dataset"  # a landed clip byte-identical to one the dataset has: done with, like an added one
-)
+# a landed clip byte-identical to one the dataset has: done with, like an added one
+ALREADY_IN = "already in the dataset"
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,8 @@ def list_landing(client: Any, url: str) -> list[LandingObject]:
             found += page.get("Contents", [])
     except ClientError as exc:
         raise VidopsError(
-            f"{url}: cannot list the landing prefix: {exc.response['Error'].get('Code')}: {exc.response['Error'].get('Message')}"
+            f"{url}: cannot list the landing prefix: {exc.response['Error'].get('Code')}: "
+            f"{exc.response['Error'].get('Message')}"
         ) from None
     except BotoCoreError as exc:
         raise OSError(f"{url}: cannot list the landing prefix: {exc}") from None  # the network's: a task may retry it
@@ -110,17 +111,18 @@ def download(client: Any, bucket: str, landed: LandingObject, folder: Path) -> P
                 raise Changed(f"s3://{bucket}/{landed.key}: gone since it was listed") from None
             raise
         except BotoCoreError as exc:
-            raise OSError(
-                f"s3://{bucket}/{landed.key}: download failed: {exc}"
-            ) from exc  # the network's: a task may retry it
+            # the network's: a task may retry it
+            raise OSError(f"s3://{bucket}/{landed.key}: download failed: {exc}") from exc
         size = tmp.stat().st_size
         if size != landed.size:
             raise Changed(
-                f"s3://{bucket}/{landed.key}: {size} bytes downloaded, {landed.size} listed: it changed since it was listed"
+                f"s3://{bucket}/{landed.key}: {size} bytes downloaded, {landed.size} listed: "
+                "it changed since it was listed"
             )
         if _etag(client, bucket, landed, tmp) != landed.etag:
             raise Changed(
-                f"s3://{bucket}/{landed.key}: its checksum is not the listed ETag {landed.etag}: it changed since it was listed"
+                f"s3://{bucket}/{landed.key}: its checksum is not the listed ETag {landed.etag}: "
+                "it changed since it was listed"
             )
     return path
 
@@ -140,7 +142,8 @@ def _etag(client: Any, bucket: str, landed: LandingObject, path: Path) -> str:
 
 
 def _part_md5s(path: Path, sizes: list[int]) -> list[bytes]:
-    """The MD5 of each successive part of the file, of the given sizes, read in blocks (a last part takes what is left)."""
+    """The MD5 of each successive part of the file, of the given sizes, read in blocks (a last part takes what is
+    left)."""
     parts = []
     with path.open("rb") as f:
         for n, size in enumerate(sizes):
@@ -191,7 +194,8 @@ def append_rows(listing: Path, rows: list[dict[str, str]]) -> None:
 
 
 def move(client: Any, bucket: str, key: str, source_prefix: str, target_url: str) -> str:
-    """Move an object from under `source_prefix` to the same place under `target_url` (copy, then delete); its new key."""
+    """Move an object from under `source_prefix` to the same place under `target_url` (copy, then delete); its new
+    key."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     target_bucket, target_prefix = split_url(target_url)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
 from vidops.components.captions import read_captions_csv
 from vidops.components.errors import VidopsError
 from vidops.components.extraction import usable_rows
@@ -45,9 +46,8 @@ class Split:
     labels: np.ndarray  # int32, one per shard
     names: tuple[str, ...]  # class names, in label order
     shapes: dict[str, tuple[int, ...]]  # field -> shape of one clip's array, the same in every shard
-    groups: tuple[
-        str, ...
-    ] = ()  # each clip's group (a person, a scene, a source video): clips of a group stay together
+    # each clip's group (a person, a scene, a source video): clips of a group stay together
+    groups: tuple[str, ...] = ()
     clips: tuple[str, ...] = ()  # each clip's path in its dataset, as the index lists it
 
     @property
@@ -68,9 +68,8 @@ def open_split(features_dir: Path, split: str, fields: tuple[str, ...]) -> Split
     names = tuple(json.loads((features_dir / INDEX).read_text())["labels"])
     paths = [features_dir / SHARDS / shard for shard in rows["shard"]]
     labels = rows["label"].map({name: i for i, name in enumerate(names)}).to_numpy(np.int32)
-    groups = tuple(
-        rows["group"] if "group" in rows else rows["path"]
-    )  # an index from before groups were kept: each clip its own
+    # an index from before groups were kept: each clip its own
+    groups = tuple(rows["group"] if "group" in rows else rows["path"])
     with ThreadPoolExecutor(8) as pool:
         shapes = list(pool.map(lambda path: _check_shard(path, fields), paths))
     for path, shape in zip(paths, shapes, strict=True):
@@ -101,7 +100,7 @@ def carve_validation(split: Split, fraction: float) -> tuple[Split, Split | None
     held: set[str] = set()
     for label in np.unique(split.labels):
         groups = sorted(
-            {g for g, l in zip(split.groups, split.labels, strict=True) if l == label},
+            {g for g, clip_label in zip(split.groups, split.labels, strict=True) if clip_label == label},
             key=lambda g: hashlib.sha256(f"validation:{g}".encode()).hexdigest(),
         )
         held.update(groups[: min(round(len(groups) * fraction), len(groups) - 1)])
@@ -148,7 +147,8 @@ def in_memory(split: Split, field: str) -> np.ndarray:
 
 
 def in_chunks(split: Split, field: str, clips: int) -> Iterator[np.ndarray]:
-    """`in_memory` of `clips` clips at a time, in the split's order: a split of any size read within a bounded memory."""
+    """`in_memory` of `clips` clips at a time, in the split's order: a split of any size read within a bounded
+    memory."""
     for start in range(0, len(split.paths), clips):
         mask = np.zeros(len(split.paths), bool)
         mask[start : start + clips] = True
@@ -180,7 +180,8 @@ def plan_feed(clip_bytes: int, clips: int, params: FitParams, key: str = "train.
     if budget < in_flight:
         raise VidopsError(
             f"{key}.memory_budget_mb: {params.memory_budget_mb} MB cannot hold the training input's batches in flight, "
-            f"{_mb(in_flight)} MB ({IN_FLIGHT_BATCHES} batches of {batch_size} clips of {_mb(clip_bytes)} MB, and {READ_CYCLE} clips being read); "
+            f"{_mb(in_flight)} MB ({IN_FLIGHT_BATCHES} batches of {batch_size} clips of {_mb(clip_bytes)} MB, "
+            f"and {READ_CYCLE} clips being read); "
             f"raise it, or lower {key}.batch_size"
         )
     held = int((budget - in_flight) * HELD_SHARE)  # bytes of clips the feed may hold
@@ -196,7 +197,8 @@ def _mb(size: int) -> str:
 
 
 def check_budget(features_dir: Path, fields: tuple[str, ...], params: FitParams, key: str) -> None:
-    """`plan_feed`'s refusal before any work is done (one shard read): a budget that cannot hold the batches in flight."""
+    """`plan_feed`'s refusal before any work is done (one shard read): a budget that cannot hold the batches in
+    flight."""
     rows = usable_rows(features_dir, "train")
     if len(rows):
         plan_feed(_clip_bytes(_check_shard(features_dir / SHARDS / rows["shard"].iloc[0], fields)), 0, params, key)
@@ -251,7 +253,8 @@ def read_split(
 
 
 def _cache_file() -> Path:
-    """A fresh file name for a disk cache under TMPDIR, removed when the process exits (a killed one leaves it in TMPDIR)."""
+    """A fresh file name for a disk cache under TMPDIR, removed when the process exits (a killed one leaves it in
+    TMPDIR)."""
     folder = Path(tempfile.mkdtemp(prefix="vidops-input-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return folder / "clips"
@@ -279,7 +282,8 @@ def crop_clips(frames: Any, flip: Any = None) -> Any:
 
 
 def jitter_colours(x: Any) -> Any:
-    """Brightness +-10% and contrast 0.8-1.2x about mid-grey, drawn per clip (axis 0) and the same over its frames; uint8 out."""
+    """Brightness +-10% and contrast 0.8-1.2x about mid-grey, drawn per clip (axis 0) and the same over its frames;
+    uint8 out."""
     import tensorflow as tf
 
     per_clip = tf.concat([tf.shape(x)[:1], tf.ones([tf.rank(x) - 1], tf.int32)], 0)

@@ -45,9 +45,8 @@ def write_csv(path: Path, frame: Any) -> None:
         frame.to_csv(tmp, index=False)
 
 
-# numpy parses each .npy header with ast.literal_eval, and CPython 3.11's compiler is not safe across threads
-# (seen here: "SystemError: AST constructor recursion depth mismatch" while shards were checked in a thread pool):
-# shards are opened one thread at a time.
+# numpy parses each .npy header with ast.literal_eval, and CPython 3.11's compiler is not safe across threads (it can
+# fail with "SystemError: AST constructor recursion depth mismatch"): shards are opened one thread at a time.
 _NPZ_LOCK = threading.Lock()
 
 
@@ -61,8 +60,9 @@ def read_arrays(path: Path | str, fields: Iterable[str]) -> dict[str, Any]:
 
 def records(frame: Any, columns: Iterable[str] | None = None) -> list[dict[str, Any]]:
     """The rows of a pandas DataFrame (its `columns`, default all) as dicts of plain Python values, for a loop over
-    rows: column by column, where itertuples and to_dict("records") box each value one at a time (pandas 3's Arrow
-    strings: about 0.3 s a pass over a 4,000-clip manifest)."""
+    rows: column by column, where itertuples and to_dict("records") box each value one at a time, which is slow with
+    pandas 3's Arrow strings (measured: benchmarks/README.md)."""
     names = list(frame.columns if columns is None else columns)
     values = [frame[name].tolist() for name in names]
-    return [dict(zip(names, row)) for row in zip(*values)]
+    # every column has the frame's length, and every row one value per name
+    return [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]

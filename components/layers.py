@@ -15,6 +15,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 from keras import layers, ops
+
 from vidops.components import encoders
 from vidops.components.params import FrameEncoderParams
 
@@ -24,14 +25,14 @@ def frame_encoder(frames: Any, size: int, params: FrameEncoderParams) -> Any:
     if params.encoder == encoders.SMALL:
         # Each frame with its change from the one before: the moving shape stands out from a busy background at full
         # resolution, where a temporal layer after the pooled maps sees a move of a fraction of a cell. On the demo data
-        # the classifier's loss leaves chance in 5 epochs instead of 15-30 (benchmarks/README.md).
+        # the classifier's loss leaves chance far sooner with it (measured: benchmarks/README.md).
         x = layers.Rescaling(1 / 255)(frames)
         if not params.two_stream:
             return frame_cnn(FrameDifferences()(x), params.filters)
         # Two streams (Simonyan and Zisserman, 2014): what is there from the frame alone, how it moves from the change
-        # alone, each its own CNN. Through one CNN the captioner learnt shapes slowly: it named the shape of a held-out
-        # combination of shape, colour and motion right 0.79-0.82 of the time, through two 0.93-0.95, at 1.6x the
-        # training time (benchmarks/README.md).
+        # alone, each its own CNN. Through one CNN the captioner learns shapes slowly; through two it names the shape of
+        # a held-out combination of shape, colour and motion right more often, for a longer training (measured:
+        # benchmarks/README.md).
         return layers.Concatenate()([frame_cnn(x, params.filters), frame_cnn(FrameChanges()(x), params.filters)])
     application = encoders.application(params.encoder, size, params.encoder_weights)
     application.trainable = not params.freeze_encoder
@@ -61,7 +62,8 @@ def conv_block(x: Any, width: int) -> Any:
 
 @keras.saving.register_keras_serializable(package="vidops")
 class FrameDifferences(layers.Layer):
-    """[B, N, S, S, C] -> [B, N, S, S, 2C]: each frame with its difference from the frame before (zero for the first)."""
+    """[B, N, S, S, C] -> [B, N, S, S, 2C]: each frame with its difference from the frame before (zero for the
+    first)."""
 
     def call(self, frames: Any) -> Any:
         return ops.concatenate([frames, _changes(frames)], axis=-1)
@@ -128,8 +130,8 @@ class PerFrame(layers.Wrapper):
 
 
 def load_model(path: Path, package: str | None = None) -> keras.Model:
-    """A saved vidops model. This module registers the shared layers it may hold; `package`, the task's, registers its own
-    (its `model` module, when it has one)."""
+    """A saved vidops model. This module registers the shared layers it may hold; `package`, the task's, registers its
+    own (its `model` module, when it has one)."""
     if package and importlib.util.find_spec(f"{package}.model") is not None:  # dependencies.MODEL_MODULE
         importlib.import_module(f"{package}.model")
     return keras.models.load_model(path)

@@ -8,16 +8,15 @@ from pathlib import Path
 # The file names of the layout (docs/ARCHITECTURE.md); components that take a folder use these too.
 SHARDS = "clips"  # data/features/<task>/: one .npz per clip
 INDEX_TABLE = "index.csv"  # data/features/<task>/: every clip: shard, split, status, error
-INDEX = "index.json"  # data/features/<task>/: labels and params; written last: its presence says the shards it lists are complete
-# path, caption: one row per caption, several per clip. At a captioned dataset's top (the user's), in data/catalog/<task>/
-# (the accepted clips'), in data/features/<task>/ (the extracted clips', each path as index.csv's)
+# data/features/<task>/: labels and params; written last: its presence says the shards it lists are complete
+INDEX = "index.json"
+# path, caption: one row per caption, several per clip. At a captioned dataset's top (the user's), in
+# data/catalog/<task>/ (the accepted clips'), in data/features/<task>/ (the extracted clips', each path as index.csv's)
 CAPTIONS_FILE = "captions.csv"
-CATALOG = (
-    "catalog.csv"  # data/catalog/<task>/: every file of the dataset: its probe facts, checks, status, group and split
-)
-FORMER_CATALOG = (
-    "manifest.csv"  # data/catalog/<task>/: the catalog table's name before (a dataset's own list is manifest.csv)
-)
+# data/catalog/<task>/: every file of the dataset: its probe facts, checks, status, group and split
+CATALOG = "catalog.csv"
+# data/catalog/<task>/: the catalog table's former name (a dataset's own list is manifest.csv)
+FORMER_CATALOG = "manifest.csv"
 ACCEPTED = "accepted.csv"  # data/catalog/<task>/: the clips that passed, with their split: what extraction reads
 QUARANTINE = "quarantine.csv"  # data/catalog/<task>/: one row per failed critical check per clip, with the reason
 WARNINGS = "warnings.csv"  # data/catalog/<task>/: the same for warnings (the clip is kept)

@@ -60,7 +60,8 @@ def registered_version(tracking: Tracking, model_uri: str) -> tuple[str, Any]:
     found = re.fullmatch(r"models:/([^/@]+)(?:/(\d+)|@([\w-]+))", model_uri)
     if not found:
         raise VidopsError(
-            f"{model_uri}: not a registered model URI such as models:/vidops-classifier@champion or models:/vidops-classifier/3"
+            f"{model_uri}: not a registered model URI such as models:/vidops-classifier@champion "
+            "or models:/vidops-classifier/3"
         )
     name, number, alias_name = found.groups()
     client = MlflowClient(tracking.uri)

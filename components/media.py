@@ -26,8 +26,8 @@ def write_clip(path: Path, frames: Iterable[np.ndarray], fps: int, audio: np.nda
         video = container.add_stream("libx264", rate=fps)
         video.height, video.width = first.shape[:2]
         video.pix_fmt = "yuv420p"
-        # A seed must fix the bytes. With x264's lookahead (rc-lookahead, mbtree) on, the same
-        # frames encoded now and then differently from run to run (seen here, with an audio stream beside).
+        # A seed must fix the bytes. With x264's lookahead (rc-lookahead, mbtree) on, the same frames can encode
+        # differently from run to run (with an audio stream beside), so it is off.
         video.options = {"preset": "veryfast", "crf": "20", "threads": "1", "x264-params": "rc-lookahead=0:mbtree=0"}
         sound = container.add_stream("aac", rate=AUDIO_RATE, layout="mono") if audio is not None else None
         for frame in (first, *frames):
@@ -63,7 +63,8 @@ class Frames:
 
 
 def read_frames(path: Path, indices: np.ndarray, size: int, resize: str = "squash", dense: bool = False) -> Frames:
-    """Decode exactly the frames at `indices` (0-based, in presentation order), upright and resized (see `decode_frames`)."""
+    """Decode exactly the frames at `indices` (0-based, in presentation order), upright and resized (see
+    `decode_frames`)."""
     with open_clip(path) as container:
         return decode_frames(container, path, indices, size, resize, dense)
 
@@ -81,15 +82,16 @@ def decode_frames(
     resize: str = "squash",
     dense: bool = False,
 ) -> Frames:
-    """Decode exactly the frames at `indices` (0-based, in presentation order) of the open clip at `path`, upright and resized.
+    """Decode exactly the frames at `indices` (0-based, in presentation order) of the open clip at `path`, upright and
+    resized.
 
     Sparse reads seek to the keyframe before each wanted frame when that skips decoding, and
     skip H.264 frames that are neither wanted nor referenced; `dense` decodes the clip once
     from the start instead. Only the wanted frames are converted, each as soon as it decodes.
     """
     stream = container.streams.video[0]
-    # frame threads pay off decoding straight through; jumping about, they only fill up and drain
-    # (measured by `vidops bench extract`: slice threads made sparse reads about 1.3x faster)
+    # frame threads pay off decoding straight through; jumping about, they only fill up and drain, and slice threads
+    # read sparse frames faster (measured: benchmarks/README.md)
     stream.thread_type = "AUTO" if dense else "SLICE"
     with only_stream(container, stream):
         pts, keyframes = _timeline(container, stream)
@@ -100,7 +102,8 @@ def decode_frames(
         frames = (
             _decode_dense(container, stream, wanted) if dense else _decode_sparse(container, stream, wanted, keyframes)
         )
-        # one scaler for the clip: a new one per frame (what frame.to_ndarray does) cost 10x the scaling itself
+        # one scaler for the clip: a new one per frame (what frame.to_ndarray does) costs many times the scaling itself
+        # (measured: benchmarks/README.md)
         scaler = VideoReformatter()
         decoded = {p: _upright(frame, size, resize, scaler) for p, frame in frames}
     time_base = stream.time_base
@@ -116,8 +119,8 @@ def decode_frames(
 
 @contextmanager
 def only_stream(container: Any, stream: Any) -> Iterator[None]:
-    """While inside, the demuxer skips the other streams' packets rather than reading and dropping them (in an MP4
-    of 640x360 video, that made audio read around sampled frames 1.6x faster: `vidops bench extract`)."""
+    """While inside, the demuxer skips the other streams' packets rather than reading and dropping them, which makes
+    reading one stream of an MP4 faster (measured: benchmarks/README.md)."""
     others = [(s, s.discard) for s in container.streams if s.index != stream.index]
     for other, _ in others:
         other.discard = av.stream.Discard.all
@@ -206,7 +209,8 @@ def _unreferenced_h264(data: bytes) -> bool:
 
 
 def _upright(frame: av.VideoFrame, size: int, resize: str, scaler: VideoReformatter) -> np.ndarray:
-    """The frame as uint8 [size, size, 3]: rotated as its display matrix says, then squashed, centre-cropped or letterboxed."""
+    """The frame as uint8 [size, size, 3]: rotated as its display matrix says, then squashed, centre-cropped or
+    letterboxed."""
     turns = round((frame.rotation or 0) / 90) % 4
     width, height = (frame.height, frame.width) if turns % 2 else (frame.width, frame.height)  # as displayed
     if resize == "squash":

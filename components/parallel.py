@@ -1,4 +1,5 @@
-"""One way to spread batches of work: a `Mapper` calls a function on each argument tuple and yields the results in order.
+"""One way to spread batches of work: a `Mapper` calls a function on each argument tuple and yields the results in
+order.
 
 Components take a Mapper and default to a local pool; the Prefect flow hands them one that
 runs each call as a task run on its task runner (threads or Dask, `flows/runners.py`).
@@ -12,9 +13,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
-Mapper = Callable[
-    [Callable[..., Any], list[tuple[Any, ...]], int], Iterator[Any]
-]  # (function, calls, workers) -> results
+# (function, calls, workers) -> results
+Mapper = Callable[[Callable[..., Any], list[tuple[Any, ...]], int], Iterator[Any]]
 
 
 def in_processes(function: Callable[..., Any], calls: list[tuple[Any, ...]], workers: int) -> Iterator[Any]:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+
 from vidops.components.errors import VidopsError
 
 if TYPE_CHECKING:
@@ -29,7 +30,8 @@ class _Group(BaseModel):
 
 
 class _PerTask(_Group):
-    """A group with one entry per task, `params.extract.of(task)`: `params_model` gives it a field per registered task."""
+    """A group with one entry per task, `params.extract.of(task)`: `params_model` gives it a field per registered
+    task."""
 
     def of(self, task: Task) -> Any:
         return getattr(self, task)
@@ -92,40 +94,34 @@ class FitParams(_Group):
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(16, ge=1)
     learning_rate: float = Field(2e-3, gt=0)  # the first epoch's; it falls along a cosine to 2 % of it by the last
-    patience: int = Field(
-        8, ge=1
-    )  # epochs without a lower validation loss before stopping early (not before half the epochs)
-    validation_fraction: float = Field(
-        0.15, ge=0, lt=1
-    )  # of each class's training groups, held out to drive early stopping
+    # epochs without a lower validation loss before stopping early (not before half the epochs)
+    patience: int = Field(8, ge=1)
+    # of each class's training groups, held out to drive early stopping
+    validation_fraction: float = Field(0.15, ge=0, lt=1)
     augment: bool = True  # random changes to the training examples; never to evaluation's
     seed: int = 0
     deterministic: bool = False  # deterministic TensorFlow ops: repeatable, slower
     mixed_precision: bool = True  # float16 compute on a GPU; ignored on the CPU
     xla: bool = False  # compile the model with XLA on a GPU
-    # the training input's clips: auto holds them in memory when they fit memory_budget_mb, else streams them from the shards
-    # (the shuffle buffer sized to the budget); memory always holds them; disk streams the first epoch into one file and
-    # reads it after (under TMPDIR, for shards on a slow or remote disk); none streams every epoch
+    # the training input's clips: auto holds them in memory when they fit memory_budget_mb, else streams them from the
+    # shards (the shuffle buffer sized to the budget); memory always holds them; disk streams the first epoch into one
+    # file and reads it after (under TMPDIR, for shards on a slow or remote disk); none streams every epoch
     cache: Literal["auto", "memory", "disk", "none"] = "auto"
-    memory_budget_mb: int = Field(
-        4096, ge=1
-    )  # the most the training input holds: cached clips, shuffle buffer, batches in flight
+    # the most the training input holds: cached clips, shuffle buffer, batches in flight
+    memory_budget_mb: int = Field(4096, ge=1)
 
 
 class FrameEncoderParams(FitParams):
     """Fit params of a model that sees every frame through the swappable frame encoder (components/encoders.py)."""
 
-    encoder: str = (
-        "small"  # small (the per-frame CNN of `filters`) | a Keras application: mobilenet_v3_small, efficientnet_b0
-    )
-    encoder_weights: str = (
-        "none"  # a Keras application's: none | imagenet (from Keras's cache only) | path of a .weights.h5 file
-    )
+    # small (the per-frame CNN of `filters`) | a Keras application: mobilenet_v3_small, efficientnet_b0
+    encoder: str = "small"
+    # a Keras application's: none | imagenet (from Keras's cache only) | path of a .weights.h5 file
+    encoder_weights: str = "none"
     freeze_encoder: bool = False  # keep the loaded weights as they are (batch norm in inference mode)
     filters: tuple[int, ...] = (16, 32)  # the small encoder: one conv block each
-    two_stream: bool = (
-        False  # the small encoder: the frame and its difference from the last through two CNNs of `filters`
-    )
+    # the small encoder: the frame and its difference from the last through two CNNs of `filters`
+    two_stream: bool = False
 
 
 class ModelRegistryParams(_Group):
@@ -137,13 +133,13 @@ class ModelRegistryParams(_Group):
 class RegistryParams(_PerTask):
     experiment: str = "vidops"
     min_improvement: float = Field(0.0, ge=0)  # a new version becomes champion only if it beats the champion by more
-    register_experiments: bool = (
-        False  # `dvc exp run`: register (and gate) each experiment's model, or only report its metrics
-    )
+    # `dvc exp run`: register (and gate) each experiment's model, or only report its metrics
+    register_experiments: bool = False
 
 
 class RunnerParams(_Group):
-    """How the Prefect flow spreads probing's and extraction's batches of clips (with probe_workers / extract.<task>.workers workers)."""
+    """How the Prefect flow spreads probing's and extraction's batches of clips (with probe_workers /
+    extract.<task>.workers workers)."""
 
     kind: Literal["processes", "threads", "dask"] = "processes"
     address: str | None = None  # dask: an existing scheduler, e.g. tcp://10.0.0.5:8786; none: a local cluster

@@ -152,7 +152,8 @@ def _decode_samples(path: Path, facts: dict[str, Any]) -> dict[str, Any]:
             out["decode_error"] = "the last frames do not decode (truncated file?)"
         elif span and (last - start) < 0.9 * span * (1 - 1 / max(facts["frames"] or 1, 1)):
             out["decode_error"] = (
-                f"decoding stops at {float((last - start) * video.time_base):.2f} s of {facts['duration_s']:.2f} s (truncated file?)"
+                f"decoding stops at {float((last - start) * video.time_base):.2f} s of {facts['duration_s']:.2f} s "
+                "(truncated file?)"
             )
     return out
 

@@ -126,7 +126,10 @@ def _against(
     try:
         best = score_version(tracking, name, champion, test, reports_dir / f"v{champion}", registry_key)[metric]
     except Incomparable as exc:
-        reason = f"champion v{champion} cannot be scored on this test set ({exc}); compare them yourself and `vidops promote` by hand"
+        reason = (
+            f"champion v{champion} cannot be scored on this test set ({exc}); "
+            "compare them yourself and `vidops promote` by hand"
+        )
         return Decision(name, version, False, "not promoted", reason, metric, score, champion)
     won = score > best + margin
     verdict = "beats" if won else "does not beat"
@@ -195,7 +198,8 @@ def promote(tracking: Tracking, name: str, version: str | None, reason: str) -> 
 
 
 def rollback(tracking: Tracking, name: str, reason: str) -> str:
-    """Move `champion` back to `previous-champion` (and the current champion to `previous-champion`); the version now champion."""
+    """Move `champion` back to `previous-champion` (and the current champion to `previous-champion`); the version now
+    champion."""
     client = _client(tracking, name)
     previous, current = alias(client, name, PREVIOUS), alias(client, name, CHAMPION)
     if previous is None:
@@ -259,7 +263,8 @@ def _evaluated(client: Any, name: str, version: str) -> None:
         raise VidopsError(f"model {name} has no version {version}") from None
     if UNFINISHED in tags:
         raise VidopsError(
-            f"model {name} version {version}: its {tags[UNFINISHED]} (tagged {UNFINISHED}); only whole versions are promoted"
+            f"model {name} version {version}: its {tags[UNFINISHED]} (tagged {UNFINISHED}); "
+            "only whole versions are promoted"
         )
     if EVALUATED not in tags:
         raise VidopsError(f"model {name} version {version} was never evaluated; only evaluated versions are promoted")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from vidops.components.errors import Unreachable, VidopsError
 from vidops.components.io import read_arrays
 from vidops.components.layout import ACCEPTED, HISTORY_FILE, LABELS_FILE, MODEL_FILE, SHARDS
@@ -35,9 +36,8 @@ from vidops.components.tracking import (
 CHAMPION = "champion"
 CHALLENGER = "challenger"  # the newest registered version
 PREVIOUS = "previous-champion"  # where `vidops rollback` moves the champion back to
-EVALUATED = (
-    "vidops.metric"  # a version's tag: its champion metric from its own evaluation; only such versions are promoted
-)
+# a version's tag: its champion metric from its own evaluation; only such versions are promoted
+EVALUATED = "vidops.metric"
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,8 @@ def _log_run(
     task: Task,
     tags: dict[str, str],
 ) -> _Logged:
-    """Everything of the model into its run: metrics, curves, reports, the Keras model and the served model (not registered)."""
+    """Everything of the model into its run: metrics, curves, reports, the Keras model and the served model (not
+    registered)."""
     import mlflow
 
     with mlflow.start_run(run_id=training.run_id, tags=tags) as run:
@@ -156,10 +157,10 @@ def _register_whole(
     tracking: Tracking, model_uri: str, name: str, run_id: str, tags: dict[str, str], registry_key: bytes | None
 ) -> str:
     """Register the logged served model as a new version of `name`, whole or not at all: the version is made carrying
-    UNFINISHED, then sealed (its files downloaded as the store holds them), tagged (lineage, its evaluation), cleared of
-    UNFINISHED, and only then made the challenger. When a step fails (a server gone, Ctrl-C) the version is deleted; when
-    even that cannot be done it stays UNFINISHED, which `trusted_download`, the gate and promote refuse, and the next
-    registration into the same run deletes it."""
+    UNFINISHED, then sealed (its files downloaded as the store holds them), tagged (lineage, its evaluation), cleared
+    of UNFINISHED, and only then made the challenger. When a step fails (a server gone, Ctrl-C) the version is deleted;
+    when even that cannot be done it stays UNFINISHED, which `trusted_download`, the gate and promote refuse, and the
+    next registration into the same run deletes it."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -169,9 +170,12 @@ def _register_whole(
             for stale in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
                 if UNFINISHED in stale.tags:  # left by an attempt of this same registration that was killed or cut off
                     client.delete_model_version(name, stale.version)
-            began = f"registration from run {run_id} began {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} and has not finished"
-            # not awaited: an open-source store makes a version READY as it creates it, and one request less leaves fewer
-            # ways to lose the number of a version the server made
+            began = (
+                f"registration from run {run_id} began {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} "
+                "and has not finished"
+            )
+            # not awaited: an open-source store makes a version READY as it creates it, and one request less leaves
+            # fewer ways to lose the number of a version the server made
             version = str(
                 mlflow.register_model(model_uri, name, await_registration_for=0, tags={UNFINISHED: began}).version
             )
@@ -187,16 +191,18 @@ def _register_whole(
             for key, value in tags.items():  # the version carries its lineage too: `vidops lineage` reads it from there
                 client.set_model_version_tag(name, version, key, value)
             client.delete_model_version_tag(name, version, UNFINISHED)
-            client.set_registered_model_alias(
-                name, CHALLENGER, version
-            )  # last: only a whole version is ever the challenger
+            # last: only a whole version is ever the challenger
+            client.set_registered_model_alias(name, CHALLENGER, version)
             client.set_tag(run_id, REGISTERED, version)
     except BaseException as exc:
         try:
             client.delete_model_version(name, version)
             left = f"version {version} was deleted"
         except Exception:  # the server is gone: the version keeps its UNFINISHED tag
-            left = f"version {version} stays tagged {UNFINISHED}: never loaded, gated or promoted, and the next registration from this run deletes it"
+            left = (
+                f"version {version} stays tagged {UNFINISHED}: never loaded, gated or promoted, and the next "
+                "registration from this run deletes it"
+            )
         if isinstance(exc, VidopsError):
             raise type(exc)(f"{exc}; {left}") from None
         raise
@@ -212,14 +218,14 @@ def _log_served_model(
     import pandas as pd
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
+
     from vidops.components.extraction import usable_rows
     from vidops.components.serving import MODEL_CODE, VIDEO, encode
 
     config = {
         "task": task,
-        "package": spec(
-            task
-        ).package,  # where the served model finds a task that is not vidops's own: the code it carries
+        # where the served model finds a task that is not vidops's own: the code it carries
+        "package": spec(task).package,
         "labels": json.loads((model_dir / LABELS_FILE).read_text()),
         "extract": params.extract.of(task).model_dump(mode="json"),
         "train": params.train.of(task).model_dump(mode="json"),
@@ -241,9 +247,8 @@ def _served_code(tmp: Path, task: Task) -> list[Path]:
     """The code a served model carries: the `vidops` package with `components/` alone in it, and a task's own package
     when it is not in there (MLflow puts each folder's parent on `sys.path` when it loads the model, where neither
     vidops nor the task's package need be installed)."""
-    import vidops.components
-
     import vidops
+    import vidops.components
 
     package = tmp / "vidops"
     package.mkdir()
@@ -289,7 +294,8 @@ def _input_example(features_dir: Path, task: Task, params: Params) -> Any:
 
 
 def _pinned() -> list[str]:
-    """The served model's own requirements, pinned here: MLflow would otherwise load the model in a subprocess to infer them."""
+    """The served model's own requirements, pinned here: MLflow would otherwise load the model in a subprocess to infer
+    them."""
     import keras
     import tensorflow as tf
 

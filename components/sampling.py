@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from vidops.components.params import ExtractParams
 
 
@@ -31,7 +32,8 @@ def dense(n_frames: int, run_length: int, interval: int, runs: int) -> np.ndarra
 
 
 def sample_indices(n_frames: int, params: ExtractParams, rng: np.random.Generator | None) -> tuple[np.ndarray, bool]:
-    """Indices for one clip by `params.sampler`, and whether they were padded (a clip too short repeats its last frame)."""
+    """Indices for one clip by `params.sampler`, and whether they were padded (a clip too short repeats its last
+    frame)."""
     if params.sampler == "uniform":
         wanted, needed = uniform(n_frames, params.frames), params.frames
     elif params.sampler == "segments":

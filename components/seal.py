@@ -19,7 +19,8 @@ from vidops.components.layout import Layout
 from vidops.components.tracking import Tracking, answering, fluent_at
 
 ORIGIN = "vidops.origin"  # a version's tag: its seal (`seal_version`); only sealed, unchanged versions are loaded
-UNFINISHED = "vidops.unfinished"  # a version's tag from its creation until it is sealed and tagged: never loaded, gated or promoted
+# a version's tag from its creation until it is sealed and tagged: never loaded, gated or promoted
+UNFINISHED = "vidops.unfinished"
 REGISTRY_KEY = "VIDOPS_REGISTRY_KEY"  # hex: the registry key of machines that share a store (the cluster's secret)
 
 
@@ -37,8 +38,9 @@ def registry_key(layout: Layout) -> bytes:
 
 
 def seal_version(tracking: Tracking, name: str, version: str, key: bytes) -> None:
-    """Tag the version with a keyed hash (HMAC-SHA256 under the project's registry key) of its name, number and every file
-    of its served model, as the store holds them: what `trusted_download` checks before anything of it is loaded."""
+    """Tag the version with a keyed hash (HMAC-SHA256 under the project's registry key) of its name, number and every
+    file of its served model, as the store holds them: what `trusted_download` checks before anything of it is
+    loaded."""
     from mlflow import MlflowClient
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -61,7 +63,8 @@ def trusted_download(tracking: Tracking, name: str, version: str, key: bytes, ds
         ) from None
     if UNFINISHED in tags:
         raise VidopsError(
-            f"models:/{name}/{version}: its {tags[UNFINISHED]} (it is tagged {UNFINISHED}); refusing to load it, register the model again"
+            f"models:/{name}/{version}: its {tags[UNFINISHED]} (it is tagged {UNFINISHED}); "
+            "refusing to load it, register the model again"
         )
     recorded = tags.get(ORIGIN)
     with answering(tracking, f"downloading models:/{name}/{version}"):

@@ -5,6 +5,7 @@ MLflow runs it when the model is logged and again at every load, with the logged
 """
 
 import mlflow
+
 from vidops.components.serving import VideoModel
 
 mlflow.models.set_model(VideoModel())

@@ -22,6 +22,7 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+
 from vidops.components.errors import VidopsError
 
 VIDEO = "video"  # the input column: the file's bytes in base64, or a path where SERVE_PATHS allows it
@@ -79,7 +80,8 @@ def _bad_request(message: str) -> Exception:
 
 @contextmanager
 def _as_file(value: str) -> Iterator[Path]:
-    """A path for `value`: a temporary file holding its base64-decoded bytes, or, where SERVE_PATHS allows, the file it names."""
+    """A path for `value`: a temporary file holding its base64-decoded bytes, or, where SERVE_PATHS allows, the file it
+    names."""
     paths = os.environ.get(SERVE_PATHS) == "1"
     if paths and _is_file(value):
         yield Path(value)

@@ -92,7 +92,8 @@ def train(
     spec(task).preflight(task, fit)  # nor weights
     inputs.check_budget(features, spec(task).fields, fit, f"train.{task}")  # nor memory for a batch
     if (me := cluster.worker()) and not me.chief:
-        # one of several workers training the chief's model with it (TF_CONFIG): its copy beside the chief's, no MLflow run
+        # one of several workers training the chief's model with it (TF_CONFIG): its copy beside the chief's, no MLflow
+        # run
         log.info("train %s: worker %d of %d, beside the chief", task, me.index, me.workers)
         return _train_reporting(spec(task).train, features, worker_copy(layout, task, me), fit, None, task, progress)
     name = run_name or f"{task}-{os.environ.get(EXPERIMENT) or 'stage'}"
@@ -134,7 +135,8 @@ def _end(run: tracking.TrainingRun, task: Task, failed: bool = False) -> None:
 
 @dataclass(frozen=True)
 class _EpochReport:
-    """The training process's EpochHook: the epoch's metrics to the MLflow run (if any), and to the parent through `queue`."""
+    """The training process's EpochHook: the epoch's metrics to the MLflow run (if any), and to the parent through
+    `queue`."""
 
     run: tracking.TrainingRun | None
     queue: Any
@@ -143,9 +145,8 @@ class _EpochReport:
         try:
             if self.run:
                 self.run.log_epoch(epoch, epochs, metrics)
-        except (
-            Exception
-        ) as exc:  # a tracking server's hiccup must not cost the training; registration logs the curves again
+        except Exception as exc:
+            # a tracking server's hiccup must not cost the training; registration logs the curves again
             metrics = {**metrics, "not_logged": f"MLflow: {exc}"}
         self.queue.put((epoch, epochs, metrics))
 
@@ -175,7 +176,8 @@ def _train_reporting(
 
 
 def worker_copy(layout: Layout, task: Task, me: cluster.Worker) -> Path:
-    """Where a worker other than the chief keeps its copy of the model: beside the chief's, outside the stage's output."""
+    """Where a worker other than the chief keeps its copy of the model: beside the chief's, outside the stage's
+    output."""
     return layout.models(task).with_name(f"{task}.worker-{me.index}")
 
 
@@ -238,7 +240,10 @@ def promote(
     with lock(layout, rule.model_name):
         shutil.rmtree(reports, ignore_errors=True)  # this decision's scores only
         if unregistered_experiment(params):
-            why = f"DVC experiment {os.environ[EXPERIMENT]}: not registered (registry.register_experiments is false), so not gated"
+            why = (
+                f"DVC experiment {os.environ[EXPERIMENT]}: not registered (registry.register_experiments is false), "
+                "so not gated"
+            )
             skipped = promotion.Decision(rule.model_name, "", False, "not gated", why, rule.metric, None)
             write_json(reports / DECISION, asdict(skipped))
             return skipped
@@ -262,8 +267,9 @@ def dataset(layout: Layout, params: Params, task: Task) -> Path:
     if folder.is_file() and folder.suffix.lower() == ".csv":
         # DVC versions data/raw/<name> as one unit, and a lone CSV would leave its clips out of every version
         raise VidopsError(
-            f"{folder}: datasets.{task} in params.yaml names a CSV; a dataset is a folder: put the CSV and its clips in "
-            f"data/raw/<name>/, the CSV as <name>/{catalog.DATASET_MANIFEST} with paths relative to it, and set datasets.{task}: <name>"
+            f"{folder}: datasets.{task} in params.yaml names a CSV; a dataset is a folder: put the CSV and its clips "
+            f"in data/raw/<name>/, the CSV as <name>/{catalog.DATASET_MANIFEST} with paths relative to it, and set "
+            f"datasets.{task}: <name>"
         )
     if not folder.is_dir():
         raise VidopsError(
@@ -288,10 +294,16 @@ def summary(result: object, root: Path, metric: str) -> str:
 
     match result:
         case validation.ValidationSummary() as s:
-            return f"{s.clips} clips, {s.accepted} accepted ({s.warned} with warnings), {s.quarantined} quarantined; {at(s.quarantine)}"
+            return (
+                f"{s.clips} clips, {s.accepted} accepted ({s.warned} with warnings), {s.quarantined} quarantined; "
+                f"{at(s.quarantine)}"
+            )
         case extraction.FeatureSet() as f:
             splits = ", ".join(f"{n} {split}" for split, n in sorted(f.clips.items(), reverse=True))
-            return f"{sum(f.clips.values())} clips of {len(f.labels)} classes ({splits}): {f.extracted} extracted, {f.reused} reused, {f.failed} failed; {at(f.root)}"
+            return (
+                f"{sum(f.clips.values())} clips of {len(f.labels)} classes ({splits}): {f.extracted} extracted, "
+                f"{f.reused} reused, {f.failed} failed; {at(f.root)}"
+            )
         case TrainedModel() as t:
             shown = sorted(
                 (k for k, v in t.history.items() if v and (k == "loss" or k.endswith("accuracy"))),
@@ -306,7 +318,10 @@ def summary(result: object, root: Path, metric: str) -> str:
         case evaluation.Evaluation() as e:
             return f"{metric} {e.metrics[metric]:.3f} on {e.metrics['test_clips']} test clips; {at(e.metrics_path)}"
         case registry.Registration(version=None) as r:
-            return f"{r.model_name} logged to MLflow run {r.run_id}, not registered (a DVC experiment; registry.register_experiments)"
+            return (
+                f"{r.model_name} logged to MLflow run {r.run_id}, not registered (a DVC experiment; "
+                "registry.register_experiments)"
+            )
         case registry.Registration() as r:
             return f"{r.model_name} version {r.version}, MLflow run {r.run_id}"
         case promotion.Decision() as d:
@@ -316,7 +331,7 @@ def summary(result: object, root: Path, metric: str) -> str:
 
 def outputs_present(name: str, layout: Layout, task: Task) -> bool:
     """Whether the files the stage leaves are all there, and for registration the version it made is in the registry
-    still (a cached result without them is worth nothing: a reset store once failed every later run)."""
+    still (a cached result without them is worth nothing: after the store is reset, every later run would fail)."""
     if not all(output.present(layout, task) for output in dependencies.stage(name).leaves):
         return False
     if name != "register":
@@ -328,5 +343,6 @@ def outputs_present(name: str, layout: Layout, task: Task) -> bool:
 
 
 def fingerprint(name: str, layout: Layout, params: Params, task: Task) -> str:
-    """The Prefect cache key of the stage for the task: `dependencies.fingerprint` against this project's MLflow store."""
+    """The Prefect cache key of the stage for the task: `dependencies.fingerprint` against this project's MLflow
+    store."""
     return dependencies.fingerprint(name, layout, params, task, tracking.locate(layout).uri)

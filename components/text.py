@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from vidops.components.errors import VidopsError
 
 SPECIALS = ("<pad>", "<unk>", "<start>", "<end>")  # ids 0, 1, 2, 3 in every vocabulary
@@ -43,7 +44,8 @@ class Vocabulary:
         tokens = tuple(self.tokens)
         if tokens[: len(SPECIALS)] != SPECIALS:
             raise VidopsError(
-                f"vocabulary: it must start with {SPECIALS} (ids 0 to {len(SPECIALS) - 1}), not {tokens[: len(SPECIALS)]}; was it built by Vocabulary.build?"
+                f"vocabulary: it must start with {SPECIALS} (ids 0 to {len(SPECIALS) - 1}), "
+                f"not {tokens[: len(SPECIALS)]}; was it built by Vocabulary.build?"
             )
         duplicates = sorted(token for token, count in Counter(tokens).items() if count > 1)
         if duplicates:
@@ -53,7 +55,8 @@ class Vocabulary:
         malformed = [token for token in tokens[len(SPECIALS) :] if words(token) != [token]]
         if malformed:
             raise VidopsError(
-                f"vocabulary: tokens {malformed[:10]} are not words as text.words() makes them; captions could never reach them"
+                f"vocabulary: tokens {malformed[:10]} are not words as text.words() makes them; "
+                "captions could never reach them"
             )
         object.__setattr__(self, "tokens", tokens)
         object.__setattr__(self, "_ids", {token: i for i, token in enumerate(tokens)})
@@ -64,7 +67,8 @@ class Vocabulary:
         most `max_size` tokens in all (specials included); any other word will be encoded as <unk>."""
         if max_size is not None and max_size <= len(SPECIALS):
             raise VidopsError(
-                f"max_size={max_size}: the vocabulary holds the {len(SPECIALS)} special tokens and at least one word; set max_size above {len(SPECIALS)}"
+                f"max_size={max_size}: the vocabulary holds the {len(SPECIALS)} special tokens and at least one word; "
+                f"set max_size above {len(SPECIALS)}"
             )
         counts = Counter(word for caption in captions for word in words(caption))
         kept = sorted(
@@ -74,14 +78,16 @@ class Vocabulary:
             most = max(counts.values(), default=0)
             found = f"{len(counts)} distinct words, the most frequent seen {most} times"
             raise VidopsError(
-                f"min_count={min_count}: no word of the training captions qualifies ({found}); lower min_count or check the captions"
+                f"min_count={min_count}: no word of the training captions qualifies ({found}); "
+                "lower min_count or check the captions"
             )
         limit = None if max_size is None else max_size - len(SPECIALS)
         return cls(SPECIALS + tuple(kept[:limit]))
 
     @classmethod
     def from_tokens(cls, tokens: Sequence[str]) -> Vocabulary:
-        """A saved vocabulary (its `tokens`, in id order), checked: SPECIALS lead, no token twice, every other a word."""
+        """A saved vocabulary (its `tokens`, in id order), checked: SPECIALS lead, no token twice, every other a
+        word."""
         return cls(tuple(tokens))
 
     def __len__(self) -> int:
@@ -107,7 +113,8 @@ class Vocabulary:
                 break
             if not 0 <= i < len(self.tokens):
                 raise VidopsError(
-                    f"token id {i} is outside this vocabulary of {len(self.tokens)} tokens; the model was trained with another vocabulary"
+                    f"token id {i} is outside this vocabulary of {len(self.tokens)} tokens; "
+                    "the model was trained with another vocabulary"
                 )
             if i not in (START, PAD):
                 out.append(self.tokens[i])
@@ -133,7 +140,8 @@ def bleu4(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> flo
 
 
 def cider_d(hypotheses: Sequence[str], references: Sequence[Sequence[str]], sigma: float = 6.0) -> float:
-    """Corpus CIDEr-D (Vedantam et al. 2015, as coco-caption's CiderD computes it), on the 0-100 scale papers report (x100).
+    """Corpus CIDEr-D (Vedantam et al. 2015, as coco-caption's CiderD computes it), on the 0-100 scale papers report
+    (x100).
 
     Follows pyciderevalcap/ciderD/ciderD_scorer.py of vrama91/cider with df_mode="corpus" (the same formula as
     coco-caption's pycocoevalcap/cider): tf-idf vectors of 1- to 4-grams, idf from the references of this corpus;
@@ -186,7 +194,8 @@ def _check_corpus(hypotheses: Sequence[str], references: Sequence[Sequence[str]]
         raise VidopsError("caption metrics: the corpus is empty; there is nothing to score")
     if len(hypotheses) != len(references):
         raise VidopsError(
-            f"caption metrics: {len(hypotheses)} hypotheses but {len(references)} reference lists; give one list of references per hypothesis"
+            f"caption metrics: {len(hypotheses)} hypotheses but {len(references)} reference lists; "
+            "give one list of references per hypothesis"
         )
     empty = [i for i, clip in enumerate(references) if len(clip) == 0]
     if empty:

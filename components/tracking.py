@@ -20,9 +20,8 @@ from vidops.components.errors import Unreachable
 from vidops.components.layout import RUN_FILE, Layout
 from vidops.components.params import Params, Task
 
-REGISTERED = (
-    "vidops.registered"  # a run's tag once a model of it is registered: the next registration opens a run of its own
-)
+# a run's tag once a model of it is registered: the next registration opens a run of its own
+REGISTERED = "vidops.registered"
 
 
 @dataclass(frozen=True)
@@ -34,7 +33,8 @@ class Tracking:
 
 
 def locate(layout: Layout) -> Tracking:
-    """Where the project's MLflow lives: MLFLOW_TRACKING_URI when set (the stack's, a cluster's), else the embedded store."""
+    """Where the project's MLflow lives: MLFLOW_TRACKING_URI when set (the stack's, a cluster's), else the embedded
+    store."""
     if "MLFLOW_TRACKING_URI" in os.environ:
         return Tracking(os.environ["MLFLOW_TRACKING_URI"])
     return embedded(layout)
@@ -110,9 +110,8 @@ def open_training_run(
 
     client = MlflowClient(tracking.uri)
     tree = params.to_yaml_dict()
-    logged = {
-        group: {task: tree[group][task]} for group in ("datasets", "extract", "train")
-    }  # this task's, not the other's
+    # this task's, not the other's
+    logged = {group: {task: tree[group][task]} for group in ("datasets", "extract", "train")}
     with answering(tracking, f"opening the {task} training's run"), fluent_at(tracking):
         run = client.create_run(
             experiment_id(params.registry.experiment, tracking), run_name=run_name, tags={"vidops.task": task, **tags}
@@ -121,23 +120,22 @@ def open_training_run(
             mlflow.log_params(flatten(logged))
             version = tags.get("vidops.dataset_version", "").removesuffix(".dir")
             clips = pd.read_csv(accepted, dtype=str, keep_default_na=False)[["path", "label", "group", "split"]]
-            with (
-                warnings.catch_warnings()
-            ):  # MLflow 3.17 registers its local source class twice, then warns that a path fits both
+            # MLflow 3.17 registers its local source class twice, then warns that a path fits both
+            with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 data = mlflow.data.from_pandas(
                     clips, source=str(dataset_dir), name=dataset_dir.name, digest=version or None
                 )
             mlflow.log_input(data, context="training")
         # the block above ended the run FINISHED: it runs until the training ends it (TrainingRun.end), and a training
-        # killed on the way leaves it RUNNING, which the next one ends as KILLED (a killed training looked finished)
+        # killed on the way leaves it RUNNING, which the next one ends as KILLED: a killed training never looks finished
         client.update_run(run.info.run_id, status="RUNNING")
     return TrainingRun(tracking.uri, run.info.run_id)
 
 
 def end_abandoned_run(model_dir: Path, tracking: Tracking) -> str | None:
-    """End as KILLED the run that the model folder's last training opened in this store and did not live to end (a kill -9
-    leaves it RUNNING for good); its id, or None when there is none."""
+    """End as KILLED the run that the model folder's last training opened in this store and did not live to end (a
+    kill -9 leaves it RUNNING for good); its id, or None when there is none."""
     from mlflow import MlflowClient
 
     found = recorded_run(model_dir, tracking)

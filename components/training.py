@@ -20,6 +20,7 @@ from typing import Any
 
 import keras
 import tensorflow as tf
+
 from vidops.components import cluster, encoders, inputs
 from vidops.components.errors import VidopsError
 from vidops.components.io import atomic_path, write_csv, write_json
@@ -28,8 +29,8 @@ from vidops.components.params import FitParams
 from vidops.components.tasks import TrainedModel
 
 CHECKPOINTS = "checkpoints"  # under the model folder, while a training runs
-# The last epoch's learning rate, as a fraction of `learning_rate`. A cosine decay replaced halving the rate when the
-# training loss stalled: on the demo classifier, 7 seeds scored 0.98-1.00 against 0.94-1.00 (benchmarks/README.md).
+# The last epoch's learning rate, as a fraction of `learning_rate`. A cosine decay rather than halving the rate when
+# the training loss stalls: over seeds, the demo classifier scores higher with it (measured: benchmarks/README.md).
 FINAL_RATE = 0.02
 EpochHook = Callable[[int, int, dict[str, float]], None]  # (epoch, of epochs, metrics): after every epoch
 
@@ -37,8 +38,8 @@ EpochHook = Callable[[int, int, dict[str, float]], None]  # (epoch, of epochs, m
 def train_split(
     features_dir: Path, fields: tuple[str, ...], validation_fraction: float
 ) -> tuple[inputs.Split, inputs.Split | None]:
-    """The checked train split, less the validation groups carved from it (None when none can be spared); an error before
-    the first epoch when it holds no clip."""
+    """The checked train split, less the validation groups carved from it (None when none can be spared); an error
+    before the first epoch when it holds no clip."""
     split = inputs.open_split(features_dir, "train", fields)
     if not split.paths:
         raise VidopsError(f"{features_dir}: the train split has no usable clips")
@@ -81,8 +82,8 @@ def fit(
         else:
             fitted = recipe.build()
             xla = params.xla and bool(tf.config.list_physical_devices("GPU"))
-            # the rate falls along a cosine to FINAL_RATE of its start over all the epochs' steps; the optimizer's step count
-            # is in every checkpoint, so a resumed training carries on along the same curve
+            # the rate falls along a cosine to FINAL_RATE of its start over all the epochs' steps; the optimizer's step
+            # count is in every checkpoint, so a resumed training carries on along the same curve
             rate = keras.optimizers.schedules.CosineDecay(
                 params.learning_rate, params.epochs * data[1], alpha=FINAL_RATE
             )
@@ -90,15 +91,15 @@ def fit(
                 optimizer=keras.optimizers.Adam(rate), loss=recipe.loss, metrics=recipe.metrics, jit_compile=xla
             )
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-            # Keras 3's fit would reduce its first batch across the workers to build the model, which the strategy rejects
-            # (keras-team/keras#20585): built here from one local batch, the model needs no build in fit
+            # Keras 3's fit would reduce its first batch across the workers to build the model, which the strategy
+            # rejects (keras-team/keras#20585): built here from one local batch, the model needs no build in fit
             fitted._symbolic_build(data_batch=next(iter(data[0])))
             fitted._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
     start = state["epoch"] if state else 0
     history = state["history"] if state else {}
     # Early stopping keeps the weights of the best validation loss, but only from half the epochs on: batch norm's
-    # moving statistics lag the fit, and 35 validation clips give a noisy loss (from a third on, a demo classifier
-    # stopped at epoch 43 with 0.93 reaches 1.00 at 60; stopping from the start ended one at 0.143).
+    # moving statistics lag the fit, and a small validation split gives a noisy loss, so a training stopped sooner
+    # often ends short of what it reaches by the last epoch (measured: benchmarks/README.md).
     watched = "val_loss" if validation is not None else "loss"
     callbacks = [
         keras.callbacks.EarlyStopping(
@@ -172,7 +173,8 @@ def _mend_keras_multi_worker() -> None:
 
 
 def _run_key(features_dir: Path, params: FitParams) -> str:
-    """What a checkpoint belongs to: these params, exactly these shards, and the content of the encoder's weights file."""
+    """What a checkpoint belongs to: these params, exactly these shards, and the content of the encoder's weights
+    file."""
     digest = hashlib.sha256(params.model_dump_json().encode() + (features_dir / INDEX_TABLE).read_bytes())
     weights = encoders.weights_file(params)
     if weights is not None and weights.is_file():
@@ -180,9 +182,8 @@ def _run_key(features_dir: Path, params: FitParams) -> str:
     return digest.hexdigest()[:16]
 
 
-CHECKPOINT_STATE = (
-    "state.json"  # models/<task>/checkpoints/: the last whole checkpoint: its epoch, history and model file
-)
+# models/<task>/checkpoints/: the last whole checkpoint: its epoch, history and model file
+CHECKPOINT_STATE = "state.json"
 
 
 def _read_state(checkpoints: Path, key: str) -> dict[str, Any] | None:
@@ -199,8 +200,8 @@ def _read_state(checkpoints: Path, key: str) -> dict[str, Any] | None:
 class _Checkpoint(keras.callbacks.Callback):
     """After each epoch: the model with its optimizer under a name of its epoch, then the state (epoch, history, that
     file's name), then the report. The state names the model file, and the previous one is removed only once the new
-    state is written: a training killed between the two writes resumes from the last epoch whose state is whole (with a
-    single model.keras, it resumed the newer model under the older epoch and history)."""
+    state is written: a training killed between the two writes resumes from the last epoch whose state is whole, never
+    a newer model under an older epoch and history."""
 
     def __init__(
         self, folder: Path, key: str, history: dict[str, list[float]], epochs: int, on_epoch: EpochHook | None
@@ -212,9 +213,8 @@ class _Checkpoint(keras.callbacks.Callback):
         metrics = {name: float(value) for name, value in (logs or {}).items()}
         for name, value in metrics.items():
             self.history.setdefault(name, []).append(value)
-        metrics["learning_rate"] = float(
-            keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
-        )  # the schedule's, now
+        # the schedule's, now
+        metrics["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         saved = f"model-{epoch + 1}.keras"
         with atomic_path(self.folder / saved) as tmp:
             self.model.save(tmp)

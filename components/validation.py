@@ -15,42 +15,21 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from vidops.components import hashing
 from vidops.components.captions import accepted_captions, caption_orphans, dataset_captions, derive_caption_checks
 from vidops.components.catalog import FINDING_COLUMNS, Catalog, assign_splits, build_catalog, read_catalog
-from vidops.components.data_docs import SUITE, write_data_docs
+from vidops.components.data_docs import SUITE, Check, Outcome, write_data_docs
 from vidops.components.errors import VidopsError
 from vidops.components.io import write_csv, write_json
 from vidops.components.layout import ACCEPTED, CAPTIONS_FILE, CATALOG, FORMER_CATALOG, QUARANTINE, REPORT, WARNINGS
 from vidops.components.parallel import Mapper, in_threads
 from vidops.components.params import Params, Task, ValidationParams
 from vidops.components.tasks import spec
-
-Severity = Literal["critical", "warning"]
-
-
-@dataclass(frozen=True)
-class Check:
-    """One expectation: its short name, a GE expectation class and its arguments, its severity, the reason per clip."""
-
-    name: str
-    expectation: str
-    kwargs: dict[str, Any]
-    severity: Severity
-    reason: str  # formatted with the clip's row: {value} is the checked column's value
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """One expectation's result over the catalog table: how many clips it looked at, how many failed it."""
-
-    check: Check
-    clips: int
-    failed: int
 
 
 @dataclass(frozen=True)
@@ -87,12 +66,13 @@ def validate_dataset(
     mapper: Mapper = in_threads,
     captioned: bool = False,
 ) -> ValidationSummary:
-    """Catalog `dataset`, run the suite, write the catalog table, findings, accepted list, the accepted clips' captions and report
-    under `catalog_dir`.
+    """Catalog `dataset`, run the suite, write the catalog table, findings, accepted list, the accepted clips' captions
+    and report under `catalog_dir`.
 
-    The previous catalog table there makes probing incremental; its batches go through `mapper`. Data Docs go to `docs_dir` when given.
-    A `captioned` dataset's clips are checked with their captions (CAPTIONS_FILE; the file has no rows for another).
-    Raises VidopsError when what is left cannot train a model (a class below its minimum), or captions it needs are not there.
+    The previous catalog table there makes probing incremental; its batches go through `mapper`. Data Docs go to
+    `docs_dir` when given. A `captioned` dataset's clips are checked with their captions (CAPTIONS_FILE; the file has
+    no rows for another). Raises VidopsError when what is left cannot train a model (a class below its minimum), or
+    captions it needs are not there.
     """
     captions = dataset_captions(dataset) if captioned else None  # read first: a missing file fails before any probing
     previous = previous_catalog(catalog_dir)
@@ -109,9 +89,8 @@ def validate_dataset(
     write_csv(paths[QUARANTINE], findings[findings["severity"] == "critical"])
     write_csv(paths[WARNINGS], findings[findings["severity"] == "warning"])
     counts = accepted["label"].value_counts()
-    classes = sorted(
-        label for label in table["label"].unique() if label
-    )  # "": a label folder a link leads out of, no class
+    # "": a label folder a link leads out of, no class
+    classes = sorted(label for label in table["label"].unique() if label)
     short = {label: int(counts.get(label, 0)) for label in classes if counts.get(label, 0) < checks.min_clips_per_class}
     summary = ValidationSummary(
         clips=len(table),
@@ -154,8 +133,8 @@ def validate_dataset(
 
 
 def previous_catalog(catalog_dir: Path) -> pd.DataFrame | None:
-    """The last validation's catalog table in `catalog_dir` (under its former name, manifest.csv, before the rename), or
-    None: what makes probing incremental."""
+    """The last validation's catalog table in `catalog_dir` (or under its former name, manifest.csv), or None: what
+    makes probing incremental."""
     for name in (CATALOG, FORMER_CATALOG):
         if (catalog_dir / name).is_file():
             return read_catalog(catalog_dir / name)
@@ -184,8 +163,9 @@ def check_clips(
     captions: pd.DataFrame | None = None,
 ) -> tuple[Catalog, pd.DataFrame, pd.DataFrame]:
     """Probe and check every clip of `dataset`, with its `captions` (catalog.read_captions_csv's table) when given: its
-    catalog, the catalog table with each clip's `status` (accepted, warned, quarantined), and the findings (one row per clip and
-    failed check, and one per path that captions name and the dataset lacks). Data Docs go to `docs_dir` when given."""
+    catalog, the catalog table with each clip's `status` (accepted, warned, quarantined), and the findings (one row per
+    clip and failed check, and one per path that captions name and the dataset lacks). Data Docs go to `docs_dir` when
+    given."""
     catalog = build_catalog(dataset, previous, checks.probe_workers, mapper)
     table = derive_checks(catalog.table, checks)
     if captions is not None:
@@ -332,9 +312,8 @@ def derive_checks(table: pd.DataFrame, checks: ValidationParams) -> pd.DataFrame
     allowed = np.minimum(checks.max_av_diff_s, checks.max_av_diff_fraction * out["duration_s"])
     out["av_apart_s"] = out["av_diff_s"].where(out["av_diff_s"] > allowed)
     out["duplicate_of"] = out["label_conflict"] = out["group_leak"] = out["near_duplicate_of"] = None
-    shared = out[
-        out["sha256"].notna() & out["sha256"].duplicated(keep=False)
-    ]  # by rows, not groups: linear in the clips
+    # by rows, not groups: linear in the clips
+    shared = out[out["sha256"].notna() & out["sha256"].duplicated(keep=False)]
     for _, same in shared.groupby("sha256"):
         labels = set(same["label"])
         for index, row in same.iterrows():
@@ -388,9 +367,8 @@ def _mark_near_duplicates(table: pd.DataFrame, max_bits: int) -> None:
     """Set `near_duplicate_of` on each clip whose perceptual hash is within `max_bits` of an earlier, different clip."""
     rows, words = _hashed(table)
     shas = rows["sha256"].to_numpy()
-    for i, j in zip(
-        *hashing.near_pairs(words, max_bits), strict=True
-    ):  # by j, then i: each clip's earliest look-alike first
+    # by j, then i: each clip's earliest look-alike first
+    for i, j in zip(*hashing.near_pairs(words, max_bits), strict=True):
         index = rows.index[j]
         if shas[j] != shas[i] and table.at[index, "near_duplicate_of"] is None:
             table.at[index, "near_duplicate_of"] = rows.iloc[i]["path"]
@@ -407,7 +385,8 @@ def run_suite(table: pd.DataFrame, checks: list[Check]) -> tuple[pd.DataFrame, l
         ProgressBarsConfig,
     )
 
-    # no docs site of GE's own (the default makes one in a temporary folder, and logs it): Data Docs are write_data_docs'
+    # no docs site of GE's own (the default makes one in a temporary folder, and logs it): Data Docs are
+    # write_data_docs'
     stores = InMemoryStoreBackendDefaults(init_temp_docs_sites=False)
     context = gx.get_context(mode="ephemeral", project_config=DataContextConfig(store_backend_defaults=stores))
     context.variables.progress_bars = ProgressBarsConfig(globally=False)

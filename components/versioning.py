@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
 from vidops.components import dvc_launcher
 from vidops.components.errors import VidopsError
 from vidops.components.io import atomic_path, write_text
@@ -53,7 +54,7 @@ _watches: list[Callable[[], str | None]] = []
 def watching(gone: Callable[[], str | None]) -> Iterator[None]:
     """While the block runs, a DVC command that talks to the remote is stopped as soon as `gone` returns a reason (the
     S3 server, one this process started, has died): DVC would otherwise try every file against it, each with retries,
-    for minutes (3 of them for 200 files on the CI machine) before it says so."""
+    for minutes before it says so."""
     _watches.append(gone)
     try:
         yield
@@ -70,7 +71,8 @@ def dvc(root: Path, *args: str, check: bool = True, watched: bool = False) -> su
     """Run `dvc ARGS` in `root`; an error quotes DVC's own message. A `watched` command (one that talks to the remote)
     is stopped, with ServerGone, when a `watching` check says the server is gone."""
     shown = " ".join("***" if i and args[i - 1] in SECRETS else arg for i, arg in enumerate(args))
-    try:  # DVC writes a version's listing last: a command killed part-way leaves nothing half-done that passes for whole
+    # DVC writes a version's listing last: a command killed part-way leaves nothing half-done that passes for whole
+    try:
         done = dvc_launcher.run(
             root, args, {**os.environ, "DVC_NO_ANALYTICS": "1"}, stop=_server_gone if watched and _watches else None
         )
@@ -106,7 +108,8 @@ def local_url(bucket: str) -> str:
 
 def remote_url(root: Path) -> str | None:
     """The default remote's URL, None when the project has none. Read in this process by DVC's own reader (every level
-    of its config): a `dvc` command costs a second or more, and each push and pull asks before it starts."""
+    of its config): a `dvc` command is slow to start, and each push and pull asks before it starts (measured:
+    benchmarks/README.md)."""
     from dvc.config import Config
 
     if not is_repo(root):
@@ -120,8 +123,8 @@ def set_remote(root: Path, url: str, endpoint_url: str | None = None, keys: tupl
     """Make `url` (s3://bucket/prefix) the default remote `vidops` of the project (made a DVC project when it is not).
     The URL goes to `.dvc/config`; an endpoint of a server on this machine and any keys go to `.dvc/config.local`,
     which is never committed. Written as `dvc remote add --default --force` and `dvc remote modify [--local]` write
-    it, by DVC's own config writer in this process: the project's S3 sets it at every start, and each `dvc` command
-    costs a second or more."""
+    it, by DVC's own config writer in this process: the project's S3 sets it at every start, and each `dvc` command is
+    slow to start (measured: benchmarks/README.md)."""
     from dvc.config import Config
 
     if not re.fullmatch(S3_URL, url):
@@ -178,7 +181,10 @@ def push(root: Path, targets: list[Path], tries: int = 3, wait_s: float = 2.0, j
 
     url = require_remote(root)
     names = [str(t.relative_to(root)) for t in targets]
-    half = "the remote holds no listing of a version whose files did not all arrive (DVC writes it last), so a later push completes it"
+    half = (
+        "the remote holds no listing of a version whose files did not all arrive (DVC writes it last), "
+        "so a later push completes it"
+    )
 
     def once() -> int:
         try:
@@ -262,7 +268,8 @@ def _message(done: subprocess.CompletedProcess[str]) -> str:
 
 def current_version(root: Path, folder: Path) -> str:
     """DVC's hash of the folder as it is now (`<md5>.dir`), the value `dvc add` would pin, without adding it. In a DVC
-    project it respects .dvcignore and reuses DVC's record of the hashes of unchanged files; elsewhere it hashes every file."""
+    project it respects .dvcignore and reuses DVC's record of the hashes of unchanged files; elsewhere it hashes every
+    file."""
     from dvc_data.hashfile.build import build
     from dvc_data.hashfile.db import HashFileDB
     from dvc_objects.fs import LocalFileSystem, MemoryFileSystem
@@ -355,8 +362,9 @@ def git_commit(root: Path) -> str | None:
 
 
 def record_pipeline(root: Path, stages: list[str]) -> list[str]:
-    """Record in dvc.lock what a run outside DVC (the Prefect flow) left for `stages` (`dvc commit`), so that `dvc status`
-    and `dvc repro` know it is up to date, and stage the lock, the .dvc files and the metrics in git; the paths staged."""
+    """Record in dvc.lock what a run outside DVC (the Prefect flow) left for `stages` (`dvc commit`), so that `dvc
+    status` and `dvc repro` know it is up to date, and stage the lock, the .dvc files and the metrics in git; the paths
+    staged."""
     dvc(root, "commit", "--force", "--quiet", *stages)
     return stage_in_git(root)
 

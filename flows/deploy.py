@@ -1,4 +1,5 @@
-"""`vidops deploy` and `vidops serve`: the deployments of prefect.yaml, applied to a Prefect server or served in-process.
+"""`vidops deploy` and `vidops serve`: the deployments of prefect.yaml, applied to a Prefect server or served
+in-process.
 
 prefect.yaml is the one description of the deployments (names, entrypoints, cron schedules,
 work pools, pull steps). `deploy` checks it and the server first, so a typo or a server that
@@ -10,12 +11,14 @@ VIDOPS_ROOT the project folder, and the file's pull steps stored with each deplo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import yaml
+
 from vidops.components.errors import VidopsError
 from vidops.components.layout import Layout
 
@@ -48,7 +51,8 @@ def deployments(path: Path) -> list[dict[str, Any]]:
                 CronSchedule(cron=schedule.get("cron", ""), timezone=schedule.get("timezone"))
             except ValidationError:
                 raise VidopsError(
-                    f"{path}: deployment {deployment['name']}: schedule {schedule.get('cron')!r} is not a cron string such as '0 2 * * *'"
+                    f"{path}: deployment {deployment['name']}: schedule {schedule.get('cron')!r} "
+                    "is not a cron string such as '0 2 * * *'"
                 ) from None
     return found
 
@@ -78,12 +82,10 @@ def deploy(layout: Layout, spec: Path | None = None) -> list[str]:
     # VIDOPS_ROOT for the pull step (flow runs work in the project folder): Prefect's templating reads os.environ
     with mock.patch.dict(os.environ, VIDOPS_ROOT=str(layout.root)), tmpchdir(str(layout.root)):
         for d in found:
-            pull = apply_values(
-                d.get("pull", top_pull) or [], {}, remove_notset=False
-            )  # {{ $VAR }} from the environment; step outputs kept
-            config = apply_values(
-                apply_values(d, os.environ, remove_notset=False), {}, skip_prefixes=["ctx."]
-            )  # as prefect deploy's two passes
+            # {{ $VAR }} from the environment; step outputs kept
+            pull = apply_values(d.get("pull", top_pull) or [], {}, remove_notset=False)
+            # as prefect deploy's two passes
+            config = apply_values(apply_values(d, os.environ, remove_notset=False), {}, skip_prefixes=["ctx."])
             pool = config.get("work_pool") or {}
             try:
                 flow = load_flow_from_entrypoint(config["entrypoint"])
@@ -108,13 +110,8 @@ def deploy(layout: Layout, spec: Path | None = None) -> list[str]:
                     if schedules is None
                     else [_schedule_config_to_deployment_schedule(s) for s in schedules]
                 )
-            except (
-                ValueError,
-                ImportError,
-                PrefectException,
-                DeploymentApplyError,
-                httpx.HTTPError,
-            ) as exc:  # ValueError: a field pydantic rejects
+            # ValueError: a field pydantic rejects
+            except (ValueError, ImportError, PrefectException, DeploymentApplyError, httpx.HTTPError) as exc:
                 reason = " ".join(str(exc).split())[:500]
                 raise VidopsError(
                     f"deploying {d['name']} ({path}) to the Prefect server at {api} failed: {reason}"
@@ -154,14 +151,13 @@ def _server() -> str:
             return api
     except OSError as exc:
         raise VidopsError(
-            f"the Prefect server at {api} does not answer ({getattr(exc, 'reason', exc)}); `vidops stack status` shows the stack's"
+            f"the Prefect server at {api} does not answer ({getattr(exc, 'reason', exc)}); "
+            "`vidops stack status` shows the stack's"
         ) from None
 
 
-POOLS = {
-    "vidops-process": "process",
-    "vidops-kubernetes-gpu": "kubernetes",
-}  # a pool named elsewhere is made a process pool
+# a pool named elsewhere is made a process pool
+POOLS = {"vidops-process": "process", "vidops-kubernetes-gpu": "kubernetes"}
 GPU_RESOURCE = "nvidia.com/gpu"  # what NVIDIA's device plugin makes schedulable
 CLIENT_ENV = ("vidops-config", "vidops-client")  # infra/kubernetes/base's ConfigMap and Secret of a client's variables
 
@@ -180,10 +176,8 @@ def _ensure_pools(found: list[dict[str, Any]]) -> None:
             except ObjectNotFound:
                 kind = POOLS.get(name, "process")
                 template = gpu_job_template() if kind == "kubernetes" else {}
-                try:
+                with contextlib.suppress(ObjectAlreadyExists):
                     client.create_work_pool(WorkPoolCreate(name=name, type=kind, base_job_template=template))
-                except ObjectAlreadyExists:
-                    pass
 
 
 def gpu_job_template() -> dict[str, Any]:
@@ -196,10 +190,8 @@ def gpu_job_template() -> dict[str, Any]:
     pod = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
     pod["containers"][0]["resources"]["limits"][GPU_RESOURCE] = "{{ gpus }}"
     job = template["job_configuration"]["job_manifest"]["spec"]
-    for key in (
-        "completions",
-        "parallelism",
-    ):  # prefect-kubernetes puts these Job fields in the pod, where Kubernetes drops them
+    # prefect-kubernetes puts these Job fields in the pod, where Kubernetes drops them
+    for key in ("completions", "parallelism"):
         job[key] = pod.pop(key)
     config, secret = CLIENT_ENV
     pod["containers"][0]["envFrom"] = [{"configMapRef": {"name": config}}, {"secretRef": {"name": secret}}]

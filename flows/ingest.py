@@ -15,6 +15,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+
 from vidops.components import ingest as landing
 from vidops.components import stages, validation, versioning
 from vidops.components.catalog import build_catalog
@@ -66,9 +67,8 @@ def check_landed(
     _, landed, findings = validation.check_clips(staging, checks)
     failed = findings[findings["severity"] == "critical"].groupby("path")["reason"].agg("; ".join).to_dict()
     passed = landed[landed["status"] != "quarantined"]
-    last = validation.previous_catalog(
-        layout.catalog(task_name)
-    )  # the last validation's probes: only what changed since is probed
+    # the last validation's probes: only what changed since is probed
+    last = validation.previous_catalog(layout.catalog(task_name))
     existing = build_catalog(stages.dataset(layout, params, task_name), last).table
     failed |= validation.twins_in(passed, existing, checks.near_duplicate_bits)
     return {
@@ -102,7 +102,8 @@ def move_landed(rule: IngestParams, objects: list[landing.LandingObject], quaran
 def ingest(
     root: str = ".", params_file: str | None = "params.yaml", overrides: list[str] | None = None
 ) -> IngestResult:
-    """Take the clips under `ingest.landing` into `datasets.<ingest.task>` (default: the first of `tasks`) as a new DVC version pushed to the remote."""
+    """Take the clips under `ingest.landing` into `datasets.<ingest.task>` (default: the first of `tasks`) as a new DVC
+    version pushed to the remote."""
     layout, params = load_project(root, params_file, overrides)
     rule = params.ingest
     folder = stages.dataset(layout, params, params.ingest_task)
@@ -146,7 +147,8 @@ def ingest_report(r: IngestResult) -> str:
     """The ingest as markdown, for the Prefect UI."""
     lines = [
         f"# ingest into {r.dataset}",
-        f"- landed: {r.landed}; added: {len(r.added)}; quarantined: {len(r.quarantined)}; left or skipped: {len(r.skipped)}",
+        f"- landed: {r.landed}; added: {len(r.added)}; quarantined: {len(r.quarantined)}; "
+        f"left or skipped: {len(r.skipped)}",
         f"- dataset version: `{r.version}`" + (f", commit `{r.commit}`" if r.commit else ""),
     ]
     lines += [f"- quarantined `{clip}`: {why}" for clip, why in r.quarantined.items()]

@@ -25,6 +25,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.states import State
 from prefect.tasks import exponential_backoff
+
 from vidops.components import stages, tracking, versioning
 from vidops.components.errors import VidopsError
 from vidops.components.evaluation import Evaluation
@@ -60,12 +61,8 @@ def transient(task: Any, task_run: Any, state: State) -> bool:
 
     try:
         state.result()
-    except (
-        FileNotFoundError,
-        IsADirectoryError,
-        NotADirectoryError,
-        PermissionError,
-    ):  # the disk's answer: the same next time
+    # the disk's answer: the same next time
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError):
         return False
     except OSError:  # connection refused or reset, timeouts: requests' errors are OSErrors too
         return True
@@ -137,9 +134,8 @@ def _progress(key: str, what: str) -> stages.Progress:
     from tqdm import tqdm
 
     artifact = create_progress_artifact(0.0, key=key, description=f"{what} (%)")
-    bar = tqdm(
-        desc=what, file=sys.stderr, disable=None, leave=False
-    )  # disable=None: no bar when stderr is not a terminal
+    # disable=None: no bar when stderr is not a terminal
+    bar = tqdm(desc=what, file=sys.stderr, disable=None, leave=False)
 
     def update(done: int, total: int) -> None:
         update_progress_artifact(artifact, 100 * done / total)
@@ -202,9 +198,8 @@ class TaskResult:
 class PipelineResult:
     tasks: dict[str, TaskResult]
     tracking_uri: str
-    staged: list[str] | None = (
-        None  # what went to dvc.lock and git's index for a baseline commit; None: dvc.lock not updated
-    )
+    # what went to dvc.lock and git's index for a baseline commit; None: dvc.lock not updated
+    staged: list[str] | None = None
 
 
 @flow(name="training_pipeline")
@@ -324,7 +319,8 @@ def report(result: PipelineResult) -> str:
         s, g = r.summary, r.registration
         lines += [
             f"## {name}",
-            f"- clips: {s.clips}: {s.accepted} accepted ({s.warned} with warnings), {s.quarantined} quarantined (`{s.quarantine}`)",
+            f"- clips: {s.clips}: {s.accepted} accepted ({s.warned} with warnings), "
+            f"{s.quarantined} quarantined (`{s.quarantine}`)",
             f"- {spec(name).headline(r.evaluation.metrics)}",
             f"- model: `{g.model_name}` version {g.version}, MLflow run `{g.run_id}` in `{result.tracking_uri}`",
             f"- champion: {'yes' if r.decision.champion else 'no'}: {r.decision.reason}",

@@ -2,8 +2,8 @@
 
 processes: the components' own pools (spawned processes for extraction, threads for
 probing), what `dvc repro` uses too. A Prefect process pool would start a temporary API
-server in every process under the embedded profile, about 5 s each, all writing one sqlite
-database.
+server in every process under the embedded profile, each slow to start, all writing one
+sqlite database.
 threads and dask: a Prefect task runner, each batch a task run (`probe-batch`,
 `extract-batch`) that the UI shows; dask on a local Dask cluster it starts, or on the
 existing scheduler at `runner.address` (whose workers need vidops installed, and a Prefect
@@ -19,6 +19,7 @@ from functools import cache
 from typing import Any
 
 from prefect import task
+
 from vidops.components.errors import VidopsError
 from vidops.components.parallel import Mapper
 from vidops.components.params import RunnerParams
@@ -77,7 +78,8 @@ def _as_task(function: Callable[..., Any]) -> Any:
 
 async def _send_reports() -> None:
     """Send what this Dask worker still holds for the Prefect API. A task run's states travel as queued events, and a
-    local cluster's close kills a busy worker before its exit hook sends them: its task runs stayed RUNNING in the API."""
+    local cluster's close kills a busy worker before its exit hook sends them, which would leave its task runs RUNNING
+    in the API."""
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
 
@@ -93,5 +95,6 @@ def _answers(address: str) -> None:
         Client(address, timeout="10s").close()
     except (OSError, TimeoutError) as exc:
         raise VidopsError(
-            f"runner.address: the Dask scheduler at {address} does not answer ({exc}); start it, or leave the address out for a local cluster"
+            f"runner.address: the Dask scheduler at {address} does not answer ({exc}); "
+            "start it, or leave the address out for a local cluster"
         ) from None

@@ -68,8 +68,8 @@ TINY = [
 
 @pytest.fixture(autouse=True)
 def _fresh_s3_credentials():
-    """Each test's S3 server has keys of its own, but boto3's default session, and MLflow's S3 clients made from it, keep
-    the first keys a process reads: drop both after each test (a vidops process talks to one project's S3)."""
+    """Each test's S3 server has keys of its own, but boto3's default session, and MLflow's S3 clients made from it,
+    keep the first keys a process reads: drop both after each test (a vidops process talks to one project's S3)."""
     yield
     import boto3
     from mlflow.store.artifact.s3_artifact_repo import _cached_get_s3_client
@@ -133,7 +133,8 @@ def prefect_api():
 def trained_project(
     tmp_path_factory: pytest.TempPathFactory, tiny_dataset: Path, tiny_sync_dataset: Path, tiny_params: Params
 ) -> Layout:
-    """A tiny project with both tasks taken through validate, extract, train and evaluate once; tests copy what they change."""
+    """A tiny project with both tasks taken through validate, extract, train and evaluate once; tests copy what they
+    change."""
     from vidops.components import stages
 
     layout = Layout(tmp_path_factory.mktemp("trained"))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+
 from vidops.components.media import AUDIO_RATE, mux_audio
 
 

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+
 from vidops.components import inputs, stages, text, tracking
 from vidops.components.generate import generate_dataset
 from vidops.components.layout import CAPTIONS_FILE, LABELS_FILE, METRICS, Layout

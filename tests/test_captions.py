@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+
 from vidops.components import tasks
 from vidops.components.captions import read_captions_csv
 from vidops.components.errors import VidopsError
@@ -129,7 +130,8 @@ def test_each_bad_caption_is_dropped_or_quarantined_for_its_reason_and_the_rest_
             "long_caption",
         ): f"caption over 12 words on line {first_extra + 3} (15 words) of {CAPTIONS_FILE}: dropped",
         ("move_up/gone.mp4", "caption_orphan"): (
-            f"named on lines {first_extra + 4}, {first_extra + 5} of {CAPTIONS_FILE}, but no clip of the dataset: its captions are ignored"
+            f"named on lines {first_extra + 4}, {first_extra + 5} of {CAPTIONS_FILE}, but no clip of the dataset: "
+            "its captions are ignored"
         ),
     }
     report = json.loads((catalog / "validation.json").read_text())
@@ -171,7 +173,10 @@ def test_a_captioned_task_without_captions_stops_before_probing_and_names_the_fi
     (data / CAPTIONS_FILE).unlink()
     with pytest.raises(
         VidopsError,
-        match=rf"{data}: this task needs captions and there is no {data / CAPTIONS_FILE}: a CSV with columns path, caption",
+        match=(
+            rf"{data}: this task needs captions and there is no {data / CAPTIONS_FILE}: "
+            r"a CSV with columns path, caption"
+        ),
     ):
         stages.validate(layout, params, NAME)
     assert not layout.catalog(NAME).exists()

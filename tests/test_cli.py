@@ -10,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from vidops.components.dependencies import NAMES as STAGE_NAMES
 
-# what TensorFlow's C++ side writes: absl's lines (I1129 20:41:07.123 ... or I0000 00:00:1795984118.2 ...) and its notice
+# what TensorFlow's C++ side writes: absl's lines (I1129 20:41:07.123 ... or I0000 00:00:1795984118.2 ...) and its
+# notice
 TENSORFLOW_LINE = re.compile(r"^([IWEF]\d{4} \d\d:\d\d:\d\d|WARNING: All log messages before absl)", re.MULTILINE)
 
 
@@ -121,8 +123,14 @@ def test_a_task_without_its_dataset_is_named(project):
 
 def test_each_stage_prints_one_line_and_tensorflow_stays_quiet_unless_verbose(project):
     lines = {
-        "validate": r"21 clips, 21 accepted \(0 with warnings\), 0 quarantined; data/catalog/classification/quarantine\.csv",
-        "extract": r"21 clips of 7 classes \(14 train, 7 test\): 21 extracted, 0 reused, 0 failed; data/features/classification",
+        "validate": (
+            r"21 clips, 21 accepted \(0 with warnings\), 0 quarantined; "
+            r"data/catalog/classification/quarantine\.csv"
+        ),
+        "extract": (
+            r"21 clips of 7 classes \(14 train, 7 test\): 21 extracted, 0 reused, 0 failed; "
+            r"data/features/classification"
+        ),
         "train": r"2 epochs, final loss \d+\.\d{3}, accuracy \d\.\d{3}; models/classification/model\.keras",
         "evaluate": r"accuracy \d\.\d{3} on 7 test clips; reports/classification/metrics\.json",
     }

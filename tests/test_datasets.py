@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+
 from conftest import TINY
 from corpus import encode
 from test_versioning import s3, s3_client, use_remote  # noqa: F401 (s3: the SeaweedFS fixture)
@@ -38,7 +39,8 @@ def _fingerprint(folder: Path) -> dict[str, str]:
 
 def _listed_project(root: Path, generated: Path) -> tuple[Layout, Params, pd.DataFrame]:
     """A project whose classification dataset data/raw/listed/ holds the generated clips under opaque names in nested
-    folders, labelled and split by its manifest.csv (the first clip of each label is test), plus one clip it leaves out."""
+    folders, labelled and split by its manifest.csv (the first clip of each label is test), plus one clip it leaves
+    out."""
     layout = Layout(root)
     folder = layout.raw("listed")
     rows = []
@@ -211,7 +213,7 @@ def test_a_manifest_that_cannot_be_read_is_an_error_naming_the_file_and_what_is_
 def test_the_form_is_decided_by_a_manifest_at_the_top_of_the_folder(tmp_path: Path):
     folder = tmp_path / "ds"
     encode(folder / "2024" / "a" / "1.mp4")
-    with pytest.raises(VidopsError, match="no clips found .*or a manifest.csv listing them"):
+    with pytest.raises(VidopsError, match=r"no clips found .*or a manifest.csv listing them"):
         list_sources(folder)  # 2024/a/1.mp4 is one level too deep for the <label>/<clip> form
     _write(folder, "path,label,group\n2024/a/1.mp4,walk,g1\n")
     root, sources = list_sources(folder)
@@ -279,7 +281,7 @@ def test_the_ingest_flow_adds_landed_clips_to_a_manifest_dataset_as_files_and_ro
 
     for name, value in s3.items():
         monkeypatch.setenv(name, value)
-    layout, params, manifest = _listed_project(tmp_path / "project", tiny_dataset)
+    layout, params, _manifest = _listed_project(tmp_path / "project", tiny_dataset)
     rule = {
         "task": "classification",
         "landing": "s3://vidops/listed/landing",

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from vidops.components.decoding import beam_search, length_penalty
 from vidops.components.text import END, START, Vocabulary
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow import MlflowClient
+
 from vidops.components import versioning
 from vidops.components.params import dump_params, load_params
 
@@ -109,7 +110,8 @@ def test_the_demo_leaves_champions_and_a_dvc_project_in_step_with_the_flow(
     versions = {name: len(client.search_model_versions(f"name='{name}'")) for name in MODELS}
     assert versions == dict.fromkeys(MODELS, 1)  # the no-op repro registered nothing
 
-    # an experiment re-runs train and what follows it, for that task alone, and leaves the registry be (register_experiments: false)
+    # an experiment re-runs train and what follows it, for that task alone, and leaves the registry be
+    # (register_experiments: false)
     params_before = (root / "params.yaml").read_text().splitlines()
     experiment = versioning.dvc(root, "exp", "run", "-S", "train.classification.epochs=2")
     assert experiment.returncode == 0, (experiment.stdout + experiment.stderr)[-4000:]

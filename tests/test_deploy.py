@@ -1,4 +1,5 @@
-"""The deployments' specs and work pools, against a real Prefect API: the cluster's GPU pool renders Jobs that ask for GPUs."""
+"""The deployments' specs and work pools, against a real Prefect API: the cluster's GPU pool renders Jobs that ask for
+GPUs."""
 
 import asyncio
 import os
@@ -11,6 +12,7 @@ import pytest
 import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun
+
 from vidops.components.errors import VidopsError
 from vidops.components.layout import Layout
 from vidops.flows.deploy import REPO_SPEC, _ensure_pools, deploy, deployments
@@ -98,7 +100,8 @@ def test_a_schedule_that_is_not_cron_is_named(tmp_path: Path):
 
 
 def test_every_deployment_s_entrypoint_is_a_flow_of_the_installed_package():
-    """Entrypoints name modules of the installed `vidops` (a project needs no code); a stale one fails only on a worker."""
+    """Entrypoints name modules of the installed `vidops` (a project needs no code); a stale one fails only on a
+    worker."""
     from prefect import Flow
     from prefect.flows import load_flow_from_entrypoint
 

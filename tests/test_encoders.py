@@ -1,4 +1,5 @@
-"""The swappable frame encoder: both models train with a Keras application, weights load and stay frozen, bad input is named.
+"""The swappable frame encoder: both models train with a Keras application, weights load and stay frozen, bad input
+is named.
 
 No network: the application encoders are built without weights, or with a weights file the test writes.
 """
@@ -10,6 +11,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+
 from vidops.components import encoders, tasks, training
 from vidops.components.errors import VidopsError
 from vidops.components.layers import PerFrame, load_model
@@ -147,7 +149,10 @@ def test_the_final_layers_stay_float32_under_mixed_precision():
     [
         (
             ["train.classification.encoder=resnet9"],
-            r"train\.classification\.encoder: no encoder 'resnet9'; known encoders: small, mobilenet_v3_small, efficientnet_b0",
+            (
+                r"train\.classification\.encoder: no encoder 'resnet9'; "
+                r"known encoders: small, mobilenet_v3_small, efficientnet_b0"
+            ),
         ),
         (
             [f"train.sync.encoder={APP}", "extract.sync.size=24"],
@@ -183,7 +188,10 @@ def test_imagenet_weights_that_keras_has_not_cached_are_refused_before_any_work(
     ).train.classification
     with pytest.raises(
         VidopsError,
-        match=r"train\.classification\.encoder_weights: imagenet weights for mobilenet_v3_small are not in Keras's cache",
+        match=(
+            r"train\.classification\.encoder_weights: "
+            r"imagenet weights for mobilenet_v3_small are not in Keras's cache"
+        ),
     ) as caught:
         tasks.spec("classification").preflight("classification", params)
     assert "pass a local .weights.h5 file" in str(caught.value)

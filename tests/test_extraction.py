@@ -3,10 +3,11 @@
 import json
 from pathlib import Path
 
-import faults
 import numpy as np
 import pandas as pd
 import pytest
+
+import faults
 from corpus import encode, encode_flash_and_click, encode_indexed, read_index
 from vidops.components import audio, extraction, inputs, stages
 from vidops.components.audio import STEPS_PER_FRAME
@@ -87,7 +88,8 @@ def test_audio_lines_up_with_the_frame_it_belongs_to(tmp_path: Path, delay: int)
 
 
 def test_sparse_frames_decode_only_the_audio_around_them_for_the_whole_track_s_features(tmp_path: Path, monkeypatch):
-    """A minute of audio sampled at 4 frames: a few tenths of a second decoded (a clip of hours stays bounded), same features."""
+    """A minute of audio sampled at 4 frames: a few tenths of a second decoded (a clip of hours stays bounded), same
+    features."""
     clip = encode(tmp_path / "minute.mp4", fps=5, frames=300, audio_s=60.0)
     decoded = []
     push = audio._Resampler.push
@@ -218,7 +220,7 @@ def test_the_tf_data_reader_yields_every_clip_with_its_label(project, tiny_param
     frames = inputs.in_memory(split, "frames")
     read = list(inputs.read_split(split, ("frames",)).as_numpy_iterator())
     assert len(read) == len(split.labels) == 7
-    assert all(np.array_equal(f, x) and y == l for (x, y), f, l in zip(read, frames, split.labels))
+    assert all(np.array_equal(f, x) and y == label for (x, y), f, label in zip(read, frames, split.labels, strict=True))
 
 
 def test_extract_without_a_validated_catalog_is_an_error(tmp_path: Path):
@@ -248,7 +250,7 @@ def test_a_full_disk_stops_extraction_with_its_cause_and_the_rerun_completes(tra
     )
     params = tiny_params.extract.classification
     try:
-        with pytest.raises(VidopsError, match="extraction stopped: No space left on device .not the clip's fault"):
+        with pytest.raises(VidopsError, match=r"extraction stopped: No space left on device .not the clip's fault"):
             extract_features(dataset, accepted, features, params, mapper=in_threads)
         assert not (features / "index.json").exists()  # no index: nothing passes for a whole extraction
     finally:

@@ -5,6 +5,7 @@ import av
 import numpy as np
 import pandas as pd
 import pytest
+
 from vidops.components.catalog import DATASET_MANIFEST, SOURCE_COLUMNS
 from vidops.components.errors import VidopsError
 from vidops.components.generate import MARKER, MOTIONS, SHAPES, generate_dataset, motion_path

@@ -11,6 +11,7 @@ import zipfile
 from pathlib import Path
 
 import yaml
+
 from vidops.flows.deploy import CLIENT_ENV
 
 ROOT = Path(__file__).resolve().parents[1]

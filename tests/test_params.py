@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+
 from vidops.components.errors import VidopsError
 from vidops.components.params import load_params
 
@@ -54,7 +55,7 @@ def test_malformed_file_names_the_file(tmp_path: Path, text: str, message: str):
 def test_missing_file_and_bad_override_are_errors(tmp_path: Path):
     with pytest.raises(VidopsError, match="no such params file"):
         load_params(tmp_path / "nope.yaml")
-    with pytest.raises(VidopsError, match="expected KEY.PATH=VALUE"):
+    with pytest.raises(VidopsError, match=r"expected KEY\.PATH=VALUE"):
         load_params(None, ["train.classification.epochs"])
 
 
@@ -81,6 +82,7 @@ def test_each_task_has_its_own_group_in_every_stage():
 def test_dvc_exp_run_set_changes_only_the_value_it_sets_in_params_yaml(source, tmp_path):
     """`dvc exp run -S` rewrites params.yaml through DVC's own YAML writer: the file keeps its form and comments."""
     from dvc.utils.hydra import apply_overrides
+
     from vidops.components.params import dump_params
 
     path = tmp_path / "params.yaml"

@@ -7,6 +7,7 @@ import pytest
 from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter
+
 from vidops.components import tracking
 from vidops.components.registry import CHAMPION
 from vidops.flows.pipeline import training_pipeline
@@ -168,6 +169,7 @@ def test_only_what_the_network_did_is_retried():
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
     from prefect.states import Completed, Failed
+
     from vidops.flows.pipeline import NETWORK, register, transient
 
     assert register.retries == NETWORK["retries"] == 3 and register.retry_jitter_factor == 0.5

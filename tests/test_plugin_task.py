@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+
 from vidops.components import tasks, tracking
 from vidops.components.errors import VidopsError
 from vidops.components.layout import DECISION, Layout

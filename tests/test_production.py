@@ -16,12 +16,12 @@ import psycopg
 import pytest
 from botocore.exceptions import ClientError
 from test_stack import _assert_closed_to_strangers, _free_port
+
 from vidops.benchmarks import stack as bench
+from vidops.cli import _credentials_refused
 from vidops.components.errors import VidopsError
 from vidops.components.layout import Layout
 from vidops.stack.postgres import SERVICES, Database
-
-from vidops.cli import _credentials_refused
 
 POSTGRES = "postgresql://postgres@127.0.0.1:5432"
 
@@ -53,7 +53,8 @@ def test_the_stack_on_postgresql_is_closed_and_holds_eight_flow_runs_at_once(tmp
         timeout=600,
     )
     ports = [f"--{name}-port={_free_port()}" for name in ("prefect", "mlflow", "s3")]
-    # a password in the URL (this PostgreSQL trusts 127.0.0.1, so any is taken) is written nowhere and on no command line
+    # a password in the URL (this PostgreSQL trusts 127.0.0.1, so any is taken) is written nowhere and on no command
+    # line
     password = f"pw-{secrets.token_hex(8)}"
     url = f"{POSTGRES.replace('postgres@', f'postgres:{password}@')}/{prefix}"
     started = vidops("stack", "up", *ports, f"--database={url}", "--workers=2")
@@ -117,7 +118,8 @@ def test_the_stack_on_postgresql_is_closed_and_holds_eight_flow_runs_at_once(tmp
 
 @pytest.mark.slow
 def test_two_workers_train_one_model_together_as_a_kubernetes_indexed_job_would(project: Layout):
-    """Two `vidops stage train` processes, each with its TF_CONFIG: one model, the same weights on both, one MLflow run."""
+    """Two `vidops stage train` processes, each with its TF_CONFIG: one model, the same weights on both, one MLflow
+    run."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "AWS_", "TF_CONFIG"))}
     stage = lambda name, *more, **env: subprocess.Popen(
         [sys.executable, "-m", "vidops", "stage", name, "--task", "classification", "--root", str(project.root), *more],

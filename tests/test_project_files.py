@@ -1,4 +1,5 @@
-"""The files a user runs by hand: dvc.yaml's stages, params.yaml, the README's two commands, and CI running the second."""
+"""The files a user runs by hand: dvc.yaml's stages, params.yaml, the README's two commands, and CI running the
+second."""
 
 import re
 import shutil
@@ -7,6 +8,7 @@ import sys
 from pathlib import Path
 
 import yaml
+
 from vidops.components.dependencies import NAMES as STAGE_NAMES
 from vidops.components.params import load_params
 

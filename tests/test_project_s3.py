@@ -10,9 +10,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import faults
 import pytest
 import yaml
+
+import faults
 from test_versioning import _dvc, remote_key, s3_client
 from vidops.components import versioning
 from vidops.components.errors import VidopsError
@@ -126,8 +127,8 @@ def _bulky(project: Layout, tiny_dataset: Path, tiny_params, files: int = 200, s
 
 
 def _remote_is_the_cache(project: Layout) -> None:
-    """While the project's S3 is up: the remote holds every object of the DVC cache once, byte for byte, and nothing else
-    (no stray temporary object, no unfinished multipart upload), and `dvc status -c` agrees."""
+    """While the project's S3 is up: the remote holds every object of the DVC cache once, byte for byte, and nothing
+    else (no stray temporary object, no unfinished multipart upload), and `dvc status -c` agrees."""
     cache = project.root / ".dvc" / "cache"
     expected = {
         f"dvc/{path.relative_to(cache).as_posix()}": path for path in (cache / "files").rglob("*") if path.is_file()
@@ -146,10 +147,9 @@ def test_a_killed_command_leaves_no_s3_running_and_the_next_one_clears_an_orphan
     import signal
     import tempfile
 
+    from vidops.commands.pipeline import version_datasets
     from vidops.stack.processes import _alive
     from vidops.stack.seaweedfs import project_store
-
-    from vidops.commands.pipeline import version_datasets
 
     project = Layout(tmp_path / "project")
     _bulky(project, tiny_dataset, tiny_params)
@@ -170,8 +170,8 @@ def test_a_killed_command_leaves_no_s3_running_and_the_next_one_clears_an_orphan
     assert command.returncode == 130 and "interrupted" in err, err
     assert not _alive(s3) and not sockets(s3) and not (project.state / "s3" / "running.json").exists()
 
-    # kill -9 of the command's process group (vidops and DVC) while DVC is uploading: SeaweedFS, in a session of its own,
-    # outlives it; the remote holds some files, and no listing of the version
+    # kill -9 of the command's process group (vidops and DVC) while DVC is uploading: SeaweedFS, in a session of its
+    # own, outlives it; the remote holds some files, and no listing of the version
     command = faults.start(*push)
     orphan = _started_s3(project, command)
     client = faults.s3_client(faults.s3_of(project.root))
@@ -197,9 +197,8 @@ def test_s3_stopped_during_a_push_is_named_and_a_rerun_after_its_restart_complet
     and the remote; the restarted server holds no listing of the half-pushed version; a re-run completes it."""
     import signal
 
-    from vidops.stack.seaweedfs import project_store
-
     from vidops.commands.pipeline import version_datasets
+    from vidops.stack.seaweedfs import project_store
 
     project = Layout(tmp_path / "project")
     _bulky(project, tiny_dataset, tiny_params)

@@ -1,6 +1,7 @@
 """The gate on real models: the challenger and the champion scored on the same test clips, aliases moved only for a
 better one, every decision recorded; promote, rollback, and two promotions at the same time."""
 
+import contextlib
 import json
 import multiprocessing
 import shutil
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mlflow import MlflowClient
+
 from vidops.components import inputs, stages, tracking
 from vidops.components.errors import VidopsError
 from vidops.components.layout import MODEL_FILE, REPORT, Layout
@@ -57,7 +59,8 @@ def _memorise(model, features: Path) -> None:
 
 
 def _register(project: Layout, params, tmp_path: Path, change, logged_accuracy: float | None = None) -> str:
-    """The trained classifier changed (or replaced) by `change`, evaluated and registered as a new version (the challenger)."""
+    """The trained classifier changed (or replaced) by `change`, evaluated and registered as a new version (the
+    challenger)."""
     from vidops.components.layers import load_model
 
     folder = Path(tmp_path / f"variant-{len(list(tmp_path.glob('variant-*')))}")
@@ -87,10 +90,8 @@ def _aliases(project: Layout) -> dict[str, str]:
     client = MlflowClient(tracking.locate(project).uri)
     found = {}
     for alias in (CHAMPION, PREVIOUS, CHALLENGER):
-        try:
+        with contextlib.suppress(Exception):
             found[alias] = str(client.get_model_version_by_alias(NAME, alias).version)
-        except Exception:
-            pass
     return found
 
 
@@ -214,6 +215,7 @@ def test_two_promotions_at_the_same_time_leave_one_champion_and_both_decisions(p
 
 def test_with_an_mlflow_server_the_lock_is_a_prefect_concurrency_limit_of_one(prefect_api, tmp_path, monkeypatch):
     from prefect.client.orchestration import get_client
+
     from vidops.stack.profiles import registry_lock
 
     monkeypatch.setenv(

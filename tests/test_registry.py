@@ -11,7 +11,6 @@ import warnings
 from contextlib import closing
 from pathlib import Path
 
-import faults
 import mlflow
 import numpy as np
 import pandas as pd
@@ -19,6 +18,8 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+
+import faults
 from vidops.components.errors import VidopsError
 from vidops.components.generate import MOTIONS
 from vidops.components.layout import REPORT, Layout
@@ -366,9 +367,10 @@ def test_an_mlflow_server_killed_during_registration_leaves_no_half_version_in_u
 def test_s3_killed_while_mlflow_uploads_a_model_leaves_no_version_and_a_rerun_after_its_restart_registers(
     trained_project, tiny_params, tmp_path
 ):
-    """The registry's experiment keeps its artifacts in the project's S3 (as one the stack made): `vidops stage register`
-    starts SeaweedFS for them, which is killed (-9) once the first artifact is there. The command fails naming the S3;
-    no version exists of the half-uploaded model, whose run is FAILED; the re-run (SeaweedFS started again) registers."""
+    """The registry's experiment keeps its artifacts in the project's S3 (as one the stack made): `vidops stage
+    register` starts SeaweedFS for them, which is killed (-9) once the first artifact is there. The command fails naming
+    the S3; no version exists of the half-uploaded model, whose run is FAILED; the re-run (SeaweedFS started again)
+    registers."""
     from vidops.components.seal import ORIGIN, UNFINISHED
     from vidops.stack.seaweedfs import ARTIFACTS
 
@@ -385,7 +387,9 @@ def test_s3_killed_while_mlflow_uploads_a_model_leaves_no_version_and_a_rerun_af
         client = faults.s3_client(faults.until(lambda: faults.s3_of(project.root), "the project's S3", command))
         record = json.loads((project.state / "s3" / "running.json").read_text())
         try:
-            faults.until(lambda: faults.keys(client, "mlflow/"), "a first artifact in S3", command, every_s=0.01)
+            faults.until(
+                lambda client=client: faults.keys(client, "mlflow/"), "a first artifact in S3", command, every_s=0.01
+            )
             break
         except faults.Ended:  # registered whole: undo it, and try again
             assert command.returncode == 0 and attempt < 2
@@ -401,7 +405,8 @@ def test_s3_killed_while_mlflow_uploads_a_model_leaves_no_version_and_a_rerun_af
         and sum(line.startswith("vidops: error") for line in err.splitlines()) == 1
     ), err
     assert said.startswith(
-        f"vidops: error: the project's S3 (SeaweedFS at {record['url']}, pid {record['pid']}) stopped while the command ran"
+        f"vidops: error: the project's S3 (SeaweedFS at {record['url']}, pid {record['pid']}) "
+        "stopped while the command ran"
     ), err
     assert f"the S3 store of MLflow's artifacts at {record['url']} did not answer" in said, err
     assert not store.search_model_versions(

@@ -1,6 +1,6 @@
-"""Probing's and extraction's fan-out through Prefect task runners: a local Dask cluster of 2 workers reporting to a Prefect server
-on PostgreSQL (the cluster profile's backend: several processes writing at once lock sqlite), and a scheduler that
-does not answer."""
+"""Probing's and extraction's fan-out through Prefect task runners: a local Dask cluster of 2 workers reporting to a
+Prefect server on PostgreSQL (the cluster profile's backend: several processes writing at once lock sqlite), and a
+scheduler that does not answer."""
 
 import asyncio
 import os
@@ -16,6 +16,7 @@ import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
+
 from vidops.components import stages
 from vidops.components.errors import VidopsError
 from vidops.components.params import RunnerParams

@@ -23,8 +23,8 @@ def test_the_scale_bench_measures_each_part_and_a_rerun_works_on_the_new_clips_o
     dataset = tmp_path / "n24" / "data" / "raw" / "demo"
     assert len(list(dataset.glob("*/*.mp4"))) == 25 and len(list(dataset.iterdir())) == 2  # over two labels: 6 // 5 < 2
 
-    # the models part on the larger project: the training input streamed within its budget, evaluate and the gate, on the
-    # project's own MLflow store (not a server another test of this process pointed MLFLOW_TRACKING_URI at)
+    # the models part on the larger project: the training input streamed within its budget, evaluate and the gate, on
+    # the project's own MLflow store (not a server another test of this process pointed MLFLOW_TRACKING_URI at)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     models, runs = scale.models(tmp_path, (24,))
     assert set(models) == {"training input, an epoch", "evaluate", "gate"} and all(

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from vidops.components.layout import REPORT
 from vidops.components.promotion import promote
 from vidops.components.registry import register_model
@@ -138,7 +139,9 @@ def test_vidops_predict_answers_for_each_video_and_names_a_missing_model(registe
     result = run("models:/vidops-classifier@champion", *map(str, clips))
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.strip().splitlines()
-    assert len(lines) == 2 and all(line.startswith(str(clip)) and "label=" in line for line, clip in zip(lines, clips))
+    assert len(lines) == 2 and all(
+        line.startswith(str(clip)) and "label=" in line for line, clip in zip(lines, clips, strict=True)
+    )
     missing = run("models:/vidops-nothing@champion", str(clips[0]))
     assert missing.returncode == 1 and "models:/vidops-nothing@champion: not in the registry" in missing.stderr
 
@@ -165,6 +168,7 @@ def test_a_planted_or_altered_version_is_refused_before_any_of_its_code_runs(
 ):
     import mlflow
     from mlflow import MlflowClient
+
     from vidops.components.seal import ORIGIN
 
     client = MlflowClient(f"sqlite:///{registered / '.vidops' / 'mlflow.db'}")
@@ -192,7 +196,10 @@ def test_a_planted_or_altered_version_is_refused_before_any_of_its_code_runs(
         refused = subprocess.run(predict, capture_output=True, text=True, env=env, timeout=600)
         assert (
             refused.returncode == 1
-            and f"models:/vidops-classifier/{version}: not a version this project's vidops registered (it has no {ORIGIN} tag)"
+            and (
+                f"models:/vidops-classifier/{version}: not a version this project's vidops registered "
+                f"(it has no {ORIGIN} tag)"
+            )
             in refused.stderr
         )
         client.set_model_version_tag(

@@ -302,9 +302,11 @@ def _assert_grpc_wants_a_certificate(port: int, tls: Path) -> None:
     context = ssl.create_default_context(cafile=tls / "ca.crt")
     context.check_hostname = False  # the certificates name 127.0.0.1 as an IP address, which is checked below by the CA
     context.set_alpn_protocols(["h2"])
-    with pytest.raises(ssl.SSLError, match="(?i)certificate"):
-        with context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10)) as anonymous:
-            _http2_answer(anonymous)
+    with (
+        pytest.raises(ssl.SSLError, match=r"(?i)certificate"),
+        context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10)) as anonymous,
+    ):
+        _http2_answer(anonymous)
     context.load_cert_chain(tls / "client.crt", tls / "client.key")
     with context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10)) as ours:
         assert _http2_answer(ours)[3:4] == b"\x04", f"gRPC port {port} does not answer SeaweedFS's own client"
@@ -454,10 +456,12 @@ MODEL = "vidops-test-model"
 
 
 def _register(tracking, experiment: str, slope: float) -> str:
-    """Log y = slope * x as a scikit-learn model in `experiment` (made as vidops makes its own) and register it; its version."""
+    """Log y = slope * x as a scikit-learn model in `experiment` (made as vidops makes its own) and register it; its
+    version."""
     import mlflow
     import numpy as np
     from sklearn.linear_model import LinearRegression
+
     from vidops.components.tracking import experiment_id, fluent_at
 
     with fluent_at(tracking), mlflow.start_run(experiment_id=experiment_id(experiment, tracking)):
@@ -469,6 +473,7 @@ def _predict(tracking, model_uri: str) -> float:
     """What the model at `model_uri` says for x = 1."""
     import mlflow
     import numpy as np
+
     from vidops.components.tracking import fluent_at
 
     with fluent_at(tracking):

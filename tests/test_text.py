@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+
 from vidops.components.errors import VidopsError
 from vidops.components.text import END, PAD, SPECIALS, START, UNK, Vocabulary, bleu4, cider_d, words
 

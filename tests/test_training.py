@@ -5,14 +5,15 @@ import re
 import shutil
 from pathlib import Path
 
-import faults
 import keras
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import TINY
 from mlflow import MlflowClient
+
+import faults
+from conftest import TINY
 from vidops.components import inputs
 from vidops.components.errors import VidopsError
 from vidops.components.params import load_params
@@ -56,7 +57,7 @@ def test_the_candidate_of_the_true_offset_pairs_each_frame_with_its_own_sound(k:
     assert matching == [k + max_offset]
 
     examples, offsets = sync_inputs.sync_examples(frames[:, None], audio, params)  # evaluation's windows agree
-    for video, context in zip(examples["frames"][offsets == k], examples["audio"][offsets == k]):
+    for video, context in zip(examples["frames"][offsets == k], examples["audio"][offsets == k], strict=True):
         assert np.array_equal(context[max_offset : max_offset + window, 0, 0] - k, video[:, 0])
 
 
@@ -311,7 +312,7 @@ def test_a_bad_shard_fails_before_any_epoch_and_names_the_shard(trained_project,
 def test_a_window_and_offset_longer_than_the_clips_fail_before_any_epoch(trained_project, tmp_path):
     too_long = SyncParams(window=10, max_offset=6, filters=(4,), units=8)  # 22 frames; the shards hold 20
     with pytest.raises(
-        VidopsError, match="clips of 20 frames are too short for train.sync.window \\+ 2 x train.sync.max_offset = 22"
+        VidopsError, match=r"clips of 20 frames are too short for train.sync.window \+ 2 x train.sync.max_offset = 22"
     ):
         train_sync(trained_project.features("sync"), tmp_path / "model", too_long)
 
@@ -333,7 +334,10 @@ def test_the_feed_holds_the_clips_in_memory_when_they_fit_the_budget_and_streams
     assert inputs.plan_feed(mb // 10, 30, params.model_copy(update={"cache": "disk"})).cache == "disk"
     with pytest.raises(
         VidopsError,
-        match=r"train.sync.memory_budget_mb: 10 MB cannot hold .* \(4 batches of 64 clips of 0.1 MB.* lower train.sync.batch_size",
+        match=(
+            r"train.sync.memory_budget_mb: 10 MB cannot hold .* "
+            r"\(4 batches of 64 clips of 0.1 MB.* lower train.sync.batch_size"
+        ),
     ):
         inputs.plan_feed(mb // 10, 5000, params.model_copy(update={"batch_size": 64}), "train.sync")
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
 from corpus import audio_only, encode, truncated
 from vidops.components.catalog import assign_splits, build_catalog, list_sources
 from vidops.components.errors import VidopsError
@@ -55,7 +56,8 @@ def _fingerprint(folder: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str | None]]:
-    """A dataset mixing every kind of good and defective clip; maps each path to the check it must fail (None: accept)."""
+    """A dataset mixing every kind of good and defective clip; maps each path to the check it must fail (None:
+    accept)."""
     root = tmp_path_factory.mktemp("corpus")
     data = root / "dataset"
     outside = encode(root / "elsewhere" / "linked.mp4", seed=99)

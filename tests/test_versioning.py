@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from corpus import encode
 from mlflow import MlflowClient
+
+from corpus import encode
 from vidops.components import versioning
 from vidops.components.errors import VidopsError
 from vidops.components.layout import Layout
@@ -114,7 +115,7 @@ def test_push_names_what_is_wrong_and_leaves_no_half_version_on_the_remote(s3, t
         down = f"http://127.0.0.1:{s.getsockname()[1]}"  # nothing listens there
     use_remote(layout.root, {**s3, "AWS_ENDPOINT_URL": down}, "dvc-down")
     with pytest.raises(
-        VidopsError, match="failed 2 times .* the remote holds no listing of a version whose files did not all arrive"
+        VidopsError, match=r"failed 2 times .* the remote holds no listing of a version whose files did not all arrive"
     ):
         versioning.push(layout.root, [version.dvc_file], tries=2, wait_s=0.1)
     assert s3_client(s3).list_objects_v2(Bucket="vidops", Prefix="dvc-down/")["KeyCount"] == 0
@@ -250,7 +251,7 @@ def test_a_landing_object_that_changed_after_it_was_listed_is_refused(s3, tmp_pa
     client.put_object(
         Bucket="vidops", Key=listed.key, Body=encode(tmp_path / "b.mp4", seed=1).read_bytes()
     )  # replaced meanwhile
-    with pytest.raises(ingest.Changed, match="rotate/a.mp4: .*it changed since it was listed"):
+    with pytest.raises(ingest.Changed, match=r"rotate/a.mp4: .*it changed since it was listed"):
         ingest.download(client, "vidops", listed, tmp_path / "staged")
     assert not list((tmp_path / "staged").rglob("*.mp4"))  # nothing half-taken
 
@@ -363,7 +364,7 @@ def test_checking_out_a_version_never_destroys_work_that_no_version_holds(tiny_d
     assert digests(project.raw("demo")) == digests(tiny_dataset)  # asked for: the version, exactly
 
 
-def test_dvc_commands_run_in_the_callers_folder_and_environment_and_one_stopped_or_a_lost_helper_leaves_the_next_working(
+def test_dvc_commands_run_in_callers_folder_and_environment_and_one_stopped_or_a_lost_helper_leaves_the_next_working(
     tmp_path, monkeypatch
 ):
     from vidops.components import dvc_launcher

@@ -32,7 +32,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verbose:
         os.environ[VERBOSE] = "1"
     quiet_libraries()  # before any library is imported; the processes vidops starts inherit it
-    # SIGTERM (kill, a stopped container, a CI time-out) unwinds like Ctrl-C: what the command started (its S3) is stopped
+    # SIGTERM (kill, a stopped container, a CI time-out) unwinds like Ctrl-C: what the command started (its S3) is
+    # stopped
     signal.signal(signal.SIGTERM, _interrupted)
     try:
         with _profile(args):
@@ -52,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from vidops.stack.profiles import EPHEMERAL_STARTUP
 
         print(
-            f"vidops: error: Prefect's temporary API did not answer within {EPHEMERAL_STARTUP}={os.environ.get(EPHEMERAL_STARTUP)} s "
+            "vidops: error: Prefect's temporary API did not answer within "
+            f"{EPHEMERAL_STARTUP}={os.environ.get(EPHEMERAL_STARTUP)} s "
             "(the machine is busy?): try again, raise it, or start a server with `vidops stack up`",
             file=sys.stderr,
         )

@@ -15,18 +15,15 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+
 from vidops.components.errors import VidopsError
 from vidops.components.params import ExtractParams, FitParams, GenerateParams, ModelRegistryParams, Task
 
-if TYPE_CHECKING:
-    from vidops.components.generate import DemoData
-
-ENTRY_POINTS = (
-    "vidops.tasks"  # an installed package's task: `[project.entry-points."vidops.tasks"] name = "package:SPEC"`
-)
+# an installed package's task: `[project.entry-points."vidops.tasks"] name = "package:SPEC"`
+ENTRY_POINTS = "vidops.tasks"
 
 
 @dataclass(frozen=True)
@@ -41,6 +38,14 @@ class TrainedModel:
 
 
 @dataclass(frozen=True)
+class DemoData:
+    """What a task's `generate` wrote: its labels (the clips' folders) and how many clips."""
+
+    labels: tuple[str, ...]
+    clips: int
+
+
+@dataclass(frozen=True)
 class TaskDefaults:
     """The task's entries in params.yaml's per-task groups, as they are when the file leaves them out."""
 
@@ -48,7 +53,8 @@ class TaskDefaults:
     extract: ExtractParams
     train: FitParams  # its class is the task's own model of train.<task>
     registry: ModelRegistryParams  # registry.<task>: the model's name, the metric the gate scores and its floor
-    generate: GenerateParams = GenerateParams()  # generate.<task>: the demo data, for a task with a `generate`
+    # generate.<task>: the demo data, for a task with a `generate`
+    generate: GenerateParams = field(default_factory=GenerateParams)
 
 
 def _any_combination(name: Task, extract: ExtractParams, train: FitParams) -> None:
@@ -67,7 +73,8 @@ class TaskSpec:
     defaults: TaskDefaults
     # (features_dir, model_dir, train params, on_epoch) -> TrainedModel; module-level: it runs in a spawned process
     train: Callable[..., TrainedModel]
-    # (model_dir, features_dir, reports_dir, train params) -> evaluation.Evaluation: the evaluate stage, and the gate's score
+    # (model_dir, features_dir, reports_dir, train params) -> evaluation.Evaluation: the evaluate stage, and the gate's
+    # score
     evaluate: Callable[[Path, Path, Path, Any], Any]
     # the metrics its evaluate writes for every dataset the task accepts: the gate may score any of them
     metrics: tuple[str, ...]
@@ -85,15 +92,16 @@ class TaskSpec:
     needs_audio: bool = False  # a clip without audio is quarantined
     min_classes: int = 2  # fewer classes among the accepted clips fails validation
     labelled: bool = True  # the model's classes are the clips' labels: a version of other classes cannot be scored here
-    # its clips need captions: the dataset's captions.csv is checked with the clips, and the accepted ones go beside the features
+    # its clips need captions: the dataset's captions.csv is checked with the clips, and the accepted ones go beside the
+    # features
     captioned: bool = False
     # (folder, generate params) -> the demo data written into the folder, for `vidops demo` and `vidops generate`
     generate: Callable[[Path, GenerateParams], DemoData] | None = None
-    # where it comes among the tasks when params.yaml names none (ties by name): the demo's order, and the task a command
-    # such as `vidops validate` takes when none is named
+    # where it comes among the tasks when params.yaml names none (ties by name): the demo's order, and the task a
+    # command such as `vidops validate` takes when none is named
     order: int = 100
-    # the columns of training.csv that dvc.yaml draws: its train stage plots the loss of every task, and a task with more
-    # curves gets them drawn together in the training-curves plot
+    # the columns of training.csv that dvc.yaml draws: its train stage plots the loss of every task, and a task with
+    # more curves gets them drawn together in the training-curves plot
     curves: tuple[str, ...] = ("loss",)
     # dvc.yaml's plots of the task's own reports: title -> DVC's plot options, `y` naming files under reports/<task>/
     plots: Mapping[str, dict[str, Any]] = field(default_factory=dict)
@@ -240,8 +248,8 @@ def _check(task: Any, source: str) -> None:
         )
     if task.defaults.registry.metric not in task.metrics:
         raise VidopsError(
-            f"task {task.name!r} ({source}): its default gate metric {task.defaults.registry.metric!r} is not among the metrics its "
-            f"evaluate writes for every dataset ({', '.join(task.metrics)})"
+            f"task {task.name!r} ({source}): its default gate metric {task.defaults.registry.metric!r} "
+            f"is not among the metrics its evaluate writes for every dataset ({', '.join(task.metrics)})"
         )
     if not isinstance(task.defaults.train, FitParams):
         raise VidopsError(

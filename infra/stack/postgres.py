@@ -34,8 +34,8 @@ class Database:
 
     @classmethod
     def parse(cls, url: str) -> Database:
-        """`postgresql://USER[:PASSWORD]@HOST[:PORT]/PREFIX`; a missing user is the login's, the port 5432, the prefix vidops.
-        An error names what is wrong, never the password."""
+        """`postgresql://USER[:PASSWORD]@HOST[:PORT]/PREFIX`; a missing user is the login's, the port 5432, the prefix
+        vidops. An error names what is wrong, never the password."""
         parts = urllib.parse.urlsplit(url)
         shown = _without_password(url)
         if parts.scheme not in ("postgresql", "postgres"):
@@ -45,7 +45,8 @@ class Database:
         prefix = parts.path.strip("/") or "vidops"
         if not PREFIX.fullmatch(prefix):
             raise VidopsError(
-                f"--database {shown}: the prefix {prefix!r} must be lower-case letters, digits and _ (databases {prefix}_prefect, ...)"
+                f"--database {shown}: the prefix {prefix!r} must be lower-case letters, digits and _ "
+                f"(databases {prefix}_prefect, ...)"
             )
         try:
             port = parts.port or 5432
@@ -83,7 +84,8 @@ class Database:
         return {**env, "PREFECT_SERVER_DATABASE_PASSWORD": self.password} if self.password else env
 
     def _maintenance(self) -> Any:
-        """A connection to the server's `postgres` database, in autocommit (CREATE and DROP DATABASE run outside a transaction)."""
+        """A connection to the server's `postgres` database, in autocommit (CREATE and DROP DATABASE run outside a
+        transaction)."""
         import psycopg
 
         return psycopg.connect(
@@ -97,8 +99,8 @@ class Database:
         )
 
     def ensure(self) -> list[str]:
-        """Make each of the stack's databases that is missing; the names of those made. A server that does not answer, or
-        refuses the user, is one line naming the server and what to fix."""
+        """Make each of the stack's databases that is missing; the names of those made. A server that does not answer,
+        or refuses the user, is one line naming the server and what to fix."""
         import psycopg
         from psycopg import sql
 

@@ -4,6 +4,7 @@ ports, and starts tried again when another program takes a port between its chec
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import psutil
+
 from vidops.components.errors import VidopsError
 
 
@@ -55,9 +57,8 @@ def _start(
                 lines.seek(written)
                 said = lines.read().decode(errors="replace")
             taken = ADDRESS_IN_USE.search(said)
-            last = (
-                said.split("\ngoroutine ", 1)[0].strip().splitlines()[-5:]
-            )  # a Go program's last words precede its stack dump
+            # a Go program's last words precede its stack dump
+            last = said.split("\ngoroutine ", 1)[0].strip().splitlines()[-5:]
             message = f"{name} did not start ({log}):\n  " + "\n  ".join(last)
             raise PortTaken(message, int(taken[1])) if taken else VidopsError(message)
         time.sleep(0.5)
@@ -72,12 +73,12 @@ class PortTaken(VidopsError):
         self.port = port
 
 
-# Go's "listen tcp 127.0.0.1:8333: bind: address already in use"; uvicorn's "... ('127.0.0.1', 4200): address already in use"
+# Go's "listen tcp 127.0.0.1:8333: bind: address already in use"; uvicorn's "... ('127.0.0.1', 4200): address already
+# in use"
 ADDRESS_IN_USE = re.compile(r"127\.0\.0\.1'?[:,] ?(\d+)\)?: (?:bind: )?address already in use")
 T = TypeVar("T")
-PORT_TRIES = (
-    3  # a port found free is taken by another program before the server binds it: rare, never three times running
-)
+# a port found free is taken by another program before the server binds it: rare, never three times running
+PORT_TRIES = 3
 
 
 def _again_if_taken(start: Callable[[], T], retry: Callable[[int], bool] = lambda port: True) -> T:
@@ -124,9 +125,9 @@ def _http(path: str) -> Callable[[str], bool]:
     return ready
 
 
-# SeaweedFS's master and volume server (with -preStopSeconds=0) exit within a second of SIGTERM. The filer waits 15 s for
-# its gRPC streams (its own S3 gateway's subscription never ends) before it closes its store, so it is killed after the
-# grace: its store (LevelDB) has written every change to its journal, which the next start replays.
+# SeaweedFS's master and volume server (with -preStopSeconds=0) exit soon after SIGTERM. The filer waits for its gRPC
+# streams (its own S3 gateway's subscription never ends) long past the grace before it closes its store, so it is killed
+# after the grace: its store (LevelDB) has written every change to its journal, which the next start replays.
 GRACE_S = {"s3": 2.0, "s3-volume": 2.0, "s3-master": 2.0}  # a part alone is stopped when the start fails
 
 
@@ -151,8 +152,8 @@ def _stop(services: list[dict], timeout_s: float = 30) -> list[str]:
 
 
 def _remove_sockets(process: dict) -> None:
-    """SeaweedFS leaves unix sockets in the temporary folder, named by one of its ports (seaweedfs-master-grpc-<port>.sock,
-    seaweedfs-s3-<port>.sock, seaweedfs-filer-<port>.sock): remove its own."""
+    """SeaweedFS leaves unix sockets in the temporary folder, named by one of its ports
+    (seaweedfs-master-grpc-<port>.sock, seaweedfs-s3-<port>.sock, seaweedfs-filer-<port>.sock): remove its own."""
     flags = (arg.split("=", 1) for arg in process["argv"] if arg.startswith("-") and "=" in arg)
     ports = {value for flag, value in flags if "port" in flag and value != "0"}
     for port in ports:
@@ -167,10 +168,8 @@ def _alive(service: dict) -> bool:
 
 def _running(process: dict) -> bool:
     """The recorded process still runs, and is still the program started (a pid can be reused)."""
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(process["pid"], os.WNOHANG)  # reap it, when this process started it
-    except ChildProcessError:
-        pass
     try:
         found = psutil.Process(process["pid"])
         cmdline, state = found.cmdline(), found.status()

@@ -12,7 +12,7 @@ import os
 import re
 import secrets
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 from vidops.components import tracking
 from vidops.components.errors import VidopsError
@@ -42,9 +42,8 @@ def activate(layout: Layout) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # Prefect gives its temporary API 20 s (counting only its own sleeps) to answer; a busy machine needs longer
     os.environ.setdefault(EPHEMERAL_STARTUP, "180")
-    if not os.environ.get(
-        VERBOSE
-    ):  # the runs' INFO lines go to the Prefect UI (the API handler); the terminal shows warnings
+    # the runs' INFO lines go to the Prefect UI (the API handler); the terminal shows warnings
+    if not os.environ.get(VERBOSE):
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     quiet_libraries()
 
@@ -66,11 +65,9 @@ def registry_lock(layout: Layout, model_name: str, timeout_s: float = 1800) -> I
     from prefect.exceptions import ObjectAlreadyExists
 
     name = "vidops-registry-" + re.sub(r"[^A-Za-z0-9_-]", "-", model_name)
-    with get_client(sync_client=True) as client:
-        try:
-            client.upsert_global_concurrency_limit_by_name(name, 1)
-        except ObjectAlreadyExists:  # made by a promotion that started at the same moment
-            pass
+    # ObjectAlreadyExists: made by a promotion that started at the same moment
+    with get_client(sync_client=True) as client, suppress(ObjectAlreadyExists):
+        client.upsert_global_concurrency_limit_by_name(name, 1)
     try:
         slot = concurrency(name, occupy=1, timeout_seconds=timeout_s, strict=True)
         slot.__enter__()

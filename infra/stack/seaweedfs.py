@@ -1,8 +1,8 @@
 """The project's S3: SeaweedFS serving its bucket to its access keys, for the stack and the embedded profile alike.
 
-Its data and keys live in `<project>/.vidops/s3/`: the stack serves it while it is up, and the embedded profile starts it
-for as long as a command needs it (`project_s3`), so what `vidops demo` pushed is there when the stack comes up. DVC's
-remote, when it is the project's bucket, is pointed at whichever server runs.
+Its data and keys live in `<project>/.vidops/s3/`: the stack serves it while it is up, and the embedded profile starts
+it for as long as a command needs it (`project_s3`), so what `vidops demo` pushed is there when the stack comes up.
+DVC's remote, when it is the project's bucket, is pointed at whichever server runs.
 
 SeaweedFS serves S3 to its keys only; its filer and volume ports refuse requests without a JWT signed by keys made at
 each start, and its gRPC ports take only TLS with certificates signed by a CA made at each start (`_grpc_tls`).
@@ -24,6 +24,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 
 import psutil
+
 from vidops.components import tracking, versioning
 from vidops.components.errors import VidopsError
 from vidops.components.io import write_json, write_text
@@ -63,9 +64,8 @@ def project_s3(layout: Layout) -> Iterator[dict[str, str]]:
         return _start_s3(layout, port, {**os.environ, **env}), env
 
     service, env = _again_if_taken(on_a_free_port)
-    write_json(
-        home / S3_RECORD, {**service, "owner": os.getpid()}
-    )  # what a later start needs to find an orphan: pid, argv
+    # what a later start needs to find an orphan: pid, argv
+    write_json(home / S3_RECORD, {**service, "owner": os.getpid()})
     _serving[home] = env
     gone = lambda: None if _alive(service) else "the S3 server went away"
     try:
@@ -87,8 +87,9 @@ def project_s3(layout: Layout) -> Iterator[dict[str, str]]:
 
 
 def _clear_orphan(home: Path) -> None:
-    """Stop the SeaweedFS that a vidops command started on this project's data and did not live to stop (killed with -9):
-    it holds the data's lock, and every later start would fail. Found by the pid and command line recorded, never by name."""
+    """Stop the SeaweedFS that a vidops command started on this project's data and did not live to stop
+    (killed with -9): it holds the data's lock, and every later start would fail. Found by the pid and command line
+    recorded, never by name."""
     path = home / S3_RECORD
     if not path.is_file():
         return
@@ -96,7 +97,8 @@ def _clear_orphan(home: Path) -> None:
     owner_alive = psutil.pid_exists(recorded["owner"])
     if _alive(recorded) and owner_alive:
         raise VidopsError(
-            f"{home}: the project's S3 is in use by another vidops command (pid {recorded['owner']}); try again when it ends"
+            f"{home}: the project's S3 is in use by another vidops command (pid {recorded['owner']}); "
+            "try again when it ends"
         )
     _stop([recorded])
     path.unlink(missing_ok=True)
@@ -104,8 +106,9 @@ def _clear_orphan(home: Path) -> None:
 
 @contextmanager
 def project_store(layout: Layout) -> Iterator[None]:
-    """While the block runs, this process's S3 clients (boto3, DVC) reach the project's data store: its own S3 when DVC's
-    remote is the project's bucket or not set yet; a remote elsewhere (AWS S3, cluster profile) needs nothing started."""
+    """While the block runs, this process's S3 clients (boto3, DVC) reach the project's data store: its own S3 when
+    DVC's remote is the project's bucket or not set yet; a remote elsewhere (AWS S3, cluster profile) needs nothing
+    started."""
     url = versioning.remote_url(layout.root) if versioning.is_repo(layout.root) else None
     if url not in (None, versioning.local_url(BUCKET)):
         yield
@@ -172,7 +175,8 @@ def _s3_env(layout: Layout, endpoint: str) -> dict[str, str]:
 
 
 def _adopt_stack_s3(layout: Layout) -> None:
-    """Move a stack's S3 data and keys from where they were kept before the project had one S3 (.vidops/stack/)."""
+    """Move S3 data and keys found in the stack's folder (.vidops/stack/seaweedfs and s3-keys.json) to the project's S3
+    folder."""
     old, new = folder(layout), s3_folder(layout)
     if (old / "seaweedfs").is_dir() and not (new / "data").exists():
         new.mkdir(parents=True, exist_ok=True)
@@ -239,14 +243,14 @@ def _bucket(env: dict[str, str]) -> Callable[[str], bool]:
 
 
 def _seaweedfs(home: Path, s3_port: int, env: dict[str, str]) -> tuple[list[str], list[str], list[str]]:
-    """The command lines of SeaweedFS's master, volume server, and filer with the S3 gateway, on loopback only, every port
-    but S3's a free one. Three processes, not `weed server`, so that the master alone refuses every client but its own
-    parts (`-whiteList=@`: they reach it over gRPC; `weed server` applies the list to the volume server too, which
+    """The command lines of SeaweedFS's master, volume server, and filer with the S3 gateway, on loopback only, every
+    port but S3's a free one. Three processes, not `weed server`, so that the master alone refuses every client but its
+    own parts (`-whiteList=@`: they reach it over gRPC; `weed server` applies the list to the volume server too, which
     then refuses the gateway's uploads), and so anonymous requests cannot drop a bucket (`/col/delete`). The filer and
-    volume server refuse any request without a JWT signed by keys only SeaweedFS holds, and every gRPC port (through which
-    a client could otherwise write, delete or read anything) wants a TLS certificate signed by a CA only SeaweedFS holds
-    (security.toml, read from the working folder; keys and certificates new at each start). The data folder is the one
-    `weed server` used."""
+    volume server refuse any request without a JWT signed by keys only SeaweedFS holds, and every gRPC port (through
+    which a client could otherwise write, delete or read anything) wants a TLS certificate signed by a CA only SeaweedFS
+    holds (security.toml, read from the working folder; keys and certificates new at each start). The three share one
+    data folder, as `weed server`'s parts do."""
     identity = {
         "name": "vidops",
         "credentials": [{"accessKey": env["AWS_ACCESS_KEY_ID"], "secretKey": env["AWS_SECRET_ACCESS_KEY"]}],
@@ -285,13 +289,8 @@ def _seaweedfs(home: Path, s3_port: int, env: dict[str, str]) -> tuple[list[str]
     )
 
 
-GRPC_PARTS = (
-    "master",
-    "volume",
-    "filer",
-    "s3",
-    "client",
-)  # security.toml's [grpc.<part>]: "client" is how a part calls another
+# security.toml's [grpc.<part>]: "client" is how a part calls another
+GRPC_PARTS = ("master", "volume", "filer", "s3", "client")
 
 
 def _grpc_tls(folder: Path) -> str:

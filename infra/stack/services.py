@@ -8,7 +8,8 @@ that point vidops (and you, after `set -a; . .vidops/stack/env; set +a`) at them
 Closed by default: Prefect's API takes only requests that carry its auth string and answers only its own UI's origin;
 MLflow runs its basic-auth app (one admin account, made on the first `up`) and refuses other Host headers and origins;
 SeaweedFS serves S3 to its keys only, and its own ports are closed as `vidops.stack.seaweedfs` says. Every credential
-lives in a mode-600 file (`secrets.json`, `env`, the SeaweedFS configuration) and the environment, never on a command line.
+lives in a mode-600 file (`secrets.json`, `env`, the SeaweedFS configuration) and the environment, never on a command
+line.
 
 The project has one MLflow registry too: the stack's server serves the embedded store (`.vidops/mlflow.db`), so the
 demo's champions are the stack's and the reverse. An experiment keeps the artifact location it was made with: local
@@ -42,10 +43,8 @@ POOL = "vidops-process"  # the process work pool the stack's worker serves
 ENV_FILE = "env"
 SECRETS = "secrets.json"  # the Prefect auth string and MLflow's admin password: made once, kept across restarts
 MLFLOW_USER = "vidops"
-DATABASE_URLS = (
-    "PREFECT_SERVER_DATABASE_CONNECTION_URL",
-    "PREFECT_API_DATABASE_CONNECTION_URL",
-)  # a caller's would win over ours
+# a caller's would win over ours
+DATABASE_URLS = ("PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_CONNECTION_URL")
 
 
 @dataclass(frozen=True)
@@ -69,7 +68,8 @@ def up(layout: Layout, ports: Ports, database: Database | None = None, workers: 
     for name, port in asdict(ports).items():
         if not _free(port):
             raise VidopsError(
-                f"port {port} on 127.0.0.1 ({name}) is taken by another program; stop it or pick another with --{name}-port"
+                f"port {port} on 127.0.0.1 ({name}) is taken by another program; "
+                f"stop it or pick another with --{name}-port"
             )
     if database:
         database.ensure()
@@ -102,11 +102,8 @@ def up(layout: Layout, ports: Ports, database: Database | None = None, workers: 
             "PREFECT_SERVER_CORS_ALLOWED_ORIGINS": origin,
             **(database.prefect_env() if database else {}),
         }
-        for client_only in (
-            "PREFECT_API_URL",
-            "PREFECT_API_AUTH_STRING",
-            *DATABASE_URLS,
-        ):  # not a client of itself; no other store
+        # not a client of itself; no other store
+        for client_only in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", *DATABASE_URLS):
             server_env.pop(client_only, None)
         started["prefect"] = _start(home, "prefect", prefect, server_env, origin, _http("/api/health"))
         for n in range(1, workers + 1):
@@ -140,7 +137,8 @@ def status(layout: Layout) -> dict[str, tuple[str, bool]]:
 
 
 def store(layout: Layout) -> str | None:
-    """Where the running stack's Prefect and MLflow keep their state, when it is PostgreSQL (`postgresql://.../PREFIX_*`)."""
+    """Where the running stack's Prefect and MLflow keep their state, when it is PostgreSQL
+    (`postgresql://.../PREFIX_*`)."""
     path = folder(layout) / RECORD
     return json.loads(path.read_text()).get("database") if path.is_file() else None
 
@@ -247,15 +245,15 @@ def _mlflow_env(home: Path, env: dict[str, str], database: Database | None) -> d
         users = database.uri("mlflow_auth")
     else:
         path = home / "mlflow-auth.db"
-        os.close(
-            os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
-        )  # the password hashes: the owner's alone, before SQLite makes it
-        path.chmod(0o600)  # made by an older vidops
+        # the password hashes: the owner's alone, before SQLite makes it
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        path.chmod(0o600)  # os.open's mode applies only to a file it makes
         users = f"sqlite:///{path}"
     write_text(
         config,
         f"[mlflow]\ndefault_permission = NO_PERMISSIONS\ndatabase_uri = {users}\n"
-        f"admin_username = {MLFLOW_USER}\nauthorization_function = mlflow.server.auth:authenticate_request_basic_auth\n",
+        f"admin_username = {MLFLOW_USER}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n",
         secret=True,
     )
     return {
@@ -306,12 +304,13 @@ def _check_mlflow_login(home: Path, env: dict[str, str], database: Database | No
             raise
         if database:
             raise VidopsError(
-                f"{database.uri('mlflow_auth')}: MLflow refused the admin password kept in {home / SECRETS}; its users were "
-                "made with another one: put that one in secrets.json, or set this one with MLflow's update-password API"
+                f"{database.uri('mlflow_auth')}: MLflow refused the admin password kept in {home / SECRETS}; "
+                "its users were made with another one: put that one in secrets.json, "
+                "or set this one with MLflow's update-password API"
             ) from None
         raise VidopsError(
-            f"{home / 'mlflow-auth.db'}: MLflow refused the admin password kept in {home / SECRETS}; the auth database was "
-            "made with another one: remove both files to make a new account"
+            f"{home / 'mlflow-auth.db'}: MLflow refused the admin password kept in {home / SECRETS}; "
+            "the auth database was made with another one: remove both files to make a new account"
         ) from None
 
 

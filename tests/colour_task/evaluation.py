@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from vidops.components import inputs
 from vidops.components.evaluation import Evaluation, held_out, load_trained, write_report
 

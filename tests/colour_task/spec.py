@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from colour_task.params import ColourParams
 from vidops.components.params import ExtractParams, GenerateParams, ModelRegistryParams
 from vidops.components.tasks import TaskDefaults, TaskSpec, TrainedModel
 from vidops.components.tasks.classification.generate import generate
-
-from colour_task.params import ColourParams
 
 
 def train(features_dir: Path, model_dir: Path, params: ColourParams, on_epoch: Any = None) -> TrainedModel:

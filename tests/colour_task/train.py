@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vidops.components import inputs, training
-from vidops.components.tasks import TrainedModel
-
 from colour_task.model import build
 from colour_task.params import ColourParams
+from vidops.components import inputs, training
+from vidops.components.tasks import TrainedModel
 
 
 def train_colour(

@@ -18,7 +18,8 @@ def add(
     bench.add_argument(
         "--clips",
         type=int,
-        help="extract: clips (24); train: clips per class (24); pipeline: clips per class (the demo's); scale: the largest dataset (4000)",
+        help="extract: clips (24); train: clips per class (24); pipeline: clips per class (the demo's); "
+        "scale: the largest dataset (4000)",
     )
     bench.add_argument(
         "--epochs",
@@ -30,7 +31,8 @@ def add(
         "--corpus",
         choices=["long-gop", "short-gop", "both"],
         default="both",
-        help="extract: x264-default clips with one keyframe each, UCF101-shaped XviD clips with one every 25 frames, or both",
+        help="extract: x264-default clips with one keyframe each, UCF101-shaped XviD clips with one every 25 frames, "
+        "or both",
     )
     bench.add_argument("--workers", type=int, default=2, help="extract: worker processes")
     bench.add_argument(

@@ -1,4 +1,5 @@
-"""`vidops validate`, `sample`, `inspect`, `data` and `lineage`: the clips, what a model sees of one, and their versions."""
+"""`vidops validate`, `sample`, `inspect`, `data` and `lineage`: the clips, what a model sees of one, and their
+versions."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ def add(
     validate.add_argument(
         "--report",
         type=Path,
-        help="where the catalog, quarantine and Data Docs go (default: the project's data/catalog/<task> and reports/<task>/data_docs)",
+        help="where the catalog, quarantine and Data Docs go "
+        "(default: the project's data/catalog/<task> and reports/<task>/data_docs)",
     )
     validate.set_defaults(handler=validate_dataset)
 
@@ -157,7 +159,8 @@ def dataset_versions(args: argparse.Namespace) -> None:
         for version in version_datasets(layout, load(layout.root, args.params, [])):
             where = versioning.remote_url(layout.root)
             print(
-                f"{version.path.relative_to(layout.root)}: version {version.md5} ({version.files} files) pushed to {where}"
+                f"{version.path.relative_to(layout.root)}: version {version.md5} ({version.files} files) "
+                f"pushed to {where}"
             )
     else:
         versioning.require_remote(layout.root)  # before any server starts

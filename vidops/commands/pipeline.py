@@ -1,4 +1,5 @@
-"""`vidops demo`, `run`, `stage`, `generate` and `dvc-yaml`: the pipeline, whole through Prefect or a stage at a time."""
+"""`vidops demo`, `run`, `stage`, `generate` and `dvc-yaml`: the pipeline, whole through Prefect or a stage at a
+time."""
 
 from __future__ import annotations
 
@@ -103,12 +104,12 @@ def demo_pipeline(args: argparse.Namespace) -> None:
             generate_dataset(dataset, task, params.generate.of(task))
     for version in version_datasets(layout, params):  # DVC, pushed to the project's own S3 (.vidops/s3/)
         print(
-            f"versioned {version.path.relative_to(layout.root)} as {version.md5} ({version.files} files), pushed to the DVC remote"
+            f"versioned {version.path.relative_to(layout.root)} as {version.md5} ({version.files} files), "
+            "pushed to the DVC remote"
         )
     result = _training_pipeline(layout, PARAMS_FILE, args.overrides, args.refresh)
-    if (
-        result.staged is not None
-    ):  # dvc.lock records the run: its outputs go to the remote too, so a clone can `dvc pull` them
+    # dvc.lock records the run: its outputs go to the remote too, so a clone can `dvc pull` them
+    if result.staged is not None:
         with project_store(layout):
             versioning.push(layout.root, [])
         remote = versioning.remote_url(layout.root)
@@ -117,7 +118,8 @@ def demo_pipeline(args: argparse.Namespace) -> None:
         )
         if result.staged:
             print(
-                f"baseline:         git commit -m 'vidops demo: datasets, dvc.lock, metrics'  ({len(result.staged)} files staged)"
+                "baseline:         git commit -m 'vidops demo: datasets, dvc.lock, metrics'  "
+                f"({len(result.staged)} files staged)"
             )
 
 
@@ -192,14 +194,17 @@ def _print_result(layout: Layout, result: PipelineResult) -> None:
         s, m, r, d = outcome.summary, outcome.evaluation.metrics, outcome.registration, outcome.decision
         print(f"\n{task}")
         print(
-            f"  clips:            {s.accepted} accepted, {s.warned} of them with warnings, {s.quarantined} quarantined ({s.quarantine})"
+            f"  clips:            {s.accepted} accepted, {s.warned} of them with warnings, "
+            f"{s.quarantined} quarantined ({s.quarantine})"
         )
         print(f"  evaluation:       {tasks.spec(task).headline(m)}")
         print(
-            f"  registered model: {r.model_name} version {r.version}; {'now champion' if d.champion else 'not champion'}: {d.reason}"
+            f"  registered model: {r.model_name} version {r.version}; "
+            f"{'now champion' if d.champion else 'not champion'}: {d.reason}"
         )
         print(
-            f"  MLflow run:       {r.run_id} (live during training: loss and accuracy, training and validation, each epoch)"
+            f"  MLflow run:       {r.run_id} "
+            "(live during training: loss and accuracy, training and validation, each epoch)"
         )
         print(f"  metrics:          {outcome.evaluation.metrics_path}")
         print(f"  Data Docs:        {s.data_docs}")

@@ -71,16 +71,18 @@ def run_stack(args: argparse.Namespace) -> None:
         env_file = folder(layout) / stack.ENV_FILE
         registry = tracking.embedded(layout).uri.removeprefix("sqlite:///")
         print(
-            f"vidops commands with --root {layout.root} now use the stack; for other tools: set -a; . {env_file}; set +a"
+            f"vidops commands with --root {layout.root} now use the stack; "
+            f"for other tools: set -a; . {env_file}; set +a"
         )
         print(
-            f"the UIs ask for credentials, kept in {env_file} (mode 600): Prefect's login takes PREFECT_API_AUTH_STRING, "
+            f"the UIs ask for credentials, kept in {env_file} (mode 600): "
+            "Prefect's login takes PREFECT_API_AUTH_STRING, "
             "MLflow's MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
         )
         if database:
             print(
-                f"Prefect and MLflow keep their state in PostgreSQL, {database.uri('*')}; with the stack down, vidops commands "
-                f"use the embedded store, {registry}"
+                f"Prefect and MLflow keep their state in PostgreSQL, {database.uri('*')}; "
+                f"with the stack down, vidops commands use the embedded store, {registry}"
             )
             return
         print(f"MLflow serves the project's one registry, {registry}")

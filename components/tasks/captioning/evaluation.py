@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from vidops.components import decoding, inputs, text
 from vidops.components.evaluation import CLIPS_A_READ, Evaluation, held_out, load_trained, write_report
 from vidops.components.io import atomic_path, read_arrays

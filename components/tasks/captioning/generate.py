@@ -12,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from vidops.components.captions import CAPTION_COLUMNS
 from vidops.components.catalog import DATASET_MANIFEST, SOURCE_COLUMNS
-from vidops.components.generate import MOTIONS, SHAPES, DemoData, Look, frames_and_samples, moving_shape
+from vidops.components.generate import MOTIONS, SHAPES, Look, frames_and_samples, moving_shape
 from vidops.components.layout import CAPTIONS_FILE
 from vidops.components.media import write_clip
 from vidops.components.params import GenerateParams
+from vidops.components.tasks import DemoData
 
 # Named colours far apart in RGB and from the grey background (_grey_background), so a small CNN tells them at 48 px
 COLOURS = {
@@ -53,9 +55,8 @@ WORDS: dict[str, dict[str, tuple[str, ...]]] = {
 TEMPLATES = ("a {colour} {shape} {motion}", "the {colour} {shape} {motion}")
 CAPTIONS_PER_CLIP = (2, 4)  # fewest and most, each clip's number drawn between
 HELD_OUT_COMBINATIONS = 0.1  # of the (shape, colour, motion) combinations with clips: all their clips are test clips
-_PLAN_STREAM = (
-    7919  # the seed sequence [seed, _PLAN_STREAM] chooses the combinations; a clip's own is [seed, label, clip]
-)
+# the seed sequence [seed, _PLAN_STREAM] chooses the combinations; a clip's own is [seed, label, clip]
+_PLAN_STREAM = 7919
 
 
 def _words(text: str) -> list[str]:
@@ -117,7 +118,8 @@ class CaptionedClip:
 
 
 def generate(folder: Path, params: GenerateParams) -> DemoData:
-    """The clips under `folder/<motion>/`, the manifest.csv that lists them with their splits, and their captions.csv."""
+    """The clips under `folder/<motion>/`, the manifest.csv that lists them with their splits, and their
+    captions.csv."""
     manifest, captions = [], []
     n_frames, n_samples = frames_and_samples(params)
     for label in MOTIONS:
@@ -128,7 +130,8 @@ def generate(folder: Path, params: GenerateParams) -> DemoData:
         captions += [{"path": clip.path, "caption": caption} for caption in _captions(clip, rng)]
         frames = _render(clip, rng, params.size, n_frames, params.fps)
         write_clip(folder / clip.path, frames, params.fps, 0.02 * rng.standard_normal(n_samples))
-        # each clip its own group: the hash split holds clips out one by one, the held-out combinations are whole already
+        # each clip its own group: the hash split holds clips out one by one, the held-out combinations are whole
+        # already
         manifest.append(
             {"path": clip.path, "label": clip.label, "group": clip.path.removesuffix(".mp4"), "split": clip.split}
         )
@@ -141,8 +144,8 @@ def captioned_plan(params: GenerateParams) -> list[CaptionedClip]:
     """Every clip of the captioning data: `params.clips_per_class` per motion, spread round-robin over that motion's
     (shape, colour) combinations in a seeded order, each with its split.
 
-    About HELD_OUT_COMBINATIONS of the combinations that have clips are held out whole (split test), taken from the motions
-    in turn, and never one that would leave a shape, colour or motion without a training clip.
+    About HELD_OUT_COMBINATIONS of the combinations that have clips are held out whole (split test), taken from the
+    motions in turn, and never one that would leave a shape, colour or motion without a training clip.
     """
     rng = np.random.default_rng([params.seed, _PLAN_STREAM])
     looks = list(itertools.product(SHAPES, COLOURS))
@@ -192,7 +195,8 @@ def _render(clip: CaptionedClip, rng: np.random.Generator, size: int, n_frames: 
 
 
 def _grey_background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A dark to mid grey with a linear gradient in a random direction, float [H, W, 3]: no hue to mistake for a colour's."""
+    """A dark to mid grey with a linear gradient in a random direction, float [H, W, 3]: no hue to mistake for a
+    colour's."""
     yy, xx = np.mgrid[0:size, 0:size] / size - 0.5
     angle = rng.uniform(0, 2 * np.pi)
     ramp = (np.cos(angle) * xx + np.sin(angle) * yy) * rng.uniform(-40, 40)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from vidops.components.errors import VidopsError
 from vidops.components.inputs import Feed, Split, crop_clips, plan_feed, read_split
 from vidops.components.tasks.captioning.params import CaptionerParams
@@ -15,18 +16,21 @@ from vidops.components.text import Vocabulary
 
 @dataclass(frozen=True)
 class CaptionIds:
-    """Every clip's references as token ids: `ids[c, r]` is clip c's reference r ([max_length + 2], <start> to <pad>)."""
+    """Every clip's references as token ids: `ids[c, r]` is clip c's reference r ([max_length + 2], <start> to
+    <pad>)."""
 
     ids: np.ndarray  # int32 [clips, most references, max_length + 2]
     counts: np.ndarray  # int32 [clips]: references each clip has
 
 
 def caption_ids(split: Split, captions: dict[str, list[str]], vocabulary: Vocabulary, max_length: int) -> CaptionIds:
-    """The references of the split's clips, encoded; a clip without any is an error naming it (validation quarantines them)."""
+    """The references of the split's clips, encoded; a clip without any is an error naming it (validation quarantines
+    them)."""
     missing = [clip for clip in split.clips if not captions.get(clip)]
     if missing:
         raise VidopsError(
-            f"{len(missing)} clip(s) of the features have no caption, e.g. {missing[0]}; re-run the validate and extract stages"
+            f"{len(missing)} clip(s) of the features have no caption, e.g. {missing[0]}; "
+            "re-run the validate and extract stages"
         )
     most = max((len(captions[clip]) for clip in split.clips), default=1)
     ids = np.zeros((len(split.clips), most, max_length + 2), np.int32)
@@ -77,6 +81,7 @@ def _drop_words(tokens: Any, rate: float) -> Any:
     et al. 2016): the next word must then come from the frames, not from the words before it, so a combination of
     attributes never seen in training is still said as the frames show it."""
     import tensorflow as tf
+
     from vidops.components.text import END, UNK
 
     dropped = (tf.random.uniform(tf.shape(tokens)) < rate) & (tokens > END)
@@ -91,13 +96,15 @@ def caption_validation(split: Split, references: CaptionIds, params: CaptionerPa
 
 
 def caption_feed(split: Split, held: Split | None, references: CaptionIds, params: CaptionerParams) -> Feed:
-    """`split_feed` for the captioner, whose in-memory feed shuffles (clip, reference) pairs: a copy of the frames each."""
+    """`split_feed` for the captioner, whose in-memory feed shuffles (clip, reference) pairs: a copy of the frames
+    each."""
     pairs = int(references.counts.sum()) + (round(len(held.paths) * references.counts.mean()) if held else 0)
     return plan_feed(split.clip_bytes, pairs, params)
 
 
 def _caption_pairs(split: Split, references: CaptionIds, feed: Feed | None = None, seed: int | None = None) -> Any:
-    """({frames, tokens}, targets) for every reference of every clip, the clips held as `feed` says (shuffled with `seed`)."""
+    """({frames, tokens}, targets) for every reference of every clip, the clips held as `feed` says (shuffled with
+    `seed`)."""
     import tensorflow as tf
 
     clips = read_split(split, ("frames",), feed, seed, extra=(references.ids, references.counts))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 from keras import layers
+
 from vidops.components.layers import OverSpace, frame_encoder
 from vidops.components.tasks.captioning.params import CaptionerParams
 

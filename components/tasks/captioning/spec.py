@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from vidops.components import encoders
 from vidops.components.params import ExtractParams, GenerateParams, ModelRegistryParams, Task
 from vidops.components.tasks import TaskDefaults, TaskSpec, TrainedModel
@@ -38,8 +39,8 @@ def headline(metrics: dict[str, Any]) -> str:
             f"(nearest neighbour {metrics['attribute_accuracy_nearest_neighbour']:.3f}), "
         )
     return (
-        f"{attributes}BLEU-4 {metrics['bleu4']:.1f} (nearest neighbour {metrics['bleu4_nearest_neighbour']:.1f}), CIDEr-D"
-        f" {metrics['cider_d']:.1f} (nearest neighbour {metrics['cider_d_nearest_neighbour']:.1f})"
+        f"{attributes}BLEU-4 {metrics['bleu4']:.1f} (nearest neighbour {metrics['bleu4_nearest_neighbour']:.1f}),"
+        f" CIDEr-D {metrics['cider_d']:.1f} (nearest neighbour {metrics['cider_d_nearest_neighbour']:.1f})"
         f" on {metrics['test_clips']} held-out clips"
     )
 
@@ -76,7 +77,8 @@ SPEC = TaskSpec(
         # a served clip too short is a 400, not a padded guess
         extract=ExtractParams(frames=8, size=48, audio="none", short_clips="skip"),
         train=CaptionerParams(),
-        # CIDEr-D: written for any captions; a model that says the most frequent caption scores 49 on the demo data
+        # CIDEr-D: written for any captions; the floor is well above what a model that says the most frequent caption
+        # scores on the demo data (benchmarks/README.md)
         registry=ModelRegistryParams(model_name="vidops-captioner", metric="cider_d", floor=100.0),
         generate=GenerateParams(clips_per_class=80, size=64),  # 4 clips of each of a motion's 20 (shape, colour) pairs
     ),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import keras
+
 from vidops.components import encoders, inputs, training
 from vidops.components.tasks import TrainedModel
 from vidops.components.tasks.captioning.inputs import caption_dataset, caption_feed, caption_ids, caption_validation

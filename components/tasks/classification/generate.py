@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from vidops.components.generate import (
     MOTIONS,
     SHAPES,
-    DemoData,
     background,
     contrasting_colour,
     frames_and_samples,
@@ -17,6 +17,7 @@ from vidops.components.generate import (
 )
 from vidops.components.media import write_clip
 from vidops.components.params import GenerateParams
+from vidops.components.tasks import DemoData
 
 
 def generate(folder: Path, params: GenerateParams) -> DemoData:

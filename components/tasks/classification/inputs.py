@@ -11,7 +11,8 @@ from vidops.components.inputs import Feed, Split, crop_clips, jitter_colours, re
 def classifier_dataset(
     split: Split, batch_size: int, augment: bool, seed: int, feed: Feed | None = None
 ) -> tuple[Any, int]:
-    """Training batches of (frames uint8 [B, N, S, S, 3], label), shuffled and, when `augment`, augmented; and batches per epoch."""
+    """Training batches of (frames uint8 [B, N, S, S, 3], label), shuffled and, when `augment`, augmented; and batches
+    per epoch."""
     import tensorflow as tf
 
     clips = read_split(split, ("frames",), feed, seed).repeat()
@@ -32,7 +33,8 @@ def classifier_validation(split: Split, batch_size: int, feed: Feed | None = Non
 
 
 def flip_labels(names: tuple[str, ...]) -> list[int]:
-    """The label of each class once the clip is mirrored left to right: `move_left` <-> `move_right`, others unchanged."""
+    """The label of each class once the clip is mirrored left to right: `move_left` <-> `move_right`, others
+    unchanged."""
     swap = {"left": "right", "right": "left"}
 
     def mirrored(name: str) -> str:
@@ -44,7 +46,8 @@ def flip_labels(names: tuple[str, ...]) -> list[int]:
 
 
 def augment_clips(frames: Any, labels: Any, flipped: Any) -> tuple[Any, Any]:
-    """Per clip of the batch, one random crop (80-100% of the side), flip, brightness and contrast for all its frames alike."""
+    """Per clip of the batch, one random crop (80-100% of the side), flip, brightness and contrast for all its frames
+    alike."""
     import tensorflow as tf
 
     flip = tf.random.uniform(tf.shape(frames)[:1]) < 0.5

@@ -1,9 +1,11 @@
-"""The classifier: a clip's frames through the frame encoder, a temporal layer that sees their order, class probabilities."""
+"""The classifier: a clip's frames through the frame encoder, a temporal layer that sees their order, class
+probabilities."""
 
 from __future__ import annotations
 
 import keras
 from keras import layers
+
 from vidops.components.layers import OverSpace, conv_block, frame_encoder
 from vidops.components.tasks.classification.params import ClassifierParams
 
@@ -25,7 +27,7 @@ def build_classifier(frames: int, size: int, n_classes: int, params: ClassifierP
         x = layers.Conv3D(64, 3, padding="same", activation="relu")(x)
         x = layers.Conv3D(64, 3, padding="same", activation="relu")(x)
         # pooled over space, not time: a shape that grows and one that shrinks have the same frames in the other
-        # order, and a maximum over time made the demo's zoom out read as zoom in (4 of 84 test clips)
+        # order, and a maximum over time confuses the demo's zoom in and zoom out (benchmarks/README.md)
         x = layers.Flatten()(OverSpace("max")(x))
     else:
         x = layers.ConvLSTM2D(48, 3, padding="same")(frame_encoder(inputs, size, params))

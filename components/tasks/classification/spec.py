@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from vidops.components import encoders
 from vidops.components.params import ExtractParams, GenerateParams, ModelRegistryParams, Task
 from vidops.components.tasks import TaskDefaults, TaskSpec, TrainedModel
@@ -14,9 +15,8 @@ from vidops.components.tasks.classification.params import ClassifierParams
 
 
 def train(features_dir: Path, model_dir: Path, params: ClassifierParams, on_epoch: Any = None) -> TrainedModel:
-    from vidops.components.tasks.classification.train import (
-        train_classifier,
-    )  # TensorFlow: in the training process only
+    # TensorFlow: in the training process only
+    from vidops.components.tasks.classification.train import train_classifier
 
     return train_classifier(features_dir, model_dir, params, on_epoch)
 
@@ -50,7 +50,8 @@ def check(name: Task, extract: ExtractParams, train: ClassifierParams) -> None:
     encoders.check_params(name, train, extract.size)
     if train.temporal == "2plus1d" and train.encoder != encoders.SMALL:
         raise ValueError(
-            f"train.{name}.temporal: 2plus1d builds its own (2+1)D blocks in place of a frame encoder; use conv or lstm with {train.encoder}"
+            f"train.{name}.temporal: 2plus1d builds its own (2+1)D blocks in place of a frame encoder; "
+            f"use conv or lstm with {train.encoder}"
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from vidops.components import encoders, inputs, training
 from vidops.components.errors import VidopsError
 from vidops.components.tasks import TrainedModel
@@ -16,8 +17,8 @@ from vidops.components.tasks.classification.params import ClassifierParams
 def train_classifier(
     features_dir: Path, model_dir: Path, params: ClassifierParams, on_epoch: training.EpochHook | None = None
 ) -> TrainedModel:
-    """Fit the classifier; write `model.keras`, `labels.json` (the classes) and `history.json` under `model_dir`, resuming
-    from its checkpoint of the same params and data."""
+    """Fit the classifier; write `model.keras`, `labels.json` (the classes) and `history.json` under `model_dir`,
+    resuming from its checkpoint of the same params and data."""
     encoders.check_weights("classification", params)  # a weights file that does not fit: named before any epoch
     strategy = training.prepare_device(params)  # first: GPU settings cannot change once TensorFlow has made a tensor
     split, held = training.train_split(features_dir, ("frames",), params.validation_fraction)

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from vidops.components import inputs
 from vidops.components.evaluation import Evaluation, held_out, load_trained, write_report
 from vidops.components.io import read_arrays, write_csv
@@ -19,9 +20,9 @@ CONTEXT_LENGTHS = (5, 7, 9, 11, 13, 15)  # window lengths, in frames, that accur
 
 
 def evaluate_sync(model_dir: Path, features_dir: Path, reports_dir: Path, params: SyncParams) -> Evaluation:
-    """Offset accuracy, exact and within +-1 frame (the LRS2 protocol), and mean absolute error in frames, for windows of
-    `params.window` frames; and accuracy within +-1 against context length, 5 to `params.window` frames (as the LRS2
-    protocol reports it), in `CONTEXT`.
+    """Offset accuracy, exact and within +-1 frame (the LRS2 protocol), and mean absolute error in frames, for windows
+    of `params.window` frames; and accuracy within +-1 against context length, 5 to `params.window` frames (as the
+    LRS2 protocol reports it), in `CONTEXT`.
 
     Every test clip gives every offset k in [-K, K] at a few evenly spaced windows, so each
     offset counts the same.

@@ -7,9 +7,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-from vidops.components.generate import DemoData, frames_and_samples
+
+from vidops.components.generate import frames_and_samples
 from vidops.components.media import AUDIO_RATE, write_clip
 from vidops.components.params import GenerateParams
+from vidops.components.tasks import DemoData
 
 LABEL = "talking"  # the one class: the model learns from the sound, not from labels
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+
 from vidops.components.audio import STEPS_PER_FRAME
 from vidops.components.inputs import Feed, Split, jitter_colours, read_split
 from vidops.components.io import read_arrays
@@ -18,7 +19,8 @@ EVAL_STARTS = 4  # evaluation: windows per clip and offset, evenly spaced over t
 
 
 def sync_dataset(split: Split, params: SyncParams, feed: Feed | None = None) -> tuple[Any, int]:
-    """Training batches of ({frames, audio}, {offset, in_sync}, weights); and batches per epoch, `windows_per_clip` random examples a clip.
+    """Training batches of ({frames, audio}, {offset, in_sync}, weights); and batches per epoch, `windows_per_clip`
+    random examples a clip.
 
     The in-sync head sees k = 0 once in 2K + 1 examples; its weights balance the two answers.
     """

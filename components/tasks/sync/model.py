@@ -7,6 +7,7 @@ from typing import Any
 
 import keras
 from keras import layers, ops
+
 from vidops.components.layers import OverSpace, frame_encoder
 from vidops.components.tasks.sync.params import SyncParams
 
@@ -57,7 +58,7 @@ class OffsetPairs(layers.Layer):
             sound[:, 2 * self.max_offset - c : 2 * self.max_offset - c + window] for c in range(2 * self.max_offset + 1)
         ]
         audio = ops.stack(shifted, axis=1)
-        video = ops.broadcast_to(ops.expand_dims(visual, 1), ops.shape(audio)[:3] + (ops.shape(visual)[2],))
+        video = ops.broadcast_to(ops.expand_dims(visual, 1), (*ops.shape(audio)[:3], ops.shape(visual)[2]))
         pairs = ops.concatenate([video, audio], axis=-1)
         return ops.reshape(pairs, (-1, window, ops.shape(pairs)[3]))  # candidates become batch rows for the LSTM
 

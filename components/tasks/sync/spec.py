@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from vidops.components import encoders
 from vidops.components.errors import VidopsError
 from vidops.components.params import ExtractParams, GenerateParams, ModelRegistryParams, Task
@@ -45,7 +46,8 @@ def input_example(clip: dict[str, np.ndarray], params: SyncParams) -> dict[str, 
 
 
 def predict(model: Any, clip: Any, labels: list[str], params: SyncParams) -> dict[str, Any]:
-    """The offset of the audio against the video, in frames (positive: the sound comes late), over every window of the clip."""
+    """The offset of the audio against the video, in frames (positive: the sound comes late), over every window of the
+    clip."""
     from vidops.components.tasks.sync.inputs import sync_windows
 
     starts = range(0, len(clip.frames) - params.span + 1, params.window)

@@ -337,22 +337,21 @@ HEADER = """\
 # The pipeline as DVC stages, one of each per task (the keys of `datasets` in params.yaml, so `dvc repro` shows
 # validate@classification, train@sync, ...). Each runs the same stage function as the Prefect flow on the same layout.
 # Written by `vidops dvc-yaml` from components/dependencies.py, which the Prefect cache keys on too: a stage's code
-# deps are the modules it runs and what they import, and its task's folder. Do not edit by hand; a test compares it.
+# deps are the modules it runs and what they import, with its task's own. Do not edit by hand; a test compares it.
 """
 
 
 def dvc_yaml(repository: Path, specs: Iterable[Any]) -> str:
     """dvc.yaml for the checkout at `repository`: a foreach stage per entry of STAGES (its deps the union of its code
-    over the task `specs`, each task's folder as components/tasks/${key}), and the plots of every task's curves."""
+    over the task `specs`, a task's own files under components/tasks/${key}/), and the plots of every task's curves."""
     specs = tuple(specs)
     relative = Layout(Path(""))
     stages: dict[str, Any] = {}
     for found in STAGES:
-        # foreach gives every task one list: each task's own files are its folder, components/tasks/${key}
         shared = [p for p in code(found, specs) if not any(p == s.code or s.code in p.parents for s in specs)]
         deps = [str(p) for p in found.reads(relative, KEY, ITEM)] + [_relative(p, repository) for p in shared]
         if found.uses is not None:
-            deps.append(f"components/tasks/{KEY}")
+            deps += [f"components/tasks/{KEY}{name}" for name in _own_files(found, specs)]
         do: dict[str, Any] = {"cmd": f"vidops stage {found.name} --task {KEY}", "deps": deps}
         do["params"] = [key.replace("{task}", KEY) for key in found.params]
         for output in found.leaves:
@@ -369,6 +368,17 @@ def dvc_yaml(repository: Path, specs: Iterable[Any]) -> str:
             y = {str(relative.reports(s.name) / name): columns for name, columns in plot["y"].items()}
             plots.append({title: {**plot, "y": y}})
     return HEADER + yaml.safe_dump({"stages": stages, "plots": plots}, sort_keys=False, width=120)
+
+
+def _own_files(found: Stage, specs: tuple[Any, ...]) -> list[str]:
+    """The stage's code in each task's folder, as one list for foreach: the files by their names in the folder
+    ("/train.py", ...) when every task's folder has every one of them, else the folder itself ("")."""
+    names: set[str] = set()
+    for task in specs:
+        names |= {"/" + p.relative_to(task.code).as_posix() for p in code(found, [task]) if task.code in p.parents}
+    if all((task.code / name.lstrip("/")).is_file() for task in specs for name in names):
+        return sorted(names)
+    return [""]  # the tasks' folders differ: each whole
 
 
 def _relative(path: Path, repository: Path) -> str:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,24 +40,16 @@ class Lineage:
 def lineage(tracking: Tracking, model_uri: str) -> Lineage:
     """The lineage of `models:/NAME/VERSION` or `models:/NAME@ALIAS`: the version's tags, over its run's."""
     from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
     name, version = registered_version(tracking, model_uri)
-    try:
+    with _in_registry(tracking, model_uri):
         run_tags = MlflowClient(tracking.uri).get_run(version.run_id).data.tags if version.run_id else {}
-    except MlflowException as exc:
-        if refused_credentials(exc):  # not "not in the registry": the command line names the variables to set
-            raise
-        raise VidopsError(
-            f"{model_uri}: not in the registry at {tracking.uri}: {exc.message.splitlines()[0]}"
-        ) from None
     return Lineage(name, str(version.version), tuple(version.aliases), version.run_id, {**run_tags, **version.tags})
 
 
 def registered_version(tracking: Tracking, model_uri: str) -> tuple[str, Any]:
     """The model name and the registry's version record that `models:/NAME/VERSION` or `models:/NAME@ALIAS` names."""
     from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
     found = re.fullmatch(r"models:/([^/@]+)(?:/(\d+)|@([\w-]+))", model_uri)
     if not found:
@@ -65,12 +59,23 @@ def registered_version(tracking: Tracking, model_uri: str) -> tuple[str, Any]:
         )
     name, number, alias_name = found.groups()
     client = MlflowClient(tracking.uri)
-    try:
+    with _in_registry(tracking, model_uri):
         return name, client.get_model_version(name, number) if number else client.get_model_version_by_alias(
             name, alias_name
         )
+
+
+@contextmanager
+def _in_registry(tracking: Tracking, model_uri: str) -> Iterator[None]:
+    """What the registry says of `model_uri` while the block asks it: an MLflow error is "not in the registry", a
+    VidopsError naming the URI and the store, unless the server refused this client's credentials (the command line
+    names the variables to set for that)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
     except MlflowException as exc:
-        if refused_credentials(exc):  # not "not in the registry": the command line names the variables to set
+        if refused_credentials(exc):
             raise
         raise VidopsError(
             f"{model_uri}: not in the registry at {tracking.uri}: {exc.message.splitlines()[0]}"

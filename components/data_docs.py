@@ -114,7 +114,8 @@ def _run_html(run: dict[str, Any], findings: pd.DataFrame, outcomes: list[Outcom
         f"<code>{html.escape(run['dataset'])}</code>, {run['time']}</p>"
         f"<p>{run['clips']} clips: {run['accepted']} accepted ({run['warned']} with warnings), "
         f"{run['quarantined']} quarantined</p>"
-        f"<h3>Expectations</h3><table><tr><th>check</th><th>severity</th><th>expectation</th><th>clips</th><th>failed</th><th>result</th></tr>{checks}</table>"
+        "<h3>Expectations</h3><table><tr><th>check</th><th>severity</th><th>expectation</th>"
+        f"<th>clips</th><th>failed</th><th>result</th></tr>{checks}</table>"
         f"<h3>Findings</h3>"
         + (
             f"<table><tr><th>clip</th><th>label</th><th>severity</th><th>check</th><th>reason</th></tr>{found}</table>"

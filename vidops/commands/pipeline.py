@@ -212,7 +212,8 @@ def _print_result(layout: Layout, result: PipelineResult) -> None:
     if result.tracking_uri.startswith("sqlite:"):
         print(f"MLflow UI:        mlflow ui --backend-store-uri {result.tracking_uri}  (then http://127.0.0.1:5000)")
         print(
-            f"Prefect UI:       PREFECT_HOME={layout.state / 'prefect'} prefect server start  (then http://127.0.0.1:4200)"
+            f"Prefect UI:       PREFECT_HOME={layout.state / 'prefect'} prefect server start  "
+            "(then http://127.0.0.1:4200)"
         )
 
 

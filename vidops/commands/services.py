@@ -88,7 +88,8 @@ def run_stack(args: argparse.Namespace) -> None:
         print(f"MLflow serves the project's one registry, {registry}")
         if (former := folder(layout) / "mlflow.db").is_file():
             print(
-                f"a registry kept by an older vidops stays in {former}: mlflow ui --backend-store-uri sqlite:///{former}"
+                f"a registry kept by an older vidops stays in {former}: "
+                f"mlflow ui --backend-store-uri sqlite:///{former}"
             )
     elif args.action == "down":
         stopped = stack.down(layout)
